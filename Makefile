@@ -1,0 +1,30 @@
+# One command each, from a fresh clone: `make test`, `make demo`, `make bench`.
+# A local .venv is created on first use. torch comes from TORCH_SPEC unless the interpreter
+# already has one: the default pins the CPU build that lies on this kind of machine's disk.
+# GPU users elsewhere: make test TORCH_SPEC="torch --index-url https://download.pytorch.org/whl/cu128"
+PYTHON ?= python3
+TORCH_SPEC ?= torch==2.13.0
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: venv test demo bench clean
+
+$(VENV)/.installed: setup.cfg pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv --system-site-packages $(VENV)
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q $(TORCH_SPEC)
+	$(PY) -m pip install -q -e ".[test]"
+	touch $@
+
+venv: $(VENV)/.installed
+
+test: venv
+	$(PY) -m pytest -q
+
+demo: venv
+	$(VENV)/bin/clifvqa demo --out demo-run
+
+bench: venv
+	$(PY) benchmarks/bench_extract.py
+
+clean:
+	rm -rf $(VENV) demo-run bench-out

@@ -1,0 +1,1 @@
+"""Dataset manifests: CSV files of ``video`` (dataset-relative POSIX path), ``mos`` and ``split``."""
