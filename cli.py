@@ -154,8 +154,173 @@ def manifest_check(manifest_path: Path, root: Path | None, require_mos: bool) ->
 
 # ---------------------------------------------------------------- extract (extract/)
 
+from pathlib import Path  # noqa: E402,F811 - each section stands on its own
+
+
+@main.command("extract")
+@click.argument("dataset_dir", type=click.Path(path_type=Path))
+@click.option("--manifest", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Manifest CSV listing the videos (default: scan DATASET_DIR).")
+@click.option("--store", "store_path", default="features.zarr", show_default=True, help="Feature store: a .zarr directory or a .h5/.hdf5 file.")
+@click.option("--clip-model", default="openai/clip-vit-base-patch32", show_default=True, help="CLIP hub id or local folder (save_pretrained layout).")
+@click.option("--grid", default="3x3", show_default=True, help="Crop grid ROWSxCOLS.")
+@click.option("--prompts", "prompts_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Prompt file (JSON or text); default: built-in prompts.")
+@click.option("--softmax", type=click.Choice(["all", "group"]), default="all", show_default=True, help="Softmax over all prompts, or per group (objective / subjective).")
+@click.option("--frame-stride", type=click.IntRange(min=1), default=1, show_default=True, help="Keep every s-th frame.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ...")
+@click.option("--batch-size", default="auto", show_default=True, help="Crops per CLIP forward pass, or auto.")
+@click.option("--workers", type=click.IntRange(min=1), default=None, help="Decoding threads [default: cores - 1, at most 8].")
+@click.option("--dtype", type=click.Choice(["auto", "float32", "float16", "bfloat16"]), default="auto", show_default=True, help="Compute dtype (auto: float16 on GPU, float32 on CPU).")
+@click.option("--save-maps/--no-save-maps", default=True, show_default=True, help="Also store the per-crop maps [T, r, m, n].")
+@click.option("--save-embeddings", is_flag=True, help="Also store the crop image embeddings [T, m*n, D] (float16).")
+@click.option("--retry-failed", is_flag=True, help="Retry videos the store lists as failed.")
+@click.option("--shard", default="0/1", show_default=True, help="Process shard K of N (K counts from 0), split by a hash of the video key.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def extract_cmd(dataset_dir: Path, manifest: Path | None, store_path: str, clip_model: str, grid: str,
+                prompts_file: Path | None, softmax: str, frame_stride: int, device: str, batch_size: str,
+                workers: int | None, dtype: str, save_maps: bool, save_embeddings: bool, retry_failed: bool,
+                shard: str, quiet: bool) -> None:
+    """Stage one: score every frame's crop grid with CLIP and write the features to a store.
+
+    Resumable (complete videos are skipped), shardable (--shard K/N on several machines or
+    processes), and failures are recorded in the store. Exit code 0 when every video of the
+    shard is in the store, 1 when some failed, 2 on a usage error.
+    """
+    from clifvqa.extract.clip_model import ClipLoadError
+    from clifvqa.extract.config import ExtractConfig, default_workers
+    from clifvqa.extract.grid import parse_grid
+    from clifvqa.extract.runner import extract_dataset, parse_shard
+    from clifvqa.extract.sfe import DeviceMemoryError
+
+    try:
+        config = ExtractConfig(
+            clip_model=clip_model,
+            grid=parse_grid(grid),
+            prompts_file=str(prompts_file) if prompts_file else None,
+            softmax=softmax,  # type: ignore[arg-type]
+            frame_stride=frame_stride,
+            device=device,
+            batch_size="auto" if batch_size == "auto" else _positive_int(batch_size, "--batch-size"),
+            workers=workers or default_workers(),
+            dtype=dtype,  # type: ignore[arg-type]
+            save_maps=save_maps,
+            save_embeddings=save_embeddings,
+            retry_failed=retry_failed,
+            shard=parse_shard(shard),
+        )
+        summary = extract_dataset(dataset_dir, store_path, manifest=manifest, config=config, progress=not quiet)
+    # ValueError covers FingerprintMismatch, StoreError, ManifestError, UnsafePathError, PromptFileError.
+    except (ClipLoadError, DeviceMemoryError, NotADirectoryError, ValueError) as exc:
+        fail(str(exc))
+    if summary.total == 0:
+        click.echo(f"warning: no videos to extract{' in this shard' if shard != '0/1' else ''}", err=True)
+    for key, error in summary.failures:
+        click.echo(f"failed: {key}: {error}", err=True)
+    click.echo(summary.line())
+    if not summary.ok:
+        sys.exit(1)
+
+
+def _positive_int(text: str, option: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise ValueError(f"{option} must be a positive integer or auto, got {text!r}")
+    return int(text)
+
 
 # ---------------------------------------------------------------- store (features/)
+
+_STORE_ERRORS = (ValueError, OSError, ImportError)  # FingerprintMismatch, StoreError, missing fsspec backend, ...
+
+
+@main.group("store")
+def store() -> None:
+    """Feature stores: inspect, verify, merge and convert (.zarr, .h5/.hdf5, .zarr.zip, URLs)."""
+
+
+@store.command("info")
+@click.argument("path")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def store_info_cmd(path: str, as_json: bool) -> None:
+    """Show how the store at PATH (or URL) was made, what it holds and which videos failed."""
+    import json
+
+    from clifvqa.features.info import store_info
+
+    try:
+        info = store_info(path)
+    except _STORE_ERRORS as exc:
+        fail(str(exc))
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    fmt = info["backend"] + (f" v{info['zarr_format']}" if info["zarr_format"] else "")
+    counts = info["counts"]
+    size = "unknown (remote)" if info["size_bytes"] is None else f"{info['size_bytes'] / 2**20:.2f} MiB"
+    click.echo(f"store         {info['path']}  ({fmt}, clifvqa format {info['format']})")
+    click.echo(f"fingerprint   {info['fingerprint']}  ({'ok' if info['fingerprint_ok'] else 'DOES NOT MATCH the provenance'})")
+    click.echo(f"videos        {counts['complete']} complete, {counts['incomplete']} incomplete, {counts['failed']} failed")
+    click.echo(f"frames        {info['total_frames']}")
+    click.echo(f"size          {size}")
+    if info["consolidated"] is not None:
+        click.echo(f"consolidated  {info['consolidated']}")
+    click.echo("provenance")
+    click.echo("  " + json.dumps(info["provenance"], indent=2, sort_keys=True).replace("\n", "\n  "))
+    if info["failures"]:
+        click.echo("failures")
+        for rec in info["failures"]:
+            click.echo(f"  {rec['key']}: {rec['error']}  (source {rec['source']}, {rec['time']})")
+
+
+@store.command("verify")
+@click.argument("path")
+@click.option("--manifest", type=click.Path(exists=True, dir_okay=False), help="Also report manifest videos missing from the store.")
+def store_verify_cmd(path: str, manifest: str | None) -> None:
+    """Check every video of the store at PATH: hashes, shapes, values, maps vs pooled.
+
+    Prints each problem as KEY: message. Exit code 0 when clean, 1 with problems, 2 when the
+    store cannot be opened.
+    """
+    from clifvqa.features.verify import verify_store
+
+    try:
+        problems = verify_store(path, manifest)
+    except _STORE_ERRORS as exc:
+        fail(str(exc))
+    for problem in problems:
+        click.echo(str(problem))
+    if problems:
+        click.echo(f"{path}: {len(problems)} problem{'s' if len(problems) != 1 else ''}", err=True)
+        sys.exit(1)
+    click.echo(f"{path}: no problems")
+
+
+@store.command("merge")
+@click.argument("sources", nargs=-1, required=True)
+@click.option("-o", "--output", required=True, help="New store to write (.zarr, .h5/.hdf5 or .zarr.zip).")
+@click.option("--prefer", type=click.Choice(["first", "last"]), help="For videos whose features differ between sources, take the first/last source's copy.")
+def store_merge_cmd(sources: tuple[str, ...], output: str, prefer: str | None) -> None:
+    """Merge SOURCES (e.g. shard stores) into a new store; all must share one fingerprint."""
+    from clifvqa.features.merge import merge_stores
+
+    try:
+        report = merge_stores(list(sources), output, prefer=prefer)
+    except _STORE_ERRORS as exc:
+        fail(str(exc))
+    click.echo(report.summary())
+
+
+@store.command("convert")
+@click.argument("src")
+@click.argument("dst")
+@click.option("--zarr-format", type=click.Choice(["2", "3"]), default="3", show_default=True, help="Zarr format of a .zarr/.zarr.zip DST (2: readable by zarr 2.x).")
+def store_convert_cmd(src: str, dst: str, zarr_format: str) -> None:
+    """Copy the store SRC into the new store DST (.zarr, .h5/.hdf5, .zarr.zip), bit-exact."""
+    from clifvqa.features.merge import convert_store
+
+    try:
+        report = convert_store(src, dst, zarr_format=int(zarr_format))
+    except _STORE_ERRORS as exc:
+        fail(str(exc))
+    click.echo(report.summary())
 
 
 # ---------------------------------------------------------------- train / evaluate / predict / demo (train/)

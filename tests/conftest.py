@@ -53,3 +53,71 @@ def make_video(video_cache):
         return dest
 
     return make
+
+
+@pytest.fixture
+def serve_directory():
+    """Factory ``serve_directory(folder) -> "http://127.0.0.1:PORT"``: a read-only static file
+    server on loopback that, like most web servers, does not list directories. Stopped after
+    the test."""
+    import functools
+    import http.server
+    import threading
+
+    class NoListing(http.server.SimpleHTTPRequestHandler):
+        def list_directory(self, path):
+            self.send_error(404, "directory listing disabled")
+
+        def log_message(self, *args):
+            pass
+
+    servers = []
+
+    def serve(folder: Path) -> str:
+        handler = functools.partial(NoListing, directory=str(folder))
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_address[1]}"
+
+    yield serve
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def make_train_set(make_video):
+    """Factory ``make_train_set(root, n=6, r=4, store="features.zarr", keys=None, mos=None,
+    split=None, num_rows=None) -> SimpleNamespace(manifest, videos, store, keys, mos)``.
+
+    A small training set for stage two without CLIP: ``n`` synthetic 16-frame 128×96 clips
+    under ``root/videos``, a store of synthetic features (``features.synth``; per video
+    ``num_rows[i]`` or 3 + i frames of rows) and a manifest ``root/manifest.csv`` (with a
+    ``split`` column when ``split`` lists one tag per video).
+    """
+    from types import SimpleNamespace
+
+    from clifvqa.features.store import create_or_open_store
+    from clifvqa.features.synth import synthetic_provenance, synthetic_video
+
+    def make(root: Path, n: int = 6, r: int = 4, store: str = "features.zarr", keys=None, mos=None,
+             split=None, num_rows=None, provenance=None) -> SimpleNamespace:
+        root = Path(root)
+        keys = list(keys or [f"clips/v{i}.mp4" for i in range(n)])
+        mos = list(mos or [1.0 + 0.5 * i + 0.1 * (i % 3) for i in range(len(keys))])
+        for i, key in enumerate(keys):
+            make_video(key, root=root / "videos", num_frames=16, width=192, height=144, seed=i % 4, blur=i % 3)
+        prov = provenance or synthetic_provenance(r=r)
+        with create_or_open_store(root / store, prov) as st:
+            for i, key in enumerate(keys):
+                rows = num_rows[i] if num_rows else 3 + i
+                st.write_video(key, **synthetic_video(prov, seed=i, num_rows=rows, source=key))
+            st.finalize()
+        lines = ["video,mos" + (",split" if split else "")]
+        for i, key in enumerate(keys):
+            lines.append(f"{key},{mos[i]}" + (f",{split[i]}" if split else ""))
+        (root / "manifest.csv").write_text("\n".join(lines) + "\n")
+        return SimpleNamespace(manifest=root / "manifest.csv", videos=root / "videos", store=root / store, keys=keys, mos=mos)
+
+    return make

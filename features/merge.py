@@ -1,0 +1,246 @@
+"""``store merge`` and ``store convert``: copy complete videos and failure records into a new
+store, bit-exact, after checking that every source was made with the same settings.
+
+Both build the output next to its final path and rename it into place when done, so a failed
+merge or conversion leaves no half-written store behind (and never touches the sources).
+Output backend from the output name: ``.zarr`` directory, ``.h5``/``.hdf5``, ``.zarr.zip``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from clifvqa.features.provenance import FingerprintMismatch, provenance_diff
+from clifvqa.features.store import (
+    FeatureStore,
+    StoreError,
+    create_or_open_store,
+    is_url,
+    local_path,
+    open_store,
+    store_kind,
+)
+
+PREFER_CHOICES = ("first", "last")
+
+
+class MergeConflict(ValueError):
+    """Sources hold different features for the same videos (``keys``) and no preference given."""
+
+    def __init__(self, message: str, keys: list[str]) -> None:
+        super().__init__(message)
+        self.keys = keys
+
+
+@dataclass
+class MergeReport:
+    """What a merge or conversion wrote.
+
+    Attributes:
+        out: the output store.
+        sources: the input stores, in order.
+        videos: complete videos written.
+        identical_duplicates: keys complete in several sources with identical data (taken once).
+        resolved_conflicts: keys with differing data where ``prefer`` chose a source.
+        failures: failure records written.
+        failures_dropped: failure records not carried because the video is complete somewhere.
+        incomplete_skipped: incomplete entries (left by crashed runs) not copied.
+    """
+
+    out: str
+    sources: list[str]
+    videos: int = 0
+    identical_duplicates: list[str] = field(default_factory=list)
+    resolved_conflicts: list[str] = field(default_factory=list)
+    failures: int = 0
+    failures_dropped: int = 0
+    incomplete_skipped: int = 0
+
+    def summary(self) -> str:
+        """One line per fact, for the CLI."""
+        lines = [f"wrote {self.out}: {self.videos} videos, {self.failures} failure records "
+                 f"(from {len(self.sources)} store{'s' if len(self.sources) != 1 else ''})"]
+        if self.identical_duplicates:
+            lines.append(f"{len(self.identical_duplicates)} identical duplicate videos taken once")
+        if self.resolved_conflicts:
+            lines.append(f"{len(self.resolved_conflicts)} conflicting videos resolved by --prefer: "
+                         + ", ".join(self.resolved_conflicts[:10]))
+        if self.failures_dropped:
+            lines.append(f"{self.failures_dropped} failure records dropped (video complete elsewhere)")
+        if self.incomplete_skipped:
+            lines.append(f"{self.incomplete_skipped} incomplete entries skipped")
+        return "\n".join(lines)
+
+
+def merge_stores(sources: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str],
+                 prefer: str | None = None, *, zarr_format: int = 3) -> MergeReport:
+    """Merge ``sources`` (paths or URLs) into the new store ``out``.
+
+    Every source must have the same fingerprint (else ``FingerprintMismatch`` naming the
+    differing provenance fields). A video complete in several sources is taken once when its
+    arrays are identical; differing copies raise ``MergeConflict`` unless ``prefer`` is
+    ``"first"`` or ``"last"`` (source order). Failure records are carried over unless the video
+    is complete in some source. The output gets the first source's provenance and consolidated
+    metadata; ``out`` must not exist.
+    """
+    if not sources:
+        raise ValueError("merge needs at least one source store")
+    if prefer not in (None, *PREFER_CHOICES):
+        raise ValueError(f"prefer must be None, 'first' or 'last', got {prefer!r}")
+    return _copy_stores(list(sources), out, prefer, zarr_format)
+
+
+def convert_store(src: str | os.PathLike[str], dst: str | os.PathLike[str],
+                  zarr_format: int = 3) -> MergeReport:
+    """Copy ``src`` into the new store ``dst`` of the backend ``dst``'s name asks for.
+
+    Arrays are copied bit-exact with all video attributes and failure records; incomplete
+    entries are skipped (counted in the report). ``zarr_format=2`` writes a Zarr v2 store
+    (numcodecs Blosc-zstd + Fletcher32) that zarr 2.x can read; it applies to ``.zarr`` and
+    ``.zarr.zip`` outputs only.
+    """
+    return _copy_stores([src], dst, None, zarr_format)
+
+
+def _copy_stores(sources: list[str | os.PathLike[str]], out: str | os.PathLike[str],
+                 prefer: str | None, zarr_format: int) -> MergeReport:
+    if is_url(out):
+        raise StoreError(f"{out}: output stores are written locally; copy it afterwards")
+    out_path = local_path(out)
+    kind = store_kind(out_path)
+    if kind == "hdf5" and zarr_format != 3:
+        raise ValueError(f"zarr_format={zarr_format} applies to Zarr outputs, not {out_path}")
+    if out_path.exists():
+        raise FileExistsError(f"{out_path} exists; merge and convert write a new store: choose "
+                              "another output path or delete it first")
+    opened: list[FeatureStore] = []
+    try:
+        for src in sources:
+            opened.append(open_store(src))
+        _check_fingerprints(opened)
+        report = MergeReport(out=str(out_path), sources=[s.path for s in opened])
+        plan = _plan_videos(opened, prefer, report)
+        failures = _plan_failures(opened, set(plan), prefer, report)
+        _write_output(opened, plan, failures, out_path, kind, zarr_format, report)
+        return report
+    finally:
+        for store in opened:
+            store.close()
+
+
+def _check_fingerprints(stores: list[FeatureStore]) -> None:
+    first = stores[0]
+    for other in stores[1:]:
+        if other.fingerprint != first.fingerprint:
+            fields = provenance_diff(first.provenance, other.provenance)
+            what = ", ".join(fields) if fields else "none (a fingerprint attribute is corrupt: run store verify)"
+            raise FingerprintMismatch(
+                f"cannot merge {other.path} into {first.path}: they were made with different "
+                f"settings (differing provenance fields: {what}); only stores with the same "
+                "fingerprint hold interchangeable features", fields)
+
+
+def _plan_videos(stores: list[FeatureStore], prefer: str | None,
+                 report: MergeReport) -> dict[str, int]:
+    """{key: index of the source to copy it from}."""
+    holders: dict[str, list[int]] = {}
+    for i, store in enumerate(stores):
+        for key in store.keys():
+            holders.setdefault(key, []).append(i)
+    report.incomplete_skipped = len({k for s in stores for k in s.incomplete_keys()} - set(holders))
+    plan: dict[str, int] = {}
+    conflicts: list[str] = []
+    lines: list[str] = []
+    for key in sorted(holders):
+        idx = holders[key]
+        if all(_same_video(stores[idx[0]], stores[j], key) for j in idx[1:]):
+            plan[key] = idx[0]
+            if len(idx) > 1:
+                report.identical_duplicates.append(key)
+        elif prefer is None:
+            conflicts.append(key)
+            lines.append(f"{key} ({', '.join(stores[j].path for j in idx)})")
+        else:
+            plan[key] = idx[0] if prefer == "first" else idx[-1]
+            report.resolved_conflicts.append(key)
+    if conflicts:
+        shown = "\n  ".join(lines[:20]) + ("\n  ..." if len(lines) > 20 else "")
+        raise MergeConflict(f"{len(conflicts)} video(s) have different features in different "
+                            f"sources:\n  {shown}\npass prefer='first' or 'last' (--prefer) to "
+                            "choose by source order", conflicts)
+    return plan
+
+
+def _same_video(a: FeatureStore, b: FeatureStore, key: str) -> bool:
+    if a.video_attrs(key).get("pooled_sha256") != b.video_attrs(key).get("pooled_sha256"):
+        return False
+    names = a.array_names(key)
+    if names != b.array_names(key):
+        return False
+    for name in names:
+        x, y = a.read_array(key, name), b.read_array(key, name)
+        if x.dtype != y.dtype or x.shape != y.shape or not np.array_equal(
+                x.view(np.uint8), y.view(np.uint8)):
+            return False
+    return True
+
+
+def _plan_failures(stores: list[FeatureStore], complete: set[str], prefer: str | None,
+                   report: MergeReport) -> dict[str, dict]:
+    out: dict[str, dict] = {}
+    for store in stores:
+        for key, record in store.failures().items():
+            if key in complete:
+                report.failures_dropped += 1
+            elif key not in out or prefer == "last":
+                out[key] = record
+    return out
+
+
+def _write_output(stores: list[FeatureStore], plan: dict[str, int], failures: dict[str, dict],
+                  out_path: Path, kind: str, zarr_format: int, report: MergeReport) -> None:
+    tag = f".tmp-{uuid.uuid4().hex[:12]}-{out_path.name}"
+    build = out_path.parent / (tag + ".zarr" if kind == "zarr.zip" else tag)
+    final_tmp = out_path.parent / tag
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with create_or_open_store(build, stores[0].provenance, zarr_format=zarr_format) as dst:
+            for key, i in plan.items():
+                video = stores[i].read_video(key)
+                try:
+                    dst.write_video(key, pooled=video.pooled, frames=video.frames, maps=video.maps,
+                                    embeddings=video.embeddings, attrs=video.attrs)
+                except ValueError as exc:
+                    raise StoreError(f"{stores[i].path}: {exc}") from exc
+                report.videos += 1
+            for key, record in sorted(failures.items()):
+                dst._write_failure(key, record)
+                report.failures += 1
+            dst.finalize()
+        if kind == "zarr.zip":
+            from clifvqa.features.zarr_backend import zip_directory
+
+            zip_directory(build, final_tmp)
+        if out_path.exists():
+            raise FileExistsError(f"{out_path} appeared while the merge ran; nothing was written")
+        os.rename(final_tmp, out_path)
+    except BaseException:
+        _remove(final_tmp)
+        raise
+    finally:
+        if build != final_tmp:
+            _remove(build)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    elif path.exists():
+        path.unlink()

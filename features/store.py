@@ -1,0 +1,516 @@
+"""Feature store format v1: one interface over a Zarr (v3, or v2 export) and an HDF5 backend.
+
+Tree (both backends; ``docs/FORMAT.md`` is the reference for outside readers)::
+
+    /                        attrs clifvqa_format=1, fingerprint, provenance
+    /videos/<key>/pooled     float32 [T, 2r]
+    /videos/<key>/maps       float16 [T, r, m, n]      (optional)
+    /videos/<key>/frames     int32   [T]
+    /videos/<key>/embeddings float16 [T, m*n, D]      (optional)
+    /videos/<key>            attrs source, ..., pooled_sha256, complete=true (written last)
+    /failures/<key>          attrs error, source, time
+
+``<key>`` is the manifest's video path (checked by the path rule) stored as nested groups. An
+entry is a group with attributes; intermediate folders have none. Each video and each failure
+record lives in its own group, so shard processes writing different videos never touch a shared
+object. Use :func:`open_store` to read and :func:`create_or_open_store` to write.
+"""
+
+from __future__ import annotations
+
+import abc
+import hashlib
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from clifvqa.features.provenance import (
+    FingerprintMismatch,
+    check_provenance,
+    fingerprint,
+    informative_defaults,
+    provenance_diff,
+    to_plain,
+)
+from clifvqa.manifests.paths import UnsafePathError, validate_video_path
+
+FORMAT_VERSION = 1
+VIDEOS = "videos"
+FAILURES = "failures"
+
+ARRAY_DTYPES: dict[str, str] = {
+    "pooled": "float32", "maps": "float16", "frames": "int32", "embeddings": "float16",
+}
+"""Every array a video entry may hold, with its on-disk dtype."""
+
+FRAMES_FILL = -1
+"""Fill value of ``frames`` (float arrays use NaN): a lost chunk reads back as impossible data."""
+
+# Names a store's own metadata files use; a key segment with one of these names would land on
+# top of them (``videos/zarr.json``), so such keys are refused in addition to the path rule.
+_RESERVED_SEGMENTS = frozenset({"zarr.json", ".zgroup", ".zattrs", ".zarray", ".zmetadata"})
+
+
+class StoreError(ValueError):
+    """A store that cannot be opened or written as asked; the message says which and why."""
+
+
+@dataclass
+class VideoFeatures:
+    """Everything stored for one video.
+
+    Attributes:
+        key: the video's key (manifest path).
+        pooled: float32 [T, 2r], per frame the r averages then the r maxima.
+        frames: int32 [T], decoded frame index of each row.
+        maps: float16 [T, r, m, n] per-crop probabilities, or None when not stored.
+        embeddings: float16 [T, m*n, D] L2-normalised crop embeddings, or None.
+        attrs: the entry's attributes (``source``, ``fps``, ..., ``pooled_sha256``, ``complete``).
+    """
+
+    key: str
+    pooled: np.ndarray
+    frames: np.ndarray
+    maps: np.ndarray | None = None
+    embeddings: np.ndarray | None = None
+    attrs: dict[str, Any] = field(default_factory=dict)
+
+
+def pooled_sha256(pooled: np.ndarray) -> str:
+    """Hex sha256 of ``pooled`` as little-endian float32 bytes in C order (attr ``pooled_sha256``)."""
+    return hashlib.sha256(np.ascontiguousarray(pooled, dtype="<f4").tobytes()).hexdigest()
+
+
+def check_key(key: str) -> str:
+    """The store key for ``key``: the manifest path rule plus no store-metadata file names."""
+    key = validate_video_path(key)
+    for segment in key.split("/"):
+        if segment in _RESERVED_SEGMENTS:
+            raise UnsafePathError(key, f"segment {segment!r} is a Zarr metadata file name")
+    return key
+
+
+def check_attr_value(name: str, value: Any) -> Any:
+    """``value`` as a plain type both backends store identically, else TypeError.
+
+    Allowed: None, bool, int, float, str and flat lists whose items are all str, all bool, all
+    int or all float (HDF5 attributes cannot hold dicts or mixed lists).
+    """
+    value = to_plain(value)
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, list):
+        kinds = {bool if isinstance(v, bool) else type(v) for v in value}
+        if len(kinds) <= 1 and kinds <= {str, bool, int, float}:
+            return value
+    raise TypeError(f"attribute {name!r} = {value!r} cannot be stored: use None, bool, int, float, "
+                    "str or a flat list of one of str/bool/int/float (JSON-encode anything else)")
+
+
+def is_url(path: str | os.PathLike[str]) -> bool:
+    """True for fsspec URLs such as ``s3://b/x.zarr`` (``file://`` counts as a local path)."""
+    text = os.fspath(path)
+    return "://" in text and not text.startswith("file://")
+
+
+def local_path(path: str | os.PathLike[str]) -> Path:
+    """``path`` as a local Path (``file://`` prefix removed)."""
+    text = os.fspath(path)
+    return Path(text[len("file://"):] if text.startswith("file://") else text)
+
+
+def store_kind(path: str | os.PathLike[str]) -> str:
+    """``"hdf5"`` for ``.h5``/``.hdf5``, ``"zarr.zip"`` for ``.zip``, else ``"zarr"`` (a directory)."""
+    name = os.fspath(path).rstrip("/").lower()
+    if name.endswith((".h5", ".hdf5")):
+        return "hdf5"
+    if name.endswith(".zip"):
+        return "zarr.zip"
+    return "zarr"
+
+
+class FeatureStore(abc.ABC):
+    """A feature store: read (any backend, local or remote) or write (local ``.zarr`` / ``.h5``).
+
+    Attributes:
+        path: the path or URL it was opened from.
+        backend: ``"zarr"``, ``"zarr.zip"`` or ``"hdf5"``.
+        zarr_format: 3 or 2 for Zarr backends, None for HDF5.
+        format_version: the store's ``clifvqa_format``.
+        provenance: how the features were made (plain dict).
+        fingerprint: the ``fingerprint`` root attribute (``"sha256:<hex>"``).
+        writable: whether ``write_video`` / ``record_failure`` are allowed.
+
+    Use as a context manager (``with open_store(p) as s: ...``) or call :meth:`close`.
+    Backends implement the underscored node primitives; everything else is shared.
+    """
+
+    backend: str = ""
+    zarr_format: int | None = None
+
+    def __init__(self, path: str, root_attrs: Mapping[str, Any], *, writable: bool) -> None:
+        self.path = path
+        self.writable = writable
+        version = root_attrs.get("clifvqa_format")
+        if version is None or "provenance" not in root_attrs:
+            raise StoreError(f"{path} is not a clifvqa feature store (its root has no "
+                             "clifvqa_format/provenance attributes)")
+        if version != FORMAT_VERSION:
+            raise StoreError(f"{path} has clifvqa_format {version!r}; this clifvqa reads format "
+                             f"{FORMAT_VERSION} only: upgrade clifvqa")
+        self.format_version: int = int(version)
+        self.provenance: dict[str, Any] = dict(root_attrs["provenance"])
+        self.fingerprint: str = str(root_attrs.get("fingerprint", ""))
+
+    # ------------------------------------------------------------------ backend primitives
+    @abc.abstractmethod
+    def _node(self, path: str) -> tuple[str | None, dict[str, Any]]:
+        """``("group"|"array"|None, attrs)`` of the node at ``path`` (relative to the root)."""
+
+    @abc.abstractmethod
+    def _entries(self, top: str) -> dict[str, dict[str, Any]]:
+        """``{key: attrs}`` of every group with attributes below ``top``."""
+
+    @abc.abstractmethod
+    def _has_children(self, path: str) -> bool:
+        """Whether the group at ``path`` has any child node."""
+
+    @abc.abstractmethod
+    def _array_names(self, path: str) -> list[str]:
+        """Names of the arrays directly in the group at ``path``."""
+
+    @abc.abstractmethod
+    def _array_shape(self, path: str) -> tuple[int, ...]:
+        """Shape of the array at ``path`` (metadata only)."""
+
+    @abc.abstractmethod
+    def _read_array(self, path: str) -> np.ndarray:
+        """The whole array at ``path``; decode/checksum errors propagate."""
+
+    @abc.abstractmethod
+    def _write_group(self, path: str, attrs: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+        """Create the group ``path`` (replacing whatever is there) with attrs and arrays."""
+
+    @abc.abstractmethod
+    def _set_attr(self, path: str, name: str, value: Any) -> None:
+        """Set one attribute of the group at ``path``."""
+
+    @abc.abstractmethod
+    def _delete(self, path: str) -> None:
+        """Remove the node at ``path`` and everything below it."""
+
+    @abc.abstractmethod
+    def finalize(self) -> None:
+        """End of a writing run: flush, and for Zarr write consolidated metadata (one process)."""
+
+    def close(self) -> None:
+        """Release the file handles."""
+
+    def size_bytes(self) -> int | None:
+        """Bytes on disk (local stores), None when unknown (remote)."""
+        return None
+
+    def consolidated_state(self) -> str | None:
+        """Zarr only: ``"absent"``, ``"fresh"``, ``"stale: ..."`` or ``"unchecked"``; None for HDF5."""
+        return None
+
+    # ------------------------------------------------------------------ shape of the features
+    @property
+    def num_prompts(self) -> int:
+        """r, the number of prompts."""
+        return len(self.provenance["prompts"]["texts"])
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        """(m, n), the crop grid rows and columns."""
+        m, n = self.provenance["grid"]
+        return int(m), int(n)
+
+    # ------------------------------------------------------------------ reading
+    def keys(self) -> list[str]:
+        """Sorted keys of the complete videos (entries whose ``complete`` attr is true)."""
+        return sorted(k for k, a in self._entries(VIDEOS).items() if a.get("complete") is True)
+
+    def incomplete_keys(self) -> list[str]:
+        """Sorted keys of entries a crash left without ``complete`` (a rerun replaces them)."""
+        return sorted(k for k, a in self._entries(VIDEOS).items() if a.get("complete") is not True)
+
+    def __contains__(self, key: object) -> bool:
+        try:
+            return isinstance(key, str) and self.is_complete(key)
+        except UnsafePathError:
+            return False
+
+    def is_complete(self, key: str) -> bool:
+        """True when ``key`` has a complete entry."""
+        kind, attrs = self._node(f"{VIDEOS}/{check_key(key)}")
+        return kind == "group" and attrs.get("complete") is True
+
+    def video_attrs(self, key: str) -> dict[str, Any]:
+        """The attributes of ``key``'s entry (complete or not); KeyError when there is none."""
+        kind, attrs = self._node(f"{VIDEOS}/{check_key(key)}")
+        if kind != "group" or not attrs:
+            raise KeyError(f"no video {key!r} in {self.path}")
+        return attrs
+
+    def _complete_path(self, key: str) -> str:
+        path = f"{VIDEOS}/{check_key(key)}"
+        kind, attrs = self._node(path)
+        if kind != "group" or attrs.get("complete") is not True:
+            state = "is incomplete (its extraction did not finish)" if attrs else "is not in it"
+            raise KeyError(f"video {key!r} {state}: {self.path}")
+        return path
+
+    def read_pooled(self, key: str) -> np.ndarray:
+        """float32 [T, 2r] pooled features of a complete video (KeyError otherwise)."""
+        return self._read_array(f"{self._complete_path(key)}/pooled")
+
+    def array_names(self, key: str) -> list[str]:
+        """Names of the arrays a complete video holds (of ``ARRAY_DTYPES``, in that order)."""
+        names = set(self._array_names(self._complete_path(key)))
+        return [n for n in ARRAY_DTYPES if n in names]
+
+    def read_array(self, key: str, name: str) -> np.ndarray:
+        """One array (``pooled``, ``maps``, ``frames`` or ``embeddings``) of a complete video."""
+        return self._read_array(f"{self._complete_path(key)}/{name}")
+
+    def array_shape(self, key: str, name: str) -> tuple[int, ...]:
+        """Shape of one array of a complete video, without reading its data."""
+        return self._array_shape(f"{self._complete_path(key)}/{name}")
+
+    def read_video(self, key: str) -> VideoFeatures:
+        """Every array and the attributes of a complete video (KeyError otherwise)."""
+        path = self._complete_path(key)
+        names = set(self._array_names(path))
+        arrays = {n: self._read_array(f"{path}/{n}") for n in ARRAY_DTYPES if n in names}
+        if "pooled" not in arrays or "frames" not in arrays:
+            raise StoreError(f"video {key!r} in {self.path} is marked complete but lacks "
+                             f"{'pooled' if 'pooled' not in arrays else 'frames'}: run store verify")
+        return VideoFeatures(key=check_key(key), attrs=self._node(path)[1], **arrays)
+
+    def failures(self) -> dict[str, dict[str, Any]]:
+        """``{key: {"error", "source", "time"}}`` of the recorded failures."""
+        return self._entries(FAILURES)
+
+    # ------------------------------------------------------------------ writing
+    def _check_writable(self) -> None:
+        if not self.writable:
+            raise StoreError(f"{self.path} is open read-only; write with create_or_open_store(...)")
+
+    def write_video(self, key: str, *, pooled: np.ndarray, frames: np.ndarray,
+                    attrs: Mapping[str, Any], maps: np.ndarray | None = None,
+                    embeddings: np.ndarray | None = None, replace: bool = False) -> None:
+        """Store one video's features; ``complete=True`` is written last.
+
+        Each array is written in one go (one chunk per array). ``pooled_sha256`` is computed
+        here; when ``attrs`` already holds one (a copy from another store) it must match.
+        An incomplete entry of ``key`` is replaced; a complete one only with ``replace=True``.
+        A failure record of ``key`` is removed once the entry is complete.
+
+        Raises:
+            ValueError: wrong shapes/dtypes (naming the key), a key colliding with another
+                entry, a complete entry without ``replace``, a mismatching ``pooled_sha256``.
+            UnsafePathError: the key breaks the path rule.
+        """
+        self._check_writable()
+        key = check_key(key)
+        arrays = self._checked_arrays(key, pooled, frames, maps, embeddings)
+        digest = pooled_sha256(arrays["pooled"])
+        plain = {str(k): check_attr_value(str(k), v) for k, v in attrs.items() if k != "complete"}
+        given = plain.pop("pooled_sha256", None)
+        if given is not None and given != digest:
+            raise ValueError(f"video {key!r}: attrs say pooled_sha256={given} but the pooled array "
+                             f"hashes to {digest}; the source copy is corrupt (run store verify)")
+        plain["pooled_sha256"] = digest
+        path = f"{VIDEOS}/{key}"
+        self._check_slot(key, path, replace)
+        self._write_group(path, plain, arrays)
+        self._set_attr(path, "complete", True)
+        self.clear_failure(key)
+
+    def _checked_arrays(self, key: str, pooled: np.ndarray, frames: np.ndarray,
+                        maps: np.ndarray | None, embeddings: np.ndarray | None) -> dict[str, np.ndarray]:
+        r = self.num_prompts
+        m, n = self.grid
+        given = {"pooled": pooled, "frames": frames, "maps": maps, "embeddings": embeddings}
+        out: dict[str, np.ndarray] = {}
+        for name, value in given.items():
+            if value is None:
+                continue
+            arr = np.asarray(value)
+            want = np.integer if name == "frames" else np.floating
+            if not np.issubdtype(arr.dtype, want):
+                raise ValueError(f"video {key!r}: {name} has dtype {arr.dtype}, expected "
+                                 f"{'integers' if name == 'frames' else 'floats'}")
+            with np.errstate(over="ignore"):  # overflow to inf is reported below
+                out[name] = np.ascontiguousarray(arr, dtype=ARRAY_DTYPES[name])
+        t = out["pooled"].shape[0] if out["pooled"].ndim else -1
+        expected = {"pooled": (t, 2 * r), "frames": (t,), "maps": (t, r, m, n)}
+        if "embeddings" in out:
+            emb = out["embeddings"]
+            expected["embeddings"] = (t, m * n, emb.shape[-1] if emb.ndim == 3 else -1)
+        for name, arr in out.items():
+            if arr.shape != expected[name]:
+                raise ValueError(f"video {key!r}: {name} has shape {list(arr.shape)}, expected "
+                                 f"{list(expected[name])} (T={t}, r={r}, grid {m}x{n})")
+        for name in ("pooled", "maps", "embeddings"):
+            bad = 0 if name not in out else int(out[name].size - np.count_nonzero(np.isfinite(out[name])))
+            if bad:
+                raise ValueError(f"video {key!r}: {name} has {bad} non-finite values (NaN/inf, "
+                                 f"or too large for {ARRAY_DTYPES[name]}); not stored")
+        if "frames" in out and out["frames"].size and not np.array_equal(
+                np.asarray(frames).astype(np.int64), out["frames"].astype(np.int64)):
+            raise ValueError(f"video {key!r}: frame indices do not fit int32")
+        return out
+
+    def _check_slot(self, key: str, path: str, replace: bool) -> None:
+        """Refuse keys that would overwrite other entries or a complete entry."""
+        parts = key.split("/")
+        for i in range(1, len(parts)):
+            prefix = "/".join(parts[:i])
+            kind, attrs = self._node(f"{VIDEOS}/{prefix}")
+            if kind == "array" or attrs:
+                raise ValueError(f"cannot store video {key!r}: {prefix!r} is already a video in "
+                                 f"{self.path}, and a video cannot also be a folder")
+        kind, attrs = self._node(path)
+        if kind == "array":
+            raise ValueError(f"cannot store video {key!r}: an array is in the way in {self.path}")
+        if kind == "group" and not attrs and self._has_children(path):
+            raise ValueError(f"cannot store video {key!r}: it is a folder of other videos in "
+                             f"{self.path}")
+        if attrs.get("complete") is True and not replace:
+            raise ValueError(f"video {key!r} is already complete in {self.path}; pass "
+                             "replace=True to overwrite it")
+
+    def record_failure(self, key: str, error: str, source: str, *, time: str | None = None) -> None:
+        """Record that ``key`` failed (``error`` says why; ``source`` is the file tried).
+
+        ``time`` defaults to now (UTC ISO). A previous record of the key is replaced.
+        """
+        record = {"error": str(error), "source": str(source),
+                  "time": time or informative_defaults()["created"]}
+        self._write_failure(check_key(key), record)
+
+    def _write_failure(self, key: str, record: Mapping[str, Any]) -> None:
+        self._check_writable()
+        attrs = {str(k): check_attr_value(str(k), v) for k, v in record.items()}
+        self._write_group(f"{FAILURES}/{key}", attrs, {})
+
+    def clear_failure(self, key: str) -> None:
+        """Remove the failure record of ``key`` if there is one."""
+        self._check_writable()
+        path = f"{FAILURES}/{check_key(key)}"
+        kind, attrs = self._node(path)
+        if kind == "group" and attrs:
+            self._delete(path)
+
+    # ------------------------------------------------------------------ protocol
+    def __enter__(self) -> FeatureStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __reduce__(self) -> tuple[Any, tuple[str, str]]:
+        # Worker processes (DataLoader, joblib) get their own handle, never a shared one.
+        return (open_store, (self.path, "r+" if self.writable else "r"))
+
+    def __repr__(self) -> str:
+        mode = "writable" if self.writable else "read-only"
+        return f"<FeatureStore {self.backend} {self.path!r} {mode} {self.fingerprint[:19]}>"
+
+
+def open_store(path_or_url: str | os.PathLike[str], mode: str = "r") -> FeatureStore:
+    """Open an existing store: a ``.zarr`` directory, ``.h5``/``.hdf5`` file, ``.zarr.zip`` file
+    or an fsspec URL (``s3://``, ``gs://``, ``https://``, ``memory://`` ...; read-only).
+
+    ``mode="r"`` reads; ``mode="r+"`` opens a local ``.zarr``/``.h5`` store for writing
+    (without provenance checks; prefer :func:`create_or_open_store` for extraction runs).
+    """
+    if mode not in ("r", "r+"):
+        raise ValueError(f"mode must be 'r' or 'r+', got {mode!r}")
+    writable = mode == "r+"
+    text = os.fspath(path_or_url)
+    kind = store_kind(text)
+    if is_url(text):
+        if writable:
+            raise StoreError(f"{text}: remote stores are read-only; write a local store and copy it")
+        if kind != "zarr":
+            raise StoreError(f"{text}: only Zarr directories can be read remotely; download the "
+                             f"{kind} file first")
+        from clifvqa.features.zarr_backend import ZarrFeatureStore
+
+        return ZarrFeatureStore.open_url(text)
+    path = local_path(text)
+    if not path.exists():
+        raise FileNotFoundError(f"no feature store at {path}")
+    if kind == "hdf5":
+        from clifvqa.features.hdf5_backend import HDF5FeatureStore
+
+        return HDF5FeatureStore.open(path, writable=writable)
+    from clifvqa.features.zarr_backend import ZarrFeatureStore
+
+    if kind == "zarr.zip":
+        if writable:
+            raise StoreError(f"{path} is a read-only .zarr.zip export; write a .zarr store instead")
+        return ZarrFeatureStore.open_zip(path)
+    return ZarrFeatureStore.open_local(path, writable=writable)
+
+
+def create_or_open_store(path: str | os.PathLike[str], provenance: Mapping[str, Any], *,
+                         zarr_format: int = 3) -> FeatureStore:
+    """Open ``path`` for writing, creating it with ``provenance`` when it does not exist.
+
+    The root is created exactly once even when shard processes start together (it is built
+    next to ``path`` and renamed/linked into place; the loser opens the winner's store).
+    ``created`` and ``software`` are added to the provenance when it has none. ``.zarr`` (any
+    name without an ``.h5``/``.hdf5``/``.zip`` suffix) gives a Zarr directory store (format
+    ``zarr_format``), ``.h5``/``.hdf5`` an HDF5 file (one writing process at a time).
+
+    Raises:
+        FingerprintMismatch: the existing store was made with different determining settings;
+            the message names the differing provenance fields.
+        StoreError: remote URL or ``.zarr.zip`` (read-only), or a path that is not a store.
+        ValueError: provenance lacks a field or has a wrong type (naming it).
+    """
+    text = os.fspath(path)
+    if is_url(text):
+        raise StoreError(f"{text}: remote stores are read-only; write a local store and copy it")
+    kind = store_kind(text)
+    if kind == "zarr.zip":
+        raise StoreError(f"{text} would be a .zarr.zip, which is a read-only export: write a "
+                         ".zarr store, then `clifvqa store convert` it")
+    if zarr_format not in (2, 3):
+        raise ValueError(f"zarr_format must be 2 or 3, got {zarr_format!r}")
+    prov = check_provenance(provenance)
+    for name, value in informative_defaults().items():
+        prov.setdefault(name, value)
+    fp = fingerprint(prov)
+    root_attrs = {"clifvqa_format": FORMAT_VERSION, "fingerprint": fp, "provenance": prov}
+    local = local_path(text)
+    if kind == "hdf5":
+        from clifvqa.features.hdf5_backend import HDF5FeatureStore as Backend
+    else:
+        from clifvqa.features.zarr_backend import ZarrFeatureStore as Backend  # type: ignore[assignment]
+    store = Backend.create_or_open(local, root_attrs, zarr_format=zarr_format)
+    if store.fingerprint != fp:
+        fields = provenance_diff(store.provenance, prov)
+        store.close()
+        what = (f"differing provenance fields: {', '.join(fields)}" if fields else
+                "its stored fingerprint does not match its provenance (run store verify)")
+        raise FingerprintMismatch(
+            f"{local} holds features made with other settings ({what}); features from "
+            "different settings cannot share a store: write to a new --store path (or delete "
+            f"{local} to start over)", fields)
+    return store
+
+
+def finalize_store(path: str | os.PathLike[str]) -> None:
+    """Write consolidated metadata for an existing local store (what an extraction run does
+    at its end); use it when ``store verify`` reports stale consolidated metadata."""
+    with open_store(path, mode="r+") as store:
+        store.finalize()

@@ -1,0 +1,221 @@
+"""``store verify``: check a (copied, merged, downloaded) store against its own claims.
+
+Store level: the fingerprint recomputed from the provenance, the provenance's structure and,
+for Zarr, whether consolidated metadata still matches the listing. Per complete video: required
+attributes, readable arrays (a chunk that fails its checksum or does not decode is a problem,
+never a crash), shapes and dtypes against r, m, n, ``pooled_sha256``, finite values, frame
+indices, and with maps: per-crop probabilities summing to 1 (per prompt group when
+``prompts.softmax == "group"``) and pooled = (mean, max) of the maps. With a manifest: every
+manifest video must be complete in the store.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from clifvqa.features.provenance import check_provenance, fingerprint
+from clifvqa.features.store import FeatureStore, open_store, pooled_sha256
+
+STORE_KEY = "(store)"
+"""``Problem.key`` of problems that concern the whole store rather than one video."""
+
+REQUIRED_ATTRS: tuple[str, ...] = (
+    "source", "source_size", "source_sha256", "fps", "width", "height", "rotation",
+    "num_frames", "pooled_sha256",
+)
+
+SUM_TOLERANCE_PER_PROMPT = 3e-3
+"""A crop's probabilities may miss 1 by this much per prompt summed (float16 storage)."""
+POOL_TOLERANCE = 2e-3
+"""pooled may differ from the mean/max of the float16 maps by this much."""
+NORM_TOLERANCE = 1e-2
+"""Stored (float16) crop embeddings must have an L2 norm within this of 1."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a store: the video key (or ``"(store)"``) and what is wrong."""
+
+    key: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.key}: {self.message}"
+
+
+def verify_store(store: str | os.PathLike[str] | FeatureStore,
+                 manifest: Any = None) -> list[Problem]:
+    """Every problem found in ``store`` (a path, URL or open store); empty when it is clean.
+
+    ``manifest`` (a CSV path or a ``clifvqa.manifests.io.Manifest``) adds one problem per
+    manifest video that is not complete in the store (saying whether it failed, is incomplete
+    or is absent).
+    """
+    if isinstance(store, FeatureStore):
+        return _verify(store, manifest)
+    with open_store(store) as opened:
+        return _verify(opened, manifest)
+
+
+def _verify(store: FeatureStore, manifest: Any) -> list[Problem]:
+    problems: list[Problem] = []
+    try:
+        prov = check_provenance(store.provenance)
+    except ValueError as exc:
+        return [Problem(STORE_KEY, f"unusable provenance: {exc}")]
+    recomputed = fingerprint(prov)
+    if recomputed != store.fingerprint:
+        problems.append(Problem(STORE_KEY, f"fingerprint attribute {store.fingerprint!r} does not "
+                                           f"match the provenance (which hashes to {recomputed}); "
+                                           "one of them was edited or corrupted"))
+    state = store.consolidated_state()
+    if state is not None and state.startswith("stale"):
+        problems.append(Problem(STORE_KEY, f"consolidated metadata is {state}; remote readers "
+                                           "would see old contents: refresh it with "
+                                           "clifvqa.features.store.finalize_store(path)"))
+    try:
+        keys = store.keys()
+    except Exception as exc:  # noqa: BLE001 - a corrupt listing is a finding, not a crash
+        return problems + [Problem(STORE_KEY, f"cannot list videos: {type(exc).__name__}: {exc}")]
+    checker = _VideoChecker(prov)
+    for key in keys:
+        problems.extend(Problem(key, msg) for msg in checker.check(store, key))
+    if manifest is not None:
+        problems.extend(_missing_from_manifest(store, manifest, set(keys)))
+    return problems
+
+
+class _VideoChecker:
+    """Per-video checks against the shapes the provenance implies."""
+
+    def __init__(self, prov: dict[str, Any]) -> None:
+        prompts = prov["prompts"]
+        self.r = len(prompts["texts"])
+        self.m, self.n = prov["grid"]
+        if prompts["softmax"] == "group":
+            groups = prompts["groups"]
+            self.sum_sets: list[tuple[str | None, list[int]]] = [
+                (name, [i for i, g in enumerate(groups) if g == name])
+                for name in dict.fromkeys(groups)]
+        else:
+            self.sum_sets = [(None, list(range(self.r)))]
+
+    def check(self, store: FeatureStore, key: str) -> list[str]:
+        try:
+            attrs = store.video_attrs(key)
+            names = store.array_names(key)
+        except Exception as exc:  # noqa: BLE001
+            return [f"cannot read the entry: {type(exc).__name__}: {exc}"]
+        out: list[str] = []
+        missing = [a for a in REQUIRED_ATTRS if a not in attrs]
+        if missing:
+            out.append(f"missing attributes: {', '.join(missing)}")
+        arrays: dict[str, np.ndarray] = {}
+        for name in names:
+            try:
+                arrays[name] = store.read_array(key, name)
+            except Exception as exc:  # noqa: BLE001 - checksum / decode errors of a corrupt chunk
+                out.append(f"cannot read {name} (corrupt chunk?): {type(exc).__name__}: {exc}")
+        for name in ("pooled", "frames"):
+            if name not in names:
+                out.append(f"has no {name} array")
+        if "pooled" not in arrays or "frames" not in arrays:
+            return out
+        if not self._shapes_ok(arrays, out):
+            return out
+        pooled, frames = arrays["pooled"], arrays["frames"]
+        digest = pooled_sha256(pooled)
+        if attrs.get("pooled_sha256") not in (None, digest):
+            out.append(f"pooled_sha256 mismatch: attribute {attrs['pooled_sha256']}, data hashes "
+                       f"to {digest} (corrupted after writing?)")
+        finite = {}
+        for name in ("pooled", "maps", "embeddings"):
+            if name in arrays:
+                bad = int(np.size(arrays[name]) - np.count_nonzero(np.isfinite(arrays[name])))
+                finite[name] = bad == 0
+                if bad:
+                    out.append(f"{name} has {bad} non-finite values (a missing chunk reads as NaN)")
+        out.extend(self._frames(frames, attrs))
+        if "maps" in arrays and finite["maps"]:
+            out.extend(self._maps(arrays["maps"], pooled if finite["pooled"] else None))
+        if "embeddings" in arrays and finite["embeddings"]:
+            norms = np.linalg.norm(arrays["embeddings"].astype(np.float32), axis=-1)
+            worst = float(np.max(np.abs(norms - 1.0), initial=0.0))
+            if worst > NORM_TOLERANCE:
+                out.append(f"embeddings are not L2-normalised (a norm is off by {worst:.3g})")
+        return out
+
+    def _shapes_ok(self, arrays: dict[str, np.ndarray], out: list[str]) -> bool:
+        r, m, n = self.r, self.m, self.n
+        t = arrays["pooled"].shape[0] if arrays["pooled"].ndim else -1
+        expected: dict[str, tuple[tuple[int, ...], str]] = {
+            "pooled": ((t, 2 * r), "float32"), "frames": ((t,), "int32"),
+            "maps": ((t, r, m, n), "float16"),
+        }
+        if "embeddings" in arrays:
+            emb = arrays["embeddings"]
+            expected["embeddings"] = ((t, m * n, emb.shape[-1] if emb.ndim == 3 else -1), "float16")
+        ok = True
+        for name, arr in arrays.items():
+            if name not in expected:
+                continue
+            shape, dtype = expected[name]
+            if arr.shape != shape or arr.dtype != np.dtype(dtype):
+                out.append(f"{name} is {arr.dtype} {list(arr.shape)}, expected {dtype} "
+                           f"{list(shape)} (r={r}, grid {m}x{n})")
+                ok = False
+        return ok
+
+    @staticmethod
+    def _frames(frames: np.ndarray, attrs: dict[str, Any]) -> list[str]:
+        out = []
+        if frames.size and frames.min() < 0:
+            out.append("frames has negative indices (a missing chunk reads as -1)")
+        if frames.size > 1 and np.any(np.diff(frames.astype(np.int64)) <= 0):
+            out.append("frames is not strictly increasing")
+        num = attrs.get("num_frames")
+        if isinstance(num, int) and num > 0 and frames.size and int(frames.max()) >= num:
+            out.append(f"frames has index {int(frames.max())} but num_frames is {num}")
+        return out
+
+    def _maps(self, maps: np.ndarray, pooled: np.ndarray | None) -> list[str]:
+        out = []
+        m32 = maps.astype(np.float32)
+        for group, idx in self.sum_sets:
+            err = float(np.max(np.abs(m32[:, idx].sum(axis=1) - 1.0), initial=0.0))
+            if err > SUM_TOLERANCE_PER_PROMPT * len(idx):
+                which = "" if group is None else f" of group {group!r}"
+                out.append(f"maps: crop probabilities{which} do not sum to 1 (off by {err:.3g})")
+        if pooled is not None and len(maps):
+            r = self.r
+            for label, pooled_block, from_maps in (
+                    ("average", pooled[:, :r], m32.mean(axis=(2, 3))),
+                    ("max", pooled[:, r:], m32.max(axis=(2, 3)))):
+                err = float(np.max(np.abs(pooled_block - from_maps)))
+                if err > POOL_TOLERANCE:
+                    out.append(f"pooled {label} block disagrees with the maps (off by {err:.3g})")
+        return out
+
+
+def _missing_from_manifest(store: FeatureStore, manifest: Any, complete: set[str]) -> list[Problem]:
+    from clifvqa.manifests.io import read_manifest
+
+    rows = manifest if hasattr(manifest, "videos") else read_manifest(manifest)
+    failures = store.failures()
+    incomplete = set(store.incomplete_keys())
+    out = []
+    for video in rows.videos:
+        if video in complete:
+            continue
+        if video in failures:
+            why = f"extraction failed: {failures[video].get('error', '?')}"
+        elif video in incomplete:
+            why = "its entry is incomplete (extraction did not finish)"
+        else:
+            why = "not in the store"
+        out.append(Problem(video, f"in the manifest but missing from the store: {why}"))
+    return out
