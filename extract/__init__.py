@@ -1,1 +1,15 @@
-"""Stage one: decode videos, cut the crop grid, score crops with frozen CLIP, write a store."""
+"""Stage one: decode videos, cut the crop grid, score crops with frozen CLIP, write a store.
+
+Modules, in the order data flows through them:
+
+- :mod:`~clifvqa.extract.config`: ``ExtractConfig``, the settings of a run.
+- :mod:`~clifvqa.extract.prompts`: ``PromptSet``, ``default_prompts()``, ``load_prompts(path)``.
+- :mod:`~clifvqa.extract.clip_model`: ``load_clip(model, device, dtype) -> ClipBundle``.
+- :mod:`~clifvqa.extract.video`: ``VideoReader`` / ``iter_frames``, streaming PyAV decoding.
+- :mod:`~clifvqa.extract.grid`: ``crop_origins``, ``upscaled_size`` (paper Eq. 1).
+- :mod:`~clifvqa.extract.pipeline`: ``decode_crops``, decoding threads ahead of the device.
+- :mod:`~clifvqa.extract.sfe`: ``SemanticFeatureExtractor`` (Eqs. 2-6), batched on the device.
+- :mod:`~clifvqa.extract.runner`: ``extract_dataset``, resumable and sharded runs into a store.
+- :mod:`~clifvqa.extract.random_clip`, :mod:`~clifvqa.extract.synth`: models and clips made
+  without downloads (tests, demo, benchmarks).
+"""

@@ -1,0 +1,214 @@
+"""Load a frozen ``transformers`` CLIP model with what the extractor needs to use it exactly.
+
+The model comes from a hub id (``openai/clip-vit-base-patch32``, cached by ``huggingface_hub``)
+or a local folder written by ``save_pretrained``. Image preprocessing is done by hand from the
+folder's ``preprocessor_config.json`` (``CLIPImageProcessor`` would need torchvision or Pillow),
+and the weight files are hashed so that a store records which weights made it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+WEIGHT_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+
+_HASH_CACHE: dict[tuple[tuple[str, int, int], ...], str] = {}
+
+
+class ClipLoadError(RuntimeError):
+    """The CLIP model could not be loaded; the message says which and how to provide it."""
+
+
+@dataclass
+class ClipBundle:
+    """A loaded CLIP model (eval mode, on its device) and the facts that determine its numbers.
+
+    Attributes:
+        model: the ``transformers.CLIPModel``.
+        tokenizer: its ``CLIPTokenizer``.
+        image_size: the vision tower's input size c (crops are c x c).
+        mean, std: per-channel normalisation of ``x / 255`` pixels (RGB order).
+        weights_sha256: sha256 over the weight files' bytes, in file-name order.
+        model_id: the hub id or the local folder as given.
+    """
+
+    model: Any
+    tokenizer: Any
+    image_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    weights_sha256: str
+    model_id: str
+
+    @property
+    def device(self) -> Any:
+        return next(self.model.parameters()).device
+
+
+def resolve_device(device: str = "auto") -> str:
+    """``"auto"`` -> ``"cuda"`` when a GPU is visible, else ``"cpu"``; anything else unchanged
+    (ValueError for a CUDA device when no GPU is visible)."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} asked for, but this torch sees no CUDA GPU; use --device cpu or auto")
+    return device
+
+
+def looks_like_path(model: str) -> bool:
+    """True when ``model`` can only be meant as a folder, never as a hub id (``org/name``)."""
+    return (
+        model.startswith(("/", "./", "../", "~", "."))
+        or "\\" in model
+        or model.count("/") > 1
+        or os.path.exists(model)
+    )
+
+
+def load_clip(model: str, device: str = "auto", dtype: str = "float32") -> ClipBundle:
+    """Load CLIP model + tokenizer from a hub id or a local folder.
+
+    Args:
+        model: hub id (looked up in the local Hugging Face cache, downloaded when online) or a
+            folder saved with ``save_pretrained``. A path that does not exist is an error, never
+            a hub lookup.
+        device: ``"auto"``, ``"cpu"``, ``"cuda"``, ... (see :func:`resolve_device`).
+        dtype: dtype of the loaded weights. The extractor keeps float32 weights and uses
+            autocast for half-precision compute.
+
+    Raises:
+        ClipLoadError: the folder is missing or incomplete, or the hub id is neither cached nor
+            reachable; the message says how to provide the model offline.
+    """
+    import torch
+    from transformers import CLIPModel, CLIPTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    local = looks_like_path(model)
+    if local:
+        folder = Path(model).expanduser()
+        if not folder.is_dir():
+            raise ClipLoadError(f"CLIP model folder {model} does not exist (or is not a folder)")
+        source: str = str(folder)
+    else:
+        source = model
+
+    def load(local_files_only: bool):
+        clip = CLIPModel.from_pretrained(source, dtype=getattr(torch, dtype), local_files_only=local_files_only)
+        return clip, CLIPTokenizer.from_pretrained(source, local_files_only=local_files_only)
+
+    online = False
+    try:
+        try:
+            # The cache first: a cached hub model loads without any network request.
+            clip, tokenizer = load(local_files_only=True)
+        except OSError:
+            if local:
+                raise
+            online = True
+            clip, tokenizer = load(local_files_only=False)
+    except (OSError, ValueError) as exc:
+        hint = (
+            f"make sure {source} holds config.json, the weights (model.safetensors) and the tokenizer files"
+            if local
+            else "download it on a connected machine with "
+            f"`huggingface-cli download {model} --local-dir DIR`, copy DIR here and pass --clip-model DIR"
+        )
+        raise ClipLoadError(f"cannot load CLIP model {model!r}: {_first_line(exc)}; {hint}") from exc
+    clip = clip.to(resolve_device(device)).eval().requires_grad_(False)
+    files = _weight_files(folder if local else None, model)
+    mean, std = _normalisation(folder if local else None, model, fetch=online)
+    return ClipBundle(
+        model=clip,
+        tokenizer=tokenizer,
+        image_size=int(clip.config.vision_config.image_size),
+        mean=mean,
+        std=std,
+        weights_sha256=hash_files(files),
+        model_id=model,
+    )
+
+
+def hash_files(files: list[Path]) -> str:
+    """sha256 over the concatenated bytes of ``files`` (in the given order), memoised per
+    (path, size, mtime) so that repeated loads of one model in a process hash it once."""
+    stats = tuple((str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in files)
+    if stats not in _HASH_CACHE:
+        digest = hashlib.sha256()
+        for path in files:
+            with open(path, "rb") as fh:
+                for block in iter(lambda: fh.read(1 << 22), b""):
+                    digest.update(block)
+        _HASH_CACHE[stats] = digest.hexdigest()
+    return _HASH_CACHE[stats]
+
+
+def _weight_files(folder: Path | None, model: str) -> list[Path]:
+    """The weight files ``from_pretrained`` loaded: one file, or all shards of an index in
+    sorted name order. Safetensors is preferred, as ``from_pretrained`` does."""
+    for index_name, single in zip(WEIGHT_INDEXES, WEIGHT_FILES):
+        index = _model_file(folder, model, index_name)
+        if index is not None:
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            paths = [_model_file(folder, model, name) for name in shards]
+            if any(p is None for p in paths):
+                raise ClipLoadError(f"CLIP model {model!r}: a weight shard listed in {index_name} is missing")
+            return [p for p in paths if p is not None]
+        path = _model_file(folder, model, single)
+        if path is not None:
+            return [path]
+    raise ClipLoadError(f"CLIP model {model!r}: found no model.safetensors or pytorch_model.bin to hash")
+
+
+def _normalisation(
+    folder: Path | None, model: str, fetch: bool = False
+) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+    """``image_mean``/``image_std`` from ``preprocessor_config.json``, else the OpenAI CLIP values
+    (``fetch``: download the file of a hub model when it is not cached)."""
+    from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+
+    mean, std = OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+    config = _model_file(folder, model, "preprocessor_config.json", fetch=fetch)
+    if config is not None:
+        data = json.loads(config.read_text())
+        mean, std = data.get("image_mean", mean), data.get("image_std", std)
+    if len(mean) != 3 or len(std) != 3:
+        raise ClipLoadError(f"CLIP model {model!r}: image_mean/image_std must have 3 values, got {mean} / {std}")
+    return tuple(float(v) for v in mean), tuple(float(v) for v in std)  # type: ignore[return-value]
+
+
+def _model_file(folder: Path | None, model: str, name: str, fetch: bool = False) -> Path | None:
+    """``name`` in the local folder, or in the Hugging Face cache for a hub id; None if absent.
+
+    With ``fetch`` a hub file missing from the cache is downloaded (``from_pretrained`` of the
+    model does not fetch ``preprocessor_config.json``).
+    """
+    if folder is not None:
+        path = folder / name
+        return path if path.is_file() else None
+    from huggingface_hub import hf_hub_download, try_to_load_from_cache
+    from huggingface_hub.errors import EntryNotFoundError
+
+    cached = try_to_load_from_cache(model, name)
+    if isinstance(cached, str):
+        return Path(cached)
+    if cached is None and fetch:  # None: not cached (a sentinel object means "known absent")
+        try:
+            return Path(hf_hub_download(model, name))
+        except (OSError, EntryNotFoundError):  # absent from the repo, or unreachable
+            return None
+    return None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -1,0 +1,74 @@
+"""Settings of one extraction run (``clifvqa extract``), with the paper's defaults."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Literal
+
+
+def default_workers() -> int:
+    """Decoding threads: one per spare core, at least 1, at most 8 (beyond that the device waits
+    on nothing but more memory is held in flight)."""
+    return max(1, min(8, (os.cpu_count() or 2) - 1))
+
+
+@dataclass(frozen=True)
+class ExtractConfig:
+    """What to extract and how fast.
+
+    Fields that change the numbers (model, grid, prompts, softmax, frame stride, dtype) go into
+    the store's provenance; the others (device, batch size, workers, what to save besides the
+    pooled features, resume policy, shard) do not.
+
+    Attributes:
+        clip_model: hub id or local folder of a ``transformers`` CLIP model.
+        grid: ``(rows, cols)`` of crops per frame (paper: 3x3).
+        prompts_file: a prompt file (see :mod:`clifvqa.extract.prompts`), None for the defaults.
+        softmax: ``"all"`` (one softmax over every prompt, the paper) or ``"group"`` (objective
+            and subjective prompts separately).
+        frame_stride: keep frames 0, s, 2s, ... (1 = every frame, the paper).
+        device: ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...
+        batch_size: crops per CLIP forward pass, or ``"auto"`` (see
+            :func:`clifvqa.extract.sfe.auto_batch_size`).
+        workers: decoding threads running ahead of the device.
+        dtype: compute dtype: ``"auto"`` (float16 autocast on GPU, float32 on CPU),
+            ``"float32"``, ``"float16"`` or ``"bfloat16"``.
+        save_maps: also store the per-crop maps [T, r, m, n] (float16).
+        save_embeddings: also store the L2-normalised crop image embeddings [T, m*n, D] (float16),
+            so new prompts can be scored later without decoding again.
+        retry_failed: try again the videos the store lists as failed.
+        shard: ``(k, n)``: process only the videos whose key hashes to shard k of n.
+    """
+
+    clip_model: str = "openai/clip-vit-base-patch32"
+    grid: tuple[int, int] = (3, 3)
+    prompts_file: str | None = None
+    softmax: Literal["all", "group"] = "all"
+    frame_stride: int = 1
+    device: str = "auto"
+    batch_size: int | Literal["auto"] = "auto"
+    workers: int = default_workers()
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    save_maps: bool = True
+    save_embeddings: bool = False
+    retry_failed: bool = False
+    shard: tuple[int, int] = (0, 1)
+
+    def __post_init__(self) -> None:
+        rows, cols = self.grid
+        if rows < 1 or cols < 1:
+            raise ValueError(f"grid must have at least one row and column, got {rows}x{cols}")
+        if self.softmax not in ("all", "group"):
+            raise ValueError(f"softmax must be 'all' or 'group', got {self.softmax!r}")
+        if self.frame_stride < 1:
+            raise ValueError(f"frame_stride must be >= 1, got {self.frame_stride}")
+        if self.batch_size != "auto" and (not isinstance(self.batch_size, int) or self.batch_size < 1):
+            raise ValueError(f"batch_size must be a positive integer or 'auto', got {self.batch_size!r}")
+        if self.workers < 1:
+            raise ValueError(f"workers must be >= 1, got {self.workers}")
+        if self.dtype not in ("auto", "float32", "float16", "bfloat16"):
+            raise ValueError(f"dtype must be auto, float32, float16 or bfloat16, got {self.dtype!r}")
+        k, n = self.shard
+        if not (n >= 1 and 0 <= k < n):
+            raise ValueError(f"shard {k}/{n} is out of range: need 0 <= K < N")

@@ -1,0 +1,206 @@
+"""Extraction runs: a dataset folder (or manifest) in, a feature store out. Resumable and shardable.
+
+A run lists its videos (manifest rows or a folder scan), keeps its shard's share, skips videos
+the store already holds complete (and, unless asked, those recorded as failed), extracts the
+rest with :class:`~clifvqa.extract.sfe.SemanticFeatureExtractor` and writes each finished video
+in one go. A video that fails is recorded in the store with the reason and the run goes on. An
+interrupted run leaves at most incomplete entries, which the next run redoes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from clifvqa.extract.config import ExtractConfig
+from clifvqa.extract.pipeline import VideoTask
+from clifvqa.extract.sfe import SemanticFeatureExtractor, VideoResult
+
+
+@dataclass
+class ExtractSummary:
+    """What a run did.
+
+    Attributes:
+        total: videos in this run's shard.
+        done: extracted and written by this run.
+        skipped: already complete in the store.
+        failed: failed in this run (recorded in the store).
+        previously_failed: recorded as failed by an earlier run and not retried.
+        frames: frames extracted by this run.
+        elapsed: seconds spent extracting (after the model was loaded and the store opened).
+        setup: seconds spent listing videos, loading the model and opening the store.
+        failures: ``(key, error)`` of this run's failures.
+        store: the store path.
+    """
+
+    total: int = 0
+    done: int = 0
+    skipped: int = 0
+    failed: int = 0
+    previously_failed: int = 0
+    frames: int = 0
+    elapsed: float = 0.0
+    setup: float = 0.0
+    failures: list[tuple[str, str]] = field(default_factory=list)
+    store: str = ""
+
+    @property
+    def ok(self) -> bool:
+        """True when every video of the shard is complete in the store."""
+        return self.failed == 0 and self.previously_failed == 0
+
+    @property
+    def frames_per_second(self) -> float:
+        return self.frames / self.elapsed if self.elapsed > 0 else 0.0
+
+    def line(self) -> str:
+        """One-line summary for the terminal."""
+        text = (
+            f"{self.done} done, {self.skipped} skipped (already complete), {self.failed} failed"
+            f" of {self.total} videos; {self.frames} frames in {self.elapsed:.1f} s"
+            f" ({self.frames_per_second:.1f} frames/s, after {self.setup:.1f} s setup) -> {self.store}"
+        )
+        if self.previously_failed:
+            text += f"; {self.previously_failed} failed in an earlier run (retry with --retry-failed)"
+        return text
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """Parse ``"K/N"`` (shard K of N, counting from 0: ``0/4`` ... ``3/4``) into ``(K, N)``."""
+    k_text, sep, n_text = text.partition("/")
+    if not sep or not k_text.strip().isdigit() or not n_text.strip().isdigit():
+        raise ValueError(f"shard {text!r} is not of the form K/N, e.g. 0/4 (shards count from 0)")
+    k, n = int(k_text), int(n_text)
+    if n < 1 or k >= n:
+        raise ValueError(f"shard {text!r} is out of range: N must be >= 1 and K in 0..N-1")
+    return k, n
+
+
+def shard_of(key: str, num_shards: int) -> int:
+    """The shard (0..N-1) of a video key: the first 8 bytes of sha256(key) modulo N.
+
+    The same on every machine and Python run (unlike ``hash()``), so shard processes started
+    anywhere split a dataset into disjoint parts that together cover it.
+    """
+    return int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:8], "big") % num_shards
+
+
+def list_videos(dataset_dir: str | Path, manifest=None) -> tuple[list[str], list[tuple[str, str]]]:
+    """The video keys of a run and the files left out for unsafe names.
+
+    Keys come from the manifest's rows (a path or a ``Manifest``) in row order, or from a scan
+    of ``dataset_dir`` (sorted); the second list holds ``(relative path, reason)`` of scanned
+    video files whose names break the video-path rule (they cannot be store keys).
+
+    Raises:
+        NotADirectoryError: ``dataset_dir`` is not a folder.
+        UnsafePathError, ManifestError: a manifest key breaks the path rule / the manifest is invalid.
+    """
+    from clifvqa.manifests.io import Manifest, read_manifest
+    from clifvqa.manifests.paths import scan_videos, validate_video_path
+
+    root = Path(dataset_dir)
+    if not root.is_dir():
+        raise NotADirectoryError(f"dataset folder {root} does not exist or is not a folder")
+    if manifest is None:
+        scan = scan_videos(root)
+        return scan.videos, list(scan.unsafe)
+    rows = manifest if isinstance(manifest, Manifest) else read_manifest(manifest)
+    return list(dict.fromkeys(validate_video_path(row.video) for row in rows)), []
+
+
+def extract_dataset(
+    dataset_dir: str | Path,
+    store_path: str | Path = "features.zarr",
+    manifest=None,
+    config: ExtractConfig = ExtractConfig(),
+    progress: bool = True,
+    extractor: SemanticFeatureExtractor | None = None,
+) -> ExtractSummary:
+    """Extract the semantic features of every video of a dataset (this shard's share) into a store.
+
+    Args:
+        dataset_dir: folder the video keys are relative to.
+        store_path: ``.zarr`` directory (default) or ``.h5``/``.hdf5`` file; created when missing.
+        manifest: CSV path or ``Manifest`` listing the videos; None scans ``dataset_dir``.
+        config: what to extract and how (model, grid, prompts, batch size, workers, shard, ...).
+        progress: show a progress bar (stderr).
+        extractor: an already built extractor (else built from ``config``); its settings, not
+            ``config``'s, then determine the features.
+
+    Returns:
+        The run's :class:`ExtractSummary`; ``summary.ok`` says whether the shard is complete.
+
+    Raises:
+        ClipLoadError: the model cannot be loaded.
+        FingerprintMismatch: the store holds features made with other settings.
+        NotADirectoryError, ManifestError, UnsafePathError: bad dataset folder or manifest.
+    """
+    from tqdm.auto import tqdm
+
+    from clifvqa.features.store import create_or_open_store
+
+    start = time.perf_counter()
+    root = Path(dataset_dir)
+    shard, num_shards = config.shard
+    keys, unsafe = list_videos(root, manifest)
+    keys = [k for k in keys if shard_of(k, num_shards) == shard]
+    unsafe = [(k, why) for k, why in unsafe if shard_of(k, num_shards) == shard]
+    extractor = extractor or SemanticFeatureExtractor.from_config(config)
+    summary = ExtractSummary(total=len(keys) + len(unsafe), store=str(store_path))
+    for name, why in unsafe:  # cannot be store keys, so not recorded in the store
+        summary.failed += 1
+        summary.failures.append((name, f"unsafe file name, not extracted: {why}; rename the file"))
+    with create_or_open_store(store_path, extractor.provenance()) as store:
+        complete = set(store.keys())
+        failed_before = store.failures()
+        todo = []
+        for key in keys:
+            if key in complete:
+                summary.skipped += 1
+            elif key in failed_before and not config.retry_failed:
+                summary.previously_failed += 1
+            else:
+                todo.append(VideoTask(key, root / key))
+        summary.setup = time.perf_counter() - start
+        start = time.perf_counter()
+        bar = tqdm(total=len(todo), unit="video", disable=not progress, dynamic_ncols=True)
+        try:
+            for task, result in extractor.extract_many(todo, workers=config.workers):
+                if isinstance(result, VideoResult):
+                    result = _write(store, task.key, result)
+                if isinstance(result, VideoResult):
+                    summary.done += 1
+                    summary.frames += len(result.frames)
+                else:
+                    store.record_failure(task.key, result, task.key)
+                    summary.failed += 1
+                    summary.failures.append((task.key, result))
+                bar.update(1)
+                rate = summary.frames / max(time.perf_counter() - start, 1e-9)
+                bar.set_postfix(frames=summary.frames, fps=f"{rate:.1f}", failed=summary.failed, refresh=False)
+        finally:
+            bar.close()
+        store.finalize()
+    summary.elapsed = time.perf_counter() - start
+    return summary
+
+
+def _write(store, key: str, result: VideoResult) -> VideoResult | str:
+    """Write one video; a key the store refuses (e.g. a video that is also a folder of videos)
+    becomes that video's failure text instead of stopping the run."""
+    try:
+        store.write_video(
+            key,
+            pooled=result.pooled,
+            frames=result.frames,
+            attrs=result.attrs,
+            maps=result.maps,
+            embeddings=result.embeddings,
+        )
+    except ValueError as exc:
+        return f"cannot store {key}: {exc}"
+    return result
