@@ -91,7 +91,7 @@ def make_train_set(make_video):
     """Factory ``make_train_set(root, n=6, r=4, store="features.zarr", keys=None, mos=None,
     split=None, num_rows=None) -> SimpleNamespace(manifest, videos, store, keys, mos)``.
 
-    A small training set for stage two without CLIP: ``n`` synthetic 16-frame 128×96 clips
+    A small training set for stage two without CLIP: ``n`` synthetic 16-frame 192×144 clips
     under ``root/videos``, a store of synthetic features (``features.synth``; per video
     ``num_rows[i]`` or 3 + i frames of rows) and a manifest ``root/manifest.csv`` (with a
     ``split`` column when ``split`` lists one tag per video).

@@ -1,0 +1,189 @@
+"""Training end to end on a tiny model: outputs, selection, resume equality, checkpoints, bad videos."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from clifvqa.features.store import create_or_open_store
+from clifvqa.features.synth import synthetic_provenance
+from clifvqa.train import checkpoint as ckpt
+from clifvqa.train.data import DataError, VideoItem, load_semantic_features
+from clifvqa.train.model import tiny_config
+from clifvqa.train.trainer import TrainConfig, lr_factor, predict_items, run_training
+
+TAGS = ["train", "train", "train", "train", "val", "test"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # Tiny models on a shared 2-core machine: one intra-op thread avoids OpenMP contention.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def config(**kw) -> TrainConfig:
+    base = dict(epochs=2, batch_size=2, workers=0, num_clips_test=2, warmup_epochs=0.5, val_fraction=0.0)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def jsonl(path):
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    for row in rows:
+        row.pop("seconds")
+    return rows
+
+
+def test_lr_schedule_warmup_then_cosine():
+    # 4 warm-up steps of 20: 1/4, 2/4, 3/4, 4/4, then cosine over the remaining 16 steps
+    assert [lr_factor(s, 4, 20) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert lr_factor(4, 4, 20) == pytest.approx(1.0)
+    assert lr_factor(12, 4, 20) == pytest.approx(0.5)
+    assert lr_factor(19, 4, 20) == pytest.approx(0.5 * (1 + math.cos(15 / 16 * math.pi)))
+    assert lr_factor(0, 0, 10) == 1.0
+
+
+def test_train_select_on_val_test_once_and_checkpoint_round_trip(tmp_path, make_train_set):
+    data = make_train_set(tmp_path / "data", split=TAGS)
+    out = tmp_path / "run"
+    summary = run_training(data.manifest, data.videos, [data.store], out, config(), tiny=True, progress=False)
+    assert summary["finished"] and summary["metrics_on"] == "test"
+    rows = jsonl(out / "metrics.jsonl")
+    assert [r["epoch"] for r in rows] == [1, 2] and all(r["train_videos"] == 4 and r["val_n"] == 1 for r in rows)
+    with open(out / "metrics.csv") as fh:
+        assert [int(r["epoch"]) for r in csv.DictReader(fh)] == [1, 2]
+    result = json.loads((out / "result.json").read_text())
+    assert result["best_epoch"] == 1  # one val video: SROCC undefined, the first epoch stays selected
+    assert result["test"]["n"] == 1
+    for name in ("best", "last"):
+        assert ckpt.has_training_state(out / name) == (name == "last")
+    assert (out / "summary.txt").read_text().startswith("test metrics")
+
+    # the best checkpoint rebuilds the model and reproduces the test predictions
+    model, meta = ckpt.load_checkpoint(out / "best")
+    assert meta["epoch"] == 1 and meta["split"] == "main" and meta["metrics"]["test"]["n"] == 1
+    assert meta["store"]["provenance"]["prompts"]["groups"] and meta["store"]["fingerprint"].startswith("sha256:")
+    assert meta["train_config"]["batch_size"] == 2
+    cfg = model.config
+    feats = load_semantic_features([data.store], [data.keys[5]], cfg.t0, progress=False)
+    keys, preds, mos, failed = predict_items(model, [VideoItem(data.keys[5], data.mos[5])], data.videos, feats.rows, cfg.fragment_config(), device=torch.device("cpu"))
+    with open(out / "test_predictions.csv") as fh:
+        saved = list(csv.DictReader(fh))
+    assert keys == [saved[0]["video"]] and preds[0] == pytest.approx(float(saved[0]["prediction"]), abs=1e-6)
+
+    with pytest.raises(DataError, match="already holds a run"):
+        run_training(data.manifest, data.videos, [data.store], out, config(), tiny=True, progress=False)
+
+
+def test_resume_ends_where_an_uninterrupted_run_ends(tmp_path, make_train_set):
+    data = make_train_set(tmp_path / "data", split=TAGS)
+    kwargs = dict(tiny=True, progress=False)
+    run_training(data.manifest, data.videos, [data.store], tmp_path / "a", config(), **kwargs)
+    part = run_training(data.manifest, data.videos, [data.store], tmp_path / "b", config(), stop_after=1, **kwargs)
+    assert not part["finished"] and [r["epoch"] for r in jsonl(tmp_path / "b" / "metrics.jsonl")] == [1]
+    with pytest.raises(DataError, match="differ from the interrupted run in train_config"):
+        run_training(data.manifest, data.videos, [data.store], tmp_path / "b", config(epochs=3), resume=True, **kwargs)
+    run_training(data.manifest, data.videos, [data.store], tmp_path / "b", config(workers=1), resume=True, **kwargs)
+
+    a, b = load_file(str(tmp_path / "a" / "last" / "model.safetensors")), load_file(str(tmp_path / "b" / "last" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.allclose(a[k].float(), b[k].float(), atol=1e-6), k
+    assert jsonl(tmp_path / "a" / "metrics.jsonl") == jsonl(tmp_path / "b" / "metrics.jsonl")
+    ra, rb = (json.loads((tmp_path / x / "result.json").read_text()) for x in "ab")
+    assert ra == rb
+
+
+def test_corrupt_video_is_skipped_for_the_epoch_with_a_warning(tmp_path, make_train_set, caplog):
+    data = make_train_set(tmp_path / "data", split=TAGS)
+    (data.videos / data.keys[1]).write_bytes(b"\x00" * 100)  # a train video that no longer decodes
+    with caplog.at_level(logging.WARNING, logger="clifvqa.train"):
+        run_training(data.manifest, data.videos, [data.store], tmp_path / "run", config(epochs=1), tiny=True, progress=False)
+    (row,) = jsonl(tmp_path / "run" / "metrics.jsonl")
+    assert row["skipped_videos"] == 1 and row["train_videos"] == 3
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any(data.keys[1] in w and "skipped this epoch" in w for w in warnings)
+    assert any("1 videos could not be decoded" in w for w in warnings)
+
+
+def test_semantic_only_ablation_with_random_splits_summarises(tmp_path, make_train_set):
+    data = make_train_set(tmp_path / "data", n=8)
+    out = tmp_path / "run"
+    summary = run_training(
+        data.manifest, data.videos, [data.store], out, config(epochs=1, val_fraction=0.2), splits=2,
+        test_fraction=0.25, branches="semantic", prompt_groups="objective", tiny=True, progress=False,
+    )
+    assert [s["name"] for s in summary["splits"]] == ["split_00", "split_01"]
+    assert summary["summary"]["srocc"]["count"] <= 2 and "median" in summary["table"]
+    saved = json.loads((out / "summary.json").read_text())
+    assert saved["splits"][1]["test"]["n"] == 2
+    model, meta = ckpt.load_checkpoint(out / "split_01" / "best")
+    assert model.fastvqa is None and model.semantic.fc1.in_features == 16
+    assert meta["model_config"]["prompt_groups"] == "objective"
+    run = json.loads((out / "run.json").read_text())
+    assert len(run["plans"]) == 2 and len(run["plans"][0]["val"]) == 1
+
+
+def test_model_is_selected_on_validation_by_srocc_plus_plcc(tmp_path, make_train_set):
+    tags = ["train"] * 6 + ["val"] * 4 + ["test"] * 2
+    data = make_train_set(tmp_path / "data", n=12, split=tags)
+    # features that carry the MOS (plus noise), so validation changes from epoch to epoch
+    prov = synthetic_provenance(r=4)
+    rng = np.random.default_rng(0)
+    with create_or_open_store(tmp_path / "signal.zarr", prov) as st:
+        for key, mos in zip(data.keys, data.mos):
+            pooled = (mos / 10 + 0.05 * rng.standard_normal((5, 8))).astype(np.float32)
+            st.write_video(key, pooled=pooled, frames=np.arange(5), attrs={})
+    out = tmp_path / "run"
+    run_training(data.manifest, data.videos, [tmp_path / "signal.zarr"], out, config(epochs=6, lr=0.02, batch_size=3), branches="semantic", tiny=True, progress=False)
+    rows = jsonl(out / "metrics.jsonl")
+    scores = [r["val_srocc"] + r["val_plcc"] for r in rows]
+    best = max(range(len(rows)), key=lambda i: (scores[i], -i)) + 1  # first epoch reaching the maximum
+    result = json.loads((out / "result.json").read_text())
+    assert result["best_epoch"] == best == ckpt.read_meta(out / "best")["epoch"]
+    assert result["val"]["srocc"] == rows[best - 1]["val_srocc"]
+    assert [r["epoch"] for r in rows if r["selected"]][-1] == best
+    best_weights = load_file(str(out / "best" / "model.safetensors"))
+    last_weights = load_file(str(out / "last" / "model.safetensors"))
+    assert best > 1  # the selection moved past the first epoch
+    assert (best == 6) == all(torch.equal(best_weights[k], last_weights[k]) for k in best_weights)
+
+
+def test_training_state_round_trip_without_pickle(tmp_path, monkeypatch):
+    torch.manual_seed(0)
+    cfg = tiny_config(2, ("objective", "subjective"), branches="semantic")
+    from clifvqa.train.model import build_model
+
+    model = build_model(cfg)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model(torch.randn(3, 4, 5)).sum().backward()
+    opt.step()
+    ckpt.save_checkpoint(tmp_path / "c", model, cfg, {"p": 1}, "sha256:x", {"epoch": 1}, optimizer=opt, train_state={"step": 7})
+    expected = torch.rand(3)
+
+    def no_pickle(*a, **k):
+        raise AssertionError("torch.load must not be used")
+
+    monkeypatch.setattr(torch, "load", no_pickle)
+    torch.manual_seed(123)
+    model2, meta = ckpt.load_checkpoint(tmp_path / "c")
+    opt2 = torch.optim.AdamW(model2.parameters(), lr=1e-3)
+    state = ckpt.load_training_state(tmp_path / "c", opt2)
+    assert state == {"step": 7} and meta["epoch"] == 1 and meta["store"] == {"fingerprint": "sha256:x", "provenance": {"p": 1}}
+    assert torch.equal(torch.rand(3), expected)  # RNG restored to the save point
+    for k, v in opt.state_dict()["state"][0].items():
+        assert torch.equal(opt2.state_dict()["state"][0][k], v)
+    for k, v in model.state_dict().items():
+        assert torch.equal(model2.state_dict()[k], v)
+    with pytest.raises(ckpt.CheckpointError, match="not a clifvqa checkpoint"):
+        ckpt.load_checkpoint(tmp_path)

@@ -1,0 +1,212 @@
+"""Checkpoints: safetensors for tensors, JSON for everything else; loading never unpickles.
+
+A checkpoint is a directory::
+
+    model.safetensors      the model's state_dict (FAST-VQA keys under ``fastvqa.``)
+    meta.json              format, model config, training config, store fingerprint and full
+                           store provenance (to compute semantic features of new videos the same
+                           way), metrics, epoch and whatever ``extra`` held
+    optimizer.safetensors  (resume state only) AdamW moments, RNG states
+    train_state.json       (resume state only) optimizer param groups, step, epoch, RNG scalars
+
+A directory is written next to its destination and renamed into place, so an interrupted save
+leaves the previous checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from clifvqa.train.model import ClifVQA, ClifVQAConfig, build_model
+
+FORMAT = "clifvqa-checkpoint"
+FORMAT_VERSION = 1
+MODEL_FILE = "model.safetensors"
+META_FILE = "meta.json"
+OPTIM_FILE = "optimizer.safetensors"
+STATE_FILE = "train_state.json"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint directory that cannot be read as asked; the message says which file and why."""
+
+
+def save_checkpoint(
+    path: str | os.PathLike[str],
+    model: ClifVQA,
+    config: ClifVQAConfig,
+    store_provenance: Mapping[str, Any],
+    fingerprint: str,
+    extra: Mapping[str, Any] | None = None,
+    *,
+    optimizer: torch.optim.Optimizer | None = None,
+    train_state: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write a checkpoint directory at ``path`` (replacing an old one atomically) and return it.
+
+    ``extra`` (JSON-ready: training config, metrics, epoch, fragment settings, ...) is merged
+    into ``meta.json``. With ``optimizer`` and ``train_state`` the resume state is saved too:
+    AdamW moments and the RNG states of torch (CPU and CUDA), numpy and Python.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp.mkdir()
+    try:
+        from safetensors.torch import save_file
+
+        state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+        save_file(state, str(tmp / MODEL_FILE), metadata={"format": FORMAT})
+        meta = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            **dict(extra or {}),
+            "model_config": config.to_dict(),
+            "store": {"fingerprint": fingerprint, "provenance": dict(store_provenance)},
+        }
+        _write_json(tmp / META_FILE, meta)
+        if optimizer is not None:
+            _save_optimizer(tmp, optimizer, train_state or {})
+        _replace_dir(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def read_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The ``meta.json`` of a checkpoint directory, checked for format and version."""
+    path = Path(path)
+    meta_path = path / META_FILE
+    if not meta_path.is_file():
+        raise CheckpointError(f"{path} is not a clifvqa checkpoint (no {META_FILE}); pass a checkpoint directory such as runs/NAME/best")
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{meta_path}: not valid JSON ({exc})") from exc
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"{meta_path}: format is {meta.get('format')!r}, expected {FORMAT!r}")
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"{meta_path}: format_version {meta.get('format_version')!r}; this clifvqa reads {FORMAT_VERSION}")
+    return meta
+
+
+def load_checkpoint(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> tuple[ClifVQA, dict[str, Any]]:
+    """Rebuild the model of a checkpoint directory, load its weights (strict) and return it in
+    eval mode with its metadata."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    meta = read_meta(path)
+    config = ClifVQAConfig.from_dict(meta["model_config"])
+    model = build_model(config)
+    weights = path / MODEL_FILE
+    if not weights.is_file():
+        raise CheckpointError(f"{path}: {MODEL_FILE} is missing")
+    state = load_file(str(weights), device="cpu")
+    result = model.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise CheckpointError(
+            f"{weights} does not fit its model config: missing {result.missing_keys[:5]} "
+            f"({len(result.missing_keys)}), unexpected {result.unexpected_keys[:5]} ({len(result.unexpected_keys)})"
+        )
+    return model.to(device).eval(), meta
+
+
+def has_training_state(path: str | os.PathLike[str]) -> bool:
+    """True when ``path`` is a checkpoint that can be resumed from."""
+    path = Path(path)
+    return (path / META_FILE).is_file() and (path / OPTIM_FILE).is_file() and (path / STATE_FILE).is_file()
+
+
+def load_training_state(path: str | os.PathLike[str], optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """Restore the optimizer and the RNG states saved with a checkpoint; return its train state."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not has_training_state(path):
+        raise CheckpointError(f"{path} holds no resume state ({OPTIM_FILE} and {STATE_FILE}); it cannot be resumed")
+    tensors = load_file(str(path / OPTIM_FILE), device="cpu")
+    saved = json.loads((path / STATE_FILE).read_text(encoding="utf-8"))
+    state: dict[int, dict[str, Any]] = {}
+    for name, value in tensors.items():
+        if name.startswith("optim."):
+            _, idx, key = name.split(".", 2)
+            state.setdefault(int(idx), {})[key] = value
+    for idx, scalars in saved["optimizer"]["scalars"].items():
+        state.setdefault(int(idx), {}).update(scalars)
+    groups = saved["optimizer"]["param_groups"]
+    for group in groups:
+        if "betas" in group:
+            group["betas"] = tuple(group["betas"])
+    optimizer.load_state_dict({"state": state, "param_groups": groups})
+    _restore_rng(tensors, saved["rng"])
+    return saved["train_state"]
+
+
+def _save_optimizer(folder: Path, optimizer: torch.optim.Optimizer, train_state: Mapping[str, Any]) -> None:
+    from safetensors.torch import save_file
+
+    sd = optimizer.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for idx, pstate in sd["state"].items():
+        for key, value in pstate.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optim.{idx}.{key}"] = value.detach().to("cpu").contiguous()
+            else:
+                scalars.setdefault(str(idx), {})[key] = value
+    rng_tensors, rng_json = _capture_rng()
+    tensors.update(rng_tensors)
+    save_file(tensors, str(folder / OPTIM_FILE), metadata={"format": FORMAT})
+    _write_json(
+        folder / STATE_FILE,
+        {"optimizer": {"param_groups": sd["param_groups"], "scalars": scalars}, "rng": rng_json, "train_state": dict(train_state)},
+    )
+
+
+def _capture_rng() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    tensors = {"rng.torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng.cuda.{i}"] = s
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    tensors["rng.numpy"] = torch.from_numpy(np.asarray(keys, dtype=np.uint32).astype(np.int64))
+    version, internal, gauss = random.getstate()
+    return tensors, {"numpy": [kind, int(pos), int(has_gauss), float(cached)], "python": [version, list(internal), gauss]}
+
+
+def _restore_rng(tensors: Mapping[str, torch.Tensor], saved: Mapping[str, Any]) -> None:
+    torch.set_rng_state(tensors["rng.torch"])
+    cuda = sorted((k for k in tensors if k.startswith("rng.cuda.")), key=lambda k: int(k.rsplit(".", 1)[1]))
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all([tensors[k] for k in cuda])
+    kind, pos, has_gauss, cached = saved["numpy"]
+    np.random.set_state((kind, tensors["rng.numpy"].numpy().astype(np.uint32), pos, has_gauss, cached))
+    version, internal, gauss = saved["python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
+def _write_json(path: Path, data: Any) -> None:
+    path.write_text(json.dumps(data, indent=2, sort_keys=True, allow_nan=True) + "\n", encoding="utf-8")
+
+
+def _replace_dir(new: Path, dest: Path) -> None:
+    """Move ``new`` to ``dest``; an existing ``dest`` is kept until the new one is in place."""
+    if dest.exists():
+        old = dest.with_name(f".{dest.name}.old-{uuid.uuid4().hex[:8]}")
+        os.replace(dest, old)
+        os.replace(new, dest)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(new, dest)

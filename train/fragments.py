@@ -1,0 +1,519 @@
+"""FAST-VQA fragments ("grid mini-cube sampling") read straight from a video file with PyAV.
+
+A clip is ``clip_len`` frames at stride ``frame_interval``; each frame is cut into a
+``fragments_h × fragments_w`` grid of cells and one ``fsize_h × fsize_w`` patch is taken per
+cell, at an offset shared by the ``aligned`` consecutive frames of a temporal chunk (the
+mini-cube), so a 7×7 grid of 32-px patches gives a 224×224 mosaic (spec §5). Output:
+``[k, 3, clip_len, 224, 224]`` float32 normalised with ImageNet mean/std on the 0-255 scale.
+
+Randomness. The official code draws everything from the global RNGs, at test time too, so a
+video's score changes from run to run. Here:
+
+* ``train=True``: the clip start and the patch offsets come from ``seed`` (the training loader
+  passes a fresh seed per epoch and item), through local ``numpy.random.Generator``s.
+* ``train=False``: clip starts are fixed (each of the ``num_clips_test`` segments centres its
+  clip) and the offsets come from ``seed`` (default 0): one video, one tensor, one score.
+* ``official_random=True`` reproduces the official draws instead (``np.random.randint`` for
+  the starts, then ``torch.randint`` for h and w offsets), from the global RNGs.
+
+Official quirk kept by default (``FragmentConfig.grid_before_upsample``): when a video whose
+short side is under 224 px is upsampled, the official code still places the grid with the
+size *before* upsampling, so fragments come from the top-left part of the upsampled frame.
+
+Decoding: only the frames needed are converted to RGB, and long gaps are skipped by seeking to
+the keyframe before the next needed frame (checked first on a second handle, so a seek never
+goes back over frames already decoded). Frame indices count frames from the start while
+decoding from the start, and come from timestamps (``round(t · average_rate)``) after a seek:
+the same thing for constant-frame-rate video; for variable-frame-rate video a frame picked
+after a seek is the one nearest that time, which can differ from the n-th frame.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, fields
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+class VideoDecodeError(RuntimeError):
+    """A video that cannot be read (missing, not a video, no frames, broken decoding).
+
+    ``path`` and ``reason`` are kept as attributes; the trainer skips such a video for the epoch.
+    """
+
+    def __init__(self, path: str | Path, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = str(path)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class FragmentConfig:
+    """Fragment sampling of FAST-VQA-B (``options/fast/fast-b.yml``).
+
+    Attributes:
+        fragments_h, fragments_w: grid cells per frame (7×7).
+        fsize_h, fsize_w: patch size in pixels (32); the mosaic is 224×224.
+        aligned: frames sharing one patch offset (32: one offset per cell and clip).
+        clip_len: frames per clip (32), taken every ``frame_interval`` (2) frames.
+        num_clips_train, num_clips_test: clips per video when training (1) and testing (4);
+            the video is split into that many segments, one clip in each.
+        mean, std: per-channel RGB normalisation on the 0-255 scale.
+        grid_before_upsample: True (official) places the grid using the frame size before
+            the upsampling of small videos; False uses the upsampled size, spreading the
+            fragments over the whole frame.
+    """
+
+    fragments_h: int = 7
+    fragments_w: int = 7
+    fsize_h: int = 32
+    fsize_w: int = 32
+    aligned: int = 32
+    clip_len: int = 32
+    frame_interval: int = 2
+    num_clips_train: int = 1
+    num_clips_test: int = 4
+    mean: tuple[float, float, float] = (123.675, 116.28, 103.53)
+    std: tuple[float, float, float] = (58.395, 57.12, 57.375)
+    grid_before_upsample: bool = True
+
+    def __post_init__(self) -> None:
+        ints = [f.name for f in fields(self) if f.type in ("int", int)]
+        bad = [name for name in ints if getattr(self, name) < 1]
+        if bad:
+            raise ValueError(f"FragmentConfig fields {bad} must be >= 1")
+        if self.clip_len % self.aligned:
+            raise ValueError(f"clip_len={self.clip_len} must be a multiple of aligned={self.aligned}")
+
+    @property
+    def size_h(self) -> int:
+        return self.fragments_h * self.fsize_h
+
+    @property
+    def size_w(self) -> int:
+        return self.fragments_w * self.fsize_w
+
+    def num_clips(self, train: bool) -> int:
+        return self.num_clips_train if train else self.num_clips_test
+
+    def to_dict(self) -> dict:
+        """JSON-ready dict; inverse of :meth:`from_dict`."""
+        return json.loads(json.dumps(asdict(self)))
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> FragmentConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown FragmentConfig fields {unknown}; known: {sorted(known)}")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+
+
+# -------------------------------------------------------------------------------------------
+# where to sample (pure functions)
+
+
+def needed_frame_indices(
+    num_frames: int,
+    config: FragmentConfig = FragmentConfig(),
+    *,
+    train: bool,
+    seed: int = 0,
+    official_random: bool = False,
+) -> np.ndarray:
+    """Frame index of every output frame, clip after clip: ``[num_clips · clip_len]`` int64.
+
+    The video is split into ``k`` segments of ``L = n // k`` frames starting at ``L·i``; each
+    clip covers ``clip_len · frame_interval`` frames from its segment start plus an offset:
+    random in ``[0, L - span)`` when training (from ``seed``, or the global numpy RNG with
+    ``official_random``), ``(L - span) // 2`` at test, and 0 when ``L <= span``. Indices past
+    the end wrap around modulo ``n``, as in the official ``FragmentSampleFrames``.
+    """
+    if num_frames < 1:
+        raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+    if seed < 0:
+        raise ValueError(f"seed must be >= 0, got {seed}")
+    k = config.num_clips(train)
+    span = config.clip_len * config.frame_interval
+    seg = num_frames // k
+    if seg <= span:
+        offsets = np.zeros(k, dtype=np.int64)
+    elif official_random:
+        offsets = np.random.randint(0, seg - span, size=k).astype(np.int64)
+    elif train:
+        offsets = np.random.default_rng((seed, 0)).integers(0, seg - span, size=k)
+    else:
+        offsets = np.full(k, (seg - span) // 2, dtype=np.int64)
+    starts = np.arange(k, dtype=np.int64) * seg + offsets
+    steps = np.arange(config.clip_len, dtype=np.int64) * config.frame_interval
+    return ((starts[:, None] + steps[None, :]) % num_frames).reshape(-1)
+
+
+def grid_origins(size: int, fragments: int, fsize: int) -> list[int]:
+    """Cell origins along one axis: ``min((size // fragments) · i, size - fsize)``."""
+    return [min(size // fragments * i, size - fsize) for i in range(fragments)]
+
+
+def upsample_ratio(height: int, width: int, config: FragmentConfig = FragmentConfig()) -> float:
+    """``min(H / 224, W / 224)``; frames with a ratio below 1 are upsampled by ``1 / ratio``."""
+    return min(height / config.size_h, width / config.size_w)
+
+
+def upsample_frame(frame: np.ndarray, ratio: float) -> np.ndarray:
+    """Bilinear upsampling of one ``(H, W, 3)`` uint8 frame by ``1 / ratio``, as the official code.
+
+    ``interpolate(x / 255, scale_factor=1/ratio, mode="bilinear") * 255`` cast back to uint8,
+    which truncates. Each channel plane is interpolated on its own, so doing it frame by frame
+    gives the same pixels as the official whole-clip call. ``200 × 356`` becomes ``223 × 398``.
+    """
+    x = torch.from_numpy(np.ascontiguousarray(frame)).permute(2, 0, 1)[:, None]  # 3, 1, H, W
+    x = F.interpolate(x / 255.0, scale_factor=1 / ratio, mode="bilinear")
+    return (x * 255.0).to(torch.uint8)[:, 0].permute(1, 2, 0).numpy()
+
+
+@dataclass(frozen=True)
+class SpatialPlan:
+    """Where the patches of every temporal chunk come from, for frames of one size.
+
+    Attributes:
+        src_shape: (H, W) of the decoded frames (display orientation).
+        ratio: :func:`upsample_ratio`; frames are upsampled when it is below 1.
+        hgrid, wgrid: cell origins (pixels of the possibly upsampled frame).
+        off_h, off_w: ``[fragments_h, fragments_w, chunks]`` offsets inside the cells.
+    """
+
+    src_shape: tuple[int, int]
+    ratio: float
+    hgrid: np.ndarray
+    wgrid: np.ndarray
+    off_h: np.ndarray
+    off_w: np.ndarray
+
+    @property
+    def upsample(self) -> bool:
+        return self.ratio < 1
+
+    @classmethod
+    def make(
+        cls,
+        height: int,
+        width: int,
+        num_chunks: int,
+        config: FragmentConfig,
+        rng: np.random.Generator | None,
+    ) -> SpatialPlan:
+        """Plan for ``height × width`` frames; ``rng=None`` draws from the global torch RNG (official)."""
+        ratio = upsample_ratio(height, width, config)
+        grid_h, grid_w = height, width
+        if ratio < 1:
+            up_h, up_w = upsample_frame(np.zeros((height, width, 3), np.uint8), ratio).shape[:2]
+            # The official code keeps the pre-upsampling size; it fails outright when that is
+            # smaller than a patch, where the upsampled size is the only sensible choice.
+            if not config.grid_before_upsample or height < config.fsize_h:
+                grid_h = up_h
+            if not config.grid_before_upsample or width < config.fsize_w:
+                grid_w = up_w
+        shape = (config.fragments_h, config.fragments_w, num_chunks)
+        offsets = []
+        axes = ((grid_h, config.fragments_h, config.fsize_h), (grid_w, config.fragments_w, config.fsize_w))
+        for size, frags, fsize in axes:
+            cell = size // frags
+            if cell <= fsize:
+                offsets.append(np.zeros(shape, dtype=np.int64))
+            elif rng is None:
+                offsets.append(torch.randint(cell - fsize, shape).numpy())
+            else:
+                offsets.append(rng.integers(0, cell - fsize, size=shape))
+        return cls(
+            src_shape=(height, width),
+            ratio=ratio,
+            hgrid=np.array(grid_origins(grid_h, config.fragments_h, config.fsize_h)),
+            wgrid=np.array(grid_origins(grid_w, config.fragments_w, config.fsize_w)),
+            off_h=offsets[0],
+            off_w=offsets[1],
+        )
+
+    def mosaic(self, frame: np.ndarray, chunk: int, config: FragmentConfig) -> np.ndarray:
+        """The ``(224, 224, 3)`` fragment mosaic of one (already upsampled) frame for ``chunk``."""
+        rows = self.hgrid[:, None, None] + self.off_h[:, :, chunk, None] + np.arange(config.fsize_h)  # fh, fw, fsh
+        cols = self.wgrid[None, :, None] + self.off_w[:, :, chunk, None] + np.arange(config.fsize_w)  # fh, fw, fsw
+        patches = frame[rows[:, :, :, None], cols[:, :, None, :]]  # fh, fw, fsh, fsw, 3
+        return patches.transpose(0, 2, 1, 3, 4).reshape(config.size_h, config.size_w, 3)
+
+
+# -------------------------------------------------------------------------------------------
+# decoding
+
+
+def _reason(exc: BaseException) -> str:
+    return getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+
+
+def _open(path: Path):
+    import av
+
+    try:
+        container = av.open(str(path))
+    except (av.error.FFmpegError, OSError) as exc:
+        raise VideoDecodeError(path, f"cannot open: {_reason(exc)}") from exc
+    if not container.streams.video:
+        container.close()
+        raise VideoDecodeError(path, "has no video stream")
+    return container
+
+
+def count_frames(path: str | Path) -> int:
+    """Frames in the first video stream: the container's count, else counted packets (mkv),
+    else duration × frame rate. Raises :class:`VideoDecodeError` when none of these gives > 0."""
+    import av
+
+    path = Path(path)
+    with _open(path) as container:
+        stream = container.streams.video[0]
+        if stream.frames > 0:
+            return int(stream.frames)
+        try:
+            counted = sum(1 for packet in container.demux(stream) if packet.size)
+        except av.error.FFmpegError as exc:
+            raise VideoDecodeError(path, f"cannot read packets: {_reason(exc)}") from exc
+        if counted:
+            return counted
+        rate = stream.average_rate or stream.guessed_rate
+        if container.duration and rate:
+            estimate = round(container.duration / 1_000_000 * float(rate))
+            if estimate > 0:
+                return estimate
+    raise VideoDecodeError(path, "no frames (the container declares none and has no video packets)")
+
+
+def _display_rgb(frame) -> np.ndarray:
+    """RGB ``(H, W, 3)`` uint8 in display orientation (PyAV does not apply the rotation)."""
+    rgb = frame.to_ndarray(format="rgb24")
+    rotation = int(getattr(frame, "rotation", 0) or 0) % 360
+    return np.ascontiguousarray(np.rot90(rgb, k=rotation // 90)) if rotation else rgb
+
+
+# A seek (decoder flush + restart) is only worth it when it skips more frames than this.
+MIN_SKIP = 16
+
+
+class _SeekMiss(Exception):
+    """A seek landed after the wanted frame; decode from the start instead."""
+
+
+@dataclass
+class _Progress:
+    decoded: int = 0  # frames the codec produced, converted or not
+    last_index: int = -1  # index of the last frame decoded
+    ended: bool = False  # the stream ran out (or broke) before all wanted frames
+    error: str | None = None  # why decoding stopped early, if it broke
+
+
+class _Timeline:
+    """Frame index ↔ timestamp of a constant-frame-rate stream."""
+
+    def __init__(self, stream) -> None:
+        rate = stream.average_rate or stream.guessed_rate
+        self.usable = bool(rate) and stream.time_base is not None
+        self.rate = Fraction(rate) if self.usable else None
+        self.time_base = Fraction(stream.time_base) if self.usable else None
+        self.start = stream.start_time or 0
+
+    def index(self, pts: int) -> int:
+        return round((pts - self.start) * self.time_base * self.rate)
+
+    def pts(self, index: int) -> int:
+        return self.start + round(Fraction(index) / self.rate / self.time_base)
+
+
+def _keyframe_index(probe, stream, timeline: _Timeline, target: int) -> int | None:
+    """Index of the keyframe a seek to ``target`` lands on, read on a spare handle (no decoding).
+
+    None when the probe cannot tell; the caller then keeps decoding forward.
+    """
+    import av
+
+    try:
+        probe.seek(max(timeline.pts(target), 0), stream=stream)
+        for packet in probe.demux(stream):
+            if packet.pts is not None:
+                return timeline.index(packet.pts)
+    except av.error.FFmpegError:
+        pass
+    return None
+
+
+def _iter_wanted(
+    path: Path, wanted: Sequence[int], progress: _Progress, allow_seek: bool
+) -> Iterator[tuple[int, np.ndarray]]:
+    """Yield ``(index, rgb)`` for each sorted unique index in ``wanted`` that the video has.
+
+    A frame missing from a variable-rate timeline is served by the next frame after it.
+    """
+    import av
+
+    with _open(path) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        timeline = _Timeline(stream)
+        probe = None
+        counting = True  # no seek yet: the n-th decoded frame is frame n
+        frames = None
+        i = 0
+        try:
+            while i < len(wanted):
+                target = wanted[i]
+                sought = False
+                if allow_seek and timeline.usable and target - progress.last_index > MIN_SKIP:
+                    if probe is None:
+                        probe = av.open(str(path))
+                    landing = _keyframe_index(probe, probe.streams.video[0], timeline, target)
+                    if landing is not None and landing - progress.last_index > MIN_SKIP:
+                        container.seek(max(timeline.pts(target), 0), stream=stream)
+                        frames, counting, sought = None, False, True
+                if frames is None:
+                    frames = container.decode(stream)
+                for frame in frames:
+                    progress.decoded += 1
+                    if counting or frame.pts is None:
+                        index = progress.last_index + 1
+                    else:
+                        index = timeline.index(frame.pts)
+                    if sought and index > target:
+                        raise _SeekMiss
+                    sought = False
+                    progress.last_index = index
+                    if index < target:
+                        continue
+                    rgb = _display_rgb(frame)
+                    while i < len(wanted) and wanted[i] <= index:
+                        yield wanted[i], rgb
+                        i += 1
+                    break  # back to the top: the next wanted frame may be worth a seek
+                else:
+                    progress.ended = True
+                    return
+        except av.error.FFmpegError as exc:
+            # A broken or truncated stream: what was decoded stands, the rest counts as missing.
+            progress.ended, progress.error = True, _reason(exc)
+        finally:
+            if probe is not None:
+                probe.close()
+
+
+def _decode_into(path: Path, wanted: Sequence[int], consume) -> _Progress:
+    """Run :func:`_iter_wanted`, falling back to plain sequential decoding after a missed seek."""
+    progress = _Progress()
+    try:
+        for index, rgb in _iter_wanted(path, wanted, progress, allow_seek=True):
+            consume(index, rgb)
+    except _SeekMiss:
+        retry = _Progress()
+        for index, rgb in _iter_wanted(path, wanted, retry, allow_seek=False):
+            consume(index, rgb)
+        retry.decoded += progress.decoded
+        progress = retry
+    return progress
+
+
+def decode_frames(path: str | Path, indices: Sequence[int]) -> tuple[np.ndarray, int]:
+    """Decode the frames ``indices`` (any order, repeats allowed) of ``path``.
+
+    Returns ``(frames, decoded)``: ``frames`` is ``[len(indices), H, W, 3]`` uint8 RGB in
+    display orientation, in the order asked; ``decoded`` is how many frames the codec had to
+    decode (seeking skips the rest). Raises :class:`VideoDecodeError` when the file cannot be
+    read or an index lies past the last frame.
+    """
+    path = Path(path)
+    wanted = sorted({int(i) for i in indices})
+    got: dict[int, np.ndarray] = {}
+    progress = _decode_into(path, wanted, got.__setitem__)
+    missing = [i for i in wanted if i not in got]
+    if missing:
+        why = f" ({progress.error})" if progress.error else ""
+        stop = progress.last_index
+        raise VideoDecodeError(path, f"frames {missing[:5]} requested but decoding stopped at frame {stop}{why}")
+    shapes = {frame.shape for frame in got.values()}
+    if len(shapes) > 1:
+        raise VideoDecodeError(path, f"frame size changes within the video: {sorted(shapes)}")
+    return np.stack([got[int(i)] for i in indices]), progress.decoded
+
+
+# -------------------------------------------------------------------------------------------
+# sampling
+
+
+def sample_fragments(
+    path: str | Path,
+    config: FragmentConfig = FragmentConfig(),
+    *,
+    train: bool,
+    seed: int = 0,
+    official_random: bool = False,
+) -> torch.Tensor:
+    """Fragments of ``path``: ``[k, 3, clip_len, 224, 224]`` float32, normalised (k = 1 train, 4 test).
+
+    ``seed`` fixes every random choice (clip start when training, patch offsets always); at
+    test the clip starts are fixed, so the same video and seed always give the same tensor.
+    ``official_random=True`` draws like the official code from the global numpy/torch RNGs.
+    Frames are decoded only as far as needed (see the module docstring). Raises
+    :class:`VideoDecodeError` for unreadable videos.
+    """
+    path = Path(path)
+    num_frames = count_frames(path)
+    tensor = _sample(path, num_frames, config, train, seed, official_random)
+    if isinstance(tensor, int):  # the video holds fewer frames than it declares: sample again
+        tensor = _sample(path, tensor, config, train, seed, official_random)
+    if isinstance(tensor, int):
+        raise VideoDecodeError(path, f"frame count unstable: {num_frames} declared, {tensor} decodable")
+    return tensor
+
+
+def _sample(
+    path: Path, num_frames: int, config: FragmentConfig, train: bool, seed: int, official_random: bool
+) -> torch.Tensor | int:
+    """The fragments, or the true frame count when the video ends before a needed frame."""
+    indices = needed_frame_indices(num_frames, config, train=train, seed=seed, official_random=official_random)
+    slots: dict[int, list[int]] = {}
+    for position, index in enumerate(indices.tolist()):
+        slots.setdefault(index, []).append(position)
+    out = np.empty((len(indices), config.size_h, config.size_w, 3), np.uint8)
+    filled = np.zeros(len(indices), dtype=bool)
+    rng = None if official_random else np.random.default_rng((seed, 1))
+    plan: list[SpatialPlan] = []
+
+    def consume(index: int, rgb: np.ndarray) -> None:
+        if not plan:
+            chunks = len(indices) // config.aligned
+            plan.append(SpatialPlan.make(rgb.shape[0], rgb.shape[1], chunks, config, rng))
+        if rgb.shape[:2] != plan[0].src_shape:
+            raise VideoDecodeError(
+                path, f"frame size changes from {plan[0].src_shape} to {rgb.shape[:2]} at frame {index}"
+            )
+        frame = upsample_frame(rgb, plan[0].ratio) if plan[0].upsample else rgb
+        mosaics: dict[int, np.ndarray] = {}
+        for position in slots[index]:
+            chunk = position // config.aligned
+            if chunk not in mosaics:
+                mosaics[chunk] = plan[0].mosaic(frame, chunk, config)
+            out[position] = mosaics[chunk]
+            filled[position] = True
+
+    progress = _decode_into(path, sorted(slots), consume)
+    if not filled.all():
+        available = progress.last_index + 1
+        if progress.ended and 0 < available < num_frames:
+            return available
+        if available <= 0:
+            raise VideoDecodeError(path, f"no frame decoded ({progress.error or 'empty stream'})")
+        raise VideoDecodeError(path, f"decoding stopped at frame {progress.last_index}, short of frames it declares")
+    x = torch.from_numpy(out).float()
+    x = (x - torch.tensor(config.mean)) / torch.tensor(config.std)
+    k = config.num_clips(train)
+    return x.view(k, config.clip_len, config.size_h, config.size_w, 3).permute(0, 4, 1, 2, 3).contiguous()

@@ -1,0 +1,126 @@
+"""Evaluation metrics for quality predictions: SROCC, KROCC, PLCC, RMSE, and split summaries.
+
+Reported keys (see :func:`compute_metrics`):
+
+- ``srocc``, ``krocc``: rank correlations (scipy ``spearmanr`` / ``kendalltau``, tau-b).
+- ``plcc``: Pearson correlation of the raw predictions, as FAST-VQA's code reports it.
+- ``plcc_fit``: Pearson correlation after the standard (VQEG) 4-parameter logistic mapping of
+  the predictions onto the MOS scale.
+- ``rmse``: RMSE in MOS units **after** that logistic mapping (raw predictions live on an
+  arbitrary scale, so a raw RMSE is not comparable across models); ``rmse_raw`` is the plain
+  RMSE of the unmapped predictions.
+- ``fit``: which mapping was used: ``"logistic"``, or ``"linear"`` when the logistic fit failed
+  to converge, gave non-finite values or had at most 4 videos (least-squares line), or ``"none"`` when neither can be
+  fitted (fewer than 2 videos or constant predictions; the fitted values are then the MOS mean).
+
+Undefined correlations (fewer than 2 videos, constant predictions or labels) are NaN, never an
+exception; :func:`summarize` ignores NaNs.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+
+import numpy as np
+
+METRIC_KEYS = ("srocc", "krocc", "plcc", "plcc_fit", "rmse", "rmse_raw")
+
+
+def logistic4(x: np.ndarray, b1: float, b2: float, b3: float, b4: float) -> np.ndarray:
+    """The VQEG 4-parameter logistic ``(b1 - b2) / (1 + exp(-(x - b3) / |b4|)) + b2``."""
+    z = np.clip(-(x - b3) / (abs(b4) + 1e-12), -500, 500)
+    return (b1 - b2) / (1 + np.exp(z)) + b2
+
+
+def fit_logistic(pred: np.ndarray, mos: np.ndarray) -> tuple[np.ndarray, str]:
+    """Map predictions onto the MOS scale; returns (mapped predictions, fit kind)."""
+    from scipy.optimize import OptimizeWarning, curve_fit
+
+    pred = np.asarray(pred, np.float64)
+    mos = np.asarray(mos, np.float64)
+    if pred.size < 2 or np.ptp(pred) == 0:
+        return np.full_like(mos, mos.mean() if mos.size else np.nan), "none"
+    p0 = [mos.max(), mos.min(), float(np.mean(pred)), float(np.std(pred)) or 1.0]
+    try:
+        if pred.size <= len(p0):  # 4 parameters need more than 4 points to mean anything
+            raise ValueError("too few points for a logistic fit")
+        with warnings.catch_warnings():
+            # "covariance could not be estimated" is common on exact fits and harmless here
+            warnings.simplefilter("ignore", OptimizeWarning)
+            params, _ = curve_fit(logistic4, pred, mos, p0=p0, maxfev=20000)
+        mapped = logistic4(pred, *params)
+        if np.all(np.isfinite(mapped)):
+            return mapped, "logistic"
+    except (RuntimeError, ValueError, FloatingPointError):
+        pass
+    slope, intercept = np.polyfit(pred, mos, 1)
+    return slope * pred + intercept, "linear"
+
+
+def compute_metrics(pred: Sequence[float] | np.ndarray, mos: Sequence[float] | np.ndarray) -> dict[str, float | str | int]:
+    """All metrics of predictions ``pred`` against ground truth ``mos`` (same length)."""
+    from scipy import stats
+
+    pred = np.asarray(pred, np.float64).reshape(-1)
+    mos = np.asarray(mos, np.float64).reshape(-1)
+    if pred.shape != mos.shape:
+        raise ValueError(f"metrics: {pred.size} predictions but {mos.size} MOS values")
+    n = int(pred.size)
+    out: dict[str, float | str | int] = {"n": n}
+    mapped, kind = fit_logistic(pred, mos)
+    defined = n >= 2 and np.ptp(pred) > 0 and np.ptp(mos) > 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out["srocc"] = float(stats.spearmanr(pred, mos)[0]) if defined else math.nan
+        out["krocc"] = float(stats.kendalltau(pred, mos)[0]) if defined else math.nan
+        out["plcc"] = float(stats.pearsonr(pred, mos)[0]) if defined else math.nan
+        out["plcc_fit"] = float(stats.pearsonr(mapped, mos)[0]) if defined and np.ptp(mapped) > 0 else math.nan
+    out["rmse"] = float(np.sqrt(np.mean((mapped - mos) ** 2))) if n else math.nan
+    out["rmse_raw"] = float(np.sqrt(np.mean((pred - mos) ** 2))) if n else math.nan
+    out["fit"] = kind
+    return out
+
+
+def summarize(results: Sequence[dict], keys: Sequence[str] = METRIC_KEYS) -> dict[str, dict[str, float]]:
+    """Mean, std (population, as numpy), median, min and max of each metric over splits.
+
+    ``results`` holds one metrics dict per split; NaN values are left out of the statistics
+    (``count`` says how many splits contributed).
+    """
+    summary: dict[str, dict[str, float]] = {}
+    for key in keys:
+        values = np.array([float(r[key]) for r in results if key in r], np.float64)
+        values = values[np.isfinite(values)]
+        if values.size == 0:
+            summary[key] = {"mean": math.nan, "std": math.nan, "median": math.nan, "min": math.nan, "max": math.nan, "count": 0}
+            continue
+        summary[key] = {
+            "mean": float(values.mean()),
+            "std": float(values.std()),
+            "median": float(np.median(values)),
+            "min": float(values.min()),
+            "max": float(values.max()),
+            "count": int(values.size),
+        }
+    return summary
+
+
+def format_table(rows: Sequence[tuple[str, dict]], summary: dict[str, dict[str, float]] | None = None, keys: Sequence[str] = ("srocc", "plcc", "krocc", "rmse")) -> str:
+    """A plain-text table: one line per (label, metrics) row, then mean ± std and median lines."""
+    width = max([len(label) for label, _ in rows] + [len("mean ± std"), 5])
+    head = f"{'':<{width}}  " + "  ".join(f"{k.upper():>15}" for k in keys)
+    lines = [head]
+    for label, metrics in rows:
+        lines.append(f"{label:<{width}}  " + "  ".join(f"{_fmt(metrics.get(k)):>15}" for k in keys))
+    if summary:
+        lines.append(f"{'mean ± std':<{width}}  " + "  ".join(f"{_fmt(summary[k]['mean']) + ' ± ' + _fmt(summary[k]['std']):>15}" for k in keys))
+        lines.append(f"{'median':<{width}}  " + "  ".join(f"{_fmt(summary[k]['median']):>15}" for k in keys))
+    return "\n".join(lines)
+
+
+def _fmt(value) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "nan"
+    return f"{float(value):.4f}"

@@ -1,0 +1,283 @@
+"""The CLiF-VQA model (paper Eqs. 8-13): semantic MLP + FAST-VQA spatial branch + regression head.
+
+Inputs of :meth:`ClifVQA.forward`:
+
+- ``semantic``: the stored pooled rows of each video, transposed to ``M_s`` = ``[B, 2r, T]``
+  (r averages then r maxima, prompts in store order; any T, also 1).
+- ``fragments``: ``[B, k, 3, T_clip, H, W]`` normalised fragment clips (k = 1 in training, the
+  number of test clips at evaluation).
+
+Branches (our reading of the paper, each a documented choice):
+
+- **Semantic (Eq. 8).** Rows of the selected prompt groups are kept (for prompt i of a kept group:
+  row i, its average, and row r+i, its maximum). Each row is resampled along time to ``t0``
+  samples (linear, ``align_corners=True``: the first and last frames land exactly on the first
+  and last samples; a single frame is repeated), then the same FC1 (t0→hidden) → GELU →
+  FC2 (hidden→1) is applied to every row ("per description row"), giving ``F_s`` [B, 2r'].
+- **Spatial (Eqs. 9-11).** FAST-VQA (``fastvqa``: ``fragments_backbone`` + ``vqa_head``) maps a
+  clip to the quality map ``[1, T_clip/2, H/32, W/32]``; ``F_f`` is its flatten (784 values for
+  FAST-VQA-B at 32×224×224; the size follows from the configs).
+- **Regression head (Eqs. 12-13).** ``concat(F_s, F_f)`` → FC3 → GELU → FC4 → score, per clip.
+
+The video's score is the mean over its k clips (``F_s`` is the same for every clip).
+
+Ablations (paper Tables 3-4) without the regression head use each branch's own readout:
+spatial = the mean of the FAST-VQA map (FAST-VQA's own score), semantic = the mean of ``F_s``
+(parameter-free like FAST-VQA's mean); with both branches and no head the two readouts are
+summed. With a single branch the head sees only that branch's features.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from clifvqa.train.fastvqa import VARIANTS, FastVQAConfig, build_fastvqa
+from clifvqa.train.fragments import FragmentConfig
+
+BRANCHES = ("both", "semantic", "spatial")
+PROMPT_GROUPS = ("all", "objective", "subjective")
+
+TINY_FRAGMENTS = FragmentConfig(fragments_h=4, fragments_w=4, clip_len=16, aligned=16, frame_interval=1)
+"""Fragments for ``--tiny`` runs (tests, demo): a 4×4 grid of 32-px patches, 16 consecutive frames,
+so clips are 16×128×128 (the tiny FAST-VQA's adaptive window becomes 4×4×4)."""
+
+
+@dataclass(frozen=True)
+class ClifVQAConfig:
+    """Architecture of CLiF-VQA; defaults follow the paper where it says, else documented choices.
+
+    Attributes:
+        r: prompts in the feature store (the store holds 2r rows per frame).
+        prompt_groups_of: the group (``objective``/``subjective``) of each of the r stored prompts,
+            in store order (``provenance["prompts"]["groups"]``); needed to select a subset.
+        prompt_groups: which prompts the semantic branch uses: ``all``, ``objective`` or
+            ``subjective`` (paper Table 4), selected from the stored rows, no re-extraction.
+        t0: samples per row after resampling in time (Eq. 8 input width of FC1).
+        semantic_hidden: FC1 output width.
+        head_hidden: FC3 output width (the paper does not give it; 128 is our choice).
+        fastvqa: the FAST-VQA architecture (:class:`FastVQAConfig` as a dict).
+        fragments: how fragment clips are sampled (:class:`FragmentConfig` as a dict); its clip
+            shape (clip_len, H, W) fixes the size of ``F_f``, and scoring a new video samples it
+            the same way.
+        branches: ``both``, ``semantic`` or ``spatial`` (paper Table 3).
+        regression_head: use FC3/FC4 (True) or each branch's own readout (False).
+    """
+
+    r: int
+    prompt_groups_of: tuple[str, ...] = ()
+    prompt_groups: str = "all"
+    t0: int = 32
+    semantic_hidden: int = 64
+    head_hidden: int = 128
+    fastvqa: Mapping = field(default_factory=lambda: VARIANTS["fast-b"].to_dict())
+    fragments: Mapping = field(default_factory=lambda: FragmentConfig().to_dict())
+    branches: str = "both"
+    regression_head: bool = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "prompt_groups_of", tuple(self.prompt_groups_of))
+        if isinstance(self.fastvqa, FastVQAConfig):
+            object.__setattr__(self, "fastvqa", self.fastvqa.to_dict())
+        if isinstance(self.fragments, FragmentConfig):
+            object.__setattr__(self, "fragments", self.fragments.to_dict())
+        self.fastvqa_config(), self.fragment_config()  # refuse bad nested configs now
+        if self.r < 1:
+            raise ValueError(f"r (prompts in the store) must be at least 1, got {self.r}")
+        if self.branches not in BRANCHES:
+            raise ValueError(f"branches must be one of {BRANCHES}, got {self.branches!r}")
+        if self.prompt_groups not in PROMPT_GROUPS:
+            raise ValueError(f"prompt_groups must be one of {PROMPT_GROUPS}, got {self.prompt_groups!r}")
+        if self.prompt_groups_of and len(self.prompt_groups_of) != self.r:
+            raise ValueError(f"prompt_groups_of has {len(self.prompt_groups_of)} entries for r={self.r} prompts")
+        if self.t0 < 1 or self.semantic_hidden < 1 or self.head_hidden < 1:
+            raise ValueError("t0, semantic_hidden and head_hidden must be positive")
+        if self.uses_semantic:
+            self.semantic_rows()  # refuse an empty prompt subset now, not at the first batch
+
+    @property
+    def uses_semantic(self) -> bool:
+        return self.branches in ("both", "semantic")
+
+    @property
+    def uses_spatial(self) -> bool:
+        return self.branches in ("both", "spatial")
+
+    def fastvqa_config(self) -> FastVQAConfig:
+        return FastVQAConfig.from_dict(self.fastvqa)
+
+    def fragment_config(self) -> FragmentConfig:
+        return FragmentConfig.from_dict(self.fragments)
+
+    @property
+    def clip_shape(self) -> tuple[int, int, int]:
+        """(T, H, W) of one fragment clip."""
+        f = self.fragment_config()
+        return (f.clip_len, f.size_h, f.size_w)
+
+    def semantic_rows(self) -> list[int]:
+        """Indices of the stored rows the semantic branch uses (averages first, then maxima)."""
+        if self.prompt_groups == "all":
+            kept = list(range(self.r))
+        else:
+            if not self.prompt_groups_of:
+                raise ValueError(f"prompt_groups={self.prompt_groups!r} needs the group of each stored prompt (prompt_groups_of)")
+            kept = [i for i, g in enumerate(self.prompt_groups_of) if g == self.prompt_groups]
+            if not kept:
+                raise ValueError(f"the store has no {self.prompt_groups} prompts (groups: {sorted(set(self.prompt_groups_of))})")
+        return kept + [self.r + i for i in kept]
+
+    def spatial_map_shape(self) -> tuple[int, int, int, int]:
+        """Shape (1, D, H, W) of the FAST-VQA quality map for one clip of ``clip_shape``."""
+        cfg = self.fastvqa_config()
+        (t, h, w), (pt, ph, pw) = self.clip_shape, cfg.patch_size
+        d, h, w = math.ceil(t / pt), math.ceil(h / ph), math.ceil(w / pw)
+        for _ in range(len(cfg.depths) - 1):  # patch merging halves H and W (padding odd sizes)
+            h, w = math.ceil(h / 2), math.ceil(w / 2)
+        return (1, d, h, w)
+
+    def feature_sizes(self) -> tuple[int, int]:
+        """(len F_s, len F_f): the widths entering the regression head (0 for an unused branch)."""
+        fs = len(self.semantic_rows()) if self.uses_semantic else 0
+        ff = math.prod(self.spatial_map_shape()) if self.uses_spatial else 0
+        return fs, ff
+
+    def to_dict(self) -> dict:
+        """JSON-ready dict; inverse of :meth:`from_dict`."""
+        return json.loads(json.dumps(asdict(self)))
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> ClifVQAConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown ClifVQAConfig fields {unknown}; known: {sorted(known)}")
+        return cls(**dict(data))
+
+
+def resample_time(m_s: torch.Tensor, t0: int) -> torch.Tensor:
+    """``[..., rows, T]`` → ``[..., rows, t0]`` by linear interpolation (``align_corners=True``).
+
+    T = t0 returns the input; T = 1 repeats the single frame.
+    """
+    t = m_s.shape[-1]
+    if t == t0:
+        return m_s
+    if t == 1:
+        return m_s.expand(*m_s.shape[:-1], t0).contiguous()
+    flat = m_s.reshape(-1, 1, t)
+    out = F.interpolate(flat, size=t0, mode="linear", align_corners=True)
+    return out.reshape(*m_s.shape[:-1], t0)
+
+
+class SemanticBranch(nn.Module):
+    """Eq. 8: select rows, resample time to ``t0``, then FC1 → GELU → FC2 on every row."""
+
+    def __init__(self, config: ClifVQAConfig) -> None:
+        super().__init__()
+        self.t0 = config.t0
+        self.register_buffer("rows", torch.tensor(config.semantic_rows(), dtype=torch.long), persistent=False)
+        self.all_rows = config.prompt_groups == "all"
+        self.num_stored_rows = 2 * config.r
+        self.fc1 = nn.Linear(config.t0, config.semantic_hidden)
+        self.fc2 = nn.Linear(config.semantic_hidden, 1)
+        self.gelu = nn.GELU()
+
+    def forward(self, m_s: torch.Tensor) -> torch.Tensor:
+        """``M_s`` [B, 2r, T] → ``F_s`` [B, 2r'] (2r' = rows of the selected prompts)."""
+        if m_s.ndim != 3 or m_s.shape[1] != self.num_stored_rows:
+            raise ValueError(f"semantic input must be [B, {self.num_stored_rows}, T] (2r stored rows), got {list(m_s.shape)}")
+        if not self.all_rows:
+            m_s = m_s.index_select(1, self.rows)
+        x = resample_time(m_s, self.t0)
+        return self.fc2(self.gelu(self.fc1(x))).squeeze(-1)
+
+
+class RegressionHead(nn.Module):
+    """Eqs. 12-13: ``concat(F_s, F_f)`` → FC3 → GELU → FC4 → score."""
+
+    def __init__(self, in_features: int, hidden: int) -> None:
+        super().__init__()
+        self.fc3 = nn.Linear(in_features, hidden)
+        self.fc4 = nn.Linear(hidden, 1)
+        self.gelu = nn.GELU()
+
+    def forward(self, f_v: torch.Tensor) -> torch.Tensor:
+        return self.fc4(self.gelu(self.fc3(f_v))).squeeze(-1)
+
+
+class ClifVQA(nn.Module):
+    """CLiF-VQA. Submodules: ``semantic`` (fc1, fc2), ``fastvqa`` (FAST-VQA: ``fragments_backbone``,
+    ``vqa_head``), ``head`` (fc3, fc4); each is None when the configuration does not use it, so
+    official FAST-VQA weights load with ``load_fastvqa_checkpoint(model.fastvqa, path)``.
+    """
+
+    def __init__(self, config: ClifVQAConfig, checkpoint_grad: bool = False) -> None:
+        super().__init__()
+        self.config = config
+        self.semantic = SemanticBranch(config) if config.uses_semantic else None
+        self.fastvqa = build_fastvqa(config.fastvqa_config(), checkpoint_grad) if config.uses_spatial else None
+        fs, ff = config.feature_sizes()
+        self.head = RegressionHead(fs + ff, config.head_hidden) if config.regression_head else None
+
+    def forward(self, semantic: torch.Tensor | None = None, fragments: torch.Tensor | None = None) -> torch.Tensor:
+        """Scores ``[B]`` of B videos (see the module docstring for the inputs)."""
+        return self.clip_scores(semantic, fragments).mean(dim=1)
+
+    def clip_scores(self, semantic: torch.Tensor | None = None, fragments: torch.Tensor | None = None) -> torch.Tensor:
+        """Scores ``[B, k]`` of every clip (k = 1 for the semantic-only model)."""
+        f_s = self._semantic_features(semantic)
+        if self.fastvqa is None:
+            score = self.head(f_s) if self.head is not None else f_s.mean(dim=1)
+            return score[:, None]
+        if fragments is None or fragments.ndim != 6:
+            got = None if fragments is None else list(fragments.shape)
+            raise ValueError(f"fragments must be [B, k, 3, T, H, W], got {got}")
+        b, k = fragments.shape[:2]
+        if tuple(fragments.shape[3:]) != self.config.clip_shape:
+            raise ValueError(f"fragment clips are {tuple(fragments.shape[3:])}, the model was built for clip_shape {self.config.clip_shape}")
+        qmap = self.fastvqa(fragments.flatten(0, 1))  # [B*k, 1, D, H, W]
+        if self.head is None:
+            score = qmap.flatten(1).mean(dim=1).view(b, k)
+            return score if f_s is None else score + f_s.mean(dim=1, keepdim=True)
+        f_f = qmap.flatten(1)
+        if f_s is not None:
+            f_v = torch.cat([f_s.to(f_f.dtype).repeat_interleave(k, dim=0), f_f], dim=1)
+        else:
+            f_v = f_f
+        return self.head(f_v).view(b, k)
+
+    def _semantic_features(self, semantic: torch.Tensor | None) -> torch.Tensor | None:
+        if self.semantic is None:
+            return None
+        if semantic is None:
+            raise ValueError("this model uses the semantic branch: pass semantic=[B, 2r, T]")
+        return self.semantic(semantic)
+
+    def backbone_parameters(self) -> list[nn.Parameter]:
+        """Parameters of the Video Swin backbone (trained at the smaller backbone learning rate)."""
+        return list(self.fastvqa.fragments_backbone.parameters()) if self.fastvqa is not None else []
+
+
+def tiny_config(r: int, prompt_groups_of: Sequence[str] = (), **overrides) -> ClifVQAConfig:
+    """The ``--tiny`` model: the same code with the tiny FAST-VQA, :data:`TINY_FRAGMENTS`, t0 = 16
+    and narrow MLPs (``overrides`` set any other field, e.g. ``branches``)."""
+    settings = dict(fastvqa=VARIANTS["tiny"].to_dict(), fragments=TINY_FRAGMENTS.to_dict(), t0=16, semantic_hidden=16, head_hidden=32)
+    settings.update(overrides)
+    return ClifVQAConfig(r=r, prompt_groups_of=tuple(prompt_groups_of), **settings)
+
+
+def build_model(config: ClifVQAConfig, checkpoint_grad: bool = False) -> ClifVQA:
+    """Build CLiF-VQA for ``config`` (random init; FAST-VQA layers as the official init)."""
+    return ClifVQA(config, checkpoint_grad)
+
+
+def stack_semantic(pooled: Sequence[torch.Tensor], t0: int) -> torch.Tensor:
+    """Batch videos of different length: each ``[T_i, 2r]`` stored array → ``[B, 2r, t0]``."""
+    return torch.stack([resample_time(p.t().float(), t0) for p in pooled])

@@ -1,0 +1,646 @@
+"""Stage two: train CLiF-VQA on cached semantic features + fragments read from the videos.
+
+:func:`run_training` is what ``clifvqa train`` calls: it plans the splits
+(:func:`clifvqa.train.data.plan_splits`), checks every video and the stores before anything is
+trained, trains one model per split (:func:`train_split`) and writes::
+
+    OUT/run.json                 the run's settings (a resumed run must match them)
+    OUT/summary.json             per-split results, mean/std/median of SROCC, PLCC, KROCC, RMSE
+    OUT/summary.txt              the same as a table
+    OUT[/split_XX]/metrics.csv   one row per epoch (also metrics.jsonl)
+    OUT[/split_XX]/best/         checkpoint of the epoch selected on validation
+    OUT[/split_XX]/last/         checkpoint of the latest epoch + resume state
+    OUT[/split_XX]/result.json   best epoch, its validation and test metrics
+    OUT[/split_XX]/test_predictions.csv
+
+Recipe (paper §5.1): AdamW (weight decay 0.05 on every parameter, as FAST-VQA), lr 7.5e-5 for
+the Video Swin backbone and 7.5e-4 for everything else, batch 12; per-step schedule: linear
+warm-up over ``warmup_epochs`` (step s gets ``(s+1)/warmup``) then cosine decay to 0 at the end;
+autocast (bf16 where supported, else fp16 with loss scaling) on GPU. The model is selected on
+the validation videos by SROCC + PLCC (FAST-VQA's criterion), never on the test set; test
+metrics are computed once, for the selected epoch.
+
+Resume (``resume=True``): model, AdamW moments, step, epoch, best-so-far and the RNG states come
+back from ``last/``; training data order and fragment draws are functions of (seed, epoch,
+item), so a resumed run ends where an uninterrupted one would.
+
+Several GPUs / machines: run the same command under ``torchrun``; the trainer then uses
+DistributedDataParallel (nccl on GPU, gloo on CPU) with a DistributedSampler, evaluates a shard
+per process, and only rank 0 writes files. ``batch_size`` is per process.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Mapping, Sequence
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, DistributedSampler
+
+from clifvqa.manifests.io import Manifest
+from clifvqa.train import checkpoint as ckpt
+from clifvqa.train.data import (
+    DataError,
+    SemanticFeatures,
+    SplitPlan,
+    VideoDataset,
+    VideoItem,
+    check_video_files,
+    collate,
+    load_semantic_features,
+    plan_splits,
+)
+from clifvqa.train.fragments import FragmentConfig
+from clifvqa.train.loss import clifvqa_loss
+from clifvqa.train.metrics import METRIC_KEYS, compute_metrics, format_table, summarize
+from clifvqa.train.model import TINY_FRAGMENTS, ClifVQA, ClifVQAConfig, build_model, tiny_config
+
+log = logging.getLogger("clifvqa.train")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training settings; defaults are the paper's (§5.1) and FAST-VQA's where the paper is silent.
+
+    Attributes:
+        epochs: passes over the training videos.
+        batch_size: videos per optimizer step (per process under torchrun).
+        lr: learning rate of everything outside the Video Swin backbone.
+        backbone_lr: learning rate of ``fastvqa.fragments_backbone``.
+        weight_decay: AdamW decoupled weight decay (all parameters).
+        warmup_epochs: linear warm-up length (may be fractional), then cosine decay.
+        grad_clip: max global gradient norm, or None for no clipping.
+        seed: model init, data order, fragment draws, validation carving, random splits.
+        device: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``.
+        workers: DataLoader worker processes decoding videos (0 = in the main process).
+        num_clips_test: fragment clips per video at validation/test (their scores are averaged).
+        alpha, beta: weights of the monotonicity and linearity losses (Eq. 16).
+        val_fraction: share of the training videos held out for model selection when the
+            manifest gives no ``val`` rows.
+        amp: mixed precision on GPU (ignored on CPU).
+        grad_checkpoint: recompute Swin block activations in the backward pass (less GPU
+            memory, same numbers, slower steps; FAST-VQA trains with it on).
+    """
+
+    epochs: int = 30
+    batch_size: int = 12
+    lr: float = 7.5e-4
+    backbone_lr: float = 7.5e-5
+    weight_decay: float = 0.05
+    warmup_epochs: float = 2.5
+    grad_clip: float | None = None
+    seed: int = 0
+    device: str = "auto"
+    workers: int = 4
+    num_clips_test: int = 4
+    alpha: float = 1.0
+    beta: float = 1.0
+    val_fraction: float = 0.1
+    amp: bool = True
+    grad_checkpoint: bool = False
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1 or self.num_clips_test < 1 or self.workers < 0:
+            raise ValueError("epochs, batch_size and num_clips_test must be >= 1 and workers >= 0")
+        if self.warmup_epochs < 0 or self.lr <= 0 or self.backbone_lr < 0:
+            raise ValueError("warmup_epochs must be >= 0, lr > 0 and backbone_lr >= 0")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown TrainConfig fields {unknown}; known: {sorted(known)}")
+        return cls(**dict(data))
+
+
+# Settings that may change when a run is resumed (they do not change the numbers on CPU).
+RESUMABLE_CHANGES = ("device", "workers", "grad_checkpoint")
+
+
+def lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
+    """Learning-rate multiplier of optimizer step ``step`` (0-based): linear warm-up, then cosine."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+# ------------------------------------------------------------------------------ distributed
+
+
+@dataclass(frozen=True)
+class Dist:
+    """Where this process stands in a torchrun job (rank 0 of 1 without torchrun)."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world > 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.enabled:
+            torch.distributed.barrier()
+
+
+def _setup_dist(device_name: str) -> tuple[Dist, torch.device, bool]:
+    """Join the torchrun process group when launched by torchrun; pick the device."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    dist = Dist(int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0")))
+    if device_name == "auto":
+        device_name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device_name)
+    if device.type == "cuda" and dist.enabled and device.index is None:
+        device = torch.device("cuda", dist.local_rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    started = False
+    if dist.enabled and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        started = True
+    return dist, device, started
+
+
+# ------------------------------------------------------------------------------ evaluation
+
+
+@torch.no_grad()
+def predict_items(
+    model: ClifVQA,
+    items: Sequence[VideoItem],
+    video_root: str | os.PathLike[str],
+    semantic: Mapping[str, torch.Tensor] | None,
+    fragments: FragmentConfig | None,
+    *,
+    device: torch.device,
+    batch_size: int = 1,
+    workers: int = 0,
+    seed: int = 0,
+    dist: Dist = Dist(),
+    amp: bool = False,
+) -> tuple[list[str], list[float], list[float], list[tuple[str, str]]]:
+    """Scores of ``items`` (test-time fragments, eval mode): keys, predictions, MOS, failures.
+
+    Under torchrun each process scores every ``world``-th item and the results are gathered, so
+    every process returns all of them (in item order).
+    """
+    model.eval()
+    shard = list(items)[dist.rank :: dist.world]
+    ds = VideoDataset(shard, video_root, semantic, fragments, train=False, seed=seed)
+    # own generator: evaluating must not advance the global RNG that dropout draws from
+    loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=collate, generator=torch.Generator().manual_seed(seed))
+    out: list[tuple[str, float, float]] = []
+    failed: list[tuple[str, str]] = []
+    for batch in loader:
+        failed += batch["failed"]
+        if not batch["keys"]:
+            continue
+        with _autocast(device, amp):
+            pred = model(_to(batch["semantic"], device), _to(batch["fragments"], device))
+        out += list(zip(batch["keys"], pred.float().cpu().tolist(), batch["mos"].tolist()))
+    if dist.enabled:
+        gathered: list[Any] = [None] * dist.world
+        torch.distributed.all_gather_object(gathered, (out, failed))
+        out = [row for part, _ in gathered for row in part]
+        failed = [f for _, part in gathered for f in part]
+    order = {item.key: i for i, item in enumerate(items)}
+    out.sort(key=lambda row: order[row[0]])
+    for key, error in failed:
+        log.warning("warning: video %s could not be decoded and was not scored: %s", key, error)
+    return [r[0] for r in out], [r[1] for r in out], [r[2] for r in out], failed
+
+
+def _to(x: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
+    return None if x is None else x.to(device, non_blocking=True)
+
+
+def _amp_dtype(device: torch.device) -> torch.dtype:
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def _autocast(device: torch.device, amp: bool):
+    if amp and device.type == "cuda":
+        return torch.autocast("cuda", dtype=_amp_dtype(device))
+    return nullcontext()
+
+
+# ------------------------------------------------------------------------------ one split
+
+
+@dataclass
+class SplitResult:
+    """Outcome of one split: the selected epoch, its validation metrics and the test metrics."""
+
+    name: str
+    best_epoch: int
+    val: dict[str, Any]
+    test: dict[str, Any] | None
+    epochs_done: int
+    finished: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _selection_score(metrics: Mapping[str, Any] | None) -> float:
+    if not metrics:
+        return -math.inf
+    score = float(metrics.get("srocc", math.nan)) + float(metrics.get("plcc", math.nan))
+    return score if math.isfinite(score) else -math.inf
+
+
+def _param_groups(model: ClifVQA, config: TrainConfig) -> list[dict[str, Any]]:
+    backbone = {id(p) for p in model.backbone_parameters()}
+    groups = [
+        {"params": [p for p in model.parameters() if id(p) not in backbone], "lr": config.lr, "base_lr": config.lr, "name": "head"},
+    ]
+    if backbone:
+        groups.append({"params": model.backbone_parameters(), "lr": config.backbone_lr, "base_lr": config.backbone_lr, "name": "backbone"})
+    return groups
+
+
+def _init_weights(model: ClifVQA, fastvqa_init: str | None, swin_k400_init: str | None) -> None:
+    from clifvqa.train.fastvqa import load_fastvqa_checkpoint
+
+    for path, want in ((fastvqa_init, ("official", "backbone-prefixed")), (swin_k400_init, ("kinetics400",))):
+        if path is None:
+            continue
+        if model.fastvqa is None:
+            raise ValueError(f"{path}: a FAST-VQA / Video Swin init needs the spatial branch (branches=both or spatial)")
+        report = load_fastvqa_checkpoint(model.fastvqa, path)
+        if report.layout not in want:
+            raise ValueError(f"{path} is a {report.layout} checkpoint, expected {' or '.join(want)} here")
+        log.info("initialised FAST-VQA from %s (%s layout, %d tensors)", path, report.layout, report.loaded)
+
+
+def _append_metrics(folder: Path, row: Mapping[str, Any]) -> None:
+    with open(folder / "metrics.jsonl", "a", encoding="utf-8") as fh:
+        fh.write(json.dumps(row, allow_nan=True) + "\n")
+    path = folder / "metrics.csv"
+    new = not path.exists()
+    with open(path, "a", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(row))
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+
+
+def _truncate_metrics(folder: Path, last_epoch: int) -> None:
+    """Drop metric rows of epochs (1-based) after ``last_epoch``: written, then not checkpointed."""
+    jsonl = folder / "metrics.jsonl"
+    if not jsonl.exists():
+        return
+    rows = [json.loads(line) for line in jsonl.read_text(encoding="utf-8").splitlines() if line.strip()]
+    keep = [r for r in rows if r["epoch"] <= last_epoch]
+    if len(keep) == len(rows):
+        return
+    jsonl.unlink()
+    (folder / "metrics.csv").unlink(missing_ok=True)
+    for row in keep:
+        _append_metrics(folder, row)
+
+
+def train_split(
+    plan: SplitPlan,
+    model_config: ClifVQAConfig,
+    config: TrainConfig,
+    video_root: str | os.PathLike[str],
+    features: SemanticFeatures | None,
+    out: str | os.PathLike[str],
+    *,
+    split_index: int = 0,
+    fastvqa_init: str | None = None,
+    swin_k400_init: str | None = None,
+    resume: bool = False,
+    stop_after: int | None = None,
+    progress: bool = True,
+    dist: Dist = Dist(),
+    device: torch.device = torch.device("cpu"),
+) -> SplitResult:
+    """Train one model on ``plan`` and write its folder ``out`` (see the module docstring).
+
+    ``stop_after`` ends this call after that many epochs of the split have been done (as if the
+    job were interrupted; resume it later with ``resume=True``).
+    """
+    out = Path(out)
+    if dist.main:
+        out.mkdir(parents=True, exist_ok=True)
+    if resume and (out / "result.json").exists():
+        done = json.loads((out / "result.json").read_text(encoding="utf-8"))
+        log.info("%s: already finished (best epoch %d), skipped", plan.name, done["best_epoch"])
+        return SplitResult(**done)
+    seed = config.seed + split_index
+    torch.manual_seed(seed)
+    model = build_model(model_config, checkpoint_grad=config.grad_checkpoint).to(device)
+    fragments = model_config.fragment_config() if model_config.uses_spatial else None
+    semantic_rows = features.rows if features is not None else None
+    optimizer = torch.optim.AdamW(_param_groups(model, config), lr=config.lr, weight_decay=config.weight_decay)
+    store_meta = (features.provenance, features.fingerprint) if features is not None else ({}, "")
+    amp = config.amp and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=amp and _amp_dtype(device) == torch.float16)
+
+    start_epoch, step, best_epoch, best_score, best_val = 0, 0, -1, -math.inf, {}
+    last_dir, best_dir = out / "last", out / "best"
+    if resume and ckpt.has_training_state(last_dir):
+        from safetensors.torch import load_file
+
+        model.load_state_dict(load_file(str(last_dir / ckpt.MODEL_FILE), device=str(device)))
+        state = ckpt.load_training_state(last_dir, optimizer)
+        start_epoch, step = state["epoch"] + 1, state["step"]
+        best_epoch, best_score, best_val = state["best_epoch"], state["best_score"], state["best_val"]
+        if state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        if dist.main:
+            _truncate_metrics(out, state["epoch"] + 1)
+        log.info("%s: resumed after epoch %d", plan.name, state["epoch"] + 1)
+    else:
+        _init_weights(model, fastvqa_init, swin_k400_init)
+        if dist.main:
+            for name in ("metrics.csv", "metrics.jsonl"):
+                (out / name).unlink(missing_ok=True)
+
+    net: torch.nn.Module = model
+    if dist.enabled:
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    train_ds = VideoDataset(plan.train, video_root, semantic_rows, fragments, train=True, seed=seed)
+    sampler = DistributedSampler(train_ds, num_replicas=dist.world, rank=dist.rank, shuffle=True, seed=seed)
+    loader_gen = torch.Generator()
+    loader = DataLoader(train_ds, batch_size=config.batch_size, sampler=sampler, num_workers=config.workers, collate_fn=collate, generator=loader_gen, pin_memory=device.type == "cuda")
+    steps_per_epoch = len(loader)
+    total_steps = config.epochs * steps_per_epoch
+    warmup_steps = round(config.warmup_epochs * steps_per_epoch)
+    eval_batch = max(1, config.batch_size // (fragments.num_clips_test if fragments else 1))  # ~as many clips per pass as in training
+    extra_base = {"train_config": config.to_dict(), "split": plan.name}
+
+    def evaluate(items: Sequence[VideoItem]) -> tuple[dict[str, Any], tuple[list[str], list[float], list[float]]]:
+        keys, preds, mos, failed = predict_items(
+            model, items, video_root, semantic_rows, fragments, device=device, batch_size=eval_batch,
+            workers=config.workers, seed=seed, dist=dist, amp=amp,
+        )
+        metrics = compute_metrics(preds, mos) if keys else {"n": 0}
+        metrics["skipped"] = len(failed)
+        return metrics, (keys, preds, mos)
+
+    epochs_done = start_epoch
+    for epoch in range(start_epoch, config.epochs):
+        if stop_after is not None and epoch >= stop_after:
+            break
+        t_start = time.time()
+        net.train()
+        sampler.set_epoch(epoch)
+        train_ds.set_epoch(epoch)
+        loader_gen.manual_seed(seed * 1_000_003 + epoch)
+        loss_sum, loss_n, skipped = 0.0, 0, 0
+        bar = _progress(loader, f"{plan.name} epoch {epoch + 1}/{config.epochs}", progress and dist.main)
+        for batch in bar:
+            for key, error in batch["failed"]:
+                log.warning("warning: epoch %d: video %s could not be decoded and is skipped this epoch: %s", epoch + 1, key, error)
+            skipped += len(batch["failed"])
+            factor = lr_factor(step, warmup_steps, total_steps)
+            step += 1
+            for group in optimizer.param_groups:
+                group["lr"] = group["base_lr"] * factor
+            if not batch["keys"] and not dist.enabled:
+                continue
+            with _autocast(device, amp):
+                if batch["keys"]:
+                    pred = net(_to(batch["semantic"], device), _to(batch["fragments"], device))
+                    loss = clifvqa_loss(pred.float(), batch["mos"].to(device), config.alpha, config.beta)
+                else:  # nothing decodable on this process: a zero-weight dummy pass keeps DDP in step
+                    loss = net(*_dummy_inputs(model_config, device)).sum() * 0.0
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if config.grad_clip is not None:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            if batch["keys"]:
+                loss_sum += loss.item() * len(batch["keys"])
+                loss_n += len(batch["keys"])
+            if hasattr(bar, "set_postfix"):
+                bar.set_postfix(loss=f"{loss.item():.4f}")
+        if dist.enabled:
+            totals = torch.tensor([loss_sum, loss_n, skipped], dtype=torch.float64, device=device)
+            torch.distributed.all_reduce(totals)
+            loss_sum, loss_n, skipped = totals[0].item(), int(totals[1].item()), int(totals[2].item())
+        val_metrics = evaluate(plan.val)[0] if plan.val else {}
+        score = _selection_score(val_metrics)
+        improved = best_epoch < 0 or score > best_score
+        if improved:
+            best_epoch, best_score, best_val = epoch, score, val_metrics
+        row = {
+            "epoch": epoch + 1,
+            "train_loss": loss_sum / loss_n if loss_n else math.nan,
+            "lr": optimizer.param_groups[0]["lr"],
+            "backbone_lr": optimizer.param_groups[1]["lr"] if len(optimizer.param_groups) > 1 else math.nan,
+            "train_videos": loss_n,
+            "skipped_videos": skipped,
+            **{f"val_{k}": val_metrics.get(k, math.nan) for k in ("n",) + METRIC_KEYS},
+            "selected": improved,
+            "seconds": round(time.time() - t_start, 3),
+        }
+        if skipped:
+            log.warning("warning: epoch %d: %d videos could not be decoded and were skipped", epoch + 1, skipped)
+        log.info("%s epoch %d: loss %.4f, val SROCC %.4f PLCC %.4f%s", plan.name, epoch + 1, row["train_loss"], row["val_srocc"], row["val_plcc"], " (best)" if improved else "")
+        if dist.main:
+            _append_metrics(out, {k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()})
+            extra = {**extra_base, "epoch": epoch + 1, "metrics": {"val": val_metrics}}
+            if improved:
+                ckpt.save_checkpoint(best_dir, model, model_config, *store_meta, extra)
+            state = {"epoch": epoch, "step": step, "best_epoch": best_epoch, "best_score": best_score, "best_val": best_val, "scaler": scaler.state_dict() if scaler.is_enabled() else None}
+            ckpt.save_checkpoint(last_dir, model, model_config, *store_meta, extra, optimizer=optimizer, train_state=state)
+        dist.barrier()
+        epochs_done = epoch + 1
+
+    if epochs_done < config.epochs:
+        return SplitResult(plan.name, best_epoch + 1, best_val, None, epochs_done, finished=False)
+
+    # Test the selected epoch (never used for selection).
+    from safetensors.torch import load_file
+
+    model.load_state_dict(load_file(str(best_dir / ckpt.MODEL_FILE), device=str(device)))
+    test_metrics = None
+    if plan.test:
+        test_metrics, (keys, preds, mos) = evaluate(plan.test)
+        if dist.main:
+            with open(out / "test_predictions.csv", "w", newline="", encoding="utf-8") as fh:
+                writer = csv.writer(fh)
+                writer.writerow(["video", "mos", "prediction"])
+                writer.writerows(zip(keys, mos, preds))
+    result = SplitResult(plan.name, best_epoch + 1, best_val, test_metrics, epochs_done, finished=True)
+    if dist.main:
+        meta = ckpt.read_meta(best_dir)
+        meta["metrics"] = {"val": best_val, "test": test_metrics}
+        (best_dir / ckpt.META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        (out / "result.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n", encoding="utf-8")
+    dist.barrier()
+    return result
+
+
+def _dummy_inputs(config: ClifVQAConfig, device: torch.device) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    semantic = torch.zeros(1, 2 * config.r, config.t0, device=device) if config.uses_semantic else None
+    fragments = torch.zeros(1, 1, 3, *config.clip_shape, device=device) if config.uses_spatial else None
+    return semantic, fragments
+
+
+def _progress(iterable, desc: str, enabled: bool):
+    if not enabled:
+        return iterable
+    from tqdm import tqdm
+
+    return tqdm(iterable, desc=desc, unit="batch", leave=False, dynamic_ncols=True)
+
+
+# ------------------------------------------------------------------------------ a whole run
+
+
+def build_model_config(
+    features: SemanticFeatures | None,
+    config: TrainConfig,
+    *,
+    tiny: bool = False,
+    branches: str = "both",
+    regression_head: bool = True,
+    prompt_groups: str = "all",
+) -> ClifVQAConfig:
+    """The model of a run: full size (FAST-VQA-B, 32×224×224 fragments) or ``tiny``."""
+    r = features.r if features is not None else 1  # unused by the spatial-only model
+    groups = features.groups if features is not None else ()
+    options = dict(branches=branches, regression_head=regression_head, prompt_groups=prompt_groups)
+    if tiny:
+        options["fragments"] = replace(TINY_FRAGMENTS, num_clips_test=config.num_clips_test).to_dict()
+        return tiny_config(r, groups, **options)
+    return ClifVQAConfig(r=r, prompt_groups_of=groups, fragments=FragmentConfig(num_clips_test=config.num_clips_test).to_dict(), **options)
+
+
+def run_training(
+    manifest: Manifest | str | os.PathLike[str],
+    videos: str | os.PathLike[str],
+    stores: Sequence[str | os.PathLike[str]],
+    out: str | os.PathLike[str],
+    config: TrainConfig = TrainConfig(),
+    *,
+    test_manifest: Manifest | str | os.PathLike[str] | None = None,
+    splits: int | None = None,
+    test_fraction: float = 0.2,
+    branches: str = "both",
+    regression_head: bool = True,
+    prompt_groups: str = "all",
+    tiny: bool = False,
+    fastvqa_init: str | os.PathLike[str] | None = None,
+    swin_k400_init: str | os.PathLike[str] | None = None,
+    resume: bool = False,
+    stop_after: int | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train CLiF-VQA as ``clifvqa train`` does and return the summary (also in ``OUT/summary.json``).
+
+    Everything is checked before the first step: the splits, the video files, the stores
+    (completeness, one fingerprint, r) and, with ``resume``, that the settings equal the
+    interrupted run's. An existing ``out`` with a run in it is refused unless ``resume``.
+    """
+    out = Path(out)
+    dist, device, started = _setup_dist(config.device)
+    try:
+        plans = plan_splits(manifest, val_fraction=config.val_fraction, splits=splits, test_fraction=test_fraction, test_manifest=test_manifest, seed=config.seed)
+        keys = list(dict.fromkeys(k for plan in plans for k in plan.keys()))
+        uses_semantic = branches in ("both", "semantic")
+        if branches in ("both", "spatial"):
+            check_video_files(keys, videos)
+        features = None
+        if uses_semantic or stores:
+            t0 = (tiny_config(1) if tiny else ClifVQAConfig(r=1)).t0  # rows are resampled once, at load
+            features = load_semantic_features(stores, keys, t0, progress=progress and dist.main)
+        model_config = build_model_config(features, config, tiny=tiny, branches=branches, regression_head=regression_head, prompt_groups=prompt_groups)
+        settings = {
+            "train_config": config.to_dict(),
+            "model_config": model_config.to_dict(),
+            "plans": [p.to_dict() for p in plans],
+            "store": {"fingerprint": features.fingerprint if features else None, "paths": features.stores if features else []},
+            "videos": str(videos),
+            "fastvqa_init": str(fastvqa_init) if fastvqa_init else None,
+            "swin_k400_init": str(swin_k400_init) if swin_k400_init else None,
+        }
+        _check_run_dir(out, settings, resume)
+        dist.barrier()  # every process has checked before rank 0 writes run.json
+        if dist.main:
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "run.json").write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
+        dist.barrier()
+        if not plans[0].val:
+            log.warning("warning: no validation videos (val_fraction=%s): the last epoch is selected", config.val_fraction)
+        results = []
+        for i, plan in enumerate(plans):
+            folder = out if len(plans) == 1 else out / plan.name
+            results.append(
+                train_split(
+                    plan, model_config, config, videos, features, folder, split_index=i,
+                    fastvqa_init=str(fastvqa_init) if fastvqa_init else None,
+                    swin_k400_init=str(swin_k400_init) if swin_k400_init else None,
+                    resume=resume, stop_after=stop_after, progress=progress, dist=dist, device=device,
+                )
+            )
+            if not results[-1].finished:
+                break
+        summary = _summarize_run(results, out, len(plans), dist)
+        return summary
+    finally:
+        if started:
+            torch.distributed.destroy_process_group()
+
+
+def _check_run_dir(out: Path, settings: Mapping[str, Any], resume: bool) -> None:
+    previous = out / "run.json"
+    if not previous.exists():
+        if out.exists() and any(out.iterdir()) and not resume:
+            raise DataError(f"{out} exists and is not empty: choose a new --out (nothing there is overwritten)")
+        return
+    if not resume:
+        raise DataError(f"{out} already holds a run: pass --resume to continue it, or choose a new --out")
+    old = json.loads(previous.read_text(encoding="utf-8"))
+    new = json.loads(json.dumps(settings))
+    for conf in (old.get("train_config", {}), new["train_config"]):
+        for name in RESUMABLE_CHANGES:
+            conf.pop(name, None)
+    differing = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    if differing:
+        raise DataError(f"{out}: --resume with settings that differ from the interrupted run in {', '.join(differing)} (see {previous}); use the same options or a new --out")
+
+
+def _summarize_run(results: list[SplitResult], out: Path, num_plans: int, dist: Dist) -> dict[str, Any]:
+    on = "test" if all(r.test is not None for r in results) and results else "val"
+    rows = [(r.name, (r.test if on == "test" else r.val) or {}) for r in results]
+    summary_stats = summarize([m for _, m in rows])
+    summary = {
+        "metrics_on": on,
+        "splits": [r.to_dict() for r in results],
+        "summary": summary_stats,
+        "finished": len(results) == num_plans and all(r.finished for r in results),
+        "out": str(out),
+    }
+    table = format_table(rows, summary_stats if len(rows) > 1 else None)
+    summary["table"] = f"{on} metrics (selected epoch per split)\n{table}"
+    if dist.main:
+        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+        (out / "summary.txt").write_text(summary["table"] + "\n", encoding="utf-8")
+    return summary
