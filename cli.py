@@ -233,7 +233,7 @@ _STORE_ERRORS = (ValueError, OSError, ImportError)  # FingerprintMismatch, Store
 
 @main.group("store")
 def store() -> None:
-    """Feature stores: inspect, verify, merge and convert (.zarr, .h5/.hdf5, .zarr.zip, URLs)."""
+    """Feature stores: inspect, verify, merge, convert and rescore (.zarr, .h5/.hdf5, .zarr.zip, URLs)."""
 
 
 @store.command("info")
@@ -323,7 +323,111 @@ def store_convert_cmd(src: str, dst: str, zarr_format: str) -> None:
     click.echo(report.summary())
 
 
+@store.command("rescore")
+@click.argument("src")
+@click.option("--prompts", "prompts_file", required=True, type=click.Path(exists=True, dir_okay=False), help="The new prompt file (JSON or text).")
+@click.option("--softmax", type=click.Choice(["all", "group"]), default="all", show_default=True, help="Softmax over all prompts, or per group.")
+@click.option("-o", "--output", required=True, help="Store to write (.zarr or .h5/.hdf5); an existing one with the same settings is resumed.")
+@click.option("--clip-model", default=None, help="Where to load SRC's CLIP model from [default: its recorded clip.model]; the weights must be the same.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ...")
+@click.option("--save-maps/--no-save-maps", default=True, show_default=True, help="Also store the per-crop maps [T, r, m, n].")
+@click.option("--copy-embeddings/--no-copy-embeddings", default=True, show_default=True, help="Copy the embeddings too, so the output can be rescored in turn.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def store_rescore_cmd(src: str, prompts_file: str, softmax: str, output: str, clip_model: str | None, device: str,
+                      save_maps: bool, copy_embeddings: bool, quiet: bool) -> None:
+    """Score the crop embeddings saved in SRC (extract --save-embeddings) with new prompts.
+
+    Only CLIP's text tower runs: no decoding, no image tower. The output has the fingerprint
+    and (within float16 rounding) the features of a fresh extraction with these prompts.
+    Exit code 0 when every SRC video was rescored, 1 when some lack embeddings, 2 on errors.
+    """
+    from clifvqa.extract.clip_model import ClipLoadError
+    from clifvqa.extract.rescore import rescore_store
+
+    try:
+        summary = rescore_store(src, output, prompts_file, softmax=softmax, clip_model=clip_model,  # type: ignore[arg-type]
+                                device=device, save_maps=save_maps, copy_embeddings=copy_embeddings, progress=not quiet)
+    except (ClipLoadError, *_STORE_ERRORS) as exc:
+        fail(str(exc))
+    for key, error in summary.failures:
+        click.echo(f"failed: {key}: {error}", err=True)
+    click.echo(summary.line())
+    if not summary.ok:
+        sys.exit(1)
+
+
 # ---------------------------------------------------------------- train / evaluate / predict / demo (train/)
+
+
+@main.command("train")
+@click.option("--manifest", "manifest_path", required=True, type=click.Path(exists=True, dir_okay=False), help="Training manifest CSV (video, mos[, split]).")
+@click.option("--videos", required=True, type=click.Path(exists=True, file_okay=False), help="Folder the manifest's video paths are relative to.")
+@click.option("--store", "stores", multiple=True, help="Feature store (repeatable; all must share one fingerprint; not needed with --branches spatial).")
+@click.option("--out", default="runs/clifvqa", show_default=True, type=click.Path(file_okay=False), help="Run folder (refused when it holds a run, unless --resume).")
+@click.option("--val-fraction", default=0.1, show_default=True, type=float, help="Share of training videos held out for model selection (when the manifest has no val rows).")
+@click.option("--splits", type=int, default=None, help="Draw N random train/test splits and train one model each (paper: 10).")
+@click.option("--test-fraction", default=0.2, show_default=True, type=float, help="Share of videos in test for --splits.")
+@click.option("--test-manifest", type=click.Path(exists=True, dir_okay=False), default=None, help="Manifest of the test videos (same video root).")
+@click.option("--epochs", default=30, show_default=True, type=int)
+@click.option("--batch-size", default=12, show_default=True, type=int, help="Videos per step (per process under torchrun).")
+@click.option("--lr", default=7.5e-4, show_default=True, type=float, help="Learning rate outside the Video Swin backbone.")
+@click.option("--backbone-lr", default=7.5e-5, show_default=True, type=float)
+@click.option("--weight-decay", default=0.05, show_default=True, type=float)
+@click.option("--warmup-epochs", default=2.5, show_default=True, type=float)
+@click.option("--grad-clip", default=None, type=float, help="Clip the global gradient norm (off by default).")
+@click.option("--alpha", default=1.0, show_default=True, type=float, help="Weight of the monotonicity loss (Eq. 16).")
+@click.option("--beta", default=1.0, show_default=True, type=float, help="Weight of the linearity loss (Eq. 16).")
+@click.option("--num-clips-test", default=4, show_default=True, type=int, help="Fragment clips per video at validation/test.")
+@click.option("--fastvqa-init", type=click.Path(exists=True, dir_okay=False), default=None, help="Start the spatial branch from a FAST-VQA checkpoint (e.g. FAST_VQA_B_1_4.pth).")
+@click.option("--swin-k400-init", type=click.Path(exists=True, dir_okay=False), default=None, help="Start the backbone from the Kinetics-400 Video Swin-T checkpoint.")
+@click.option("--resume", is_flag=True, help="Continue the interrupted run in --out (same options).")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N (torchrun: one GPU per process).")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--tiny", is_flag=True, help="Tiny FAST-VQA and 16x128x128 fragments: the same code, for tests and demos.")
+@click.option("--workers", default=4, show_default=True, type=int, help="DataLoader processes decoding videos.")
+@click.option("--branches", type=click.Choice(["both", "semantic", "spatial"]), default="both", show_default=True, help="Ablation: which branches (paper Table 3).")
+@click.option("--no-regression-head", is_flag=True, help="Ablation: each branch's own readout instead of FC3/FC4.")
+@click.option("--prompt-groups", type=click.Choice(["all", "objective", "subjective"]), default="all", show_default=True, help="Ablation: prompts used (paper Table 4).")
+@click.option("--no-amp", is_flag=True, help="Full precision on GPU.")
+@click.option("--grad-checkpoint", is_flag=True, help="Recompute activations in the backward pass (less GPU memory).")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def train_cmd(manifest_path: str, videos: str, stores: tuple[str, ...], out: str, val_fraction: float, splits: int | None,
+              test_fraction: float, test_manifest: str | None, epochs: int, batch_size: int, lr: float, backbone_lr: float,
+              weight_decay: float, warmup_epochs: float, grad_clip: float | None, alpha: float, beta: float,
+              num_clips_test: int, fastvqa_init: str | None, swin_k400_init: str | None, resume: bool, device: str,
+              seed: int, tiny: bool, workers: int, branches: str, no_regression_head: bool, prompt_groups: str,
+              no_amp: bool, grad_checkpoint: bool, quiet: bool) -> None:
+    """Train CLiF-VQA on cached semantic features (CLIP is never loaded) and FAST-VQA fragments.
+
+    Writes OUT/metrics.csv, best/ and last/ checkpoints, summary.json and summary.txt (per split
+    with --splits). Under torchrun the same command trains with DistributedDataParallel.
+    """
+    import logging
+    import os
+
+    from clifvqa.manifests.io import ManifestError
+    from clifvqa.train.checkpoint import CheckpointError
+    from clifvqa.train.data import DataError
+    from clifvqa.train.fastvqa import CheckpointMismatchError
+    from clifvqa.train.trainer import TrainConfig, run_training
+
+    main_rank = os.environ.get("RANK", "0") == "0"
+    logging.basicConfig(level=logging.INFO if main_rank else logging.WARNING, format="%(message)s")
+    try:
+        config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, backbone_lr=backbone_lr, weight_decay=weight_decay,
+                             warmup_epochs=warmup_epochs, grad_clip=grad_clip, seed=seed, device=device, workers=workers,
+                             num_clips_test=num_clips_test, alpha=alpha, beta=beta, val_fraction=val_fraction, amp=not no_amp,
+                             grad_checkpoint=grad_checkpoint)
+        summary = run_training(manifest_path, videos, list(stores), out, config, test_manifest=test_manifest, splits=splits,
+                               test_fraction=test_fraction, branches=branches, regression_head=not no_regression_head,
+                               prompt_groups=prompt_groups, tiny=tiny, fastvqa_init=fastvqa_init, swin_k400_init=swin_k400_init,
+                               resume=resume, progress=not quiet)
+    except (DataError, ManifestError, CheckpointError, CheckpointMismatchError, FileNotFoundError, ValueError) as exc:
+        fail(str(exc))
+    if main_rank:
+        click.echo(summary["table"])
+        click.echo(f"run folder: {summary['out']} (summary.json, metrics.csv, best/ checkpoint)")
+
 
 
 if __name__ == "__main__":

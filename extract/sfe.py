@@ -278,18 +278,45 @@ class SemanticFeatureExtractor:
             with torch.autocast(self.device.type, dtype=getattr(torch, self.dtype), enabled=half):
                 feats = self.bundle.model.get_image_features(pixel_values=x).pooler_output
             emb = F.normalize(feats.float(), dim=-1)
-            logits = self._scale * emb @ self._text.T
-            probs = torch.empty_like(logits)
-            for block in self._blocks:
-                probs[:, block] = logits[:, block].softmax(dim=-1)
-            frames = probs.shape[0] // k
-            maps = probs.view(frames, m, n, -1).permute(0, 3, 1, 2)  # [F, r, m, n], crop (i, j) at [:, i, j]
-            pooled = torch.cat([maps.mean(dim=(2, 3)), maps.amax(dim=(2, 3))], dim=1)
+            pooled, maps = self.score_embeddings(emb)
             return FrameScores(
                 pooled=pooled.cpu(),
                 maps=maps.half().cpu() if self.save_maps else None,
-                embeddings=emb.view(frames, k, -1).half().cpu() if self.save_embeddings else None,
+                embeddings=emb.view(maps.shape[0], k, -1).half().cpu() if self.save_embeddings else None,
             )
+
+    def score_embeddings(self, emb: Any) -> tuple[Any, Any]:
+        """Prompt scores of crop embeddings (Eqs. 2-6): the one implementation of this math,
+        used by :meth:`score_frames` and by rescoring stored embeddings
+        (:func:`clifvqa.extract.rescore.rescore_store`).
+
+        Args:
+            emb: ``[F*m*n, D]`` float32 L2-normalised crop embeddings on :attr:`device`, frames
+                back to back, each frame's crops row-major over the grid.
+
+        Returns:
+            ``(pooled, maps)`` on the device: float32 ``[F, 2r]`` (means over the grid, then
+            maxima) and float32 ``[F, r, m, n]``.
+
+        A crop's scores do not depend on which other crops share the call: each logit is one
+        fixed-order sum over D (a matrix product would pick other kernels for few rows) and
+        every later step works per crop or per frame. So scoring the same float32 embeddings
+        in any grouping gives the same bits on a CPU. The product holds ``F*m*n*r*D`` floats.
+        """
+        import torch
+
+        m, n = self.grid
+        k = m * n
+        if emb.ndim != 2 or emb.shape[0] % k:
+            raise ValueError(f"embeddings of shape {list(emb.shape)} are not whole {m}x{n} frames of [crops, D]")
+        with torch.inference_mode():
+            logits = self._scale * (emb[:, None, :] * self._text[None]).sum(dim=-1)  # [F*k, r]
+            probs = torch.empty_like(logits)
+            for block in self._blocks:
+                probs[:, block] = logits[:, block].softmax(dim=-1)
+            maps = probs.view(-1, m, n, probs.shape[1]).permute(0, 3, 1, 2)  # [F, r, m, n], crop (i, j) at [:, i, j]
+            pooled = torch.cat([maps.mean(dim=(2, 3)), maps.amax(dim=(2, 3))], dim=1)
+        return pooled, maps
 
     # ------------------------------------------------------------------ videos
 
