@@ -222,16 +222,10 @@ class SemanticFeatureExtractor:
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
         if self.save_embeddings:
+            # What the stored embeddings depend on: the image side of the fields above.
+            image_side = {k: prov[k] for k in ("grid", "crop", "resize", "mean", "std", "frame_stride")}
             prov["embeddings"] = {
-                "model": b.model_id,
-                "weights_sha256": b.weights_sha256,
-                "grid": list(self.grid),
-                "crop": self.crop,
-                "resize": RESIZE_RULE,
-                "mean": list(b.mean),
-                "std": list(b.std),
-                "frame_stride": self.frame_stride,
-                "dtype": "float16",
+                "model": b.model_id, "weights_sha256": b.weights_sha256, **image_side, "dtype": "float16",
             }
         return prov
 
