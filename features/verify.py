@@ -76,7 +76,7 @@ def _verify(store: FeatureStore, manifest: Any) -> list[Problem]:
     if state is not None and state.startswith("stale"):
         problems.append(Problem(STORE_KEY, f"consolidated metadata is {state}; remote readers "
                                            "would see old contents: refresh it with "
-                                           "clifvqa.features.store.finalize_store(path)"))
+                                           "`clifvqa store finalize STORE`"))
     try:
         keys = store.keys()
     except Exception as exc:  # noqa: BLE001 - a corrupt listing is a finding, not a crash

@@ -195,7 +195,7 @@ def test_stale_consolidated_metadata_is_reported_until_finalized(copy_zarr):
         store.write_video("late.mp4", **synthetic_video(prov, seed=9))
         problems = verify_store(store)
         assert len(problems) == 1 and problems[0].key == STORE_KEY
-        assert "stale" in problems[0].message and "finalize_store" in problems[0].message
+        assert "stale" in problems[0].message and "clifvqa store finalize" in problems[0].message
         store.finalize()
         assert verify_store(store) == []
 
@@ -207,3 +207,13 @@ def test_cli_exit_codes(copy_zarr, tmp_path):
     assert result.output.startswith("v2.mp4: ")
     missing = CliRunner().invoke(main, ["store", "verify", str(tmp_path / "nope.zarr")])
     assert missing.exit_code == 2 and "no feature store" in missing.output
+
+
+def test_cli_finalize_refreshes_stale_metadata(copy_zarr):
+    prov = synthetic_provenance(r=4, grid=(2, 3))
+    with create_or_open_store(copy_zarr, prov) as store:
+        store.write_video("late.mp4", **synthetic_video(prov, seed=9))
+    assert CliRunner().invoke(main, ["store", "verify", str(copy_zarr)]).exit_code == 1
+    result = CliRunner().invoke(main, ["store", "finalize", str(copy_zarr)])
+    assert result.exit_code == 0, result.output
+    assert CliRunner().invoke(main, ["store", "verify", str(copy_zarr)]).exit_code == 0
