@@ -3,16 +3,20 @@
 A run lists its videos (manifest rows or a folder scan), keeps its shard's share, skips videos
 the store already holds complete (and, unless asked, those recorded as failed), extracts the
 rest with :class:`~clifvqa.extract.sfe.SemanticFeatureExtractor` and writes each finished video
-in one go. A video that fails is recorded in the store with the reason and the run goes on. An
-interrupted run leaves at most incomplete entries, which the next run redoes.
+in one go, from a writer thread so that the device is fed meanwhile. A video that fails is
+recorded in the store with the reason and the run goes on. An interrupted run leaves at most
+incomplete entries, which the next run redoes.
 """
 
 from __future__ import annotations
 
 import hashlib
+import queue
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from clifvqa.extract.config import ExtractConfig
 from clifvqa.extract.pipeline import VideoTask
@@ -168,25 +172,88 @@ def extract_dataset(
         summary.setup = time.perf_counter() - start
         start = time.perf_counter()
         bar = tqdm(total=len(todo), unit="video", disable=not progress, dynamic_ncols=True)
+        writer = _StoreWriter(store, summary, bar, start)
         try:
             for task, result in extractor.extract_many(todo, workers=config.workers):
+                writer.put(task.key, result)  # raises the writer's error as soon as it has one
+        finally:
+            writer.join()  # what is queued gets written, also when the run is interrupted
+            bar.close()
+        writer.check()
+        store.finalize()
+    summary.elapsed = time.perf_counter() - start
+    return summary
+
+
+class _StoreWriter:
+    """The one thread that writes a run's results to its store (HDF5 allows one writer), in the
+    order they are put, while the caller goes on extracting.
+
+    Each result updates ``summary`` (done, frames, failed, failures) and ``bar`` once it is
+    written. An exception in a write stops the thread; :meth:`put` and :meth:`check` then raise
+    it in the caller, and the results still queued are not written (the next run redoes them).
+    Videos written before stay complete.
+
+    Args:
+        store: the writable store.
+        summary: the run's counters, updated by the writer thread only while it runs.
+        bar: progress bar (tqdm), one step per result.
+        start: ``time.perf_counter()`` at the start of extraction, for the frames/s shown.
+        max_queued: results waiting to be written at most; :meth:`put` blocks beyond that.
+    """
+
+    _STOP = object()
+
+    def __init__(self, store, summary: ExtractSummary, bar, start: float, max_queued: int = 2) -> None:
+        self.store, self.summary, self.bar, self.start = store, summary, bar, start
+        self._queue: queue.Queue = queue.Queue(maxsize=max_queued)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="clifvqa-store-writer", daemon=True)
+        self._thread.start()
+
+    def put(self, key: str, result: VideoResult | str) -> None:
+        """Queue one video's result (features, or the text of its failure) for writing."""
+        self.check()
+        self._send((key, result))
+        self.check()
+
+    def join(self) -> None:
+        """Write everything queued (unless the thread stopped on an error), then stop the thread."""
+        self._send(self._STOP)
+        self._thread.join()
+
+    def check(self) -> None:
+        """Raise the exception that stopped the writer thread, if one did."""
+        if self._error is not None:
+            raise self._error
+
+    def _send(self, item: Any) -> None:
+        while self._error is None and self._thread.is_alive():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def _run(self) -> None:
+        summary = self.summary
+        try:
+            while (item := self._queue.get()) is not self._STOP:
+                key, result = item
                 if isinstance(result, VideoResult):
-                    result = _write(store, task.key, result)
+                    result = _write(self.store, key, result)
                 if isinstance(result, VideoResult):
                     summary.done += 1
                     summary.frames += len(result.frames)
                 else:
-                    store.record_failure(task.key, result, task.key)
+                    self.store.record_failure(key, result, key)
                     summary.failed += 1
-                    summary.failures.append((task.key, result))
-                bar.update(1)
-                rate = summary.frames / max(time.perf_counter() - start, 1e-9)
-                bar.set_postfix(frames=summary.frames, fps=f"{rate:.1f}", failed=summary.failed, refresh=False)
-        finally:
-            bar.close()
-        store.finalize()
-    summary.elapsed = time.perf_counter() - start
-    return summary
+                    summary.failures.append((key, result))
+                self.bar.update(1)
+                rate = summary.frames / max(time.perf_counter() - self.start, 1e-9)
+                self.bar.set_postfix(frames=summary.frames, fps=f"{rate:.1f}", failed=summary.failed, refresh=False)
+        except BaseException as exc:  # handed to the caller's thread by put() / check()
+            self._error = exc
 
 
 def _write(store, key: str, result: VideoResult) -> VideoResult | str:

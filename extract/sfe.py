@@ -8,11 +8,16 @@ them into ``f_t = concat(mean over (m, n), max over (m, n))`` of length 2r.
 Speed: crops of many frames (and many videos) go through CLIP in one forward pass of
 ``batch_size`` crops; normalisation, softmax and pooling run on the device; only the per-frame
 results (a few hundred bytes per frame) come back. Decoding runs ahead in threads
-(:func:`clifvqa.extract.pipeline.decode_crops`).
+(:func:`clifvqa.extract.pipeline.decode_crops`). On a GPU the device never waits for the host:
+each batch's crops are staged in a reused pinned buffer (an asynchronous upload), and a batch's
+results are collected only after the next batch has been launched, so that the host's work
+(gathering rows, finishing videos, the caller's store writes) runs while the GPU computes.
 """
 
 from __future__ import annotations
 
+import functools
+from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -56,7 +61,8 @@ class VideoResult:
 
 @dataclass
 class FrameScores:
-    """Device-side results for a batch of whole frames, already moved to the CPU."""
+    """Results for a batch of whole frames (on the CPU when :meth:`SemanticFeatureExtractor.score_frames`
+    returns them)."""
 
     pooled: Any  # torch.Tensor [F, 2r] float32
     maps: Any  # torch.Tensor [F, r, m, n] float16, or None
@@ -65,14 +71,25 @@ class FrameScores:
 
 @dataclass
 class _Pending:
-    """Rows computed so far for one video that is still being decoded or scored."""
+    """Rows collected so far for one video that is still being decoded or scored."""
 
     pooled: list = field(default_factory=list)
     maps: list = field(default_factory=list)
     embeddings: list = field(default_factory=list)
     frames: list = field(default_factory=list)
-    queued: int = 0  # frames waiting in the current batch
+    queued: int = 0  # frames waiting in the batch being filled
+    last_batch: int = -1  # number of the last launched batch holding one of its frames
     done: VideoDone | None = None
+
+
+@dataclass
+class _Launched:
+    """A launched batch whose rows have not been handed to their videos yet."""
+
+    scores: FrameScores  # on the host; read only after ``ready`` has passed
+    ready: Any  # torch.cuda.Event recorded after the copies to the host, or None (already there)
+    rows: list[tuple[_Pending, list[int], list[int]]]  # per video: its rows in the batch, their frame indices
+    buffer: Any  # host buffer the crops were staged in (free again once ``ready`` has passed), or None
 
 
 def resolve_dtype(dtype: str, device: str) -> str:
@@ -166,6 +183,12 @@ class SemanticFeatureExtractor:
         self._text = self._text_embeddings()
         blocks = self.prompts.group_indices() if softmax == "group" else [list(range(len(self.prompts)))]
         self._blocks = [torch.tensor(b, device=self.device) for b in blocks]
+        # How extract_many feeds the device. On CUDA: stage crops in reused pinned host buffers
+        # and leave one batch running while the next is prepared. On a CPU both would only add
+        # a copy and hold memory longer (the tests switch them on there to check the bookkeeping).
+        cuda = self.device.type == "cuda"
+        self._staged = cuda
+        self._in_flight = 1 if cuda else 0
 
     @classmethod
     def from_config(cls, config) -> SemanticFeatureExtractor:
@@ -258,6 +281,10 @@ class SemanticFeatureExtractor:
         Returns:
             per-frame pooled features (and maps / embeddings when enabled), on the CPU.
         """
+        return _to_host(self._score_on_device(crops), non_blocking=False)
+
+    def _score_on_device(self, crops) -> FrameScores:
+        """:meth:`score_frames` with the results left on the device (queued there, on a GPU)."""
         import torch
         import torch.nn.functional as F
 
@@ -274,10 +301,43 @@ class SemanticFeatureExtractor:
             emb = F.normalize(feats.float(), dim=-1)
             pooled, maps = self.score_embeddings(emb)
             return FrameScores(
-                pooled=pooled.cpu(),
-                maps=maps.half().cpu() if self.save_maps else None,
-                embeddings=emb.view(maps.shape[0], k, -1).half().cpu() if self.save_embeddings else None,
+                pooled=pooled,
+                maps=maps.half() if self.save_maps else None,
+                embeddings=emb.view(maps.shape[0], k, -1).half() if self.save_embeddings else None,
             )
+
+    def _launch(self, crops) -> tuple[FrameScores, Any]:
+        """Start scoring ``crops``; returns ``(scores on the host, ready)``: on CUDA the copies to
+        (pinned) host memory are queued behind the forward pass and ``ready`` is the event to
+        wait for before reading them; elsewhere this is :meth:`score_frames` and ``ready`` None."""
+        import torch
+
+        if self.device.type != "cuda":
+            return self.score_frames(crops), None
+        scores = _to_host(self._score_on_device(crops), non_blocking=True)
+        # blocking: a wait sleeps (GIL released) instead of spinning on a core the decoders need.
+        ready = torch.cuda.Event(blocking=True)
+        ready.record(torch.cuda.current_stream(self.device))  # the model's GPU, maybe not the current one
+        return scores, ready
+
+    def _stage(self, frames: list[FrameCrops], free: list) -> tuple[Any, Any]:
+        """The crops of ``frames`` back to back: ``(crops, buffer)``. Staged in a reused host
+        buffer of ``batch_size`` crops (pinned on CUDA, so that the upload does not block), taken
+        from ``free`` or newly made, when staging is on; else concatenated (``buffer`` None).
+        Values are those of ``torch.cat``: uint8, or float32 when any frame was scaled up."""
+        import torch
+
+        parts = [fc.crops for fc in frames]
+        if not self._staged:
+            return torch.cat(parts), None
+        dtype = functools.reduce(torch.promote_types, (p.dtype for p in parts))
+        buffer = next((b for b in free if b.dtype == dtype), None)
+        if buffer is None:
+            shape = (self.batch_size, self.crop, self.crop, 3)
+            buffer = torch.empty(shape, dtype=dtype, pin_memory=self.device.type == "cuda")
+        else:
+            free.remove(buffer)
+        return torch.cat(parts, out=buffer[: sum(len(p) for p in parts)]), buffer
 
     def score_embeddings(self, emb: Any) -> tuple[Any, Any]:
         """Prompt scores of crop embeddings (Eqs. 2-6): the one implementation of this math,
@@ -321,46 +381,78 @@ class SemanticFeatureExtractor:
         as each finishes (not in task order).
 
         ``workers`` threads decode ahead into a queue of ``queue_frames`` frames (default two
-        batches); crops of different frames and videos share forward passes.
+        batches); crops of different frames and videos share forward passes. On CUDA a batch's
+        results are collected after the next batch is launched; videos still come out in the
+        order, and with the values, of collecting every batch at once.
         """
         import torch
 
         queue_frames = queue_frames or 2 * self.frames_per_batch + workers
         live: dict[VideoTask, _Pending] = {}
         batch: list[FrameCrops] = []
+        flight: deque[_Launched] = deque()  # launched, not yet collected, oldest first
+        out: deque[tuple[VideoTask, _Pending | str]] = deque()  # finished videos and failures, in order
+        free: list = []  # staging buffers not in use
+        launched = collected = 0
 
-        def finished() -> Iterator[tuple[VideoTask, VideoResult]]:
+        def finished() -> None:
             for task in [t for t, acc in live.items() if acc.done is not None and acc.queued == 0]:
-                yield task, _result(live.pop(task))
+                out.append((task, live.pop(task)))
 
-        def run_batch() -> Iterator[tuple[VideoTask, VideoResult]]:
-            """Score the waiting frames, then hand out the videos that are now complete."""
+        def launch() -> None:
+            """Start scoring the waiting frames; videos with no frames left to launch are finished."""
+            nonlocal launched
             if batch:
-                crops = torch.cat([fc.crops for fc in batch])
+                rows: dict[VideoTask, list[int]] = {}
+                for row, fc in enumerate(batch):
+                    rows.setdefault(fc.task, []).append(row)
+                entries = []
+                for task, idx in rows.items():
+                    acc = live[task]
+                    acc.queued -= len(idx)
+                    acc.last_batch = launched
+                    entries.append((acc, idx, [batch[i].index for i in idx]))
+                crops, buffer = self._stage(batch, free)
                 try:
-                    scores = self.score_frames(crops)
+                    scores, ready = self._launch(crops)
                 except torch.cuda.OutOfMemoryError as exc:
                     raise DeviceMemoryError(
                         f"out of {self.device} memory scoring {crops.shape[0]} crops at once; "
                         f"pass a smaller --batch-size (now {self.batch_size})"
                     ) from exc
-                rows: dict[VideoTask, list[int]] = {}
-                for row, fc in enumerate(batch):
-                    rows.setdefault(fc.task, []).append(row)
-                for task, idx in rows.items():
-                    acc = live.get(task)
-                    if acc is None:  # failed while its frames were waiting
-                        continue
+                flight.append(_Launched(scores, ready, entries, buffer))
+                launched += 1
+                batch.clear()
+            finished()
+
+        def collect(keep: int) -> None:
+            """Hand the rows of all but the newest ``keep`` launched batches to their videos."""
+            nonlocal collected
+            while len(flight) > keep:
+                done = flight.popleft()
+                if done.ready is not None:
+                    done.ready.synchronize()  # this batch's copies only; later batches keep running
+                scores = done.scores
+                for acc, idx, frames in done.rows:
                     sel = torch.tensor(idx)
                     acc.pooled.append(scores.pooled[sel])
                     if scores.maps is not None:
                         acc.maps.append(scores.maps[sel])
                     if scores.embeddings is not None:
                         acc.embeddings.append(scores.embeddings[sel])
-                    acc.frames.extend(batch[i].index for i in idx)
-                    acc.queued -= len(idx)
-                batch.clear()
-            yield from finished()
+                    acc.frames.extend(frames)
+                if done.buffer is not None:
+                    free.append(done.buffer)
+                collected += 1
+
+        def emit() -> Iterator[tuple[VideoTask, VideoResult | str]]:
+            """Yield from the front of ``out`` up to the first video whose rows are still in flight."""
+            while out:
+                task, item = out[0]
+                if isinstance(item, _Pending) and item.last_batch >= collected:
+                    return
+                out.popleft()
+                yield task, item if isinstance(item, str) else _result(item)
 
         events = decode_crops(
             tasks,
@@ -376,15 +468,19 @@ class SemanticFeatureExtractor:
                     live.setdefault(event.task, _Pending()).queued += 1
                     batch.append(event)
                     if len(batch) >= self.frames_per_batch:
-                        yield from run_batch()
+                        launch()
+                        collect(self._in_flight)
                 elif isinstance(event, VideoDone):
                     live.setdefault(event.task, _Pending()).done = event
-                    yield from finished()  # when none of its frames still wait for a batch
+                    finished()  # when none of its frames still wait for a batch
                 elif isinstance(event, VideoFailed):
                     live.pop(event.task, None)
                     batch[:] = [fc for fc in batch if fc.task != event.task]
-                    yield event.task, event.error
-            yield from run_batch()
+                    out.append((event.task, event.error))
+                yield from emit()
+            launch()
+            collect(0)
+            yield from emit()
         finally:
             events.close()
 
@@ -402,6 +498,16 @@ class SemanticFeatureExtractor:
                 raise VideoDecodeError(result)
             return result
         raise AssertionError("extract_many yielded nothing")  # unreachable: one task in, one result out
+
+
+def _to_host(scores: FrameScores, non_blocking: bool) -> FrameScores:
+    """``scores`` copied to the CPU (no copy when there already). ``non_blocking`` from CUDA
+    copies into pinned memory asynchronously: wait for the stream before reading."""
+
+    def host(t: Any) -> Any:
+        return None if t is None else t.to("cpu", non_blocking=non_blocking)
+
+    return FrameScores(host(scores.pooled), host(scores.maps), host(scores.embeddings))
 
 
 def _result(acc: _Pending) -> VideoResult:
