@@ -323,6 +323,20 @@ def store_convert_cmd(src: str, dst: str, zarr_format: str) -> None:
     click.echo(report.summary())
 
 
+@store.command("finalize")
+@click.argument("path")
+def store_finalize_cmd(path: str) -> None:
+    """Refresh the consolidated metadata of the local store at PATH (after shard runs that
+    wrote one shared store finished at the same moment, or when verify reports it stale)."""
+    from clifvqa.features.store import finalize_store
+
+    try:
+        finalize_store(path)
+    except _STORE_ERRORS as exc:
+        fail(str(exc))
+    click.echo(f"{path}: consolidated metadata written")
+
+
 @store.command("rescore")
 @click.argument("src")
 @click.option("--prompts", "prompts_file", required=True, type=click.Path(exists=True, dir_okay=False), help="The new prompt file (JSON or text).")
@@ -427,6 +441,94 @@ def train_cmd(manifest_path: str, videos: str, stores: tuple[str, ...], out: str
     if main_rank:
         click.echo(summary["table"])
         click.echo(f"run folder: {summary['out']} (summary.json, metrics.csv, best/ checkpoint)")
+
+
+@main.command("evaluate")
+@click.option("--checkpoint", required=True, type=click.Path(exists=True, file_okay=False), help="Checkpoint directory (e.g. runs/NAME/best).")
+@click.option("--manifest", "manifest_path", required=True, type=click.Path(exists=True, dir_okay=False), help="Manifest CSV of labelled videos.")
+@click.option("--videos", required=True, type=click.Path(exists=True, file_okay=False), help="Folder the manifest's video paths are relative to.")
+@click.option("--store", "stores", multiple=True, help="Feature store with the checkpoint's fingerprint (repeatable).")
+@click.option("--out", type=click.Path(file_okay=False), default=None, help="Folder for predictions.csv, metrics.json and scatter.png (default: print only).")
+@click.option("--split", type=click.Choice(["train", "val", "test"]), default=None, help="Score only the rows with this split tag.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--workers", default=0, show_default=True, type=click.IntRange(min=0), help="DataLoader processes decoding videos.")
+@click.option("--no-plot", is_flag=True, help="Do not write scatter.png.")
+@click.option("--force", is_flag=True, help="Replace result files already in --out.")
+def evaluate_cmd(checkpoint: str, manifest_path: str, videos: str, stores: tuple[str, ...], out: str | None, split: str | None,
+                 device: str, workers: int, no_plot: bool, force: bool) -> None:
+    """Score every labelled manifest video with a checkpoint: SROCC, PLCC (raw and after the
+    4-parameter logistic fit), KROCC, RMSE. Exit code 1 when some videos could not be decoded."""
+    from clifvqa.train.evaluate import evaluate
+
+    try:
+        result = evaluate(checkpoint, manifest_path, videos, list(stores), out, device, plot=not no_plot, split=split,
+                          workers=workers, overwrite=force)
+    except (ValueError, FileExistsError) as exc:  # FingerprintMismatch, DataError, CheckpointError, ManifestError
+        fail(str(exc))
+    click.echo(result.summary())
+    if result.failures:
+        sys.exit(1)
+
+
+@main.command("predict")
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=str))
+@click.option("--checkpoint", required=True, type=click.Path(exists=True, file_okay=False), help="Checkpoint directory (e.g. runs/NAME/best).")
+@click.option("--store", "stores", multiple=True, help="Feature store to take features from; a video matches when its bytes are the extracted file's (sha256).")
+@click.option("--clip-model", default=None, help="CLIP hub id or folder for videos not in a store [default: the checkpoint's model]; its weights must be the checkpoint's.")
+@click.option("--output", "-o", type=click.Path(dir_okay=False), default=None, help="Write out.csv (video, score, error) or out.json [default: CSV to stdout].")
+@click.option("--explain", is_flag=True, help="Also give each prompt's per-frame mean and max score (JSON; with CSV in OUT.explain.json).")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+def predict_cmd(inputs: tuple[str, ...], checkpoint: str, stores: tuple[str, ...], clip_model: str | None, output: str | None,
+                explain: bool, device: str) -> None:
+    """Score the videos INPUTS (files, or folders scanned recursively) with a checkpoint.
+
+    Semantic features come from --store when it holds the same file, else are extracted with
+    exactly the checkpoint's CLIP settings. The same video always gets the same score. A video
+    that cannot be read gets an error row; the exit code is then 1.
+    """
+    import json
+
+    from clifvqa.extract.clip_model import ClipLoadError
+    from clifvqa.train.predict import predict, predictions_csv, write_predictions
+
+    try:
+        preds = predict(list(inputs), checkpoint, list(stores), clip_model, device, explain)
+    except (ValueError, ClipLoadError) as exc:  # FingerprintMismatch, ProvenanceMismatch, CheckpointError
+        fail(str(exc))
+    if output:
+        for path in write_predictions(preds, output, explain=explain):
+            click.echo(f"wrote {path}", err=True)
+    elif explain:
+        click.echo(json.dumps([p.to_dict() for p in preds], indent=2))
+    else:
+        click.echo(predictions_csv(preds), nl=False)
+    failed = [p for p in preds if p.error is not None]
+    for p in failed:
+        click.echo(f"failed: {p.video}: {p.error}", err=True)
+    if failed:
+        sys.exit(1)
+
+
+@main.command("demo")
+@click.option("--out", default="demo-run", show_default=True, type=click.Path(file_okay=False), help="New folder for everything the demo makes.")
+@click.option("--videos", default=24, show_default=True, type=click.IntRange(min=12), help="Clips to make (whole scenes of 6 distortion levels).")
+@click.option("--epochs", default=None, type=click.IntRange(min=1), help="Training epochs [default: the demo's tuned value].")
+@click.option("--seed", default=0, show_default=True, type=int, help="Scenes, model init and data order.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def demo_cmd(out: str, videos: int, epochs: int | None, seed: int, quiet: bool) -> None:
+    """Run the whole pipeline on a small generated dataset: make graded-distortion clips, extract
+    with a tiny random-weight CLIP, train --tiny, and print SROCC/PLCC on the held-out clips."""
+    import logging
+
+    from clifvqa.train.demo import DemoConfig, run_demo
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    config = DemoConfig(videos=videos, seed=seed, **({"epochs": epochs} if epochs else {}))
+    try:
+        result = run_demo(out, config, progress=not quiet, log=click.echo)
+    except (FileExistsError, ValueError) as exc:
+        fail(str(exc))
+    click.echo(result.summary())
 
 
 

@@ -1,0 +1,62 @@
+"""`clifvqa demo` at a very reduced size: the dataset, manifest, store, run and evaluation it leaves."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+import torch
+
+from clifvqa.train.demo import DISTORTIONS, LEVELS, RANDOM_CLIP_NOTE, DemoConfig, demo_manifest, run_demo
+
+SMALL = DemoConfig(videos=12, frames=8, width=160, height=128, epochs=1, batch_size=4, num_clips_test=1, grid=(1, 1))
+
+
+def test_demo_manifest_levels_mos_and_splits():
+    manifest = demo_manifest(DemoConfig(videos=24))
+    assert len(manifest) == 24 == 4 * LEVELS and len(DISTORTIONS) == LEVELS
+    by_level = {}
+    for row in manifest.rows:
+        by_level.setdefault(int(row.extra["level"]), []).append(row)
+    assert [by_level[lv][0].mos for lv in range(LEVELS)] == pytest.approx([5.0, 4.2, 3.4, 2.6, 1.8, 1.0])
+    for rows in by_level.values():  # with 4 scenes every level is twice in train, once in val and once in test
+        assert sorted(r.split for r in rows) == ["test", "train", "train", "val"]
+    for key in ("blur", "noise", "crf"):  # every distortion rises (never falls) with the level
+        values = [d[key] for d in DISTORTIONS]
+        assert values == sorted(values) and values[0] < values[-1]
+    assert DemoConfig(videos=13).scenes == 3 and DemoConfig(videos=5).scenes == 2
+
+
+def test_demo_end_to_end_at_a_tiny_size(tmp_path):
+    from clifvqa.features.store import open_store
+    from clifvqa.manifests.io import read_manifest
+
+    lines = []
+    threads = torch.get_num_threads()
+    result = run_demo(tmp_path / "demo", SMALL, progress=False, log=lines.append)
+    assert torch.get_num_threads() == threads
+    assert [line[:5] for line in lines] == ["[1/5]", "[2/5]", "[3/5]", "[4/5]", "[5/5]"]
+
+    manifest = read_manifest(result.manifest)
+    assert len(manifest) == 12
+    assert {s: sum(r.split == s for r in manifest.rows) for s in ("train", "val", "test")} == {"train": 7, "val": 3, "test": 2}
+    assert all((result.out / "videos" / v).is_file() for v in manifest.videos)
+    with open_store(result.store) as store:
+        assert sorted(store.keys()) == sorted(manifest.videos) and not store.incomplete_keys() and not store.failures()
+        assert store.provenance["grid"] == [1, 1] and store.read_pooled(manifest.videos[0]).shape[0] == SMALL.frames
+
+    for key in ("n", "srocc", "plcc", "plcc_fit", "krocc", "rmse"):
+        assert key in result.test_metrics
+    assert result.test_metrics["n"] == 2
+    # evaluate() on the best checkpoint reproduces the trainer's test numbers
+    assert result.evaluation.metrics["srocc"] == result.test_metrics["srocc"]
+    assert result.evaluation.metrics["plcc"] == pytest.approx(result.test_metrics["plcc"], abs=1e-6)
+    with open(result.evaluation.files["predictions"], newline="") as fh:
+        assert sorted(r["video"] for r in csv.DictReader(fh)) == sorted(manifest.subset("test").videos)
+    assert (result.run / "best" / "meta.json").is_file()
+    assert set(result.seconds) == {"dataset", "extract", "train", "evaluate", "total"}
+    text = result.summary()
+    assert RANDOM_CLIP_NOTE in text and "held-out test clips (n=2): SROCC" in text
+
+    with pytest.raises(FileExistsError, match="not empty"):
+        run_demo(tmp_path / "demo", SMALL, progress=False, log=lines.append)

@@ -1,0 +1,296 @@
+"""Score a labelled dataset with a trained checkpoint: ``clifvqa evaluate``.
+
+:func:`evaluate` scores every manifest video that has a MOS (optionally one split of it) with
+the checkpoint, exactly as the trainer scores its test set: semantic rows come from the feature
+stores (read once, resampled to ``t0``), fragments from the video files with the deterministic
+multi-clip test sampling (fixed clip starts, patch offsets from ``seed``), float32 compute.
+
+The stores must hold features made the way the checkpoint's training features were: their
+fingerprint must equal the one saved in the checkpoint, and a store that differs is refused
+naming the differing provenance fields (features of another CLIP, grid or prompt set would feed
+the model numbers it never saw).
+
+Reported: SROCC, KROCC, PLCC of the raw predictions, PLCC and RMSE after the standard
+4-parameter logistic fit (:mod:`clifvqa.train.metrics`). With ``out_dir`` it writes::
+
+    predictions.csv   video, mos, prediction, fitted_prediction (logistic-mapped onto the MOS scale)
+    metrics.json      the metrics, the failures and what was scored with what
+    scatter.png       prediction vs MOS with the fitted curve (only with matplotlib: pip install clifvqa[plot])
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from clifvqa.features.provenance import FingerprintMismatch, provenance_diff
+from clifvqa.manifests.io import Manifest, read_manifest
+from clifvqa.train.checkpoint import load_checkpoint
+from clifvqa.train.data import DataError, VideoItem, check_video_files, listing, load_semantic_features
+from clifvqa.train.metrics import compute_metrics, fit_logistic
+
+PREDICTIONS_FILE = "predictions.csv"
+METRICS_FILE = "metrics.json"
+PLOT_FILE = "scatter.png"
+PLOT_MISSING_NOTE = "no scatter plot: matplotlib is not installed (pip install 'clifvqa[plot]')"
+
+
+@dataclass
+class EvalResult:
+    """Outcome of :func:`evaluate`.
+
+    Attributes:
+        metrics: :func:`clifvqa.train.metrics.compute_metrics` of the scored videos (``n``,
+            ``srocc``, ``krocc``, ``plcc``, ``plcc_fit``, ``rmse``, ``rmse_raw``, ``fit``).
+        videos, mos, predictions, fitted: per scored video, in manifest order; ``fitted`` is
+            the prediction mapped onto the MOS scale by the logistic fit.
+        failures: ``(video, error)`` of videos that could not be decoded (not scored).
+        unlabelled: manifest videos left out because they have no MOS.
+        files: what was written (``predictions``, ``metrics``, ``plot``), empty without ``out_dir``.
+        plot_note: why no plot was written, when one was asked for and none was.
+    """
+
+    metrics: dict[str, Any]
+    videos: list[str]
+    mos: list[float]
+    predictions: list[float]
+    fitted: list[float]
+    failures: list[tuple[str, str]] = field(default_factory=list)
+    unlabelled: list[str] = field(default_factory=list)
+    files: dict[str, Path] = field(default_factory=dict)
+    plot_note: str | None = None
+
+    def summary(self) -> str:
+        """A few lines for the terminal: the metrics, then anything left out or written."""
+        m = self.metrics
+        lines = [
+            f"{m['n']} videos: SROCC {_fmt(m['srocc'])}  PLCC {_fmt(m['plcc'])} (after {m['fit']} fit {_fmt(m['plcc_fit'])})"
+            f"  KROCC {_fmt(m['krocc'])}  RMSE {_fmt(m['rmse'])} (raw {_fmt(m['rmse_raw'])})"
+        ]
+        if self.unlabelled:
+            lines.append(f"left out {len(self.unlabelled)} videos without MOS: {listing(self.unlabelled, 5)}")
+        for video, error in self.failures:
+            lines.append(f"failed: {video}: {error}")
+        for name, path in self.files.items():
+            lines.append(f"wrote {name}: {path}")
+        if self.plot_note:
+            lines.append(self.plot_note)
+        return "\n".join(lines)
+
+
+def resolve_torch_device(device: str = "auto") -> torch.device:
+    """``auto`` → CUDA when available, else CPU; a CUDA device without a GPU is refused."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    resolved = torch.device(device)
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} asked for, but this torch sees no CUDA GPU; use --device cpu or auto")
+    return resolved
+
+
+def check_stores_match(stores: Sequence[str | os.PathLike[str]], meta: Mapping[str, Any], checkpoint: str | os.PathLike[str]) -> None:
+    """Refuse stores whose fingerprint is not the checkpoint's, naming the differing fields.
+
+    Raises:
+        FingerprintMismatch: a store was made with other determining settings (``fields`` lists
+            them, e.g. ``["grid", "prompts.texts"]``).
+    """
+    from clifvqa.features.store import open_store
+
+    want = meta["store"]["fingerprint"]
+    for path in stores:
+        with open_store(path) as store:
+            if store.fingerprint == want:
+                continue
+            fields = provenance_diff(meta["store"]["provenance"], store.provenance)
+            raise FingerprintMismatch(
+                f"feature store {store.path} (fingerprint {store.fingerprint[:19]}...) was not made the way the features "
+                f"checkpoint {checkpoint} was trained on were (fingerprint {want[:19]}...); differing provenance fields: "
+                f"{', '.join(fields) or 'none listed'}. Extract the videos again with the checkpoint's settings "
+                f"(see meta.json 'store.provenance'), or use the store the model was trained with",
+                fields,
+            )
+
+
+def evaluate(
+    checkpoint: str | os.PathLike[str],
+    manifest: Manifest | str | os.PathLike[str],
+    videos_dir: str | os.PathLike[str],
+    stores: Sequence[str | os.PathLike[str]],
+    out_dir: str | os.PathLike[str] | None = None,
+    device: str = "auto",
+    plot: bool = True,
+    *,
+    split: str | None = None,
+    seed: int = 0,
+    workers: int = 0,
+    overwrite: bool = False,
+    progress: bool = False,
+) -> EvalResult:
+    """Score the manifest's labelled videos with ``checkpoint`` and compute the metrics.
+
+    Args:
+        checkpoint: a checkpoint directory (e.g. ``runs/NAME/best``).
+        manifest: CSV path or :class:`Manifest`; videos are relative to ``videos_dir``.
+        videos_dir: folder the manifest's video paths are relative to.
+        stores: feature stores holding every scored video, with the checkpoint's fingerprint
+            (may be empty for a spatial-only model).
+        out_dir: where to write predictions.csv, metrics.json and scatter.png; None writes nothing.
+        device: ``auto``, ``cpu``, ``cuda``, ``cuda:N``.
+        plot: write the scatter plot (needs matplotlib; skipped with a note otherwise).
+        split: score only the rows tagged ``train``/``val``/``test``; None scores every row.
+        seed: patch offsets of the test-time fragment sampling (the trainer's test set of
+            split i of a run seeded s uses s + i).
+        workers: DataLoader processes decoding videos (0: in this process).
+        overwrite: replace result files already in ``out_dir`` (refused otherwise, before scoring).
+        progress: show progress bars while reading features.
+
+    Raises:
+        CheckpointError, FingerprintMismatch, DataError, ManifestError: bad checkpoint, store of
+            other settings, missing videos or features, bad manifest; all before any scoring.
+    """
+    from clifvqa.train.trainer import predict_items
+
+    dev = resolve_torch_device(device)
+    model, meta = load_checkpoint(checkpoint, dev)
+    config = model.config
+    manifest = manifest if isinstance(manifest, Manifest) else read_manifest(manifest)
+    rows = manifest.rows if split is None else manifest.subset(split).rows
+    where = f"{manifest.path or 'manifest'}" + (f" (split {split})" if split else "")
+    items = [VideoItem(r.video, float(r.mos)) for r in rows if r.mos is not None]
+    unlabelled = [r.video for r in rows if r.mos is None]
+    if not items:
+        raise DataError(f"{where}: no video with a MOS to evaluate ({len(unlabelled)} without MOS)")
+    out = Path(out_dir) if out_dir is not None else None
+    if out is not None and not overwrite:
+        existing = [out / n for n in (PREDICTIONS_FILE, METRICS_FILE, PLOT_FILE) if (out / n).exists()]
+        if existing:
+            raise FileExistsError(f"{existing[0]} already exists; choose another output folder or pass overwrite=True / --force")
+    keys = [item.key for item in items]
+    if config.uses_spatial:
+        check_video_files(keys, videos_dir)
+    semantic = None
+    if config.uses_semantic:
+        if not stores:
+            raise DataError(f"checkpoint {checkpoint} uses the semantic branch: pass the feature store(s) with its videos (--store)")
+        check_stores_match(stores, meta, checkpoint)
+        features = load_semantic_features(
+            stores, keys, config.t0, expected_r=config.r, expected_fingerprint=meta["store"]["fingerprint"], progress=progress
+        )
+        semantic = features.rows
+    fragments = config.fragment_config() if config.uses_spatial else None
+    done, preds, _, failed = predict_items(
+        model, items, videos_dir, semantic, fragments, device=dev, batch_size=1, workers=workers, seed=seed
+    )
+    label = {item.key: item.mos for item in items}
+    mos = [label[key] for key in done]  # the manifest's values, not the loader's float32 copies
+    if not done:
+        raise DataError(f"{where}: none of the {len(items)} videos could be scored: {listing([f'{k} ({e})' for k, e in failed], 5)}")
+    metrics = compute_metrics(preds, mos)
+    fitted = fit_logistic(np.asarray(preds), np.asarray(mos))[0].tolist()
+    result = EvalResult(metrics, done, mos, preds, fitted, failed, unlabelled)
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        result.files["predictions"] = _write_predictions(out / PREDICTIONS_FILE, result)
+        info = {
+            "checkpoint": str(checkpoint),
+            "manifest": str(manifest.path) if manifest.path else None,
+            "split": split,
+            "videos_dir": str(videos_dir),
+            "stores": [str(s) for s in stores],
+            "fingerprint": meta["store"]["fingerprint"],
+            "seed": seed,
+            "num_clips_test": fragments.num_clips_test if fragments else None,
+            "metrics": metrics,
+            "failures": [{"video": k, "error": e} for k, e in failed],
+            "unlabelled": unlabelled,
+        }
+        result.files["metrics"] = atomic_write_text(out / METRICS_FILE, json.dumps(info, indent=2, allow_nan=True) + "\n")
+    if plot:
+        if out is None:
+            result.plot_note = "no scatter plot: pass an output folder (--out) to write one"
+        else:
+            written = write_scatter(out / PLOT_FILE, preds, mos, fitted, metrics)
+            if written is None:
+                result.plot_note = PLOT_MISSING_NOTE
+            else:
+                result.files["plot"] = written
+    return result
+
+
+def write_scatter(
+    path: str | os.PathLike[str],
+    predictions: Sequence[float],
+    mos: Sequence[float],
+    fitted: Sequence[float],
+    metrics: Mapping[str, Any],
+) -> Path | None:
+    """Scatter of predictions (x) against MOS (y) with the fitted logistic curve; PNG at ``path``.
+
+    Returns None (writing nothing) when matplotlib is not installed. Uses matplotlib's object API
+    with the Agg canvas, so it changes no global backend and needs no display.
+    """
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        return None
+    x = np.asarray(predictions, np.float64)
+    order = np.argsort(x, kind="stable")
+    fig = Figure(figsize=(5, 4.5), dpi=120)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    ax.scatter(x, np.asarray(mos, np.float64), s=14, alpha=0.7, label="videos")
+    # The fitted values are a monotone function of the prediction: sorted, they trace the curve.
+    ax.plot(x[order], np.asarray(fitted, np.float64)[order], color="C3", lw=1.5, label=f"{metrics['fit']} fit")
+    ax.set_xlabel("prediction")
+    ax.set_ylabel("MOS")
+    ax.set_title(f"n={metrics['n']}  SROCC {_fmt(metrics['srocc'])}  PLCC {_fmt(metrics['plcc_fit'])} (fitted)", fontsize=9)
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="best", fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp.png")
+    try:
+        fig.savefig(tmp, format="png")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def _write_predictions(path: Path, result: EvalResult) -> Path:
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(["video", "mos", "prediction", "fitted_prediction"])
+    writer.writerows([v, repr(m), repr(p), repr(f)] for v, m, p, f in zip(result.videos, result.mos, result.predictions, result.fitted))
+    return atomic_write_text(path, text.getvalue())
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
+    """Write ``text`` to ``path`` through a temporary sibling and a rename: an existing file is
+    replaced whole or not at all."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def _fmt(value: Any) -> str:
+    return "nan" if value is None or not math.isfinite(float(value)) else f"{float(value):.4f}"

@@ -1,0 +1,301 @@
+"""Score new videos with a trained checkpoint: ``clifvqa predict``.
+
+Inputs are video files and folders (scanned recursively with
+:func:`clifvqa.manifests.paths.scan_videos`). Each video's semantic features come from:
+
+1. a given feature store, when it holds the *same file*: a store video matches an input when its
+   ``source_sha256`` attribute equals the sha256 of the input's bytes. Store keys are paths
+   relative to a dataset root that predict cannot know, and a name such as ``0001.mp4`` means
+   different videos in different datasets, so names are never used to match; a renamed or
+   moved copy still matches. The store must carry the checkpoint's fingerprint.
+2. otherwise, extraction on the fly with exactly the checkpoint's provenance: the extractor is
+   built from ``meta.json``'s ``store.provenance`` (prompts and their groups, template, softmax,
+   grid, frame stride, compute dtype) with the CLIP model ``clip_model`` (default: the model id
+   recorded there). The loaded weights must hash to the recorded ``weights_sha256``, and the
+   extractor's provenance must equal the recorded one in every determining field except the
+   model's name or path (``clip.model``: the same weights may live in another folder);
+   anything else is refused before a video is scored.
+
+Scores are deterministic: fragments use the multi-clip test sampling (fixed clip starts, patch
+offsets from ``seed``), the model runs in eval mode in float32, so a video gets the same score
+on every run, and the same score from store features as from extracted ones (to float rounding).
+
+A video that cannot be read gets a :class:`Prediction` with ``error`` set and the others go on.
+With ``explain=True`` each prediction carries the per-prompt semantic curves over time.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from clifvqa.features.provenance import FingerprintMismatch, provenance_diff
+from clifvqa.train.checkpoint import load_checkpoint
+from clifvqa.train.evaluate import atomic_write_text, check_stores_match, resolve_torch_device
+from clifvqa.train.model import resample_time
+
+# Provenance fields that may differ between the checkpoint and the local CLIP: its name or folder.
+NAME_ONLY_FIELDS = ("clip.model",)
+
+
+@dataclass
+class Prediction:
+    """The score of one input video.
+
+    Attributes:
+        video: the path as given (for folder inputs: the folder joined with the video's path in it).
+        score: the predicted quality, or None when the video failed.
+        error: why the video could not be scored, else None.
+        features: where its semantic features came from: ``"store <path> key <key>"``,
+            ``"extracted"``, or None (failed, or a spatial-only model).
+        curves: with ``explain``: ``{"frames": [T frame indices], "prompts": [{"text", "group",
+            "avg": [T], "max": [T]}, ... r of them]}``, the per-frame mean and max over the crop
+            grid of each prompt's softmax score.
+    """
+
+    video: str
+    score: float | None = None
+    error: str | None = None
+    features: str | None = None
+    curves: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"video": self.video, "score": self.score, "error": self.error, "features": self.features}
+        if self.curves is not None:
+            out["explain"] = self.curves
+        return out
+
+
+class ProvenanceMismatch(FingerprintMismatch):
+    """The local CLIP model (or extractor settings) would not reproduce the checkpoint's features."""
+
+
+def expand_inputs(inputs: Sequence[str | os.PathLike[str]]) -> list[tuple[str, Path | None, str | None]]:
+    """``(display name, file, error)`` for every video of ``inputs``, in order.
+
+    Folders are scanned (sorted, hidden files skipped); a missing path or a folder without
+    videos gives an entry with ``file=None`` and the reason.
+    """
+    from clifvqa.manifests.paths import scan_videos
+
+    out: list[tuple[str, Path | None, str | None]] = []
+    for given in inputs:
+        path = Path(given)
+        if path.is_dir():
+            scan = scan_videos(path)
+            if not scan.videos:
+                out.append((str(given), None, "folder holds no video files"))
+            out += [(str(path / key), path / key, None) for key in scan.videos]
+            out += [(str(path / key), None, f"unsafe file name: {why}") for key, why in scan.unsafe]
+        elif path.is_file():
+            out.append((str(given), path, None))
+        else:
+            out.append((str(given), None, "no such file or folder"))
+    return out
+
+
+def extractor_for_checkpoint(
+    provenance: Mapping[str, Any], clip_model: str | None = None, device: str = "auto", *, save_maps: bool = False
+):
+    """A :class:`~clifvqa.extract.sfe.SemanticFeatureExtractor` that reproduces ``provenance``.
+
+    Raises:
+        ClipLoadError: the CLIP model cannot be loaded.
+        ProvenanceMismatch: the model's weights hash, or any other determining field of the
+            extractor's provenance (mean/std, crop size, ...), differs from ``provenance``.
+    """
+    from clifvqa.extract.clip_model import load_clip
+    from clifvqa.extract.prompts import PromptSet
+    from clifvqa.extract.sfe import SemanticFeatureExtractor
+
+    recorded = provenance["clip"]
+    model = clip_model or recorded["model"]
+    bundle = load_clip(model, device)
+    if bundle.weights_sha256 != recorded["weights_sha256"]:
+        raise ProvenanceMismatch(
+            f"CLIP model {model!r} has weights sha256 {bundle.weights_sha256[:16]}..., but the checkpoint's features were "
+            f"made with {recorded['model']!r} whose weights hash to {recorded['weights_sha256'][:16]}...; pass the same "
+            f"weights with --clip-model, or give a feature store holding these videos (--store)",
+            ["clip.weights_sha256"],
+        )
+    prompts = provenance["prompts"]
+    extractor = SemanticFeatureExtractor(
+        bundle,
+        PromptSet(prompts["texts"], prompts["groups"], prompts["template"]),
+        grid=tuple(provenance["grid"]),
+        softmax=prompts["softmax"],
+        frame_stride=int(provenance["frame_stride"]),
+        device=device,
+        dtype=provenance["dtype"],
+        save_maps=save_maps,
+    )
+    differing = [f for f in provenance_diff(provenance, extractor.provenance()) if f not in NAME_ONLY_FIELDS]
+    if differing:
+        raise ProvenanceMismatch(
+            f"extracting with CLIP model {model!r} would not reproduce the checkpoint's features: differing provenance "
+            f"fields {', '.join(differing)}; use the model folder the features were made with",
+            differing,
+        )
+    return extractor
+
+
+def predict(
+    inputs: Sequence[str | os.PathLike[str]],
+    checkpoint: str | os.PathLike[str],
+    stores: Sequence[str | os.PathLike[str]] | None = None,
+    clip_model: str | None = None,
+    device: str = "auto",
+    explain: bool = False,
+    *,
+    seed: int = 0,
+    workers: int = 1,
+) -> list[Prediction]:
+    """Score the videos of ``inputs`` (files and folders) with ``checkpoint``; one
+    :class:`Prediction` per video, in input order (see the module docstring for the rules).
+
+    Args:
+        inputs: video files and folders.
+        checkpoint: a checkpoint directory (e.g. ``runs/NAME/best``).
+        stores: feature stores to take semantic features from (matched by file content).
+        clip_model: hub id or folder of the CLIP model for videos not in a store (default: the
+            model recorded in the checkpoint); loaded only when needed.
+        device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` (model and CLIP).
+        explain: attach the per-prompt semantic curves (needs the semantic branch).
+        seed: patch offsets of the test-time fragment sampling.
+        workers: decoding threads of on-the-fly extraction.
+
+    Raises:
+        CheckpointError, FingerprintMismatch, ProvenanceMismatch, ClipLoadError: setup problems,
+            raised before any video is scored. Per-video problems become error entries instead.
+    """
+    from clifvqa.train.fragments import sample_fragments
+
+    dev = resolve_torch_device(device)
+    model, meta = load_checkpoint(checkpoint, dev)
+    config = model.config
+    provenance = meta["store"]["provenance"]
+    if explain and not config.uses_semantic:
+        raise ValueError(f"--explain shows the semantic curves, but checkpoint {checkpoint} has no semantic branch (branches={config.branches})")
+    entries = expand_inputs(inputs)
+    preds = [Prediction(name, error=error) for name, _, error in entries]
+    todo = [i for i, (_, _, error) in enumerate(entries) if error is None]
+    pooled: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # entry -> (pooled [T, 2r], frames [T])
+    if config.uses_semantic and todo:
+        _semantic_features(entries, todo, preds, pooled, list(stores or []), meta, checkpoint, clip_model, str(dev), workers)
+    fragment_config = config.fragment_config() if config.uses_spatial else None
+    for i in todo:
+        pred = preds[i]
+        if pred.error is not None:
+            continue
+        semantic = fragments = None
+        if config.uses_semantic:
+            semantic = resample_time(torch.from_numpy(pooled[i][0]).t().contiguous(), config.t0)[None].to(dev)
+        if fragment_config is not None:
+            try:
+                fragments = sample_fragments(entries[i][1], fragment_config, train=False, seed=seed)[None].to(dev)
+            except Exception as exc:  # any decode failure: this video fails, the others go on
+                pred.error = f"{type(exc).__name__}: {exc}"
+                continue
+        with torch.no_grad():
+            pred.score = float(model(semantic, fragments).float().item())
+        if explain:
+            pred.curves = _curves(*pooled[i], provenance, config.r)
+    return preds
+
+
+def _semantic_features(
+    entries: list[tuple[str, Path | None, str | None]],
+    todo: list[int],
+    preds: list[Prediction],
+    pooled: dict[int, tuple[np.ndarray, np.ndarray]],
+    stores: list[str | os.PathLike[str]],
+    meta: Mapping[str, Any],
+    checkpoint: str | os.PathLike[str],
+    clip_model: str | None,
+    device: str,
+    workers: int,
+) -> None:
+    """Fill ``pooled`` for the entries of ``todo``: from the stores by content hash, else extracted;
+    videos that fail get their ``error`` set."""
+    from clifvqa.extract.pipeline import VideoTask, sha256_file
+    from clifvqa.extract.sfe import VideoResult
+    from clifvqa.features.store import open_store
+
+    if stores:
+        check_stores_match(stores, meta, checkpoint)
+        by_digest: dict[str, list[int]] = {}
+        for i in todo:
+            try:
+                by_digest.setdefault(sha256_file(entries[i][1]), []).append(i)
+            except OSError as exc:
+                preds[i].error = f"cannot read: {exc}"
+        for path in stores:
+            with open_store(path) as store:
+                for key in store.keys():
+                    if not by_digest:
+                        break
+                    hits = by_digest.pop(store.video_attrs(key).get("source_sha256"), None)
+                    if hits:
+                        rows, frames = np.asarray(store.read_pooled(key), np.float32), np.asarray(store.read_array(key, "frames"))
+                        for i in hits:
+                            pooled[i] = (rows, frames)
+                            preds[i].features = f"store {store.path} key {key}"
+    missing = [i for i in todo if i not in pooled and preds[i].error is None]
+    if not missing:
+        return
+    extractor = extractor_for_checkpoint(meta["store"]["provenance"], clip_model, device)
+    tasks = {VideoTask(f"input-{i}", entries[i][1]): i for i in missing}
+    for task, result in extractor.extract_many(list(tasks), workers=max(1, workers)):
+        i = tasks[task]
+        if isinstance(result, VideoResult):
+            pooled[i] = (result.pooled, result.frames)
+            preds[i].features = "extracted"
+        else:
+            preds[i].error = result
+
+
+def _curves(pooled: np.ndarray, frames: np.ndarray, provenance: Mapping[str, Any], r: int) -> dict[str, Any]:
+    texts, groups = provenance["prompts"]["texts"], provenance["prompts"]["groups"]
+    return {
+        "frames": [int(f) for f in frames],
+        "prompts": [
+            {"text": texts[j], "group": groups[j], "avg": pooled[:, j].tolist(), "max": pooled[:, r + j].tolist()}
+            for j in range(r)
+        ],
+    }
+
+
+def write_predictions(predictions: Sequence[Prediction], path: str | os.PathLike[str], *, explain: bool = False) -> list[Path]:
+    """Write ``predictions`` to ``path`` (``.json``: a list of objects; otherwise CSV with
+    ``video, score, error``). With ``explain`` and CSV output the curves go to a side file
+    ``<name>.explain.json`` (``{video: curves}``). Files are written atomically. Returns the paths.
+    """
+    path = Path(path)
+    written: list[Path] = []
+    if path.suffix.lower() == ".json":
+        written.append(atomic_write_text(path, json.dumps([p.to_dict() for p in predictions], indent=2) + "\n"))
+        return written
+    written.append(atomic_write_text(path, predictions_csv(predictions)))
+    if explain:
+        side = path.with_name(path.stem + ".explain.json")
+        curves = {p.video: p.curves for p in predictions if p.curves is not None}
+        written.append(atomic_write_text(side, json.dumps(curves, indent=2) + "\n"))
+    return written
+
+
+def predictions_csv(predictions: Sequence[Prediction]) -> str:
+    """The CSV text ``video, score, error`` of ``predictions`` (score empty for failures)."""
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(["video", "score", "error"])
+    writer.writerows([p.video, "" if p.score is None else repr(p.score), p.error or ""] for p in predictions)
+    return text.getvalue()
