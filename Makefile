@@ -21,6 +21,7 @@ test: venv
 	$(PY) -m pytest -q
 
 demo: venv
+	rm -rf demo-run
 	$(VENV)/bin/clifvqa demo --out demo-run
 
 bench: venv
