@@ -92,3 +92,19 @@ def test_only_zarr_directories_are_remote():
         open_store("https://example.org/features.h5")
     with pytest.raises(StoreError, match="remote stores are read-only"):
         open_store("memory://x/s.zarr", mode="r+")
+
+
+def test_training_reads_semantic_rows_over_http(http_root):
+    """Stage two's one read of the semantic rows works from a remote store (loopback HTTP)."""
+    import numpy as np
+
+    from clifvqa.train.data import load_semantic_features
+
+    root, base = http_root
+    build(root / "s.zarr")
+    keys = ["K/v0.mp4", "K/v2.mp4"]
+    remote = load_semantic_features([f"{base}/s.zarr"], keys, t0=8, progress=False)
+    local = load_semantic_features([root / "s.zarr"], keys, t0=8, progress=False)
+    assert remote.fingerprint == local.fingerprint and remote.r == 4
+    for key in keys:
+        assert np.array_equal(np.asarray(remote.rows[key]), np.asarray(local.rows[key]))
