@@ -360,7 +360,9 @@ def _iter_wanted(
 
     with _open(path) as container:
         stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
+        # No frame threading: this generator is abandoned mid-stream (seeks, early stops), and
+        # freeing a frame-threaded FFmpeg decoder with frames in flight was seen to deadlock
+        # (pthread_cond_wait in avcodec_free_context). DataLoader workers give the parallelism.
         timeline = _Timeline(stream)
         probe = None
         counting = True  # no seek yet: the n-th decoded frame is frame n
