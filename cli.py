@@ -9,10 +9,13 @@ imports this module. Heavy imports (torch, transformers) happen inside the comma
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import click
 
 from clifvqa._version import __version__
+from clifvqa.manifests.importers import FORMATS as _IMPORT_FORMATS  # light: csv only
+from clifvqa.manifests.io import SPLITS as _SPLITS
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -36,11 +39,6 @@ def fail(message: str, code: int = 2) -> None:
 
 
 # ---------------------------------------------------------------- manifest (manifests/)
-
-from pathlib import Path  # noqa: E402 - kept inside this section so sections stay independent
-
-from clifvqa.manifests.importers import FORMATS as _IMPORT_FORMATS  # noqa: E402 - light (csv only)
-from clifvqa.manifests.io import SPLITS as _SPLITS  # noqa: E402
 
 
 @main.group("manifest")
@@ -153,8 +151,6 @@ def manifest_check(manifest_path: Path, root: Path | None, require_mos: bool) ->
 
 
 # ---------------------------------------------------------------- extract (extract/)
-
-from pathlib import Path  # noqa: E402,F811 - each section stands on its own
 
 
 @main.command("extract")
