@@ -121,3 +121,15 @@ def make_train_set(make_video):
         return SimpleNamespace(manifest=root / "manifest.csv", videos=root / "videos", store=root / store, keys=keys, mos=mos)
 
     return make
+
+
+@pytest.fixture
+def one_torch_thread():
+    """One intra-op torch thread for the test: tiny models on a shared 2-core machine run far
+    faster without OpenMP contention."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -23,13 +23,7 @@ from clifvqa.train.model import TINY_FRAGMENTS, build_model, resample_time, tiny
 TAGS = ["train", "train", "val", "test", "test", "test"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny models on a shared 2-core machine: one intra-op thread avoids OpenMP contention.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_checkpoint(path, store_path, seed=0):

@@ -12,13 +12,7 @@ from clifvqa.train.model import ClifVQAConfig, SemanticBranch, build_model, resa
 GROUPS3 = ("objective", "subjective", "objective")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny models on a shared 2-core machine: one intra-op thread avoids OpenMP contention.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_resample_time_by_hand():

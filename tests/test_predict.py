@@ -17,12 +17,7 @@ from clifvqa.train.predict import ProvenanceMismatch, predict, write_predictions
 NUM_FRAMES = 16
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -22,13 +22,7 @@ from clifvqa.train.trainer import TrainConfig, lr_factor, predict_items, run_tra
 TAGS = ["train", "train", "train", "train", "val", "test"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny models on a shared 2-core machine: one intra-op thread avoids OpenMP contention.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def config(**kw) -> TrainConfig:
