@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,10 @@ _HASH_CACHE: dict[tuple[tuple[str, int, int], ...], str] = {}
 
 class ClipLoadError(RuntimeError):
     """The CLIP model could not be loaded; the message says which and how to provide it."""
+
+
+class ClipWeightsMismatch(ValueError):
+    """A CLIP model whose weights differ from the ones a store or checkpoint recorded."""
 
 
 @dataclass
@@ -212,3 +217,22 @@ def _model_file(folder: Path | None, model: str, name: str, fetch: bool = False)
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+def load_recorded_clip(recorded: Mapping[str, Any], clip_model: str | None = None, device: str = "auto") -> ClipBundle:
+    """Load the CLIP model a provenance ``clip`` block names (or ``clip_model``, another copy
+    of the same weights) and refuse any other weights.
+
+    Raises:
+        ClipLoadError: the model cannot be loaded.
+        ClipWeightsMismatch: its weights hash differs from ``recorded["weights_sha256"]``.
+    """
+    model = clip_model or recorded["model"]
+    bundle = load_clip(model, device)
+    if bundle.weights_sha256 != recorded["weights_sha256"]:
+        raise ClipWeightsMismatch(
+            f"CLIP model {model!r} has weights sha256 {bundle.weights_sha256[:16]}..., but the features were made with "
+            f"{recorded['model']!r} whose weights sha256 is {recorded['weights_sha256'][:16]}...; pass those weights "
+            "with --clip-model"
+        )
+    return bundle

@@ -223,18 +223,15 @@ def _rescoring_extractor(
 ) -> SemanticFeatureExtractor:
     """The extractor a fresh extraction with ``prompts`` and the source's image-side settings
     would run: its provenance is the new store's, its ``score_embeddings`` the scoring."""
-    from clifvqa.extract.clip_model import load_clip
+    from clifvqa.extract.clip_model import ClipWeightsMismatch, load_recorded_clip
 
     prov = source.provenance
     recorded = prov["clip"]
-    model = clip_model or recorded["model"]
-    bundle = load_clip(model, device)
-    if bundle.weights_sha256 != recorded["weights_sha256"]:
-        raise RescoreError(
-            f"CLIP model {model!r} has weights sha256 {bundle.weights_sha256[:16]}..., but the embeddings in "
-            f"{source.path} were made by {recorded['model']!r} with weights sha256 {recorded['weights_sha256'][:16]}...; "
-            "the text tower and logit scale must be that model's: pass those weights with --clip-model"
-        )
+    try:
+        bundle = load_recorded_clip(recorded, clip_model, device)
+    except ClipWeightsMismatch as exc:
+        raise RescoreError(f"{exc} (rescoring the embeddings in {source.path} needs that model's text tower "
+                           "and logit scale)") from exc
     # The source names the model and its normalisation (they describe how the embeddings were
     # made); ``model`` may be another copy of the same weights.
     bundle = dataclasses.replace(

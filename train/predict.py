@@ -113,20 +113,16 @@ def extractor_for_checkpoint(
         ProvenanceMismatch: the model's weights hash, or any other determining field of the
             extractor's provenance (mean/std, crop size, ...), differs from ``provenance``.
     """
-    from clifvqa.extract.clip_model import load_clip
+    from clifvqa.extract.clip_model import ClipWeightsMismatch, load_recorded_clip
     from clifvqa.extract.prompts import PromptSet
     from clifvqa.extract.sfe import SemanticFeatureExtractor
 
-    recorded = provenance["clip"]
-    model = clip_model or recorded["model"]
-    bundle = load_clip(model, device)
-    if bundle.weights_sha256 != recorded["weights_sha256"]:
-        raise ProvenanceMismatch(
-            f"CLIP model {model!r} has weights sha256 {bundle.weights_sha256[:16]}..., but the checkpoint's features were "
-            f"made with {recorded['model']!r} whose weights hash to {recorded['weights_sha256'][:16]}...; pass the same "
-            f"weights with --clip-model, or give a feature store holding these videos (--store)",
-            ["clip.weights_sha256"],
-        )
+    model = clip_model or provenance["clip"]["model"]
+    try:
+        bundle = load_recorded_clip(provenance["clip"], clip_model, device)
+    except ClipWeightsMismatch as exc:
+        raise ProvenanceMismatch(f"{exc}, or give a feature store holding these videos (--store)",
+                                 ["clip.weights_sha256"]) from exc
     prompts = provenance["prompts"]
     extractor = SemanticFeatureExtractor(
         bundle,
