@@ -20,12 +20,13 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 
 from clifvqa.extract.prompts import PromptSet, load_prompts
+from clifvqa.extract.runner import RunSummary
 from clifvqa.extract.sfe import SemanticFeatureExtractor
 from clifvqa.features.provenance import DETERMINING_FIELDS, FingerprintMismatch, fingerprint, provenance_diff
 from clifvqa.features.store import FeatureStore, create_or_open_store, is_url, local_path, open_store
@@ -42,55 +43,25 @@ class RescoreError(ValueError):
 
 
 @dataclass
-class RescoreSummary:
-    """What a rescore did.
+class RescoreSummary(RunSummary):
+    """What a rescore did (:class:`~clifvqa.extract.runner.RunSummary` over the source's complete
+    videos, ``store`` being the destination; ``failed`` counts videos the source holds without
+    embeddings or whose embeddings could not be read or written, recorded in the destination), and:
 
     Attributes:
-        total: complete videos in the source store.
-        done: rescored and written by this run.
-        skipped: already complete in the destination (an earlier, interrupted run).
-        failed: videos the source holds without embeddings, or whose embeddings could not be
-            read or written; recorded as failures in the destination.
-        carried_failures: failure records copied from the source (videos it never extracted).
+        carried_failures: failure records copied from the source (videos it never extracted);
+            they do not make the rescore fail, since a rescore cannot extract those.
         incomplete_skipped: incomplete source entries (left by a crashed extraction), not copied.
-        frames: frames rescored by this run.
-        elapsed: seconds spent rescoring (after setup).
-        setup: seconds spent opening the stores and loading CLIP's text tower.
-        failures: ``(key, error)`` of this run's failures.
-        store: the destination store.
         source: the source store.
     """
 
-    total: int = 0
-    done: int = 0
-    skipped: int = 0
-    failed: int = 0
     carried_failures: int = 0
     incomplete_skipped: int = 0
-    frames: int = 0
-    elapsed: float = 0.0
-    setup: float = 0.0
-    failures: list[tuple[str, str]] = field(default_factory=list)
-    store: str = ""
     source: str = ""
-
-    @property
-    def ok(self) -> bool:
-        """True when every complete source video is complete in the destination (failures
-        carried over from the source do not count: a rescore cannot extract those)."""
-        return self.failed == 0
-
-    @property
-    def frames_per_second(self) -> float:
-        return self.frames / self.elapsed if self.elapsed > 0 else 0.0
 
     def line(self) -> str:
         """One-line summary for the terminal."""
-        text = (
-            f"{self.done} rescored, {self.skipped} skipped (already complete), {self.failed} failed"
-            f" of {self.total} videos; {self.frames} frames in {self.elapsed:.2f} s"
-            f" ({self.frames_per_second:.0f} frames/s, after {self.setup:.1f} s setup) {self.source} -> {self.store}"
-        )
+        text = self._counts("rescored", f"{self.source} -> {self.store}")
         if self.carried_failures:
             text += f"; {self.carried_failures} failure records carried over from the source"
         if self.incomplete_skipped:

@@ -24,27 +24,25 @@ from clifvqa.extract.sfe import SemanticFeatureExtractor, VideoResult
 
 
 @dataclass
-class ExtractSummary:
-    """What a run did.
+class RunSummary:
+    """Counts and timing shared by extraction (:class:`ExtractSummary`) and rescoring runs.
 
     Attributes:
-        total: videos in this run's shard.
-        done: extracted and written by this run.
+        total: videos this run was asked to cover.
+        done: written by this run.
         skipped: already complete in the store.
         failed: failed in this run (recorded in the store).
-        previously_failed: recorded as failed by an earlier run and not retried.
-        frames: frames extracted by this run.
-        elapsed: seconds spent extracting (after the model was loaded and the store opened).
-        setup: seconds spent listing videos, loading the model and opening the store.
+        frames: frames processed by this run.
+        elapsed: seconds of work after setup.
+        setup: seconds spent before the first video (listing, loading the model, opening stores).
         failures: ``(key, error)`` of this run's failures.
-        store: the store path.
+        store: the store written.
     """
 
     total: int = 0
     done: int = 0
     skipped: int = 0
     failed: int = 0
-    previously_failed: int = 0
     frames: int = 0
     elapsed: float = 0.0
     setup: float = 0.0
@@ -53,20 +51,39 @@ class ExtractSummary:
 
     @property
     def ok(self) -> bool:
-        """True when every video of the shard is complete in the store."""
-        return self.failed == 0 and self.previously_failed == 0
+        """True when nothing failed in this run."""
+        return self.failed == 0
 
     @property
     def frames_per_second(self) -> float:
         return self.frames / self.elapsed if self.elapsed > 0 else 0.0
 
+    def _counts(self, verb: str, target: str) -> str:
+        return (
+            f"{self.done} {verb}, {self.skipped} skipped (already complete), {self.failed} failed"
+            f" of {self.total} videos; {self.frames} frames in {self.elapsed:.1f} s"
+            f" ({self.frames_per_second:.1f} frames/s, after {self.setup:.1f} s setup) {target}"
+        )
+
+
+@dataclass
+class ExtractSummary(RunSummary):
+    """What an extraction run did (:class:`RunSummary` for a shard of a dataset, and:)
+
+    Attributes:
+        previously_failed: recorded as failed by an earlier run and not retried.
+    """
+
+    previously_failed: int = 0
+
+    @property
+    def ok(self) -> bool:
+        """True when every video of the shard is complete in the store."""
+        return self.failed == 0 and self.previously_failed == 0
+
     def line(self) -> str:
         """One-line summary for the terminal."""
-        text = (
-            f"{self.done} done, {self.skipped} skipped (already complete), {self.failed} failed"
-            f" of {self.total} videos; {self.frames} frames in {self.elapsed:.1f} s"
-            f" ({self.frames_per_second:.1f} frames/s, after {self.setup:.1f} s setup) -> {self.store}"
-        )
+        text = self._counts("done", f"-> {self.store}")
         if self.previously_failed:
             text += f"; {self.previously_failed} failed in an earlier run (retry with --retry-failed)"
         return text

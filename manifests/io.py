@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import csv
 import math
-import os
-import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+from clifvqa._atomic import atomic_path
 from clifvqa.manifests.paths import UnsafePathError, validate_video_path
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
@@ -255,18 +254,11 @@ def write_manifest(manifest: Manifest, path: str | Path, *, overwrite: bool = Fa
     if problems:
         problems.sort(key=lambda p: p.line)
         raise ManifestError(path, problems)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # A unique sibling name, then an atomic rename: readers never see a half-written manifest.
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(tmp, "x", newline="", encoding="utf-8") as fh:
-            writer = csv.writer(fh, lineterminator="\n")
-            writer.writerow(columns)
-            for row in manifest.rows:
-                standard = {"video": row.video, "mos": "" if row.mos is None else repr(float(row.mos)), "split": row.split or ""}
-                writer.writerow([standard[c] if c in STANDARD_COLUMNS else str(row.extra.get(c, "")) for c in columns])
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    # Readers never see a half-written manifest.
+    with atomic_path(path) as tmp, open(tmp, "x", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh, lineterminator="\n")
+        writer.writerow(columns)
+        for row in manifest.rows:
+            standard = {"video": row.video, "mos": "" if row.mos is None else repr(float(row.mos)), "split": row.split or ""}
+            writer.writerow([standard[c] if c in STANDARD_COLUMNS else str(row.extra.get(c, "")) for c in columns])
     return path

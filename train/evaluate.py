@@ -25,7 +25,6 @@ import io
 import json
 import math
 import os
-import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from clifvqa._atomic import atomic_path, atomic_write_text
 from clifvqa.features.provenance import FingerprintMismatch, provenance_diff
 from clifvqa.manifests.io import Manifest, read_manifest
 from clifvqa.train.checkpoint import load_checkpoint
@@ -260,14 +260,9 @@ def write_scatter(
     ax.grid(True, alpha=0.3)
     ax.legend(loc="best", fontsize=8)
     fig.tight_layout()
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp.png")
-    try:
+    with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return Path(path)
 
 
 def _write_predictions(path: Path, result: EvalResult) -> Path:
@@ -276,20 +271,6 @@ def _write_predictions(path: Path, result: EvalResult) -> Path:
     writer.writerow(["video", "mos", "prediction", "fitted_prediction"])
     writer.writerows([v, repr(m), repr(p), repr(f)] for v, m, p, f in zip(result.videos, result.mos, result.predictions, result.fitted))
     return atomic_write_text(path, text.getvalue())
-
-
-def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
-    """Write ``text`` to ``path`` through a temporary sibling and a rename: an existing file is
-    replaced whole or not at all."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
 
 
 def _fmt(value: Any) -> str:

@@ -17,10 +17,9 @@ Unlike the official evaluator, calling the model never changes its train/eval mo
 
 from __future__ import annotations
 
-import json
 import pickle
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
@@ -29,6 +28,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from clifvqa.train.config_io import JsonConfig
+
 Size3 = tuple[int, int, int]
 
 # -------------------------------------------------------------------------------------------
@@ -36,7 +37,7 @@ Size3 = tuple[int, int, int]
 
 
 @dataclass(frozen=True)
-class FastVQAConfig:
+class FastVQAConfig(JsonConfig):
     """Architecture of the FAST-VQA network; defaults are FAST-VQA-B (``swin_tiny_grpb``).
 
     Attributes:
@@ -83,20 +84,6 @@ class FastVQAConfig:
                 raise ValueError(f"stage {i}: width {self.embed_dim * 2**i} is not divisible by {heads} heads")
         if self.head_in != self.embed_dim * 2 ** (n - 1):
             raise ValueError(f"head_in={self.head_in} but the last stage has {self.embed_dim * 2 ** (n - 1)} channels")
-
-    def to_dict(self) -> dict:
-        """JSON-ready dict (tuples become lists); inverse of :meth:`from_dict`."""
-        return json.loads(json.dumps(asdict(self)))
-
-    @classmethod
-    def from_dict(cls, data: Mapping) -> FastVQAConfig:
-        """Rebuild a config from :meth:`to_dict` output; unknown keys are an error."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown FastVQAConfig fields {unknown}; known: {sorted(known)}")
-        kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
-        return cls(**kwargs)
 
 
 VARIANTS: dict[str, FastVQAConfig] = {

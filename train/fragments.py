@@ -30,15 +30,16 @@ after a seek is the one nearest that time, which can differ from the n-th frame.
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, fields
 from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from clifvqa.train.config_io import JsonConfig
 
 
 class VideoDecodeError(RuntimeError):
@@ -54,7 +55,7 @@ class VideoDecodeError(RuntimeError):
 
 
 @dataclass(frozen=True)
-class FragmentConfig:
+class FragmentConfig(JsonConfig):
     """Fragment sampling of FAST-VQA-B (``options/fast/fast-b.yml``).
 
     Attributes:
@@ -101,18 +102,6 @@ class FragmentConfig:
 
     def num_clips(self, train: bool) -> int:
         return self.num_clips_train if train else self.num_clips_test
-
-    def to_dict(self) -> dict:
-        """JSON-ready dict; inverse of :meth:`from_dict`."""
-        return json.loads(json.dumps(asdict(self)))
-
-    @classmethod
-    def from_dict(cls, data: Mapping) -> FragmentConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown FragmentConfig fields {unknown}; known: {sorted(known)}")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
 
 
 # -------------------------------------------------------------------------------------------

@@ -29,15 +29,15 @@ summed. With a single branch the head sees only that branch's features.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from clifvqa.train.config_io import JsonConfig
 from clifvqa.train.fastvqa import VARIANTS, FastVQAConfig, build_fastvqa
 from clifvqa.train.fragments import FragmentConfig
 
@@ -50,7 +50,7 @@ so clips are 16×128×128 (the tiny FAST-VQA's adaptive window becomes 4×4×4).
 
 
 @dataclass(frozen=True)
-class ClifVQAConfig:
+class ClifVQAConfig(JsonConfig):
     """Architecture of CLiF-VQA; defaults follow the paper where it says, else documented choices.
 
     Attributes:
@@ -147,18 +147,6 @@ class ClifVQAConfig:
         fs = len(self.semantic_rows()) if self.uses_semantic else 0
         ff = math.prod(self.spatial_map_shape()) if self.uses_spatial else 0
         return fs, ff
-
-    def to_dict(self) -> dict:
-        """JSON-ready dict; inverse of :meth:`from_dict`."""
-        return json.loads(json.dumps(asdict(self)))
-
-    @classmethod
-    def from_dict(cls, data: Mapping) -> ClifVQAConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown ClifVQAConfig fields {unknown}; known: {sorted(known)}")
-        return cls(**dict(data))
 
 
 def resample_time(m_s: torch.Tensor, t0: int) -> torch.Tensor:

@@ -40,7 +40,8 @@ import torch
 
 from clifvqa.features.provenance import FingerprintMismatch, provenance_diff
 from clifvqa.train.checkpoint import load_checkpoint
-from clifvqa.train.evaluate import atomic_write_text, check_stores_match, resolve_torch_device
+from clifvqa._atomic import atomic_write_text
+from clifvqa.train.evaluate import check_stores_match, resolve_torch_device
 from clifvqa.train.model import resample_time
 
 # Provenance fields that may differ between the checkpoint and the local CLIP: its name or folder.

@@ -39,13 +39,14 @@ import os
 import time
 from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
+from clifvqa.train.config_io import JsonConfig
 from clifvqa.manifests.io import Manifest
 from clifvqa.train import checkpoint as ckpt
 from clifvqa.train.data import (
@@ -68,7 +69,7 @@ log = logging.getLogger("clifvqa.train")
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(JsonConfig):
     """Training settings; defaults are the paper's (§5.1) and FAST-VQA's where the paper is silent.
 
     Attributes:
@@ -113,17 +114,6 @@ class TrainConfig:
             raise ValueError("epochs, batch_size and num_clips_test must be >= 1 and workers >= 0")
         if self.warmup_epochs < 0 or self.lr <= 0 or self.backbone_lr < 0:
             raise ValueError("warmup_epochs must be >= 0, lr > 0 and backbone_lr >= 0")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown TrainConfig fields {unknown}; known: {sorted(known)}")
-        return cls(**dict(data))
 
 
 # Settings that may change when a run is resumed (they do not change the numbers on CPU).
