@@ -507,7 +507,7 @@ def predict_cmd(inputs: tuple[str, ...], checkpoint: str, stores: tuple[str, ...
 
 @main.command("demo")
 @click.option("--out", default="demo-run", show_default=True, type=click.Path(file_okay=False), help="New folder for everything the demo makes.")
-@click.option("--videos", default=24, show_default=True, type=click.IntRange(min=12), help="Clips to make (whole scenes of 6 distortion levels).")
+@click.option("--videos", default=48, show_default=True, type=click.IntRange(min=12), help="Clips to make (whole scenes of 6 distortion levels).")
 @click.option("--epochs", default=None, type=click.IntRange(min=1), help="Training epochs [default: the demo's tuned value].")
 @click.option("--seed", default=0, show_default=True, type=int, help="Scenes, model init and data order.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
@@ -516,10 +516,12 @@ def demo_cmd(out: str, videos: int, epochs: int | None, seed: int, quiet: bool) 
     with a tiny random-weight CLIP, train --tiny, and print SROCC/PLCC on the held-out clips."""
     import logging
 
-    from clifvqa.train.demo import DemoConfig, run_demo
+    from dataclasses import replace
+
+    from clifvqa.train.demo import DEMO_TRAINING, DemoConfig, run_demo
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    config = DemoConfig(videos=videos, seed=seed, **({"epochs": epochs} if epochs else {}))
+    config = DemoConfig(videos=videos, seed=seed, train=replace(DEMO_TRAINING, epochs=epochs or DEMO_TRAINING.epochs))
     try:
         result = run_demo(out, config, progress=not quiet, log=click.echo)
     except (FileExistsError, ValueError) as exc:

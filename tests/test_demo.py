@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import csv
+from dataclasses import replace
 
 import pytest
 import torch
 
-from clifvqa.train.demo import DISTORTIONS, LEVELS, RANDOM_CLIP_NOTE, DemoConfig, demo_manifest, run_demo
+from clifvqa.train.demo import DEMO_TRAINING, DISTORTIONS, LEVELS, RANDOM_CLIP_NOTE, DemoConfig, demo_manifest, run_demo
 
-SMALL = DemoConfig(videos=12, frames=8, width=160, height=128, epochs=1, batch_size=4, num_clips_test=1, grid=(1, 1))
+SMALL = DemoConfig(videos=12, frames=8, width=160, height=128, grid=(1, 1), train=replace(DEMO_TRAINING, epochs=1, batch_size=4, num_clips_test=1))
 
 
 def test_demo_manifest_levels_mos_and_splits():
@@ -57,6 +58,7 @@ def test_demo_end_to_end_at_a_tiny_size(tmp_path):
     assert set(result.seconds) == {"dataset", "extract", "train", "evaluate", "total"}
     text = result.summary()
     assert RANDOM_CLIP_NOTE in text and "held-out test clips (n=2): SROCC" in text
+    assert result.selected_epoch == 1 and "epoch 1 of 1" in text
 
     with pytest.raises(FileExistsError, match="not empty"):
         run_demo(tmp_path / "demo", SMALL, progress=False, log=lines.append)
