@@ -59,8 +59,8 @@ DEMO_TRAINING = TrainConfig(
 )
 """``--tiny`` training of the demo. One batch holds all 24 training clips of the default set
 (smaller batches made the ranking losses too noisy); the tiny model starts from random weights,
-so backbone and heads share one learning rate. Validation SROCC peaks between epochs 15 and 50
-(seeds 0-9), later epochs only fit the training clips tighter, hence 80. Decoding 24-frame
+so backbone and heads share one learning rate. The epoch selected on validation fell between
+14 and 60 (seeds 0-9); later epochs only fit the training clips tighter, hence 80. Decoding 24-frame
 clips is cheap next to the steps, so no loader workers."""
 
 
