@@ -39,13 +39,14 @@ import argparse
 import json
 import math
 import os
-import platform
 import resource
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+import _machine
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -303,22 +304,8 @@ def run_child(spec: dict) -> dict:
 
 
 def machine_line(d: dict) -> str:
-    import torch
-
-    cpu = platform.processor() or "unknown CPU"
-    info = Path("/proc/cpuinfo")
-    if info.exists():
-        names = [ln.split(":", 1)[1].strip() for ln in info.read_text().splitlines() if ln.startswith("model name")]
-        cpu = names[0] if names else cpu
-    gpu = torch.cuda.get_device_name(d["device"]) if d["device"].startswith("cuda") else "none"
-    return (
-        f"machine: CPU {cpu} ({os.cpu_count()} cores) | GPU {gpu} | torch {torch.__version__}, {d['threads']} threads"
-        f" | device {d['device']} | dtype {d['dtype']} | batch {d['batch_size']} crops | load {load_average()}"
-    )
-
-
-def load_average() -> str:
-    return "/".join(f"{x:.1f}" for x in os.getloadavg())
+    """The machine line of a child's result ``d`` (its device, threads, dtype and batch)."""
+    return _machine.machine_line(d["device"], f"dtype {d['dtype']} | batch {d['batch_size']} crops", threads=d["threads"])
 
 
 def duration(seconds: float) -> str:
@@ -504,7 +491,7 @@ def main() -> None:
         for clip_seconds in (10, args.memory_seconds):
             scrolling_clip(args.out, clip_seconds, args.memory_fps)
     print(f"inputs ready in {time.perf_counter() - started:.0f} s (made once, then cached in {args.out}); "
-          f"load average {load_average()}")
+          f"load average {_machine.load_average()}")
     print(f"clips: {seconds} s ({seconds * FPS} frames) for (c); their first {args.frames} frames (a separate "
           f"encode of the same scene) for (d) and (b), the first {args.naive_frames} for (a)")
     results: dict = {}
@@ -512,7 +499,7 @@ def main() -> None:
         benchmark_model(args, label, model, clips, heads, results)
     if not args.no_memory:
         memory_check(args, results)
-    print(f"\ntotal {time.perf_counter() - started:.0f} s; load average now {load_average()}")
+    print(f"\ntotal {time.perf_counter() - started:.0f} s; load average now {_machine.load_average()}")
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
 

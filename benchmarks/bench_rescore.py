@@ -20,22 +20,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
 
+from _machine import machine_line
+
 NEW_PROMPTS = {"objective": ["crisp", "grainy", "washed out", "overexposed"], "subjective": ["calm", "tense", "dreary"]}
 
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def clip_folder(preset: str, work: Path, vitb_dir: Path) -> Path:
@@ -104,10 +96,7 @@ def main() -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(
-        f"machine: {platform.system()} {platform.machine()}, {cpu_name()}, {os.cpu_count()} cores, "
-        f"torch {torch.__version__} ({torch.get_num_threads()} threads), CPU float32, 1 decoding thread"
-    )
+    print(machine_line("cpu", "float32, 1 decoding thread"))
     with tempfile.TemporaryDirectory(prefix="bench-rescore-") as tmp:
         work = Path(tmp)
         for preset, frames in (("tiny", args.tiny_frames), ("vit-b-32", args.vitb_frames)):

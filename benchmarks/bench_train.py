@@ -34,11 +34,12 @@ import argparse
 import json
 import math
 import os
-import platform
 import shutil
 import tempfile
 import time
 from pathlib import Path
+
+from _machine import machine_line
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -157,18 +158,6 @@ def measure(kind: str, batch: int, steps: int, keys: list[str], folder: Path, st
         "threads": torch.get_num_threads(),
     }
 
-
-def machine_line(device: str) -> str:
-    import torch
-
-    cpu = platform.processor() or "unknown CPU"
-    info = Path("/proc/cpuinfo")
-    if info.exists():
-        names = [ln.split(":", 1)[1].strip() for ln in info.read_text().splitlines() if ln.startswith("model name")]
-        cpu = names[0] if names else cpu
-    gpu = torch.cuda.get_device_name(device) if device.startswith("cuda") else "none"
-    load = "/".join(f"{x:.1f}" for x in os.getloadavg())
-    return f"machine: CPU {cpu} ({os.cpu_count()} cores) | GPU {gpu} | torch {torch.__version__}, {torch.get_num_threads()} threads | device {device} | load {load}"
 
 
 def report(r: dict) -> str:
