@@ -18,6 +18,8 @@ import subprocess
 import sys
 import time
 
+from _machine import machine_line
+
 
 def measure(batch: int, repeats: int, threads: int | None) -> dict:
     """Forward timings (seconds) and peak RSS (MiB) for one batch size, in this process."""
@@ -60,6 +62,7 @@ def main() -> None:
     if args.one is not None:
         print(json.dumps(measure(args.one, args.repeats, args.threads)))
         return
+    print(machine_line("cpu", "float32, eval, no grad; each batch size in its own process", threads=args.threads))
     for batch in args.batches:
         cmd = [sys.executable, __file__, "--one", str(batch), "--repeats", str(args.repeats)]
         if args.threads:
