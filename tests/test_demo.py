@@ -28,6 +28,19 @@ def test_demo_manifest_levels_mos_and_splits():
     assert DemoConfig(videos=13).scenes == 3 and DemoConfig(videos=5).scenes == 2
 
 
+def test_demo_defaults_hold_out_two_clips_per_level_and_train_in_one_batch():
+    manifest = demo_manifest(DemoConfig())
+    assert len(manifest) == 48
+    for level in range(LEVELS):  # 8 scenes: every level 4x in train, 2x in val, 2x in test
+        splits = sorted(r.split for r in manifest.rows if r.extra["level"] == str(level))
+        assert splits == ["test"] * 2 + ["train"] * 4 + ["val"] * 2
+    train = sum(r.split == "train" for r in manifest.rows)
+    assert DEMO_TRAINING.batch_size == train == 24  # one step per epoch, as DEMO_TRAINING documents
+    from clifvqa.train.fastvqa import VARIANTS
+
+    assert VARIANTS["tiny"].head_dropout == 0.0 and VARIANTS["fast-b"].head_dropout == 0.5
+
+
 def test_demo_end_to_end_at_a_tiny_size(tmp_path):
     from clifvqa.features.store import open_store
     from clifvqa.manifests.io import read_manifest
