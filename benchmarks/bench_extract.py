@@ -468,7 +468,7 @@ def main() -> None:
         print(json.dumps(measure(json.loads(args.child))))
         return
 
-    from clifvqa.extract.clip_model import resolve_device
+    from clifvqa._device import resolve_device
     from clifvqa.extract.grid import parse_grid
     from clifvqa.extract.sfe import CPU_BATCH_SIZE
 

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from clifvqa._device import resolve_device
+
 WEIGHT_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
@@ -56,18 +58,6 @@ class ClipBundle:
         return next(self.model.parameters()).device
 
 
-def resolve_device(device: str = "auto") -> str:
-    """``"auto"`` -> ``"cuda"`` when a GPU is visible, else ``"cpu"``; anything else unchanged
-    (ValueError for a CUDA device when no GPU is visible)."""
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} asked for, but this torch sees no CUDA GPU; use --device cpu or auto")
-    return device
-
-
 def looks_like_path(model: str) -> bool:
     """True when ``model`` can only be meant as a folder, never as a hub id (``org/name``)."""
     return (
@@ -85,7 +75,7 @@ def load_clip(model: str, device: str = "auto", dtype: str = "float32") -> ClipB
         model: hub id (looked up in the local Hugging Face cache, downloaded when online) or a
             folder saved with ``save_pretrained``. A path that does not exist is an error, never
             a hub lookup.
-        device: ``"auto"``, ``"cpu"``, ``"cuda"``, ... (see :func:`resolve_device`).
+        device: ``"auto"``, ``"cpu"``, ``"cuda"``, ... (see :func:`clifvqa._device.resolve_device`).
         dtype: dtype of the loaded weights. The extractor keeps float32 weights and uses
             autocast for half-precision compute.
 

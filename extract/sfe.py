@@ -26,7 +26,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from clifvqa.extract.clip_model import ClipBundle, load_clip, resolve_device
+from clifvqa._device import resolve_device
+from clifvqa.extract.clip_model import ClipBundle, load_clip
 from clifvqa.extract.pipeline import FrameCrops, VideoDone, VideoFailed, VideoTask, decode_crops
 from clifvqa.extract.prompts import PromptSet, default_prompts, load_prompts
 

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from clifvqa._atomic import atomic_path, atomic_write_text
+from clifvqa._device import resolve_device
 from clifvqa.features.provenance import FingerprintMismatch, provenance_diff
 from clifvqa.manifests.io import Manifest, read_manifest
 from clifvqa.train.checkpoint import load_checkpoint
@@ -87,16 +88,6 @@ class EvalResult:
         if self.plot_note:
             lines.append(self.plot_note)
         return "\n".join(lines)
-
-
-def resolve_torch_device(device: str = "auto") -> torch.device:
-    """``auto`` → CUDA when available, else CPU; a CUDA device without a GPU is refused."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    resolved = torch.device(device)
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} asked for, but this torch sees no CUDA GPU; use --device cpu or auto")
-    return resolved
 
 
 def check_stores_match(stores: Sequence[str | os.PathLike[str]], meta: Mapping[str, Any], checkpoint: str | os.PathLike[str]) -> None:
@@ -162,7 +153,7 @@ def evaluate(
     """
     from clifvqa.train.trainer import predict_items
 
-    dev = resolve_torch_device(device)
+    dev = torch.device(resolve_device(device))
     model, meta = load_checkpoint(checkpoint, dev)
     config = model.config
     manifest = manifest if isinstance(manifest, Manifest) else read_manifest(manifest)

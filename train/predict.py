@@ -41,7 +41,8 @@ import torch
 from clifvqa.features.provenance import FingerprintMismatch, provenance_diff
 from clifvqa.train.checkpoint import load_checkpoint
 from clifvqa._atomic import atomic_write_text
-from clifvqa.train.evaluate import check_stores_match, resolve_torch_device
+from clifvqa._device import resolve_device
+from clifvqa.train.evaluate import check_stores_match
 from clifvqa.train.model import resample_time
 
 # Provenance fields that may differ between the checkpoint and the local CLIP: its name or folder.
@@ -176,7 +177,7 @@ def predict(
     """
     from clifvqa.train.fragments import sample_fragments
 
-    dev = resolve_torch_device(device)
+    dev = torch.device(resolve_device(device))
     model, meta = load_checkpoint(checkpoint, dev)
     config = model.config
     provenance = meta["store"]["provenance"]

@@ -46,6 +46,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
+from clifvqa._device import resolve_device
 from clifvqa.train.config_io import JsonConfig
 from clifvqa.manifests.io import Manifest
 from clifvqa.train import checkpoint as ckpt
@@ -156,9 +157,7 @@ def _setup_dist(device_name: str) -> tuple[Dist, torch.device, bool]:
     """Join the torchrun process group when launched by torchrun; pick the device."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     dist = Dist(int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0")))
-    if device_name == "auto":
-        device_name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(device_name)
+    device = torch.device(resolve_device(device_name))
     if device.type == "cuda" and dist.enabled and device.index is None:
         device = torch.device("cuda", dist.local_rank)
     if device.type == "cuda":
