@@ -529,6 +529,5 @@ def demo_cmd(out: str, videos: int, epochs: int | None, seed: int, quiet: bool) 
     click.echo(result.summary())
 
 
-
 if __name__ == "__main__":
     main()

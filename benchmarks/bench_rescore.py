@@ -29,7 +29,6 @@ from _machine import machine_line
 NEW_PROMPTS = {"objective": ["crisp", "grainy", "washed out", "overexposed"], "subjective": ["calm", "tense", "dreary"]}
 
 
-
 def clip_folder(preset: str, work: Path, vitb_dir: Path) -> Path:
     """The model folder of ``preset``: the tiny one is built in ``work``; the ViT-B/32-sized one
     is reused from ``vitb_dir`` when it is there (building it takes a while), else built there."""

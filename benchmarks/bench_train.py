@@ -159,7 +159,6 @@ def measure(kind: str, batch: int, steps: int, keys: list[str], folder: Path, st
     }
 
 
-
 def report(r: dict) -> str:
     m = r["mean_s"]
     verdict = "PASS" if r["fetch_share"] <= FETCH_LIMIT else "FAIL"

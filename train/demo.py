@@ -60,13 +60,14 @@ DEMO_TRAINING = TrainConfig(
 """``--tiny`` training of the demo. One batch holds all 24 training clips of the default set
 (smaller batches made the ranking losses too noisy); the tiny model starts from random weights,
 so backbone and heads share one learning rate. The epoch selected on validation fell between
-14 and 60 (seeds 0-9); later epochs only fit the training clips tighter, hence 80. Decoding 24-frame
-clips is cheap next to the steps, so no loader workers."""
+14 and 60 (seeds 0-9); later epochs only fit the training clips tighter, hence 80. Decoding is
+about 1.7 s of a 2.4 s epoch, but with one step per epoch loader workers have nothing to overlap
+it with, so there are none."""
 
 
 @dataclass(frozen=True)
 class DemoConfig:
-    """Size and settings of the demo (defaults: about 2 minutes on 2 CPU cores).
+    """Size and settings of the demo (defaults: about 3.5 minutes on 2 CPU cores).
 
     Attributes:
         videos: clips to make (rounded up to whole scenes of ``LEVELS`` clips; at least 2 scenes).
