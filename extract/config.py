@@ -38,6 +38,9 @@ class ExtractConfig:
         save_embeddings: also store the L2-normalised crop image embeddings [T, m*n, D] (float16),
             so new prompts can be scored later without decoding again.
         retry_failed: try again the videos the store lists as failed.
+        check_sources: compare the sha256 of every video already in the store with the recorded
+            one (else only when its size or modification time changed; see
+            :mod:`clifvqa.features.sources`); a changed file is extracted again.
         shard: ``(k, n)``: process only the videos whose key hashes to shard k of n.
     """
 
@@ -53,6 +56,7 @@ class ExtractConfig:
     save_maps: bool = True
     save_embeddings: bool = False
     retry_failed: bool = False
+    check_sources: bool = False
     shard: tuple[int, int] = (0, 1)
 
     def __post_init__(self) -> None:

@@ -5,7 +5,8 @@ the store already holds complete (and, unless asked, those recorded as failed), 
 rest with :class:`~clifvqa.extract.sfe.SemanticFeatureExtractor` and writes each finished video
 in one go, from a writer thread so that the device is fed meanwhile. A video that fails is
 recorded in the store with the reason and the run goes on. An interrupted run leaves at most
-incomplete entries, which the next run redoes.
+incomplete entries, which the next run redoes. A complete video whose file changed since it
+was extracted (:func:`clifvqa.features.sources.stale_reason`) is extracted again and replaced.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ class RunSummary:
     Attributes:
         total: videos this run was asked to cover.
         done: written by this run.
-        skipped: already complete in the store.
+        skipped: already complete in the store (and still their files').
         failed: failed in this run (recorded in the store).
         frames: frames processed by this run.
         elapsed: seconds of work after setup.
@@ -72,9 +73,12 @@ class ExtractSummary(RunSummary):
 
     Attributes:
         previously_failed: recorded as failed by an earlier run and not retried.
+        stale: complete in the store, but their files changed since: extracted again (also
+            counted in ``done``/``failed``); ``(key, reason)``.
     """
 
     previously_failed: int = 0
+    stale: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -84,6 +88,8 @@ class ExtractSummary(RunSummary):
     def line(self) -> str:
         """One-line summary for the terminal."""
         text = self._counts("done", f"-> {self.store}")
+        if self.stale:
+            text += f"; {len(self.stale)} extracted again because their files changed"
         if self.previously_failed:
             text += f"; {self.previously_failed} failed in an earlier run (retry with --retry-failed)"
         return text
@@ -162,6 +168,7 @@ def extract_dataset(
     """
     from tqdm.auto import tqdm
 
+    from clifvqa.features.sources import source_identity, stale_reason
     from clifvqa.features.store import create_or_open_store
 
     start = time.perf_counter()
@@ -176,20 +183,30 @@ def extract_dataset(
         summary.failed += 1
         summary.failures.append((name, f"unsafe file name, not extracted: {why}; rename the file"))
     with create_or_open_store(store_path, extractor.provenance()) as store:
-        complete = set(store.keys())
+        complete = store.entries()
         failed_before = store.failures()
-        todo = []
+        todo, identity = [], {}
         for key in keys:
+            path = root / key
             if key in complete:
-                summary.skipped += 1
+                # A missing file keeps its features: nothing to extract them from again.
+                reason = path.exists() and stale_reason(complete[key], path, hash=config.check_sources)
+                if not reason:
+                    summary.skipped += 1
+                    continue
+                summary.stale.append((key, reason))
             elif key in failed_before and not config.retry_failed:
                 summary.previously_failed += 1
-            else:
-                todo.append(VideoTask(key, root / key))
+                continue
+            try:
+                identity[key] = source_identity(path)
+            except OSError:
+                pass  # the decoder reports the missing file as this video's failure
+            todo.append(VideoTask(key, path))
         summary.setup = time.perf_counter() - start
         start = time.perf_counter()
         bar = tqdm(total=len(todo), unit="video", disable=not progress, dynamic_ncols=True)
-        writer = _StoreWriter(store, summary, bar, start)
+        writer = _StoreWriter(store, summary, bar, start, identity, {k for k, _ in summary.stale})
         try:
             for task, result in extractor.extract_many(todo, workers=config.workers):
                 writer.put(task.key, result)  # raises the writer's error as soon as it has one
@@ -216,13 +233,18 @@ class _StoreWriter:
         summary: the run's counters, updated by the writer thread only while it runs.
         bar: progress bar (tqdm), one step per result.
         start: ``time.perf_counter()`` at the start of extraction, for the frames/s shown.
+        identity: ``key -> {source_size, source_mtime_ns}`` taken before the file was read,
+            added to the entry's attributes.
+        replace: keys whose complete (stale) entries are replaced.
         max_queued: results waiting to be written at most; :meth:`put` blocks beyond that.
     """
 
     _STOP = object()
 
-    def __init__(self, store, summary: ExtractSummary, bar, start: float, max_queued: int = 2) -> None:
+    def __init__(self, store, summary: ExtractSummary, bar, start: float,
+                 identity: dict[str, dict[str, int]], replace: set[str], max_queued: int = 2) -> None:
         self.store, self.summary, self.bar, self.start = store, summary, bar, start
+        self.identity, self.replace = identity, replace
         self._queue: queue.Queue = queue.Queue(maxsize=max_queued)
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="clifvqa-store-writer", daemon=True)
@@ -258,7 +280,8 @@ class _StoreWriter:
             while (item := self._queue.get()) is not self._STOP:
                 key, result = item
                 if isinstance(result, VideoResult):
-                    result = _write(self.store, key, result)
+                    result = _write(self.store, key, result, self.identity.get(key, {}),
+                                    key in self.replace)
                 if isinstance(result, VideoResult):
                     summary.done += 1
                     summary.frames += len(result.frames)
@@ -273,17 +296,23 @@ class _StoreWriter:
             self._error = exc
 
 
-def _write(store, key: str, result: VideoResult) -> VideoResult | str:
+def _write(store, key: str, result: VideoResult, identity: dict[str, int], replace: bool) -> VideoResult | str:
     """Write one video; a key the store refuses (e.g. a video that is also a folder of videos)
-    becomes that video's failure text instead of stopping the run."""
+    becomes that video's failure text instead of stopping the run. ``identity`` (the file's
+    size and time before it was read) joins the attributes only when the decoder saw that size:
+    otherwise the file changed meanwhile and no time is recorded, so the next run hashes it."""
+    attrs = dict(result.attrs)
+    if identity.get("source_size") == attrs.get("source_size"):
+        attrs["source_mtime_ns"] = identity["source_mtime_ns"]
     try:
         store.write_video(
             key,
             pooled=result.pooled,
             frames=result.frames,
-            attrs=result.attrs,
+            attrs=attrs,
             maps=result.maps,
             embeddings=result.embeddings,
+            replace=replace,
         )
     except ValueError as exc:
         return f"cannot store {key}: {exc}"

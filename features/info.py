@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from clifvqa.features.provenance import fingerprint
 from clifvqa.features.store import FeatureStore, open_store
 
 
@@ -24,17 +23,13 @@ def store_info(store: str | os.PathLike[str] | FeatureStore) -> dict[str, Any]:
             return store_info(opened)
     keys = store.keys()
     failures = store.failures()
-    try:
-        fingerprint_ok = fingerprint(store.provenance) == store.fingerprint
-    except (ValueError, TypeError):
-        fingerprint_ok = False
     return {
         "path": store.path,
         "backend": store.backend,
         "zarr_format": store.zarr_format,
         "format": store.format_version,
-        "fingerprint": store.fingerprint,
-        "fingerprint_ok": fingerprint_ok,
+        "fingerprint": store.stored_fingerprint,
+        "fingerprint_ok": store.fingerprint_ok,
         "provenance": store.provenance,
         "counts": {"complete": len(keys), "incomplete": len(store.incomplete_keys()),
                    "failed": len(failures)},

@@ -6,6 +6,12 @@ their informative fields (``software`` versions, ``created`` time, ``embeddings`
 The fingerprint is ``"sha256:" + sha256(canonical JSON of the determining fields)`` where the
 canonical JSON is ``json.dumps(..., sort_keys=True, separators=(",", ":"))`` (UTF-8, with the
 default ``ensure_ascii=True``).
+
+Format 2 (current) leaves ``clip.model`` out of the fingerprint: the model id or folder as typed
+is informative, the weights hash says which weights made the numbers, so the same weights
+loaded from the hub or from a local copy give one fingerprint. Format-1 stores fingerprinted
+the ``clip`` block whole; :func:`fingerprint` computes either rule, and stores of both formats
+compare by the format-2 fingerprint of their provenance.
 """
 
 from __future__ import annotations
@@ -23,6 +29,14 @@ DETERMINING_FIELDS: tuple[str, ...] = (
     "clip", "prompts", "grid", "crop", "resize", "mean", "std", "frame_stride", "dtype",
 )
 """Top-level provenance fields that determine the stored numbers (and the fingerprint)."""
+
+INFORMATIVE_CLIP_FIELDS: tuple[str, ...] = ("model",)
+"""``clip`` sub-fields that are informative from format 2 on (the weights hash determines)."""
+
+FORMAT_VERSION = 2
+"""The store format this clifvqa writes (``clifvqa_format``); see :data:`READABLE_FORMATS`."""
+READABLE_FORMATS: tuple[int, ...] = (1, 2)
+"""Formats this clifvqa reads; they differ only in the fingerprint rule (``clip.model``)."""
 
 FINGERPRINT_PREFIX = "sha256:"
 
@@ -65,19 +79,30 @@ def to_plain(value: Any) -> Any:
                     "use str, int, float, bool, None, list or dict")
 
 
-def canonical_json(provenance: Mapping[str, Any]) -> str:
-    """The canonical JSON of the determining fields (the text the fingerprint hashes)."""
+def determining(provenance: Mapping[str, Any], version: int = FORMAT_VERSION) -> dict[str, Any]:
+    """The plain determining fields of ``provenance`` under format ``version``'s rule."""
     missing = [f for f in DETERMINING_FIELDS if f not in provenance]
     if missing:
         raise ValueError(f"provenance lacks determining field(s) {', '.join(missing)}; "
                          f"a store's provenance needs all of {', '.join(DETERMINING_FIELDS)}")
-    determining = to_plain({k: provenance[k] for k in DETERMINING_FIELDS})
-    return json.dumps(determining, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    if version not in READABLE_FORMATS:
+        raise ValueError(f"clifvqa_format {version!r} is not one of {list(READABLE_FORMATS)}")
+    out = to_plain({k: provenance[k] for k in DETERMINING_FIELDS})
+    if version >= 2 and isinstance(out["clip"], dict):
+        out["clip"] = {k: v for k, v in out["clip"].items() if k not in INFORMATIVE_CLIP_FIELDS}
+    return out
 
 
-def fingerprint(provenance: Mapping[str, Any]) -> str:
-    """``"sha256:<hex>"`` of :func:`canonical_json` of ``provenance``."""
-    return FINGERPRINT_PREFIX + hashlib.sha256(canonical_json(provenance).encode("utf-8")).hexdigest()
+def canonical_json(provenance: Mapping[str, Any], version: int = FORMAT_VERSION) -> str:
+    """The canonical JSON of the determining fields (the text the fingerprint hashes)."""
+    return json.dumps(determining(provenance, version), sort_keys=True, separators=(",", ":"),
+                      allow_nan=False)
+
+
+def fingerprint(provenance: Mapping[str, Any], version: int = FORMAT_VERSION) -> str:
+    """``"sha256:<hex>"`` of :func:`canonical_json` of ``provenance`` (format ``version``'s rule)."""
+    return FINGERPRINT_PREFIX + hashlib.sha256(
+        canonical_json(provenance, version).encode("utf-8")).hexdigest()
 
 
 def provenance_diff(a: Mapping[str, Any], b: Mapping[str, Any],
@@ -85,15 +110,17 @@ def provenance_diff(a: Mapping[str, Any], b: Mapping[str, Any],
     """Dotted names of the ``fields`` (recursing into dicts) whose values differ between a and b.
 
     Lists are compared whole, so a changed prompt gives ``"prompts.texts"``. A field missing on
-    one side counts as different.
+    one side counts as different. Informative ``clip`` sub-fields (the model id or path as
+    typed) are not compared: they do not change the numbers.
     """
     out: list[str] = []
+    skip = {f"clip.{k}" for k in INFORMATIVE_CLIP_FIELDS}
 
     def walk(x: Any, y: Any, name: str) -> None:
         if isinstance(x, Mapping) and isinstance(y, Mapping):
             for k in sorted(set(x) | set(y)):
                 walk(x.get(k, _MISSING), y.get(k, _MISSING), f"{name}.{k}")
-        elif _plain_or_missing(x) != _plain_or_missing(y):
+        elif name not in skip and _plain_or_missing(x) != _plain_or_missing(y):
             out.append(name)
 
     for field in fields:

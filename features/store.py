@@ -1,8 +1,8 @@
-"""Feature store format v1: one interface over a Zarr (v3, or v2 export) and an HDF5 backend.
+"""Feature store format 2: one interface over a Zarr (v3, or v2 export) and an HDF5 backend.
 
 Tree (both backends; ``docs/FORMAT.md`` is the reference for outside readers)::
 
-    /                        attrs clifvqa_format=1, fingerprint, provenance
+    /                        attrs clifvqa_format=2 (1: older), fingerprint, provenance
     /videos/<key>/pooled     float32 [T, 2r]
     /videos/<key>/maps       float16 [T, r, m, n]      (optional)
     /videos/<key>/frames     int32   [T]
@@ -14,6 +14,12 @@ Tree (both backends; ``docs/FORMAT.md`` is the reference for outside readers)::
 entry is a group with attributes; intermediate folders have none. Each video and each failure
 record lives in its own group, so shard processes writing different videos never touch a shared
 object. Use :func:`open_store` to read and :func:`create_or_open_store` to write.
+
+Reading features is checked: :meth:`FeatureStore.read_pooled` and :meth:`~FeatureStore.read_video`
+refuse a store whose fingerprint does not match its provenance, and a video whose chunk fails
+its checksum, whose rows are not finite or do not hash to ``pooled_sha256``
+(:class:`CorruptFeaturesError`, naming the key). ``store verify`` reads the raw arrays instead,
+to report every problem rather than stop at the first.
 """
 
 from __future__ import annotations
@@ -29,6 +35,8 @@ from typing import Any
 import numpy as np
 
 from clifvqa.features.provenance import (
+    FORMAT_VERSION,
+    READABLE_FORMATS,
     FingerprintMismatch,
     check_provenance,
     fingerprint,
@@ -37,8 +45,6 @@ from clifvqa.features.provenance import (
     to_plain,
 )
 from clifvqa.manifests.paths import UnsafePathError, validate_video_path
-
-FORMAT_VERSION = 1
 VIDEOS = "videos"
 FAILURES = "failures"
 
@@ -57,6 +63,19 @@ _RESERVED_SEGMENTS = frozenset({"zarr.json", ".zgroup", ".zattrs", ".zarray", ".
 
 class StoreError(ValueError):
     """A store that cannot be opened or written as asked; the message says which and why."""
+
+
+class CorruptFeaturesError(StoreError):
+    """Stored features that fail their checks (checksum, finiteness, ``pooled_sha256``, or a
+    fingerprint that does not match the provenance); never consumed.
+
+    Attributes:
+        key: the video whose features are corrupt, or None for the whole store.
+    """
+
+    def __init__(self, message: str, key: str | None = None) -> None:
+        super().__init__(message)
+        self.key = key
 
 
 @dataclass
@@ -111,6 +130,10 @@ def check_attr_value(name: str, value: Any) -> Any:
                     "str or a flat list of one of str/bool/int/float (JSON-encode anything else)")
 
 
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [""])[0][:200]
+
+
 def is_url(path: str | os.PathLike[str]) -> bool:
     """True for fsspec URLs such as ``s3://b/x.zarr`` (``file://`` counts as a local path)."""
     text = os.fspath(path)
@@ -140,9 +163,13 @@ class FeatureStore(abc.ABC):
         path: the path or URL it was opened from.
         backend: ``"zarr"``, ``"zarr.zip"`` or ``"hdf5"``.
         zarr_format: 3 or 2 for Zarr backends, None for HDF5.
-        format_version: the store's ``clifvqa_format``.
+        format_version: the store's ``clifvqa_format`` (1 or 2).
         provenance: how the features were made (plain dict).
-        fingerprint: the ``fingerprint`` root attribute (``"sha256:<hex>"``).
+        stored_fingerprint: the ``fingerprint`` root attribute (``"sha256:<hex>"``), computed
+            by the rule of the store's format.
+        fingerprint: what compares stores of any format: the format-2 fingerprint of the
+            provenance (equal to ``stored_fingerprint`` for format-2 stores). Whether the two
+            agree is :attr:`fingerprint_ok`; reading features requires it.
         writable: whether ``write_video`` / ``record_failure`` are allowed.
 
     Use as a context manager (``with open_store(p) as s: ...``) or call :meth:`close`.
@@ -159,12 +186,29 @@ class FeatureStore(abc.ABC):
         if version is None or "provenance" not in root_attrs:
             raise StoreError(f"{path} is not a clifvqa feature store (its root has no "
                              "clifvqa_format/provenance attributes)")
-        if version != FORMAT_VERSION:
-            raise StoreError(f"{path} has clifvqa_format {version!r}; this clifvqa reads format "
-                             f"{FORMAT_VERSION} only: upgrade clifvqa")
+        if version not in READABLE_FORMATS:
+            raise StoreError(f"{path} has clifvqa_format {version!r}; this clifvqa reads formats "
+                             f"{', '.join(map(str, READABLE_FORMATS))}: upgrade clifvqa")
         self.format_version: int = int(version)
         self.provenance: dict[str, Any] = dict(root_attrs["provenance"])
-        self.fingerprint: str = str(root_attrs.get("fingerprint", ""))
+        self.stored_fingerprint: str = str(root_attrs.get("fingerprint", ""))
+        try:
+            # A format-1 root holding the format-2 fingerprint is an upgrade cut short between
+            # its two attribute writes: still consistent, and `store upgrade` finishes it.
+            self.fingerprint: str = fingerprint(self.provenance)
+            self.fingerprint_ok: bool = self.stored_fingerprint in (
+                fingerprint(self.provenance, self.format_version), self.fingerprint)
+        except (ValueError, TypeError):  # unusable provenance: verify reports it
+            self.fingerprint, self.fingerprint_ok = self.stored_fingerprint, False
+
+    def check_fingerprint(self) -> None:
+        """Raise :class:`CorruptFeaturesError` unless the stored fingerprint matches the provenance
+        (one of them was edited or corrupted, so nothing says how the features were made)."""
+        if not self.fingerprint_ok:
+            raise CorruptFeaturesError(
+                f"{self.path}: its fingerprint attribute does not match its provenance (one of "
+                "them was edited or corrupted), so nothing says how its features were made; "
+                "run `clifvqa store verify` and use an intact copy")
 
     # ------------------------------------------------------------------ backend primitives
     @abc.abstractmethod
@@ -233,7 +277,11 @@ class FeatureStore(abc.ABC):
     # ------------------------------------------------------------------ reading
     def keys(self) -> list[str]:
         """Sorted keys of the complete videos (entries whose ``complete`` attr is true)."""
-        return sorted(k for k, a in self._entries(VIDEOS).items() if a.get("complete") is True)
+        return list(self.entries())
+
+    def entries(self) -> dict[str, dict[str, Any]]:
+        """``{key: attrs}`` of the complete videos, sorted by key (one listing, no extra reads)."""
+        return {k: a for k, a in sorted(self._entries(VIDEOS).items()) if a.get("complete") is True}
 
     def incomplete_keys(self) -> list[str]:
         """Sorted keys of entries a crash left without ``complete`` (a rerun replaces them)."""
@@ -266,8 +314,10 @@ class FeatureStore(abc.ABC):
         return path
 
     def read_pooled(self, key: str) -> np.ndarray:
-        """float32 [T, 2r] pooled features of a complete video (KeyError otherwise)."""
-        return self._read_array(f"{self._complete_path(key)}/pooled")
+        """float32 [T>=1, 2r] pooled features of a complete video, checked (KeyError when the
+        video is not complete; :class:`CorruptFeaturesError` when a check fails)."""
+        path = self._complete_path(key)
+        return self._checked_pooled(key, path, self._node(path)[1])
 
     def array_names(self, key: str) -> list[str]:
         """Names of the arrays a complete video holds (of ``ARRAY_DTYPES``, in that order)."""
@@ -275,22 +325,59 @@ class FeatureStore(abc.ABC):
         return [n for n in ARRAY_DTYPES if n in names]
 
     def read_array(self, key: str, name: str) -> np.ndarray:
-        """One array (``pooled``, ``maps``, ``frames`` or ``embeddings``) of a complete video."""
-        return self._read_array(f"{self._complete_path(key)}/{name}")
+        """One array (``pooled``, ``maps``, ``frames`` or ``embeddings``) of a complete video,
+        as stored (only the chunk checksum is checked: :class:`CorruptFeaturesError`)."""
+        return self._decoded(key, f"{self._complete_path(key)}/{name}")
 
     def array_shape(self, key: str, name: str) -> tuple[int, ...]:
         """Shape of one array of a complete video, without reading its data."""
         return self._array_shape(f"{self._complete_path(key)}/{name}")
 
     def read_video(self, key: str) -> VideoFeatures:
-        """Every array and the attributes of a complete video (KeyError otherwise)."""
+        """Every array and the attributes of a complete video, ``pooled`` checked as in
+        :meth:`read_pooled` (KeyError when not complete, :class:`CorruptFeaturesError`)."""
         path = self._complete_path(key)
+        attrs = self._node(path)[1]
         names = set(self._array_names(path))
-        arrays = {n: self._read_array(f"{path}/{n}") for n in ARRAY_DTYPES if n in names}
-        if "pooled" not in arrays or "frames" not in arrays:
-            raise StoreError(f"video {key!r} in {self.path} is marked complete but lacks "
-                             f"{'pooled' if 'pooled' not in arrays else 'frames'}: run store verify")
-        return VideoFeatures(key=check_key(key), attrs=self._node(path)[1], **arrays)
+        if "frames" not in names:
+            raise CorruptFeaturesError(f"video {key!r} in {self.path} is marked complete but "
+                                       "lacks frames: run store verify", key)
+        arrays = {n: self._decoded(key, f"{path}/{n}") for n in ARRAY_DTYPES
+                  if n in names and n != "pooled"}
+        pooled = self._checked_pooled(key, path, attrs)
+        return VideoFeatures(key=check_key(key), attrs=attrs, pooled=pooled, **arrays)
+
+    def _decoded(self, key: str, path: str) -> np.ndarray:
+        try:
+            return self._read_array(path)
+        except (KeyError, FileNotFoundError):
+            raise CorruptFeaturesError(f"{self.path}: video {key!r}: {path.rsplit('/', 1)[-1]} "
+                                       "is missing from a complete entry: run store verify", key) from None
+        except Exception as exc:  # noqa: BLE001 - codecs raise anything on a damaged chunk
+            raise CorruptFeaturesError(
+                f"{self.path}: video {key!r}: {path.rsplit('/', 1)[-1]} cannot be decoded "
+                f"({type(exc).__name__}: {_first_line(exc)}), the chunk is damaged: run store "
+                "verify, then re-extract the video or copy the store again", key) from None
+
+    def _checked_pooled(self, key: str, path: str, attrs: Mapping[str, Any]) -> np.ndarray:
+        self.check_fingerprint()
+        if "pooled" not in self._array_names(path):
+            raise CorruptFeaturesError(f"video {key!r} in {self.path} is marked complete but "
+                                       "lacks pooled: run store verify", key)
+        pooled = self._decoded(key, f"{path}/pooled")
+        width = 2 * self.num_prompts
+        problem = None
+        if pooled.dtype != np.float32 or pooled.ndim != 2 or pooled.shape[1:] != (width,):
+            problem = f"pooled is {pooled.dtype} {list(pooled.shape)}, expected float32 [T, {width}]"
+        elif not np.isfinite(pooled).all():
+            bad = int(pooled.size - np.count_nonzero(np.isfinite(pooled)))
+            problem = f"pooled holds {bad} non-finite values (a lost chunk reads back as NaN)"
+        elif attrs.get("pooled_sha256") not in (None, pooled_sha256(pooled)):
+            problem = "pooled does not hash to its pooled_sha256 attribute"
+        if problem:
+            raise CorruptFeaturesError(f"{self.path}: video {key!r}: {problem}; run store verify, "
+                                       "then re-extract the video or copy the store again", key)
+        return pooled
 
     def failures(self) -> dict[str, dict[str, Any]]:
         """``{key: {"error", "source", "time"}}`` of the recorded failures."""
@@ -421,7 +508,7 @@ class FeatureStore(abc.ABC):
 
     def __repr__(self) -> str:
         mode = "writable" if self.writable else "read-only"
-        return f"<FeatureStore {self.backend} {self.path!r} {mode} {self.fingerprint[:19]}>"
+        return f"<FeatureStore {self.backend} {self.path!r} {mode} {self.stored_fingerprint[:19]}>"
 
 
 def open_store(path_or_url: str | os.PathLike[str], mode: str = "r") -> FeatureStore:
@@ -497,7 +584,7 @@ def create_or_open_store(path: str | os.PathLike[str], provenance: Mapping[str, 
     else:
         from clifvqa.features.zarr_backend import ZarrFeatureStore as Backend  # type: ignore[assignment]
     store = Backend.create_or_open(local, root_attrs, zarr_format=zarr_format)
-    if store.fingerprint != fp:
+    if store.fingerprint != fp or not store.fingerprint_ok:
         fields = provenance_diff(store.provenance, prov)
         store.close()
         what = (f"differing provenance fields: {', '.join(fields)}" if fields else
@@ -507,6 +594,27 @@ def create_or_open_store(path: str | os.PathLike[str], provenance: Mapping[str, 
             "different settings cannot share a store: write to a new --store path (or delete "
             f"{local} to start over)", fields)
     return store
+
+
+def upgrade_store(path: str | os.PathLike[str]) -> bool:
+    """Rewrite the root of a local format-1 store as format 2, in place; True when it changed.
+
+    Only the root's ``fingerprint`` (now without ``clip.model``) and ``clifvqa_format`` change,
+    in that order (a run cut short in between leaves a consistent store; run it again); video
+    arrays and attributes are never touched. Zarr consolidated metadata is refreshed.
+
+    Raises:
+        CorruptFeaturesError: the stored fingerprint does not match the provenance.
+        StoreError: not a local writable store.
+    """
+    with open_store(path, mode="r+") as store:
+        if store.format_version == FORMAT_VERSION:
+            return False
+        store.check_fingerprint()
+        store._set_attr("/", "fingerprint", store.fingerprint)
+        store._set_attr("/", "clifvqa_format", FORMAT_VERSION)
+        store.finalize()
+        return True
 
 
 def finalize_store(path: str | os.PathLike[str]) -> None:

@@ -154,7 +154,7 @@ def test_zarr_v2_export_is_plain_v2(tmp_path):
     zarray = json.loads((v2 / "videos/K/v0.mp4/pooled/.zarray").read_text())
     assert zarray["compressor"]["id"] == "blosc" and zarray["filters"] == [{"id": "fletcher32"}]
     root = zarr.open_group(str(v2), mode="r", zarr_format=2)
-    assert root.attrs["clifvqa_format"] == 1
+    assert root.attrs["clifvqa_format"] == 2
     assert np.array_equal(root["videos/K/v0.mp4/maps"][:], video(0)["maps"])
 
 

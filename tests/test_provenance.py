@@ -25,19 +25,31 @@ SMALL = {
     "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25], "frame_stride": 1, "dtype": "float32",
     "created": "2026-01-01T00:00:00+00:00",
 }
-# Written out by hand (sorted keys, no spaces); its sha256 was computed with `sha256sum`.
+# Written out by hand (sorted keys, no spaces); their sha256 were computed with `sha256sum`.
+# Format 2 leaves clip.model out; format 1 hashed the clip block whole.
 SMALL_CANONICAL = (
-    '{"clip":{"image_size":224,"model":"m","weights_sha256":"00"},"crop":224,"dtype":"float32",'
+    '{"clip":{"image_size":224,"weights_sha256":"00"},"crop":224,"dtype":"float32",'
     '"frame_stride":1,"grid":[3,3],"mean":[0.5,0.5,0.5],"prompts":{"groups":["objective"],'
     '"softmax":"all","template":"{}","texts":["a sharp photo."]},"resize":"upscale-short-side",'
     '"std":[0.25,0.25,0.25]}'
 )
-SMALL_FINGERPRINT = "sha256:c4da18e2d478ae7dff1b7d99e706b9041f0cc488a68d0ec8ab66b254f8205250"
+SMALL_FINGERPRINT = "sha256:95ee8547f0a921f0d82cf919de8acdde0ab31fe1431913b22f1027d3a3f8024b"
+SMALL_CANONICAL_V1 = SMALL_CANONICAL.replace('"image_size":224,', '"image_size":224,"model":"m",')
+SMALL_FINGERPRINT_V1 = "sha256:c4da18e2d478ae7dff1b7d99e706b9041f0cc488a68d0ec8ab66b254f8205250"
 
 
 def test_hand_checked_canonical_json_and_sha256():
     assert canonical_json(SMALL) == SMALL_CANONICAL
     assert fingerprint(SMALL) == SMALL_FINGERPRINT
+    assert canonical_json(SMALL, version=1) == SMALL_CANONICAL_V1
+    assert fingerprint(SMALL, version=1) == SMALL_FINGERPRINT_V1
+
+
+def test_same_weights_under_another_name_same_fingerprint():
+    local = copy.deepcopy(SMALL)
+    local["clip"]["model"] = "/data/models/clip-b32"
+    assert fingerprint(local) == SMALL_FINGERPRINT and provenance_diff(SMALL, local) == []
+    assert fingerprint(local, version=1) != SMALL_FINGERPRINT_V1
 
 
 def test_same_inputs_same_fingerprint_whatever_the_spelling():
@@ -90,7 +102,7 @@ def test_diff_names_nested_fields():
     other["prompts"]["texts"] = ["a blurry photo."]
     other["clip"]["model"] = "n"
     other["grid"] = [1, 1]
-    assert provenance_diff(SMALL, other) == ["clip.model", "prompts.texts", "grid"]
+    assert provenance_diff(SMALL, other) == ["prompts.texts", "grid"]  # clip.model: informative
     del other["crop"]
     assert "crop" in provenance_diff(SMALL, other)
 

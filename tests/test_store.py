@@ -37,7 +37,7 @@ def test_round_trip_arrays_and_attrs(tmp_path, prov, name):
         store.finalize()
     with open_store(tmp_path / name) as store:
         assert store.keys() == ["K/a.mp4", "b.mp4"]
-        assert store.format_version == 1 and store.writable is False
+        assert store.format_version == 2 and store.writable is False
         assert store.fingerprint == fingerprint(prov)
         assert {k: store.provenance[k] for k in prov} == prov
         assert set(store.provenance) == set(prov) | {"created", "software"}
@@ -65,13 +65,13 @@ def test_plain_readers_see_the_documented_tree(tmp_path, prov):
         with create_or_open_store(tmp_path / name, prov) as store:
             store.write_video("K/a.mp4", **video)
     root = zarr.open_group(str(tmp_path / "s.zarr"), mode="r", use_consolidated=False)
-    assert root.attrs["clifvqa_format"] == 1
+    assert root.attrs["clifvqa_format"] == 2
     assert root.attrs["fingerprint"] == fingerprint(root.attrs["provenance"])
     assert root["videos/K/a.mp4"].attrs["complete"] is True
     assert np.array_equal(root["videos/K/a.mp4/pooled"][:], video["pooled"])
     assert root["videos/K/a.mp4/pooled"].chunks == video["pooled"].shape
     with h5py.File(tmp_path / "s.h5", "r") as f:
-        assert f.attrs["clifvqa_format"] == 1
+        assert f.attrs["clifvqa_format"] == 2
         assert fingerprint(json.loads(f.attrs["provenance"])) == f.attrs["fingerprint"]
         assert bool(f["videos/K/a.mp4"].attrs["complete"])
         assert np.array_equal(f["videos/K/a.mp4/maps"][()], video["maps"])
@@ -242,6 +242,6 @@ def test_opening_what_is_not_a_store(tmp_path, prov):
 
 def test_newer_format_is_refused(tmp_path, prov):
     create_or_open_store(tmp_path / "s.zarr", prov).close()
-    zarr.open_group(str(tmp_path / "s.zarr"), mode="r+").update_attributes({"clifvqa_format": 2})
-    with pytest.raises(StoreError, match="clifvqa_format 2"):
+    zarr.open_group(str(tmp_path / "s.zarr"), mode="r+").update_attributes({"clifvqa_format": 3})
+    with pytest.raises(StoreError, match="clifvqa_format 3"):
         open_store(tmp_path / "s.zarr")

@@ -36,7 +36,7 @@ def test_store_info_dict(store_path):
     assert info["backend"] == ("zarr" if zarr else "hdf5")
     assert info["zarr_format"] == (3 if zarr else None)
     assert info["consolidated"] == ("fresh" if zarr else None)
-    assert info["format"] == 1
+    assert info["format"] == 2
     assert info["fingerprint"] == fingerprint(PROV) and info["fingerprint_ok"] is True
     assert info["counts"] == {"complete": 2, "incomplete": 1, "failed": 1}
     assert info["total_frames"] == 12
