@@ -71,11 +71,15 @@ class CorruptFeaturesError(StoreError):
 
     Attributes:
         key: the video whose features are corrupt, or None for the whole store.
+        reason: what is wrong, without the store and key (e.g. ``"pooled holds 8 non-finite values"``).
     """
 
-    def __init__(self, message: str, key: str | None = None) -> None:
-        super().__init__(message)
-        self.key = key
+    def __init__(self, store: str, key: str | None, reason: str) -> None:
+        where = f"{store}: video {key!r}" if key is not None else store
+        what = ("run store verify, then re-extract the video or copy the store again" if key is not None
+                else "run `clifvqa store verify` and use an intact copy")
+        super().__init__(f"{where}: {reason}; {what}")
+        self.key, self.reason = key, reason
 
 
 @dataclass
@@ -205,10 +209,9 @@ class FeatureStore(abc.ABC):
         """Raise :class:`CorruptFeaturesError` unless the stored fingerprint matches the provenance
         (one of them was edited or corrupted, so nothing says how the features were made)."""
         if not self.fingerprint_ok:
-            raise CorruptFeaturesError(
-                f"{self.path}: its fingerprint attribute does not match its provenance (one of "
-                "them was edited or corrupted), so nothing says how its features were made; "
-                "run `clifvqa store verify` and use an intact copy")
+            raise CorruptFeaturesError(self.path, None, "its fingerprint attribute does not match its "
+                                       "provenance (one of them was edited or corrupted), so nothing "
+                                       "says how its features were made")
 
     # ------------------------------------------------------------------ backend primitives
     @abc.abstractmethod
@@ -340,8 +343,7 @@ class FeatureStore(abc.ABC):
         attrs = self._node(path)[1]
         names = set(self._array_names(path))
         if "frames" not in names:
-            raise CorruptFeaturesError(f"video {key!r} in {self.path} is marked complete but "
-                                       "lacks frames: run store verify", key)
+            raise CorruptFeaturesError(self.path, key, "marked complete but has no frames array")
         arrays = {n: self._decoded(key, f"{path}/{n}") for n in ARRAY_DTYPES
                   if n in names and n != "pooled"}
         pooled = self._checked_pooled(key, path, attrs)
@@ -350,20 +352,15 @@ class FeatureStore(abc.ABC):
     def _decoded(self, key: str, path: str) -> np.ndarray:
         try:
             return self._read_array(path)
-        except (KeyError, FileNotFoundError):
-            raise CorruptFeaturesError(f"{self.path}: video {key!r}: {path.rsplit('/', 1)[-1]} "
-                                       "is missing from a complete entry: run store verify", key) from None
         except Exception as exc:  # noqa: BLE001 - codecs raise anything on a damaged chunk
-            raise CorruptFeaturesError(
-                f"{self.path}: video {key!r}: {path.rsplit('/', 1)[-1]} cannot be decoded "
-                f"({type(exc).__name__}: {_first_line(exc)}), the chunk is damaged: run store "
-                "verify, then re-extract the video or copy the store again", key) from None
+            name = path.rsplit("/", 1)[-1]
+            raise CorruptFeaturesError(self.path, key, f"{name} cannot be read, its chunk is damaged "
+                                       f"({type(exc).__name__}: {_first_line(exc)})") from None
 
     def _checked_pooled(self, key: str, path: str, attrs: Mapping[str, Any]) -> np.ndarray:
         self.check_fingerprint()
         if "pooled" not in self._array_names(path):
-            raise CorruptFeaturesError(f"video {key!r} in {self.path} is marked complete but "
-                                       "lacks pooled: run store verify", key)
+            raise CorruptFeaturesError(self.path, key, "marked complete but has no pooled array")
         pooled = self._decoded(key, f"{path}/pooled")
         width = 2 * self.num_prompts
         problem = None
@@ -375,8 +372,7 @@ class FeatureStore(abc.ABC):
         elif attrs.get("pooled_sha256") not in (None, pooled_sha256(pooled)):
             problem = "pooled does not hash to its pooled_sha256 attribute"
         if problem:
-            raise CorruptFeaturesError(f"{self.path}: video {key!r}: {problem}; run store verify, "
-                                       "then re-extract the video or copy the store again", key)
+            raise CorruptFeaturesError(self.path, key, problem)
         return pooled
 
     def failures(self) -> dict[str, dict[str, Any]]:

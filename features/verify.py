@@ -6,18 +6,22 @@ attributes, readable arrays (a chunk that fails its checksum or does not decode 
 never a crash), shapes and dtypes against r, m, n, ``pooled_sha256``, finite values, frame
 indices, and with maps: per-crop probabilities summing to 1 (per prompt group when
 ``prompts.softmax == "group"``) and pooled = (mean, max) of the maps. With a manifest: every
-manifest video must be complete in the store.
+manifest video must be complete in the store. With the video folder: every entry must still be
+its file's (missing, resized or re-written files, compared by sha256:
+:mod:`clifvqa.features.sources`).
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from clifvqa.features.provenance import check_provenance, fingerprint
+from clifvqa.features.sources import stale_reason
 from clifvqa.features.store import FeatureStore, open_store, pooled_sha256
 
 STORE_KEY = "(store)"
@@ -47,21 +51,26 @@ class Problem:
         return f"{self.key}: {self.message}"
 
 
-def verify_store(store: str | os.PathLike[str] | FeatureStore,
-                 manifest: Any = None) -> list[Problem]:
+def verify_store(store: str | os.PathLike[str] | FeatureStore, manifest: Any = None,
+                 videos: str | os.PathLike[str] | None = None, *, progress: bool = False) -> list[Problem]:
     """Every problem found in ``store`` (a path, URL or open store); empty when it is clean.
 
     ``manifest`` (a CSV path or a ``clifvqa.manifests.io.Manifest``) adds one problem per
     manifest video that is not complete in the store (saying whether it failed, is incomplete
-    or is absent).
+    or is absent). ``videos`` (the dataset folder the keys are relative to) adds one problem per
+    stale entry (its file is missing or no longer the one extracted; every file is hashed).
+    ``progress`` shows a progress bar on stderr.
     """
     if isinstance(store, FeatureStore):
-        return _verify(store, manifest)
+        return _verify(store, manifest, videos, progress)
     with open_store(store) as opened:
-        return _verify(opened, manifest)
+        return _verify(opened, manifest, videos, progress)
 
 
-def _verify(store: FeatureStore, manifest: Any) -> list[Problem]:
+def _verify(store: FeatureStore, manifest: Any, videos: str | os.PathLike[str] | None,
+            progress: bool) -> list[Problem]:
+    from tqdm.auto import tqdm
+
     problems: list[Problem] = []
     try:
         prov = check_provenance(store.provenance)
@@ -78,14 +87,16 @@ def _verify(store: FeatureStore, manifest: Any) -> list[Problem]:
                                            "would see old contents: refresh it with "
                                            "`clifvqa store finalize STORE`"))
     try:
-        keys = store.keys()
+        entries = store.entries()
     except Exception as exc:  # noqa: BLE001 - a corrupt listing is a finding, not a crash
         return problems + [Problem(STORE_KEY, f"cannot list videos: {type(exc).__name__}: {exc}")]
     checker = _VideoChecker(prov)
-    for key in keys:
+    for key in tqdm(entries, desc="verify", unit="video", disable=not progress, dynamic_ncols=True):
         problems.extend(Problem(key, msg) for msg in checker.check(store, key))
+        if videos is not None and (why := stale_reason(entries[key], Path(videos) / key, hash=True)):
+            problems.append(Problem(key, f"stale: {why}; `clifvqa extract` extracts it again"))
     if manifest is not None:
-        problems.extend(_missing_from_manifest(store, manifest, set(keys)))
+        problems.extend(_missing_from_manifest(store, manifest, set(entries)))
     return problems
 
 

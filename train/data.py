@@ -18,8 +18,11 @@ for selection. With ``val_fraction=0`` (or too few videos for one validation vid
 epoch is selected.
 
 **Features** (:func:`load_semantic_features`): every needed video must be complete in one of the
-stores, all stores must share one fingerprint, and the stored rows must be ``2r`` wide; anything
-else is refused before training with the offending keys (first 20 and a count). Each video's
+stores, all stores must share one fingerprint that matches their provenance, every row must pass
+the store's checks (chunk checksum, finite values, ``pooled_sha256``: a corrupt store never
+reaches the model) and, given the video folder, every entry must still be its file's
+(:mod:`clifvqa.features.sources`: a video replaced since extraction is stale); anything else is
+refused before training with the offending keys (first 20 and a count). Each video's
 rows are read once into memory, resampled in time to ``t0`` (the model's first step, done once
 here because videos differ in length): a dict ``key -> float32 [2r, t0]``. Training never reads
 the store per step and never loads CLIP.
@@ -34,6 +37,7 @@ carries no gradient (see :mod:`clifvqa.train.loss`).
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -199,23 +203,33 @@ def load_semantic_features(
     *,
     expected_r: int | None = None,
     expected_fingerprint: str | None = None,
+    video_root: str | os.PathLike[str] | None = None,
+    allow_stale: bool = False,
     progress: bool = True,
 ) -> SemanticFeatures:
     """Read the pooled rows of ``keys`` from ``stores`` once, resampled to ``t0`` (see the module doc).
 
-    Raises :class:`DataError` before reading any features when the stores disagree on the
-    fingerprint (naming the differing provenance fields), when r is not ``expected_r``, when
-    the fingerprint is not ``expected_fingerprint`` (a resumed run), or listing the videos that
-    are in no store or incomplete; and after reading, listing videos whose rows are not 2r wide
-    or hold no frame.
+    With ``video_root`` every entry is checked against its file there
+    (:func:`clifvqa.features.sources.stale_reason`); stale entries are refused, or with
+    ``allow_stale`` listed in a warning and used.
+
+    Raises :class:`DataError` before reading any features when a store's fingerprint does not
+    match its provenance, when the stores disagree on the fingerprint (naming the differing
+    provenance fields), when r is not ``expected_r``, when the fingerprint is not
+    ``expected_fingerprint`` (a resumed run), listing the videos that are in no store or
+    incomplete, or stale; and after reading, listing videos whose rows fail the store's checks
+    (corrupt chunk, non-finite values, ``pooled_sha256``) or hold no frame.
     """
     from clifvqa.features.provenance import provenance_diff
-    from clifvqa.features.store import open_store
+    from clifvqa.features.sources import stale_reason
+    from clifvqa.features.store import CorruptFeaturesError, open_store
 
     if not stores:
         raise DataError("no feature store given (--store); the semantic branch needs one")
     opened = [open_store(s) for s in stores]
     try:
+        for store in opened:
+            store.check_fingerprint()
         first = opened[0]
         for other in opened[1:]:
             if other.fingerprint != first.fingerprint:
@@ -232,8 +246,8 @@ def load_semantic_features(
             raise DataError(f"store {first.path} has fingerprint {first.fingerprint} but the run was trained on {expected_fingerprint}")
         where: dict[str, Any] = {}
         for store in opened:
-            for key in store.keys():
-                where.setdefault(key, store)
+            for key, attrs in store.entries().items():
+                where.setdefault(key, (store, attrs))
         missing = [k for k in keys if k not in where]
         if missing:
             incomplete = {k for s in opened for k in s.incomplete_keys()}
@@ -243,18 +257,34 @@ def load_semantic_features(
                 f"{len(missing)} videos are not complete in the feature store(s) {', '.join(str(s.path) for s in opened)}{note}: "
                 f"{listing(missing)}. Extract them first, or remove them from the manifest"
             )
+        keys = list(dict.fromkeys(keys))
+        if video_root is not None:
+            stale = [f"{k} ({why})" for k in keys if (why := stale_reason(where[k][1], Path(video_root) / k))]
+            if stale:
+                text = (f"{len(stale)} videos changed since their features were extracted (stale store entries): "
+                        f"{listing(stale, 5)}")
+                if not allow_stale:
+                    raise DataError(f"{text}. Run clifvqa extract again on the same store (it re-extracts changed "
+                                    "files), or pass --allow-stale to use the old features")
+                warnings.warn(f"{text}; using their old features (--allow-stale)", stacklevel=2)
         rows: dict[str, torch.Tensor] = {}
         bad: list[str] = []
         from tqdm import tqdm
 
-        for key in tqdm(list(dict.fromkeys(keys)), desc="semantic features", unit="video", disable=not progress, leave=False):
-            pooled = np.asarray(where[key].read_pooled(key), dtype=np.float32)
-            if pooled.ndim != 2 or pooled.shape[1] != 2 * r or pooled.shape[0] < 1:
-                bad.append(f"{key} {list(pooled.shape)}")
+        for key in tqdm(keys, desc="semantic features", unit="video", disable=not progress, leave=False):
+            store = where[key][0]
+            try:
+                pooled = store.read_pooled(key)
+            except CorruptFeaturesError as exc:
+                bad.append(f"{key} ({exc.reason})")
+                continue
+            if pooled.shape[0] < 1:
+                bad.append(f"{key} (no frame)")
                 continue
             rows[key] = resample_time(torch.from_numpy(pooled).t().contiguous(), t0).contiguous()
         if bad:
-            raise DataError(f"{len(bad)} videos have pooled features that are not [T>=1, 2r={2 * r}]: {listing(bad)}; run clifvqa store verify")
+            raise DataError(f"{len(bad)} videos have unusable semantic features in {', '.join(str(s.path) for s in opened)}: "
+                            f"{listing(bad, 5)}; run clifvqa store verify, then re-extract them (or drop them from the manifest)")
         groups = tuple(first.provenance.get("prompts", {}).get("groups", ()))
         return SemanticFeatures(rows, r, groups, first.fingerprint, dict(first.provenance), [str(s.path) for s in opened])
     finally:

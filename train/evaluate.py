@@ -35,7 +35,7 @@ import torch
 
 from clifvqa._atomic import atomic_path, atomic_write_text
 from clifvqa._device import resolve_device
-from clifvqa.features.provenance import FingerprintMismatch, provenance_diff
+from clifvqa.features.provenance import FingerprintMismatch, fingerprint, provenance_diff
 from clifvqa.manifests.io import Manifest, read_manifest
 from clifvqa.train.checkpoint import load_checkpoint
 from clifvqa.train.data import DataError, VideoItem, check_video_files, listing, load_semantic_features
@@ -99,9 +99,10 @@ def check_stores_match(stores: Sequence[str | os.PathLike[str]], meta: Mapping[s
     """
     from clifvqa.features.store import open_store
 
-    want = meta["store"]["fingerprint"]
+    want = fingerprint(meta["store"]["provenance"])  # any store format's rule: compare format 2's
     for path in stores:
         with open_store(path) as store:
+            store.check_fingerprint()
             if store.fingerprint == want:
                 continue
             fields = provenance_diff(meta["store"]["provenance"], store.provenance)
@@ -128,6 +129,7 @@ def evaluate(
     workers: int = 0,
     overwrite: bool = False,
     progress: bool = False,
+    allow_stale: bool = False,
 ) -> EvalResult:
     """Score the manifest's labelled videos with ``checkpoint`` and compute the metrics.
 
@@ -146,10 +148,13 @@ def evaluate(
         workers: DataLoader processes decoding videos (0: in this process).
         overwrite: replace result files already in ``out_dir`` (refused otherwise, before scoring).
         progress: show progress bars while reading features.
+        allow_stale: use (with a warning) store entries whose video files changed since
+            extraction; refused otherwise (:mod:`clifvqa.features.sources`).
 
     Raises:
         CheckpointError, FingerprintMismatch, DataError, ManifestError: bad checkpoint, store of
-            other settings, missing videos or features, bad manifest; all before any scoring.
+            other settings, missing videos, corrupt or stale features, bad manifest; all before
+            any scoring.
     """
     from clifvqa.train.trainer import predict_items
 
@@ -177,7 +182,7 @@ def evaluate(
             raise DataError(f"checkpoint {checkpoint} uses the semantic branch: pass the feature store(s) with its videos (--store)")
         check_stores_match(stores, meta, checkpoint)
         features = load_semantic_features(
-            stores, keys, config.t0, expected_r=config.r, expected_fingerprint=meta["store"]["fingerprint"], progress=progress
+            stores, keys, config.t0, expected_r=config.r, video_root=videos_dir, allow_stale=allow_stale, progress=progress
         )
         semantic = features.rows
     fragments = config.fragment_config() if config.uses_spatial else None

@@ -226,7 +226,7 @@ def _semantic_features(
     videos that fail get their ``error`` set."""
     from clifvqa.extract.pipeline import VideoTask, sha256_file
     from clifvqa.extract.sfe import VideoResult
-    from clifvqa.features.store import open_store
+    from clifvqa.features.store import CorruptFeaturesError, open_store
 
     if stores:
         check_stores_match(stores, meta, checkpoint)
@@ -242,11 +242,17 @@ def _semantic_features(
                     if not by_digest:
                         break
                     hits = by_digest.pop(store.video_attrs(key).get("source_sha256"), None)
-                    if hits:
-                        rows, frames = np.asarray(store.read_pooled(key), np.float32), np.asarray(store.read_array(key, "frames"))
+                    if not hits:
+                        continue
+                    try:  # checked rows: a corrupt entry fails these videos, it is never scored
+                        rows, frames = store.read_pooled(key), np.asarray(store.read_array(key, "frames"))
+                    except CorruptFeaturesError as exc:
                         for i in hits:
-                            pooled[i] = (rows, frames)
-                            preds[i].features = f"store {store.path} key {key}"
+                            preds[i].error = str(exc)
+                        continue
+                    for i in hits:
+                        pooled[i] = (rows, frames)
+                        preds[i].features = f"store {store.path} key {key}"
     missing = [i for i in todo if i not in pooled and preds[i].error is None]
     if not missing:
         return
