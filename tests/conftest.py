@@ -98,6 +98,7 @@ def make_train_set(make_video):
     """
     from types import SimpleNamespace
 
+    from clifvqa.features.sources import sha256_file, source_identity
     from clifvqa.features.store import create_or_open_store
     from clifvqa.features.synth import synthetic_provenance, synthetic_video
 
@@ -112,7 +113,11 @@ def make_train_set(make_video):
         with create_or_open_store(root / store, prov) as st:
             for i, key in enumerate(keys):
                 rows = num_rows[i] if num_rows else 3 + i
-                st.write_video(key, **synthetic_video(prov, seed=i, num_rows=rows, source=key))
+                video = synthetic_video(prov, seed=i, num_rows=rows, source=key)
+                # tied to the real file, as extraction ties it (stale entries are refused)
+                video["attrs"].update(source_identity(root / "videos" / key),
+                                      source_sha256=sha256_file(root / "videos" / key))
+                st.write_video(key, **video)
             st.finalize()
         lines = ["video,mos" + (",split" if split else "")]
         for i, key in enumerate(keys):

@@ -16,6 +16,7 @@ from scipy import stats
 from clifvqa.features.provenance import FingerprintMismatch
 from clifvqa.features.store import open_store
 from clifvqa.train.checkpoint import save_checkpoint
+from clifvqa.train.data import DataError
 from clifvqa.train.evaluate import PLOT_MISSING_NOTE, evaluate
 from clifvqa.train.fragments import sample_fragments
 from clifvqa.train.model import TINY_FRAGMENTS, build_model, resample_time, tiny_config
@@ -85,7 +86,11 @@ def test_split_unlabelled_rows_failures_and_existing_output(tmp_path, make_train
     data.manifest.write_text("\n".join(lines) + "\n")
     (data.videos / data.keys[4]).write_bytes(b"not a video")
     ckpt, _ = tiny_checkpoint(tmp_path / "ckpt", data.store)
-    result = evaluate(ckpt, data.manifest, data.videos, [data.store], tmp_path / "eval", device="cpu", split="test", plot=False)
+    with pytest.raises(DataError, match=r"1 videos changed since.*clips/v4\.mp4"):  # stale entry: refused
+        evaluate(ckpt, data.manifest, data.videos, [data.store], tmp_path / "eval", device="cpu", split="test", plot=False)
+    with pytest.warns(UserWarning, match="using their old features"):  # or, asked, used to reach the decoder
+        result = evaluate(ckpt, data.manifest, data.videos, [data.store], tmp_path / "eval", device="cpu", split="test",
+                          plot=False, allow_stale=True)
     assert result.videos == [data.keys[3]]  # test rows only; one without MOS, one undecodable
     assert result.unlabelled == [data.keys[5]]
     assert [k for k, _ in result.failures] == [data.keys[4]] and "VideoDecodeError" in result.failures[0][1]
