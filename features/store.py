@@ -350,17 +350,17 @@ class FeatureStore(abc.ABC):
         return VideoFeatures(key=check_key(key), attrs=attrs, pooled=pooled, **arrays)
 
     def _decoded(self, key: str, path: str) -> np.ndarray:
+        name = path.rsplit("/", 1)[-1]
         try:
             return self._read_array(path)
+        except KeyError:
+            raise CorruptFeaturesError(self.path, key, f"marked complete but has no {name} array") from None
         except Exception as exc:  # noqa: BLE001 - codecs raise anything on a damaged chunk
-            name = path.rsplit("/", 1)[-1]
             raise CorruptFeaturesError(self.path, key, f"{name} cannot be read, its chunk is damaged "
                                        f"({type(exc).__name__}: {_first_line(exc)})") from None
 
     def _checked_pooled(self, key: str, path: str, attrs: Mapping[str, Any]) -> np.ndarray:
         self.check_fingerprint()
-        if "pooled" not in self._array_names(path):
-            raise CorruptFeaturesError(self.path, key, "marked complete but has no pooled array")
         pooled = self._decoded(key, f"{path}/pooled")
         width = 2 * self.num_prompts
         problem = None
