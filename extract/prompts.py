@@ -23,7 +23,8 @@ Plain text, one prompt per line, kept in file order::
 
 Refused, naming the file and the line (text) or item (JSON): an empty or whitespace-only prompt,
 a prompt that repeats another as CLIP reads it (CLIP's tokenizer ignores case and spacing,
-see :func:`clip_text_key`), and a softmax block of fewer than 2 prompts (see :meth:`PromptSet.softmax_blocks`).
+see :func:`clip_text_key`), and a softmax block of fewer than 2 prompts
+(see :meth:`PromptSet.softmax_blocks`).
 """
 
 from __future__ import annotations
@@ -149,10 +150,11 @@ class PromptSet:
         for block in blocks:
             if len(block) < 2:
                 texts = ", ".join(repr(self.texts[i]) for i in block)
-                what = (f"the {self.groups[block[0]]} group has only {texts}; add prompts to it or use softmax 'all'"
-                        if softmax == "group" else f"the only prompt is {texts}; add prompts")
+                what = (f"the {self.groups[block[0]]} group has only {texts}; add prompts to it or use "
+                        "softmax 'all'" if softmax == "group" else f"the only prompt is {texts}; add prompts")
+                why = "softmax over one prompt is constant 1.0: every feature would be exactly 1.0"
                 return blocks, (block, f"softmax {softmax!r} needs at least 2 prompts per softmax, but {what} "
-                                       "(softmax over one prompt is constant 1.0: every feature would be exactly 1.0)")
+                                       f"({why})")
         return blocks, None
 
 
@@ -166,7 +168,7 @@ def load_prompts(path: str | Path, softmax: str | None = None) -> PromptSet:
 
     JSON object (``template`` optional, default :data:`DEFAULT_TEMPLATE`)::
 
-        {"template": "a photo that looks {}.", "objective": ["sharp", "blurry"], "subjective": ["boring", "calm"]}
+        {"template": "a {} photo", "objective": ["sharp", "blurry"], "subjective": ["boring", "calm"]}
 
     JSON list of final strings (no template applied)::
 
@@ -188,7 +190,7 @@ def load_prompts(path: str | Path, softmax: str | None = None) -> PromptSet:
         PromptFileError: one line naming the file, and the line (text) or item (JSON) where it
             applies: unreadable, not UTF-8, malformed, unknown group, empty or whitespace-only
             prompt, a prompt that repeats another as CLIP reads it (case and spacing
-            ignored; a duplicate would silently split its probability with its copy), or a
+            ignored; a duplicate would count twice in the softmax), or a
             softmax over fewer than 2 prompts.
     """
     path = Path(path)
@@ -234,8 +236,8 @@ def _check_text(text: object) -> None:
 
 
 def _duplicate_message(text: str, first: str) -> str:
-    return (f"{text!r} repeats {first} as CLIP reads it (case and spacing are ignored); a duplicate "
-            "would silently split its probability with its copy, so remove one")
+    return (f"{text!r} repeats {first} as CLIP reads it (case and spacing are ignored); it would count "
+            "twice in the softmax, silently shrinking every other prompt's share; remove one")
 
 
 def _build(path: Path, template: str | None, entries: list[_Entry], softmax: str | None) -> PromptSet:
@@ -291,7 +293,8 @@ def _from_json(path: Path, text: str) -> tuple[str | None, list[_Entry]]:
             if not isinstance(item["text"], str):
                 raise PromptFileError(f"prompt file {path}, item {k}: 'text' must be a string")
             if item["group"] not in GROUPS:
-                raise PromptFileError(f"prompt file {path}, item {k}: group {item['group']!r}; expected one of {GROUPS}")
+                raise PromptFileError(
+                    f"prompt file {path}, item {k}: group {item['group']!r}; expected one of {GROUPS}")
             entries.append(_Entry(item["text"], item["group"], f"item {k}"))
         return None, entries
     raise PromptFileError(f"prompt file {path}: JSON must be an object or a list")

@@ -58,7 +58,7 @@ def test_extract_and_rescore_help_point_to_the_readme():
 
 def test_load_prompts_docstring_shows_every_format():
     doc = load_prompts.__doc__ or ""
-    assert '{"template": "a photo that looks {}.", "objective"' in doc
+    assert '{"template": "a {} photo", "objective": ["sharp", "blurry"]' in doc
     assert '[{"text": "a sharp photo", "group": "objective"}' in doc
     assert "objective: sharp" in doc and "byte-order mark" in doc
 
@@ -90,7 +90,8 @@ def test_utf16_file_says_to_save_as_utf8(tmp_path):
 @pytest.mark.parametrize("name, content, where", [
     ("p.json", '{"objective": ["sharp", ""], "subjective": ["calm"]}', "objective[1]"),
     ("p.json", '{"objective": ["sharp"], "subjective": ["  \\t"]}', "subjective[0]"),
-    ("p.json", '[{"text": "a sharp photo", "group": "objective"}, {"text": " ", "group": "objective"}]', "item 1"),
+    ("p.json", '[{"text": "a sharp photo", "group": "objective"}, {"text": " ", "group": "objective"}]',
+     "item 1"),
     ("p.txt", "objective: sharp\nobjective:   \nsubjective: calm\n", "line 2"),
 ])
 def test_empty_prompts_are_refused_naming_file_and_place(tmp_path, name, content, where):
@@ -161,22 +162,17 @@ def test_extract_and_rescore_share_the_rule_one_line_exit_2(tmp_path):
     one = _write(tmp_path, "one.txt", "# a single prompt\nobjective: sharp\n")
     group = _write(tmp_path, "group.txt", "objective: sharp\nobjective: blurry\nsubjective: boring\n")
     (tmp_path / "videos").mkdir()
-    cases = [
-        (["extract", str(tmp_path / "videos"), "--store", str(tmp_path / "s.zarr"), "--device", "cpu",
-          "--clip-model", str(tmp_path / "no-model"), "--prompts", str(one)], one, "line 2", "all"),
-        (["extract", str(tmp_path / "videos"), "--store", str(tmp_path / "s.zarr"), "--device", "cpu",
-          "--clip-model", str(tmp_path / "no-model"), "--prompts", str(group), "--softmax", "group"], group, "line 3", "group"),
-        (["store", "rescore", str(tmp_path / "no-store.zarr"), "--prompts", str(one), "-o", str(tmp_path / "d.zarr")],
-         one, "line 2", "all"),
-        (["store", "rescore", str(tmp_path / "no-store.zarr"), "--prompts", str(group), "--softmax", "group",
-          "-o", str(tmp_path / "d.zarr")], group, "line 3", "group"),
-    ]
-    for args, f, where, softmax in cases:
-        result = CliRunner().invoke(main, args)
+    extract = ["extract", str(tmp_path / "videos"), "--store", str(tmp_path / "s.zarr"), "--device", "cpu",
+               "--clip-model", str(tmp_path / "no-model")]
+    rescore = ["store", "rescore", str(tmp_path / "no-store.zarr"), "-o", str(tmp_path / "d.zarr")]
+    cases = [(one, "line 2", "all"), (group, "line 3", "group")]
+    for (f, where, softmax), command in [(case, cmd) for case in cases for cmd in (extract, rescore)]:
+        result = CliRunner().invoke(main, [*command, "--prompts", str(f), "--softmax", softmax])
         assert result.exit_code == 2, result.output
         lines = result.output.strip().splitlines()
         assert len(lines) == 1
-        assert lines[0].startswith(f"error: prompt file {f}, {where}: softmax {softmax!r} needs at least 2 prompts")
+        expected = f"error: prompt file {f}, {where}: softmax {softmax!r} needs at least 2 prompts"
+        assert lines[0].startswith(expected)
     assert not (tmp_path / "s.zarr").exists() and not (tmp_path / "d.zarr").exists()
 
 
@@ -198,8 +194,10 @@ def test_clip_reads_case_and_spacing_variants_as_one_prompt(tiny_clip):
 
 @pytest.mark.parametrize("name, content, where, first", [
     ("p.txt", "objective: sharp\nsubjective: calm\nsubjective: Sharp\n", "line 3", "line 1"),
-    ("p.json", '{"objective": ["sharp", "blurry"], "subjective": ["calm", "blurry "]}', "subjective[1]", "objective[1]"),
-    ("p.json", '[{"text": "a calm photo", "group": "subjective"}, {"text": "A calm  photo", "group": "objective"}]',
+    ("p.json", '{"objective": ["sharp", "blurry"], "subjective": ["calm", "blurry "]}',
+     "subjective[1]", "objective[1]"),
+    ("p.json", '[{"text": "a calm photo", "group": "subjective"},'
+               ' {"text": "A calm  photo", "group": "objective"}]',
      "item 1", "item 0"),
 ])
 def test_duplicates_are_refused_naming_both_places(tmp_path, name, content, where, first):
@@ -208,7 +206,7 @@ def test_duplicates_are_refused_naming_both_places(tmp_path, name, content, wher
         load_prompts(f)
     message = _one_line(info.value)
     assert message.startswith(f"prompt file {f}, {where}: ")
-    assert f"repeats {first} as CLIP reads it" in message and "split its probability" in message
+    assert f"repeats {first} as CLIP reads it" in message and "count twice in the softmax" in message
 
 
 def test_prompt_set_refuses_clip_identical_texts():
