@@ -150,11 +150,12 @@ class PromptSet:
         for block in blocks:
             if len(block) < 2:
                 texts = ", ".join(repr(self.texts[i]) for i in block)
-                what = (f"the {self.groups[block[0]]} group has only {texts}; add prompts to it or use "
-                        "softmax 'all'" if softmax == "group" else f"the only prompt is {texts}; add prompts")
+                group = self.groups[block[0]]
+                what = (f"the {group} group has only {texts}; add prompts to it or use softmax 'all'"
+                        if softmax == "group" else f"the only prompt is {texts}; add prompts")
                 why = "softmax over one prompt is constant 1.0: every feature would be exactly 1.0"
-                return blocks, (block, f"softmax {softmax!r} needs at least 2 prompts per softmax, but {what} "
-                                       f"({why})")
+                message = f"softmax {softmax!r} needs at least 2 prompts per softmax, but {what} ({why})"
+                return blocks, (block, message)
         return blocks, None
 
 
@@ -189,9 +190,8 @@ def load_prompts(path: str | Path, softmax: str | None = None) -> PromptSet:
     Raises:
         PromptFileError: one line naming the file, and the line (text) or item (JSON) where it
             applies: unreadable, not UTF-8, malformed, unknown group, empty or whitespace-only
-            prompt, a prompt that repeats another as CLIP reads it (case and spacing
-            ignored; a duplicate would count twice in the softmax), or a
-            softmax over fewer than 2 prompts.
+            prompt, a prompt that repeats another as CLIP reads it (case and spacing ignored; a
+            duplicate would count twice in the softmax), or a softmax over fewer than 2 prompts.
     """
     path = Path(path)
     try:
