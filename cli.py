@@ -159,7 +159,7 @@ def manifest_check(manifest_path: Path, root: Path | None, require_mos: bool) ->
 @click.option("--store", "store_path", default="features.zarr", show_default=True, help="Feature store: a .zarr directory or a .h5/.hdf5 file.")
 @click.option("--clip-model", default="openai/clip-vit-base-patch32", show_default=True, help="CLIP hub id or local folder (save_pretrained layout).")
 @click.option("--grid", default="3x3", show_default=True, help="Crop grid ROWSxCOLS.")
-@click.option("--prompts", "prompts_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Prompt file (JSON or text); default: built-in prompts.")
+@click.option("--prompts", "prompts_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Prompt file: JSON, or text lines like 'objective: sharp' (README, 'Prompt files'); default: the 22 built-in prompts.")
 @click.option("--softmax", type=click.Choice(["all", "group"]), default="all", show_default=True, help="Softmax over all prompts, or per group (objective / subjective).")
 @click.option("--frame-stride", type=click.IntRange(min=1), default=1, show_default=True, help="Keep every s-th frame.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ...")
@@ -335,7 +335,7 @@ def store_finalize_cmd(path: str) -> None:
 
 @store.command("rescore")
 @click.argument("src")
-@click.option("--prompts", "prompts_file", required=True, type=click.Path(exists=True, dir_okay=False), help="The new prompt file (JSON or text).")
+@click.option("--prompts", "prompts_file", required=True, type=click.Path(exists=True, dir_okay=False), help="The new prompt file: JSON, or text lines like 'objective: sharp' (README, 'Prompt files').")
 @click.option("--softmax", type=click.Choice(["all", "group"]), default="all", show_default=True, help="Softmax over all prompts, or per group.")
 @click.option("-o", "--output", required=True, help="Store to write (.zarr or .h5/.hdf5); an existing one with the same settings is resumed.")
 @click.option("--clip-model", default=None, help="Where to load SRC's CLIP model from [default: its recorded clip.model]; the weights must be the same.")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +43,8 @@ class ClipBundle:
         image_size: the vision tower's input size c (crops are c x c).
         mean, std: per-channel normalisation of ``x / 255`` pixels (RGB order).
         weights_sha256: sha256 over the weight files' bytes, in file-name order.
-        model_id: the hub id or the local folder as given.
+        model_id: the hub id, or the local folder as an absolute path (informative: the weights
+            hash is what identifies the model).
     """
 
     model: Any
@@ -68,31 +70,40 @@ def looks_like_path(model: str) -> bool:
     )
 
 
+def looks_like_hub_id(model: str) -> bool:
+    """True for ``org/name`` that is not a local path: the form of every CLIP model on the hub."""
+    return re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", model) is not None and not looks_like_path(model)
+
+
 def load_clip(model: str, device: str = "auto", dtype: str = "float32") -> ClipBundle:
     """Load CLIP model + tokenizer from a hub id or a local folder.
 
     Args:
         model: hub id (looked up in the local Hugging Face cache, downloaded when online) or a
             folder saved with ``save_pretrained``. A path that does not exist is an error, never
-            a hub lookup.
+            a hub lookup. A folder is recorded (``ClipBundle.model_id``) as its absolute path, so
+            that it can be found again from any working directory.
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ... (see :func:`clifvqa._device.resolve_device`).
         dtype: dtype of the loaded weights. The extractor keeps float32 weights and uses
             autocast for half-precision compute.
 
     Raises:
-        ClipLoadError: the folder is missing or incomplete, or the hub id is neither cached nor
-            reachable; the message says how to provide the model offline.
+        ClipLoadError: the folder is missing or incomplete, a weight file is damaged or not
+            safetensors (named, with what is wrong; it is never executed), or the hub id is
+            neither cached nor reachable; one line that says how to provide the model.
     """
     import torch
+    from safetensors import SafetensorError
     from transformers import CLIPModel, CLIPTokenizer
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
     local = looks_like_path(model)
     if local:
-        folder = Path(model).expanduser()
+        folder = Path(model).expanduser().resolve()
         if not folder.is_dir():
-            raise ClipLoadError(f"CLIP model folder {model} does not exist (or is not a folder)")
+            raise ClipLoadError(
+                f"CLIP model folder {model} does not exist (or is not a folder){_looked_at(model)}")
         source: str = str(folder)
     else:
         source = model
@@ -111,13 +122,16 @@ def load_clip(model: str, device: str = "auto", dtype: str = "float32") -> ClipB
                 raise
             online = True
             clip, tokenizer = load(local_files_only=False)
+    except SafetensorError as exc:  # a damaged weight file: say which and how
+        raise ClipLoadError(_weights_problem(folder if local else None, model, exc)) from exc
     except (OSError, ValueError) as exc:
-        hint = (
-            f"make sure {source} holds config.json, the weights (model.safetensors) and the tokenizer files"
-            if local
-            else "download it on a connected machine with "
-            f"`huggingface-cli download {model} --local-dir DIR`, copy DIR here and pass --clip-model DIR"
-        )
+        if local:
+            hint = f"make sure {source} holds config.json, the weights (model.safetensors) and tokenizer files"
+        elif looks_like_hub_id(model):
+            hint = ("download it on a connected machine with "
+                    f"`huggingface-cli download {model} --local-dir DIR`, copy DIR here and pass --clip-model DIR")
+        else:
+            hint = f"there is no folder {model!r}{_looked_at(model)}; pass a model folder or a hub id org/name"
         raise ClipLoadError(f"cannot load CLIP model {model!r}: {_first_line(exc)}; {hint}") from exc
     clip = clip.to(resolve_device(device)).eval().requires_grad_(False)
     files = _weight_files(folder if local else None, model)
@@ -129,7 +143,7 @@ def load_clip(model: str, device: str = "auto", dtype: str = "float32") -> ClipB
         mean=mean,
         std=std,
         weights_sha256=hash_files(files),
-        model_id=model,
+        model_id=source,
     )
 
 
@@ -204,6 +218,63 @@ def _model_file(folder: Path | None, model: str, name: str, fetch: bool = False)
     return None
 
 
+# A safetensors file starts with an 8-byte little-endian header length, then that many bytes of
+# JSON whose tensors' data_offsets cover the rest of the file exactly.
+_MAX_SAFETENSORS_HEADER = 100 << 20  # the safetensors library's own limit
+
+
+def safetensors_problem(path: Path) -> str | None:
+    """What is wrong with the safetensors file ``path``, judged from its header alone (nothing is
+    loaded or executed), or None when its header and size agree."""
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+        if size == 0:
+            return "it is empty (0 bytes)"
+        if head.startswith(b"\x80"):  # pickle protocol 2+ opcode
+            return "it holds pickle data (a renamed PyTorch .bin checkpoint?), not safetensors; not unpickled"
+        if head.startswith(b"PK\x03\x04"):
+            return "it is a zip archive (a renamed torch.save checkpoint?), not safetensors"
+        if size < 8:
+            return f"it is only {size} bytes, too short for a safetensors file"
+        length = int.from_bytes(head, "little")
+        if length > min(size - 8, _MAX_SAFETENSORS_HEADER):
+            return (f"it is not safetensors: its first 8 bytes {head!r} do not give a header length that "
+                    f"fits its {size} bytes")
+        header = fh.read(length)
+    try:
+        tensors = {k: v for k, v in json.loads(header).items() if k != "__metadata__"}
+        end = 8 + length + max((int(v["data_offsets"][1]) for v in tensors.values()), default=0)
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+        return "it is not safetensors: its header is not the JSON tensor table safetensors begins with"
+    if end > size:
+        return f"it is truncated: its header describes {end} bytes, the file has {size} (an interrupted copy?)"
+    if end < size:
+        return f"it has {size - end} bytes beyond the {end} its header describes (a damaged copy?)"
+    return None
+
+
+def _weights_problem(folder: Path | None, model: str, exc: Exception) -> str:
+    """The one-line ClipLoadError message for a weight file the safetensors loader refused."""
+    try:
+        files = _weight_files(folder, model)
+    except (ClipLoadError, OSError, ValueError):
+        files = []
+    for path in files:
+        problem = safetensors_problem(path) if path.suffix == ".safetensors" else None
+        if problem:
+            fix = ("copy the model folder again" if folder is not None
+                   else "delete it from the Hugging Face cache and download again")
+            return f"CLIP weights {path} cannot be loaded: {problem}; {fix}"
+    return f"cannot load the CLIP weights of {model!r}: {_first_line(exc)}; copy or download the model again"
+
+
+def _looked_at(model: str) -> str:
+    """`` (looked for /abs/path)`` for a relative path, so the user sees which folder was meant."""
+    path = Path(model).expanduser()
+    return "" if path.is_absolute() else f" (looked for {path.resolve()})"
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
@@ -214,11 +285,27 @@ def load_recorded_clip(recorded: Mapping[str, Any], clip_model: str | None = Non
     of the same weights) and refuse any other weights.
 
     Raises:
-        ClipLoadError: the model cannot be loaded.
+        ClipLoadError: the model cannot be loaded. When the recorded model is missing, the
+            message names the recorded path and says to pass ``--clip-model`` (a copy of the
+            same weights); the hub download hint comes only for a recorded hub id (``org/name``).
         ClipWeightsMismatch: its weights hash differs from ``recorded["weights_sha256"]``.
     """
     model = clip_model or recorded["model"]
-    bundle = load_clip(model, device)
+    same_weights = f"any copy of the weights with sha256 {recorded['weights_sha256'][:16]}... works"
+    if clip_model is None and not looks_like_hub_id(model) and not Path(model).expanduser().is_dir():
+        # A folder recorded on another machine (or, before paths were recorded absolute, from
+        # another working directory): looking it up on the hub would only mislead.
+        raise ClipLoadError(
+            f"the CLIP model folder the features were made with, {model}, is not found "
+            f"here{_looked_at(model)}; "
+            f"pass --clip-model pointing at a copy of the same weights ({same_weights})"
+        )
+    try:
+        bundle = load_clip(model, device)
+    except ClipLoadError as exc:
+        if clip_model is not None:
+            raise
+        raise ClipLoadError(f"{exc} ({same_weights})") from exc
     if bundle.weights_sha256 != recorded["weights_sha256"]:
         raise ClipWeightsMismatch(
             f"CLIP model {model!r} has weights sha256 {bundle.weights_sha256[:16]}..., but the features were made with "

@@ -182,8 +182,7 @@ class SemanticFeatureExtractor:
         self._std = torch.tensor(bundle.std, device=self.device).view(1, 3, 1, 1)
         self._scale = bundle.model.logit_scale.detach().float().exp()
         self._text = self._text_embeddings()
-        blocks = self.prompts.group_indices() if softmax == "group" else [list(range(len(self.prompts)))]
-        self._blocks = [torch.tensor(b, device=self.device) for b in blocks]
+        self._blocks = [torch.tensor(b, device=self.device) for b in self.prompts.softmax_blocks(softmax)]
         # How extract_many feeds the device. On CUDA: stage crops in reused pinned host buffers
         # and leave one batch running while the next is prepared. On a CPU both would only add
         # a copy and hold memory longer (the tests switch them on there to check the bookkeeping).
@@ -195,7 +194,7 @@ class SemanticFeatureExtractor:
     def from_config(cls, config) -> SemanticFeatureExtractor:
         """Load the model and prompts an :class:`~clifvqa.extract.config.ExtractConfig` names."""
         device = resolve_device(config.device)
-        prompts = load_prompts(config.prompts_file) if config.prompts_file else default_prompts()
+        prompts = load_prompts(config.prompts_file, config.softmax) if config.prompts_file else default_prompts()
         return cls(
             load_clip(config.clip_model, device),
             prompts,

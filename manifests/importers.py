@@ -201,6 +201,14 @@ def _import_livevqc(src: Path, out: _Collector) -> None:
         mat = scipy.io.loadmat(str(src))
     except NotImplementedError as exc:  # MATLAB v7.3 files are HDF5
         raise LabelFormatError(f"{src}: {exc}; re-save it in MATLAB with save(..., '-v7')") from None
+    except Exception as exc:
+        # scipy fails on other or damaged files with many types (MatReadError, ValueError "Unknown mat file
+        # type, version 68, 95", IndexError, OSError, zlib.error); loadmat never executes what it reads.
+        raise LabelFormatError(
+            f"{src} cannot be read as a MATLAB .mat file ({_what_it_looks_like(src, exc)}); "
+            "--format livevqc expects the official LIVE-VQC data.mat holding 'video_list' and 'mos' "
+            "(for a text table of names and MOS use --format csv)"
+        ) from None
     keys = {k.lower(): k for k in mat if not k.startswith("__")}
     for needed in ("video_list", "mos"):
         if needed not in keys:
@@ -215,6 +223,25 @@ def _import_livevqc(src: Path, out: _Collector) -> None:
             out.skip(entry, f"video_list entry is not a single string: {cell!r}")
             continue
         out.add(entry, name, str(value))
+
+
+def _what_it_looks_like(src: Path, exc: Exception) -> str:
+    """A few words on what a file that scipy cannot read as .mat holds, for the error message."""
+    with open(src, "rb") as fh:
+        head = fh.read(512)
+    if not head:
+        return "it is empty"
+    if head.startswith(b"MATLAB"):  # a real .mat header: the rest is damaged
+        reason = str(exc) or type(exc).__name__
+        return f"it has a MATLAB header, but the rest cannot be read: {reason}; a truncated or damaged copy?"
+    try:
+        text = head.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        text = "\0"  # binary (or text cut inside a character: rare enough to call binary)
+    if any(c < " " and c not in "\t\r\n" for c in text):
+        return f"it is binary, starting with {head[:16]!r}"
+    first = text.splitlines()[0] if text.strip() else ""
+    return f"it looks like text; line 1 is {first[:80]!r}"
 
 
 def _mat_string(value: object) -> str | None:

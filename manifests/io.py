@@ -3,6 +3,8 @@
 Format: a UTF-8 CSV with a header. ``video`` (required) is the dataset-relative POSIX path and
 store key; ``mos`` is a float or empty (extraction-only manifests); ``split`` is ``train``,
 ``val``, ``test`` or empty; any other column is kept as text and written back in its place.
+The three standard names match case-insensitively and ignore surrounding spaces (``Video,MOS``
+reads as ``video,mos``, and is written back so), as the label-file importers match columns.
 Line numbers count the header as line 1.
 """
 
@@ -20,6 +22,11 @@ from clifvqa.manifests.paths import UnsafePathError, validate_video_path
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 STANDARD_COLUMNS: tuple[str, ...] = ("video", "mos", "split")
+# What a header problem says is expected (manifests are often hand-made or exported tables).
+EXPECTED_HEADER = (
+    "line 1 must be a header naming the video path column 'video' (any case), e.g. 'video,mos' or "
+    "'video,mos,split'; for another table use `clifvqa manifest import --format csv --video-col NAME`"
+)
 # How many problems a ManifestError message lists before summarising the rest.
 MAX_LISTED_PROBLEMS = 20
 
@@ -103,6 +110,13 @@ class ManifestError(ValueError):
         super().__init__(summary + "\n" + "\n".join(lines))
 
 
+def standard_column(name: str) -> str:
+    """``video``/``mos``/``split`` for a header cell naming one in any case or with surrounding
+    spaces (``" Video"``, ``MOS``); any other name unchanged."""
+    folded = name.strip().lower()
+    return folded if folded in STANDARD_COLUMNS else name
+
+
 def parse_mos(text: str) -> float | None:
     """MOS cell text -> float, None when empty; ValueError for text that is not a finite number."""
     text = text.strip()
@@ -135,13 +149,21 @@ def _parse_file(path: Path) -> tuple[Manifest, list[Problem]]:
         reader = csv.reader(fh)
         header = next(reader, None)
         if header is None:
-            return Manifest([], [], path), [Problem(1, "", "header", "file is empty: expected a header with a 'video' column")]
+            return Manifest([], [], path), [Problem(1, "", "header", f"file is empty; {EXPECTED_HEADER}")]
+        given, header = header, [standard_column(h) for h in header]
         if "video" not in header:
-            problems.append(Problem(1, "", "header", f"header has no 'video' column (columns: {', '.join(header) or 'none'})"))
+            columns = ", ".join(given) or "none"
+            message = f"header has no 'video' column (columns: {columns}); {EXPECTED_HEADER}"
+            problems.append(Problem(1, "", "header", message))
             return Manifest([], list(header), path), problems
         duplicated = sorted({c for c in header if header.count(c) > 1})
         if duplicated:
-            problems.append(Problem(1, "", "header", f"header repeats column(s) {', '.join(duplicated)}"))
+            spellings = [(g, h) for g, h in zip(given, header) if h in duplicated]
+            as_given = ", ".join(repr(g) for g, _ in spellings)
+            message = f"header repeats column(s) {', '.join(duplicated)}"
+            if any(g != h for g, h in spellings):
+                message += f" (as {as_given}: video, mos and split match case-insensitively)"
+            problems.append(Problem(1, "", "header", message))
             return Manifest([], list(header), path), problems
         start = reader.line_num + 1
         for fields in reader:

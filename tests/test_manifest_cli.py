@@ -135,11 +135,13 @@ def test_check_exit_codes_and_problem_lines(tmp_path):
 
 
 def test_check_header_problem_and_unreadable_file(tmp_path):
+    from clifvqa.manifests.io import EXPECTED_HEADER
+
     src = tmp_path / "m.csv"
     src.write_text("path,mos\na.mp4,1\n")
     result = run("check", src)
     assert result.exit_code == 1
-    assert result.stdout == f"{src}:1: header has no 'video' column (columns: path, mos)\n"
+    assert result.stdout == f"{src}:1: header has no 'video' column (columns: path, mos); {EXPECTED_HEADER}\n"
     latin = tmp_path / "latin.csv"
     latin.write_bytes("video\nvidéo.mp4\n".encode("latin-1"))
     unreadable = run("check", latin)

@@ -520,3 +520,115 @@ def test_check_extraction_only_manifest_is_clean_unless_mos_required(tmp_path):
     src.write_text("video,mos\na.mp4,\nb.mp4,\n")
     assert check_manifest(src) == []
     assert [(p.line, p.kind) for p in check_manifest(src, require_mos=True)] == [(2, "missing_mos"), (3, "missing_mos")]
+
+
+# ---------------------------------------------------------------- header names, as the importers match them
+
+
+@pytest.mark.parametrize("header", ["Video,MOS", "VIDEO,Mos,Split", " video , mos ", "\ufeffVideo,MOS"])
+def test_standard_header_names_match_case_insensitively(tmp_path, header):
+    # Before: "Video,MOS" was refused with "header has no 'video' column (columns: Video, MOS)".
+    src = tmp_path / "m.csv"
+    split = ",Split" in header
+    rows = ["a.mp4,1.5,train", "b.mp4,2,test"] if split else ["a.mp4,1.5", "b.mp4,2"]
+    src.write_text("\n".join([header, *rows]) + "\n")
+    manifest = read_manifest(src)
+    assert [(r.video, r.mos, r.split) for r in manifest] == [
+        ("a.mp4", 1.5, "train" if split else None), ("b.mp4", 2.0, "test" if split else None)]
+    assert manifest.extra_columns == []
+    write_manifest(manifest, tmp_path / "out.csv")
+    assert (tmp_path / "out.csv").read_text().splitlines()[0] == ("video,mos,split" if split else "video,mos")
+
+
+def test_other_column_names_keep_their_spelling(tmp_path):
+    src = tmp_path / "m.csv"
+    src.write_text("Video,Duration,MOS\na.mp4,8.0,1\n")
+    manifest = read_manifest(src)
+    assert manifest.columns == ["video", "Duration", "mos"] and manifest.rows[0].extra == {"Duration": "8.0"}
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("Video,Video\na.mp4,b.mp4\n", "header repeats column(s) video (as 'Video', 'Video': video, mos and"),
+    ("video,MOS,mos\na.mp4,1,2\n", "header repeats column(s) mos (as 'MOS', 'mos': video, mos and split"),
+    ("file,score\na.mp4,1\n", "header has no 'video' column (columns: file, score); line 1 must be a"),
+    ("a.mp4,1.5\nb.mp4,2\n", "header has no 'video' column (columns: a.mp4, 1.5); line 1 must be a header"),
+])
+def test_header_problems_say_what_is_expected(tmp_path, text, expected):
+    src = tmp_path / "m.csv"
+    src.write_text(text)
+    with pytest.raises(ManifestError) as info:
+        read_manifest(src)
+    assert f"m.csv line 1: {expected}" in str(info.value) and str(src) in str(info.value)
+    if "no 'video'" in expected:
+        assert "e.g. 'video,mos'" in str(info.value) and "--format csv --video-col NAME" in str(info.value)
+
+
+def test_manifest_check_agrees_on_header_names(tmp_path):
+    root = tmp_path / "data"
+    (root / "clips").mkdir(parents=True)
+    (root / "clips" / "a.mp4").write_bytes(b"x")
+    src = tmp_path / "m.csv"
+    src.write_text("VIDEO,Mos\nclips/a.mp4,3.5\n")
+    assert check_manifest(src, root) == []
+
+
+# ---------------------------------------------------------------- livevqc given another file
+
+
+@pytest.mark.parametrize("content, looks_like", [
+    # scipy said "Unknown mat file type, version 111, 44"
+    ("Video,MOS\nA001.mp4,80.2\n" * 10, "it looks like text; line 1 is 'Video,MOS'"),
+    ("hello\n", "it looks like text; line 1 is 'hello'"),  # scipy: "appears to be truncated", a traceback
+    ("", "it is empty"),
+    (b"\x00\x01\x02\x03" * 40, "it is binary, starting with b'\\x00\\x01"),
+])
+def test_livevqc_on_a_file_that_is_not_mat_says_what_it_expected(tmp_path, content, looks_like):
+    src = tmp_path / "data.mat"
+    src.write_bytes(content if isinstance(content, bytes) else content.encode())
+    with pytest.raises(LabelFormatError) as info:
+        import_labels("livevqc", src)
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith(f"{src} cannot be read as a MATLAB .mat file ({looks_like}")
+    assert "expects the official LIVE-VQC data.mat holding 'video_list' and 'mos'" in message
+
+
+def test_livevqc_on_a_truncated_mat_file(tmp_path):
+    names = np.empty((50, 1), dtype=object)
+    names[:, 0] = [f"A{i:03d}.mp4" for i in range(50)]
+    src = tmp_path / "data.mat"
+    scipy.io.savemat(src, {"video_list": names, "mos": np.arange(50.0)[:, None]})
+    whole = src.read_bytes()
+    for size in (100, 133, len(whole) // 2):  # scipy: IndexError, OSError, MatReadError, ... (tracebacks)
+        src.write_bytes(whole[:size])
+        expected = r"it has a MATLAB header, but the rest cannot be read: .*; a truncated or damaged copy\?"
+        with pytest.raises(LabelFormatError, match=expected):
+            import_labels("livevqc", src)
+
+
+def test_cli_livevqc_on_text_is_one_line_exit_2(tmp_path):
+    from click.testing import CliRunner
+
+    from clifvqa.cli import main
+
+    src = tmp_path / "data.mat"
+    src.write_text("hello\n")
+    args = ["manifest", "import", "--format", "livevqc", str(src), "-o", str(tmp_path / "m.csv")]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == [
+        f"error: {src} cannot be read as a MATLAB .mat file (it looks like text; line 1 is 'hello'); "
+        "--format livevqc expects the official LIVE-VQC data.mat holding 'video_list' and 'mos' "
+        "(for a text table of names and MOS use --format csv)"]
+
+
+def test_manifests_doc_shows_the_header_error_as_it_is(tmp_path):
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "MANIFESTS.md").read_text()
+    shown = next(line for line in doc.splitlines() if line.startswith("M.csv line 1: header has no"))
+    src = tmp_path / "M.csv"
+    src.write_text("file,score\na.mp4,1\n")
+    with pytest.raises(ManifestError) as info:
+        read_manifest(src)
+    assert str(info.value).splitlines()[1] == shown

@@ -34,7 +34,7 @@ def test_subset_and_group_indices():
 
 
 def test_prompt_set_validation():
-    with pytest.raises(ValueError, match="twice"):
+    with pytest.raises(ValueError, match="repeats"):
         PromptSet(("a", "a"), ("objective", "objective"))
     with pytest.raises(ValueError, match="group"):
         PromptSet(("a",), ("objectiv",))
