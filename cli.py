@@ -202,17 +202,21 @@ def manifest_check(manifest_path: Path, root: Path | None, require_mos: bool) ->
 @click.option("--save-maps/--no-save-maps", default=True, show_default=True, help="Also store the per-crop maps [T, r, m, n].")
 @click.option("--save-embeddings", is_flag=True, help="Also store the crop image embeddings [T, m*n, D] (float16).")
 @click.option("--retry-failed", is_flag=True, help="Retry videos the store lists as failed.")
+@click.option("--allow-missing", is_flag=True, help="Extract the present videos when manifest files are missing (else refused before anything runs).")
 @click.option("--shard", default="0/1", show_default=True, help="Process shard K of N (K counts from 0), split by a hash of the video key.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def extract_cmd(dataset_dir: Path, manifest: Path | None, store_path: str, clip_model: str, grid: str,
                 prompts_file: Path | None, softmax: str, frame_stride: int, device: str, batch_size: str,
                 workers: int | None, dtype: str, save_maps: bool, save_embeddings: bool, retry_failed: bool,
-                shard: str, quiet: bool) -> None:
+                allow_missing: bool, shard: str, quiet: bool) -> None:
     """Stage one: score every frame's crop grid with CLIP and write the features to a store.
 
     Resumable (complete videos are skipped), shardable (--shard K/N on several machines or
-    processes), and failures are recorded in the store. Exit code 0 when every video of the
-    shard is in the store, 1 when some failed, 2 on a usage error.
+    processes), and failures are recorded in the store. Before loading CLIP, a pre-flight
+    checks that the videos exist: one missing file refuses the run (exit 2) unless
+    --allow-missing; missing files are never recorded as failures, so a rerun picks them up.
+    Exit code 0 when every video of the shard is in the store, 1 when some failed or were
+    missing, 2 on a usage error.
     """
     from clifvqa.extract.config import ExtractConfig, default_workers
     from clifvqa.extract.grid import parse_grid
@@ -231,16 +235,29 @@ def extract_cmd(dataset_dir: Path, manifest: Path | None, store_path: str, clip_
         save_maps=save_maps,
         save_embeddings=save_embeddings,
         retry_failed=retry_failed,
+        allow_missing=allow_missing,
         shard=parse_shard(shard),
     )
-    summary = extract_dataset(dataset_dir, store_path, manifest=manifest, config=config, progress=not quiet)
+    summary = extract_dataset(dataset_dir, store_path, manifest=manifest, config=config, progress=not quiet,
+                              log=lambda line: quiet or click.echo(line, err=True))
     if summary.total == 0:
         click.echo(f"warning: no videos to extract{' in this shard' if shard != '0/1' else ''}", err=True)
-    for key, error in summary.failures:
-        click.echo(f"failed: {key}: {error}", err=True)
+    _echo_failures(summary.failures, store_path)
     click.echo(summary.line())
     if not summary.ok:
         sys.exit(1)
+
+
+MAX_LISTED = 10
+"""Failures (and skipped rows) a command lists one per line before it only counts the rest."""
+
+
+def _echo_failures(failures: list[tuple[str, str]], store_path: str) -> None:
+    for key, error in failures[:MAX_LISTED]:
+        click.echo(f"failed: {key}: {error}", err=True)
+    if len(failures) > MAX_LISTED:
+        click.echo(f"... and {len(failures) - MAX_LISTED} more failures "
+                   f"(clifvqa store info {store_path} --failures lists them all)", err=True)
 
 
 def _positive_int(text: str, option: str) -> int:
@@ -365,8 +382,7 @@ def store_rescore_cmd(src: str, prompts_file: str, softmax: str, output: str, cl
 
     summary = rescore_store(src, output, prompts_file, softmax=softmax, clip_model=clip_model,  # type: ignore[arg-type]
                             device=device, save_maps=save_maps, copy_embeddings=copy_embeddings, progress=not quiet)
-    for key, error in summary.failures:
-        click.echo(f"failed: {key}: {error}", err=True)
+    _echo_failures(summary.failures, output)
     click.echo(summary.line())
     if not summary.ok:
         sys.exit(1)

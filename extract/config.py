@@ -38,6 +38,8 @@ class ExtractConfig:
         save_embeddings: also store the L2-normalised crop image embeddings [T, m*n, D] (float16),
             so new prompts can be scored later without decoding again.
         retry_failed: try again the videos the store lists as failed.
+        allow_missing: extract the present videos when some files are missing (else the run is
+            refused before anything is loaded; see :func:`clifvqa.extract.runner.preflight`).
         shard: ``(k, n)``: process only the videos whose key hashes to shard k of n.
     """
 
@@ -53,6 +55,7 @@ class ExtractConfig:
     save_maps: bool = True
     save_embeddings: bool = False
     retry_failed: bool = False
+    allow_missing: bool = False
     shard: tuple[int, int] = (0, 1)
 
     def __post_init__(self) -> None:
