@@ -74,6 +74,10 @@ def main(debug: bool) -> None:
     """
 
 
+MAX_LISTED = 10
+"""Failures (and skipped rows) a command lists one per line before it only counts the rest."""
+
+
 def fail(message: str, code: int = 2) -> None:
     """Print ``message`` to stderr as a clifvqa error and exit with ``code``."""
     click.secho(f"error: {message}", fg="red", err=True)
@@ -128,21 +132,34 @@ def manifest_scan(directory: Path, output: Path, probe: bool, force: bool) -> No
 @click.option("--split", type=click.Choice(_SPLITS), help="Tag every row with this split (lsvq: only without an official split; default train).")
 @click.option("--ext", help="Extension added to YouTube-UGC names (default .mkv).")
 @click.option("--force", is_flag=True, help="Replace an existing output file.")
+@click.option("--allow-skipped", is_flag=True, help="Exit 0 even when rows of SRC were skipped.")
 def manifest_import(fmt: str, src: Path, output: Path, prefix: str, video_col: str | None, mos_col: str | None,
-                    split: str | None, ext: str | None, force: bool) -> None:
-    """Convert the official label file SRC into a manifest; every skipped row is listed on stderr."""
+                    split: str | None, ext: str | None, force: bool, allow_skipped: bool) -> None:
+    """Convert the official label file SRC into a manifest.
+
+    Rows that cannot be imported are skipped; the first few are listed on stderr with the
+    count. The manifest of the other rows is written either way; the exit code is 1 when
+    rows were skipped, unless --allow-skipped.
+    """
     from clifvqa.manifests.importers import import_labels
     from clifvqa.manifests.io import write_manifest
 
     _refuse_existing(output, force)
     opts = {k: v for k, v in dict(video_col=video_col, mos_col=mos_col, split=split, ext=ext).items() if v is not None}
     result = import_labels(fmt, src, prefix, **opts)
-    for line, reason in result.skipped:
+    skipped = result.skipped
+    for line, reason in skipped[:MAX_LISTED]:
         click.echo(f"{src} {result.unit} {line}: skipped: {reason}", err=True)
+    if len(skipped) > MAX_LISTED:
+        click.echo(f"... and {len(skipped) - MAX_LISTED} more skipped {result.unit}s", err=True)
     if not result.manifest.rows:
         fail(f"no usable rows in {src}; nothing written")
     write_manifest(result.manifest, output, overwrite=force)
-    click.echo(f"wrote {len(result.manifest)} rows to {output} ({len(result.skipped)} skipped)")
+    click.echo(f"wrote {len(result.manifest)} rows to {output} ({len(skipped)} skipped)")
+    if skipped and not allow_skipped:
+        click.echo(f"{src}: {len(skipped)} skipped, {len(result.manifest)} imported; pass --allow-skipped "
+                   "to accept the skipped ones (exit 0)", err=True)
+        sys.exit(1)
 
 
 @manifest_group.command("split")
@@ -171,16 +188,23 @@ def manifest_split(manifest_path: Path, seeds: int, test_fraction: float, val_fr
 @click.option("--root", type=click.Path(exists=True, file_okay=False, path_type=Path), help="Dataset folder: also check every video file exists.")
 @click.option("--require-mos", is_flag=True, help="Flag empty MOS even when no row has one.")
 def manifest_check(manifest_path: Path, root: Path | None, require_mos: bool) -> None:
-    """Report every problem of MANIFEST_PATH as FILE:LINE: video: message; exit 0 only when clean."""
+    """Report every problem of MANIFEST_PATH as FILE:LINE: video: message; exit 0 only when clean.
+
+    With --root the last line also says how many videos are present (k of n). Raw .yuv rows
+    are flagged: they have no container, so extraction could not decode them.
+    """
     from clifvqa.manifests.check import check_manifest
 
-    problems = check_manifest(manifest_path, root, require_mos=require_mos)
-    for p in problems:
+    check = check_manifest(manifest_path, root, require_mos=require_mos)
+    presence = check.presence_line()
+    for p in check.problems:
         click.echo(f"{manifest_path}:{p.line}: {p.video + ': ' if p.video else ''}{p.message}")
-    if problems:
-        click.echo(f"{manifest_path}: {len(problems)} problem{'s' if len(problems) != 1 else ''}", err=True)
+    if check.problems:
+        count = len(check.problems)
+        click.echo(f"{manifest_path}: {count} problem{'s' if count != 1 else ''}"
+                   + (f"; {presence}" if presence else ""), err=True)
         sys.exit(1)
-    click.echo(f"{manifest_path}: no problems")
+    click.echo(f"{manifest_path}: no problems" + (f" ({presence})" if presence else ""))
 
 
 # ---------------------------------------------------------------- extract (extract/)
@@ -246,10 +270,6 @@ def extract_cmd(dataset_dir: Path, manifest: Path | None, store_path: str, clip_
     click.echo(summary.line())
     if not summary.ok:
         sys.exit(1)
-
-
-MAX_LISTED = 10
-"""Failures (and skipped rows) a command lists one per line before it only counts the rest."""
 
 
 def _echo_failures(failures: list[tuple[str, str]], store_path: str) -> None:
