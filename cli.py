@@ -297,8 +297,10 @@ def store() -> None:
 @store.command("info")
 @click.argument("path")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-def store_info_cmd(path: str, as_json: bool) -> None:
-    """Show how the store at PATH (or URL) was made, what it holds and which videos failed."""
+@click.option("--failures", "all_failures", is_flag=True, help="List every failed video, not only the reasons.")
+def store_info_cmd(path: str, as_json: bool, all_failures: bool) -> None:
+    """Show how the store at PATH (or URL) was made, what it holds and why videos failed
+    (grouped by reason with a few examples; --failures lists every one)."""
     import json
 
     from clifvqa.features.info import store_info
@@ -319,10 +321,17 @@ def store_info_cmd(path: str, as_json: bool) -> None:
         click.echo(f"consolidated  {info['consolidated']}")
     click.echo("provenance")
     click.echo("  " + json.dumps(info["provenance"], indent=2, sort_keys=True).replace("\n", "\n  "))
-    if info["failures"]:
+    if all_failures and info["failures"]:
         click.echo("failures")
         for rec in info["failures"]:
             click.echo(f"  {rec['key']}: {rec['error']}  (source {rec['source']}, {rec['time']})")
+    elif info["failures"]:
+        click.echo(f"failures      {counts['failed']} videos, by reason (--failures lists every one)")
+        width = len(str(info["failure_reasons"][0]["count"]))
+        for group in info["failure_reasons"]:
+            more = group["count"] - len(group["examples"])
+            examples = ", ".join(group["examples"]) + (f" and {more} more" if more else "")
+            click.echo(f"  {group['count']:>{width}}  {group['reason']}  (e.g. {examples})")
 
 
 @store.command("verify")
