@@ -358,11 +358,12 @@ def store_verify_cmd(path: str, manifest: str | None) -> None:
 @click.argument("sources", nargs=-1, required=True)
 @click.option("-o", "--output", required=True, help="New store to write (.zarr, .h5/.hdf5 or .zarr.zip).")
 @click.option("--prefer", type=click.Choice(["first", "last"]), help="For videos whose features differ between sources, take the first/last source's copy.")
-def store_merge_cmd(sources: tuple[str, ...], output: str, prefer: str | None) -> None:
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def store_merge_cmd(sources: tuple[str, ...], output: str, prefer: str | None, quiet: bool) -> None:
     """Merge SOURCES (e.g. shard stores) into a new store; all must share one fingerprint."""
     from clifvqa.features.merge import merge_stores
 
-    report = merge_stores(list(sources), output, prefer=prefer)
+    report = merge_stores(list(sources), output, prefer=prefer, progress=not quiet)
     click.echo(report.summary())
 
 
@@ -370,11 +371,12 @@ def store_merge_cmd(sources: tuple[str, ...], output: str, prefer: str | None) -
 @click.argument("src")
 @click.argument("dst")
 @click.option("--zarr-format", type=click.Choice(["2", "3"]), default="3", show_default=True, help="Zarr format of a .zarr/.zarr.zip DST (2: readable by zarr 2.x).")
-def store_convert_cmd(src: str, dst: str, zarr_format: str) -> None:
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def store_convert_cmd(src: str, dst: str, zarr_format: str, quiet: bool) -> None:
     """Copy the store SRC into the new store DST (.zarr, .h5/.hdf5, .zarr.zip), bit-exact."""
     from clifvqa.features.merge import convert_store
 
-    report = convert_store(src, dst, zarr_format=int(zarr_format))
+    report = convert_store(src, dst, zarr_format=int(zarr_format), progress=not quiet)
     click.echo(report.summary())
 
 
