@@ -35,7 +35,8 @@ def is_user_error(exc: BaseException) -> bool:
 
 def error_line(exc: BaseException) -> str:
     """``exc`` as one line: an OSError as ``FILE: reason``, line breaks joined with ``; ``."""
-    text = f"{exc.filename}: {exc.strerror}" if isinstance(exc, OSError) and exc.strerror and exc.filename else str(exc)
+    named = isinstance(exc, OSError) and exc.strerror and exc.filename
+    text = f"{exc.filename}: {exc.strerror}" if named else str(exc)
     return "; ".join(line.strip() for line in text.splitlines() if line.strip()) or type(exc).__name__
 
 
@@ -58,7 +59,8 @@ class _ClifvqaGroup(click.Group):
             fail(error_line(exc))
 
 
-@click.group(cls=_ClifvqaGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(cls=_ClifvqaGroup,
+             context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, "--version", prog_name="clifvqa")
 @click.option("--debug", is_flag=True, envvar="CLIFVQA_DEBUG",
               help="Also print the traceback of errors (or set CLIFVQA_DEBUG=1).")
@@ -226,7 +228,8 @@ def manifest_check(manifest_path: Path, root: Path | None, require_mos: bool) ->
 @click.option("--save-maps/--no-save-maps", default=True, show_default=True, help="Also store the per-crop maps [T, r, m, n].")
 @click.option("--save-embeddings", is_flag=True, help="Also store the crop image embeddings [T, m*n, D] (float16).")
 @click.option("--retry-failed", is_flag=True, help="Retry videos the store lists as failed.")
-@click.option("--allow-missing", is_flag=True, help="Extract the present videos when manifest files are missing (else refused before anything runs).")
+@click.option("--allow-missing", is_flag=True,
+              help="Extract the present videos when some are missing (else refused before any work).")
 @click.option("--shard", default="0/1", show_default=True, help="Process shard K of N (K counts from 0), split by a hash of the video key.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def extract_cmd(dataset_dir: Path, manifest: Path | None, store_path: str, clip_model: str, grid: str,
@@ -297,7 +300,8 @@ def store() -> None:
 @store.command("info")
 @click.argument("path")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-@click.option("--failures", "all_failures", is_flag=True, help="List every failed video, not only the reasons.")
+@click.option("--failures", "all_failures", is_flag=True,
+              help="List every failed video, not only the reasons.")
 def store_info_cmd(path: str, as_json: bool, all_failures: bool) -> None:
     """Show how the store at PATH (or URL) was made, what it holds and why videos failed
     (grouped by reason with a few examples; --failures lists every one)."""

@@ -67,8 +67,9 @@ def test_import_summarises_many_skipped_rows(tmp_path):
     assert result.exit_code == 1
     lines = result.stderr.splitlines()
     assert len(lines) == 12 and lines[0] == f"{src} line 3: skipped: 100.mp4: missing MOS"
-    assert lines[10:] == ["... and 15 more skipped lines",
-                          f"{src}: 25 skipped, 1 imported; pass --allow-skipped to accept the skipped ones (exit 0)"]
+    assert lines[10:] == [
+        "... and 15 more skipped lines",
+        f"{src}: 25 skipped, 1 imported; pass --allow-skipped to accept the skipped ones (exit 0)"]
 
 
 def test_import_generic_csv_options_and_errors(tmp_path):

@@ -532,5 +532,6 @@ def test_check_flags_raw_yuv_rows(tmp_path):
     (tmp_path / "LIVE").mkdir()
     (tmp_path / "LIVE" / "b.YUV").write_bytes(b"\0" * 64)
     problems = check_manifest(src, tmp_path).problems
-    assert [(p.line, p.video, p.kind) for p in problems] == [(2, "a.mp4", "missing_file"), (3, "LIVE/b.YUV", "raw_yuv")]
+    assert [(p.line, p.video, p.kind) for p in problems] == [
+        (2, "a.mp4", "missing_file"), (3, "LIVE/b.YUV", "raw_yuv")]
     assert problems[1].message.startswith("raw YUV has no container: PyAV cannot decode it without")

@@ -60,13 +60,14 @@ def test_allow_missing_extracts_the_present_and_a_rerun_picks_up_new_files(tmp_p
     assert first.exit_code == 1, first.output  # the shard is not complete
     assert first.stderr == ""  # --quiet: no pre-flight line, no flood
     assert first.stdout.startswith("1 done, 0 skipped (already complete), 0 failed of 5 videos")
-    assert first.stdout.rstrip().endswith("; 4 missing, not extracted (a rerun picks them up once they exist)")
+    assert first.stdout.rstrip().endswith(
+        "; 4 missing, not extracted (a rerun picks them up once they exist)")
     with open_store(store) as opened:
         assert opened.keys() == [keys[0]] and opened.failures() == {}
 
     loud = run(*[a for a in args if a != "--quiet"])
-    assert f"pre-flight: 0 of 4 videos to extract are present under {ds} (1 already complete in the store); " \
-           f"4 missing: {keys[1]}, {keys[2]}, {keys[3]} and 1 more" in loud.stderr
+    assert (f"pre-flight: 0 of 4 videos to extract are present under {ds} (1 already complete in the "
+            f"store); 4 missing: {keys[1]}, {keys[2]}, {keys[3]} and 1 more") in loud.stderr
 
     for i, key in enumerate(keys[1:3], start=1):
         make_video(key, root=ds, seed=i, **CLIP)
@@ -81,7 +82,7 @@ def test_allow_missing_extracts_the_present_and_a_rerun_picks_up_new_files(tmp_p
         assert opened.keys() == sorted(keys) and opened.failures() == {}
 
 
-def test_failures_recorded_for_missing_files_are_retried_once_the_file_exists(tmp_path, tiny_clip, make_video):
+def test_missing_file_failures_are_retried_once_the_file_exists(tmp_path, tiny_clip, make_video):
     """Stores written before the pre-flight hold "No such file" failure records."""
     ds, manifest, keys = konvid_like(tmp_path, make_video, present=3, rows=3)
     store = tmp_path / "s.zarr"
@@ -118,7 +119,7 @@ def test_preflight_library_function(tmp_path, make_video):
 def test_extract_dataset_reports_the_preflight_through_log(tmp_path, tiny_clip, make_video):
     ds, manifest, keys = konvid_like(tmp_path, make_video, present=1, rows=2)
     lines: list[str] = []
-    summary = extract_dataset(ds, tmp_path / "s.h5", manifest, ExtractConfig(
-        clip_model=str(tiny_clip), grid=(1, 1), workers=1, allow_missing=True), progress=False, log=lines.append)
+    config = ExtractConfig(clip_model=str(tiny_clip), grid=(1, 1), workers=1, allow_missing=True)
+    summary = extract_dataset(ds, tmp_path / "s.h5", manifest, config, progress=False, log=lines.append)
     assert lines == [f"pre-flight: 1 of 2 videos to extract are present under {ds}; 1 missing: {keys[1]}"]
     assert (summary.done, summary.missing, summary.ok) == (1, [keys[1]], False)

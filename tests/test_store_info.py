@@ -73,7 +73,8 @@ def test_failures_are_summarised_by_reason(tmp_path):
             store.record_failure(key, f"/data/{key}: cannot open: No such file or directory", key)
         for i, frame in enumerate([12, 40]):
             key = f"broken{i}.mp4"
-            store.record_failure(key, f"{key}: no decodable frames (demuxing stopped after frame {frame})", key)
+            error = f"{key}: no decodable frames (demuxing stopped after frame {frame})"
+            store.record_failure(key, error, key)
         store.record_failure("empty.mp4", "empty.mp4: file is empty (0 bytes)", "empty.mp4")
     with open_store(path) as store:
         groups = failure_reasons(store.failures())
