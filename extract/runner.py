@@ -112,7 +112,8 @@ class Preflight:
         root: the dataset folder.
         present: keys to extract whose file exists.
         missing: keys to extract whose file does not exist (in run order).
-        complete: keys skipped because the store already holds them (their files are not needed).
+        complete: how many keys were left out because the store holds them complete (their
+            files are not needed).
     """
 
     root: Path
@@ -121,9 +122,13 @@ class Preflight:
     complete: int = 0
 
     def line(self) -> str:
-        """One line: how many are present, and the first few missing names."""
+        """``pre-flight: `` and :meth:`counts`."""
+        return f"pre-flight: {self.counts()}"
+
+    def counts(self) -> str:
+        """How many are present, and the first few missing names."""
         total = len(self.present) + len(self.missing)
-        text = f"pre-flight: {len(self.present)} of {total} videos to extract are present under {self.root}"
+        text = f"{len(self.present)} of {total} videos to extract are present under {self.root}"
         if self.complete:
             text += f" ({self.complete} already complete in the store)"
         if self.missing:
@@ -154,7 +159,7 @@ def preflight(root: str | Path, keys: list[str], complete: set[str] | frozenset[
     gone = set(missing)
     check = Preflight(root, [k for k in todo if k not in gone], missing, len(keys) - len(todo))
     if missing and not allow_missing:
-        raise MissingVideosError(f"{check.line()[len('pre-flight: '):]}; nothing was extracted: pass "
+        raise MissingVideosError(f"{check.counts()}; nothing was extracted: pass "
                                  "allow_missing=True / --allow-missing to extract the present ones")
     return check
 
@@ -162,8 +167,10 @@ def preflight(root: str | Path, keys: list[str], complete: set[str] | frozenset[
 def _complete_keys(store_path: str | Path) -> set[str]:
     """Complete keys of an existing store; empty when there is none yet or it cannot be read
     (opening it for writing then says why)."""
-    from clifvqa.features.store import open_store
+    from clifvqa.features.store import is_url, open_store
 
+    if is_url(store_path):  # refused as an output later; no need to reach the network first
+        return set()
     try:
         with open_store(store_path) as store:
             return set(store.keys())
@@ -226,6 +233,11 @@ def extract_dataset(
 ) -> ExtractSummary:
     """Extract the semantic features of every video of a dataset (this shard's share) into a store.
 
+    Before the model is loaded or any video decoded, :func:`preflight` checks that the files
+    exist: any missing file refuses the run unless ``config.allow_missing``; missing files are
+    then left out (``summary.missing``), not recorded as failures. Failures recorded because the
+    file was missing (:data:`MISSING_FILE`) are retried once the file exists.
+
     Args:
         dataset_dir: folder the video keys are relative to.
         store_path: ``.zarr`` directory (default) or ``.h5``/``.hdf5`` file; created when missing.
@@ -239,11 +251,6 @@ def extract_dataset(
 
     Returns:
         The run's :class:`ExtractSummary`; ``summary.ok`` says whether the shard is complete.
-
-    Before the model is loaded or any video decoded, :func:`preflight` checks that the files
-    exist: any missing file refuses the run unless ``config.allow_missing``; missing files are
-    then left out (``summary.missing``), not recorded as failures. Failures recorded because the
-    file was missing (:data:`MISSING_FILE`) are retried once the file exists.
 
     Raises:
         MissingVideosError: files are missing and ``config.allow_missing`` is off.
