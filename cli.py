@@ -18,9 +18,53 @@ from clifvqa.manifests.importers import FORMATS as _IMPORT_FORMATS  # light: csv
 from clifvqa.manifests.io import SPLITS as _SPLITS
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+def is_user_error(exc: BaseException) -> bool:
+    """Whether ``exc`` means "the input or the machine is not as the command needs" rather than
+    a bug: ValueError and its subclasses (StoreError, DataError, FingerprintMismatch,
+    UnsafePathError, ManifestError, CheckpointError, ...), OSError (missing, existing or
+    unreadable files), ImportError (an optional backend such as s3fs is not installed), and
+    the two RuntimeErrors of setup: the CLIP model cannot be loaded, the device ran out of memory."""
+    if isinstance(exc, (ValueError, OSError, ImportError)):
+        return True
+    # Looked up, not imported (that would load torch): an error class whose module was never
+    # imported cannot have been raised.
+    clip_model, sfe = (sys.modules.get(f"clifvqa.extract.{name}") for name in ("clip_model", "sfe"))
+    return ((clip_model is not None and isinstance(exc, clip_model.ClipLoadError))
+            or (sfe is not None and isinstance(exc, sfe.DeviceMemoryError)))
+
+
+def error_line(exc: BaseException) -> str:
+    """``exc`` as one line: an OSError as ``FILE: reason``, line breaks joined with ``; ``."""
+    named = isinstance(exc, OSError) and exc.strerror and exc.filename
+    text = f"{exc.filename}: {exc.strerror}" if named else str(exc)
+    return "; ".join(line.strip() for line in text.splitlines() if line.strip()) or type(exc).__name__
+
+
+class _ClifvqaGroup(click.Group):
+    """The ``clifvqa`` group, and the one place errors are handled: a user error raised by any
+    command (see :func:`is_user_error`) ends as one ``error: ...`` line on stderr and exit
+    status 2. Anything else is a bug and keeps its traceback. ``--debug`` (or
+    ``CLIFVQA_DEBUG=1``) prints the traceback of user errors too."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except Exception as exc:
+            if not is_user_error(exc):
+                raise
+            if ctx.params.get("debug"):
+                import traceback
+
+                traceback.print_exc()
+            fail(error_line(exc))
+
+
+@click.group(cls=_ClifvqaGroup,
+             context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, "--version", prog_name="clifvqa")
-def main() -> None:
+@click.option("--debug", is_flag=True, envvar="CLIFVQA_DEBUG",
+              help="Also print the traceback of errors (or set CLIFVQA_DEBUG=1).")
+def main(debug: bool) -> None:
     """CLiF-VQA video quality assessment: extract CLIP semantic features once, train many times.
 
     \b
@@ -30,6 +74,10 @@ def main() -> None:
     Datasets    clifvqa manifest scan|import|split|check
     Stores      clifvqa store info|verify|merge|convert|rescore
     """
+
+
+MAX_LISTED = 10
+"""Failures (and skipped rows) a command lists one per line before it only counts the rest."""
 
 
 def fail(message: str, code: int = 2) -> None:
@@ -86,24 +134,34 @@ def manifest_scan(directory: Path, output: Path, probe: bool, force: bool) -> No
 @click.option("--split", type=click.Choice(_SPLITS), help="Tag every row with this split (lsvq: only without an official split; default train).")
 @click.option("--ext", help="Extension added to YouTube-UGC names (default .mkv).")
 @click.option("--force", is_flag=True, help="Replace an existing output file.")
+@click.option("--allow-skipped", is_flag=True, help="Exit 0 even when rows of SRC were skipped.")
 def manifest_import(fmt: str, src: Path, output: Path, prefix: str, video_col: str | None, mos_col: str | None,
-                    split: str | None, ext: str | None, force: bool) -> None:
-    """Convert the official label file SRC into a manifest; every skipped row is listed on stderr."""
+                    split: str | None, ext: str | None, force: bool, allow_skipped: bool) -> None:
+    """Convert the official label file SRC into a manifest.
+
+    Rows that cannot be imported are skipped; the first few are listed on stderr with the
+    count. The manifest of the other rows is written either way; the exit code is 1 when
+    rows were skipped, unless --allow-skipped.
+    """
     from clifvqa.manifests.importers import import_labels
     from clifvqa.manifests.io import write_manifest
 
     _refuse_existing(output, force)
     opts = {k: v for k, v in dict(video_col=video_col, mos_col=mos_col, split=split, ext=ext).items() if v is not None}
-    try:
-        result = import_labels(fmt, src, prefix, **opts)
-    except ValueError as exc:
-        fail(str(exc))
-    for line, reason in result.skipped:
+    result = import_labels(fmt, src, prefix, **opts)
+    skipped = result.skipped
+    for line, reason in skipped[:MAX_LISTED]:
         click.echo(f"{src} {result.unit} {line}: skipped: {reason}", err=True)
+    if len(skipped) > MAX_LISTED:
+        click.echo(f"... and {len(skipped) - MAX_LISTED} more skipped {result.unit}s", err=True)
     if not result.manifest.rows:
         fail(f"no usable rows in {src}; nothing written")
     write_manifest(result.manifest, output, overwrite=force)
-    click.echo(f"wrote {len(result.manifest)} rows to {output} ({len(result.skipped)} skipped)")
+    click.echo(f"wrote {len(result.manifest)} rows to {output} ({len(skipped)} skipped)")
+    if skipped and not allow_skipped:
+        click.echo(f"{src}: {len(skipped)} skipped, {len(result.manifest)} imported; pass --allow-skipped "
+                   "to accept the skipped ones (exit 0)", err=True)
+        sys.exit(1)
 
 
 @manifest_group.command("split")
@@ -120,11 +178,8 @@ def manifest_split(manifest_path: Path, seeds: int, test_fraction: float, val_fr
     from clifvqa.manifests.io import read_manifest
     from clifvqa.manifests.split import random_splits, write_splits
 
-    try:
-        splits = random_splits(read_manifest(manifest_path), seeds, test_fraction, val_fraction, seed)
-        paths = write_splits(splits, output_dir, overwrite=force)
-    except (ValueError, FileExistsError) as exc:
-        fail(str(exc) + ("; use --force to replace them" if isinstance(exc, FileExistsError) else ""))
+    splits = random_splits(read_manifest(manifest_path), seeds, test_fraction, val_fraction, seed)
+    paths = write_splits(splits, output_dir, overwrite=force)
     for path, split in zip(paths, splits):
         counts = {name: sum(row.split == name for row in split) for name in _SPLITS}
         click.echo(f"{path}: {counts['train']} train, {counts['val']} val, {counts['test']} test")
@@ -135,19 +190,23 @@ def manifest_split(manifest_path: Path, seeds: int, test_fraction: float, val_fr
 @click.option("--root", type=click.Path(exists=True, file_okay=False, path_type=Path), help="Dataset folder: also check every video file exists.")
 @click.option("--require-mos", is_flag=True, help="Flag empty MOS even when no row has one.")
 def manifest_check(manifest_path: Path, root: Path | None, require_mos: bool) -> None:
-    """Report every problem of MANIFEST_PATH as FILE:LINE: video: message; exit 0 only when clean."""
+    """Report every problem of MANIFEST_PATH as FILE:LINE: video: message; exit 0 only when clean.
+
+    With --root the last line also says how many videos are present (k of n). Raw .yuv rows
+    are flagged: they have no container, so extraction could not decode them.
+    """
     from clifvqa.manifests.check import check_manifest
 
-    try:
-        problems = check_manifest(manifest_path, root, require_mos=require_mos)
-    except ValueError as exc:
-        fail(str(exc))
-    for p in problems:
+    check = check_manifest(manifest_path, root, require_mos=require_mos)
+    presence = check.presence_line()
+    for p in check.problems:
         click.echo(f"{manifest_path}:{p.line}: {p.video + ': ' if p.video else ''}{p.message}")
-    if problems:
-        click.echo(f"{manifest_path}: {len(problems)} problem{'s' if len(problems) != 1 else ''}", err=True)
+    if check.problems:
+        count = len(check.problems)
+        click.echo(f"{manifest_path}: {count} problem{'s' if count != 1 else ''}"
+                   + (f"; {presence}" if presence else ""), err=True)
         sys.exit(1)
-    click.echo(f"{manifest_path}: no problems")
+    click.echo(f"{manifest_path}: no problems" + (f" ({presence})" if presence else ""))
 
 
 # ---------------------------------------------------------------- extract (extract/)
@@ -169,51 +228,59 @@ def manifest_check(manifest_path: Path, root: Path | None, require_mos: bool) ->
 @click.option("--save-maps/--no-save-maps", default=True, show_default=True, help="Also store the per-crop maps [T, r, m, n].")
 @click.option("--save-embeddings", is_flag=True, help="Also store the crop image embeddings [T, m*n, D] (float16).")
 @click.option("--retry-failed", is_flag=True, help="Retry videos the store lists as failed.")
+@click.option("--allow-missing", is_flag=True,
+              help="Extract the present videos when some are missing (else refused before any work).")
 @click.option("--shard", default="0/1", show_default=True, help="Process shard K of N (K counts from 0), split by a hash of the video key.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def extract_cmd(dataset_dir: Path, manifest: Path | None, store_path: str, clip_model: str, grid: str,
                 prompts_file: Path | None, softmax: str, frame_stride: int, device: str, batch_size: str,
                 workers: int | None, dtype: str, save_maps: bool, save_embeddings: bool, retry_failed: bool,
-                shard: str, quiet: bool) -> None:
+                allow_missing: bool, shard: str, quiet: bool) -> None:
     """Stage one: score every frame's crop grid with CLIP and write the features to a store.
 
     Resumable (complete videos are skipped), shardable (--shard K/N on several machines or
-    processes), and failures are recorded in the store. Exit code 0 when every video of the
-    shard is in the store, 1 when some failed, 2 on a usage error.
+    processes), and failures are recorded in the store. Before loading CLIP, a pre-flight
+    checks that the videos exist: one missing file refuses the run (exit 2) unless
+    --allow-missing; missing files are never recorded as failures, so a rerun picks them up.
+    Exit code 0 when every video of the shard is in the store, 1 when some failed or were
+    missing, 2 on a usage error.
     """
-    from clifvqa.extract.clip_model import ClipLoadError
     from clifvqa.extract.config import ExtractConfig, default_workers
     from clifvqa.extract.grid import parse_grid
     from clifvqa.extract.runner import extract_dataset, parse_shard
-    from clifvqa.extract.sfe import DeviceMemoryError
 
-    try:
-        config = ExtractConfig(
-            clip_model=clip_model,
-            grid=parse_grid(grid),
-            prompts_file=str(prompts_file) if prompts_file else None,
-            softmax=softmax,  # type: ignore[arg-type]
-            frame_stride=frame_stride,
-            device=device,
-            batch_size="auto" if batch_size == "auto" else _positive_int(batch_size, "--batch-size"),
-            workers=workers or default_workers(),
-            dtype=dtype,  # type: ignore[arg-type]
-            save_maps=save_maps,
-            save_embeddings=save_embeddings,
-            retry_failed=retry_failed,
-            shard=parse_shard(shard),
-        )
-        summary = extract_dataset(dataset_dir, store_path, manifest=manifest, config=config, progress=not quiet)
-    # ValueError covers FingerprintMismatch, StoreError, ManifestError, UnsafePathError, PromptFileError.
-    except (ClipLoadError, DeviceMemoryError, NotADirectoryError, ValueError) as exc:
-        fail(str(exc))
+    config = ExtractConfig(
+        clip_model=clip_model,
+        grid=parse_grid(grid),
+        prompts_file=str(prompts_file) if prompts_file else None,
+        softmax=softmax,  # type: ignore[arg-type]
+        frame_stride=frame_stride,
+        device=device,
+        batch_size="auto" if batch_size == "auto" else _positive_int(batch_size, "--batch-size"),
+        workers=workers or default_workers(),
+        dtype=dtype,  # type: ignore[arg-type]
+        save_maps=save_maps,
+        save_embeddings=save_embeddings,
+        retry_failed=retry_failed,
+        allow_missing=allow_missing,
+        shard=parse_shard(shard),
+    )
+    summary = extract_dataset(dataset_dir, store_path, manifest=manifest, config=config, progress=not quiet,
+                              log=lambda line: quiet or click.echo(line, err=True))
     if summary.total == 0:
         click.echo(f"warning: no videos to extract{' in this shard' if shard != '0/1' else ''}", err=True)
-    for key, error in summary.failures:
-        click.echo(f"failed: {key}: {error}", err=True)
+    _echo_failures(summary.failures, store_path)
     click.echo(summary.line())
     if not summary.ok:
         sys.exit(1)
+
+
+def _echo_failures(failures: list[tuple[str, str]], store_path: str) -> None:
+    for key, error in failures[:MAX_LISTED]:
+        click.echo(f"failed: {key}: {error}", err=True)
+    if len(failures) > MAX_LISTED:
+        click.echo(f"... and {len(failures) - MAX_LISTED} more failures "
+                   f"(clifvqa store info {store_path} --failures lists them all)", err=True)
 
 
 def _positive_int(text: str, option: str) -> int:
@@ -224,8 +291,6 @@ def _positive_int(text: str, option: str) -> int:
 
 # ---------------------------------------------------------------- store (features/)
 
-_STORE_ERRORS = (ValueError, OSError, ImportError)  # FingerprintMismatch, StoreError, missing fsspec backend, ...
-
 
 @main.group("store")
 def store() -> None:
@@ -235,16 +300,16 @@ def store() -> None:
 @store.command("info")
 @click.argument("path")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-def store_info_cmd(path: str, as_json: bool) -> None:
-    """Show how the store at PATH (or URL) was made, what it holds and which videos failed."""
+@click.option("--failures", "all_failures", is_flag=True,
+              help="List every failed video, not only the reasons.")
+def store_info_cmd(path: str, as_json: bool, all_failures: bool) -> None:
+    """Show how the store at PATH (or URL) was made, what it holds and why videos failed
+    (grouped by reason with a few examples; --failures lists every one)."""
     import json
 
     from clifvqa.features.info import store_info
 
-    try:
-        info = store_info(path)
-    except _STORE_ERRORS as exc:
-        fail(str(exc))
+    info = store_info(path)
     if as_json:
         click.echo(json.dumps(info, indent=2))
         return
@@ -260,10 +325,17 @@ def store_info_cmd(path: str, as_json: bool) -> None:
         click.echo(f"consolidated  {info['consolidated']}")
     click.echo("provenance")
     click.echo("  " + json.dumps(info["provenance"], indent=2, sort_keys=True).replace("\n", "\n  "))
-    if info["failures"]:
+    if all_failures and info["failures"]:
         click.echo("failures")
         for rec in info["failures"]:
             click.echo(f"  {rec['key']}: {rec['error']}  (source {rec['source']}, {rec['time']})")
+    elif info["failures"]:
+        click.echo(f"failures      {counts['failed']} videos, by reason (--failures lists every one)")
+        width = len(str(info["failure_reasons"][0]["count"]))
+        for group in info["failure_reasons"]:
+            more = group["count"] - len(group["examples"])
+            examples = ", ".join(group["examples"]) + (f" and {more} more" if more else "")
+            click.echo(f"  {group['count']:>{width}}  {group['reason']}  (e.g. {examples})")
 
 
 @store.command("verify")
@@ -277,10 +349,7 @@ def store_verify_cmd(path: str, manifest: str | None) -> None:
     """
     from clifvqa.features.verify import verify_store
 
-    try:
-        problems = verify_store(path, manifest)
-    except _STORE_ERRORS as exc:
-        fail(str(exc))
+    problems = verify_store(path, manifest)
     for problem in problems:
         click.echo(str(problem))
     if problems:
@@ -293,14 +362,12 @@ def store_verify_cmd(path: str, manifest: str | None) -> None:
 @click.argument("sources", nargs=-1, required=True)
 @click.option("-o", "--output", required=True, help="New store to write (.zarr, .h5/.hdf5 or .zarr.zip).")
 @click.option("--prefer", type=click.Choice(["first", "last"]), help="For videos whose features differ between sources, take the first/last source's copy.")
-def store_merge_cmd(sources: tuple[str, ...], output: str, prefer: str | None) -> None:
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def store_merge_cmd(sources: tuple[str, ...], output: str, prefer: str | None, quiet: bool) -> None:
     """Merge SOURCES (e.g. shard stores) into a new store; all must share one fingerprint."""
     from clifvqa.features.merge import merge_stores
 
-    try:
-        report = merge_stores(list(sources), output, prefer=prefer)
-    except _STORE_ERRORS as exc:
-        fail(str(exc))
+    report = merge_stores(list(sources), output, prefer=prefer, progress=not quiet)
     click.echo(report.summary())
 
 
@@ -308,14 +375,12 @@ def store_merge_cmd(sources: tuple[str, ...], output: str, prefer: str | None) -
 @click.argument("src")
 @click.argument("dst")
 @click.option("--zarr-format", type=click.Choice(["2", "3"]), default="3", show_default=True, help="Zarr format of a .zarr/.zarr.zip DST (2: readable by zarr 2.x).")
-def store_convert_cmd(src: str, dst: str, zarr_format: str) -> None:
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def store_convert_cmd(src: str, dst: str, zarr_format: str, quiet: bool) -> None:
     """Copy the store SRC into the new store DST (.zarr, .h5/.hdf5, .zarr.zip), bit-exact."""
     from clifvqa.features.merge import convert_store
 
-    try:
-        report = convert_store(src, dst, zarr_format=int(zarr_format))
-    except _STORE_ERRORS as exc:
-        fail(str(exc))
+    report = convert_store(src, dst, zarr_format=int(zarr_format), progress=not quiet)
     click.echo(report.summary())
 
 
@@ -326,10 +391,7 @@ def store_finalize_cmd(path: str) -> None:
     wrote one shared store finished at the same moment, or when verify reports it stale)."""
     from clifvqa.features.store import finalize_store
 
-    try:
-        finalize_store(path)
-    except _STORE_ERRORS as exc:
-        fail(str(exc))
+    finalize_store(path)
     click.echo(f"{path}: consolidated metadata written")
 
 
@@ -351,16 +413,11 @@ def store_rescore_cmd(src: str, prompts_file: str, softmax: str, output: str, cl
     and (within float16 rounding) the features of a fresh extraction with these prompts.
     Exit code 0 when every SRC video was rescored, 1 when some lack embeddings, 2 on errors.
     """
-    from clifvqa.extract.clip_model import ClipLoadError
     from clifvqa.extract.rescore import rescore_store
 
-    try:
-        summary = rescore_store(src, output, prompts_file, softmax=softmax, clip_model=clip_model,  # type: ignore[arg-type]
-                                device=device, save_maps=save_maps, copy_embeddings=copy_embeddings, progress=not quiet)
-    except (ClipLoadError, *_STORE_ERRORS) as exc:
-        fail(str(exc))
-    for key, error in summary.failures:
-        click.echo(f"failed: {key}: {error}", err=True)
+    summary = rescore_store(src, output, prompts_file, softmax=softmax, clip_model=clip_model,  # type: ignore[arg-type]
+                            device=device, save_maps=save_maps, copy_embeddings=copy_embeddings, progress=not quiet)
+    _echo_failures(summary.failures, output)
     click.echo(summary.line())
     if not summary.ok:
         sys.exit(1)
@@ -415,25 +472,18 @@ def train_cmd(manifest_path: str, videos: str, stores: tuple[str, ...], out: str
     import logging
     import os
 
-    from clifvqa.manifests.io import ManifestError
-    from clifvqa.train.checkpoint import CheckpointError
-    from clifvqa.train.data import DataError
-    from clifvqa.train.fastvqa import CheckpointMismatchError
     from clifvqa.train.trainer import TrainConfig, run_training
 
     main_rank = os.environ.get("RANK", "0") == "0"
     logging.basicConfig(level=logging.INFO if main_rank else logging.WARNING, format="%(message)s")
-    try:
-        config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, backbone_lr=backbone_lr, weight_decay=weight_decay,
-                             warmup_epochs=warmup_epochs, grad_clip=grad_clip, seed=seed, device=device, workers=workers,
-                             num_clips_test=num_clips_test, alpha=alpha, beta=beta, val_fraction=val_fraction, amp=not no_amp,
-                             grad_checkpoint=grad_checkpoint)
-        summary = run_training(manifest_path, videos, list(stores), out, config, test_manifest=test_manifest, splits=splits,
-                               test_fraction=test_fraction, branches=branches, regression_head=not no_regression_head,
-                               prompt_groups=prompt_groups, tiny=tiny, fastvqa_init=fastvqa_init, swin_k400_init=swin_k400_init,
-                               resume=resume, progress=not quiet)
-    except (DataError, ManifestError, CheckpointError, CheckpointMismatchError, FileNotFoundError, ValueError) as exc:
-        fail(str(exc))
+    config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, backbone_lr=backbone_lr, weight_decay=weight_decay,
+                         warmup_epochs=warmup_epochs, grad_clip=grad_clip, seed=seed, device=device, workers=workers,
+                         num_clips_test=num_clips_test, alpha=alpha, beta=beta, val_fraction=val_fraction, amp=not no_amp,
+                         grad_checkpoint=grad_checkpoint)
+    summary = run_training(manifest_path, videos, list(stores), out, config, test_manifest=test_manifest, splits=splits,
+                           test_fraction=test_fraction, branches=branches, regression_head=not no_regression_head,
+                           prompt_groups=prompt_groups, tiny=tiny, fastvqa_init=fastvqa_init, swin_k400_init=swin_k400_init,
+                           resume=resume, progress=not quiet)
     if main_rank:
         click.echo(summary["table"])
         click.echo(f"run folder: {summary['out']} (summary.json, metrics.csv, best/ checkpoint)")
@@ -456,11 +506,8 @@ def evaluate_cmd(checkpoint: str, manifest_path: str, videos: str, stores: tuple
     4-parameter logistic fit), KROCC, RMSE. Exit code 1 when some videos could not be decoded."""
     from clifvqa.train.evaluate import evaluate
 
-    try:
-        result = evaluate(checkpoint, manifest_path, videos, list(stores), out, device, plot=not no_plot, split=split,
-                          workers=workers, overwrite=force)
-    except (ValueError, FileExistsError) as exc:  # FingerprintMismatch, DataError, CheckpointError, ManifestError
-        fail(str(exc))
+    result = evaluate(checkpoint, manifest_path, videos, list(stores), out, device, plot=not no_plot, split=split,
+                      workers=workers, overwrite=force)
     click.echo(result.summary())
     if result.failures:
         sys.exit(1)
@@ -484,13 +531,9 @@ def predict_cmd(inputs: tuple[str, ...], checkpoint: str, stores: tuple[str, ...
     """
     import json
 
-    from clifvqa.extract.clip_model import ClipLoadError
     from clifvqa.train.predict import predict, predictions_csv, write_predictions
 
-    try:
-        preds = predict(list(inputs), checkpoint, list(stores), clip_model, device, explain)
-    except (ValueError, ClipLoadError) as exc:  # FingerprintMismatch, ProvenanceMismatch, CheckpointError
-        fail(str(exc))
+    preds = predict(list(inputs), checkpoint, list(stores), clip_model, device, explain)
     if output:
         for path in write_predictions(preds, output, explain=explain):
             click.echo(f"wrote {path}", err=True)
@@ -522,10 +565,7 @@ def demo_cmd(out: str, videos: int, epochs: int | None, seed: int, quiet: bool) 
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     config = DemoConfig(videos=videos, seed=seed, train=replace(DEMO_TRAINING, epochs=epochs or DEMO_TRAINING.epochs))
-    try:
-        result = run_demo(out, config, progress=not quiet, log=click.echo)
-    except (FileExistsError, ValueError) as exc:
-        fail(str(exc))
+    result = run_demo(out, config, progress=not quiet, log=click.echo)
     click.echo(result.summary())
 
 

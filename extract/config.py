@@ -41,6 +41,8 @@ class ExtractConfig:
         check_sources: compare the sha256 of every video already in the store with the recorded
             one (else only when its size or modification time changed; see
             :mod:`clifvqa.features.sources`); a changed file is extracted again.
+        allow_missing: extract the present videos when some files are missing (else the run is
+            refused before anything is loaded; see :func:`clifvqa.extract.runner.preflight`).
         shard: ``(k, n)``: process only the videos whose key hashes to shard k of n.
     """
 
@@ -57,6 +59,7 @@ class ExtractConfig:
     save_embeddings: bool = False
     retry_failed: bool = False
     check_sources: bool = False
+    allow_missing: bool = False
     shard: tuple[int, int] = (0, 1)
 
     def __post_init__(self) -> None:

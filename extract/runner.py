@@ -12,16 +12,19 @@ was extracted (:func:`clifvqa.features.sources.stale_reason`) is extracted again
 from __future__ import annotations
 
 import hashlib
+import logging
 import queue
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from clifvqa.extract.config import ExtractConfig
 from clifvqa.extract.pipeline import VideoTask
 from clifvqa.extract.sfe import SemanticFeatureExtractor, VideoResult
+
+_log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -79,11 +82,12 @@ class ExtractSummary(RunSummary):
 
     previously_failed: int = 0
     stale: list[tuple[str, str]] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
         """True when every video of the shard is complete in the store."""
-        return self.failed == 0 and self.previously_failed == 0
+        return self.failed == 0 and self.previously_failed == 0 and not self.missing
 
     def line(self) -> str:
         """One-line summary for the terminal."""
@@ -92,7 +96,92 @@ class ExtractSummary(RunSummary):
             text += f"; {len(self.stale)} extracted again because their files changed"
         if self.previously_failed:
             text += f"; {self.previously_failed} failed in an earlier run (retry with --retry-failed)"
+        if self.missing:
+            text += f"; {len(self.missing)} missing, not extracted (a rerun picks them up once they exist)"
         return text
+
+
+class MissingVideosError(ValueError):
+    """Videos a run should extract are not on disk, more than the run allows (see :func:`preflight`)."""
+
+
+MISSING_FILE = "No such file or directory"
+"""How a failure record says its file was missing (the decoder's ENOENT text, as earlier
+versions recorded missing files); such a failure is retried as soon as the file exists."""
+
+
+@dataclass
+class Preflight:
+    """Which videos of a run are on disk, checked before any model is loaded or video decoded.
+
+    Attributes:
+        root: the dataset folder.
+        present: keys to extract whose file exists.
+        missing: keys to extract whose file does not exist (in run order).
+        complete: how many keys were left out because the store holds them complete (their
+            files are not needed).
+    """
+
+    root: Path
+    present: list[str]
+    missing: list[str]
+    complete: int = 0
+
+    def line(self) -> str:
+        """``pre-flight: `` and :meth:`counts`."""
+        return f"pre-flight: {self.counts()}"
+
+    def counts(self) -> str:
+        """How many are present, and the first few missing names."""
+        total = len(self.present) + len(self.missing)
+        text = f"{len(self.present)} of {total} videos to extract are present under {self.root}"
+        if self.complete:
+            text += f" ({self.complete} already complete in the store)"
+        if self.missing:
+            text += f"; {len(self.missing)} missing: {_first_few(self.missing)}"
+            if len(self.present) < len(self.missing):
+                text += f"; is {self.root} the right dataset folder?"
+        return text
+
+
+def _first_few(names: list[str], few: int = 3) -> str:
+    shown = ", ".join(names[:few])
+    return shown + (f" and {len(names) - few} more" if len(names) > few else "")
+
+
+def preflight(root: str | Path, keys: list[str], complete: set[str] | frozenset[str] = frozenset(), *,
+              allow_missing: bool = False) -> Preflight:
+    """Check that the files of ``keys`` (except those ``complete`` in the store) exist under ``root``.
+
+    The rule: one missing file refuses the run (``MissingVideosError``, naming the first few
+    and how many), because a manifest says what the dataset is and a missing file usually
+    means a wrong dataset folder or an unfinished download; ``allow_missing=True``
+    (``--allow-missing``) proceeds with the present ones. Missing files are never recorded as
+    failures, so a later run picks them up once they exist.
+    """
+    root = Path(root)
+    todo = [k for k in keys if k not in complete]
+    missing = [k for k in todo if not (root / k).is_file()]
+    gone = set(missing)
+    check = Preflight(root, [k for k in todo if k not in gone], missing, len(keys) - len(todo))
+    if missing and not allow_missing:
+        raise MissingVideosError(f"{check.counts()}; nothing was extracted: pass "
+                                 "allow_missing=True / --allow-missing to extract the present ones")
+    return check
+
+
+def _complete_keys(store_path: str | Path) -> set[str]:
+    """Complete keys of an existing store; empty when there is none yet or it cannot be read
+    (opening it for writing then says why)."""
+    from clifvqa.features.store import is_url, open_store
+
+    if is_url(store_path):  # refused as an output later; no need to reach the network first
+        return set()
+    try:
+        with open_store(store_path) as store:
+            return set(store.keys())
+    except (OSError, ValueError):
+        return set()
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -146,8 +235,14 @@ def extract_dataset(
     config: ExtractConfig = ExtractConfig(),
     progress: bool = True,
     extractor: SemanticFeatureExtractor | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> ExtractSummary:
     """Extract the semantic features of every video of a dataset (this shard's share) into a store.
+
+    Before the model is loaded or any video decoded, :func:`preflight` checks that the files
+    exist: any missing file refuses the run unless ``config.allow_missing``; missing files are
+    then left out (``summary.missing``), not recorded as failures. Failures recorded because the
+    file was missing (:data:`MISSING_FILE`) are retried once the file exists.
 
     Args:
         dataset_dir: folder the video keys are relative to.
@@ -157,11 +252,14 @@ def extract_dataset(
         progress: show a progress bar (stderr).
         extractor: an already built extractor (else built from ``config``); its settings, not
             ``config``'s, then determine the features.
+        log: where the pre-flight line goes (e.g. ``print``); default the ``logging`` logger
+            of this module (INFO, WARNING when files are missing).
 
     Returns:
         The run's :class:`ExtractSummary`; ``summary.ok`` says whether the shard is complete.
 
     Raises:
+        MissingVideosError: files are missing and ``config.allow_missing`` is off.
         ClipLoadError: the model cannot be loaded.
         FingerprintMismatch: the store holds features made with other settings.
         NotADirectoryError, ManifestError, UnsafePathError: bad dataset folder or manifest.
@@ -177,6 +275,8 @@ def extract_dataset(
     keys, unsafe = list_videos(root, manifest)
     keys = [k for k in keys if shard_of(k, num_shards) == shard]
     unsafe = [(k, why) for k, why in unsafe if shard_of(k, num_shards) == shard]
+    check = preflight(root, keys, _complete_keys(store_path), allow_missing=config.allow_missing)
+    (log or (_log.warning if check.missing else _log.info))(check.line())
     extractor = extractor or SemanticFeatureExtractor.from_config(config)
     summary = ExtractSummary(total=len(keys) + len(unsafe), store=str(store_path))
     for name, why in unsafe:  # cannot be store keys, so not recorded in the store
@@ -184,6 +284,7 @@ def extract_dataset(
         summary.failures.append((name, f"unsafe file name, not extracted: {why}; rename the file"))
     with create_or_open_store(store_path, extractor.provenance()) as store:
         complete = store.entries()
+        missing = set(check.missing) - set(complete)
         failed_before = store.failures()
         todo, identity = [], {}
         for key in keys:
@@ -195,7 +296,11 @@ def extract_dataset(
                     summary.skipped += 1
                     continue
                 summary.stale.append((key, reason))
-            elif key in failed_before and not config.retry_failed:
+            elif key in missing:
+                summary.missing.append(key)
+                continue
+            elif key in failed_before and not config.retry_failed and MISSING_FILE not in str(
+                    failed_before[key].get("error")):
                 summary.previously_failed += 1
                 continue
             try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from typing import Any
 
 from clifvqa.features.store import FeatureStore, open_store
@@ -15,8 +16,9 @@ def store_info(store: str | os.PathLike[str] | FeatureStore) -> dict[str, Any]:
     ``format`` (clifvqa_format), ``fingerprint``, ``fingerprint_ok`` (it matches the
     provenance), ``provenance``, ``counts`` ({complete, incomplete, failed}), ``total_frames``
     (rows over complete videos), ``size_bytes`` (None when remote), ``consolidated``
-    (Zarr: absent / fresh / stale: ... / unchecked; None for HDF5) and ``failures`` (list of
-    {key, source, error, time}, sorted by key).
+    (Zarr: absent / fresh / stale: ... / unchecked; None for HDF5), ``failures`` (list of
+    {key, source, error, time}, sorted by key) and ``failure_reasons`` (the failures grouped
+    by :func:`failure_reasons`).
     """
     if not isinstance(store, FeatureStore):
         with open_store(store) as opened:
@@ -38,4 +40,30 @@ def store_info(store: str | os.PathLike[str] | FeatureStore) -> dict[str, Any]:
         "consolidated": store.consolidated_state(),
         "failures": [{"key": k, "source": rec.get("source"), "error": rec.get("error"),
                       "time": rec.get("time")} for k, rec in sorted(failures.items())],
+        "failure_reasons": failure_reasons(failures),
     }
+
+
+def failure_reasons(failures: dict[str, dict[str, Any]], examples: int = 3) -> list[dict[str, Any]]:
+    """Failure records grouped by reason, most frequent first (ties: by reason).
+
+    A record's reason is its error text after the video's own name (decode errors start with
+    the file path), with numbers counted as the same (``after frame 12`` and ``after frame 40``
+    are one reason, shown as ``after frame N``). Each group: ``{"reason", "count",
+    "examples"}`` with the first ``examples`` keys in key order.
+    """
+    groups: dict[str, tuple[set[str], list[str]]] = {}
+    for key in sorted(failures):
+        text = _reason_text(key, failures[key])
+        texts, keys = groups.setdefault(re.sub(r"\d+", "N", text), (set(), []))
+        texts.add(text)
+        keys.append(key)
+    out = [{"reason": next(iter(texts)) if len(texts) == 1 else pattern, "count": len(keys),
+            "examples": keys[:examples]} for pattern, (texts, keys) in groups.items()]
+    return sorted(out, key=lambda g: (-g["count"], g["reason"]))
+
+
+def _reason_text(key: str, record: dict[str, Any]) -> str:
+    error = str(record.get("error") or "unknown error")
+    head, found, tail = error.rpartition(key)
+    return tail.lstrip(":").strip() or error if found else error

@@ -80,7 +80,7 @@ class MergeReport:
 
 
 def merge_stores(sources: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str],
-                 prefer: str | None = None, *, zarr_format: int = 3) -> MergeReport:
+                 prefer: str | None = None, *, zarr_format: int = 3, progress: bool = True) -> MergeReport:
     """Merge ``sources`` (paths or URLs) into the new store ``out``.
 
     Every source must have the same fingerprint (else ``FingerprintMismatch`` naming the
@@ -88,29 +88,29 @@ def merge_stores(sources: Sequence[str | os.PathLike[str]], out: str | os.PathLi
     arrays are identical; differing copies raise ``MergeConflict`` unless ``prefer`` is
     ``"first"`` or ``"last"`` (source order). Failure records are carried over unless the video
     is complete in some source. The output gets the first source's provenance and consolidated
-    metadata; ``out`` must not exist.
+    metadata; ``out`` must not exist. ``progress`` shows a bar over the videos (stderr).
     """
     if not sources:
         raise ValueError("merge needs at least one source store")
     if prefer not in (None, *PREFER_CHOICES):
         raise ValueError(f"prefer must be None, 'first' or 'last', got {prefer!r}")
-    return _copy_stores(list(sources), out, prefer, zarr_format)
+    return _copy_stores(list(sources), out, prefer, zarr_format, progress, "merge")
 
 
 def convert_store(src: str | os.PathLike[str], dst: str | os.PathLike[str],
-                  zarr_format: int = 3) -> MergeReport:
+                  zarr_format: int = 3, *, progress: bool = True) -> MergeReport:
     """Copy ``src`` into the new store ``dst`` of the backend ``dst``'s name asks for.
 
     Arrays are copied bit-exact with all video attributes and failure records; incomplete
     entries are skipped (counted in the report). ``zarr_format=2`` writes a Zarr v2 store
     (numcodecs Blosc-zstd + Fletcher32) that zarr 2.x can read; it applies to ``.zarr`` and
-    ``.zarr.zip`` outputs only.
+    ``.zarr.zip`` outputs only. ``progress`` shows a bar over the videos (stderr).
     """
-    return _copy_stores([src], dst, None, zarr_format)
+    return _copy_stores([src], dst, None, zarr_format, progress, "convert")
 
 
 def _copy_stores(sources: list[str | os.PathLike[str]], out: str | os.PathLike[str],
-                 prefer: str | None, zarr_format: int) -> MergeReport:
+                 prefer: str | None, zarr_format: int, progress: bool, verb: str) -> MergeReport:
     if is_url(out):
         raise StoreError(f"{out}: output stores are written locally; copy it afterwards")
     out_path = local_path(out)
@@ -128,7 +128,8 @@ def _copy_stores(sources: list[str | os.PathLike[str]], out: str | os.PathLike[s
         report = MergeReport(out=str(out_path), sources=[s.path for s in opened])
         plan = _plan_videos(opened, prefer, report)
         failures = _plan_failures(opened, set(plan), prefer, report)
-        _write_output(opened, plan, failures, out_path, kind, zarr_format, report)
+        _write_output(opened, plan, failures, out_path, kind, zarr_format, report,
+                      progress=progress, verb=verb)
         return report
     finally:
         for store in opened:
@@ -205,14 +206,18 @@ def _plan_failures(stores: list[FeatureStore], complete: set[str], prefer: str |
 
 
 def _write_output(stores: list[FeatureStore], plan: dict[str, int], failures: dict[str, dict],
-                  out_path: Path, kind: str, zarr_format: int, report: MergeReport) -> None:
+                  out_path: Path, kind: str, zarr_format: int, report: MergeReport, *,
+                  progress: bool, verb: str) -> None:
+    from tqdm.auto import tqdm
+
     tag = f".tmp-{uuid.uuid4().hex[:12]}-{out_path.name}"
     build = out_path.parent / (tag + ".zarr" if kind == "zarr.zip" else tag)
     final_tmp = out_path.parent / tag
     out_path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        with create_or_open_store(build, stores[0].provenance, zarr_format=zarr_format) as dst:
-            for key, i in plan.items():
+        with (create_or_open_store(build, stores[0].provenance, zarr_format=zarr_format) as dst,
+              tqdm(plan.items(), desc=verb, unit="video", disable=not progress, dynamic_ncols=True) as bar):
+            for key, i in bar:
                 video = stores[i].read_video(key)
                 try:
                     dst.write_video(key, pooled=video.pooled, frames=video.frames, maps=video.maps,

@@ -56,10 +56,6 @@ ARRAY_DTYPES: dict[str, str] = {
 FRAMES_FILL = -1
 """Fill value of ``frames`` (float arrays use NaN): a lost chunk reads back as impossible data."""
 
-# Names a store's own metadata files use; a key segment with one of these names would land on
-# top of them (``videos/zarr.json``), so such keys are refused in addition to the path rule.
-_RESERVED_SEGMENTS = frozenset({"zarr.json", ".zgroup", ".zattrs", ".zarray", ".zmetadata"})
-
 
 class StoreError(ValueError):
     """A store that cannot be opened or written as asked; the message says which and why."""
@@ -109,12 +105,9 @@ def pooled_sha256(pooled: np.ndarray) -> str:
 
 
 def check_key(key: str) -> str:
-    """The store key for ``key``: the manifest path rule plus no store-metadata file names."""
-    key = validate_video_path(key)
-    for segment in key.split("/"):
-        if segment in _RESERVED_SEGMENTS:
-            raise UnsafePathError(key, f"segment {segment!r} is a Zarr metadata file name")
-    return key
+    """The store key for ``key``: the manifest path rule, which also refuses the names the
+    backends keep their metadata in (so ``manifest check`` and the store agree)."""
+    return validate_video_path(key)
 
 
 def check_attr_value(name: str, value: Any) -> Any:

@@ -95,6 +95,11 @@ class ZarrFeatureStore(FeatureStore):
 
     @classmethod
     def open_zip(cls, path: Path) -> ZarrFeatureStore:
+        try:  # checked here: zarr's ZipStore cannot even be closed after failing to open a file
+            zipfile.ZipFile(path).close()
+        except (zipfile.BadZipFile, OSError) as exc:
+            raise StoreError(f"{path} is not a .zarr.zip feature store: not a readable zip file "
+                             f"({exc}); a truncated copy? copy it again") from exc
         store = ZipStore(path, mode="r")
         try:
             group = zarr.open_group(store, mode="r")

@@ -26,6 +26,15 @@ VIDEO_EXTENSIONS: frozenset[str] = frozenset(
 
 _WINDOWS_DRIVE = re.compile(r"^[A-Za-z]:")
 
+# File names Zarr keeps a group's or array's own metadata in (v3: zarr.json; v2: .zgroup,
+# .zattrs, .zarray; consolidated: .zmetadata). A key segment with one of these names would be
+# written on top of its parent group's metadata, so it is refused, in every backend (stores are
+# converted between them) and in any letter case (macOS and Windows folders ignore case).
+# Chunk folders (v3 ``c/``, v2 ``0.0``) and array names (``pooled``, ``maps``, ...) need no rule:
+# they exist only inside arrays, which only sit directly in a video's group, and a key that
+# would go below another video is refused when it is written (a file cannot also be a folder).
+STORE_METADATA_NAMES: frozenset[str] = frozenset({"zarr.json", ".zgroup", ".zattrs", ".zarray", ".zmetadata"})
+
 
 class UnsafePathError(ValueError):
     """A video path that must not be used as a dataset path or store key.
@@ -47,7 +56,8 @@ def validate_video_path(path: str) -> str:
     Refused (``UnsafePathError`` naming the reason): the empty path, control characters
     (including newline, tab and DEL), backslashes, absolute paths (leading ``/`` or a Windows
     drive such as ``C:``), empty segments (``a//b``, a trailing ``/``), ``.`` and ``..``
-    segments, and segments starting with ``__`` (reserved for store internals). Nothing is
+    segments, segments starting with ``__`` (reserved for store internals), and segments that
+    are a Zarr metadata file name (``STORE_METADATA_NAMES``, any letter case). Nothing is
     rewritten: a safe path is returned unchanged, so the key always equals the manifest text.
     """
     if not isinstance(path, str):
@@ -72,6 +82,9 @@ def validate_video_path(path: str) -> str:
             raise UnsafePathError(path, "contains a '.' segment")
         if segment.startswith("__"):
             raise UnsafePathError(path, f"segment {segment!r} starts with '__' (reserved for store internals)")
+        if segment.lower() in STORE_METADATA_NAMES:
+            raise UnsafePathError(path, f"segment {segment!r} is a Zarr metadata file name (a store keeps "
+                                        "its own metadata there); rename the folder/file")
     return path
 
 

@@ -116,15 +116,18 @@ def test_broken_inputs_are_recorded_and_retried(tmp_path, tiny_clip, make_video)
         assert sorted(store.failures()) == ["empty.mp4", "random.mp4", "text.mp4"]
 
 
-def test_manifest_selects_videos_and_missing_files_fail(tmp_path, tiny_clip, make_video):
+def test_manifest_selects_videos_and_missing_files_are_not_failures(tmp_path, tiny_clip, make_video):
     keys = make_dataset(tmp_path / "ds", make_video, 3)
     manifest = tmp_path / "m.csv"
     manifest.write_text(f"video,mos\n{keys[0]},3.5\ngone/missing.mp4,2.0\n")
-    result = run_cli(*base_args(tmp_path / "ds", tmp_path / "f.zarr", tiny_clip, "--manifest", manifest))
+    args = base_args(tmp_path / "ds", tmp_path / "f.zarr", tiny_clip, "--manifest", manifest)
+    refused = CliRunner().invoke(main, ["extract", *map(str, args)])
+    assert refused.exit_code == 2 and "1 missing: gone/missing.mp4" in refused.output
+    result = run_cli(*args, "--allow-missing")
     assert result.exit_code == 1
     with open_store(tmp_path / "f.zarr") as store:
         assert store.keys() == [keys[0]]
-        assert "No such file or directory" in store.failures()["gone/missing.mp4"]["error"]
+        assert store.failures() == {}  # missing is not a decode failure (test_preflight.py)
 
 
 def test_unsafe_manifest_key_is_refused(tmp_path, tiny_clip, make_video):

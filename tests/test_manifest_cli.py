@@ -42,19 +42,34 @@ def test_scan_of_folder_without_videos_fails(tmp_path):
     assert not (tmp_path / "m.csv").exists()
 
 
-def test_import_prints_rows_and_every_skipped_row(tmp_path):
+def test_import_lists_skipped_rows_and_exits_1_unless_allowed(tmp_path):
     src = tmp_path / "KoNViD_1k_attributes.csv"
     src.write_text("flickr_id,MOS\n4542323058,3.22\n111,bad\n222,\n")
     out = tmp_path / "m.csv"
     result = run("import", "--format", "konvid", src, "-o", out, "--prefix", "KoNViD_1k_videos/")
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 1, result.output  # was 0: skipped rows went unnoticed in scripts
     assert result.stdout == f"wrote 1 rows to {out} (2 skipped)\n"
     assert result.stderr.splitlines() == [
         f"{src} line 3: skipped: KoNViD_1k_videos/111.mp4: MOS 'bad' is not a number",
         f"{src} line 4: skipped: KoNViD_1k_videos/222.mp4: missing MOS",
+        f"{src}: 2 skipped, 1 imported; pass --allow-skipped to accept the skipped ones (exit 0)",
     ]
     assert [(r.video, r.mos) for r in read_manifest(out)] == [("KoNViD_1k_videos/4542323058.mp4", 3.22)]
     assert run("import", "--format", "konvid", src, "-o", out).exit_code == 2  # exists, no --force
+    allowed = run("import", "--format", "konvid", src, "-o", out, "--force", "--allow-skipped")
+    assert allowed.exit_code == 0 and len(allowed.stderr.splitlines()) == 2
+
+
+def test_import_summarises_many_skipped_rows(tmp_path):
+    src = tmp_path / "KoNViD_1k_attributes.csv"
+    src.write_text("flickr_id,MOS\n1,3.0\n" + "".join(f"{100 + i},\n" for i in range(25)))
+    result = run("import", "--format", "konvid", src, "-o", tmp_path / "m.csv")
+    assert result.exit_code == 1
+    lines = result.stderr.splitlines()
+    assert len(lines) == 12 and lines[0] == f"{src} line 3: skipped: 100.mp4: missing MOS"
+    assert lines[10:] == [
+        "... and 15 more skipped lines",
+        f"{src}: 25 skipped, 1 imported; pass --allow-skipped to accept the skipped ones (exit 0)"]
 
 
 def test_import_generic_csv_options_and_errors(tmp_path):
@@ -118,7 +133,7 @@ def test_check_exit_codes_and_problem_lines(tmp_path):
     clean.write_text("video,mos\na.mp4,1.0\n")
     ok = run("check", clean, "--root", root)
     assert ok.exit_code == 0
-    assert ok.stdout == f"{clean}: no problems\n"
+    assert ok.stdout == f"{clean}: no problems (1 of 1 videos present under {root})\n"
 
     bad = tmp_path / "M.csv"
     bad.write_text("video,mos,split\na.mp4,1.0,train\nb.mp4,oops,test\na.mp4,2.0,val\nc.mp4,3,\n")
@@ -131,7 +146,7 @@ def test_check_exit_codes_and_problem_lines(tmp_path):
         f"{bad}:4: a.mp4: video 'a.mp4' appears 2 times (lines 2, 4)",
         f"{bad}:5: c.mp4: no such file under {root}",
     ]
-    assert result.stderr == f"{bad}: 5 problems\n"
+    assert result.stderr == f"{bad}: 5 problems; 1 of 3 videos present under {root} -- is --root right?\n"
 
 
 def test_check_header_problem_and_unreadable_file(tmp_path):

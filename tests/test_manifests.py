@@ -500,7 +500,10 @@ def test_check_reports_every_problem_with_lines(tmp_path):
         "v//d.mp4,1.0,test\n"       # 6 unsafe
         "v/dir.mp4,1.0,Train\n"     # 7 bad split + not a file
     )
-    problems = check_manifest(src, root)
+    check = check_manifest(src, root)
+    problems = check.problems
+    assert (check.videos, check.present) == (4, 2)  # a, b of a, b, c, dir (v//d.mp4 is unsafe)
+    assert check.presence_line() == f"2 of 4 videos present under {root}"
     assert [(p.line, p.video, p.kind) for p in problems] == [
         (2, "v/a.mp4", "duplicate"),
         (3, "v/b.mp4", "missing_mos"),
@@ -518,8 +521,20 @@ def test_check_reports_every_problem_with_lines(tmp_path):
 def test_check_extraction_only_manifest_is_clean_unless_mos_required(tmp_path):
     src = tmp_path / "m.csv"
     src.write_text("video,mos\na.mp4,\nb.mp4,\n")
-    assert check_manifest(src) == []
-    assert [(p.line, p.kind) for p in check_manifest(src, require_mos=True)] == [(2, "missing_mos"), (3, "missing_mos")]
+    assert check_manifest(src).problems == [] and check_manifest(src).presence_line() is None
+    assert [(p.line, p.kind) for p in check_manifest(src, require_mos=True).problems] == [
+        (2, "missing_mos"), (3, "missing_mos")]
+
+
+def test_check_flags_raw_yuv_rows(tmp_path):
+    src = tmp_path / "m.csv"
+    src.write_text("video,mos\na.mp4,1\nLIVE/b.YUV,2\n")
+    (tmp_path / "LIVE").mkdir()
+    (tmp_path / "LIVE" / "b.YUV").write_bytes(b"\0" * 64)
+    problems = check_manifest(src, tmp_path).problems
+    assert [(p.line, p.video, p.kind) for p in problems] == [
+        (2, "a.mp4", "missing_file"), (3, "LIVE/b.YUV", "raw_yuv")]
+    assert problems[1].message.startswith("raw YUV has no container: PyAV cannot decode it without")
 
 
 # ---------------------------------------------------------------- header names, as the importers match them
@@ -569,7 +584,7 @@ def test_manifest_check_agrees_on_header_names(tmp_path):
     (root / "clips" / "a.mp4").write_bytes(b"x")
     src = tmp_path / "m.csv"
     src.write_text("VIDEO,Mos\nclips/a.mp4,3.5\n")
-    assert check_manifest(src, root) == []
+    assert check_manifest(src, root).problems == []
 
 
 # ---------------------------------------------------------------- livevqc given another file

@@ -193,3 +193,16 @@ def test_cli_merge_and_convert_report(tmp_path):
     shutil.rmtree(b)
     result = CliRunner().invoke(main, ["store", "convert", str(b), str(tmp_path / "x.zarr")])
     assert result.exit_code == 2 and "no feature store" in result.output
+
+
+def test_merge_and_convert_show_progress_on_stderr_unless_quiet(tmp_path):
+    a = build(tmp_path / "a.zarr", [0, 1])
+    b = build(tmp_path / "b.zarr", [2])
+    merged = CliRunner().invoke(main, ["store", "merge", str(a), str(b), "-o", str(tmp_path / "m.zarr")])
+    assert merged.exit_code == 0, merged.output
+    assert "merge: 100%" in merged.stderr and "3/3" in merged.stderr
+    assert "merge:" not in merged.stdout
+    converted = CliRunner().invoke(main, ["store", "convert", str(a), str(tmp_path / "c.h5")])
+    assert "convert: 100%" in converted.stderr and "2/2" in converted.stderr
+    quiet = CliRunner().invoke(main, ["store", "convert", "--quiet", str(a), str(tmp_path / "q.h5")])
+    assert quiet.exit_code == 0 and quiet.stderr == ""
