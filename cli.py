@@ -72,7 +72,7 @@ def main(debug: bool) -> None:
     Stage two   clifvqa train --manifest M.csv ...  -> checkpoint
     Scoring     clifvqa evaluate / clifvqa predict
     Datasets    clifvqa manifest scan|import|split|check
-    Stores      clifvqa store info|verify|merge|convert|rescore
+    Stores      clifvqa store info|verify|merge|convert|rescore|finalize|upgrade
     """
 
 
@@ -228,6 +228,9 @@ def manifest_check(manifest_path: Path, root: Path | None, require_mos: bool) ->
 @click.option("--save-maps/--no-save-maps", default=True, show_default=True, help="Also store the per-crop maps [T, r, m, n].")
 @click.option("--save-embeddings", is_flag=True, help="Also store the crop image embeddings [T, m*n, D] (float16).")
 @click.option("--retry-failed", is_flag=True, help="Retry videos the store lists as failed.")
+@click.option("--check-sources", is_flag=True,
+              help="Hash every video already in the store and extract changed ones again (default: "
+                   "only files whose size or modification time changed).")
 @click.option("--allow-missing", is_flag=True,
               help="Extract the present videos when some are missing (else refused before any work).")
 @click.option("--shard", default="0/1", show_default=True, help="Process shard K of N (K counts from 0), split by a hash of the video key.")
@@ -235,10 +238,11 @@ def manifest_check(manifest_path: Path, root: Path | None, require_mos: bool) ->
 def extract_cmd(dataset_dir: Path, manifest: Path | None, store_path: str, clip_model: str, grid: str,
                 prompts_file: Path | None, softmax: str, frame_stride: int, device: str, batch_size: str,
                 workers: int | None, dtype: str, save_maps: bool, save_embeddings: bool, retry_failed: bool,
-                allow_missing: bool, shard: str, quiet: bool) -> None:
+                check_sources: bool, allow_missing: bool, shard: str, quiet: bool) -> None:
     """Stage one: score every frame's crop grid with CLIP and write the features to a store.
 
-    Resumable (complete videos are skipped), shardable (--shard K/N on several machines or
+    Resumable (complete videos are skipped; one whose file changed since it was extracted is
+    extracted again), shardable (--shard K/N on several machines or
     processes), and failures are recorded in the store. Before loading CLIP, a pre-flight
     checks that the videos exist: one missing file refuses the run (exit 2) unless
     --allow-missing; missing files are never recorded as failures, so a rerun picks them up.
@@ -262,6 +266,7 @@ def extract_cmd(dataset_dir: Path, manifest: Path | None, store_path: str, clip_
         save_maps=save_maps,
         save_embeddings=save_embeddings,
         retry_failed=retry_failed,
+        check_sources=check_sources,
         allow_missing=allow_missing,
         shard=parse_shard(shard),
     )
@@ -341,7 +346,9 @@ def store_info_cmd(path: str, as_json: bool, all_failures: bool) -> None:
 @store.command("verify")
 @click.argument("path")
 @click.option("--manifest", type=click.Path(exists=True, dir_okay=False), help="Also report manifest videos missing from the store.")
-def store_verify_cmd(path: str, manifest: str | None) -> None:
+@click.option("--videos", type=click.Path(exists=True, file_okay=False), help="Dataset folder: also report stale entries (files missing or changed since extraction; every file is hashed).")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def store_verify_cmd(path: str, manifest: str | None, videos: str | None, quiet: bool) -> None:
     """Check every video of the store at PATH: hashes, shapes, values, maps vs pooled.
 
     Prints each problem as KEY: message. Exit code 0 when clean, 1 with problems, 2 when the
@@ -349,13 +356,27 @@ def store_verify_cmd(path: str, manifest: str | None) -> None:
     """
     from clifvqa.features.verify import verify_store
 
-    problems = verify_store(path, manifest)
+    problems = verify_store(path, manifest, videos, progress=not quiet)
     for problem in problems:
         click.echo(str(problem))
     if problems:
         click.echo(f"{path}: {len(problems)} problem{'s' if len(problems) != 1 else ''}", err=True)
         sys.exit(1)
     click.echo(f"{path}: no problems")
+
+
+@store.command("upgrade")
+@click.argument("path", type=click.Path(exists=True))
+def store_upgrade_cmd(path: str) -> None:
+    """Rewrite the root of the format-1 store at PATH as format 2, in place.
+
+    Only the root's fingerprint (format 2 leaves the model name out) and format number change;
+    video arrays and attributes are never touched. Format-1 stores are also read as they are.
+    """
+    from clifvqa.features.store import upgrade_store
+
+    changed = upgrade_store(path)
+    click.echo(f"{path}: {'upgraded to' if changed else 'already'} clifvqa_format 2")
 
 
 @store.command("merge")

@@ -246,3 +246,36 @@ def test_swapped_video_is_re_extracted_flagged_and_refused(tmp_path, tiny_clip, 
         assert store.video_attrs("b.mp4")["source_sha256"] == sha256_file(root / "b.mp4")
     assert verify_store(store_path, videos=root) == []
     load_semantic_features([store_path], ["a.mp4", "b.mp4"], t0=4, video_root=root, progress=False)
+
+
+def test_cli_upgrade_verify_videos_and_check_sources(tmp_path, prov, tiny_clip, make_video):
+    from click.testing import CliRunner
+
+    from clifvqa.cli import main
+
+    run = CliRunner().invoke
+    v1 = write_store(tmp_path / "old.zarr", prov)
+    make_v1(v1)
+    assert run(main, ["store", "upgrade", str(v1)]).output.strip() == f"{v1}: upgraded to clifvqa_format 2"
+    assert run(main, ["store", "upgrade", str(v1)]).output.strip() == f"{v1}: already clifvqa_format 2"
+
+    root = tmp_path / "ds"
+    make_video("a.mp4", root=root, num_frames=6, seed=0)
+    make_video("b.mp4", root=root, num_frames=6, seed=1)
+    store = tmp_path / "f.zarr"
+    args = ["extract", str(root), "--store", str(store), "--clip-model", str(tiny_clip), "--device", "cpu",
+            "--workers", "1", "--batch-size", "16", "--quiet"]
+    assert run(main, args).exit_code == 0
+    # Same size, same modification time, other bytes: only hashing sees it.
+    st = os.stat(root / "b.mp4")
+    data = bytearray((root / "b.mp4").read_bytes())
+    data[-20] ^= 0xFF
+    (root / "b.mp4").write_bytes(bytes(data))
+    os.utime(root / "b.mp4", ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert run(main, ["store", "verify", str(store), "--quiet"]).exit_code == 0  # without the folder
+    result = run(main, ["store", "verify", str(store), "--videos", str(root), "--quiet"])
+    assert result.exit_code == 1 and result.output.startswith("b.mp4: stale: its file's content changed")
+    assert "0 done, 2 skipped" in run(main, args).output  # the cheap rule trusts size and time
+    result = run(main, [*args, "--check-sources"])
+    assert result.exit_code == 0 and "1 done, 1 skipped" in result.output and "1 extracted again" in result.output
+    assert run(main, ["store", "verify", str(store), "--videos", str(root), "--quiet"]).exit_code == 0
