@@ -41,6 +41,23 @@ class CheckpointError(ValueError):
     """A checkpoint directory that cannot be read as asked; the message says which file and why."""
 
 
+class NonFiniteWeights(CheckpointError):
+    """Weights holding NaN or inf: a diverged model, never saved and never loaded."""
+
+
+def _check_finite(state: Mapping[str, torch.Tensor], where: str) -> None:
+    """Refuse ``state`` when any floating-point tensor holds NaN or inf (one pass on CPU copies)."""
+    bad = {name: int((~torch.isfinite(v)).sum()) for name, v in state.items() if v.is_floating_point()}
+    bad = {name: count for name, count in bad.items() if count}
+    if bad:
+        total = sum(v.numel() for v in state.values())
+        names = ", ".join(list(bad)[:3]) + (", ..." if len(bad) > 3 else "")
+        raise NonFiniteWeights(
+            f"{where}: {sum(bad.values())} of {total} weights are NaN or inf (in {len(bad)} tensors: {names}); "
+            "the model diverged: retrain (e.g. lower --lr, check the features with clifvqa store verify)"
+        )
+
+
 def save_checkpoint(
     path: str | os.PathLike[str],
     model: ClifVQA,
@@ -57,15 +74,20 @@ def save_checkpoint(
     ``extra`` (JSON-ready: training config, metrics, epoch, fragment settings, ...) is merged
     into ``meta.json``. With ``optimizer`` and ``train_state`` the resume state is saved too:
     AdamW moments and the RNG states of torch (CPU and CUDA), numpy and Python.
+
+    Raises:
+        NonFiniteWeights: a weight is NaN or inf; nothing is written and an existing checkpoint
+            at ``path`` stays as it was.
     """
     path = Path(path)
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    _check_finite(state, f"not saving checkpoint {path}")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
     tmp.mkdir()
     try:
         from safetensors.torch import save_file
 
-        state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
         save_file(state, str(tmp / MODEL_FILE), metadata={"format": FORMAT})
         meta = {
             "format": FORMAT,
@@ -103,7 +125,7 @@ def read_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 def load_checkpoint(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> tuple[ClifVQA, dict[str, Any]]:
     """Rebuild the model of a checkpoint directory, load its weights (strict) and return it in
-    eval mode with its metadata."""
+    eval mode with its metadata. Weights holding NaN or inf are refused (:class:`NonFiniteWeights`)."""
     from safetensors.torch import load_file
 
     path = Path(path)
@@ -114,6 +136,7 @@ def load_checkpoint(path: str | os.PathLike[str], device: str | torch.device = "
     if not weights.is_file():
         raise CheckpointError(f"{path}: {MODEL_FILE} is missing")
     state = load_file(str(weights), device="cpu")
+    _check_finite(state, str(weights))  # checkpoints saved before saving checked
     result = model.load_state_dict(state, strict=False)
     if result.missing_keys or result.unexpected_keys:
         raise CheckpointError(
@@ -121,6 +144,15 @@ def load_checkpoint(path: str | os.PathLike[str], device: str | torch.device = "
             f"({len(result.missing_keys)}), unexpected {result.unexpected_keys[:5]} ({len(result.unexpected_keys)})"
         )
     return model.to(device).eval(), meta
+
+
+def update_meta(path: str | os.PathLike[str], fields: Mapping[str, Any]) -> dict[str, Any]:
+    """Set ``fields`` in a checkpoint's ``meta.json`` (replaced atomically) and return the new meta."""
+    from clifvqa._atomic import atomic_write_text
+
+    meta = {**read_meta(path), **dict(fields)}
+    atomic_write_text(Path(path) / META_FILE, json.dumps(meta, indent=2, sort_keys=True, allow_nan=True) + "\n")
+    return meta
 
 
 def has_training_state(path: str | os.PathLike[str]) -> bool:
