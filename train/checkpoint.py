@@ -5,12 +5,15 @@ A checkpoint is a directory::
     model.safetensors      the model's state_dict (FAST-VQA keys under ``fastvqa.``)
     meta.json              format, model config, training config, store fingerprint and full
                            store provenance (to compute semantic features of new videos the same
-                           way), metrics, epoch and whatever ``extra`` held
+                           way), metrics, epoch and whatever ``extra`` held; ``train`` adds to
+                           best/ the ``selection`` (which epoch and why) and the
+                           ``score_mapping`` (:class:`~clifvqa.train.metrics.ScoreMapping`: raw
+                           output -> training MOS scale, fitted on the training videos)
     optimizer.safetensors  (resume state only) AdamW moments, RNG states
     train_state.json       (resume state only) optimizer param groups, step, epoch, RNG scalars
 
 A directory is written next to its destination and renamed into place, so an interrupted save
-leaves the previous checkpoint intact.
+leaves the previous checkpoint intact. Weights holding NaN or inf are never saved or loaded.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from clifvqa.train.metrics import ScoreMapping
 from clifvqa.train.model import ClifVQA, ClifVQAConfig, build_model
 
 FORMAT = "clifvqa-checkpoint"
@@ -153,6 +157,16 @@ def update_meta(path: str | os.PathLike[str], fields: Mapping[str, Any]) -> dict
     meta = {**read_meta(path), **dict(fields)}
     atomic_write_text(Path(path) / META_FILE, json.dumps(meta, indent=2, sort_keys=True, allow_nan=True) + "\n")
     return meta
+
+
+def score_mapping_of(meta: Mapping[str, Any]) -> ScoreMapping | None:
+    """The checkpoint's map from raw model outputs onto its training MOS scale (``score_mapping``
+    in meta.json, written by ``train``), or None for checkpoints saved before it existed."""
+    data = meta.get("score_mapping")
+    try:
+        return ScoreMapping.from_dict(data) if data else None
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"meta.json 'score_mapping' is not readable ({exc}): {data!r}") from exc
 
 
 def has_training_state(path: str | os.PathLike[str]) -> bool:
