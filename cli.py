@@ -394,7 +394,8 @@ def store_rescore_cmd(src: str, prompts_file: str, softmax: str, output: str, cl
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N (torchrun: one GPU per process).")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--tiny", is_flag=True, help="Tiny FAST-VQA and 16x128x128 fragments: the same code, for tests and demos.")
-@click.option("--workers", default=None, type=click.IntRange(min=0), help="DataLoader processes decoding videos [default: min(4, usable cores - 1), at least 0].")
+@click.option("--workers", default=None, type=click.IntRange(min=0),
+              help="DataLoader processes decoding videos [default: min(4, usable cores - 1), at least 0].")
 @click.option("--branches", type=click.Choice(["both", "semantic", "spatial"]), default="both", show_default=True, help="Ablation: which branches (paper Table 3).")
 @click.option("--no-regression-head", is_flag=True, help="Ablation: each branch's own readout instead of FC3/FC4.")
 @click.option("--prompt-groups", type=click.Choice(["all", "objective", "subjective"]), default="all", show_default=True, help="Ablation: prompts used (paper Table 4).")
@@ -405,7 +406,8 @@ def train_cmd(manifest_path: str, videos: str, stores: tuple[str, ...], out: str
               test_fraction: float, test_manifest: str | None, epochs: int, batch_size: int, lr: float, backbone_lr: float,
               weight_decay: float, warmup_epochs: float, grad_clip: float | None, alpha: float, beta: float,
               num_clips_test: int, fastvqa_init: str | None, swin_k400_init: str | None, resume: bool, device: str,
-              seed: int, tiny: bool, workers: int | None, branches: str, no_regression_head: bool, prompt_groups: str,
+              seed: int, tiny: bool, workers: int | None, branches: str, no_regression_head: bool,
+              prompt_groups: str,
               no_amp: bool, grad_checkpoint: bool, quiet: bool) -> None:
     """Train CLiF-VQA on cached semantic features (CLIP is never loaded) and FAST-VQA fragments.
 
@@ -481,8 +483,11 @@ def evaluate_cmd(checkpoint: str, manifest_path: str, videos: str, stores: tuple
 @click.option("--checkpoint", required=True, type=click.Path(exists=True, file_okay=False), help="Checkpoint directory (e.g. runs/NAME/best).")
 @click.option("--store", "stores", multiple=True, help="Feature store to take features from; a video matches when its bytes are the extracted file's (sha256).")
 @click.option("--clip-model", default=None, help="CLIP hub id or folder for videos not in a store [default: the checkpoint's model]; its weights must be the checkpoint's.")
-@click.option("--output", "-o", type=click.Path(dir_okay=False), default=None, help="Write out.csv (video, score, raw, error) or out.json [default: CSV to stdout].")
-@click.option("--explain", is_flag=True, help="Print each video's top prompts (mean and max CLIP score over the video); with --output also write every prompt's per-frame curves (JSON; with CSV in OUT.explain.json).")
+@click.option("--output", "-o", type=click.Path(dir_okay=False), default=None,
+              help="Write out.csv (video, score, raw, error) or out.json [default: CSV to stdout].")
+@click.option("--explain", is_flag=True,
+              help="Print each video's top prompts (mean and max CLIP score over the video); with --output "
+                   "also write every prompt's per-frame curves (JSON; with CSV in OUT.explain.json).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def predict_cmd(inputs: tuple[str, ...], checkpoint: str, stores: tuple[str, ...], clip_model: str | None, output: str | None,
@@ -502,10 +507,12 @@ def predict_cmd(inputs: tuple[str, ...], checkpoint: str, stores: tuple[str, ...
     """
     from clifvqa.extract.clip_model import ClipLoadError
     from clifvqa.train.checkpoint import read_meta, score_mapping_of
-    from clifvqa.train.predict import NO_MAPPING_NOTE, explain_text, predict, predictions_csv, write_predictions
+    from clifvqa.train.predict import (NO_MAPPING_NOTE, explain_text, predict, predictions_csv,
+                                       write_predictions)
 
     try:
-        preds = predict(list(inputs), checkpoint, list(stores), clip_model, device, explain, progress=not quiet)
+        preds = predict(list(inputs), checkpoint, list(stores), clip_model, device, explain,
+                        progress=not quiet)
         no_mapping = score_mapping_of(read_meta(checkpoint)) is None
     except (ValueError, ClipLoadError) as exc:  # FingerprintMismatch, ProvenanceMismatch, CheckpointError
         fail(str(exc))

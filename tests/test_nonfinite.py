@@ -39,7 +39,8 @@ def poison(monkeypatch, module, key: str) -> None:
     monkeypatch.setattr(module, "load_semantic_features", load)
 
 
-def test_nan_features_stop_training_naming_the_batch_and_write_no_checkpoint(tmp_path, make_train_set, monkeypatch):
+def test_nan_features_stop_training_naming_the_batch_and_write_no_checkpoint(tmp_path, make_train_set,
+                                                                             monkeypatch):
     from clifvqa.train import trainer
 
     data = make_train_set(tmp_path / "data", split=TAGS)
@@ -68,7 +69,8 @@ def test_no_checkpoint_with_nonfinite_weights_is_saved_or_loaded(tmp_path):
     with torch.no_grad():
         model.semantic.fc1.weight[0, 0] = math.inf
         model.semantic.fc2.bias.fill_(math.nan)
-    with pytest.raises(ckpt.NonFiniteWeights, match=r"2 of \d+ weights are NaN or inf \(in 2 tensors: semantic\.fc1\.weight"):
+    expected = r"2 of \d+ weights are NaN or inf \(in 2 tensors: semantic\.fc1\.weight"
+    with pytest.raises(ckpt.NonFiniteWeights, match=expected):
         ckpt.save_checkpoint(tmp_path / "best", model, config, {}, "sha256:x", {"epoch": 2})
     assert (good / ckpt.MODEL_FILE).read_bytes() == before  # the previous checkpoint is untouched
     assert json.loads((good / ckpt.META_FILE).read_text())["epoch"] == 1
@@ -102,12 +104,15 @@ def test_evaluate_refuses_a_nan_output_naming_the_video(semantic_checkpoint, mon
     data, path = semantic_checkpoint
     poison(monkeypatch, evaluate_module, data.keys[3])
     with pytest.raises(NonFiniteOutput, match=rf"NaN or inf for 1 of 6 videos: {data.keys[3]} \(1 in all\)"):
-        evaluate_module.evaluate(path, data.manifest, data.videos, [data.store], tmp_path / "eval", device="cpu")
+        evaluate_module.evaluate(path, data.manifest, data.videos, [data.store], tmp_path / "eval",
+                                 device="cpu")
     assert not (tmp_path / "eval").exists()
-    result = CliRunner().invoke(main, ["evaluate", "--checkpoint", str(path), "--manifest", str(data.manifest), "--videos",
-                                       str(data.videos), "--store", str(data.store), "--device", "cpu", "--quiet"])
+    args = ["evaluate", "--checkpoint", str(path), "--manifest", str(data.manifest), "--videos",
+            str(data.videos), "--store", str(data.store), "--device", "cpu", "--quiet"]
+    result = CliRunner().invoke(main, args)
     assert result.exit_code == 2 and "Traceback" not in result.output
-    assert result.output.count("\n") == 1 and result.output.startswith("error: the model's output is NaN or inf for 1 of 6")
+    assert result.output.count("\n") == 1
+    assert result.output.startswith("error: the model's output is NaN or inf for 1 of 6")
 
 
 def test_predict_never_prints_nan(semantic_checkpoint, monkeypatch):
@@ -125,8 +130,10 @@ def test_predict_never_prints_nan(semantic_checkpoint, monkeypatch):
     video = data.videos / data.keys[0]
     (pred,) = predict_module.predict([video], path, device="cpu")
     assert pred.score is None and pred.raw is None
-    assert pred.error == "the model's output is nan: its semantic features (fake) or the checkpoint's weights are corrupt"
-    result = CliRunner().invoke(main, ["predict", str(video), "--checkpoint", str(path), "--device", "cpu", "--quiet"])
+    assert pred.error == ("the model's output is nan: its semantic features (fake) or the checkpoint's "
+                          "weights are corrupt")
+    result = CliRunner().invoke(main, ["predict", str(video), "--checkpoint", str(path), "--device", "cpu",
+                                       "--quiet"])
     assert result.exit_code == 1
     assert "nan," not in result.output and f"failed: {video}: the model's output is nan" in result.output
 

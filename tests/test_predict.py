@@ -57,7 +57,7 @@ def test_same_score_every_run_and_from_store_or_extraction(setup, tmp_path):
     from_store = predict([renamed, setup.videos[1]], setup.ckpt, stores=[setup.store], device="cpu")
     assert [p.features for p in from_store] == [f"store {setup.store} key set/v0.mp4", f"store {setup.store} key set/v1.mp4"]
     assert from_store[0].raw == pytest.approx(extracted[0].raw, abs=1e-5)
-    assert from_store[1].raw != pytest.approx(from_store[0].raw, abs=1e-6)  # different videos, different scores
+    assert from_store[1].raw != pytest.approx(from_store[0].raw, abs=1e-6)  # different videos and scores
 
 
 def test_refuses_a_clip_whose_weights_differ_from_the_checkpoints(setup, tmp_path):
@@ -90,7 +90,8 @@ def test_folder_input_scores_every_video_and_reports_broken_ones(setup, tmp_path
     assert [p.video for p in preds] == [str(folder / "a.mp4"), str(folder / "broken.mp4"), str(folder / "sub/b.mp4"), str(tmp_path / "missing.mp4")]
     single = predict(setup.videos, setup.ckpt, stores=[setup.store], device="cpu")
     assert [preds[0].raw, preds[2].raw] == [p.raw for p in single]
-    assert preds[1].raw is None and preds[1].features is None and preds[1].error  # not in the store, extraction fails
+    # not in the store, and extraction fails
+    assert preds[1].raw is None and preds[1].features is None and preds[1].error
     assert preds[3].raw is None and preds[3].error == "no such file or folder"
 
     out = tmp_path / "scores.csv"

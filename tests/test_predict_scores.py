@@ -32,14 +32,25 @@ def test_mapping_is_the_logistic_fit_stored_as_json():
     raw = np.linspace(-0.02, 0.04, 30)  # the issue's kind of raw outputs
     mos = logistic4(raw, 60.0, 3.5, 0.01, 0.008)
     mapping = fit_score_mapping(raw, mos)
-    assert mapping.kind == "logistic" and mapping.n == 30 and mapping.mos_range == (pytest.approx(mos.min()), pytest.approx(mos.max()))
+    assert mapping.kind == "logistic" and mapping.n == 30
+    assert mapping.mos_range == (pytest.approx(mos.min()), pytest.approx(mos.max()))
     np.testing.assert_allclose(mapping.apply(raw), mos, atol=1e-3)
     again = ScoreMapping.from_dict(json.loads(json.dumps(mapping.to_dict())))
     assert again == mapping
-    assert np.all(np.diff(again.apply(np.linspace(-1, 1, 101))) >= 0)  # monotone, also beyond the fitted range
+    assert np.all(np.diff(again.apply(np.linspace(-1, 1, 101))) >= 0)  # monotone, also beyond the fit
     line = fit_score_mapping([0.0, 0.01, 0.02], [10.0, 20.0, 30.0])  # 3 points: too few for 4 parameters
     assert line.kind == "linear" and line.apply(0.03) == pytest.approx(40.0)
-    assert fit_score_mapping([0.5, 0.5], [1.0, 3.0]).apply([7.0]).tolist() == [2.0]  # constant outputs: the mean
+    assert fit_score_mapping([0.5, 0.5], [1.0, 3.0]).apply([7.0]).tolist() == [2.0]  # constant: the mean
+    # weakly correlated outputs: the logistic fit is nearly a step; predict's map takes the line
+    rng = np.random.default_rng(0)
+    weak_raw = rng.normal(size=40)
+    weak_mos = 30 + 10 * (weak_raw > 1.5) + rng.normal(scale=8, size=40)
+    assert fit_score_mapping(weak_raw, weak_mos).kind == "logistic"
+    assert abs(fit_score_mapping(weak_raw, weak_mos).params[3]) < 0.05 * np.ptp(weak_raw)
+    smooth = fit_score_mapping(weak_raw, weak_mos, smooth=True)
+    assert smooth.kind == "linear"
+    assert smooth.params == pytest.approx(tuple(np.polyfit(weak_raw, weak_mos, 1)))
+    assert fit_score_mapping(raw, mos, smooth=True) == mapping  # a real curve is kept
     with pytest.raises(ValueError, match="unknown score mapping kind 'cubic'"):
         ScoreMapping.from_dict({"kind": "cubic", "params": [1], "n": 2, "mos_range": [1, 2]})
 
@@ -61,7 +72,8 @@ def test_training_stores_the_mapping_and_evaluate_reports_scores_on_the_mos_scal
                            frames=np.arange(5), attrs={})
     out = tmp_path / "run"
     config = TrainConfig(epochs=3, batch_size=4, workers=0, num_clips_test=2, warmup_epochs=0.5, lr=0.02)
-    run_training(data.manifest, data.videos, [store], out, config, branches="semantic", tiny=True, progress=False)
+    run_training(data.manifest, data.videos, [store], out, config, branches="semantic", tiny=True,
+                 progress=False)
 
     meta = ckpt.read_meta(out / "best")
     stored = meta["score_mapping"]
@@ -74,14 +86,16 @@ def test_training_stores_the_mapping_and_evaluate_reports_scores_on_the_mos_scal
     raw = np.array([float(r["prediction"]) for r in test_rows])
     np.testing.assert_allclose([float(r["score"]) for r in test_rows], mapping.apply(raw), rtol=1e-9)
 
-    result = evaluate(out / "best", data.manifest, data.videos, [store], tmp_path / "eval", device="cpu", plot=False)
+    result = evaluate(out / "best", data.manifest, data.videos, [store], tmp_path / "eval", device="cpu",
+                      plot=False)
     assert result.scores == pytest.approx(mapping.apply(result.predictions).tolist())
     rows = read_csv(tmp_path / "eval" / "predictions.csv")
     assert [float(r["score"]) for r in rows] == pytest.approx(result.scores)
     # the raw outputs are nowhere near the MOS; the scores are on its scale
     mos_arr = np.array(result.mos)
     assert result.metrics["rmse_raw"] > 20
-    assert result.metrics["score_rmse"] == pytest.approx(np.sqrt(np.mean((np.array(result.scores) - mos_arr) ** 2)))
+    rmse = np.sqrt(np.mean((np.array(result.scores) - mos_arr) ** 2))
+    assert result.metrics["score_rmse"] == pytest.approx(rmse)
     assert result.metrics["score_rmse"] < result.metrics["rmse_raw"] / 2
     assert "RMSE of `score`" in result.summary()
 
@@ -101,8 +115,8 @@ def extracted(tmp_path_factory, tiny_clip):
     videos = [write_clip(root / "set" / f"v{i}.mp4", num_frames=8, width=160, height=128, seed=i, noise=6 * i)
               for i in range(2)]
     store = root / "features.zarr"
-    assert extract_dataset(root / "set", store, config=ExtractConfig(clip_model=str(tiny_clip), grid=(1, 1), device="cpu",
-                                                                      workers=1), progress=False).ok
+    config = ExtractConfig(clip_model=str(tiny_clip), grid=(1, 1), device="cpu", workers=1)
+    assert extract_dataset(root / "set", store, config=config, progress=False).ok
     with open_store(store) as st:
         prov, fp = st.provenance, st.fingerprint
     config = tiny_config(len(prov["prompts"]["texts"]), prov["prompts"]["groups"],
@@ -137,20 +151,24 @@ def test_explain_prints_a_summary_and_keeps_the_curves_in_the_json(extracted, tm
     from clifvqa.cli import main
     from clifvqa.train.predict import explain_text, predict
 
-    (pred,) = predict([extracted.videos[1]], extracted.ckpt, stores=[extracted.store], device="cpu", explain=True)
+    (pred,) = predict([extracted.videos[1]], extracted.ckpt, stores=[extracted.store], device="cpu",
+                      explain=True)
     prompts = pred.curves["prompts"]
     for p in prompts:
-        assert p["video_mean"] == pytest.approx(np.mean(p["avg"])) and p["video_max"] == pytest.approx(np.max(p["max"]))
+        assert p["video_mean"] == pytest.approx(np.mean(p["avg"]))
+        assert p["video_max"] == pytest.approx(np.max(p["max"]))
     top = sorted(prompts, key=lambda p: -p["video_mean"])[:5]
     text = explain_text(pred).splitlines()
     assert text[0] == f"{pred.video}: score {pred.score:.2f} on the training MOS scale, raw {pred.raw:.6g}"
-    assert text[1] == f"  top 5 of {len(prompts)} prompts by CLIP score (softmax share; mean over 8 frames and the crops, max over the video):"
+    assert text[1] == (f"  top 5 of {len(prompts)} prompts by CLIP score (softmax share; mean over 8 frames "
+                       "and the crops, max over the video):")
     assert [line.split()[0].strip('"') for line in text[2:]] == [p["text"].split()[0] for p in top]
     assert f"mean {top[0]['video_mean']:.3f}  max {top[0]['video_max']:.3f}" in text[2]
 
     out = tmp_path / "explained.json"
-    result = CliRunner().invoke(main, ["predict", str(extracted.videos[1]), "--checkpoint", str(extracted.ckpt), "--store",
-                                       str(extracted.store), "--device", "cpu", "--explain", "-o", str(out), "--quiet"])
+    args = ["predict", str(extracted.videos[1]), "--checkpoint", str(extracted.ckpt), "--store",
+            str(extracted.store), "--device", "cpu", "--explain", "-o", str(out), "--quiet"]
+    result = CliRunner().invoke(main, args)
     assert result.exit_code == 0 and "\n".join(text) in result.output
     (saved,) = json.loads(out.read_text())
     assert saved["explain"] == pred.curves and len(saved["explain"]["prompts"][0]["avg"]) == 8

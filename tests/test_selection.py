@@ -40,31 +40,34 @@ def test_ties_are_broken_by_validation_loss_then_the_later_epoch():
     # PLCC of 2 videos is +-1 up to rounding: 1.0 and 0.9999999999999998 are the same value
     assert selection_key(1, val(1.0, 1.0, 0.5)) < selection_key(2, val(1.0, 0.9999999999999998, 0.4))
     assert selection_key(3, val(1.0, 1.0, 0.5)) > selection_key(2, val(1.0, 1.0, 0.5))  # full tie: later
-    assert selection_key(1, val(0.9, 0.9, 9.0)) > selection_key(2, val(0.9, 0.8, 0.1))  # the metric comes first
+    assert selection_key(1, val(0.9, 0.9, 9.0)) > selection_key(2, val(0.9, 0.8, 0.1))  # metric first
     assert selection_key(1, val(math.nan, math.nan, 0.3)) > selection_key(2, val(math.nan, math.nan, 0.4))
     assert selection_key(1, val(-1.0, -1.0, 9.0)) > selection_key(2, val(math.nan, math.nan, 0.1))
     assert selection_key(1, {}) < selection_key(2, {})  # no validation at all: the last epoch
 
 
 def rows(*values) -> list[dict]:
-    return [{"epoch": e, "val_n": 2, "val_srocc": s, "val_plcc": p, "val_loss": l} for e, (s, p, l) in enumerate(values, 1)]
+    return [{"epoch": e, "val_n": 2, "val_srocc": s, "val_plcc": p, "val_loss": l}
+            for e, (s, p, l) in enumerate(values, 1)]
 
 
 def test_the_reason_names_the_epoch_the_tie_and_what_broke_it():
     history = rows((1.0, 1.0, 0.9), (1.0, 1.0, 0.7), (1.0, 1.0, 0.8), (-1.0, -1.0, 0.1))
-    best = max(history, key=lambda r: selection_key(r["epoch"], {"srocc": r["val_srocc"], "plcc": r["val_plcc"],
-                                                                 "loss": r["val_loss"]}))["epoch"]
+    keys = {r["epoch"]: selection_key(r["epoch"], val(r["val_srocc"], r["val_plcc"], r["val_loss"]))
+            for r in history}
+    best = max(keys, key=keys.get)
     assert best == 2
     got = explain_selection(history, best, 8, None)
     assert got == {
         "epoch": 2, "of": 8, "val_videos": 2, "tied_epochs": [1, 2, 3], "warning": None,
-        "reason": "epoch 2 of 8: best val SROCC+PLCC 2.000 (SROCC 1.000, PLCC 1.000), tied with 2 other epochs; "
-                  "the lowest validation loss (0.7) broke the tie",
+        "reason": "epoch 2 of 8: best val SROCC+PLCC 2.000 (SROCC 1.000, PLCC 1.000), tied with 2 other "
+                  "epochs; the lowest validation loss (0.7) broke the tie",
     }
     alone = explain_selection(rows((0.5, 0.6, 1.0), (0.8, 0.7, 2.0)), 2, 2, None)
     assert alone["reason"] == "epoch 2 of 2: best val SROCC+PLCC 1.500 (SROCC 0.800, PLCC 0.700)"
     assert alone["tied_epochs"] == [2]
-    none = explain_selection([{"epoch": 1, "val_n": 0, "val_srocc": math.nan, "val_plcc": math.nan}], 1, 1, None)
+    empty = [{"epoch": 1, "val_n": 0, "val_srocc": math.nan, "val_plcc": math.nan}]
+    none = explain_selection(empty, 1, 1, None)
     assert none["reason"] == "epoch 1 of 1: no validation videos, so the last epoch"
 
 
@@ -96,8 +99,8 @@ def test_two_validation_videos_tied_at_srocc_one_no_longer_keep_epoch_one(tmp_pa
     out = tmp_path / "run"
     config = TrainConfig(epochs=5, batch_size=4, workers=0, num_clips_test=2, warmup_epochs=0.5, lr=0.02)
     with caplog.at_level(logging.WARNING, logger="clifvqa.train"):
-        summary = run_training(data.manifest, data.videos, [store], out, config, branches="semantic", tiny=True,
-                               progress=False)
+        summary = run_training(data.manifest, data.videos, [store], out, config, branches="semantic",
+                               tiny=True, progress=False)
     history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["val_srocc"] for r in history] == pytest.approx([1.0] * 5)  # the tie of the issue, every epoch
     losses = [r["val_loss"] for r in history]
@@ -107,12 +110,13 @@ def test_two_validation_videos_tied_at_srocc_one_no_longer_keep_epoch_one(tmp_pa
     assert result["best_epoch"] == best == ckpt.read_meta(out / "best")["epoch"]
     selection = result["selection"]
     assert selection["tied_epochs"] == [1, 2, 3, 4, 5] and selection["val_videos"] == 2
-    assert selection["reason"].startswith(f"epoch {best} of 5: best val SROCC+PLCC 2.000 (SROCC 1.000, PLCC 1.000), "
-                                          "tied with 4 other epochs; the lowest validation loss (")
+    assert selection["reason"].startswith(f"epoch {best} of 5: best val SROCC+PLCC 2.000 (SROCC 1.000, PLCC "
+                                          "1.000), tied with 4 other epochs; the lowest validation loss (")
     assert ckpt.read_meta(out / "best")["selection"] == selection
     # said three times: a warning before training, the summary table (= summary.txt), summary.json
     assert any(r.getMessage().startswith("warning: only 2 validation videos") for r in caplog.records)
-    assert f"main: {selection['reason']}" in summary["table"] and "warning: only 2 validation videos" in summary["table"]
+    assert f"main: {selection['reason']}" in summary["table"]
+    assert "warning: only 2 validation videos" in summary["table"]
     assert (out / "summary.txt").read_text() == summary["table"] + "\n"
     assert json.loads((out / "summary.json").read_text())["splits"][0]["selection"] == selection
 
@@ -121,7 +125,8 @@ def test_default_workers_follow_the_machine(monkeypatch):
     from clifvqa.cli import main
 
     for cores, want in ((1, 0), (2, 1), (3, 2), (64, 4)):
-        monkeypatch.setattr(trainer.os, "sched_getaffinity", lambda pid, n=cores: set(range(n)), raising=False)
+        monkeypatch.setattr(trainer.os, "sched_getaffinity", lambda pid, n=cores: set(range(n)),
+                            raising=False)
         assert trainer.default_train_workers() == want
         assert TrainConfig().workers == want
     help_text = " ".join(CliRunner().invoke(main, ["train", "--help"]).output.split())

@@ -57,7 +57,8 @@ def _check_finite(state: Mapping[str, torch.Tensor], where: str) -> None:
         total = sum(v.numel() for v in state.values())
         names = ", ".join(list(bad)[:3]) + (", ..." if len(bad) > 3 else "")
         raise NonFiniteWeights(
-            f"{where}: {sum(bad.values())} of {total} weights are NaN or inf (in {len(bad)} tensors: {names}); "
+            f"{where}: {sum(bad.values())} of {total} weights are NaN or inf "
+            f"(in {len(bad)} tensors: {names}); "
             "the model diverged: retrain (e.g. lower --lr, check the features with clifvqa store verify)"
         )
 
@@ -155,7 +156,8 @@ def update_meta(path: str | os.PathLike[str], fields: Mapping[str, Any]) -> dict
     from clifvqa._atomic import atomic_write_text
 
     meta = {**read_meta(path), **dict(fields)}
-    atomic_write_text(Path(path) / META_FILE, json.dumps(meta, indent=2, sort_keys=True, allow_nan=True) + "\n")
+    text = json.dumps(meta, indent=2, sort_keys=True, allow_nan=True) + "\n"
+    atomic_write_text(Path(path) / META_FILE, text)
     return meta
 
 

@@ -88,7 +88,8 @@ class EvalResult:
             f"  KROCC {_fmt(m['krocc'])}  RMSE {_fmt(m['rmse'])} (raw {_fmt(m['rmse_raw'])})"
         ]
         if "score_rmse" in m:
-            lines.append(f"RMSE of `score` (the checkpoint's map onto its training MOS scale) {_fmt(m['score_rmse'])}")
+            lines.append(f"RMSE of `score` (the checkpoint's map onto its training MOS scale) "
+                         f"{_fmt(m['score_rmse'])}")
         if self.unlabelled:
             lines.append(f"left out {len(self.unlabelled)} videos without MOS: {listing(self.unlabelled, 5)}")
         for video, error in self.failures:
@@ -277,8 +278,9 @@ def _write_predictions(path: Path, result: EvalResult) -> Path:
     writer = csv.writer(text, lineterminator="\n")
     writer.writerow(["video", "mos", "prediction", "fitted_prediction", "score"])
     scores = result.scores or [None] * len(result.videos)
+    columns = zip(result.videos, result.mos, result.predictions, result.fitted, scores)
     writer.writerows([v, repr(m), repr(p), repr(f), "" if s is None else repr(s)]
-                     for v, m, p, f, s in zip(result.videos, result.mos, result.predictions, result.fitted, scores))
+                     for v, m, p, f, s in columns)
     return atomic_write_text(path, text.getvalue())
 
 

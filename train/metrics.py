@@ -65,7 +65,8 @@ class ScoreMapping:
         raise ValueError(f"unknown score mapping kind {self.kind!r}")
 
     def to_dict(self) -> dict[str, object]:
-        return {"kind": self.kind, "params": list(self.params), "n": self.n, "mos_range": list(self.mos_range)}
+        return {"kind": self.kind, "params": list(self.params), "n": self.n,
+                "mos_range": list(self.mos_range)}
 
     @classmethod
     def from_dict(cls, data: dict) -> ScoreMapping:
@@ -75,10 +76,21 @@ class ScoreMapping:
         return mapping
 
 
-def fit_score_mapping(pred: np.ndarray | Sequence[float], mos: np.ndarray | Sequence[float]) -> ScoreMapping:
+# ``smooth`` fits refuse a logistic whose scale |b4| is below this share of the predictions' range.
+MIN_LOGISTIC_WIDTH = 0.05
+
+
+def fit_score_mapping(pred: np.ndarray | Sequence[float], mos: np.ndarray | Sequence[float], *,
+                      smooth: bool = False) -> ScoreMapping:
     """Fit the VQEG 4-parameter logistic from ``pred`` to ``mos``; a least-squares line when the
     logistic fails to converge, gives non-finite values or has at most 4 points; ``"none"``
-    (the MOS mean) for fewer than 2 points or constant predictions."""
+    (the MOS mean) for fewer than 2 points or constant predictions.
+
+    ``smooth`` (the map ``predict`` applies to new videos) also takes the line when the logistic
+    is nearly a step (``|b4|`` under 5% of the predictions' range, as weakly correlated outputs
+    give): a step would give most new videos one of two scores, while the least-squares line
+    keeps their order and pulls weak predictions towards the mean MOS.
+    """
     from scipy.optimize import OptimizeWarning, curve_fit
 
     pred = np.asarray(pred, np.float64).reshape(-1)
@@ -94,7 +106,8 @@ def fit_score_mapping(pred: np.ndarray | Sequence[float], mos: np.ndarray | Sequ
             # "covariance could not be estimated" is common on exact fits and harmless here
             warnings.simplefilter("ignore", OptimizeWarning)
             params, _ = curve_fit(logistic4, pred, mos, p0=p0, maxfev=20000)
-        if np.all(np.isfinite(logistic4(pred, *params))):
+        steep = smooth and abs(params[3]) < MIN_LOGISTIC_WIDTH * np.ptp(pred)
+        if np.all(np.isfinite(logistic4(pred, *params))) and not steep:
             return ScoreMapping("logistic", tuple(float(p) for p in params), int(pred.size), extent)
     except (RuntimeError, ValueError, FloatingPointError):
         pass

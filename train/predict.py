@@ -94,9 +94,9 @@ class Prediction:
 
 
 NO_MAPPING_NOTE = (
-    "note: checkpoint {checkpoint} has no score mapping (saved before clifvqa fitted one), so `score` is empty; "
-    "`raw` is the model's output on an arbitrary scale (it ranks videos, but is not MOS); retrain to get scores on "
-    "the MOS scale"
+    "note: checkpoint {checkpoint} has no score mapping (saved before clifvqa fitted one), so `score` is "
+    "empty; `raw` is the model's output on an arbitrary scale (it ranks videos, but is not MOS); retrain "
+    "to get scores on the MOS scale"
 )
 
 
@@ -216,8 +216,8 @@ def predict(
     todo = [i for i, (_, _, error) in enumerate(entries) if error is None]
     pooled: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # entry -> (pooled [T, 2r], frames [T])
     if config.uses_semantic and todo:
-        _semantic_features(entries, todo, preds, pooled, list(stores or []), meta, checkpoint, clip_model, str(dev), workers,
-                           progress)
+        _semantic_features(entries, todo, preds, pooled, list(stores or []), meta, checkpoint, clip_model,
+                           str(dev), workers, progress)
     fragment_config = config.fragment_config() if config.uses_spatial else None
     for i in tqdm(todo, desc="scoring", unit="video", disable=not progress, leave=False, dynamic_ncols=True):
         pred = preds[i]
@@ -235,8 +235,8 @@ def predict(
         with torch.no_grad():
             raw = float(model(semantic, fragments).float().item())
         if not np.isfinite(raw):
-            pred.error = (f"the model's output is {raw}: its semantic features ({pred.features or 'none'}) or the "
-                          "checkpoint's weights are corrupt")
+            pred.error = (f"the model's output is {raw}: its semantic features ({pred.features or 'none'}) "
+                          "or the checkpoint's weights are corrupt")
             continue
         pred.raw = raw
         pred.score = float(mapping.apply(raw)) if mapping is not None else None
@@ -308,7 +308,8 @@ def _curves(pooled: np.ndarray, frames: np.ndarray, provenance: Mapping[str, Any
         "frames": [int(f) for f in frames],
         "prompts": [
             {"text": texts[j], "group": groups[j], "video_mean": float(pooled[:, j].mean()),
-             "video_max": float(pooled[:, r + j].max()), "avg": pooled[:, j].tolist(), "max": pooled[:, r + j].tolist()}
+             "video_max": float(pooled[:, r + j].max()), "avg": pooled[:, j].tolist(),
+             "max": pooled[:, r + j].tolist()}
             for j in range(r)
         ],
     }
@@ -319,15 +320,17 @@ def explain_text(prediction: Prediction, top: int = 5) -> str:
     mean score over the video (with their max over the video), from ``prediction.curves``."""
     if prediction.error is not None:
         return f"{prediction.video}: failed: {prediction.error}"
-    score = f"score {prediction.score:.2f} on the training MOS scale, " if prediction.score is not None else ""
+    score = "" if prediction.score is None else f"score {prediction.score:.2f} on the training MOS scale, "
     lines = [f"{prediction.video}: {score}raw {prediction.raw:.6g}"]
     if prediction.curves:
         prompts = sorted(prediction.curves["prompts"], key=lambda p: -p["video_mean"])
         width = max(len(p["text"]) for p in prompts[:top]) + 2
-        lines.append(f"  top {min(top, len(prompts))} of {len(prompts)} prompts by CLIP score (softmax share; mean over "
-                     f"{len(prediction.curves['frames'])} frames and the crops, max over the video):")
-        lines += [f"    {json.dumps(p['text']):<{width}} {p['group']:<10}  mean {p['video_mean']:.3f}  max {p['video_max']:.3f}"
-                  for p in prompts[:top]]
+        frames = len(prediction.curves["frames"])
+        shown = min(top, len(prompts))
+        lines.append(f"  top {shown} of {len(prompts)} prompts by CLIP score (softmax share; "
+                     f"mean over {frames} frames and the crops, max over the video):")
+        lines += [f"    {json.dumps(p['text']):<{width}} {p['group']:<10}  "
+                  f"mean {p['video_mean']:.3f}  max {p['video_max']:.3f}" for p in prompts[:top]]
     return "\n".join(lines)
 
 

@@ -10,15 +10,22 @@ trained, trains one model per split (:func:`train_split`) and writes::
     OUT[/split_XX]/metrics.csv   one row per epoch (also metrics.jsonl)
     OUT[/split_XX]/best/         checkpoint of the epoch selected on validation
     OUT[/split_XX]/last/         checkpoint of the latest epoch + resume state
-    OUT[/split_XX]/result.json   best epoch, its validation and test metrics
-    OUT[/split_XX]/test_predictions.csv
+    OUT[/split_XX]/result.json   best epoch, why it was selected, its validation and test metrics
+    OUT[/split_XX]/test_predictions.csv   video, mos, prediction (raw), score (MOS scale)
 
 Recipe (paper §5.1): AdamW (weight decay 0.05 on every parameter, as FAST-VQA), lr 7.5e-5 for
 the Video Swin backbone and 7.5e-4 for everything else, batch 12; per-step schedule: linear
 warm-up over ``warmup_epochs`` (step s gets ``(s+1)/warmup``) then cosine decay to 0 at the end;
 autocast (bf16 where supported, else fp16 with loss scaling) on GPU. The model is selected on
-the validation videos by SROCC + PLCC (FAST-VQA's criterion), never on the test set; test
-metrics are computed once, for the selected epoch.
+the validation videos by SROCC + PLCC (FAST-VQA's criterion), ties broken by the validation
+loss, then the later epoch (:func:`selection_key`), never on the test set; the run says which
+epoch and why (:func:`explain_selection`) and warns when fewer than ``MIN_VAL_VIDEOS``
+validation videos cannot rank epochs. Test metrics are computed once, for the selected epoch,
+and best/ gets the map from raw outputs onto the training MOS scale (``score_mapping``, fitted on
+the training videos) that ``predict`` reports as ``score``.
+
+A NaN or inf training loss stops the run (:class:`NonFiniteLoss`, naming the batch's videos)
+before the epoch is saved; checkpoints never hold non-finite weights.
 
 Resume (``resume=True``): model, AdamW moments, step, epoch, best-so-far and the RNG states come
 back from ``last/``; training data order and fragment draws are functions of (seed, epoch,
@@ -240,8 +247,8 @@ def predict_items(
     bad = [key for key, pred, _ in out if not math.isfinite(pred)]
     if bad:
         raise NonFiniteOutput(
-            f"the model's output is NaN or inf for {len(bad)} of {len(out)} videos: {listing(bad, 5)}; their semantic "
-            "features or the checkpoint's weights are corrupt (check the store with clifvqa store verify)"
+            f"the model's output is NaN or inf for {len(bad)} of {len(out)} videos: {listing(bad, 5)}; their "
+            "semantic features or the checkpoint's weights are corrupt (check: clifvqa store verify)"
         )
     order = {item.key: i for i, item in enumerate(items)}
     out.sort(key=lambda row: order[row[0]])
@@ -313,18 +320,22 @@ def small_validation_warning(n_val: int, n_train: int) -> str | None:
     fraction = math.ceil(100 * MIN_VAL_VIDEOS / (n_val + n_train)) / 100
     carve = f" or, without them, --val-fraction {fraction:.2f}" if fraction <= 0.5 else ""
     return (
-        f"only {n_val} validation video{'s' if n_val != 1 else ''}: too few to rank epochs (SROCC over fewer than "
-        f"{MIN_VAL_VIDEOS} videos takes few distinct values and is noisy by +-0.3 or more), so the selected epoch is "
-        f"close to arbitrary; give at least {MIN_VAL_VIDEOS} validation videos ('val' rows in the manifest{carve}), "
-        "or pass --val-fraction 0 to train a fixed number of epochs and keep the last"
+        f"only {n_val} validation video{'s' if n_val != 1 else ''}: too few to rank epochs (SROCC over "
+        f"fewer than {MIN_VAL_VIDEOS} videos takes few distinct values and is noisy by +-0.3 or more), "
+        f"so the selected epoch is close to arbitrary; give at least {MIN_VAL_VIDEOS} validation videos "
+        f"('val' rows in the manifest{carve}), or pass --val-fraction 0 to train a fixed number of epochs "
+        "and keep the last"
     )
 
 
-def explain_selection(history: Sequence[Mapping[str, Any]], best_epoch: int, epochs: int, warning: str | None) -> dict[str, Any]:
+def explain_selection(
+    history: Sequence[Mapping[str, Any]], best_epoch: int, epochs: int, warning: str | None
+) -> dict[str, Any]:
     """Which epoch was selected and why, from the per-epoch metric rows (``epoch``, ``val_n``,
     ``val_srocc``, ``val_plcc``, ``val_loss``) of :func:`train_split`."""
     rows = {int(r["epoch"]): r for r in history}
-    val = {e: {"srocc": r["val_srocc"], "plcc": r["val_plcc"], "loss": r.get("val_loss", math.nan)} for e, r in rows.items()}
+    val = {e: {"srocc": r["val_srocc"], "plcc": r["val_plcc"], "loss": r.get("val_loss", math.nan)}
+           for e, r in rows.items()}
     key = selection_key(best_epoch, val.get(best_epoch))
     tied = sorted(e for e in rows if selection_key(e, val[e])[0] == key[0])
     best = rows.get(best_epoch, {})
@@ -478,14 +489,18 @@ def train_split(
     eval_batch = max(1, config.batch_size // (fragments.num_clips_test if fragments else 1))  # ~as many clips per pass as in training
     extra_base = {"train_config": config.to_dict(), "split": plan.name}
 
-    def evaluate(items: Sequence[VideoItem], what: str) -> tuple[dict[str, Any], tuple[list[str], list[float], list[float]]]:
+    def evaluate(
+        items: Sequence[VideoItem], what: str
+    ) -> tuple[dict[str, Any], tuple[list[str], list[float], list[float]]]:
         keys, preds, mos, failed = predict_items(
             model, items, video_root, semantic_rows, fragments, device=device, batch_size=eval_batch,
-            workers=config.workers, seed=seed, dist=dist, amp=amp, progress=progress, desc=f"{plan.name} {what}",
+            workers=config.workers, seed=seed, dist=dist, amp=amp, progress=progress,
+            desc=f"{plan.name} {what}",
         )
         metrics = compute_metrics(preds, mos) if keys else {"n": 0}
         if keys:  # Eq. 16 over the whole set: a tie-break for selection (see selection_key)
-            metrics["loss"] = float(clifvqa_loss(torch.tensor(preds), torch.tensor(mos), config.alpha, config.beta))
+            loss = clifvqa_loss(torch.tensor(preds), torch.tensor(mos), config.alpha, config.beta)
+            metrics["loss"] = float(loss)
         metrics["skipped"] = len(failed)
         return metrics, (keys, preds, mos)
 
@@ -526,7 +541,8 @@ def train_split(
             if batch["keys"]:
                 value = loss.item()  # the one sync per step there always was (logging needs it)
                 if not math.isfinite(value):
-                    raise NonFiniteLoss(_nonfinite_loss_message(value, batch, pred, plan.name, epoch, config.epochs, step))
+                    where = f"{plan.name} epoch {epoch + 1}/{config.epochs} step {step}"
+                    raise NonFiniteLoss(_nonfinite_loss_message(value, batch, pred, where))
                 loss_sum += value * len(batch["keys"])
                 loss_n += len(batch["keys"])
                 if hasattr(bar, "set_postfix"):
@@ -552,8 +568,9 @@ def train_split(
         }
         if skipped:
             log.warning("warning: epoch %d: %d videos could not be decoded and were skipped", epoch + 1, skipped)
-        log.info("%s epoch %d: loss %.4f, val SROCC %.4f PLCC %.4f loss %.4f%s", plan.name, epoch + 1, row["train_loss"],
-                 row["val_srocc"], row["val_plcc"], row["val_loss"], " (best so far)" if improved else "")
+        log.info("%s epoch %d: loss %.4f, val SROCC %.4f PLCC %.4f loss %.4f%s", plan.name, epoch + 1,
+                 row["train_loss"], row["val_srocc"], row["val_plcc"], row["val_loss"],
+                 " (best so far)" if improved else "")
         history.append(row)
         if dist.main:
             _append_metrics(out, {k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()})
@@ -566,9 +583,10 @@ def train_split(
         dist.barrier()
         epochs_done = epoch + 1
 
-    selection = explain_selection(history, best_epoch + 1, config.epochs, small_validation_warning(len(plan.val), len(plan.train)))
+    warning = small_validation_warning(len(plan.val), len(plan.train))
+    selection = explain_selection(history, best_epoch + 1, config.epochs, warning)
     if epochs_done < config.epochs:
-        return SplitResult(plan.name, best_epoch + 1, best_val, None, epochs_done, finished=False, selection=selection)
+        return SplitResult(plan.name, best_epoch + 1, best_val, None, epochs_done, False, selection)
 
     from safetensors.torch import load_file
 
@@ -576,7 +594,7 @@ def train_split(
     # The selected model's raw outputs on its training videos fix the map onto the MOS scale
     # that predict reports as `score` (one pass over the training set, no gradients).
     train_metrics, (_, train_preds, train_mos) = evaluate(plan.train, "score mapping (training videos)")
-    mapping = fit_score_mapping(train_preds, train_mos)
+    mapping = fit_score_mapping(train_preds, train_mos, smooth=True)
     score_mapping = {
         **mapping.to_dict(),
         "fitted_on": f"the {mapping.n} training videos of split {plan.name}",
@@ -591,10 +609,11 @@ def train_split(
                 writer = csv.writer(fh)
                 writer.writerow(["video", "mos", "prediction", "score"])
                 writer.writerows(zip(keys, mos, preds, mapping.apply(preds).tolist()))
-    result = SplitResult(plan.name, best_epoch + 1, best_val, test_metrics, epochs_done, finished=True, selection=selection)
+    result = SplitResult(plan.name, best_epoch + 1, best_val, test_metrics, epochs_done, True, selection)
     if dist.main:
-        ckpt.update_meta(best_dir, {"metrics": {"val": best_val, "test": test_metrics, "train": train_metrics},
-                                    "score_mapping": score_mapping, "selection": selection})
+        metrics = {"val": best_val, "test": test_metrics, "train": train_metrics}
+        ckpt.update_meta(best_dir, {"metrics": metrics, "score_mapping": score_mapping,
+                                    "selection": selection})
         (out / "result.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n", encoding="utf-8")
     dist.barrier()
     return result
@@ -607,24 +626,23 @@ def _read_metrics(folder: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def _nonfinite_loss_message(value: float, batch: Mapping[str, Any], pred: torch.Tensor, split: str, epoch: int,
-                            epochs: int, step: int) -> str:
+def _nonfinite_loss_message(value: float, batch: Mapping[str, Any], pred: torch.Tensor, where: str) -> str:
     """Name the batch, and the videos whose prediction or semantic input is not finite (this path
     only runs once, so the extra device reads cost nothing)."""
     keys = batch["keys"]
     outputs = pred.detach().float().cpu().reshape(-1).tolist()
     semantic = batch["semantic"]
-    bad_in = [k for i, k in enumerate(keys) if semantic is not None and not bool(torch.isfinite(semantic[i]).all())]
+    bad_in = [k for i, k in enumerate(keys) if semantic is not None and not torch.isfinite(semantic[i]).all()]
     bad_out = [k for k, v in zip(keys, outputs) if not math.isfinite(v)]
     detail = ""
     if bad_in:
-        detail = f"; non-finite semantic features in {listing(bad_in, 5)} (check the store: clifvqa store verify)"
+        detail = f"; non-finite semantic features in {listing(bad_in, 5)} (check the store: store verify)"
     elif bad_out:
         detail = f"; non-finite model output for {listing(bad_out, 5)}"
     else:
         detail = "; the model diverged (try a lower --lr or --grad-clip)"
     return (
-        f"{split} epoch {epoch + 1}/{epochs} step {step}: the training loss is {value} on the batch "
+        f"{where}: the training loss is {value} on the batch "
         f"{listing(keys, 5)}{detail}; training stopped, no checkpoint of this epoch was saved"
     )
 
@@ -777,8 +795,10 @@ def _summarize_run(results: list[SplitResult], out: Path, num_plans: int, dist: 
     }
     table = format_table(rows, summary_stats if len(rows) > 1 else None)
     chosen = [f"{r.name}: {r.selection['reason']}" for r in results if r.selection]
-    warnings = list(dict.fromkeys(f"warning: {r.selection['warning']}" for r in results if r.selection and r.selection["warning"]))
-    summary["table"] = "\n".join([f"{on} metrics (selected epoch per split)", table, "selected:", *chosen, *warnings])
+    warned = dict.fromkeys(f"warning: {r.selection['warning']}" for r in results
+                           if r.selection and r.selection["warning"])
+    lines = [f"{on} metrics (selected epoch per split)", table, "selected:", *chosen, *warned]
+    summary["table"] = "\n".join(lines)
     if dist.main:
         (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
         (out / "summary.txt").write_text(summary["table"] + "\n", encoding="utf-8")
