@@ -496,8 +496,8 @@ def predict_cmd(inputs: tuple[str, ...], checkpoint: str, stores: tuple[str, ...
 
     \b
     score  the predicted quality on the MOS scale of the checkpoint's training set: raw mapped
-           by the monotone 4-parameter logistic that train fitted on its training videos
-           (empty for checkpoints saved before train stored that map)
+           by the monotone map (4-parameter logistic, or a line) that train fitted on its
+           training videos and stored in best/ (empty for checkpoints without that map)
     raw    the model's own output: same ranking, arbitrary scale (the training loss only
            ranks and correlates)
 

@@ -94,9 +94,9 @@ class Prediction:
 
 
 NO_MAPPING_NOTE = (
-    "note: checkpoint {checkpoint} has no score mapping (saved before clifvqa fitted one), so `score` is "
-    "empty; `raw` is the model's output on an arbitrary scale (it ranks videos, but is not MOS); retrain "
-    "to get scores on the MOS scale"
+    "note: checkpoint {checkpoint} has no score mapping (train stores one in best/ at the end of a run; "
+    "older checkpoints have none), so `score` is empty; `raw` is the model's output on an arbitrary scale "
+    "(it ranks videos, but is not MOS)"
 )
 
 

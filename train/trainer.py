@@ -18,7 +18,7 @@ the Video Swin backbone and 7.5e-4 for everything else, batch 12; per-step sched
 warm-up over ``warmup_epochs`` (step s gets ``(s+1)/warmup``) then cosine decay to 0 at the end;
 autocast (bf16 where supported, else fp16 with loss scaling) on GPU. The model is selected on
 the validation videos by SROCC + PLCC (FAST-VQA's criterion), ties broken by the validation
-loss, then the later epoch (:func:`selection_key`), never on the test set; the run says which
+loss, then the later epoch (:func:`select_epoch`), never on the test set; the run says which
 epoch and why (:func:`explain_selection`) and warns when fewer than ``MIN_VAL_VIDEOS``
 validation videos cannot rank epochs. Test metrics are computed once, for the selected epoch,
 and best/ gets the map from raw outputs onto the training MOS scale (``score_mapping``, fitted on
@@ -296,21 +296,39 @@ class SplitResult:
 # SROCC of 0.8 is measured anywhere in 0.27-0.96 (95%), wider than the gaps between epochs.
 MIN_VAL_VIDEOS = 10
 _TIE_DECIMALS = 9  # SROCC + PLCC equal to 1e-9 is a tie (n = 2 gives PLCC 1.0 or 0.9999999999999998)
+# Validation losses within this share of the lowest tied loss count as equal: on the few videos
+# where correlations tie, smaller differences are noise (the 32-clip case: 4.020 vs 4.034).
+LOSS_TIE = 0.01
 
 
-def selection_key(epoch: int, val: Mapping[str, Any] | None) -> tuple[float, float, int]:
-    """How epochs are ranked for model selection (larger wins): validation SROCC + PLCC (FAST-VQA's
-    criterion), then the lower validation loss (Eq. 16 over all validation videos: it keeps
-    measuring how far predictions are from the MOS when the correlations tie at 1.0), then the
-    later epoch (more training, and the last epoch when validation says nothing)."""
-    val = val or {}
-    score = float(val.get("srocc", math.nan)) + float(val.get("plcc", math.nan))
-    loss = float(val.get("loss", math.nan))
-    return (
-        round(score, _TIE_DECIMALS) if math.isfinite(score) else -math.inf,
-        -loss if math.isfinite(loss) else -math.inf,
-        epoch,
-    )
+def _val_score(row: Mapping[str, Any]) -> float:
+    score = float(row.get("val_srocc", math.nan)) + float(row.get("val_plcc", math.nan))
+    return round(score, _TIE_DECIMALS) if math.isfinite(score) else -math.inf
+
+
+def _val_loss(row: Mapping[str, Any]) -> float:
+    loss = float(row.get("val_loss", math.nan))
+    return loss if math.isfinite(loss) else math.inf
+
+
+def _selection(history: Sequence[Mapping[str, Any]]) -> tuple[int, list[int], list[int]]:
+    """(selected epoch, epochs tied on SROCC + PLCC, those of them within LOSS_TIE of the lowest loss)."""
+    top = max(_val_score(r) for r in history)
+    tied = [r for r in history if _val_score(r) == top]
+    low = min(_val_loss(r) for r in tied)
+    close = sorted(int(r["epoch"]) for r in tied if _val_loss(r) <= low * (1 + LOSS_TIE))
+    return close[-1], sorted(int(r["epoch"]) for r in tied), close
+
+
+def select_epoch(history: Sequence[Mapping[str, Any]]) -> int:
+    """The epoch (1-based) model selection keeps, from the per-epoch metric rows (``epoch``,
+    ``val_srocc``, ``val_plcc``, ``val_loss``): the best validation SROCC + PLCC (FAST-VQA's
+    criterion); among epochs tied on it, the lowest validation loss (Eq. 16 over all validation
+    videos: it still measures how far predictions are from the MOS when the correlations all say
+    1.0); among losses within ``LOSS_TIE`` of the lowest, the latest epoch (more training; the last
+    epoch when validation says nothing). The selection after each epoch is either unchanged or the
+    new epoch, so the best checkpoint can be saved as training goes."""
+    return _selection(history)[0]
 
 
 def small_validation_warning(n_val: int, n_train: int) -> str | None:
@@ -329,31 +347,29 @@ def small_validation_warning(n_val: int, n_train: int) -> str | None:
 
 
 def explain_selection(
-    history: Sequence[Mapping[str, Any]], best_epoch: int, epochs: int, warning: str | None
+    history: Sequence[Mapping[str, Any]], epochs: int, warning: str | None
 ) -> dict[str, Any]:
-    """Which epoch was selected and why, from the per-epoch metric rows (``epoch``, ``val_n``,
-    ``val_srocc``, ``val_plcc``, ``val_loss``) of :func:`train_split`."""
-    rows = {int(r["epoch"]): r for r in history}
-    val = {e: {"srocc": r["val_srocc"], "plcc": r["val_plcc"], "loss": r.get("val_loss", math.nan)}
-           for e, r in rows.items()}
-    key = selection_key(best_epoch, val.get(best_epoch))
-    tied = sorted(e for e in rows if selection_key(e, val[e])[0] == key[0])
-    best = rows.get(best_epoch, {})
+    """Which epoch :func:`select_epoch` keeps and why, as recorded in result.json and the summary."""
+    best_epoch, tied, close = _selection(history)
+    best = next(r for r in history if int(r["epoch"]) == best_epoch)
     n = int(best.get("val_n", 0) or 0)
+    score = _val_score(best)
     if n == 0:
         why = "no validation videos, so the last epoch"
-    elif key[0] == -math.inf:
+    elif score == -math.inf:
         why = f"validation SROCC/PLCC undefined on {n} video{'s' if n != 1 else ''}"
     else:
-        why = f"best val SROCC+PLCC {key[0]:.3f} (SROCC {best['val_srocc']:.3f}, PLCC {best['val_plcc']:.3f})"
+        why = f"best val SROCC+PLCC {score:.3f} (SROCC {best['val_srocc']:.3f}, PLCC {best['val_plcc']:.3f})"
     if n and len(tied) > 1:
-        same_loss = [e for e in tied if selection_key(e, val[e])[1] == key[1]]
-        what = "tied with" if key[0] != -math.inf else "as in"
-        why += f", {what} {len(tied) - 1} other epoch{'s' if len(tied) > 2 else ''}"
-        if len(same_loss) == 1:
-            why += f"; the lowest validation loss ({-key[1]:.4g}) broke the tie"
+        others = f"{len(tied) - 1} other epoch{'s' * (len(tied) > 2)}"
+        why += f", {'tied with' if score != -math.inf else 'as in'} {others}"
+        if len(close) == 1:
+            why += f"; the lowest validation loss ({_val_loss(best):.4g}) broke the tie"
+        elif _val_loss(best) == math.inf:
+            why += "; no validation loss either, so the latest of them"
         else:
-            why += "; equal validation loss too, so the latest of them"
+            near = ", ".join(map(str, close))
+            why += f"; validation loss within {LOSS_TIE:.0%} of the lowest in epochs {near}, so the latest"
     return {
         "epoch": best_epoch,
         "of": epochs,
@@ -468,7 +484,8 @@ def train_split(
             scaler.load_state_dict(state["scaler"])
         if dist.main:
             _truncate_metrics(out, state["epoch"] + 1)
-            history = _read_metrics(out)
+        dist.barrier()
+        history = [r for r in _read_metrics(out) if r["epoch"] <= state["epoch"] + 1]
         log.info("%s: resumed after epoch %d", plan.name, state["epoch"] + 1)
     else:
         _init_weights(model, fastvqa_init, swin_k400_init)
@@ -498,7 +515,7 @@ def train_split(
             desc=f"{plan.name} {what}",
         )
         metrics = compute_metrics(preds, mos) if keys else {"n": 0}
-        if keys:  # Eq. 16 over the whole set: a tie-break for selection (see selection_key)
+        if keys:  # Eq. 16 over the whole set: a tie-break for selection (see select_epoch)
             loss = clifvqa_loss(torch.tensor(preds), torch.tensor(mos), config.alpha, config.beta)
             metrics["loss"] = float(loss)
         metrics["skipped"] = len(failed)
@@ -552,9 +569,6 @@ def train_split(
             torch.distributed.all_reduce(totals)
             loss_sum, loss_n, skipped = totals[0].item(), int(totals[1].item()), int(totals[2].item())
         val_metrics = evaluate(plan.val, "validation")[0] if plan.val else {}
-        improved = best_epoch < 0 or selection_key(epoch, val_metrics) > selection_key(best_epoch, best_val)
-        if improved:
-            best_epoch, best_val = epoch, val_metrics
         row = {
             "epoch": epoch + 1,
             "train_loss": loss_sum / loss_n if loss_n else math.nan,
@@ -563,15 +577,18 @@ def train_split(
             "train_videos": loss_n,
             "skipped_videos": skipped,
             **{f"val_{k}": val_metrics.get(k, math.nan) for k in ("n",) + METRIC_KEYS + ("loss",)},
-            "selected": improved,
+            "selected": False,  # set below: whether this epoch is the selection so far
             "seconds": round(time.time() - t_start, 3),
         }
         if skipped:
             log.warning("warning: epoch %d: %d videos could not be decoded and were skipped", epoch + 1, skipped)
+        history.append(row)
+        improved = row["selected"] = select_epoch(history) == epoch + 1
+        if improved:
+            best_epoch, best_val = epoch, val_metrics
         log.info("%s epoch %d: loss %.4f, val SROCC %.4f PLCC %.4f loss %.4f%s", plan.name, epoch + 1,
                  row["train_loss"], row["val_srocc"], row["val_plcc"], row["val_loss"],
-                 " (best so far)" if improved else "")
-        history.append(row)
+                 " (selected so far)" if improved else "")
         if dist.main:
             _append_metrics(out, {k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()})
             extra = {**extra_base, "epoch": epoch + 1, "metrics": {"val": val_metrics}}
@@ -584,7 +601,7 @@ def train_split(
         epochs_done = epoch + 1
 
     warning = small_validation_warning(len(plan.val), len(plan.train))
-    selection = explain_selection(history, best_epoch + 1, config.epochs, warning)
+    selection = explain_selection(history, config.epochs, warning) if history else None
     if epochs_done < config.epochs:
         return SplitResult(plan.name, best_epoch + 1, best_val, None, epochs_done, False, selection)
 
