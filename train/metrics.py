@@ -76,20 +76,24 @@ class ScoreMapping:
         return mapping
 
 
-# ``smooth`` fits refuse a logistic whose scale |b4| is below this share of the predictions' range.
+# ``bounded`` fits: the logistic's asymptotes stay within the MOS range widened by this share of it
+# on each side, and its scale |b4| is at least this share of the predictions' range.
+ASYMPTOTE_MARGIN = 0.1
 MIN_LOGISTIC_WIDTH = 0.05
 
 
 def fit_score_mapping(pred: np.ndarray | Sequence[float], mos: np.ndarray | Sequence[float], *,
-                      smooth: bool = False) -> ScoreMapping:
+                      bounded: bool = False) -> ScoreMapping:
     """Fit the VQEG 4-parameter logistic from ``pred`` to ``mos``; a least-squares line when the
     logistic fails to converge, gives non-finite values or has at most 4 points; ``"none"``
     (the MOS mean) for fewer than 2 points or constant predictions.
 
-    ``smooth`` (the map ``predict`` applies to new videos) also takes the line when the logistic
-    is nearly a step (``|b4|`` under 5% of the predictions' range, as weakly correlated outputs
-    give): a step would give most new videos one of two scores, while the least-squares line
-    keeps their order and pulls weak predictions towards the mean MOS.
+    ``bounded`` (the map ``predict`` applies to new videos) constrains the logistic: both
+    asymptotes within the MOS range widened by ``ASYMPTOTE_MARGIN`` of it on each side, so a new
+    video's score stays on the scale even beyond the fitted outputs (unconstrained, a convex
+    stretch of data is fitted by a logistic's tail whose asymptote can be 10^5), and a scale
+    ``|b4|`` of at least ``MIN_LOGISTIC_WIDTH`` of the outputs' range, so a weakly correlated
+    model does not get a near-step map that gives most videos one of two scores.
     """
     from scipy.optimize import OptimizeWarning, curve_fit
 
@@ -99,15 +103,20 @@ def fit_score_mapping(pred: np.ndarray | Sequence[float], mos: np.ndarray | Sequ
     if pred.size < 2 or np.ptp(pred) == 0:
         return ScoreMapping("none", (float(mos.mean()) if mos.size else math.nan,), int(pred.size), extent)
     p0 = [mos.max(), mos.min(), float(np.mean(pred)), float(np.std(pred)) or 1.0]
+    bounds = (-np.inf, np.inf)
+    if bounded:
+        margin = ASYMPTOTE_MARGIN * (np.ptp(mos) or 1.0)
+        lo, hi = mos.min() - margin, mos.max() + margin
+        bounds = ([lo, lo, -np.inf, MIN_LOGISTIC_WIDTH * np.ptp(pred)], [hi, hi, np.inf, np.inf])
+        p0[3] = max(p0[3], 2 * bounds[0][3])  # start inside the bounds
     try:
         if pred.size <= len(p0):  # 4 parameters need more than 4 points to mean anything
             raise ValueError("too few points for a logistic fit")
         with warnings.catch_warnings():
             # "covariance could not be estimated" is common on exact fits and harmless here
             warnings.simplefilter("ignore", OptimizeWarning)
-            params, _ = curve_fit(logistic4, pred, mos, p0=p0, maxfev=20000)
-        steep = smooth and abs(params[3]) < MIN_LOGISTIC_WIDTH * np.ptp(pred)
-        if np.all(np.isfinite(logistic4(pred, *params))) and not steep:
+            params, _ = curve_fit(logistic4, pred, mos, p0=p0, bounds=bounds, maxfev=20000)
+        if np.all(np.isfinite(logistic4(pred, *params))):
             return ScoreMapping("logistic", tuple(float(p) for p in params), int(pred.size), extent)
     except (RuntimeError, ValueError, FloatingPointError):
         pass

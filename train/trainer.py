@@ -611,7 +611,7 @@ def train_split(
     # The selected model's raw outputs on its training videos fix the map onto the MOS scale
     # that predict reports as `score` (one pass over the training set, no gradients).
     train_metrics, (_, train_preds, train_mos) = evaluate(plan.train, "score mapping (training videos)")
-    mapping = fit_score_mapping(train_preds, train_mos, smooth=True)
+    mapping = fit_score_mapping(train_preds, train_mos, bounded=True)
     score_mapping = {
         **mapping.to_dict(),
         "fitted_on": f"the {mapping.n} training videos of split {plan.name}",
