@@ -472,39 +472,50 @@ def store_rescore_cmd(src: str, prompts_file: str, softmax: str, output: str, cl
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N (torchrun: one GPU per process).")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--tiny", is_flag=True, help="Tiny FAST-VQA and 16x128x128 fragments: the same code, for tests and demos.")
-@click.option("--workers", default=4, show_default=True, type=int, help="DataLoader processes decoding videos.")
+@click.option("--workers", default=None, type=click.IntRange(min=0),
+              help="DataLoader processes decoding videos [default: min(4, usable cores - 1), at least 0].")
 @click.option("--branches", type=click.Choice(["both", "semantic", "spatial"]), default="both", show_default=True, help="Ablation: which branches (paper Table 3).")
 @click.option("--no-regression-head", is_flag=True, help="Ablation: each branch's own readout instead of FC3/FC4.")
 @click.option("--prompt-groups", type=click.Choice(["all", "objective", "subjective"]), default="all", show_default=True, help="Ablation: prompts used (paper Table 4).")
 @click.option("--no-amp", is_flag=True, help="Full precision on GPU.")
 @click.option("--grad-checkpoint", is_flag=True, help="Recompute activations in the backward pass (less GPU memory).")
+@click.option("--allow-stale", is_flag=True, help="Use store entries whose video files changed since extraction, with a warning (refused otherwise: re-extract them).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def train_cmd(manifest_path: str, videos: str, stores: tuple[str, ...], out: str, val_fraction: float, splits: int | None,
               test_fraction: float, test_manifest: str | None, epochs: int, batch_size: int, lr: float, backbone_lr: float,
               weight_decay: float, warmup_epochs: float, grad_clip: float | None, alpha: float, beta: float,
               num_clips_test: int, fastvqa_init: str | None, swin_k400_init: str | None, resume: bool, device: str,
-              seed: int, tiny: bool, workers: int, branches: str, no_regression_head: bool, prompt_groups: str,
-              no_amp: bool, grad_checkpoint: bool, quiet: bool) -> None:
+              seed: int, tiny: bool, workers: int | None, branches: str, no_regression_head: bool,
+              prompt_groups: str,
+              no_amp: bool, grad_checkpoint: bool, allow_stale: bool, quiet: bool) -> None:
     """Train CLiF-VQA on cached semantic features (CLIP is never loaded) and FAST-VQA fragments.
 
     Writes OUT/metrics.csv, best/ and last/ checkpoints, summary.json and summary.txt (per split
     with --splits). Under torchrun the same command trains with DistributedDataParallel.
+
+    \b
+    Model selection: the epoch with the best validation SROCC + PLCC, ties broken by the lower
+    validation loss, then the later epoch; the summary says which epoch and why, and warns when
+    fewer than 10 validation videos cannot rank epochs. Training stops with an error (naming the
+    batch's videos) on a NaN or inf loss; no checkpoint of non-finite weights is written. best/
+    also stores the map from raw model outputs onto the training MOS scale that predict uses.
     """
     import logging
     import os
 
-    from clifvqa.train.trainer import TrainConfig, run_training
+    from clifvqa.train.trainer import TrainConfig, default_train_workers, run_training
 
     main_rank = os.environ.get("RANK", "0") == "0"
     logging.basicConfig(level=logging.INFO if main_rank else logging.WARNING, format="%(message)s")
     config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, backbone_lr=backbone_lr, weight_decay=weight_decay,
-                         warmup_epochs=warmup_epochs, grad_clip=grad_clip, seed=seed, device=device, workers=workers,
+                         warmup_epochs=warmup_epochs, grad_clip=grad_clip, seed=seed, device=device,
+                         workers=default_train_workers() if workers is None else workers,
                          num_clips_test=num_clips_test, alpha=alpha, beta=beta, val_fraction=val_fraction, amp=not no_amp,
                          grad_checkpoint=grad_checkpoint)
     summary = run_training(manifest_path, videos, list(stores), out, config, test_manifest=test_manifest, splits=splits,
                            test_fraction=test_fraction, branches=branches, regression_head=not no_regression_head,
                            prompt_groups=prompt_groups, tiny=tiny, fastvqa_init=fastvqa_init, swin_k400_init=swin_k400_init,
-                           resume=resume, progress=not quiet)
+                           resume=resume, allow_stale=allow_stale, progress=not quiet)
     if main_rank:
         click.echo(summary["table"])
         click.echo(f"run folder: {summary['out']} (summary.json, metrics.csv, best/ checkpoint)")
@@ -521,14 +532,17 @@ def train_cmd(manifest_path: str, videos: str, stores: tuple[str, ...], out: str
 @click.option("--workers", default=0, show_default=True, type=click.IntRange(min=0), help="DataLoader processes decoding videos.")
 @click.option("--no-plot", is_flag=True, help="Do not write scatter.png.")
 @click.option("--force", is_flag=True, help="Replace result files already in --out.")
+@click.option("--allow-stale", is_flag=True, help="Use store entries whose video files changed since extraction, with a warning (refused otherwise: re-extract them).")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
 def evaluate_cmd(checkpoint: str, manifest_path: str, videos: str, stores: tuple[str, ...], out: str | None, split: str | None,
-                 device: str, workers: int, no_plot: bool, force: bool) -> None:
+                 device: str, workers: int, no_plot: bool, force: bool, allow_stale: bool, quiet: bool) -> None:
     """Score every labelled manifest video with a checkpoint: SROCC, PLCC (raw and after the
-    4-parameter logistic fit), KROCC, RMSE. Exit code 1 when some videos could not be decoded."""
+    4-parameter logistic fit), KROCC, RMSE, and the RMSE of predict's MOS-scale `score` when the
+    checkpoint has a score mapping. Exit code 1 when some videos could not be decoded."""
     from clifvqa.train.evaluate import evaluate
 
     result = evaluate(checkpoint, manifest_path, videos, list(stores), out, device, plot=not no_plot, split=split,
-                      workers=workers, overwrite=force)
+                      workers=workers, overwrite=force, progress=not quiet, allow_stale=allow_stale)
     click.echo(result.summary())
     if result.failures:
         sys.exit(1)
@@ -539,29 +553,46 @@ def evaluate_cmd(checkpoint: str, manifest_path: str, videos: str, stores: tuple
 @click.option("--checkpoint", required=True, type=click.Path(exists=True, file_okay=False), help="Checkpoint directory (e.g. runs/NAME/best).")
 @click.option("--store", "stores", multiple=True, help="Feature store to take features from; a video matches when its bytes are the extracted file's (sha256).")
 @click.option("--clip-model", default=None, help="CLIP hub id or folder for videos not in a store [default: the checkpoint's model]; its weights must be the checkpoint's.")
-@click.option("--output", "-o", type=click.Path(dir_okay=False), default=None, help="Write out.csv (video, score, error) or out.json [default: CSV to stdout].")
-@click.option("--explain", is_flag=True, help="Also give each prompt's per-frame mean and max score (JSON; with CSV in OUT.explain.json).")
+@click.option("--output", "-o", type=click.Path(dir_okay=False), default=None,
+              help="Write out.csv (video, score, raw, error) or out.json [default: CSV to stdout].")
+@click.option("--explain", is_flag=True,
+              help="Print each video's top prompts (mean and max CLIP score over the video); with --output "
+                   "also write every prompt's per-frame curves (JSON; with CSV in OUT.explain.json).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
 def predict_cmd(inputs: tuple[str, ...], checkpoint: str, stores: tuple[str, ...], clip_model: str | None, output: str | None,
-                explain: bool, device: str) -> None:
+                explain: bool, device: str, quiet: bool) -> None:
     """Score the videos INPUTS (files, or folders scanned recursively) with a checkpoint.
+
+    \b
+    score  the predicted quality on the MOS scale of the checkpoint's training set: raw mapped
+           by the monotone map (4-parameter logistic, or a line) that train fitted on its
+           training videos and stored in best/ (empty for checkpoints without that map)
+    raw    the model's own output: same ranking, arbitrary scale (the training loss only
+           ranks and correlates)
 
     Semantic features come from --store when it holds the same file, else are extracted with
     exactly the checkpoint's CLIP settings. The same video always gets the same score. A video
-    that cannot be read gets an error row; the exit code is then 1.
+    that cannot be read (or gets a NaN output) gets an error row; the exit code is then 1.
     """
-    import json
+    from clifvqa.train.checkpoint import read_meta, score_mapping_of
+    from clifvqa.train.predict import (NO_MAPPING_NOTE, explain_text, predict, predictions_csv,
+                                       write_predictions)
 
-    from clifvqa.train.predict import predict, predictions_csv, write_predictions
-
-    preds = predict(list(inputs), checkpoint, list(stores), clip_model, device, explain)
+    preds = predict(list(inputs), checkpoint, list(stores), clip_model, device, explain,
+                    progress=not quiet)
+    no_mapping = score_mapping_of(read_meta(checkpoint)) is None
     if output:
         for path in write_predictions(preds, output, explain=explain):
             click.echo(f"wrote {path}", err=True)
-    elif explain:
-        click.echo(json.dumps([p.to_dict() for p in preds], indent=2))
-    else:
+    if explain:
+        click.echo("\n".join(explain_text(p) for p in preds if p.error is None))
+        if not output:
+            click.echo("(per-frame curves of every prompt: pass --output out.json)", err=True)
+    elif not output:
         click.echo(predictions_csv(preds), nl=False)
+    if no_mapping:
+        click.echo(NO_MAPPING_NOTE.format(checkpoint=checkpoint), err=True)
     failed = [p for p in preds if p.error is not None]
     for p in failed:
         click.echo(f"failed: {p.video}: {p.error}", err=True)

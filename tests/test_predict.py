@@ -51,13 +51,13 @@ def test_same_score_every_run_and_from_store_or_extraction(setup, tmp_path):
     extracted = predict([setup.videos[0]], setup.ckpt, device="cpu")
     again = predict([setup.videos[0]], setup.ckpt, device="cpu")
     assert extracted[0].features == again[0].features == "extracted" and extracted[0].error is None
-    assert extracted[0].score == again[0].score  # bit-identical: fixed test sampling, eval mode
+    assert extracted[0].raw == again[0].raw  # bit-identical: fixed test sampling, eval mode
 
     renamed = shutil.copyfile(setup.videos[0], tmp_path / "renamed.mp4")  # matched by content, not by name
     from_store = predict([renamed, setup.videos[1]], setup.ckpt, stores=[setup.store], device="cpu")
     assert [p.features for p in from_store] == [f"store {setup.store} key set/v0.mp4", f"store {setup.store} key set/v1.mp4"]
-    assert from_store[0].score == pytest.approx(extracted[0].score, abs=1e-5)
-    assert from_store[1].score != pytest.approx(from_store[0].score, abs=1e-6)  # different videos, different scores
+    assert from_store[0].raw == pytest.approx(extracted[0].raw, abs=1e-5)
+    assert from_store[1].raw != pytest.approx(from_store[0].raw, abs=1e-6)  # different videos and scores
 
 
 def test_refuses_a_clip_whose_weights_differ_from_the_checkpoints(setup, tmp_path):
@@ -72,7 +72,7 @@ def test_refuses_a_clip_whose_weights_differ_from_the_checkpoints(setup, tmp_pat
     # the same weights in another folder are the same model: accepted, same score
     copy = shutil.copytree(setup.provenance["clip"]["model"], tmp_path / "copy-of-clip")
     moved = predict([setup.videos[0]], setup.ckpt, clip_model=str(copy), device="cpu")
-    assert moved[0].score == predict([setup.videos[0]], setup.ckpt, device="cpu")[0].score
+    assert moved[0].raw == predict([setup.videos[0]], setup.ckpt, device="cpu")[0].raw
 
 
 def test_folder_input_scores_every_video_and_reports_broken_ones(setup, tmp_path):
@@ -89,9 +89,10 @@ def test_folder_input_scores_every_video_and_reports_broken_ones(setup, tmp_path
     preds = predict([folder, tmp_path / "missing.mp4"], setup.ckpt, stores=[setup.store], device="cpu")
     assert [p.video for p in preds] == [str(folder / "a.mp4"), str(folder / "broken.mp4"), str(folder / "sub/b.mp4"), str(tmp_path / "missing.mp4")]
     single = predict(setup.videos, setup.ckpt, stores=[setup.store], device="cpu")
-    assert [preds[0].score, preds[2].score] == [p.score for p in single]
-    assert preds[1].score is None and preds[1].features is None and preds[1].error  # not in the store, extraction fails
-    assert preds[3].score is None and preds[3].error == "no such file or folder"
+    assert [preds[0].raw, preds[2].raw] == [p.raw for p in single]
+    # not in the store, and extraction fails
+    assert preds[1].raw is None and preds[1].features is None and preds[1].error
+    assert preds[3].raw is None and preds[3].error == "no such file or folder"
 
     out = tmp_path / "scores.csv"
     result = CliRunner().invoke(main, ["predict", str(folder), "--checkpoint", str(setup.ckpt), "--store", str(setup.store),
@@ -100,7 +101,10 @@ def test_folder_input_scores_every_video_and_reports_broken_ones(setup, tmp_path
     with open(out, newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert [r["video"] for r in rows] == [p.video for p in preds[:3]]
-    assert float(rows[0]["score"]) == preds[0].score and rows[1]["score"] == "" and rows[1]["error"]
+    assert float(rows[0]["raw"]) == preds[0].raw and rows[1]["raw"] == "" and rows[1]["error"]
+    # a checkpoint saved without a score mapping gives raw outputs only, and says so
+    assert all(r["score"] == "" for r in rows) and preds[0].score is None
+    assert f"note: checkpoint {setup.ckpt} has no score mapping" in result.output
     assert "failed: " + str(folder / "broken.mp4") in result.output
 
 

@@ -57,7 +57,13 @@ def test_train_select_on_val_test_once_and_checkpoint_round_trip(tmp_path, make_
     with open(out / "metrics.csv") as fh:
         assert [int(r["epoch"]) for r in csv.DictReader(fh)] == [1, 2]
     result = json.loads((out / "result.json").read_text())
-    assert result["best_epoch"] == 1  # one val video: SROCC undefined, the first epoch stays selected
+    # one val video: SROCC undefined and the loss constant in every epoch, so the last epoch
+    assert result["best_epoch"] == 2
+    assert result["selection"]["reason"] == (
+        "epoch 2 of 2: validation SROCC/PLCC undefined on 1 video, as in 1 other epoch; "
+        "validation loss within 1% of the lowest in epochs 1, 2, so the latest"
+    )
+    assert result["selection"]["warning"].startswith("only 1 validation video: too few to rank epochs")
     assert result["test"]["n"] == 1
     for name in ("best", "last"):
         assert ckpt.has_training_state(out / name) == (name == "last")
@@ -65,7 +71,7 @@ def test_train_select_on_val_test_once_and_checkpoint_round_trip(tmp_path, make_
 
     # the best checkpoint rebuilds the model and reproduces the test predictions
     model, meta = ckpt.load_checkpoint(out / "best")
-    assert meta["epoch"] == 1 and meta["split"] == "main" and meta["metrics"]["test"]["n"] == 1
+    assert meta["epoch"] == 2 and meta["split"] == "main" and meta["metrics"]["test"]["n"] == 1
     assert meta["store"]["provenance"]["prompts"]["groups"] and meta["store"]["fingerprint"].startswith("sha256:")
     assert meta["train_config"]["batch_size"] == 2
     cfg = model.config
@@ -128,7 +134,7 @@ def test_semantic_only_ablation_with_random_splits_summarises(tmp_path, make_tra
     assert len(run["plans"]) == 2 and len(run["plans"][0]["val"]) == 1
 
 
-def test_model_is_selected_on_validation_by_srocc_plus_plcc(tmp_path, make_train_set):
+def test_model_is_selected_on_validation_by_srocc_plus_plcc_then_loss(tmp_path, make_train_set):
     tags = ["train"] * 6 + ["val"] * 4 + ["test"] * 2
     data = make_train_set(tmp_path / "data", n=12, split=tags)
     # features that carry the MOS (plus noise), so validation changes from epoch to epoch
@@ -141,8 +147,9 @@ def test_model_is_selected_on_validation_by_srocc_plus_plcc(tmp_path, make_train
     out = tmp_path / "run"
     run_training(data.manifest, data.videos, [tmp_path / "signal.zarr"], out, config(epochs=6, lr=0.02, batch_size=3), branches="semantic", tiny=True, progress=False)
     rows = jsonl(out / "metrics.jsonl")
-    scores = [r["val_srocc"] + r["val_plcc"] for r in rows]
-    best = max(range(len(rows)), key=lambda i: (scores[i], -i)) + 1  # first epoch reaching the maximum
+    scores = [round(r["val_srocc"] + r["val_plcc"], 9) for r in rows]
+    tied = [r for r, s in zip(rows, scores) if s == max(scores)]  # then the loss, within 1%; then the latest
+    best = max(r["epoch"] for r in tied if r["val_loss"] <= 1.01 * min(t["val_loss"] for t in tied))
     result = json.loads((out / "result.json").read_text())
     assert result["best_epoch"] == best == ckpt.read_meta(out / "best")["epoch"]
     assert result["val"]["srocc"] == rows[best - 1]["val_srocc"]

@@ -5,12 +5,15 @@ A checkpoint is a directory::
     model.safetensors      the model's state_dict (FAST-VQA keys under ``fastvqa.``)
     meta.json              format, model config, training config, store fingerprint and full
                            store provenance (to compute semantic features of new videos the same
-                           way), metrics, epoch and whatever ``extra`` held
+                           way), metrics, epoch and whatever ``extra`` held; ``train`` adds to
+                           best/ the ``selection`` (which epoch and why) and the
+                           ``score_mapping`` (:class:`~clifvqa.train.metrics.ScoreMapping`: raw
+                           output -> training MOS scale, fitted on the training videos)
     optimizer.safetensors  (resume state only) AdamW moments, RNG states
     train_state.json       (resume state only) optimizer param groups, step, epoch, RNG scalars
 
 A directory is written next to its destination and renamed into place, so an interrupted save
-leaves the previous checkpoint intact.
+leaves the previous checkpoint intact. Weights holding NaN or inf are never saved or loaded.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from clifvqa.train.metrics import ScoreMapping
 from clifvqa.train.model import ClifVQA, ClifVQAConfig, build_model
 
 FORMAT = "clifvqa-checkpoint"
@@ -39,6 +43,24 @@ STATE_FILE = "train_state.json"
 
 class CheckpointError(ValueError):
     """A checkpoint directory that cannot be read as asked; the message says which file and why."""
+
+
+class NonFiniteWeights(CheckpointError):
+    """Weights holding NaN or inf: a diverged model, never saved and never loaded."""
+
+
+def _check_finite(state: Mapping[str, torch.Tensor], where: str) -> None:
+    """Refuse ``state`` when any floating-point tensor holds NaN or inf (one pass on CPU copies)."""
+    bad = {name: int((~torch.isfinite(v)).sum()) for name, v in state.items() if v.is_floating_point()}
+    bad = {name: count for name, count in bad.items() if count}
+    if bad:
+        total = sum(v.numel() for v in state.values())
+        names = ", ".join(list(bad)[:3]) + (", ..." if len(bad) > 3 else "")
+        raise NonFiniteWeights(
+            f"{where}: {sum(bad.values())} of {total} weights are NaN or inf "
+            f"(in {len(bad)} tensors: {names}); "
+            "the model diverged: retrain (e.g. lower --lr, check the features with clifvqa store verify)"
+        )
 
 
 def save_checkpoint(
@@ -57,15 +79,20 @@ def save_checkpoint(
     ``extra`` (JSON-ready: training config, metrics, epoch, fragment settings, ...) is merged
     into ``meta.json``. With ``optimizer`` and ``train_state`` the resume state is saved too:
     AdamW moments and the RNG states of torch (CPU and CUDA), numpy and Python.
+
+    Raises:
+        NonFiniteWeights: a weight is NaN or inf; nothing is written and an existing checkpoint
+            at ``path`` stays as it was.
     """
     path = Path(path)
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    _check_finite(state, f"not saving checkpoint {path}")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
     tmp.mkdir()
     try:
         from safetensors.torch import save_file
 
-        state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
         save_file(state, str(tmp / MODEL_FILE), metadata={"format": FORMAT})
         meta = {
             "format": FORMAT,
@@ -103,7 +130,7 @@ def read_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 def load_checkpoint(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> tuple[ClifVQA, dict[str, Any]]:
     """Rebuild the model of a checkpoint directory, load its weights (strict) and return it in
-    eval mode with its metadata."""
+    eval mode with its metadata. Weights holding NaN or inf are refused (:class:`NonFiniteWeights`)."""
     from safetensors.torch import load_file
 
     path = Path(path)
@@ -114,6 +141,7 @@ def load_checkpoint(path: str | os.PathLike[str], device: str | torch.device = "
     if not weights.is_file():
         raise CheckpointError(f"{path}: {MODEL_FILE} is missing")
     state = load_file(str(weights), device="cpu")
+    _check_finite(state, str(weights))  # checkpoints saved before saving checked
     result = model.load_state_dict(state, strict=False)
     if result.missing_keys or result.unexpected_keys:
         raise CheckpointError(
@@ -121,6 +149,26 @@ def load_checkpoint(path: str | os.PathLike[str], device: str | torch.device = "
             f"({len(result.missing_keys)}), unexpected {result.unexpected_keys[:5]} ({len(result.unexpected_keys)})"
         )
     return model.to(device).eval(), meta
+
+
+def update_meta(path: str | os.PathLike[str], fields: Mapping[str, Any]) -> dict[str, Any]:
+    """Set ``fields`` in a checkpoint's ``meta.json`` (replaced atomically) and return the new meta."""
+    from clifvqa._atomic import atomic_write_text
+
+    meta = {**read_meta(path), **dict(fields)}
+    text = json.dumps(meta, indent=2, sort_keys=True, allow_nan=True) + "\n"
+    atomic_write_text(Path(path) / META_FILE, text)
+    return meta
+
+
+def score_mapping_of(meta: Mapping[str, Any]) -> ScoreMapping | None:
+    """The checkpoint's map from raw model outputs onto its training MOS scale (``score_mapping``
+    in meta.json, written by ``train``), or None for checkpoints saved before it existed."""
+    data = meta.get("score_mapping")
+    try:
+        return ScoreMapping.from_dict(data) if data else None
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"meta.json 'score_mapping' is not readable ({exc}): {data!r}") from exc
 
 
 def has_training_state(path: str | os.PathLike[str]) -> bool:

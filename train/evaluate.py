@@ -11,9 +11,13 @@ naming the differing provenance fields (features of another CLIP, grid or prompt
 the model numbers it never saw).
 
 Reported: SROCC, KROCC, PLCC of the raw predictions, PLCC and RMSE after the standard
-4-parameter logistic fit (:mod:`clifvqa.train.metrics`). With ``out_dir`` it writes::
+4-parameter logistic fit on the evaluated videos themselves (:mod:`clifvqa.train.metrics`), and,
+when the checkpoint has a score mapping (fitted at training time on its training videos, as
+``predict`` uses it), ``score_rmse``: the RMSE of those ``score`` values against the MOS, an
+honest error in MOS units when both sets share one MOS scale. With ``out_dir`` it writes::
 
-    predictions.csv   video, mos, prediction, fitted_prediction (logistic-mapped onto the MOS scale)
+    predictions.csv   video, mos, prediction (raw model output), fitted_prediction (logistic fit on
+                      these videos), score (the checkpoint's mapping; empty without one)
     metrics.json      the metrics, the failures and what was scored with what
     scatter.png       prediction vs MOS with the fitted curve (only with matplotlib: pip install clifvqa[plot])
 """
@@ -37,7 +41,7 @@ from clifvqa._atomic import atomic_path, atomic_write_text
 from clifvqa._device import resolve_device
 from clifvqa.features.provenance import FingerprintMismatch, fingerprint, provenance_diff
 from clifvqa.manifests.io import Manifest, read_manifest
-from clifvqa.train.checkpoint import load_checkpoint
+from clifvqa.train.checkpoint import load_checkpoint, score_mapping_of
 from clifvqa.train.data import DataError, VideoItem, check_video_files, listing, load_semantic_features
 from clifvqa.train.metrics import compute_metrics, fit_logistic
 
@@ -54,8 +58,11 @@ class EvalResult:
     Attributes:
         metrics: :func:`clifvqa.train.metrics.compute_metrics` of the scored videos (``n``,
             ``srocc``, ``krocc``, ``plcc``, ``plcc_fit``, ``rmse``, ``rmse_raw``, ``fit``).
-        videos, mos, predictions, fitted: per scored video, in manifest order; ``fitted`` is
-            the prediction mapped onto the MOS scale by the logistic fit.
+        videos, mos, predictions, fitted: per scored video, in manifest order; ``predictions``
+            are the raw model outputs, ``fitted`` the predictions mapped onto the MOS scale by a
+            logistic fit on these videos.
+        scores: the predictions through the checkpoint's score mapping (what ``predict`` reports
+            as ``score``), or None for checkpoints without one.
         failures: ``(video, error)`` of videos that could not be decoded (not scored).
         unlabelled: manifest videos left out because they have no MOS.
         files: what was written (``predictions``, ``metrics``, ``plot``), empty without ``out_dir``.
@@ -71,6 +78,7 @@ class EvalResult:
     unlabelled: list[str] = field(default_factory=list)
     files: dict[str, Path] = field(default_factory=dict)
     plot_note: str | None = None
+    scores: list[float] | None = None
 
     def summary(self) -> str:
         """A few lines for the terminal: the metrics, then anything left out or written."""
@@ -79,6 +87,9 @@ class EvalResult:
             f"{m['n']} videos: SROCC {_fmt(m['srocc'])}  PLCC {_fmt(m['plcc'])} (after {m['fit']} fit {_fmt(m['plcc_fit'])})"
             f"  KROCC {_fmt(m['krocc'])}  RMSE {_fmt(m['rmse'])} (raw {_fmt(m['rmse_raw'])})"
         ]
+        if "score_rmse" in m:
+            lines.append(f"RMSE of `score` (the checkpoint's map onto its training MOS scale) "
+                         f"{_fmt(m['score_rmse'])}")
         if self.unlabelled:
             lines.append(f"left out {len(self.unlabelled)} videos without MOS: {listing(self.unlabelled, 5)}")
         for video, error in self.failures:
@@ -147,7 +158,7 @@ def evaluate(
             split i of a run seeded s uses s + i).
         workers: DataLoader processes decoding videos (0: in this process).
         overwrite: replace result files already in ``out_dir`` (refused otherwise, before scoring).
-        progress: show progress bars while reading features.
+        progress: show progress bars (stderr) while reading features and scoring.
         allow_stale: use (with a warning) store entries whose video files changed since
             extraction; refused otherwise (:mod:`clifvqa.features.sources`).
 
@@ -155,6 +166,7 @@ def evaluate(
         CheckpointError, FingerprintMismatch, DataError, ManifestError: bad checkpoint, store of
             other settings, missing videos, corrupt or stale features, bad manifest; all before
             any scoring.
+        NonFiniteOutput: the model gave NaN or inf for some videos (named); nothing is written.
     """
     from clifvqa.train.trainer import predict_items
 
@@ -187,7 +199,8 @@ def evaluate(
         semantic = features.rows
     fragments = config.fragment_config() if config.uses_spatial else None
     done, preds, _, failed = predict_items(
-        model, items, videos_dir, semantic, fragments, device=dev, batch_size=1, workers=workers, seed=seed
+        model, items, videos_dir, semantic, fragments, device=dev, batch_size=1, workers=workers, seed=seed,
+        progress=progress, desc="scoring videos",
     )
     label = {item.key: item.mos for item in items}
     mos = [label[key] for key in done]  # the manifest's values, not the loader's float32 copies
@@ -195,7 +208,11 @@ def evaluate(
         raise DataError(f"{where}: none of the {len(items)} videos could be scored: {listing([f'{k} ({e})' for k, e in failed], 5)}")
     metrics = compute_metrics(preds, mos)
     fitted = fit_logistic(np.asarray(preds), np.asarray(mos))[0].tolist()
-    result = EvalResult(metrics, done, mos, preds, fitted, failed, unlabelled)
+    mapping = score_mapping_of(meta)
+    scores = mapping.apply(preds).tolist() if mapping is not None else None
+    if scores is not None:
+        metrics["score_rmse"] = float(np.sqrt(np.mean((np.asarray(scores) - np.asarray(mos)) ** 2)))
+    result = EvalResult(metrics, done, mos, preds, fitted, failed, unlabelled, scores=scores)
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         result.files["predictions"] = _write_predictions(out / PREDICTIONS_FILE, result)
@@ -264,8 +281,11 @@ def write_scatter(
 def _write_predictions(path: Path, result: EvalResult) -> Path:
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
-    writer.writerow(["video", "mos", "prediction", "fitted_prediction"])
-    writer.writerows([v, repr(m), repr(p), repr(f)] for v, m, p, f in zip(result.videos, result.mos, result.predictions, result.fitted))
+    writer.writerow(["video", "mos", "prediction", "fitted_prediction", "score"])
+    scores = result.scores or [None] * len(result.videos)
+    columns = zip(result.videos, result.mos, result.predictions, result.fitted, scores)
+    writer.writerows([v, repr(m), repr(p), repr(f), "" if s is None else repr(s)]
+                     for v, m, p, f, s in columns)
     return atomic_write_text(path, text.getvalue())
 
 

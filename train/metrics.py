@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -34,29 +35,99 @@ def logistic4(x: np.ndarray, b1: float, b2: float, b3: float, b4: float) -> np.n
     return (b1 - b2) / (1 + np.exp(z)) + b2
 
 
-def fit_logistic(pred: np.ndarray, mos: np.ndarray) -> tuple[np.ndarray, str]:
-    """Map predictions onto the MOS scale; returns (mapped predictions, fit kind)."""
+@dataclass(frozen=True)
+class ScoreMapping:
+    """A monotone map from raw model outputs onto a MOS scale (see :func:`fit_score_mapping`).
+
+    Attributes:
+        kind: ``"logistic"`` (:func:`logistic4` with ``params`` = b1..b4), ``"linear"``
+            (``params`` = slope, intercept) or ``"none"`` (``params`` = [the MOS mean]: the
+            predictions were constant, so no map can be fitted).
+        params: the fitted parameters.
+        n: videos it was fitted on.
+        mos_range: the smallest and largest MOS of those videos (the scale's extent).
+    """
+
+    kind: str
+    params: tuple[float, ...]
+    n: int
+    mos_range: tuple[float, float]
+
+    def apply(self, raw: np.ndarray | Sequence[float] | float) -> np.ndarray:
+        """Map raw model outputs onto the MOS scale (same shape, float64)."""
+        x = np.asarray(raw, np.float64)
+        if self.kind == "logistic":
+            return logistic4(x, *self.params)
+        if self.kind == "linear":
+            return self.params[0] * x + self.params[1]
+        if self.kind == "none":
+            return np.full_like(x, self.params[0])
+        raise ValueError(f"unknown score mapping kind {self.kind!r}")
+
+    def to_dict(self) -> dict[str, object]:
+        return {"kind": self.kind, "params": list(self.params), "n": self.n,
+                "mos_range": list(self.mos_range)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ScoreMapping:
+        mapping = cls(str(data["kind"]), tuple(float(p) for p in data["params"]), int(data["n"]),
+                      (float(data["mos_range"][0]), float(data["mos_range"][1])))
+        mapping.apply(0.0)  # refuses an unknown kind now rather than at the first video
+        return mapping
+
+
+# ``bounded`` fits: the logistic's asymptotes stay within the MOS range widened by this share of it
+# on each side, and its scale |b4| is at least this share of the predictions' range.
+ASYMPTOTE_MARGIN = 0.1
+MIN_LOGISTIC_WIDTH = 0.05
+
+
+def fit_score_mapping(pred: np.ndarray | Sequence[float], mos: np.ndarray | Sequence[float], *,
+                      bounded: bool = False) -> ScoreMapping:
+    """Fit the VQEG 4-parameter logistic from ``pred`` to ``mos``; a least-squares line when the
+    logistic fails to converge, gives non-finite values or has at most 4 points; ``"none"``
+    (the MOS mean) for fewer than 2 points or constant predictions.
+
+    ``bounded`` (the map ``predict`` applies to new videos) constrains the logistic: both
+    asymptotes within the MOS range widened by ``ASYMPTOTE_MARGIN`` of it on each side, so a new
+    video's score stays on the scale even beyond the fitted outputs (unconstrained, a convex
+    stretch of data is fitted by a logistic's tail whose asymptote can be 10^5), and a scale
+    ``|b4|`` of at least ``MIN_LOGISTIC_WIDTH`` of the outputs' range, so a weakly correlated
+    model does not get a near-step map that gives most videos one of two scores.
+    """
     from scipy.optimize import OptimizeWarning, curve_fit
 
-    pred = np.asarray(pred, np.float64)
-    mos = np.asarray(mos, np.float64)
+    pred = np.asarray(pred, np.float64).reshape(-1)
+    mos = np.asarray(mos, np.float64).reshape(-1)
+    extent = (float(mos.min()), float(mos.max())) if mos.size else (math.nan, math.nan)
     if pred.size < 2 or np.ptp(pred) == 0:
-        return np.full_like(mos, mos.mean() if mos.size else np.nan), "none"
+        return ScoreMapping("none", (float(mos.mean()) if mos.size else math.nan,), int(pred.size), extent)
     p0 = [mos.max(), mos.min(), float(np.mean(pred)), float(np.std(pred)) or 1.0]
+    bounds = (-np.inf, np.inf)
+    if bounded:
+        margin = ASYMPTOTE_MARGIN * (np.ptp(mos) or 1.0)
+        lo, hi = mos.min() - margin, mos.max() + margin
+        bounds = ([lo, lo, -np.inf, MIN_LOGISTIC_WIDTH * np.ptp(pred)], [hi, hi, np.inf, np.inf])
+        p0[3] = max(p0[3], 2 * bounds[0][3])  # start inside the bounds
     try:
         if pred.size <= len(p0):  # 4 parameters need more than 4 points to mean anything
             raise ValueError("too few points for a logistic fit")
         with warnings.catch_warnings():
             # "covariance could not be estimated" is common on exact fits and harmless here
             warnings.simplefilter("ignore", OptimizeWarning)
-            params, _ = curve_fit(logistic4, pred, mos, p0=p0, maxfev=20000)
-        mapped = logistic4(pred, *params)
-        if np.all(np.isfinite(mapped)):
-            return mapped, "logistic"
+            params, _ = curve_fit(logistic4, pred, mos, p0=p0, bounds=bounds, maxfev=20000)
+        if np.all(np.isfinite(logistic4(pred, *params))):
+            return ScoreMapping("logistic", tuple(float(p) for p in params), int(pred.size), extent)
     except (RuntimeError, ValueError, FloatingPointError):
         pass
     slope, intercept = np.polyfit(pred, mos, 1)
-    return slope * pred + intercept, "linear"
+    return ScoreMapping("linear", (float(slope), float(intercept)), int(pred.size), extent)
+
+
+def fit_logistic(pred: np.ndarray, mos: np.ndarray) -> tuple[np.ndarray, str]:
+    """Map predictions onto the MOS scale; returns (mapped predictions, fit kind)."""
+    mapping = fit_score_mapping(pred, mos)
+    return mapping.apply(pred), mapping.kind
 
 
 def compute_metrics(pred: Sequence[float] | np.ndarray, mos: Sequence[float] | np.ndarray) -> dict[str, float | str | int]:

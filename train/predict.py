@@ -16,12 +16,22 @@ Inputs are video files and folders (scanned recursively with
    model's name or path (``clip.model``: the same weights may live in another folder);
    anything else is refused before a video is scored.
 
+Two numbers per video: ``raw``, the model's output (the training loss ranks and correlates, so
+its scale is arbitrary: e.g. -0.02 to 0.04 for MOS 3.5 to 60), and ``score``, ``raw`` mapped onto
+the MOS scale of the training set by the monotone map stored in the checkpoint (``score_mapping``
+in meta.json: a 4-parameter logistic, or a line when the logistic cannot be fitted, fitted by
+``train`` from the selected model's outputs on its training videos; see
+:func:`clifvqa.train.metrics.fit_score_mapping`). The map is monotone, so ``score`` ranks videos as
+``raw`` does. Checkpoints saved before the map existed give ``raw`` only (``score`` is None).
+
 Scores are deterministic: fragments use the multi-clip test sampling (fixed clip starts, patch
 offsets from ``seed``), the model runs in eval mode in float32, so a video gets the same score
 on every run, and the same score from store features as from extracted ones (to float rounding).
 
-A video that cannot be read gets a :class:`Prediction` with ``error`` set and the others go on.
-With ``explain=True`` each prediction carries the per-prompt semantic curves over time.
+A video that cannot be read, or whose model output is NaN or inf (corrupt features), gets a
+:class:`Prediction` with ``error`` set, never a NaN score, and the others go on. With
+``explain=True`` each prediction carries the per-prompt semantic curves over time, and
+:func:`explain_text` summarises them.
 """
 
 from __future__ import annotations
@@ -39,7 +49,7 @@ import numpy as np
 import torch
 
 from clifvqa.features.provenance import FingerprintMismatch, provenance_diff
-from clifvqa.train.checkpoint import load_checkpoint
+from clifvqa.train.checkpoint import load_checkpoint, score_mapping_of
 from clifvqa._atomic import atomic_write_text
 from clifvqa._device import resolve_device
 from clifvqa.train.evaluate import check_stores_match
@@ -55,13 +65,17 @@ class Prediction:
 
     Attributes:
         video: the path as given (for folder inputs: the folder joined with the video's path in it).
-        score: the predicted quality, or None when the video failed.
+        score: the predicted quality on the training set's MOS scale (``raw`` through the
+            checkpoint's score mapping), or None when the video failed or the checkpoint has no
+            mapping.
+        raw: the model's output (arbitrary scale, same ranking), or None when the video failed.
         error: why the video could not be scored, else None.
         features: where its semantic features came from: ``"store <path> key <key>"``,
             ``"extracted"``, or None (failed, or a spatial-only model).
         curves: with ``explain``: ``{"frames": [T frame indices], "prompts": [{"text", "group",
-            "avg": [T], "max": [T]}, ... r of them]}``, the per-frame mean and max over the crop
-            grid of each prompt's softmax score.
+            "video_mean", "video_max", "avg": [T], "max": [T]}, ... r of them]}``: per frame, the
+            mean and max over the crop grid of each prompt's softmax score; over the video, the
+            mean of ``avg`` and the max of ``max``.
     """
 
     video: str
@@ -69,12 +83,21 @@ class Prediction:
     error: str | None = None
     features: str | None = None
     curves: dict[str, Any] | None = None
+    raw: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"video": self.video, "score": self.score, "error": self.error, "features": self.features}
+        out: dict[str, Any] = {"video": self.video, "score": self.score, "raw": self.raw, "error": self.error,
+                               "features": self.features}
         if self.curves is not None:
             out["explain"] = self.curves
         return out
+
+
+NO_MAPPING_NOTE = (
+    "note: checkpoint {checkpoint} has no score mapping (train stores one in best/ at the end of a run; "
+    "older checkpoints have none), so `score` is empty; `raw` is the model's output on an arbitrary scale "
+    "(it ranks videos, but is not MOS)"
+)
 
 
 class ProvenanceMismatch(FingerprintMismatch):
@@ -156,6 +179,7 @@ def predict(
     *,
     seed: int = 0,
     workers: int = 1,
+    progress: bool = False,
 ) -> list[Prediction]:
     """Score the videos of ``inputs`` (files and folders) with ``checkpoint``; one
     :class:`Prediction` per video, in input order (see the module docstring for the rules).
@@ -170,6 +194,7 @@ def predict(
         explain: attach the per-prompt semantic curves (needs the semantic branch).
         seed: patch offsets of the test-time fragment sampling.
         workers: decoding threads of on-the-fly extraction.
+        progress: show progress bars (stderr) while hashing, extracting and scoring.
 
     Raises:
         CheckpointError, FingerprintMismatch, ProvenanceMismatch, ClipLoadError: setup problems,
@@ -177,8 +202,11 @@ def predict(
     """
     from clifvqa.train.fragments import sample_fragments
 
+    from tqdm import tqdm
+
     dev = torch.device(resolve_device(device))
     model, meta = load_checkpoint(checkpoint, dev)
+    mapping = score_mapping_of(meta)
     config = model.config
     provenance = meta["store"]["provenance"]
     if explain and not config.uses_semantic:
@@ -188,9 +216,10 @@ def predict(
     todo = [i for i, (_, _, error) in enumerate(entries) if error is None]
     pooled: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # entry -> (pooled [T, 2r], frames [T])
     if config.uses_semantic and todo:
-        _semantic_features(entries, todo, preds, pooled, list(stores or []), meta, checkpoint, clip_model, str(dev), workers)
+        _semantic_features(entries, todo, preds, pooled, list(stores or []), meta, checkpoint, clip_model,
+                           str(dev), workers, progress)
     fragment_config = config.fragment_config() if config.uses_spatial else None
-    for i in todo:
+    for i in tqdm(todo, desc="scoring", unit="video", disable=not progress, leave=False, dynamic_ncols=True):
         pred = preds[i]
         if pred.error is not None:
             continue
@@ -204,7 +233,13 @@ def predict(
                 pred.error = f"{type(exc).__name__}: {exc}"
                 continue
         with torch.no_grad():
-            pred.score = float(model(semantic, fragments).float().item())
+            raw = float(model(semantic, fragments).float().item())
+        if not np.isfinite(raw):
+            pred.error = (f"the model's output is {raw}: its semantic features ({pred.features or 'none'}) "
+                          "or the checkpoint's weights are corrupt")
+            continue
+        pred.raw = raw
+        pred.score = float(mapping.apply(raw)) if mapping is not None else None
         if explain:
             pred.curves = _curves(*pooled[i], provenance, config.r)
     return preds
@@ -221,17 +256,22 @@ def _semantic_features(
     clip_model: str | None,
     device: str,
     workers: int,
+    progress: bool = False,
 ) -> None:
     """Fill ``pooled`` for the entries of ``todo``: from the stores by content hash, else extracted;
     videos that fail get their ``error`` set."""
+    from tqdm import tqdm
+
     from clifvqa.extract.pipeline import VideoTask, sha256_file
     from clifvqa.extract.sfe import VideoResult
     from clifvqa.features.store import CorruptFeaturesError, open_store
 
+    bar = dict(unit="video", disable=not progress, leave=False, dynamic_ncols=True)
+
     if stores:
         check_stores_match(stores, meta, checkpoint)
         by_digest: dict[str, list[int]] = {}
-        for i in todo:
+        for i in tqdm(todo, desc="hashing inputs", **bar):
             try:
                 by_digest.setdefault(sha256_file(entries[i][1]), []).append(i)
             except OSError as exc:
@@ -258,7 +298,8 @@ def _semantic_features(
         return
     extractor = extractor_for_checkpoint(meta["store"]["provenance"], clip_model, device)
     tasks = {VideoTask(f"input-{i}", entries[i][1]): i for i in missing}
-    for task, result in extractor.extract_many(list(tasks), workers=max(1, workers)):
+    results = extractor.extract_many(list(tasks), workers=max(1, workers))
+    for task, result in tqdm(results, total=len(tasks), desc="extracting semantic features", **bar):
         i = tasks[task]
         if isinstance(result, VideoResult):
             pooled[i] = (result.pooled, result.frames)
@@ -272,15 +313,36 @@ def _curves(pooled: np.ndarray, frames: np.ndarray, provenance: Mapping[str, Any
     return {
         "frames": [int(f) for f in frames],
         "prompts": [
-            {"text": texts[j], "group": groups[j], "avg": pooled[:, j].tolist(), "max": pooled[:, r + j].tolist()}
+            {"text": texts[j], "group": groups[j], "video_mean": float(pooled[:, j].mean()),
+             "video_max": float(pooled[:, r + j].max()), "avg": pooled[:, j].tolist(),
+             "max": pooled[:, r + j].tolist()}
             for j in range(r)
         ],
     }
 
 
+def explain_text(prediction: Prediction, top: int = 5) -> str:
+    """A few readable lines for one prediction: its score, then the ``top`` prompts by their
+    mean score over the video (with their max over the video), from ``prediction.curves``."""
+    if prediction.error is not None:
+        return f"{prediction.video}: failed: {prediction.error}"
+    score = "" if prediction.score is None else f"score {prediction.score:.2f} on the training MOS scale, "
+    lines = [f"{prediction.video}: {score}raw {prediction.raw:.6g}"]
+    if prediction.curves:
+        prompts = sorted(prediction.curves["prompts"], key=lambda p: -p["video_mean"])
+        width = max(len(p["text"]) for p in prompts[:top]) + 2
+        frames = len(prediction.curves["frames"])
+        shown = min(top, len(prompts))
+        lines.append(f"  top {shown} of {len(prompts)} prompts by CLIP score (softmax share; "
+                     f"mean over {frames} frames and the crops, max over the video):")
+        lines += [f"    {json.dumps(p['text']):<{width}} {p['group']:<10}  "
+                  f"mean {p['video_mean']:.3f}  max {p['video_max']:.3f}" for p in prompts[:top]]
+    return "\n".join(lines)
+
+
 def write_predictions(predictions: Sequence[Prediction], path: str | os.PathLike[str], *, explain: bool = False) -> list[Path]:
     """Write ``predictions`` to ``path`` (``.json``: a list of objects; otherwise CSV with
-    ``video, score, error``). With ``explain`` and CSV output the curves go to a side file
+    ``video, score, raw, error``). With ``explain`` and CSV output the curves go to a side file
     ``<name>.explain.json`` (``{video: curves}``). Files are written atomically. Returns the paths.
     """
     path = Path(path)
@@ -297,9 +359,14 @@ def write_predictions(predictions: Sequence[Prediction], path: str | os.PathLike
 
 
 def predictions_csv(predictions: Sequence[Prediction]) -> str:
-    """The CSV text ``video, score, error`` of ``predictions`` (score empty for failures)."""
+    """The CSV text ``video, score, raw, error`` of ``predictions`` (score and raw empty for failures,
+    score empty too when the checkpoint has no score mapping)."""
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
-    writer.writerow(["video", "score", "error"])
-    writer.writerows([p.video, "" if p.score is None else repr(p.score), p.error or ""] for p in predictions)
+    writer.writerow(["video", "score", "raw", "error"])
+    writer.writerows([p.video, _num(p.score), _num(p.raw), p.error or ""] for p in predictions)
     return text.getvalue()
+
+
+def _num(value: float | None) -> str:
+    return "" if value is None else repr(value)

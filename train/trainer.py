@@ -10,15 +10,22 @@ trained, trains one model per split (:func:`train_split`) and writes::
     OUT[/split_XX]/metrics.csv   one row per epoch (also metrics.jsonl)
     OUT[/split_XX]/best/         checkpoint of the epoch selected on validation
     OUT[/split_XX]/last/         checkpoint of the latest epoch + resume state
-    OUT[/split_XX]/result.json   best epoch, its validation and test metrics
-    OUT[/split_XX]/test_predictions.csv
+    OUT[/split_XX]/result.json   best epoch, why it was selected, its validation and test metrics
+    OUT[/split_XX]/test_predictions.csv   video, mos, prediction (raw), score (MOS scale)
 
 Recipe (paper §5.1): AdamW (weight decay 0.05 on every parameter, as FAST-VQA), lr 7.5e-5 for
 the Video Swin backbone and 7.5e-4 for everything else, batch 12; per-step schedule: linear
 warm-up over ``warmup_epochs`` (step s gets ``(s+1)/warmup``) then cosine decay to 0 at the end;
 autocast (bf16 where supported, else fp16 with loss scaling) on GPU. The model is selected on
-the validation videos by SROCC + PLCC (FAST-VQA's criterion), never on the test set; test
-metrics are computed once, for the selected epoch.
+the validation videos by SROCC + PLCC (FAST-VQA's criterion), ties broken by the validation
+loss, then the later epoch (:func:`select_epoch`), never on the test set; the run says which
+epoch and why (:func:`explain_selection`) and warns when fewer than ``MIN_VAL_VIDEOS``
+validation videos cannot rank epochs. Test metrics are computed once, for the selected epoch,
+and best/ gets the map from raw outputs onto the training MOS scale (``score_mapping``, fitted on
+the training videos) that ``predict`` reports as ``score``.
+
+A NaN or inf training loss stops the run (:class:`NonFiniteLoss`, naming the batch's videos)
+before the epoch is saved; checkpoints never hold non-finite weights.
 
 Resume (``resume=True``): model, AdamW moments, step, epoch, best-so-far and the RNG states come
 back from ``last/``; training data order and fragment draws are functions of (seed, epoch,
@@ -39,7 +46,7 @@ import os
 import time
 from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -58,15 +65,35 @@ from clifvqa.train.data import (
     VideoItem,
     check_video_files,
     collate,
+    listing,
     load_semantic_features,
     plan_splits,
 )
 from clifvqa.train.fragments import FragmentConfig
 from clifvqa.train.loss import clifvqa_loss
-from clifvqa.train.metrics import METRIC_KEYS, compute_metrics, format_table, summarize
+from clifvqa.train.metrics import METRIC_KEYS, compute_metrics, fit_score_mapping, format_table, summarize
 from clifvqa.train.model import TINY_FRAGMENTS, ClifVQA, ClifVQAConfig, build_model, tiny_config
 
 log = logging.getLogger("clifvqa.train")
+
+
+class NonFiniteLoss(ValueError):
+    """The training loss became NaN or inf: training stops before anything of it is saved."""
+
+
+class NonFiniteOutput(ValueError):
+    """The model gave NaN or inf for some videos: never reported as a score."""
+
+
+def default_train_workers() -> int:
+    """DataLoader worker processes: ``min(4, usable cores - 1)``, at least 0 (0 decodes in the
+    main process). The main process needs a core for the model step, and torch warns (and can
+    stall) when there are more workers than usable cores."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        cores = os.cpu_count() or 1
+    return max(0, min(4, cores - 1))
 
 
 @dataclass(frozen=True)
@@ -83,7 +110,8 @@ class TrainConfig(JsonConfig):
         grad_clip: max global gradient norm, or None for no clipping.
         seed: model init, data order, fragment draws, validation carving, random splits.
         device: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``.
-        workers: DataLoader worker processes decoding videos (0 = in the main process).
+        workers: DataLoader worker processes decoding videos (0 = in the main process); default
+            :func:`default_train_workers` (``min(4, usable cores - 1)``).
         num_clips_test: fragment clips per video at validation/test (their scores are averaged).
         alpha, beta: weights of the monotonicity and linearity losses (Eq. 16).
         val_fraction: share of the training videos held out for model selection when the
@@ -102,7 +130,7 @@ class TrainConfig(JsonConfig):
     grad_clip: float | None = None
     seed: int = 0
     device: str = "auto"
-    workers: int = 4
+    workers: int = field(default_factory=default_train_workers)
     num_clips_test: int = 4
     alpha: float = 1.0
     beta: float = 1.0
@@ -186,11 +214,16 @@ def predict_items(
     seed: int = 0,
     dist: Dist = Dist(),
     amp: bool = False,
+    progress: bool = False,
+    desc: str = "scoring",
 ) -> tuple[list[str], list[float], list[float], list[tuple[str, str]]]:
     """Scores of ``items`` (test-time fragments, eval mode): keys, predictions, MOS, failures.
 
     Under torchrun each process scores every ``world``-th item and the results are gathered, so
-    every process returns all of them (in item order).
+    every process returns all of them (in item order). ``progress`` shows a bar (stderr) on rank 0.
+
+    Raises:
+        NonFiniteOutput: the model gave NaN or inf for some videos (named in the message).
     """
     model.eval()
     shard = list(items)[dist.rank :: dist.world]
@@ -199,7 +232,7 @@ def predict_items(
     loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=collate, generator=torch.Generator().manual_seed(seed))
     out: list[tuple[str, float, float]] = []
     failed: list[tuple[str, str]] = []
-    for batch in loader:
+    for batch in _progress(loader, desc, progress and dist.main, unit="batch"):
         failed += batch["failed"]
         if not batch["keys"]:
             continue
@@ -211,6 +244,12 @@ def predict_items(
         torch.distributed.all_gather_object(gathered, (out, failed))
         out = [row for part, _ in gathered for row in part]
         failed = [f for _, part in gathered for f in part]
+    bad = [key for key, pred, _ in out if not math.isfinite(pred)]
+    if bad:
+        raise NonFiniteOutput(
+            f"the model's output is NaN or inf for {len(bad)} of {len(out)} videos: {listing(bad, 5)}; their "
+            "semantic features or the checkpoint's weights are corrupt (check: clifvqa store verify)"
+        )
     order = {item.key: i for i, item in enumerate(items)}
     out.sort(key=lambda row: order[row[0]])
     for key, error in failed:
@@ -245,16 +284,100 @@ class SplitResult:
     test: dict[str, Any] | None
     epochs_done: int
     finished: bool
+    selection: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def _selection_score(metrics: Mapping[str, Any] | None) -> float:
-    if not metrics:
-        return -math.inf
-    score = float(metrics.get("srocc", math.nan)) + float(metrics.get("plcc", math.nan))
-    return score if math.isfinite(score) else -math.inf
+# Fewer validation videos than this cannot rank epochs. SROCC over n videos takes few distinct
+# values (n = 2: only +-1; n <= 5: swapping one adjacent pair moves it by 12 / (n(n^2-1)) >= 0.1),
+# and its sampling error is large: Fisher z has SE ~ 1.03 / sqrt(n - 3), so at n = 9 a true
+# SROCC of 0.8 is measured anywhere in 0.27-0.96 (95%), wider than the gaps between epochs.
+MIN_VAL_VIDEOS = 10
+_TIE_DECIMALS = 9  # SROCC + PLCC equal to 1e-9 is a tie (n = 2 gives PLCC 1.0 or 0.9999999999999998)
+# Validation losses within this share of the lowest tied loss count as equal: on the few videos
+# where correlations tie, smaller differences are noise (the 32-clip case: 4.020 vs 4.034).
+LOSS_TIE = 0.01
+
+
+def _val_score(row: Mapping[str, Any]) -> float:
+    score = float(row.get("val_srocc", math.nan)) + float(row.get("val_plcc", math.nan))
+    return round(score, _TIE_DECIMALS) if math.isfinite(score) else -math.inf
+
+
+def _val_loss(row: Mapping[str, Any]) -> float:
+    loss = float(row.get("val_loss", math.nan))
+    return loss if math.isfinite(loss) else math.inf
+
+
+def _selection(history: Sequence[Mapping[str, Any]]) -> tuple[int, list[int], list[int]]:
+    """(selected epoch, epochs tied on SROCC + PLCC, those of them within LOSS_TIE of the lowest loss)."""
+    top = max(_val_score(r) for r in history)
+    tied = [r for r in history if _val_score(r) == top]
+    low = min(_val_loss(r) for r in tied)
+    close = sorted(int(r["epoch"]) for r in tied if _val_loss(r) <= low * (1 + LOSS_TIE))
+    return close[-1], sorted(int(r["epoch"]) for r in tied), close
+
+
+def select_epoch(history: Sequence[Mapping[str, Any]]) -> int:
+    """The epoch (1-based) model selection keeps, from the per-epoch metric rows (``epoch``,
+    ``val_srocc``, ``val_plcc``, ``val_loss``): the best validation SROCC + PLCC (FAST-VQA's
+    criterion); among epochs tied on it, the lowest validation loss (Eq. 16 over all validation
+    videos: it still measures how far predictions are from the MOS when the correlations all say
+    1.0); among losses within ``LOSS_TIE`` of the lowest, the latest epoch (more training; the last
+    epoch when validation says nothing). The selection after each epoch is either unchanged or the
+    new epoch, so the best checkpoint can be saved as training goes."""
+    return _selection(history)[0]
+
+
+def small_validation_warning(n_val: int, n_train: int) -> str | None:
+    """The warning for a validation set too small to rank epochs (None when it is large enough)."""
+    if n_val >= MIN_VAL_VIDEOS or n_val == 0:
+        return None
+    fraction = math.ceil(100 * MIN_VAL_VIDEOS / (n_val + n_train)) / 100
+    carve = f" or, without them, --val-fraction {fraction:.2f}" if fraction <= 0.5 else ""
+    return (
+        f"only {n_val} validation video{'s' if n_val != 1 else ''}: too few to rank epochs (SROCC over "
+        f"fewer than {MIN_VAL_VIDEOS} videos takes few distinct values and is noisy by +-0.3 or more), "
+        f"so the selected epoch is close to arbitrary; give at least {MIN_VAL_VIDEOS} validation videos "
+        f"('val' rows in the manifest{carve}), or pass --val-fraction 0 to train a fixed number of epochs "
+        "and keep the last"
+    )
+
+
+def explain_selection(
+    history: Sequence[Mapping[str, Any]], epochs: int, warning: str | None
+) -> dict[str, Any]:
+    """Which epoch :func:`select_epoch` keeps and why, as recorded in result.json and the summary."""
+    best_epoch, tied, close = _selection(history)
+    best = next(r for r in history if int(r["epoch"]) == best_epoch)
+    n = int(best.get("val_n", 0) or 0)
+    score = _val_score(best)
+    if n == 0:
+        why = "no validation videos, so the last epoch"
+    elif score == -math.inf:
+        why = f"validation SROCC/PLCC undefined on {n} video{'s' if n != 1 else ''}"
+    else:
+        why = f"best val SROCC+PLCC {score:.3f} (SROCC {best['val_srocc']:.3f}, PLCC {best['val_plcc']:.3f})"
+    if n and len(tied) > 1:
+        others = f"{len(tied) - 1} other epoch{'s' * (len(tied) > 2)}"
+        why += f", {'tied with' if score != -math.inf else 'as in'} {others}"
+        if len(close) == 1:
+            why += f"; the lowest validation loss ({_val_loss(best):.4g}) broke the tie"
+        elif _val_loss(best) == math.inf:
+            why += "; no validation loss either, so the latest of them"
+        else:
+            near = ", ".join(map(str, close))
+            why += f"; validation loss within {LOSS_TIE:.0%} of the lowest in epochs {near}, so the latest"
+    return {
+        "epoch": best_epoch,
+        "of": epochs,
+        "val_videos": n,
+        "tied_epochs": tied if n else [],
+        "reason": f"epoch {best_epoch} of {epochs}: {why}",
+        "warning": warning,
+    }
 
 
 def _param_groups(model: ClifVQA, config: TrainConfig) -> list[dict[str, Any]]:
@@ -347,7 +470,8 @@ def train_split(
     amp = config.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=amp and _amp_dtype(device) == torch.float16)
 
-    start_epoch, step, best_epoch, best_score, best_val = 0, 0, -1, -math.inf, {}
+    start_epoch, step, best_epoch, best_val = 0, 0, -1, {}
+    history: list[dict[str, Any]] = []  # the metric rows of the epochs done, for explain_selection
     last_dir, best_dir = out / "last", out / "best"
     if resume and ckpt.has_training_state(last_dir):
         from safetensors.torch import load_file
@@ -355,11 +479,13 @@ def train_split(
         model.load_state_dict(load_file(str(last_dir / ckpt.MODEL_FILE), device=str(device)))
         state = ckpt.load_training_state(last_dir, optimizer)
         start_epoch, step = state["epoch"] + 1, state["step"]
-        best_epoch, best_score, best_val = state["best_epoch"], state["best_score"], state["best_val"]
+        best_epoch, best_val = state["best_epoch"], state["best_val"]
         if state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
         if dist.main:
             _truncate_metrics(out, state["epoch"] + 1)
+        dist.barrier()
+        history = [r for r in _read_metrics(out) if r["epoch"] <= state["epoch"] + 1]
         log.info("%s: resumed after epoch %d", plan.name, state["epoch"] + 1)
     else:
         _init_weights(model, fastvqa_init, swin_k400_init)
@@ -380,12 +506,18 @@ def train_split(
     eval_batch = max(1, config.batch_size // (fragments.num_clips_test if fragments else 1))  # ~as many clips per pass as in training
     extra_base = {"train_config": config.to_dict(), "split": plan.name}
 
-    def evaluate(items: Sequence[VideoItem]) -> tuple[dict[str, Any], tuple[list[str], list[float], list[float]]]:
+    def evaluate(
+        items: Sequence[VideoItem], what: str
+    ) -> tuple[dict[str, Any], tuple[list[str], list[float], list[float]]]:
         keys, preds, mos, failed = predict_items(
             model, items, video_root, semantic_rows, fragments, device=device, batch_size=eval_batch,
-            workers=config.workers, seed=seed, dist=dist, amp=amp,
+            workers=config.workers, seed=seed, dist=dist, amp=amp, progress=progress,
+            desc=f"{plan.name} {what}",
         )
         metrics = compute_metrics(preds, mos) if keys else {"n": 0}
+        if keys:  # Eq. 16 over the whole set: a tie-break for selection (see select_epoch)
+            loss = clifvqa_loss(torch.tensor(preds), torch.tensor(mos), config.alpha, config.beta)
+            metrics["loss"] = float(loss)
         metrics["skipped"] = len(failed)
         return metrics, (keys, preds, mos)
 
@@ -424,19 +556,19 @@ def train_split(
             scaler.step(optimizer)
             scaler.update()
             if batch["keys"]:
-                loss_sum += loss.item() * len(batch["keys"])
+                value = loss.item()  # the one sync per step there always was (logging needs it)
+                if not math.isfinite(value):
+                    where = f"{plan.name} epoch {epoch + 1}/{config.epochs} step {step}"
+                    raise NonFiniteLoss(_nonfinite_loss_message(value, batch, pred, where))
+                loss_sum += value * len(batch["keys"])
                 loss_n += len(batch["keys"])
-            if hasattr(bar, "set_postfix"):
-                bar.set_postfix(loss=f"{loss.item():.4f}")
+                if hasattr(bar, "set_postfix"):
+                    bar.set_postfix(loss=f"{value:.4f}")
         if dist.enabled:
             totals = torch.tensor([loss_sum, loss_n, skipped], dtype=torch.float64, device=device)
             torch.distributed.all_reduce(totals)
             loss_sum, loss_n, skipped = totals[0].item(), int(totals[1].item()), int(totals[2].item())
-        val_metrics = evaluate(plan.val)[0] if plan.val else {}
-        score = _selection_score(val_metrics)
-        improved = best_epoch < 0 or score > best_score
-        if improved:
-            best_epoch, best_score, best_val = epoch, score, val_metrics
+        val_metrics = evaluate(plan.val, "validation")[0] if plan.val else {}
         row = {
             "epoch": epoch + 1,
             "train_loss": loss_sum / loss_n if loss_n else math.nan,
@@ -444,46 +576,92 @@ def train_split(
             "backbone_lr": optimizer.param_groups[1]["lr"] if len(optimizer.param_groups) > 1 else math.nan,
             "train_videos": loss_n,
             "skipped_videos": skipped,
-            **{f"val_{k}": val_metrics.get(k, math.nan) for k in ("n",) + METRIC_KEYS},
-            "selected": improved,
+            **{f"val_{k}": val_metrics.get(k, math.nan) for k in ("n",) + METRIC_KEYS + ("loss",)},
+            "selected": False,  # set below: whether this epoch is the selection so far
             "seconds": round(time.time() - t_start, 3),
         }
         if skipped:
             log.warning("warning: epoch %d: %d videos could not be decoded and were skipped", epoch + 1, skipped)
-        log.info("%s epoch %d: loss %.4f, val SROCC %.4f PLCC %.4f%s", plan.name, epoch + 1, row["train_loss"], row["val_srocc"], row["val_plcc"], " (best)" if improved else "")
+        history.append(row)
+        improved = row["selected"] = select_epoch(history) == epoch + 1
+        if improved:
+            best_epoch, best_val = epoch, val_metrics
+        log.info("%s epoch %d: loss %.4f, val SROCC %.4f PLCC %.4f loss %.4f%s", plan.name, epoch + 1,
+                 row["train_loss"], row["val_srocc"], row["val_plcc"], row["val_loss"],
+                 " (selected so far)" if improved else "")
         if dist.main:
             _append_metrics(out, {k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()})
             extra = {**extra_base, "epoch": epoch + 1, "metrics": {"val": val_metrics}}
             if improved:
                 ckpt.save_checkpoint(best_dir, model, model_config, *store_meta, extra)
-            state = {"epoch": epoch, "step": step, "best_epoch": best_epoch, "best_score": best_score, "best_val": best_val, "scaler": scaler.state_dict() if scaler.is_enabled() else None}
+            state = {"epoch": epoch, "step": step, "best_epoch": best_epoch, "best_val": best_val,
+                     "scaler": scaler.state_dict() if scaler.is_enabled() else None}
             ckpt.save_checkpoint(last_dir, model, model_config, *store_meta, extra, optimizer=optimizer, train_state=state)
         dist.barrier()
         epochs_done = epoch + 1
 
+    warning = small_validation_warning(len(plan.val), len(plan.train))
+    selection = explain_selection(history, config.epochs, warning) if history else None
     if epochs_done < config.epochs:
-        return SplitResult(plan.name, best_epoch + 1, best_val, None, epochs_done, finished=False)
+        return SplitResult(plan.name, best_epoch + 1, best_val, None, epochs_done, False, selection)
 
-    # Test the selected epoch (never used for selection).
     from safetensors.torch import load_file
 
     model.load_state_dict(load_file(str(best_dir / ckpt.MODEL_FILE), device=str(device)))
+    # The selected model's raw outputs on its training videos fix the map onto the MOS scale
+    # that predict reports as `score` (one pass over the training set, no gradients).
+    train_metrics, (_, train_preds, train_mos) = evaluate(plan.train, "score mapping (training videos)")
+    mapping = fit_score_mapping(train_preds, train_mos, bounded=True)
+    score_mapping = {
+        **mapping.to_dict(),
+        "fitted_on": f"the {mapping.n} training videos of split {plan.name}",
+        "raw_range": [min(train_preds), max(train_preds)] if train_preds else None,
+    }
+    # Test the selected epoch (never used for selection).
     test_metrics = None
     if plan.test:
-        test_metrics, (keys, preds, mos) = evaluate(plan.test)
+        test_metrics, (keys, preds, mos) = evaluate(plan.test, "test")
         if dist.main:
             with open(out / "test_predictions.csv", "w", newline="", encoding="utf-8") as fh:
                 writer = csv.writer(fh)
-                writer.writerow(["video", "mos", "prediction"])
-                writer.writerows(zip(keys, mos, preds))
-    result = SplitResult(plan.name, best_epoch + 1, best_val, test_metrics, epochs_done, finished=True)
+                writer.writerow(["video", "mos", "prediction", "score"])
+                writer.writerows(zip(keys, mos, preds, mapping.apply(preds).tolist()))
+    result = SplitResult(plan.name, best_epoch + 1, best_val, test_metrics, epochs_done, True, selection)
     if dist.main:
-        meta = ckpt.read_meta(best_dir)
-        meta["metrics"] = {"val": best_val, "test": test_metrics}
-        (best_dir / ckpt.META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        metrics = {"val": best_val, "test": test_metrics, "train": train_metrics}
+        ckpt.update_meta(best_dir, {"metrics": metrics, "score_mapping": score_mapping,
+                                    "selection": selection})
         (out / "result.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n", encoding="utf-8")
     dist.barrier()
     return result
+
+
+def _read_metrics(folder: Path) -> list[dict[str, Any]]:
+    path = folder / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def _nonfinite_loss_message(value: float, batch: Mapping[str, Any], pred: torch.Tensor, where: str) -> str:
+    """Name the batch, and the videos whose prediction or semantic input is not finite (this path
+    only runs once, so the extra device reads cost nothing)."""
+    keys = batch["keys"]
+    outputs = pred.detach().float().cpu().reshape(-1).tolist()
+    semantic = batch["semantic"]
+    bad_in = [k for i, k in enumerate(keys) if semantic is not None and not torch.isfinite(semantic[i]).all()]
+    bad_out = [k for k, v in zip(keys, outputs) if not math.isfinite(v)]
+    detail = ""
+    if bad_in:
+        detail = f"; non-finite semantic features in {listing(bad_in, 5)} (check the store: store verify)"
+    elif bad_out:
+        detail = f"; non-finite model output for {listing(bad_out, 5)}"
+    else:
+        detail = "; the model diverged (try a lower --lr or --grad-clip)"
+    return (
+        f"{where}: the training loss is {value} on the batch "
+        f"{listing(keys, 5)}{detail}; training stopped, no checkpoint of this epoch was saved"
+    )
 
 
 def _dummy_inputs(config: ClifVQAConfig, device: torch.device) -> tuple[torch.Tensor | None, torch.Tensor | None]:
@@ -492,12 +670,13 @@ def _dummy_inputs(config: ClifVQAConfig, device: torch.device) -> tuple[torch.Te
     return semantic, fragments
 
 
-def _progress(iterable, desc: str, enabled: bool):
+def _progress(iterable, desc: str, enabled: bool, unit: str = "batch"):
+    """``iterable`` behind a tqdm bar on stderr when ``enabled``."""
     if not enabled:
         return iterable
     from tqdm import tqdm
 
-    return tqdm(iterable, desc=desc, unit="batch", leave=False, dynamic_ncols=True)
+    return tqdm(iterable, desc=desc, unit=unit, leave=False, dynamic_ncols=True)
 
 
 # ------------------------------------------------------------------------------ a whole run
@@ -540,13 +719,16 @@ def run_training(
     swin_k400_init: str | os.PathLike[str] | None = None,
     resume: bool = False,
     stop_after: int | None = None,
+    allow_stale: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Train CLiF-VQA as ``clifvqa train`` does and return the summary (also in ``OUT/summary.json``).
 
     Everything is checked before the first step: the splits, the video files, the stores
-    (completeness, one fingerprint, r) and, with ``resume``, that the settings equal the
-    interrupted run's. An existing ``out`` with a run in it is refused unless ``resume``.
+    (completeness, one fingerprint matching their provenance, r, every row's checks, and that
+    each entry is still its video file's: stale entries are refused unless ``allow_stale``)
+    and, with ``resume``, that the settings equal the interrupted run's. An existing ``out``
+    with a run in it is refused unless ``resume``.
     """
     out = Path(out)
     dist, device, started = _setup_dist(config.device)
@@ -559,7 +741,8 @@ def run_training(
         features = None
         if uses_semantic or stores:
             t0 = (tiny_config(1) if tiny else ClifVQAConfig(r=1)).t0  # rows are resampled once, at load
-            features = load_semantic_features(stores, keys, t0, progress=progress and dist.main)
+            features = load_semantic_features(stores, keys, t0, video_root=videos, allow_stale=allow_stale,
+                                              progress=progress and dist.main)
         model_config = build_model_config(features, config, tiny=tiny, branches=branches, regression_head=regression_head, prompt_groups=prompt_groups)
         settings = {
             "train_config": config.to_dict(),
@@ -578,6 +761,10 @@ def run_training(
         dist.barrier()
         if not plans[0].val:
             log.warning("warning: no validation videos (val_fraction=%s): the last epoch is selected", config.val_fraction)
+        small = min(plans, key=lambda p: len(p.val))
+        warning = small_validation_warning(len(small.val), len(small.train))
+        if warning:
+            log.warning("warning: %s", warning)
         results = []
         for i, plan in enumerate(plans):
             folder = out if len(plans) == 1 else out / plan.name
@@ -628,7 +815,11 @@ def _summarize_run(results: list[SplitResult], out: Path, num_plans: int, dist: 
         "out": str(out),
     }
     table = format_table(rows, summary_stats if len(rows) > 1 else None)
-    summary["table"] = f"{on} metrics (selected epoch per split)\n{table}"
+    chosen = [f"{r.name}: {r.selection['reason']}" for r in results if r.selection]
+    warned = dict.fromkeys(f"warning: {r.selection['warning']}" for r in results
+                           if r.selection and r.selection["warning"])
+    lines = [f"{on} metrics (selected epoch per split)", table, "selected:", *chosen, *warned]
+    summary["table"] = "\n".join(lines)
     if dist.main:
         (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
         (out / "summary.txt").write_text(summary["table"] + "\n", encoding="utf-8")
