@@ -279,3 +279,32 @@ def test_cli_upgrade_verify_videos_and_check_sources(tmp_path, prov, tiny_clip, 
     result = run(main, [*args, "--check-sources"])
     assert result.exit_code == 0 and "1 done, 1 skipped" in result.output and "1 extracted again" in result.output
     assert run(main, ["store", "verify", str(store), "--videos", str(root), "--quiet"]).exit_code == 0
+
+
+def test_train_evaluate_predict_refuse_a_deleted_chunk_in_one_line(tmp_path, make_train_set):
+    """The issue's case: one `pooled` chunk deleted. Before: train ran to the end with NaN weights,
+    predict printed nan, evaluate died in LAPACK."""
+    from click.testing import CliRunner
+
+    from clifvqa.cli import main
+
+    data = make_train_set(tmp_path / "data", split=["train", "train", "train", "train", "val", "test"])
+    run_args = ["--tiny", "--epochs", "1", "--batch-size", "2", "--workers", "0", "--num-clips-test", "2", "--quiet",
+                "--device", "cpu"]
+    ok = CliRunner().invoke(main, ["train", "--manifest", str(data.manifest), "--videos", str(data.videos), "--store",
+                                   str(data.store), "--out", str(tmp_path / "run"), *run_args])
+    assert ok.exit_code == 0, ok.output
+    (data.store / "videos" / data.keys[1] / "pooled" / "c" / "0" / "0").unlink()
+    bad = CliRunner().invoke(main, ["train", "--manifest", str(data.manifest), "--videos", str(data.videos), "--store",
+                                    str(data.store), "--out", str(tmp_path / "run2"), *run_args])
+    assert bad.exit_code == 2 and len(bad.output.strip().splitlines()) == 1
+    assert f"{data.keys[1]} (pooled holds" in bad.output and not (tmp_path / "run2" / "best").exists()
+    ev = CliRunner().invoke(main, ["evaluate", "--checkpoint", str(tmp_path / "run" / "best"), "--manifest",
+                                   str(data.manifest), "--videos", str(data.videos), "--store", str(data.store),
+                                   "--device", "cpu", "--quiet"])
+    assert ev.exit_code == 2 and f"{data.keys[1]} (pooled holds" in ev.output
+    pr = CliRunner().invoke(main, ["predict", str(data.videos / data.keys[1]), "--checkpoint", str(tmp_path / "run" / "best"),
+                                   "--store", str(data.store), "--device", "cpu", "--quiet"])
+    row = next(line for line in pr.output.splitlines() if line.startswith(str(data.videos)))
+    assert pr.exit_code == 1 and row.split(",")[1:3] == ["", ""]  # no score, no raw: an error, never nan
+    assert "pooled holds" in row
