@@ -184,7 +184,7 @@ def extract_cmd(dataset_dir: Path, manifest: Path | None, store_path: str, clip_
     from clifvqa.extract.clip_model import ClipLoadError
     from clifvqa.extract.config import ExtractConfig, default_workers
     from clifvqa.extract.grid import parse_grid
-    from clifvqa.extract.runner import extract_dataset, parse_shard
+    from clifvqa.extract.runner import RunInterrupted, extract_dataset, parse_shard
     from clifvqa.extract.sfe import DeviceMemoryError
 
     try:
@@ -207,6 +207,8 @@ def extract_cmd(dataset_dir: Path, manifest: Path | None, store_path: str, clip_
     # ValueError covers FingerprintMismatch, StoreError, ManifestError, UnsafePathError, PromptFileError.
     except (ClipLoadError, DeviceMemoryError, NotADirectoryError, ValueError) as exc:
         fail(str(exc))
+    except RunInterrupted as exc:  # SIGINT/SIGTERM: what was done, and 130/143
+        fail(str(exc), exc.exit_code)
     if summary.total == 0:
         click.echo(f"warning: no videos to extract{' in this shard' if shard != '0/1' else ''}", err=True)
     for key, error in summary.failures:
@@ -258,6 +260,8 @@ def store_info_cmd(path: str, as_json: bool) -> None:
     click.echo(f"size          {size}")
     if info["consolidated"] is not None:
         click.echo(f"consolidated  {info['consolidated']}")
+    if info["pending"] is not None:
+        click.echo(f"pending       {info['pending']}")
     click.echo("provenance")
     click.echo("  " + json.dumps(info["provenance"], indent=2, sort_keys=True).replace("\n", "\n  "))
     if info["failures"]:
@@ -353,12 +357,15 @@ def store_rescore_cmd(src: str, prompts_file: str, softmax: str, output: str, cl
     """
     from clifvqa.extract.clip_model import ClipLoadError
     from clifvqa.extract.rescore import rescore_store
+    from clifvqa.extract.runner import RunInterrupted
 
     try:
         summary = rescore_store(src, output, prompts_file, softmax=softmax, clip_model=clip_model,  # type: ignore[arg-type]
                                 device=device, save_maps=save_maps, copy_embeddings=copy_embeddings, progress=not quiet)
     except (ClipLoadError, *_STORE_ERRORS) as exc:
         fail(str(exc))
+    except RunInterrupted as exc:  # SIGINT/SIGTERM: what was done, and 130/143
+        fail(str(exc), exc.exit_code)
     for key, error in summary.failures:
         click.echo(f"failed: {key}: {error}", err=True)
     click.echo(summary.line())

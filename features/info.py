@@ -16,8 +16,9 @@ def store_info(store: str | os.PathLike[str] | FeatureStore) -> dict[str, Any]:
     ``format`` (clifvqa_format), ``fingerprint``, ``fingerprint_ok`` (it matches the
     provenance), ``provenance``, ``counts`` ({complete, incomplete, failed}), ``total_frames``
     (rows over complete videos), ``size_bytes`` (None when remote), ``consolidated``
-    (Zarr: absent / fresh / stale: ... / unchecked; None for HDF5) and ``failures`` (list of
-    {key, source, error, time}, sorted by key).
+    (Zarr: absent / fresh / stale: ... / unchecked; None for HDF5), ``pending`` (HDF5: a line
+    about videos a running or killed writer logged beside the file, else None) and ``failures``
+    (list of {key, source, error, time}, sorted by key).
     """
     if not isinstance(store, FeatureStore):
         with open_store(store) as opened:
@@ -41,6 +42,7 @@ def store_info(store: str | os.PathLike[str] | FeatureStore) -> dict[str, Any]:
         "total_frames": sum(store.array_shape(k, "pooled")[0] for k in keys),
         "size_bytes": store.size_bytes(),
         "consolidated": store.consolidated_state(),
+        "pending": store.pending_note(),
         "failures": [{"key": k, "source": rec.get("source"), "error": rec.get("error"),
                       "time": rec.get("time")} for k, rec in sorted(failures.items())],
     }

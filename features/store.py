@@ -214,6 +214,11 @@ class FeatureStore(abc.ABC):
         """Bytes on disk (local stores), None when unknown (remote)."""
         return None
 
+    def pending_note(self) -> str | None:
+        """HDF5 only: one line when writes logged beside the file are not in it yet (a writer is
+        running or was killed), else None."""
+        return None
+
     def consolidated_state(self) -> str | None:
         """Zarr only: ``"absent"``, ``"fresh"``, ``"stale: ..."`` or ``"unchecked"``; None for HDF5."""
         return None
