@@ -42,12 +42,14 @@ change (two or three per video).
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import os
 import shutil
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -123,10 +125,10 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def _root_digest(file: h5py.File) -> str:
-    """What identifies a store across its rewrites: its root attributes (provenance with its
-    ``created`` time, fingerprint)."""
-    root = json.dumps({k: str(v) for k, v in read_attrs(file).items()}, sort_keys=True)
+def _root_digest(attrs: dict[str, Any]) -> str:
+    """What identifies a store across its rewrites: its root attributes (the provenance, with its
+    ``created`` time, and the fingerprint)."""
+    root = json.dumps({k: str(v) for k, v in attrs.items()}, sort_keys=True)
     return hashlib.sha256(root.encode("utf-8")).hexdigest()
 
 
@@ -198,7 +200,9 @@ class _Spool:
         self.ops.mkdir(exist_ok=True)
         # What a killed writer left besides its log: never trusted, only removed.
         self.work.unlink(missing_ok=True)
-        for path in [*self.dir.glob("retired-*"), *self.ops.glob(".tmp-*")]:
+        stale = [*self.dir.glob("retired-*"), *self.ops.glob(".tmp-*"),
+                 *store.parent.glob(f".{glob.escape(store.name)}.creating-*")]
+        for path in stale:
             shutil.rmtree(path) if path.is_dir() else path.unlink()
         ops = self.pending()
         self._next = int(ops[-1].stem) + 1 if ops else 0
@@ -238,17 +242,33 @@ class _Spool:
             os.close(self._fd)
 
 
-def _pending_summary(folder: Path) -> tuple[int, int]:
-    """(logged ops, videos they complete) of a spool folder."""
+@dataclass(frozen=True)
+class SpoolState:
+    """What the spool folder of an HDF5 store holds (readers' view; see the module docstring).
+
+    Attributes:
+        changes: logged changes the store file does not hold yet.
+        videos: videos those changes complete.
+        writer_running: a writer holds the folder's lock now (else the log is a killed run's).
+    """
+
+    changes: int
+    videos: int
+    writer_running: bool
+
+
+def spool_state(path: str | os.PathLike[str]) -> SpoolState:
+    """The state of the spool folder beside the HDF5 store at ``path`` (zeros when it has none)."""
+    folder = spool_dir(path)
     ops = _logged_ops(folder)
     videos = set()
-    for path in ops:
-        with contextlib.suppress(OSError), h5py.File(path, "r") as op:
+    for op_path in ops:
+        with contextlib.suppress(OSError), h5py.File(op_path, "r") as op:
             attrs = read_attrs(op)
             if attrs.get("op") == "attr" and attrs.get("name") == "complete" and \
-                    str(attrs.get("path", "")).startswith("videos/") and json.loads(attrs["value"]) is True:
+                    str(attrs.get("path")).startswith("videos/") and json.loads(attrs["value"]) is True:
                 videos.add(attrs["path"])
-    return len(ops), len(videos)
+    return SpoolState(len(ops), len(videos), bool(ops) and _writer_running(folder))
 
 
 def _writer_running(folder: Path) -> bool:
@@ -280,7 +300,7 @@ class HDF5FeatureStore(FeatureStore):
         self._working = file.mode == "r+"  # reading and writing the working copy, not the store file
         self._broken = False  # an op failed half-applied: the working copy must not replace the store
         root = read_attrs(file)
-        self._digest = _root_digest(file)
+        self._digest = _root_digest(root)
         if isinstance(root.get("provenance"), str):
             root["provenance"] = json.loads(root["provenance"])
         super().__init__(str(path), root, writable=writable)
@@ -309,21 +329,21 @@ class HDF5FeatureStore(FeatureStore):
         ops = spool.pending()
         if not ops:
             return base
-        digest = _root_digest(base)
+        digest = _root_digest(read_attrs(base))
         base.close()
         shutil.copyfile(path, spool.work)
         work = _open_file(spool.work, "r+")
         try:
+            belongs = False  # the log starts from this file, or this file already holds it
             for op_path in ops:
                 try:
                     with h5py.File(op_path, "r") as op:
-                        if op_path == ops[0]:
-                            first_base = str(op.attrs["base"])
+                        belongs |= digest == op.attrs["after"] or (op_path == ops[0] and digest == op.attrs["base"])
                         _apply(work, op)
                 except (OSError, KeyError, ValueError) as exc:
                     raise StoreError(f"cannot replay the logged change {op_path} onto {path} ({exc}); move "
                                      f"{spool.dir} aside to open the store without the changes it logs") from exc
-            if digest not in (first_base, _root_digest(work)):
+            if not belongs:
                 raise StoreError(f"{spool.dir} logs {len(ops)} changes to an earlier {path.name}, which has been "
                                  f"replaced since; they cannot be applied to this one: delete {spool.dir} to "
                                  "drop them (or put that earlier file back)")
@@ -400,12 +420,15 @@ class HDF5FeatureStore(FeatureStore):
         self._change("group", path, write)
 
     def _set_attr(self, path: str, name: str, value: Any) -> None:
+        path = path or "/"
         if self._writable_file_has(path, h5py.Group):
             def write(op: h5py.File) -> None:
                 op.attrs["name"] = name
                 op.attrs["value"] = json.dumps(value)
 
-            self._change("attr", path, write)
+            # Only root attributes change what identifies the store.
+            root = path == "/"
+            self._change("attr", path, write, _root_digest({**read_attrs(self._file), name: value}) if root else None)
 
     def _delete(self, path: str) -> None:
         if self._writable_file_has(path, h5py.HLObject):
@@ -417,8 +440,9 @@ class HDF5FeatureStore(FeatureStore):
             raise KeyError(f"no {'group' if kind is h5py.Group else 'node'} {path!r} in {self.path}")
         return True
 
-    def _change(self, kind: str, path: str, write: Callable[[h5py.File], None]) -> None:
-        """Log one change, then apply it to the working copy (made at the first change)."""
+    def _change(self, kind: str, path: str, write: Callable[[h5py.File], None], digest: str | None = None) -> None:
+        """Log one change, then apply it to the working copy (made at the first change);
+        ``digest``: the root digest after it, when it changes the root."""
         self._check_writable()
         if self._broken:
             raise StoreError(f"an earlier write to {self.path} failed half-way; close the store and open it "
@@ -429,8 +453,10 @@ class HDF5FeatureStore(FeatureStore):
             self._file = _open_file(self._spool.work, "r+")
             self._working = True
 
+        after = digest or self._digest
+
         def logged(op: h5py.File) -> None:
-            op.attrs.update(op=kind, path=path, base=self._digest)
+            op.attrs.update(op=kind, path=path, base=self._digest, after=after)
             write(op)
 
         op_path = self._spool.log(logged)
@@ -438,6 +464,7 @@ class HDF5FeatureStore(FeatureStore):
         with h5py.File(op_path, "r") as op:
             _apply(self._file, op)
         self._broken = False
+        self._digest = after
 
     def finalize(self) -> None:
         """Fold this run's changes into the store file: the working copy replaces it whole."""
@@ -455,7 +482,6 @@ class HDF5FeatureStore(FeatureStore):
             self._spool.retire()
         self._file = _open_file(Path(self.path), "r")
         self._working = False
-        self._digest = _root_digest(self._file)
 
     def close(self) -> None:
         if self._spool is None:
@@ -477,15 +503,14 @@ class HDF5FeatureStore(FeatureStore):
         yet (a writer is running, or one was killed) and what folds them in."""
         if self._spool is not None:
             return None
-        folder = spool_dir(self.path)
-        ops, videos = _pending_summary(folder)
-        if not ops:
+        folder, state = spool_dir(self.path), spool_state(self.path)
+        if not state.changes:
             return None
-        if _writer_running(folder):
-            return (f"a writer is running: {folder} logs {videos} more videos ({ops} changes), which "
-                    f"{Path(self.path).name} gets when that run finishes")
-        return (f"{folder} logs {videos} more videos ({ops} changes) from a run that was interrupted; the next "
-                f"writer folds them in: rerun the extraction, or `clifvqa store finalize {self.path}`")
+        logged = f"{folder} logs {state.videos} more videos ({state.changes} changes)"
+        if state.writer_running:
+            return f"a writer is running: {logged}, which {Path(self.path).name} gets when that run finishes"
+        return (f"{logged} from a run that was interrupted; the next writer folds them in: rerun the "
+                f"extraction, or `clifvqa store finalize {self.path}`")
 
     def size_bytes(self) -> int | None:
         return os.path.getsize(self.path)

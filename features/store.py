@@ -314,7 +314,7 @@ class FeatureStore(abc.ABC):
         Each array is written in one go (one chunk per array). ``pooled_sha256`` is computed
         here; when ``attrs`` already holds one (a copy from another store) it must match.
         An incomplete entry of ``key`` is replaced; a complete one only with ``replace=True``.
-        A failure record of ``key`` is removed once the entry is complete.
+        A failure record of ``key`` is removed just before the entry is marked complete.
 
         Raises:
             ValueError: wrong shapes/dtypes (naming the key), a key colliding with another
@@ -334,8 +334,8 @@ class FeatureStore(abc.ABC):
         path = f"{VIDEOS}/{key}"
         self._check_slot(key, path, replace)
         self._write_group(path, plain, arrays)
+        self.clear_failure(key)  # before complete: a crash in between leaves no failed-and-complete video
         self._set_attr(path, "complete", True)
-        self.clear_failure(key)
 
     def _checked_arrays(self, key: str, pooled: np.ndarray, frames: np.ndarray,
                         maps: np.ndarray | None, embeddings: np.ndarray | None) -> dict[str, np.ndarray]:
