@@ -326,15 +326,16 @@ def store_convert_cmd(src: str, dst: str, zarr_format: str) -> None:
 @store.command("finalize")
 @click.argument("path")
 def store_finalize_cmd(path: str) -> None:
-    """Refresh the consolidated metadata of the local store at PATH (after shard runs that
-    wrote one shared store finished at the same moment, or when verify reports it stale)."""
+    """Finish the local store at PATH: Zarr, refresh its consolidated metadata (after shard runs
+    that wrote one shared store finished at the same moment, or when verify reports it stale);
+    HDF5, fold in the changes a killed run logged in PATH.spool/."""
     from clifvqa.features.store import finalize_store
 
     try:
         finalize_store(path)
     except _STORE_ERRORS as exc:
         fail(str(exc))
-    click.echo(f"{path}: consolidated metadata written")
+    click.echo(f"{path}: finalized")
 
 
 @store.command("rescore")

@@ -515,7 +515,8 @@ def create_or_open_store(path: str | os.PathLike[str], provenance: Mapping[str, 
 
 
 def finalize_store(path: str | os.PathLike[str]) -> None:
-    """Write consolidated metadata for an existing local store (what an extraction run does
-    at its end); use it when ``store verify`` reports stale consolidated metadata."""
+    """Finalize an existing local store, as an extraction run does at its end: Zarr, write
+    consolidated metadata (use it when ``store verify`` reports it stale); HDF5, fold in the
+    changes a killed writer logged beside the file."""
     with open_store(path, mode="r+") as store:
         store.finalize()

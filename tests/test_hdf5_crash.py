@@ -276,6 +276,7 @@ def dataset(tmp_path_factory, tiny_clip):
 
 
 def slow_extract(tmp_path: Path, dataset, store: Path, tiny_clip) -> subprocess.Popen:
+    """``clifvqa extract`` in a process of its own, slowed down enough to be killed part-way."""
     script = tmp_path / "slow_cli.py"
     script.write_text(SLOW_CLI)
     args = base_args(dataset[0], store, tiny_clip, "--workers", "1", "--batch-size", "6")
@@ -305,16 +306,33 @@ def complete_keys(store: Path) -> list[str]:
         return []
 
 
-def test_hdf5_extract_sigterm_then_kill9_then_resume_equals_uninterrupted(tmp_path, dataset, tiny_clip):
+def sigterm_at_batch(monkeypatch, batch: int) -> None:
+    """This process gets SIGTERM while scoring the ``batch``-th batch of crops (as from SLURM)."""
+    from clifvqa.extract.sfe import SemanticFeatureExtractor
+
+    score, calls = SemanticFeatureExtractor.score_frames, iter(range(1, 10**6))
+
+    def scoring(self, crops):
+        if next(calls) == batch:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return score(self, crops)
+
+    monkeypatch.setattr(SemanticFeatureExtractor, "score_frames", scoring)
+
+
+def test_hdf5_extract_sigterm_then_kill9_then_resume_equals_uninterrupted(tmp_path, dataset, tiny_clip,
+                                                                         monkeypatch):
     ds, keys, fresh = dataset
     store = tmp_path / "x.h5"
     # SIGTERM (SLURM's time limit): the extracted videos are written and folded in, exit 143.
-    proc = slow_extract(tmp_path, dataset, store, tiny_clip)
-    _, err = signal_when(proc, signal.SIGTERM, lambda: spool_state(store).videos >= 1)
-    assert proc.returncode == 143, err
-    last = err.strip().splitlines()[-1]
+    with monkeypatch.context() as patch:
+        sigterm_at_batch(patch, 8)  # of 16
+        result = CliRunner().invoke(main, ["extract", *map(str, base_args(ds, store, tiny_clip, "--workers", "1",
+                                                                           "--batch-size", "6"))])
+    assert result.exit_code == 143, result.output
     assert re.fullmatch(r"error: interrupted by SIGTERM: \d+ videos written this run \(0 failed\), \d+ of 6 "
-                        rf"complete in {re.escape(str(store))}; rerun the same command to resume", last), err
+                        rf"complete in {re.escape(str(store))}; rerun the same command to resume\n", result.output)
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # restored
     after_term = complete_keys(store)
     assert 1 <= len(after_term) < len(keys) and not spool_dir(store).exists()
     # kill -9 in the resumed run: the store file is untouched, its log says what is waiting.
@@ -334,12 +352,14 @@ def test_hdf5_extract_sigterm_then_kill9_then_resume_equals_uninterrupted(tmp_pa
     assert not spool_dir(store).exists()
 
 
-def test_zarr_extract_sigterm_exits_cleanly_and_resumes(tmp_path, dataset, tiny_clip):
+def test_zarr_extract_sigterm_exits_cleanly_and_resumes(tmp_path, dataset, tiny_clip, monkeypatch):
     ds, keys, fresh = dataset
     store = tmp_path / "x.zarr"
-    proc = slow_extract(tmp_path, dataset, store, tiny_clip)
-    _, err = signal_when(proc, signal.SIGTERM, lambda: len(complete_keys(store)) >= 1)
-    assert proc.returncode == 143 and "interrupted by SIGTERM" in err and "rerun the same command" in err, err
+    with monkeypatch.context() as patch:
+        sigterm_at_batch(patch, 10)
+        result = CliRunner().invoke(main, ["extract", *map(str, base_args(ds, store, tiny_clip, "--workers", "1",
+                                                                           "--batch-size", "6"))])
+    assert result.exit_code == 143 and "interrupted by SIGTERM" in result.output, result.output
     done = complete_keys(store)
     with open_store(store) as s:
         assert 1 <= len(done) < len(keys) and s.incomplete_keys() == []
