@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -235,10 +236,25 @@ def test_kill_after_every_file_step_then_resume_equals_uninterrupted(writer, tmp
 
 
 def test_kill_twice_the_second_time_while_replaying_the_first_runs_log(writer, tmp_path, no_fsync):
-    paths = stores(tmp_path, "replay", 3)
-    killed(writer, [(path, "line", len(writer.lines) // 2) for path in paths])
-    assert all(spool_state(path).changes > 0 for path in paths)
-    killed(writer, [(path, "line", at) for path, at in zip(paths, (5, 20, 60))])  # the replay's lines
+    first = tmp_path / "first" / "x.h5"
+    first.parent.mkdir()
+    killed(writer, [(first, "line", len(writer.lines) // 2)])
+    assert spool_state(first).changes > 0
+    # Where the resumed run replays the log: trace one on a copy of what the kill left.
+    shutil.copytree(first.parent, tmp_path / "traced")
+    lines: list[tuple[str, int, int]] = []
+    previous = sys.gettrace()
+    writer.trace_backend(lambda f, l, d: lines.append((f, l, d)))
+    try:
+        writer.write_all(tmp_path / "traced" / "x.h5")
+    finally:
+        sys.settrace(previous)
+    replay = [n for n, (function, _, _) in enumerate(lines, 1) if function == "_apply"]
+    points = [replay[0], replay[len(replay) // 2], replay[-1]]
+    paths = stores(tmp_path, "replay", len(points))
+    for path in paths:
+        shutil.copytree(first.parent, path.parent, dirs_exist_ok=True)
+    killed(writer, [(path, "line", at) for path, at in zip(paths, points)])
     for path in paths:
         check_and_resume(writer, path)
 
