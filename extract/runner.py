@@ -120,8 +120,8 @@ class RunInterrupted(KeyboardInterrupt):
         text = f"interrupted by {signal.Signals(self.signum).name}"
         if self.summary is not None:
             s = self.summary
-            text += (f": {s.done} videos written this run ({s.failed} failed), {s.done + s.skipped} of {s.total} "
-                     f"complete in {s.store}")
+            text += (f": {s.done} videos written this run ({s.failed} failed), {s.done + s.skipped} of "
+                     f"{s.total} complete in {s.store}")
         return text + "; rerun the same command to resume"
 
 

@@ -47,6 +47,7 @@ import hashlib
 import json
 import os
 import shutil
+import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -303,6 +304,8 @@ class HDF5FeatureStore(FeatureStore):
         self._spool = spool
         self._working = file.mode == "r+"  # reading and writing the working copy, not the store file
         self._broken = False  # an op failed half-applied: the working copy must not replace the store
+        # A run's writer thread may still be applying a change when an interrupted run closes the store.
+        self._mutex = threading.RLock()
         root = read_attrs(file)
         self._digest = _root_digest(root)
         if isinstance(root.get("provenance"), str):
@@ -346,15 +349,17 @@ class HDF5FeatureStore(FeatureStore):
             for op_path in ops:
                 try:
                     with h5py.File(op_path, "r") as op:
-                        belongs |= digest == op.attrs["after"] or (op_path == ops[0] and digest == op.attrs["base"])
+                        first = op_path == ops[0]
+                        belongs |= digest == op.attrs["after"] or (first and digest == op.attrs["base"])
                         _apply(work, op)
                 except (OSError, KeyError, ValueError) as exc:
-                    raise StoreError(f"cannot replay the logged change {op_path} onto {path} ({exc}); move "
-                                     f"{spool.dir} aside to open the store without the changes it logs") from exc
+                    raise StoreError(f"cannot replay the logged change {op_path} onto {path} ({exc}); "
+                                     f"move {spool.dir} aside to open the store without the changes it "
+                                     "logs") from exc
             if not belongs:
-                raise StoreError(f"{spool.dir} logs {len(ops)} changes to an earlier {path.name}, which has been "
-                                 f"replaced since; they cannot be applied to this one: delete {spool.dir} to "
-                                 "drop them (or put that earlier file back)")
+                raise StoreError(f"{spool.dir} logs {len(ops)} changes to an earlier {path.name}, which "
+                                 "has been replaced since; they cannot be applied to this one: delete "
+                                 f"{spool.dir} to drop them (or put that earlier file back)")
         except BaseException:
             work.close()
             raise
@@ -435,8 +440,8 @@ class HDF5FeatureStore(FeatureStore):
                 op.attrs["value"] = json.dumps(value)
 
             # Only root attributes change what identifies the store.
-            root = path == "/"
-            self._change("attr", path, write, _root_digest({**read_attrs(self._file), name: value}) if root else None)
+            after = _root_digest({**read_attrs(self._file), name: value}) if path == "/" else None
+            self._change("attr", path, write, after)
 
     def _delete(self, path: str) -> None:
         if self._writable_file_has(path, h5py.HLObject):
@@ -448,64 +453,68 @@ class HDF5FeatureStore(FeatureStore):
             raise KeyError(f"no {'group' if kind is h5py.Group else 'node'} {path!r} in {self.path}")
         return True
 
-    def _change(self, kind: str, path: str, write: Callable[[h5py.File], None], digest: str | None = None) -> None:
+    def _change(self, kind: str, path: str, write: Callable[[h5py.File], None],
+                digest: str | None = None) -> None:
         """Log one change, then apply it to the working copy (made at the first change);
         ``digest``: the root digest after it, when it changes the root."""
-        self._check_writable()
-        if self._broken:
-            raise StoreError(f"an earlier write to {self.path} failed half-way; close the store and open it "
-                             "again (its log keeps every change made before)")
-        if not self._working:
-            shutil.copyfile(self.path, self._spool.work)
-            work = _open_file(self._spool.work, "r+")
-            self._file.close()
-            self._file, self._working = work, True
+        with self._mutex:
+            self._check_writable()
+            if self._broken:
+                raise StoreError(f"an earlier write to {self.path} failed half-way; close the store and open "
+                                 "it again (its log keeps every change made before)")
+            if not self._working:
+                shutil.copyfile(self.path, self._spool.work)
+                work = _open_file(self._spool.work, "r+")
+                self._file.close()
+                self._file, self._working = work, True
 
-        after = digest or self._digest
+            after = digest or self._digest
 
-        def logged(op: h5py.File) -> None:
-            op.attrs.update(op=kind, path=path, base=self._digest, after=after)
-            write(op)
+            def logged(op: h5py.File) -> None:
+                op.attrs.update(op=kind, path=path, base=self._digest, after=after)
+                write(op)
 
-        op_path = self._spool.log(logged)
-        self._broken = True
-        with h5py.File(op_path, "r") as op:
-            _apply(self._file, op)
-        self._broken = False
-        self._digest = after
+            op_path = self._spool.log(logged)
+            self._broken = True
+            with h5py.File(op_path, "r") as op:
+                _apply(self._file, op)
+            self._broken = False
+            self._digest = after
 
     def finalize(self) -> None:
         """Fold this run's changes into the store file: the working copy replaces it whole."""
-        self._check_writable()
-        if self._broken:
-            raise StoreError(f"an earlier write to {self.path} failed half-way; the store file keeps its "
-                             "state before this run and the log keeps the changes (reopen to resume)")
-        if not self._working:
-            return
-        self._broken = True  # until the store file is open again: the log stays the record
-        self._file.close()
-        if self._spool.pending():
-            _fsync(self._spool.work)
-            os.replace(self._spool.work, self.path)
-            _fsync(Path(self.path).parent)
-            self._spool.retire()
-        self._file = _open_file(Path(self.path), "r")
-        self._working = self._broken = False
+        with self._mutex:
+            self._check_writable()
+            if self._broken:
+                raise StoreError(f"an earlier write to {self.path} failed half-way; the store file keeps its "
+                                 "state before this run and the log keeps the changes (reopen to resume)")
+            if not self._working:
+                return
+            self._broken = True  # until the store file is open again: the log stays the record
+            self._file.close()
+            if self._spool.pending():
+                _fsync(self._spool.work)
+                os.replace(self._spool.work, self.path)
+                _fsync(Path(self.path).parent)
+                self._spool.retire()
+            self._file = _open_file(Path(self.path), "r")
+            self._working = self._broken = False
 
     def close(self) -> None:
         if self._spool is None:
             if self._file.id.valid:
                 self._file.close()
             return
-        try:
-            if self._working and not self._broken and self._file.id.valid:
-                self.finalize()
-        finally:
-            if self._file.id.valid:
-                self._file.close()
-            self._spool.release()
-            self._spool = None
-            self.writable = False
+        with self._mutex:
+            try:
+                if self._working and not self._broken and self._file.id.valid:
+                    self.finalize()
+            finally:
+                if self._file.id.valid:
+                    self._file.close()
+                self._spool.release()
+                self._spool = None
+                self.writable = False
 
     def pending_note(self) -> str | None:
         """None, or one line saying that the spool folder logs videos the store file does not hold

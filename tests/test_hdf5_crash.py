@@ -100,9 +100,9 @@ def serve():
             os.fsync = lambda fd: None  # as the no_fsync fixture
             try:
                 if how == "line":
-                    count = iter(range(1, 10**9))
-                    kill = int(at)
-                    trace_backend(lambda f, l, d: next(count) == kill and os.kill(os.getpid(), signal.SIGKILL))
+                    count, kill = iter(range(1, 10**9)), int(at)
+                    die = lambda: os.kill(os.getpid(), signal.SIGKILL)
+                    trace_backend(lambda f, l, d: next(count) == kill and die())
                 else:
                     threading.Timer(float(at), os.kill, (os.getpid(), signal.SIGKILL)).start()
                 write_all(path)
@@ -167,7 +167,7 @@ def killed(writer, runs: list[tuple[Path, str, float]], may_finish: bool = False
         writer.server.stdin.write(f"{path} {how} {at}\n")
         writer.server.stdin.flush()
         status = int(writer.server.stdout.readline())
-        assert status == -signal.SIGKILL or (may_finish and status == 0), f"not killed at {how} {at}: {status}"
+        assert status == -signal.SIGKILL or (may_finish and status == 0), f"{how} {at}: exit {status}"
         kills += status == -signal.SIGKILL
     return kills
 
@@ -262,7 +262,8 @@ def test_kill_twice_the_second_time_while_replaying_the_first_runs_log(writer, t
 def test_kill_at_random_times_then_resume_equals_uninterrupted(writer, tmp_path, no_fsync):
     times = np.random.default_rng(12).uniform(0, 1.2 * writer.duration, 8)
     paths = stores(tmp_path, "time", len(times))
-    assert killed(writer, [(path, "time", round(at, 4)) for path, at in zip(paths, times)], may_finish=True) >= 4
+    kills = killed(writer, [(path, "time", round(at, 4)) for path, at in zip(paths, times)], may_finish=True)
+    assert kills >= 4
     for path in paths:
         check_and_resume(writer, path)
 
@@ -340,14 +341,15 @@ def test_hdf5_extract_sigterm_then_kill9_then_resume_equals_uninterrupted(tmp_pa
                                                                          monkeypatch):
     ds, keys, fresh = dataset
     store = tmp_path / "x.h5"
+    slow_args = base_args(ds, store, tiny_clip, "--workers", "1", "--batch-size", "6")
     # SIGTERM (SLURM's time limit): the extracted videos are written and folded in, exit 143.
     with monkeypatch.context() as patch:
         sigterm_at_batch(patch, 8)  # of 16
-        result = CliRunner().invoke(main, ["extract", *map(str, base_args(ds, store, tiny_clip, "--workers", "1",
-                                                                           "--batch-size", "6"))])
+        result = CliRunner().invoke(main, ["extract", *map(str, slow_args)])
     assert result.exit_code == 143, result.output
     assert re.fullmatch(r"error: interrupted by SIGTERM: \d+ videos written this run \(0 failed\), \d+ of 6 "
-                        rf"complete in {re.escape(str(store))}; rerun the same command to resume\n", result.output)
+                        rf"complete in {re.escape(str(store))}; rerun the same command to resume\n",
+                        result.output)
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # restored
     after_term = complete_keys(store)
     assert 1 <= len(after_term) < len(keys) and not spool_dir(store).exists()
@@ -360,10 +362,10 @@ def test_hdf5_extract_sigterm_then_kill9_then_resume_equals_uninterrupted(tmp_pa
         pass
     info = CliRunner().invoke(main, ["store", "info", str(store)])
     assert info.exit_code == 0 and f"videos        {len(after_term)} complete" in info.output
-    assert re.search(r"pending .*logs \d+ more videos .*interrupted.*store finalize", info.output), info.output
+    assert re.search(r"pending .*logs \d+ more videos .*interrupted.*store finalize", info.output)
     resumed = run_cli(*base_args(ds, store, tiny_clip))
     assert resumed.exit_code == 0, resumed.output
-    assert f"{len(after_term) + spooled} skipped (already complete)" in resumed.output  # the log was folded in
+    assert f"{len(after_term) + spooled} skipped (already complete)" in resumed.output  # log folded in
     assert_same_features(read_all(store), fresh)
     assert not spool_dir(store).exists()
 
@@ -371,10 +373,10 @@ def test_hdf5_extract_sigterm_then_kill9_then_resume_equals_uninterrupted(tmp_pa
 def test_zarr_extract_sigterm_exits_cleanly_and_resumes(tmp_path, dataset, tiny_clip, monkeypatch):
     ds, keys, fresh = dataset
     store = tmp_path / "x.zarr"
+    slow_args = base_args(ds, store, tiny_clip, "--workers", "1", "--batch-size", "6")
     with monkeypatch.context() as patch:
         sigterm_at_batch(patch, 10)
-        result = CliRunner().invoke(main, ["extract", *map(str, base_args(ds, store, tiny_clip, "--workers", "1",
-                                                                           "--batch-size", "6"))])
+        result = CliRunner().invoke(main, ["extract", *map(str, slow_args)])
     assert result.exit_code == 143 and "interrupted by SIGTERM" in result.output, result.output
     done = complete_keys(store)
     with open_store(store) as s:
@@ -424,7 +426,8 @@ def test_rescore_sigterm_finishes_the_video_then_resumes(tmp_path, dataset, tiny
         return original(*args, **kwargs)
 
     monkeypatch.setattr(rescore, "_rescore_video", second_gets_sigterm)
-    with pytest.raises(RunInterrupted, match=r"SIGTERM: 2 videos written this run \(0 failed\), 2 of 6") as caught:
+    expected = r"SIGTERM: 2 videos written this run \(0 failed\), 2 of 6"
+    with pytest.raises(RunInterrupted, match=expected) as caught:
         rescore.rescore_store(src, tmp_path / "dst.h5", prompts, device="cpu", progress=False)
     assert caught.value.exit_code == 143 and complete_keys(tmp_path / "dst.h5") == sorted(calls)
     monkeypatch.setattr(rescore, "_rescore_video", original)
