@@ -277,6 +277,26 @@ def test_a_log_left_beside_a_store_made_again_is_refused(writer, tmp_path):
     assert spool_state(path).changes > 0  # nothing was dropped
 
 
+def test_store_finalize_folds_a_killed_runs_log(writer, tmp_path):
+    path = tmp_path / "x.h5"
+    killed(writer, [(path, "line", len(writer.lines) * 2 // 3)])
+    before, waiting = complete_keys(path), spool_state(path).videos
+    assert waiting > 0
+    result = CliRunner().invoke(main, ["store", "finalize", str(path)])
+    assert result.exit_code == 0 and "finalized" in result.output
+    assert len(complete_keys(path)) == len(before) + waiting and not spool_dir(path).exists()
+
+
+def test_a_file_left_open_for_write_by_an_older_writer_gets_a_clear_error(tmp_path):
+    path = tmp_path / "old.h5"
+    code = (f"import h5py, os; f = h5py.File({str(path)!r}, 'w', libver='latest'); f.flush(); "
+            "os.kill(os.getpid(), 9)")
+    subprocess.run([sys.executable, "-c", code], env=_env())
+    result = CliRunner().invoke(main, ["store", "info", str(path)])
+    assert result.exit_code == 2 and "marked open-for-write by a writer that was killed" in result.output
+    assert "h5clear -s" in result.output and len(result.output.strip().splitlines()) == 1
+
+
 # ---------------------------------------------------------------- real extraction runs
 
 @pytest.fixture(scope="module")
