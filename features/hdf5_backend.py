@@ -34,9 +34,13 @@ store that was deleted and made again is refused rather than replayed into it.
 One writer at a time holds an exclusive ``flock`` on ``x.h5.spool/lock``, which the kernel
 releases when the process dies, so no stale lock outlives a kill. Readers open ``x.h5`` alone
 (never blocked by a writer) and see the store as of the last finalize;
-:meth:`HDF5FeatureStore.pending_note` says when a log holds videos not folded in yet. The cost
-is one copy of ``x.h5`` per writing run and free space for it, and one fsync per logged change
-(two or three per video; ~10 ms per video on a busy disk).
+:meth:`HDF5FeatureStore.pending_note` says when a log holds videos not folded in yet.
+
+The cost: free space for one more copy of ``x.h5``, one copy per writing run, and one fsync
+per logged change (two or three per video). Measured on a shared 2-core VM with 300-frame
+videos (r = 22, 3x3 maps): 11.6 ms per video written instead of 9.2 in place; finalize 0.07 s
+for 200 videos (31 MiB) and 0.65 s for 1,500 (229 MiB), where the next run's first change
+copies the file in 0.1 s (1.9 s from a cold page cache).
 """
 
 from __future__ import annotations
