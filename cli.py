@@ -43,12 +43,19 @@ def error_line(exc: BaseException) -> str:
 class _ClifvqaGroup(click.Group):
     """The ``clifvqa`` group, and the one place errors are handled: a user error raised by any
     command (see :func:`is_user_error`) ends as one ``error: ...`` line on stderr and exit
-    status 2. Anything else is a bug and keeps its traceback. ``--debug`` (or
+    status 2; a run stopped by SIGINT/SIGTERM says what it wrote and exits 130/143. Anything
+    else is a bug and keeps its traceback. ``--debug`` (or
     ``CLIFVQA_DEBUG=1``) prints the traceback of user errors too."""
 
     def invoke(self, ctx: click.Context) -> object:
         try:
             return super().invoke(ctx)
+        except KeyboardInterrupt as exc:
+            from clifvqa.extract.runner import RunInterrupted
+
+            if not isinstance(exc, RunInterrupted):
+                raise
+            fail(str(exc), exc.exit_code)  # SIGINT/SIGTERM: what was done, and 130/143
         except Exception as exc:
             if not is_user_error(exc):
                 raise
@@ -328,6 +335,8 @@ def store_info_cmd(path: str, as_json: bool, all_failures: bool) -> None:
     click.echo(f"size          {size}")
     if info["consolidated"] is not None:
         click.echo(f"consolidated  {info['consolidated']}")
+    if info["pending"] is not None:
+        click.echo(f"pending       {info['pending']}")
     click.echo("provenance")
     click.echo("  " + json.dumps(info["provenance"], indent=2, sort_keys=True).replace("\n", "\n  "))
     if all_failures and info["failures"]:
@@ -408,12 +417,13 @@ def store_convert_cmd(src: str, dst: str, zarr_format: str, quiet: bool) -> None
 @store.command("finalize")
 @click.argument("path")
 def store_finalize_cmd(path: str) -> None:
-    """Refresh the consolidated metadata of the local store at PATH (after shard runs that
-    wrote one shared store finished at the same moment, or when verify reports it stale)."""
+    """Finish the local store at PATH: Zarr, refresh its consolidated metadata (after shard runs
+    that wrote one shared store finished at the same moment, or when verify reports it stale);
+    HDF5, fold in the changes a killed run logged in PATH.spool/."""
     from clifvqa.features.store import finalize_store
 
     finalize_store(path)
-    click.echo(f"{path}: consolidated metadata written")
+    click.echo(f"{path}: finalized")
 
 
 @store.command("rescore")
@@ -435,6 +445,7 @@ def store_rescore_cmd(src: str, prompts_file: str, softmax: str, output: str, cl
     Exit code 0 when every SRC video was rescored, 1 when some lack embeddings, 2 on errors.
     """
     from clifvqa.extract.rescore import rescore_store
+    from clifvqa.extract.runner import RunInterrupted
 
     summary = rescore_store(src, output, prompts_file, softmax=softmax, clip_model=clip_model,  # type: ignore[arg-type]
                             device=device, save_maps=save_maps, copy_embeddings=copy_embeddings, progress=not quiet)

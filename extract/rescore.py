@@ -26,7 +26,7 @@ from typing import Any, Literal
 import numpy as np
 
 from clifvqa.extract.prompts import PromptSet, load_prompts
-from clifvqa.extract.runner import RunSummary
+from clifvqa.extract.runner import RunSummary, SignalStop
 from clifvqa.extract.sfe import SemanticFeatureExtractor
 from clifvqa.features.provenance import DETERMINING_FIELDS, FingerprintMismatch, fingerprint, provenance_diff
 from clifvqa.features.store import FeatureStore, create_or_open_store, is_url, local_path, open_store
@@ -112,6 +112,8 @@ def rescore_store(
         FingerprintMismatch: ``dst`` exists and holds features of other settings.
         ClipLoadError: the CLIP model cannot be loaded.
         PromptFileError: the prompt file is invalid.
+        RunInterrupted: SIGINT or SIGTERM came; the video being rescored was finished and
+            ``dst`` finalized first (:class:`~clifvqa.extract.runner.SignalStop`).
     """
     from tqdm.auto import tqdm
 
@@ -149,7 +151,7 @@ def rescore_store(
                 f"store: pass another output path, or delete {dst} to start over",
                 exc.fields,
             ) from exc
-        with target:
+        with SignalStop(raising=False) as signals, target:
             complete = set(target.keys())
             summary.total = len(keys)
             summary.incomplete_skipped = len(source.incomplete_keys())
@@ -160,6 +162,8 @@ def rescore_store(
             bar = tqdm(total=len(todo), unit="video", disable=not progress, dynamic_ncols=True)
             try:
                 for key in todo:
+                    if signals.received:
+                        break
                     if key in lacking:
                         result: int | str = f"{NO_EMBEDDINGS}; re-extract this video with --save-embeddings"
                     else:
@@ -180,6 +184,7 @@ def rescore_store(
                     summary.carried_failures += 1
             target.finalize()
     summary.elapsed = time.perf_counter() - start
+    signals.check(summary)
     return summary
 
 

@@ -7,15 +7,23 @@ in one go, from a writer thread so that the device is fed meanwhile. A video tha
 recorded in the store with the reason and the run goes on. An interrupted run leaves at most
 incomplete entries, which the next run redoes. A complete video whose file changed since it
 was extracted (:func:`clifvqa.features.sources.stale_reason`) is extracted again and replaced.
+
+SIGINT (Ctrl-C) and SIGTERM (what SLURM and ``kill`` send) stop a run the same way once its
+store is open (:class:`SignalStop`): extraction stops at once, the videos already extracted
+are written and the store finalized, then :class:`RunInterrupted` says what was done. A kill
+that allows none of this (SIGKILL) is survived by the stores themselves.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import queue
+import signal
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -184,6 +192,84 @@ def _complete_keys(store_path: str | Path) -> set[str]:
         return set()
 
 
+class RunInterrupted(KeyboardInterrupt):
+    """A run stopped by SIGINT or SIGTERM after writing and recording what it had finished.
+
+    A KeyboardInterrupt, so code that handles Ctrl-C handles SIGTERM alike. ``str()`` is the
+    one line to show; ``exit_code`` is the shell convention 128 + signal (130 SIGINT, 143 SIGTERM).
+
+    Attributes:
+        signum: the signal.
+        summary: the run's counts up to the interruption (None when it came before any).
+    """
+
+    def __init__(self, signum: int, summary: RunSummary | None = None) -> None:
+        super().__init__(signum)
+        self.signum, self.summary = signum, summary
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+    def __str__(self) -> str:
+        text = f"interrupted by {signal.Signals(self.signum).name}"
+        if self.summary is not None:
+            s = self.summary
+            text += (f": {s.done} videos written this run ({s.failed} failed), {s.done + s.skipped} of "
+                     f"{s.total} complete in {s.store}")
+        return text + "; rerun the same command to resume"
+
+
+class SignalStop:
+    """SIGINT and SIGTERM handling for a run that writes a store, as a context manager.
+
+    Python delivers signals to the main thread only, so the handlers are installed only there
+    (elsewhere this does nothing) and the previous ones are restored on exit: a notebook
+    keeps its own. With ``raising`` (extraction) a signal raises :class:`RunInterrupted` at
+    once, like Ctrl-C; without it (rescoring, where each video is quick) the first signal is
+    only noted in ``received`` for the run to check. Inside :meth:`deferred` (writing,
+    finalizing) the first signal is only noted too, so the write finishes; a second one always
+    raises.
+    """
+
+    def __init__(self, raising: bool = True) -> None:
+        self.raising = raising
+        self.received: int | None = None
+        self._deferred = 0
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> SignalStop:
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, signal.SIG_DFL if handler is None else handler)  # None: set outside Python
+        self._previous.clear()
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        first = self.received is None
+        self.received = self.received or signum
+        if not first or (self.raising and not self._deferred):
+            raise RunInterrupted(signum)
+
+    @contextlib.contextmanager
+    def deferred(self) -> Iterator[None]:
+        """A block that a first signal does not interrupt."""
+        self._deferred += 1
+        try:
+            yield
+        finally:
+            self._deferred -= 1
+
+    def check(self, summary: RunSummary) -> None:
+        """Raise :class:`RunInterrupted` with ``summary`` when a signal came."""
+        if self.received is not None:
+            raise RunInterrupted(self.received, summary)
+
+
 def parse_shard(text: str) -> tuple[int, int]:
     """Parse ``"K/N"`` (shard K of N, counting from 0: ``0/4`` ... ``3/4``) into ``(K, N)``."""
     k_text, sep, n_text = text.partition("/")
@@ -263,6 +349,8 @@ def extract_dataset(
         ClipLoadError: the model cannot be loaded.
         FingerprintMismatch: the store holds features made with other settings.
         NotADirectoryError, ManifestError, UnsafePathError: bad dataset folder or manifest.
+        RunInterrupted: SIGINT or SIGTERM (see :class:`SignalStop`), after writing the videos
+            already extracted and finalizing the store.
     """
     from tqdm.auto import tqdm
 
@@ -282,7 +370,7 @@ def extract_dataset(
     for name, why in unsafe:  # cannot be store keys, so not recorded in the store
         summary.failed += 1
         summary.failures.append((name, f"unsafe file name, not extracted: {why}; rename the file"))
-    with create_or_open_store(store_path, extractor.provenance()) as store:
+    with SignalStop() as signals, create_or_open_store(store_path, extractor.provenance()) as store:
         complete = store.entries()
         missing = set(check.missing) - set(complete)
         failed_before = store.failures()
@@ -315,12 +403,17 @@ def extract_dataset(
         try:
             for task, result in extractor.extract_many(todo, workers=config.workers):
                 writer.put(task.key, result)  # raises the writer's error as soon as it has one
+        except RunInterrupted:
+            pass  # raised again below, once what was extracted is written and the store finalized
         finally:
-            writer.join()  # what is queued gets written, also when the run is interrupted
-            bar.close()
+            with signals.deferred():
+                writer.join()  # what is queued gets written, also when the run is interrupted
+                bar.close()
         writer.check()
-        store.finalize()
+        with signals.deferred():
+            store.finalize()
     summary.elapsed = time.perf_counter() - start
+    signals.check(summary)
     return summary
 
 

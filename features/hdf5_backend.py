@@ -1,17 +1,60 @@
-"""HDF5 backend of the feature store: one ``.h5``/``.hdf5`` file, one writing process.
+"""HDF5 backend of the feature store: one ``.h5``/``.hdf5`` file that a kill cannot damage.
 
 Same tree and attributes as Zarr, with two HDF5 spellings: the root ``provenance`` is a JSON
 string (``json.loads(f.attrs["provenance"])``), and a None attribute is an empty (null)
 attribute. Datasets are one chunk each, gzip level 4 with shuffle and a Fletcher32 checksum
-(so a flipped byte is a read error). HDF5 files take one writer and, while it writes, no
-readers (file locking); parallel shard runs therefore write ``.zarr`` stores.
+(so a flipped byte is a read error).
+
+Crash safety. HDF5 has no journal: a process killed while it holds a file open for writing
+leaves the superblock's "open for write" flag set (files made with ``libver="latest"``), after
+which every open fails, and one killed half-way through a metadata write can leave the file
+inconsistent, so flushing often narrows the danger but cannot remove it. Therefore a store file
+``x.h5`` is never opened for writing once it exists; a writer works beside it in the sidecar
+folder ``x.h5.spool/``:
+
+1. Every change (a group with its attributes and arrays, one attribute, one removal) is first
+   logged as one small HDF5 file ``ops/NNNNNNNNNN.h5``, written under a temporary name, synced
+   and renamed into place: an op file is there whole or not at all, in order.
+2. It is then applied to the working copy ``work.h5`` (``x.h5`` copied at the first change of
+   a run), which the writer also reads from.
+3. :meth:`HDF5FeatureStore.finalize` (and :meth:`~HDF5FeatureStore.close` after error-free
+   writes) closes the working copy, syncs it, renames it over ``x.h5`` (atomic on POSIX) and
+   then retires the log.
+
+So ``x.h5`` is always a closed, consistent HDF5 file, and ``x.h5`` plus the logged ops is the
+store. A kill before the rename leaves the old ``x.h5`` and the log; a kill after it leaves the
+new ``x.h5`` and a log it already holds. Replaying ops is idempotent (each sets a group or an
+attribute, or removes a node, whatever was there), so the next writer simply copies ``x.h5``
+again, replays whatever log it finds and carries on; a working copy a writer left behind is
+never trusted, only deleted. A kill while an op file is being written loses that one change,
+which the run had not yet reported as done (a video's ``complete`` flag is its own, later op).
+The log remembers which ``x.h5`` it belongs to (its root attributes), so a log left next to a
+store that was deleted and made again is refused rather than replayed into it.
+
+One writer at a time holds an exclusive ``flock`` on ``x.h5.spool/lock``, which the kernel
+releases when the process dies, so no stale lock outlives a kill. Readers open ``x.h5`` alone
+(never blocked by a writer) and see the store as of the last finalize;
+:meth:`HDF5FeatureStore.pending_note` says when a log holds videos not folded in yet.
+
+The cost: free space for one more copy of ``x.h5``, one copy per writing run, and one fsync
+per logged change (two or three per video). Measured on a shared 2-core VM with 300-frame
+videos (r = 22, 3x3 maps): 11.6 ms per video written instead of 9.2 in place; finalize 0.07 s
+for 200 videos (31 MiB) and 0.65 s for 1,500 (229 MiB), where the next run's first change
+copies the file in 0.1 s (1.9 s from a cold page cache).
 """
 
 from __future__ import annotations
 
+import contextlib
+import glob
+import hashlib
 import json
 import os
+import shutil
+import threading
 import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +62,9 @@ import h5py
 import numpy as np
 
 from clifvqa.features.store import FRAMES_FILL, FeatureStore, StoreError
+
+SPOOL_SUFFIX = ".spool"
+"""The writer's sidecar folder is the store's path plus this suffix (``x.h5.spool``)."""
 
 
 def _to_h5(value: Any) -> Any:
@@ -52,34 +98,276 @@ def _open_file(path: Path, mode: str) -> h5py.File:
     try:
         return h5py.File(path, mode)
     except BlockingIOError as exc:
-        raise StoreError(f"{path} is open for writing in another process: an HDF5 store takes "
-                         "one writer and no readers meanwhile; wait for it, or use a .zarr store "
-                         "for parallel runs") from exc
+        raise StoreError(f"{path} is open for writing in another process (HDF5 file lock); wait "
+                         "for it, or use a .zarr store for parallel runs") from exc
     except OSError as exc:
+        if "already open for write" in str(exc):
+            raise StoreError(f"{path} is marked open-for-write by a writer that was killed (clifvqa "
+                             "0.1 wrote HDF5 stores in place); clear the flag on a copy with `h5clear -s` "
+                             "(HDF5 tools), then run `clifvqa store verify` on it") from exc
         raise StoreError(f"{path} is not a readable HDF5 feature store ({exc})") from exc
 
 
+def spool_dir(path: str | os.PathLike[str]) -> Path:
+    """The sidecar folder of the HDF5 store at ``path`` (see the module docstring)."""
+    path = Path(path)
+    return path.with_name(path.name + SPOOL_SUFFIX)
+
+
+def _logged_ops(folder: Path) -> list[Path]:
+    """The op files of a spool folder, oldest first (their names are zero-padded sequence numbers)."""
+    ops = folder / "ops"
+    if not ops.is_dir():
+        return []
+    return sorted(p for p in ops.iterdir() if p.suffix == ".h5" and p.name[0].isdigit())
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _root_digest(attrs: dict[str, Any]) -> str:
+    """What identifies a store across its rewrites: its root attributes (the provenance, with its
+    ``created`` time, and the fingerprint)."""
+    root = json.dumps({k: str(v) for k, v in attrs.items()}, sort_keys=True)
+    return hashlib.sha256(root.encode("utf-8")).hexdigest()
+
+
+def _create_dataset(group: h5py.Group, name: str, data: np.ndarray) -> None:
+    fill = FRAMES_FILL if np.issubdtype(data.dtype, np.integer) else np.nan
+    if data.size:
+        group.create_dataset(name, data=data, chunks=data.shape, compression="gzip", compression_opts=4,
+                             shuffle=True, fletcher32=True, fillvalue=fill)
+    else:  # HDF5 chunks cannot be empty
+        group.create_dataset(name, data=data, fillvalue=fill)
+
+
+def _apply(file: h5py.File, op: h5py.File) -> None:
+    """Apply one logged op to ``file``. Each op sets or removes what is at its path, whatever
+    was there before, so applying a log twice gives what applying it once did."""
+    kind, path = str(op.attrs["op"]), str(op.attrs["path"]) or "/"
+    if kind == "group":
+        if path in file:
+            del file[path]
+        group = file.create_group(path, track_order=True)  # attrs keep written order
+        for name, value in json.loads(op.attrs["attrs"]).items():
+            group.attrs[name] = _to_h5(value)
+        for name, data in op["arrays"].items():
+            group.copy(data, group, name=name)  # the compressed chunks as they are
+    elif kind == "attr":
+        if isinstance(file.get(path), h5py.Group):
+            file[path].attrs[str(op.attrs["name"])] = _to_h5(json.loads(op.attrs["value"]))
+    elif kind == "delete":
+        if path in file:
+            del file[path]
+    else:
+        raise ValueError(f"unknown op {kind!r}")
+
+
+def _lock(folder: Path, store: Path) -> int:
+    """An exclusive flock on ``folder/lock`` (created as needed): its file descriptor."""
+    import fcntl
+
+    while True:
+        folder.mkdir(exist_ok=True)
+        try:
+            fd = os.open(folder / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+        except FileNotFoundError:  # a finishing writer removed the folder meanwhile
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise StoreError(f"{store} is being written by another process (it holds {folder}/lock); an "
+                             "HDF5 store takes one writer at a time: wait for it, or use a .zarr store "
+                             "for parallel runs") from None
+        try:  # the lock file may have been removed by the writer we waited for: lock the new one
+            same = os.stat(folder / "lock").st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            return fd
+        os.close(fd)
+
+
+class _Spool:
+    """A writer's hold on the sidecar folder of one store: the lock, the op log, the working copy."""
+
+    def __init__(self, store: Path) -> None:
+        self.dir = spool_dir(store)
+        self.ops = self.dir / "ops"
+        self.work = self.dir / "work.h5"
+        self._fd = _lock(self.dir, store)
+        try:
+            self.ops.mkdir(exist_ok=True)
+            # What a killed writer left besides its log: never trusted, only removed.
+            self.work.unlink(missing_ok=True)
+            stale = [*self.dir.glob("retired-*"), *self.ops.glob(".tmp-*"),
+                     *store.parent.glob(f".{glob.escape(store.name)}.creating-*")]
+            for path in stale:
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+            ops = self.pending()
+            self._next = int(ops[-1].stem) + 1 if ops else 0
+        except BaseException:
+            os.close(self._fd)
+            raise
+
+    def pending(self) -> list[Path]:
+        return _logged_ops(self.dir)
+
+    def log(self, write: Callable[[h5py.File], None]) -> Path:
+        """Log one op (``write`` fills its file): synced and renamed into place, so whole or absent."""
+        tmp = self.ops / f".tmp-{self._next:010d}.h5"
+        with h5py.File(tmp, "w") as op:
+            write(op)
+        _fsync(tmp)
+        path = self.ops / f"{self._next:010d}.h5"
+        os.rename(tmp, path)
+        self._next += 1
+        return path
+
+    def retire(self) -> None:
+        """Drop the log once the store file holds it (one rename, then the clean-up)."""
+        retired = self.dir / f"retired-{uuid.uuid4().hex}"
+        os.rename(self.ops, retired)
+        self.ops.mkdir()
+        shutil.rmtree(retired)
+        self._next = 0
+
+    def release(self) -> None:
+        """Remove the working copy, and the whole folder when no log is left; unlock."""
+        try:
+            self.work.unlink(missing_ok=True)
+            if not self.pending():
+                with contextlib.suppress(OSError):
+                    self.ops.rmdir()
+                    (self.dir / "lock").unlink()  # before unlocking; see _lock
+                    self.dir.rmdir()
+        finally:
+            os.close(self._fd)
+
+
+@dataclass(frozen=True)
+class SpoolState:
+    """What the spool folder of an HDF5 store holds (readers' view; see the module docstring).
+
+    Attributes:
+        changes: logged changes the store file does not hold yet.
+        videos: videos those changes complete.
+        writer_running: a writer holds the folder's lock now (else the log is a killed run's).
+    """
+
+    changes: int
+    videos: int
+    writer_running: bool
+
+
+def spool_state(path: str | os.PathLike[str]) -> SpoolState:
+    """The state of the spool folder beside the HDF5 store at ``path`` (zeros when it has none)."""
+    folder = spool_dir(path)
+    ops = _logged_ops(folder)
+    videos = set()
+    for op_path in ops:
+        with contextlib.suppress(OSError), h5py.File(op_path, "r") as op:
+            attrs = read_attrs(op)
+            if attrs.get("op") == "attr" and attrs.get("name") == "complete" and \
+                    str(attrs.get("path")).startswith("videos/") and json.loads(attrs["value"]) is True:
+                videos.add(attrs["path"])
+    return SpoolState(len(ops), len(videos), bool(ops) and _writer_running(folder))
+
+
+def _writer_running(folder: Path) -> bool:
+    import fcntl
+
+    try:
+        fd = os.open(folder / "lock", os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+
+
 class HDF5FeatureStore(FeatureStore):
-    """A feature store kept in one HDF5 file (see :mod:`clifvqa.features.store`)."""
+    """A feature store kept in one HDF5 file (see :mod:`clifvqa.features.store`); written through
+    a spool that survives kills (module docstring)."""
 
     backend = "hdf5"
     zarr_format = None
 
-    def __init__(self, path: Path, file: h5py.File, *, writable: bool) -> None:
+    def __init__(self, path: Path, file: h5py.File, *, writable: bool, spool: _Spool | None = None) -> None:
         self._file = file
+        self._spool = spool
+        self._working = file.mode == "r+"  # reading and writing the working copy, not the store file
+        self._broken = False  # an op failed half-applied: the working copy must not replace the store
+        # A run's writer thread may still be applying a change when an interrupted run closes the store.
+        self._mutex = threading.RLock()
         root = read_attrs(file)
+        self._digest = _root_digest(root)
         if isinstance(root.get("provenance"), str):
             root["provenance"] = json.loads(root["provenance"])
         super().__init__(str(path), root, writable=writable)
 
     @classmethod
     def open(cls, path: Path, *, writable: bool) -> HDF5FeatureStore:
-        file = _open_file(path, "r+" if writable else "r")
+        if not writable:
+            file = _open_file(path, "r")
+            try:
+                return cls(path, file, writable=False)
+            except BaseException:
+                file.close()
+                raise
+        spool = _Spool(path)
+        file = None
         try:
-            return cls(path, file, writable=writable)
-        except Exception:
-            file.close()
+            file = cls._recover(path, spool)
+            return cls(path, file, writable=True, spool=spool)
+        except BaseException:
+            if file is not None:
+                file.close()
+            spool.release()
             raise
+
+    @staticmethod
+    def _recover(path: Path, spool: _Spool) -> h5py.File:
+        """The file a writer starts from: the store file, or a working copy with a killed
+        writer's log replayed onto it."""
+        base = _open_file(path, "r")
+        ops = spool.pending()
+        if not ops:
+            return base
+        digest = _root_digest(read_attrs(base))
+        base.close()
+        shutil.copyfile(path, spool.work)
+        work = _open_file(spool.work, "r+")
+        try:
+            belongs = False  # the log starts from this file, or this file already holds it
+            for op_path in ops:
+                try:
+                    with h5py.File(op_path, "r") as op:
+                        first = op_path == ops[0]
+                        belongs |= digest == op.attrs["after"] or (first and digest == op.attrs["base"])
+                        _apply(work, op)
+                except (OSError, KeyError, ValueError) as exc:
+                    raise StoreError(f"cannot replay the logged change {op_path} onto {path} ({exc}); "
+                                     f"move {spool.dir} aside to open the store without the changes it "
+                                     "logs") from exc
+            if not belongs:
+                raise StoreError(f"{spool.dir} logs {len(ops)} changes to an earlier {path.name}, which "
+                                 "has been replaced since; they cannot be applied to this one: delete "
+                                 f"{spool.dir} to drop them (or put that earlier file back)")
+        except BaseException:
+            work.close()
+            raise
+        return work
 
     @classmethod
     def create_or_open(cls, path: Path, root_attrs: dict[str, Any], *,
@@ -140,38 +428,111 @@ class HDF5FeatureStore(FeatureStore):
         return self._file[path][()]
 
     def _write_group(self, path: str, attrs: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
-        self._check_writable()
-        if path in self._file:
-            del self._file[path]
-        group = self._file.create_group(path, track_order=True)  # attrs keep written order
-        for name, value in attrs.items():
-            group.attrs[name] = _to_h5(value)
-        for name, data in arrays.items():
-            fill = FRAMES_FILL if np.issubdtype(data.dtype, np.integer) else np.nan
-            if data.size:
-                group.create_dataset(name, data=data, chunks=data.shape, compression="gzip",
-                                     compression_opts=4, shuffle=True, fletcher32=True,
-                                     fillvalue=fill)
-            else:  # HDF5 chunks cannot be empty
-                group.create_dataset(name, data=data, fillvalue=fill)
-        self._file.flush()
+        def write(op: h5py.File) -> None:
+            op.attrs["attrs"] = json.dumps(attrs)
+            group = op.create_group("arrays")
+            for name, data in arrays.items():
+                _create_dataset(group, name, data)
+
+        self._change("group", path, write)
 
     def _set_attr(self, path: str, name: str, value: Any) -> None:
-        self._file[path].attrs[name] = _to_h5(value)
-        self._file.flush()
+        path = path or "/"
+        if self._writable_file_has(path, h5py.Group):
+            def write(op: h5py.File) -> None:
+                op.attrs["name"] = name
+                op.attrs["value"] = json.dumps(value)
+
+            # Only root attributes change what identifies the store.
+            after = _root_digest({**read_attrs(self._file), name: value}) if path == "/" else None
+            self._change("attr", path, write, after)
 
     def _delete(self, path: str) -> None:
-        del self._file[path]
-        self._file.flush()
+        if self._writable_file_has(path, h5py.HLObject):
+            self._change("delete", path, lambda op: None)
+
+    def _writable_file_has(self, path: str, kind: type) -> bool:
+        self._check_writable()
+        if not isinstance(self._file.get(path), kind):
+            raise KeyError(f"no {'group' if kind is h5py.Group else 'node'} {path!r} in {self.path}")
+        return True
+
+    def _change(self, kind: str, path: str, write: Callable[[h5py.File], None],
+                digest: str | None = None) -> None:
+        """Log one change, then apply it to the working copy (made at the first change);
+        ``digest``: the root digest after it, when it changes the root."""
+        with self._mutex:
+            self._check_writable()
+            if self._broken:
+                raise StoreError(f"an earlier write to {self.path} failed half-way; close the store and open "
+                                 "it again (its log keeps every change made before)")
+            if not self._working:
+                shutil.copyfile(self.path, self._spool.work)
+                work = _open_file(self._spool.work, "r+")
+                self._file.close()
+                self._file, self._working = work, True
+
+            after = digest or self._digest
+
+            def logged(op: h5py.File) -> None:
+                op.attrs.update(op=kind, path=path, base=self._digest, after=after)
+                write(op)
+
+            op_path = self._spool.log(logged)
+            self._broken = True
+            with h5py.File(op_path, "r") as op:
+                _apply(self._file, op)
+            self._broken = False
+            self._digest = after
 
     def finalize(self) -> None:
-        """Flush to disk (HDF5 needs no index)."""
-        self._check_writable()
-        self._file.flush()
+        """Fold this run's changes into the store file: the working copy replaces it whole."""
+        with self._mutex:
+            self._check_writable()
+            if self._broken:
+                raise StoreError(f"an earlier write to {self.path} failed half-way; the store file keeps its "
+                                 "state before this run and the log keeps the changes (reopen to resume)")
+            if not self._working:
+                return
+            self._broken = True  # until the store file is open again: the log stays the record
+            self._file.close()
+            if self._spool.pending():
+                _fsync(self._spool.work)
+                os.replace(self._spool.work, self.path)
+                _fsync(Path(self.path).parent)
+                self._spool.retire()
+            self._file = _open_file(Path(self.path), "r")
+            self._working = self._broken = False
 
     def close(self) -> None:
-        if self._file.id.valid:
-            self._file.close()
+        if self._spool is None:
+            if self._file.id.valid:
+                self._file.close()
+            return
+        with self._mutex:
+            try:
+                if self._working and not self._broken and self._file.id.valid:
+                    self.finalize()
+            finally:
+                if self._file.id.valid:
+                    self._file.close()
+                self._spool.release()
+                self._spool = None
+                self.writable = False
+
+    def pending_note(self) -> str | None:
+        """None, or one line saying that the spool folder logs videos the store file does not hold
+        yet (a writer is running, or one was killed) and what folds them in."""
+        if self._spool is not None:
+            return None
+        folder, state = spool_dir(self.path), spool_state(self.path)
+        if not state.changes:
+            return None
+        logged = f"{folder} logs {state.videos} more videos ({state.changes} changes)"
+        if state.writer_running:
+            return f"a writer is running: {logged}, which {Path(self.path).name} gets when that run finishes"
+        return (f"{logged} from a run that was interrupted; the next writer folds them in: rerun the "
+                f"extraction, or `clifvqa store finalize {self.path}`")
 
     def size_bytes(self) -> int | None:
         return os.path.getsize(self.path)

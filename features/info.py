@@ -16,9 +16,10 @@ def store_info(store: str | os.PathLike[str] | FeatureStore) -> dict[str, Any]:
     ``format`` (clifvqa_format), ``fingerprint``, ``fingerprint_ok`` (it matches the
     provenance), ``provenance``, ``counts`` ({complete, incomplete, failed}), ``total_frames``
     (rows over complete videos), ``size_bytes`` (None when remote), ``consolidated``
-    (Zarr: absent / fresh / stale: ... / unchecked; None for HDF5), ``failures`` (list of
-    {key, source, error, time}, sorted by key) and ``failure_reasons`` (the failures grouped
-    by :func:`failure_reasons`).
+    (Zarr: absent / fresh / stale: ... / unchecked; None for HDF5), ``pending`` (HDF5: a line
+    about videos a running or killed writer logged beside the file, else None), ``failures``
+    (list of {key, source, error, time}, sorted by key) and ``failure_reasons`` (the failures
+    grouped by :func:`failure_reasons`).
     """
     if not isinstance(store, FeatureStore):
         with open_store(store) as opened:
@@ -38,6 +39,7 @@ def store_info(store: str | os.PathLike[str] | FeatureStore) -> dict[str, Any]:
         "total_frames": sum(store.array_shape(k, "pooled")[0] for k in keys),
         "size_bytes": store.size_bytes(),
         "consolidated": store.consolidated_state(),
+        "pending": store.pending_note(),
         "failures": [{"key": k, "source": rec.get("source"), "error": rec.get("error"),
                       "time": rec.get("time")} for k, rec in sorted(failures.items())],
         "failure_reasons": failure_reasons(failures),

@@ -254,6 +254,11 @@ class FeatureStore(abc.ABC):
         """Bytes on disk (local stores), None when unknown (remote)."""
         return None
 
+    def pending_note(self) -> str | None:
+        """HDF5 only: one line when writes logged beside the file are not in it yet (a writer is
+        running or was killed), else None."""
+        return None
+
     def consolidated_state(self) -> str | None:
         """Zarr only: ``"absent"``, ``"fresh"``, ``"stale: ..."`` or ``"unchecked"``; None for HDF5."""
         return None
@@ -385,7 +390,7 @@ class FeatureStore(abc.ABC):
         Each array is written in one go (one chunk per array). ``pooled_sha256`` is computed
         here; when ``attrs`` already holds one (a copy from another store) it must match.
         An incomplete entry of ``key`` is replaced; a complete one only with ``replace=True``.
-        A failure record of ``key`` is removed once the entry is complete.
+        A failure record of ``key`` is removed just before the entry is marked complete.
 
         Raises:
             ValueError: wrong shapes/dtypes (naming the key), a key colliding with another
@@ -405,8 +410,8 @@ class FeatureStore(abc.ABC):
         path = f"{VIDEOS}/{key}"
         self._check_slot(key, path, replace)
         self._write_group(path, plain, arrays)
+        self.clear_failure(key)  # before complete: a crash in between leaves no failed-and-complete video
         self._set_attr(path, "complete", True)
-        self.clear_failure(key)
 
     def _checked_arrays(self, key: str, pooled: np.ndarray, frames: np.ndarray,
                         maps: np.ndarray | None, embeddings: np.ndarray | None) -> dict[str, np.ndarray]:
@@ -607,7 +612,8 @@ def upgrade_store(path: str | os.PathLike[str]) -> bool:
 
 
 def finalize_store(path: str | os.PathLike[str]) -> None:
-    """Write consolidated metadata for an existing local store (what an extraction run does
-    at its end); use it when ``store verify`` reports stale consolidated metadata."""
+    """Finalize an existing local store, as an extraction run does at its end: Zarr, write
+    consolidated metadata (use it when ``store verify`` reports it stale); HDF5, fold in the
+    changes a killed writer logged beside the file."""
     with open_store(path, mode="r+") as store:
         store.finalize()
