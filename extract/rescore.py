@@ -127,6 +127,7 @@ def rescore_store(
         raise RescoreError(f"the destination {dst} is the source store; write the rescored features to a new path")
     summary = RescoreSummary(store=os.fspath(dst))
     with open_store(src) as source:
+        source.check_fingerprint()  # embeddings of an edited or damaged store are not rescored
         summary.source = source.path
         keys = source.keys()
         lacking = {k for k in keys if "embeddings" not in source.array_names(k)}
