@@ -364,7 +364,10 @@ def extract_dataset(
     keys = [k for k in keys if shard_of(k, num_shards) == shard]
     unsafe = [(k, why) for k, why in unsafe if shard_of(k, num_shards) == shard]
     check = preflight(root, keys, _complete_keys(store_path), allow_missing=config.allow_missing)
-    (log or (_log.warning if check.missing else _log.info))(check.line())
+    if check.missing:  # all present: the run's summary line says enough
+        (log or _log.warning)(check.line())
+    else:
+        _log.info(check.line())
     extractor = extractor or SemanticFeatureExtractor.from_config(config)
     summary = ExtractSummary(total=len(keys) + len(unsafe), store=str(store_path))
     for name, why in unsafe:  # cannot be store keys, so not recorded in the store

@@ -107,8 +107,11 @@ def test_resume_ends_where_an_uninterrupted_run_ends(tmp_path, make_train_set):
 def test_corrupt_video_is_skipped_for_the_epoch_with_a_warning(tmp_path, make_train_set, caplog):
     data = make_train_set(tmp_path / "data", split=TAGS)
     (data.videos / data.keys[1]).write_bytes(b"\x00" * 100)  # a train video that no longer decodes
-    with caplog.at_level(logging.WARNING, logger="clifvqa.train"):
-        run_training(data.manifest, data.videos, [data.store], tmp_path / "run", config(epochs=1), tiny=True, progress=False)
+    with pytest.raises(DataError, match="1 videos changed since"):  # its features are stale now
+        run_training(data.manifest, data.videos, [data.store], tmp_path / "run0", config(epochs=1), tiny=True, progress=False)
+    with caplog.at_level(logging.WARNING, logger="clifvqa.train"), pytest.warns(UserWarning, match="old features"):
+        run_training(data.manifest, data.videos, [data.store], tmp_path / "run", config(epochs=1), tiny=True, progress=False,
+                     allow_stale=True)
     (row,) = jsonl(tmp_path / "run" / "metrics.jsonl")
     assert row["skipped_videos"] == 1 and row["train_videos"] == 3
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]

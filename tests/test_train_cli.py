@@ -68,10 +68,10 @@ def test_torchrun_two_cpu_processes(tmp_path, make_train_set):
     data = make_train_set(tmp_path / "data", n=8, split=TAGS + ["train", "train"])
     # a broken train video: with one video per step, one process meets a step with nothing to
     # train on and must still take part in the gradient all-reduce
-    (data.videos / data.keys[0]).write_bytes(b"broken")
+    (data.videos / data.keys[0]).write_bytes(b"broken")  # after extraction: stale, used as asked
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "clifvqa.cli",
-           *train_args(data, data.store, out, "--epochs", "2", "--batch-size", "1")]
+           *train_args(data, data.store, out, "--epochs", "2", "--batch-size", "1", "--allow-stale")]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env(), timeout=300)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]

@@ -202,7 +202,7 @@ def test_stale_consolidated_metadata_is_reported_until_finalized(copy_zarr):
 
 def test_cli_exit_codes(copy_zarr, tmp_path):
     chunk_file(copy_zarr, "v2.mp4", "pooled").unlink()
-    result = CliRunner().invoke(main, ["store", "verify", str(copy_zarr)])
+    result = CliRunner().invoke(main, ["store", "verify", str(copy_zarr), "--quiet"])
     assert result.exit_code == 1
     assert result.output.startswith("v2.mp4: ")
     missing = CliRunner().invoke(main, ["store", "verify", str(tmp_path / "nope.zarr")])

@@ -259,7 +259,10 @@ def load_semantic_features(
             )
         keys = list(dict.fromkeys(keys))
         if video_root is not None:
-            stale = [f"{k} ({why})" for k in keys if (why := stale_reason(where[k][1], Path(video_root) / k))]
+            # A missing file is not stale here: semantic-only runs need no video files, and the
+            # spatial branch refuses missing ones itself (check_video_files).
+            stale = [f"{k} ({why})" for k in keys
+                     if (Path(video_root) / k).exists() and (why := stale_reason(where[k][1], Path(video_root) / k))]
             if stale:
                 text = (f"{len(stale)} videos changed since their features were extracted (stale store entries): "
                         f"{listing(stale, 5)}")
