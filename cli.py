@@ -158,7 +158,7 @@ def manifest_check(manifest_path: Path, root: Path | None, require_mos: bool) ->
 @click.option("--manifest", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Manifest CSV listing the videos (default: scan DATASET_DIR).")
 @click.option("--store", "store_path", default="features.zarr", show_default=True, help="Feature store: a .zarr directory or a .h5/.hdf5 file.")
 @click.option("--clip-model", default="openai/clip-vit-base-patch32", show_default=True, help="CLIP hub id or local folder (save_pretrained layout).")
-@click.option("--grid", default="3x3", show_default=True, help="Crop grid ROWSxCOLS.")
+@click.option("--grid", default="3x3", show_default=True, help="Crop grid ROWSxCOLS (paper: 3x3); each crop is one CLIP image pass, so time grows with ROWS*COLS (a warning above 100 crops per frame gives the cost), memory stays bounded by --batch-size. A video is refused when a side exceeds both 3 and the frame's distinct crop positions (H-c+1 rows, W-c+1 columns). Per frame a video's maps take r*ROWS*COLS*2 bytes and --save-embeddings ROWS*COLS*D*2 (D=512 for ViT-B/32), held in memory until it is written: a video needing over 1/8 of RAM is refused.")
 @click.option("--prompts", "prompts_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Prompt file (JSON or text); default: built-in prompts.")
 @click.option("--softmax", type=click.Choice(["all", "group"]), default="all", show_default=True, help="Softmax over all prompts, or per group (objective / subjective).")
 @click.option("--frame-stride", type=click.IntRange(min=1), default=1, show_default=True, help="Keep every s-th frame.")

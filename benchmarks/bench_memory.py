@@ -31,7 +31,8 @@ import sys, torch
 from clifvqa import cli  # what the extract command imports
 from clifvqa.extract.sfe import SemanticFeatureExtractor
 from clifvqa.extract.clip_model import load_clip
-sfe = SemanticFeatureExtractor(load_clip(sys.argv[1], "cpu"), grid=(3, 3), device="cpu", batch_size=int(sys.argv[2]))
+bundle = load_clip(sys.argv[1], "cpu")
+sfe = SemanticFeatureExtractor(bundle, grid=(3, 3), device="cpu", batch_size=int(sys.argv[2]))
 sfe.score_frames(torch.zeros(sfe.batch_size, sfe.crop, sfe.crop, 3, dtype=torch.uint8))
 """
 
@@ -106,8 +107,8 @@ def main() -> None:
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     cap = int(args.cap_gb * 2**30)
 
-    print(machine_line("cpu", f"{args.size} x {args.frames} frames | CLIP {args.preset} | batch {args.batch_size} "
-                              f"| workers {args.workers}"))
+    setup = f"{args.size} x {args.frames} frames | CLIP {args.preset} | batch {args.batch_size}"
+    print(machine_line("cpu", f"{setup} | workers {args.workers}"))
     batch = "64" if args.batch_size == "auto" else args.batch_size
     peak, sec, status = measure([sys.executable, "-c", BASELINE, str(clip), batch], cap, env)
     print(f"{'grid':>9} {'crops/frame':>11} {'peak RSS':>10} {'seconds':>8}  status")
@@ -117,7 +118,8 @@ def main() -> None:
         store = work / f"store-{grid}-{time.time_ns()}.zarr"
         argv = [sys.executable, "-m", "clifvqa.cli", "extract", str(videos), "--store", str(store),
                 "--clip-model", str(clip), "--grid", grid, "--device", "cpu", "--batch-size", args.batch_size,
-                "--workers", str(args.workers), "--quiet", *(["--save-embeddings"] if args.save_embeddings else [])]
+                "--workers", str(args.workers), "--quiet"]
+        argv += ["--save-embeddings"] if args.save_embeddings else []
         peak, sec, status = measure(argv, cap, env)
         print(f"{grid:>9} {rows * cols:>11} {peak / 2**20:>7.0f} MB {sec:>8.1f}  {status}", flush=True)
 

@@ -99,6 +99,6 @@ def check_grid_fits(height: int, width: int, crop: int, rows: int, cols: int) ->
         scaled = f" (scaled up to {w}x{h})" if (h, w) != (height, width) else ""
         raise GridError(
             f"grid {rows}x{cols} does not fit a {width}x{height} frame{scaled}: {crop}-px crops have only "
-            f"{distinct_positions(h, crop)}x{distinct_positions(w, crop)} distinct positions, so crops would repeat; "
-            f"use a grid of at most {min(rows, max_rows)}x{min(cols, max_cols)}"
+            f"{distinct_positions(h, crop)}x{distinct_positions(w, crop)} distinct positions, so crops would "
+            f"repeat; use a grid of at most {min(rows, max_rows)}x{min(cols, max_cols)}"
         )

@@ -139,10 +139,11 @@ class OutputLimit:
         """Raise :class:`VideoRefused` when ``frames`` kept frames are more than fit."""
         if frames <= self.max_frames:
             return
-        what = f"declares {frames} frames to keep" if declared else f"has more than {self.max_frames} frames to keep"
+        what = f"declares {frames}" if declared else f"has more than {self.max_frames}"
         raise VideoRefused(
-            f"{path}: {what}; at {_size(self.frame_bytes)} of features per frame that is more than the "
-            f"{_size(self.max_bytes)} one video's features may take in memory ({self.max_frames} frames){self.hint}"
+            f"{path}: {what} frames to keep; at {_size(self.frame_bytes)} of features per frame that is more "
+            f"than the {_size(self.max_bytes)} one video's features may take in memory ({self.max_frames} "
+            f"frames){self.hint}"
         )
 
 

@@ -11,11 +11,12 @@ results (a few hundred bytes per frame) come back. Memory is bounded by the batc
 whatever the grid: a frame with more crops than a batch is split across forward passes (its
 embeddings wait on the device until the frame is whole), and the decode queue is bounded in
 crops too. What does grow is a video's outputs (maps, embeddings), which stay in memory until
-the video is written: a video whose outputs would pass ``max_video_bytes`` is refused up front. Decoding runs ahead in threads
-(:func:`clifvqa.extract.pipeline.decode_crops`). On a GPU the device never waits for the host:
-each batch's crops are staged in a reused pinned buffer (an asynchronous upload), and a batch's
-results are collected only after the next batch has been launched, so that the host's work
-(gathering rows, finishing videos, the caller's store writes) runs while the GPU computes.
+the video is written: a video whose outputs would pass ``max_video_bytes`` is refused up front.
+Decoding runs ahead in threads (:func:`clifvqa.extract.pipeline.decode_crops`). On a GPU the
+device never waits for the host: each batch's crops are staged in a reused pinned buffer (an
+asynchronous upload), and a batch's results are collected only after the next batch has been
+launched, so that the host's work (gathering rows, finishing videos, the caller's store writes)
+runs while the GPU computes.
 """
 
 from __future__ import annotations
@@ -49,8 +50,11 @@ log = logging.getLogger("clifvqa.extract")
 def default_max_video_bytes() -> int:
     """The most one video's outputs may take in memory by default: an eighth of the machine's
     memory (a video's rows, their concatenation and the results waiting for the writer can be
-    held at the same time)."""
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 8
+    held at the same time); 2 GB where the system does not say (no ``os.sysconf``)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 8
+    except (AttributeError, ValueError, OSError):
+        return 2 << 30
 
 
 class DeviceMemoryError(RuntimeError):
@@ -211,9 +215,9 @@ class SemanticFeatureExtractor:
         per_frame = self.grid[0] * self.grid[1]
         self.frames_per_batch = size // per_frame
         self.batch_size = self.frames_per_batch * per_frame if self.frames_per_batch else size
-        self.output_limit = self._output_limit(default_max_video_bytes() if max_video_bytes is None else max_video_bytes)
-        if per_frame > WARN_CROPS_PER_FRAME:
-            log.warning(self._grid_cost())
+        max_video_bytes = default_max_video_bytes() if max_video_bytes is None else max_video_bytes
+        self.output_limit = self._output_limit(max_video_bytes)
+        self._warned = False  # about the grid's cost, once, when images are first extracted
         self._mean = torch.tensor(bundle.mean, device=self.device).view(1, 3, 1, 1)
         self._std = torch.tensor(bundle.std, device=self.device).view(1, 3, 1, 1)
         self._scale = bundle.model.logit_scale.detach().float().exp()
@@ -371,10 +375,11 @@ class SemanticFeatureExtractor:
     def _frame_scores(self, emb) -> FrameScores:
         """The per-frame results of whole frames' embeddings ``[F*m*n, D]``, on the device."""
         pooled, maps = self.score_embeddings(emb)
+        k = self.grid[0] * self.grid[1]
         return FrameScores(
             pooled=pooled,
             maps=maps.half() if self.save_maps else None,
-            embeddings=emb.view(maps.shape[0], self.grid[0] * self.grid[1], -1).half() if self.save_embeddings else None,
+            embeddings=emb.view(maps.shape[0], k, -1).half() if self.save_embeddings else None,
         )
 
     def _score_pieces(self, crops, pieces: list[FrameCrops], partial: dict) -> FrameScores | None:
@@ -489,6 +494,9 @@ class SemanticFeatureExtractor:
         import torch
 
         per_frame = self.grid[0] * self.grid[1]
+        if per_frame > WARN_CROPS_PER_FRAME and not self._warned:
+            log.warning(self._grid_cost())
+            self._warned = True
         piece = min(per_frame, self.batch_size)
         queue_crops = queue_crops or 2 * self.batch_size + workers * piece
         live: dict[VideoTask, _Pending] = {}
@@ -531,13 +539,14 @@ class SemanticFeatureExtractor:
                 filled = 0
             finished()
 
-        def add(fc: FrameCrops) -> None:
+        def add(piece: FrameCrops) -> None:
             """Put a frame (piece) in the batch, launching each time the batch is full; a piece
             that does not fit is split, its rest opening the next batch."""
             nonlocal filled
-            while fc is not None:
+            rest: FrameCrops | None = piece
+            while rest is not None:
                 room = self.batch_size - filled
-                head, fc = (fc, None) if len(fc.crops) <= room else _split(fc, room)
+                head, rest = (rest, None) if len(rest.crops) <= room else _split(rest, room)
                 live.setdefault(head.task, _Pending()).queued += 1
                 batch.append(head)
                 filled += len(head.crops)

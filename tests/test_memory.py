@@ -68,7 +68,8 @@ def test_frames_split_across_batches_give_the_bits_of_whole_frames(bundle, tasks
     got, passes, split = extract(bundle, tasks, batch_size, workers, in_flight, staged)
     assert (split.frames_per_batch, split.batch_size) == (0, batch_size)
     total = 12 * 9
-    assert passes == [batch_size] * (total // batch_size) + ([total % batch_size] if total % batch_size else [])
+    full, rest = divmod(total, batch_size)
+    assert passes == [batch_size] * full + ([rest] if rest else [])
     assert sorted(got) == sorted(want)
     for key, w in want.items():
         g = got[key]
@@ -104,22 +105,25 @@ def test_decode_queue_is_bounded_in_crops(tmp_path, make_video, monkeypatch):
     assert len(first.crops) == 5 and sum(cut) - len(first.crops) <= 10 + 5
     rest = [e for e in events if isinstance(e, FrameCrops)]
     frames = [first, *rest]
-    assert [(f.index, f.start, len(f.crops)) for f in frames[:4]] == [(0, 0, 5), (0, 5, 5), (0, 10, 5), (0, 15, 1)]
+    first_frame = [(0, 0, 5), (0, 5, 5), (0, 10, 5), (0, 15, 1)]
+    assert [(f.index, f.start, len(f.crops)) for f in frames[:4]] == first_frame
     assert len(frames) == 6 * 4 and all(len(f.crops) <= 5 for f in frames)
-    assert torch.equal(torch.cat([f.crops for f in frames[:4]]), pipeline.cut_crops(*_first_frame(path), 32, 4, 4))
+    whole = pipeline.cut_crops(_first_frame(path), 32, 4, 4)
+    assert torch.equal(torch.cat([f.crops for f in frames[:4]]), whole)
 
 
-def _first_frame(path: Path) -> tuple[np.ndarray]:
+def _first_frame(path: Path) -> np.ndarray:
     from clifvqa.extract.video import iter_frames
 
-    return (next(iter_frames(path))[1],)
+    return next(iter_frames(path))[1]
 
 
 def test_prompt_scores_in_chunks_keep_the_bits(bundle, monkeypatch):
     from clifvqa.extract import sfe as sfe_module
 
     sfe = SemanticFeatureExtractor(bundle, grid=GRID, device="cpu", dtype="float32", batch_size=9)
-    emb = torch.nn.functional.normalize(torch.randn(5 * 9, sfe._text.shape[1], generator=torch.Generator().manual_seed(0)), dim=-1)
+    gen = torch.Generator().manual_seed(0)
+    emb = torch.nn.functional.normalize(torch.randn(5 * 9, sfe._text.shape[1], generator=gen), dim=-1)
     whole = sfe.score_embeddings(emb)
     monkeypatch.setattr(sfe_module, "LOGITS_BYTES", 7 * 4 * sfe._text.numel())  # 7 crops per chunk
     chunked = sfe.score_embeddings(emb)
@@ -144,15 +148,20 @@ def test_video_whose_frames_cannot_hold_the_grid_fails_with_the_reason(bundle, t
     ok = make_video("ok.mp4", root=tmp_path, num_frames=2, width=256, height=240)
     sfe = SemanticFeatureExtractor(bundle, grid=(5, 5), device="cpu", batch_size=25)
     got = dict((t.key, r) for t, r in sfe.extract_many([VideoTask("s", small), VideoTask("ok", ok)]))
-    assert isinstance(got["s"], str) and "grid 5x5 does not fit a 192x144 frame" in got["s"] and str(small) in got["s"]
+    assert isinstance(got["s"], str) and str(small) in got["s"]
+    assert "grid 5x5 does not fit a 192x144 frame" in got["s"]
     assert got["ok"].pooled.shape == (2, 2 * len(sfe.prompts))
 
 
-def test_large_grid_warns_what_a_frame_costs(bundle, caplog):
+def test_large_grid_warns_what_a_frame_costs(bundle, caplog, tmp_path, make_video):
+    """Once per extractor, when it first extracts images (rescoring stored embeddings is cheap)."""
+    task = VideoTask("v", make_video("v.mp4", root=tmp_path, num_frames=1, width=640, height=480))
     with caplog.at_level(logging.WARNING, logger="clifvqa.extract"):
-        SemanticFeatureExtractor(bundle, grid=(10, 10), device="cpu")
+        list(SemanticFeatureExtractor(bundle, grid=(10, 10), device="cpu").extract_many([task]))
+        large = SemanticFeatureExtractor(bundle, grid=(20, 20), device="cpu")
         assert not caplog.records
-        SemanticFeatureExtractor(bundle, grid=(20, 20), device="cpu")
+        list(large.extract_many([task]))
+        list(large.extract_many([task]))
     (record,) = caplog.records
     assert "grid 20x20 scores 400 crops per frame, 44x the paper's 3x3" in record.message
     assert "GFLOP per frame" in record.message and "bounded by the batch (64 crops)" in record.message
