@@ -2,8 +2,9 @@
 
 Each measurement is one fresh ``python -m clifvqa.cli extract`` process on a synthesized clip
 (default 1920x1080, 24 frames) with a random-weight CLIP (``tiny``, or the ViT-B/32-sized
-``vit-b-32`` preset), on the CPU. Its peak resident set size comes from ``os.wait4``
-(``ru_maxrss`` of that child alone); a watchdog kills a child whose RSS passes ``--cap-gb``
+``vit-b-32`` preset), on the CPU. Its peak resident set size is the child's own ``VmHWM``
+(``/proc/self/status``, written at exit; not ``ru_maxrss``, which also counts the parent's
+pages the child held between fork and exec); a watchdog kills a child whose RSS passes ``--cap-gb``
 (so a runaway grid is reported as "killed at N GB" instead of taking the machine down).
 The first row, ``baseline``, is a process that imports the CLI, loads the model and scores
 one batch of crops: what any extraction costs before the grid matters.
@@ -25,6 +26,17 @@ import time
 from pathlib import Path
 
 from _machine import machine_line
+
+PEAK = """
+import atexit, runpy, sys
+out = sys.argv.pop(1)
+def peak():
+    with open("/proc/self/status") as status, open(out, "w") as fh:
+        fh.write(next(line.split()[1] for line in status if line.startswith("VmHWM:")))
+atexit.register(peak)
+runpy.run_module(sys.argv.pop(1), run_name="__main__", alter_sys=True)
+"""
+"""Runs module ``argv[2]`` with the rest of the arguments and writes its peak RSS (kB) to ``argv[1]``."""
 
 BASELINE = """
 import sys, torch
@@ -48,16 +60,22 @@ def rss_bytes(pid: int) -> int:
     return 0
 
 
-def measure(argv: list[str], cap: int, env: dict[str, str]) -> tuple[int, float, str]:
-    """Run ``argv``; returns ``(peak RSS bytes, seconds, status)``, status ``ok``, ``exit N`` or
-    ``killed at cap``. The peak is the child's own ``ru_maxrss``."""
+def measure(module: str, args: list[str], cap: int, env: dict[str, str], work: Path) -> tuple[int, float, str]:
+    """Run ``python -m module *args``; returns ``(peak RSS bytes, seconds, status)``, status ``ok``,
+    ``exit N: last stderr line`` or ``killed at cap`` (then the peak is the last RSS seen)."""
+    peak_file = work / "peak.txt"
+    peak_file.unlink(missing_ok=True)
+    argv = [sys.executable, "-c", PEAK, str(peak_file), module, *args]
     start = time.perf_counter()
+    seen = 0
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     killed = threading.Event()
 
     def watch() -> None:
+        nonlocal seen
         while proc.returncode is None and not killed.is_set():
-            if rss_bytes(proc.pid) > cap:
+            seen = max(seen, rss_bytes(proc.pid))
+            if seen > cap:
                 killed.set()
                 proc.kill()
                 return
@@ -66,18 +84,18 @@ def measure(argv: list[str], cap: int, env: dict[str, str]) -> tuple[int, float,
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
     err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
+    proc.wait()
     seconds = time.perf_counter() - start
     killed_now = killed.is_set()
     killed.set()
     watcher.join()
     if killed_now:
-        return usage.ru_maxrss * 1024, seconds, f"killed at {cap / 2**30:.0f} GB cap"
+        return seen, seconds, f"killed at {cap / 2**30:.0f} GB cap"
+    peak = int(peak_file.read_text()) * 1024 if peak_file.is_file() else seen
     if proc.returncode != 0:
         last = err.strip().splitlines()[-1:] or [""]
-        return usage.ru_maxrss * 1024, seconds, f"exit {proc.returncode}: {last[0][:100]}"
-    return usage.ru_maxrss * 1024, seconds, "ok"
+        return peak, seconds, f"exit {proc.returncode}: {last[0][:100]}"
+    return peak, seconds, "ok"
 
 
 def main() -> None:
@@ -110,17 +128,18 @@ def main() -> None:
     setup = f"{args.size} x {args.frames} frames | CLIP {args.preset} | batch {args.batch_size}"
     print(machine_line("cpu", f"{setup} | workers {args.workers}"))
     batch = "64" if args.batch_size == "auto" else args.batch_size
-    peak, sec, status = measure([sys.executable, "-c", BASELINE, str(clip), batch], cap, env)
+    (work / "baseline.py").write_text(BASELINE)
+    env["PYTHONPATH"] = os.pathsep.join([str(work), env.get("PYTHONPATH", "")])
+    peak, sec, status = measure("baseline", [str(clip), batch], cap, env, work)
     print(f"{'grid':>9} {'crops/frame':>11} {'peak RSS':>10} {'seconds':>8}  status")
     print(f"{'baseline':>9} {'':>11} {peak / 2**20:>7.0f} MB {sec:>8.1f}  {status} (import, load, one batch)")
     for grid in args.grids.split(","):
         rows, cols = (int(v) for v in grid.split("x"))
         store = work / f"store-{grid}-{time.time_ns()}.zarr"
-        argv = [sys.executable, "-m", "clifvqa.cli", "extract", str(videos), "--store", str(store),
-                "--clip-model", str(clip), "--grid", grid, "--device", "cpu", "--batch-size", args.batch_size,
-                "--workers", str(args.workers), "--quiet"]
+        argv = ["extract", str(videos), "--store", str(store), "--clip-model", str(clip), "--grid", grid,
+                "--device", "cpu", "--batch-size", args.batch_size, "--workers", str(args.workers), "--quiet"]
         argv += ["--save-embeddings"] if args.save_embeddings else []
-        peak, sec, status = measure(argv, cap, env)
+        peak, sec, status = measure("clifvqa.cli", argv, cap, env, work)
         print(f"{grid:>9} {rows * cols:>11} {peak / 2**20:>7.0f} MB {sec:>8.1f}  {status}", flush=True)
 
 
