@@ -224,7 +224,7 @@ def manifest_check(manifest_path: Path, root: Path | None, require_mos: bool) ->
 @click.option("--manifest", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Manifest CSV listing the videos (default: scan DATASET_DIR).")
 @click.option("--store", "store_path", default="features.zarr", show_default=True, help="Feature store: a .zarr directory or a .h5/.hdf5 file.")
 @click.option("--clip-model", default="openai/clip-vit-base-patch32", show_default=True, help="CLIP hub id or local folder (save_pretrained layout).")
-@click.option("--grid", default="3x3", show_default=True, help="Crop grid ROWSxCOLS.")
+@click.option("--grid", default="3x3", show_default=True, help="Crop grid ROWSxCOLS (paper: 3x3). Time grows with ROWS*COLS (a warning above 100 crops per frame gives the cost); memory stays bounded by --batch-size. A video is refused when a side exceeds both 3 and its frames' distinct crop positions (README, 'Crop grid, cost and memory').")
 @click.option("--prompts", "prompts_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Prompt file: JSON, or text lines like 'objective: sharp' (README, 'Prompt files'); default: the 22 built-in prompts.")
 @click.option("--softmax", type=click.Choice(["all", "group"]), default="all", show_default=True, help="Softmax over all prompts, or per group (objective / subjective).")
 @click.option("--frame-stride", type=click.IntRange(min=1), default=1, show_default=True, help="Keep every s-th frame.")

@@ -19,7 +19,7 @@ class ExtractConfig:
 
     Fields that change the numbers (model, grid, prompts, softmax, frame stride, dtype) go into
     the store's provenance; the others (device, batch size, workers, what to save besides the
-    pooled features, resume policy, shard) do not.
+    pooled features, memory limit, resume policy, shard) do not.
 
     Attributes:
         clip_model: hub id or local folder of a ``transformers`` CLIP model.
@@ -37,6 +37,10 @@ class ExtractConfig:
         save_maps: also store the per-crop maps [T, r, m, n] (float16).
         save_embeddings: also store the L2-normalised crop image embeddings [T, m*n, D] (float16),
             so new prompts can be scored later without decoding again.
+        max_video_bytes: the most one video's outputs (pooled, maps, embeddings) may take in
+            memory before they are written; a longer video is refused before it is extracted.
+            None: an eighth of the machine's memory (see
+            :func:`clifvqa.extract.sfe.default_max_video_bytes`).
         retry_failed: try again the videos the store lists as failed.
         check_sources: compare the sha256 of every video already in the store with the recorded
             one (else only when its size or modification time changed; see
@@ -57,6 +61,7 @@ class ExtractConfig:
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     save_maps: bool = True
     save_embeddings: bool = False
+    max_video_bytes: int | None = None
     retry_failed: bool = False
     check_sources: bool = False
     allow_missing: bool = False
@@ -72,6 +77,8 @@ class ExtractConfig:
             raise ValueError(f"frame_stride must be >= 1, got {self.frame_stride}")
         if self.batch_size != "auto" and (not isinstance(self.batch_size, int) or self.batch_size < 1):
             raise ValueError(f"batch_size must be a positive integer or 'auto', got {self.batch_size!r}")
+        if self.max_video_bytes is not None and self.max_video_bytes < 1:
+            raise ValueError(f"max_video_bytes must be positive, got {self.max_video_bytes}")
         if self.workers < 1:
             raise ValueError(f"workers must be >= 1, got {self.workers}")
         if self.dtype not in ("auto", "float32", "float16", "bfloat16"):

@@ -62,3 +62,43 @@ def parse_grid(text: str) -> tuple[int, int]:
     if rows < 1 or cols < 1:
         raise ValueError(f"grid {text!r} needs at least one row and one column")
     return rows, cols
+
+
+# A side of up to this many crops is allowed on any frame: the paper's 3x3 grid, whose crops
+# coincide along the short side of a frame scaled up to the crop size (see upscaled_size).
+ALWAYS_ALLOWED_SIDE = 3
+# Above this many crops per frame (11x the paper's 9) extraction warns what a frame costs.
+WARN_CROPS_PER_FRAME = 100
+
+
+class GridError(ValueError):
+    """A grid that cannot sensibly be cut from a frame; the message says why and what fits."""
+
+
+def distinct_positions(size: int, crop: int) -> int:
+    """How many different crop origins a side of ``size`` pixels has for ``crop``-px crops."""
+    return size - crop + 1
+
+
+def check_grid_fits(height: int, width: int, crop: int, rows: int, cols: int) -> None:
+    """Refuse a grid with more rows (columns) than the frame has distinct crop positions.
+
+    ``height``/``width`` are the frame's size as decoded; the rule applies after the
+    small-frame upscale (:func:`upscaled_size`). A side of more than ``max(3, H - c + 1)``
+    crops only repeats crops it already has (origins ``i * (H - c) // (m - 1)`` coincide), so
+    it would cost compute and memory for no information. Up to 3 per side (the paper's grid)
+    is always allowed.
+
+    Raises:
+        GridError: naming the frame size, the grid and the largest grid that fits.
+    """
+    h, w = upscaled_size(height, width, crop)
+    max_rows = max(ALWAYS_ALLOWED_SIDE, distinct_positions(h, crop))
+    max_cols = max(ALWAYS_ALLOWED_SIDE, distinct_positions(w, crop))
+    if rows > max_rows or cols > max_cols:
+        scaled = f" (scaled up to {w}x{h})" if (h, w) != (height, width) else ""
+        raise GridError(
+            f"grid {rows}x{cols} does not fit a {width}x{height} frame{scaled}: {crop}-px crops have only "
+            f"{distinct_positions(h, crop)}x{distinct_positions(w, crop)} distinct positions, so crops would "
+            f"repeat; use a grid of at most {min(rows, max_rows)}x{min(cols, max_cols)}"
+        )

@@ -7,16 +7,23 @@ them into ``f_t = concat(mean over (m, n), max over (m, n))`` of length 2r.
 
 Speed: crops of many frames (and many videos) go through CLIP in one forward pass of
 ``batch_size`` crops; normalisation, softmax and pooling run on the device; only the per-frame
-results (a few hundred bytes per frame) come back. Decoding runs ahead in threads
-(:func:`clifvqa.extract.pipeline.decode_crops`). On a GPU the device never waits for the host:
-each batch's crops are staged in a reused pinned buffer (an asynchronous upload), and a batch's
-results are collected only after the next batch has been launched, so that the host's work
-(gathering rows, finishing videos, the caller's store writes) runs while the GPU computes.
+results (a few hundred bytes per frame) come back. Memory is bounded by the batch, in crops,
+whatever the grid: a frame with more crops than a batch is split across forward passes (its
+embeddings wait on the device until the frame is whole), and the decode queue is bounded in
+crops too. What does grow is a video's outputs (maps, embeddings), which stay in memory until
+the video is written: a video whose outputs would pass ``max_video_bytes`` is refused up front.
+Decoding runs ahead in threads (:func:`clifvqa.extract.pipeline.decode_crops`). On a GPU the
+device never waits for the host: each batch's crops are staged in a reused pinned buffer (an
+asynchronous upload), and a batch's results are collected only after the next batch has been
+launched, so that the host's work (gathering rows, finishing videos, the caller's store writes)
+runs while the GPU computes.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
+import os
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -28,12 +35,26 @@ import numpy as np
 
 from clifvqa._device import resolve_device
 from clifvqa.extract.clip_model import ClipBundle, load_clip
-from clifvqa.extract.pipeline import FrameCrops, VideoDone, VideoFailed, VideoTask, decode_crops
+from clifvqa.extract.grid import WARN_CROPS_PER_FRAME
+from clifvqa.extract.pipeline import FrameCrops, OutputLimit, VideoDone, VideoFailed, VideoTask, decode_crops
 from clifvqa.extract.prompts import PromptSet, default_prompts, load_prompts
 
 CPU_BATCH_SIZE = 64
 GPU_MAX_BATCH_SIZE = 1024  # ViT-B/32 in fp16 saturates a large GPU well below this
 RESIZE_RULE = "upscale-short-side"
+LOGITS_BYTES = 64 << 20  # crops scored against the prompts at once hold crops * r * D floats; at most this
+
+log = logging.getLogger("clifvqa.extract")
+
+
+def default_max_video_bytes() -> int:
+    """The most one video's outputs may take in memory by default: an eighth of the machine's
+    memory (a video's rows, their concatenation and the results waiting for the writer can be
+    held at the same time); 2 GB where the system does not say (no ``os.sysconf``)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 8
+    except (AttributeError, ValueError, OSError):
+        return 2 << 30
 
 
 class DeviceMemoryError(RuntimeError):
@@ -78,7 +99,7 @@ class _Pending:
     maps: list = field(default_factory=list)
     embeddings: list = field(default_factory=list)
     frames: list = field(default_factory=list)
-    queued: int = 0  # frames waiting in the batch being filled
+    queued: int = 0  # frames (or pieces) waiting in the batch being filled
     last_batch: int = -1  # number of the last launched batch holding one of its frames
     done: VideoDone | None = None
 
@@ -87,9 +108,9 @@ class _Pending:
 class _Launched:
     """A launched batch whose rows have not been handed to their videos yet."""
 
-    scores: FrameScores  # on the host; read only after ``ready`` has passed
+    scores: FrameScores | None  # on the host, read only after ``ready`` has passed; None: no frame completed
     ready: Any  # torch.cuda.Event recorded after the copies to the host, or None (already there)
-    rows: list[tuple[_Pending, list[int], list[int]]]  # per video: its rows in the batch, their frame indices
+    rows: list[tuple[_Pending, list[int], list[int]]]  # per video: its frames' rows in scores, their indices
     buffer: Any  # host buffer the crops were staged in (free again once ``ready`` has passed), or None
 
 
@@ -104,12 +125,14 @@ def resolve_dtype(dtype: str, device: str) -> str:
 
 
 def auto_batch_size(bundle: ClipBundle, device: str, grid: tuple[int, int]) -> int:
-    """Crops per forward pass for ``--batch-size auto``, a whole number of frames.
+    """Crops per forward pass for ``--batch-size auto``.
 
-    CPU: 64 crops (larger batches gain nothing on a few cores). GPU: half of the free device
-    memory divided by an estimate of one crop's peak activations in a half-precision forward
-    (4 x the widest per-layer tensors: MLP hidden, attention scores and residual stream, of
-    ``tokens = (c / patch)^2 + 1`` tokens), capped at 1024 crops.
+    The target is, on a CPU, 64 crops (larger batches gain nothing on a few cores); on a GPU,
+    half of the free device memory divided by an estimate of one crop's peak activations in a
+    half-precision forward (4 x the widest per-layer tensors: MLP hidden, attention scores and
+    residual stream, of ``tokens = (c / patch)^2 + 1`` tokens), capped at 1024 crops. The batch
+    is the target rounded down to whole frames, at least one frame while a frame is at most
+    twice the target; larger frames are split across passes of exactly the target.
     """
     import torch
 
@@ -123,6 +146,8 @@ def auto_batch_size(bundle: ClipBundle, device: str, grid: tuple[int, int]) -> i
         widest = vision.intermediate_size + vision.num_attention_heads * tokens + 4 * vision.hidden_size
         per_crop = 4 * 2 * tokens * widest + 2 * 4 * 3 * bundle.image_size**2
         target = min(GPU_MAX_BATCH_SIZE, int(0.5 * free / per_crop))
+    if per_frame > 2 * target:
+        return target
     return max(per_frame, target // per_frame * per_frame)
 
 
@@ -140,9 +165,17 @@ class SemanticFeatureExtractor:
         dtype: compute dtype (see :func:`resolve_dtype`); half precision uses autocast, and the
             embeddings, logits and softmax are always float32.
         batch_size: crops per forward pass, or ``"auto"`` (:func:`auto_batch_size`); rounded
-            down to whole frames.
-        save_maps: return the ``[T, r, m, n]`` maps too.
-        save_embeddings: return the ``[T, m*n, D]`` crop embeddings too.
+            down to whole frames when it holds at least one frame, else frames are split
+            across passes of exactly ``batch_size`` crops (same numbers, bounded memory).
+        save_maps: return the ``[T, r, m, n]`` maps too (``r * m * n * 2`` bytes per frame).
+        save_embeddings: return the ``[T, m*n, D]`` crop embeddings too (``m * n * D * 2``
+            bytes per frame).
+        max_video_bytes: the most one video's outputs may take in memory; a video with more
+            kept frames is refused (:class:`~clifvqa.extract.pipeline.VideoRefused`) before it
+            is extracted. Default :func:`default_max_video_bytes`.
+
+    Attributes:
+        frames_per_batch: whole frames per forward pass; 0 when frames are split across passes.
     """
 
     def __init__(
@@ -157,6 +190,7 @@ class SemanticFeatureExtractor:
         batch_size: int | Literal["auto"] = "auto",
         save_maps: bool = True,
         save_embeddings: bool = False,
+        max_video_bytes: int | None = None,
     ) -> None:
         import torch
 
@@ -176,8 +210,14 @@ class SemanticFeatureExtractor:
         self.crop = bundle.image_size
         bundle.model.to(self.device)
         size = auto_batch_size(bundle, str(self.device), self.grid) if batch_size == "auto" else int(batch_size)
-        self.frames_per_batch = max(1, size // (self.grid[0] * self.grid[1]))
-        self.batch_size = self.frames_per_batch * self.grid[0] * self.grid[1]
+        if size < 1:
+            raise ValueError(f"batch_size must be >= 1 crop, got {size}")
+        per_frame = self.grid[0] * self.grid[1]
+        self.frames_per_batch = size // per_frame
+        self.batch_size = self.frames_per_batch * per_frame if self.frames_per_batch else size
+        max_video_bytes = default_max_video_bytes() if max_video_bytes is None else max_video_bytes
+        self.output_limit = self._output_limit(max_video_bytes)
+        self._warned = False  # about the grid's cost, once, when images are first extracted
         self._mean = torch.tensor(bundle.mean, device=self.device).view(1, 3, 1, 1)
         self._std = torch.tensor(bundle.std, device=self.device).view(1, 3, 1, 1)
         self._scale = bundle.model.logit_scale.detach().float().exp()
@@ -206,6 +246,31 @@ class SemanticFeatureExtractor:
             batch_size=config.batch_size,
             save_maps=config.save_maps,
             save_embeddings=config.save_embeddings,
+            max_video_bytes=config.max_video_bytes,
+        )
+
+    def _output_limit(self, max_bytes: int) -> OutputLimit:
+        """What one kept frame's outputs take on the host (pooled float32 [2r], frame index,
+        float16 maps [r, m, n] and embeddings [m*n, D] when saved), twice: a video's rows and
+        their concatenation exist together when it is finished."""
+        r, k = len(self.prompts), self.grid[0] * self.grid[1]
+        frame = 4 * 2 * r + 4 + (2 * r * k if self.save_maps else 0)
+        frame += 2 * k * self.bundle.model.config.projection_dim if self.save_embeddings else 0
+        grid = f"{self.grid[0]}x{self.grid[1]}"
+        hint = f"; use a smaller --grid than {grid} or a larger --frame-stride than {self.frame_stride}"
+        hint += ", or leave out --save-embeddings" if self.save_embeddings else ""
+        return OutputLimit(frame_bytes=2 * frame, max_bytes=max_bytes, hint=hint)
+
+    def _grid_cost(self) -> str:
+        """The warning for a large grid: crops per frame and the image tower's compute per frame."""
+        m, n = self.grid
+        vision = self.bundle.model.vision_model
+        tokens = (self.crop // self.bundle.model.config.vision_config.patch_size) ** 2 + 1
+        flops = 2 * tokens * sum(p.numel() for p in vision.parameters()) * m * n  # multiply-adds x 2
+        return (
+            f"warning: grid {m}x{n} scores {m * n} crops per frame, {m * n / 9:.0f}x the paper's 3x3 "
+            f"(about {flops / 1e9:,.1f} GFLOP per frame with this CLIP); memory stays bounded by the batch "
+            f"({self.batch_size} crops), the time per frame grows with the grid"
         )
 
     # ------------------------------------------------------------------ provenance
@@ -285,36 +350,71 @@ class SemanticFeatureExtractor:
 
     def _score_on_device(self, crops) -> FrameScores:
         """:meth:`score_frames` with the results left on the device (queued there, on a GPU)."""
+        m, n = self.grid
+        if crops.shape[0] % (m * n):
+            raise ValueError(f"{crops.shape[0]} crops is not a whole number of {m}x{n} frames")
+        return self._frame_scores(self._embed(crops))
+
+    def _embed(self, crops):
+        """L2-normalised float32 embeddings ``[N, D]`` of ``[N, c, c, 3]`` crops, on the device.
+        The pixels are normalised in place in one float copy of the batch (the largest host
+        buffer of a CPU forward pass), with the values of ``(x / 255 - mean) / std``."""
         import torch
         import torch.nn.functional as F
 
-        m, n = self.grid
-        k = m * n
-        if crops.shape[0] % k:
-            raise ValueError(f"{crops.shape[0]} crops is not a whole number of {m}x{n} frames")
         with torch.inference_mode():
-            x = crops.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float()
-            x = (x / 255 - self._mean) / self._std
+            x = crops.to(self.device, non_blocking=True).permute(0, 3, 1, 2).to(torch.float32, copy=True)
+            x.div_(255).sub_(self._mean).div_(self._std)
             half = self.dtype != "float32"
             with torch.autocast(self.device.type, dtype=getattr(torch, self.dtype), enabled=half):
                 feats = self.bundle.model.get_image_features(pixel_values=x).pooler_output
-            emb = F.normalize(feats.float(), dim=-1)
-            pooled, maps = self.score_embeddings(emb)
-            return FrameScores(
-                pooled=pooled,
-                maps=maps.half() if self.save_maps else None,
-                embeddings=emb.view(maps.shape[0], k, -1).half() if self.save_embeddings else None,
-            )
+            del x
+            return F.normalize(feats.float(), dim=-1)
 
-    def _launch(self, crops) -> tuple[FrameScores, Any]:
-        """Start scoring ``crops``; returns ``(scores on the host, ready)``: on CUDA the copies to
-        (pinned) host memory are queued behind the forward pass and ``ready`` is the event to
-        wait for before reading them; elsewhere this is :meth:`score_frames` and ``ready`` None."""
+    def _frame_scores(self, emb) -> FrameScores:
+        """The per-frame results of whole frames' embeddings ``[F*m*n, D]``, on the device."""
+        pooled, maps = self.score_embeddings(emb)
+        k = self.grid[0] * self.grid[1]
+        return FrameScores(
+            pooled=pooled,
+            maps=maps.half() if self.save_maps else None,
+            embeddings=emb.view(maps.shape[0], k, -1).half() if self.save_embeddings else None,
+        )
+
+    def _score_pieces(self, crops, pieces: list[FrameCrops], partial: dict) -> FrameScores | None:
+        """Score a batch of frame pieces: embed ``crops`` (the pieces back to back), add each
+        piece's embeddings to its frame's in ``partial`` (``{(task, index): [tensors]}`` on the
+        device), and score the frames this batch completes, in the order their last pieces
+        come; None when it completes none."""
         import torch
 
+        emb, offset, whole = self._embed(crops), 0, []
+        for fc in pieces:
+            parts = partial.setdefault((fc.task, fc.index), [])
+            parts.append(emb[offset : offset + len(fc.crops)])
+            offset += len(fc.crops)
+            if fc.stop == self.grid[0] * self.grid[1]:
+                whole.extend(partial.pop((fc.task, fc.index)))
+        return self._frame_scores(torch.cat(whole)) if whole else None
+
+    def _launch(self, crops, pieces: list[FrameCrops], partial: dict) -> tuple[FrameScores | None, Any]:
+        """Start scoring ``crops``; returns ``(scores on the host, ready)``: on CUDA the copies to
+        (pinned) host memory are queued behind the forward pass and ``ready`` is the event to
+        wait for before reading them; elsewhere ``ready`` is None. Batches of whole frames go
+        through :meth:`score_frames` (on a CPU) or its device half; batches of frame pieces
+        (frames larger than a batch) through :meth:`_score_pieces`."""
+        import torch
+
+        split = not self.frames_per_batch
         if self.device.type != "cuda":
-            return self.score_frames(crops), None
-        scores = _to_host(self._score_on_device(crops), non_blocking=True)
+            if not split:
+                return self.score_frames(crops), None
+            scores = self._score_pieces(crops, pieces, partial)
+            return (None if scores is None else _to_host(scores, non_blocking=False)), None
+        scores = self._score_pieces(crops, pieces, partial) if split else self._score_on_device(crops)
+        if scores is None:
+            return None, None
+        scores = _to_host(scores, non_blocking=True)
         # blocking: a wait sleeps (GIL released) instead of spinning on a core the decoders need.
         ready = torch.cuda.Event(blocking=True)
         ready.record(torch.cuda.current_stream(self.device))  # the model's GPU, maybe not the current one
@@ -336,7 +436,7 @@ class SemanticFeatureExtractor:
             shape = (self.batch_size, self.crop, self.crop, 3)
             buffer = torch.empty(shape, dtype=dtype, pin_memory=self.device.type == "cuda")
         else:
-            free.remove(buffer)
+            free[:] = [b for b in free if b is not buffer]  # by identity: == on tensors compares values
         return torch.cat(parts, out=buffer[: sum(len(p) for p in parts)]), buffer
 
     def score_embeddings(self, emb: Any) -> tuple[Any, Any]:
@@ -355,7 +455,8 @@ class SemanticFeatureExtractor:
         A crop's scores do not depend on which other crops share the call: each logit is one
         fixed-order sum over D (a matrix product would pick other kernels for few rows) and
         every later step works per crop or per frame. So scoring the same float32 embeddings
-        in any grouping gives the same bits on a CPU. The product holds ``F*m*n*r*D`` floats.
+        in any grouping gives the same bits on a CPU. So the crops are scored in chunks whose
+        product (``crops * r * D`` floats) stays under :data:`LOGITS_BYTES`, whatever the grid.
         """
         import torch
 
@@ -364,7 +465,10 @@ class SemanticFeatureExtractor:
         if emb.ndim != 2 or emb.shape[0] % k:
             raise ValueError(f"embeddings of shape {list(emb.shape)} are not whole {m}x{n} frames of [crops, D]")
         with torch.inference_mode():
-            logits = self._scale * (emb[:, None, :] * self._text[None]).sum(dim=-1)  # [F*k, r]
+            step = max(1, LOGITS_BYTES // (4 * self._text.numel()))
+            logits = torch.cat(
+                [self._scale * (part[:, None, :] * self._text[None]).sum(dim=-1) for part in emb.split(step)]
+            )  # [F*k, r]
             probs = torch.empty_like(logits)
             for block in self._blocks:
                 probs[:, block] = logits[:, block].softmax(dim=-1)
@@ -375,21 +479,29 @@ class SemanticFeatureExtractor:
     # ------------------------------------------------------------------ videos
 
     def extract_many(
-        self, tasks: Iterable[VideoTask], workers: int = 1, queue_frames: int | None = None
+        self, tasks: Iterable[VideoTask], workers: int = 1, queue_crops: int | None = None
     ) -> Iterator[tuple[VideoTask, VideoResult | str]]:
         """Extract videos, yielding ``(task, VideoResult)`` or ``(task, error_text)`` per video
         as each finishes (not in task order).
 
-        ``workers`` threads decode ahead into a queue of ``queue_frames`` frames (default two
-        batches); crops of different frames and videos share forward passes. On CUDA a batch's
-        results are collected after the next batch is launched; videos still come out in the
-        order, and with the values, of collecting every batch at once.
+        ``workers`` threads decode ahead into a queue of ``queue_crops`` crops (default two
+        batches, plus a frame or piece per worker); crops of different frames and videos share
+        forward passes, and a frame larger than a batch is cut and scored in pieces. On CUDA a
+        batch's results are collected after the next batch is launched; videos still come out
+        in the order, and with the values, of collecting every batch at once.
         """
         import torch
 
-        queue_frames = queue_frames or 2 * self.frames_per_batch + workers
+        per_frame = self.grid[0] * self.grid[1]
+        if per_frame > WARN_CROPS_PER_FRAME and not self._warned:
+            log.warning(self._grid_cost())
+            self._warned = True
+        piece = min(per_frame, self.batch_size)
+        queue_crops = queue_crops or 2 * self.batch_size + workers * piece
         live: dict[VideoTask, _Pending] = {}
-        batch: list[FrameCrops] = []
+        batch: list[FrameCrops] = []  # frames (or pieces of frames) waiting for the next pass
+        filled = 0  # crops in batch
+        partial: dict = {}  # embeddings of frames split across passes, until the frame is whole
         flight: deque[_Launched] = deque()  # launched, not yet collected, oldest first
         out: deque[tuple[VideoTask, _Pending | str]] = deque()  # finished videos and failures, in order
         free: list = []  # staging buffers not in use
@@ -401,20 +513,20 @@ class SemanticFeatureExtractor:
 
         def launch() -> None:
             """Start scoring the waiting frames; videos with no frames left to launch are finished."""
-            nonlocal launched
+            nonlocal launched, filled
             if batch:
+                for fc in batch:
+                    live[fc.task].queued -= 1
+                    live[fc.task].last_batch = launched
+                # A frame's row in the scores: the order in which the batch completes frames.
+                complete = [fc for fc in batch if fc.stop == per_frame]
                 rows: dict[VideoTask, list[int]] = {}
-                for row, fc in enumerate(batch):
+                for row, fc in enumerate(complete):
                     rows.setdefault(fc.task, []).append(row)
-                entries = []
-                for task, idx in rows.items():
-                    acc = live[task]
-                    acc.queued -= len(idx)
-                    acc.last_batch = launched
-                    entries.append((acc, idx, [batch[i].index for i in idx]))
+                entries = [(live[task], idx, [complete[i].index for i in idx]) for task, idx in rows.items()]
                 crops, buffer = self._stage(batch, free)
                 try:
-                    scores, ready = self._launch(crops)
+                    scores, ready = self._launch(crops, batch, partial)
                 except torch.cuda.OutOfMemoryError as exc:
                     raise DeviceMemoryError(
                         f"out of {self.device} memory scoring {crops.shape[0]} crops at once; "
@@ -423,7 +535,23 @@ class SemanticFeatureExtractor:
                 flight.append(_Launched(scores, ready, entries, buffer))
                 launched += 1
                 batch.clear()
+                filled = 0
             finished()
+
+        def add(piece: FrameCrops) -> None:
+            """Put a frame (piece) in the batch, launching each time the batch is full; a piece
+            that does not fit is split, its rest opening the next batch."""
+            nonlocal filled
+            rest: FrameCrops | None = piece
+            while rest is not None:
+                room = self.batch_size - filled
+                head, rest = (rest, None) if len(rest.crops) <= room else _split(rest, room)
+                live.setdefault(head.task, _Pending()).queued += 1
+                batch.append(head)
+                filled += len(head.crops)
+                if filled >= self.batch_size:
+                    launch()
+                    collect(self._in_flight)
 
         def collect(keep: int) -> None:
             """Hand the rows of all but the newest ``keep`` launched batches to their videos."""
@@ -433,7 +561,7 @@ class SemanticFeatureExtractor:
                 if done.ready is not None:
                     done.ready.synchronize()  # this batch's copies only; later batches keep running
                 scores = done.scores
-                for acc, idx, frames in done.rows:
+                for acc, idx, frames in done.rows:  # none when scores is None
                     sel = torch.tensor(idx)
                     acc.pooled.append(scores.pooled[sel])
                     if scores.maps is not None:
@@ -460,22 +588,23 @@ class SemanticFeatureExtractor:
             grid=self.grid,
             stride=self.frame_stride,
             workers=workers,
-            queue_frames=queue_frames,
+            piece_crops=piece,
+            queue_crops=queue_crops,
+            limit=self.output_limit,
         )
         try:
             for event in events:
                 if isinstance(event, FrameCrops):
-                    live.setdefault(event.task, _Pending()).queued += 1
-                    batch.append(event)
-                    if len(batch) >= self.frames_per_batch:
-                        launch()
-                        collect(self._in_flight)
+                    add(event)
                 elif isinstance(event, VideoDone):
                     live.setdefault(event.task, _Pending()).done = event
                     finished()  # when none of its frames still wait for a batch
                 elif isinstance(event, VideoFailed):
                     live.pop(event.task, None)
                     batch[:] = [fc for fc in batch if fc.task != event.task]
+                    filled = sum(len(fc.crops) for fc in batch)
+                    for key in [key for key in partial if key[0] == event.task]:
+                        del partial[key]
                     out.append((event.task, event.error))
                 yield from emit()
             launch()
@@ -498,6 +627,12 @@ class SemanticFeatureExtractor:
                 raise VideoDecodeError(result)
             return result
         raise AssertionError("extract_many yielded nothing")  # unreachable: one task in, one result out
+
+
+def _split(fc: FrameCrops, count: int) -> tuple[FrameCrops, FrameCrops]:
+    """The first ``count`` crops of a frame piece, and the rest."""
+    return (FrameCrops(fc.task, fc.index, fc.crops[:count], fc.start),
+            FrameCrops(fc.task, fc.index, fc.crops[count:], fc.start + count))
 
 
 def _to_host(scores: FrameScores, non_blocking: bool) -> FrameScores:

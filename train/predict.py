@@ -262,7 +262,8 @@ def _semantic_features(
     videos that fail get their ``error`` set."""
     from tqdm import tqdm
 
-    from clifvqa.extract.pipeline import VideoTask, sha256_file
+    from clifvqa.extract.pipeline import VideoTask
+    from clifvqa.features.sources import sha256_file
     from clifvqa.extract.sfe import VideoResult
     from clifvqa.features.store import CorruptFeaturesError, open_store
 
