@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from typing import Any
 
 _CUDA = re.compile(r"cuda(?::(\d+))?")
 _CHOICES = "auto, cpu, cuda, cuda:N or mps"
+
+
+class DeviceError(ValueError):
+    """A ``--device`` that cannot be used the way this process would use it."""
 
 
 def resolve_device(device: str = "auto") -> str:
@@ -38,3 +45,43 @@ def resolve_device(device: str = "auto") -> str:
         raise ValueError(f"device {device!r} asked for, but this torch sees {count} CUDA GPU(s): "
                          f"cuda:0..cuda:{count - 1}")
     return device
+
+
+def no_autocast(device_type: str) -> Any:
+    """A region that computes in its inputs' dtypes even inside an autocast region of
+    ``device_type`` (a no-op where autocast does not exist, e.g. the meta device)."""
+    import torch
+
+    available = getattr(torch.amp, "is_autocast_available", lambda kind: kind in ("cpu", "cuda"))
+    return torch.autocast(device_type, enabled=False) if available(device_type) else nullcontext()
+
+
+@contextmanager
+def float32_math() -> Iterator[None]:
+    """CUDA convolutions and matrix products in true float32 inside (no TF32), the previous
+    settings restored after.
+
+    cuDNN convolutions default to TF32 on Ampere and later GPUs, which keeps 10 mantissa bits:
+    scores are repeatable but differ from a CPU's by ~1e-3 relative. Scoring (``predict``,
+    ``evaluate``, the trainer's validation and test) runs in here so that it is float32 as
+    documented. Uses torch's per-operator ``fp32_precision`` settings where they exist (torch
+    2.9+; setting the legacy ``allow_tf32`` flags there mixes the two APIs, which torch refuses to
+    read back), else the ``allow_tf32`` flags.
+    """
+    import torch
+
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    if hasattr(cudnn, "conv") and hasattr(matmul, "fp32_precision"):
+        settings = [(cudnn.conv, "fp32_precision"), (cudnn.rnn, "fp32_precision"), (matmul, "fp32_precision")]
+        strict: Any = "ieee"
+    else:
+        settings = [(cudnn, "allow_tf32"), (matmul, "allow_tf32")]
+        strict = False
+    saved = [getattr(owner, name) for owner, name in settings]
+    try:
+        for owner, name in settings:
+            setattr(owner, name, strict)
+        yield
+    finally:
+        for (owner, name), value in zip(settings, saved):
+            setattr(owner, name, value)

@@ -231,7 +231,7 @@ def manifest_check(manifest_path: Path, root: Path | None, require_mos: bool) ->
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ...")
 @click.option("--batch-size", default="auto", show_default=True, help="Crops per CLIP forward pass, or auto.")
 @click.option("--workers", type=click.IntRange(min=1), default=None, help="Decoding threads [default: cores - 1, at most 8].")
-@click.option("--dtype", type=click.Choice(["auto", "float32", "float16", "bfloat16"]), default="auto", show_default=True, help="Compute dtype (auto: float16 on GPU, float32 on CPU).")
+@click.option("--dtype", type=click.Choice(["auto", "float32", "float16", "bfloat16"]), default="auto", show_default=True, help="Compute dtype (auto: float16 on GPU, float32 on CPU; an existing store continues in its own).")
 @click.option("--save-maps/--no-save-maps", default=True, show_default=True, help="Also store the per-crop maps [T, r, m, n].")
 @click.option("--save-embeddings", is_flag=True, help="Also store the crop image embeddings [T, m*n, D] (float16).")
 @click.option("--retry-failed", is_flag=True, help="Retry videos the store lists as failed.")

@@ -32,8 +32,8 @@ class ExtractConfig:
         batch_size: crops per CLIP forward pass, or ``"auto"`` (see
             :func:`clifvqa.extract.sfe.auto_batch_size`).
         workers: decoding threads running ahead of the device.
-        dtype: compute dtype: ``"auto"`` (float16 autocast on GPU, float32 on CPU),
-            ``"float32"``, ``"float16"`` or ``"bfloat16"``.
+        dtype: compute dtype: ``"auto"`` (float16 autocast on GPU, float32 on CPU; an existing
+            store continues in its recorded dtype), ``"float32"``, ``"float16"`` or ``"bfloat16"``.
         save_maps: also store the per-crop maps [T, r, m, n] (float16).
         save_embeddings: also store the L2-normalised crop image embeddings [T, m*n, D] (float16),
             so new prompts can be scored later without decoding again.

@@ -17,6 +17,7 @@ that allows none of this (SIGKILL) is survived by the stores themselves.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import queue
@@ -178,18 +179,38 @@ def preflight(root: str | Path, keys: list[str], complete: set[str] | frozenset[
     return check
 
 
-def _complete_keys(store_path: str | Path) -> set[str]:
-    """Complete keys of an existing store; empty when there is none yet or it cannot be read
-    (opening it for writing then says why)."""
+def _existing_store(store_path: str | Path) -> tuple[set[str], dict[str, Any]]:
+    """Complete keys and provenance of an existing store; empty when there is none yet or it
+    cannot be read (opening it for writing then says why)."""
     from clifvqa.features.store import is_url, open_store
 
     if is_url(store_path):  # refused as an output later; no need to reach the network first
-        return set()
+        return set(), {}
     try:
         with open_store(store_path) as store:
-            return set(store.keys())
+            return set(store.keys()), dict(store.provenance)
     except (OSError, ValueError):
-        return set()
+        return set(), {}
+
+
+@contextlib.contextmanager
+def _open_for_writing(store_path: str | Path, extractor: SemanticFeatureExtractor, recorded: dict[str, Any]):
+    """The run's store, opened (or created) for ``extractor``'s features; a store that recorded
+    another dtype is refused with what to pass instead (the dtype is part of the fingerprint)."""
+    from clifvqa.features.provenance import FingerprintMismatch
+    from clifvqa.features.store import create_or_open_store
+
+    try:
+        store = create_or_open_store(store_path, extractor.provenance())
+    except FingerprintMismatch as exc:
+        if "dtype" not in exc.fields:
+            raise
+        raise FingerprintMismatch(
+            f"{exc}. It was extracted with dtype {recorded.get('dtype')}, this run computes in {extractor.dtype}: "
+            f"pass --dtype auto (continues a store in its recorded dtype) or --dtype {recorded.get('dtype')}",
+            exc.fields) from None
+    with store:
+        yield store
 
 
 class RunInterrupted(KeyboardInterrupt):
@@ -355,7 +376,6 @@ def extract_dataset(
     from tqdm.auto import tqdm
 
     from clifvqa.features.sources import source_identity, stale_reason
-    from clifvqa.features.store import create_or_open_store
 
     start = time.perf_counter()
     root = Path(dataset_dir)
@@ -363,17 +383,23 @@ def extract_dataset(
     keys, unsafe = list_videos(root, manifest)
     keys = [k for k in keys if shard_of(k, num_shards) == shard]
     unsafe = [(k, why) for k, why in unsafe if shard_of(k, num_shards) == shard]
-    check = preflight(root, keys, _complete_keys(store_path), allow_missing=config.allow_missing)
+    complete, recorded = _existing_store(store_path)
+    check = preflight(root, keys, complete, allow_missing=config.allow_missing)
     if check.missing:  # all present: the run's summary line says enough
         (log or _log.warning)(check.line())
     else:
         _log.info(check.line())
+    if config.dtype == "auto" and recorded.get("dtype") in ("float32", "float16", "bfloat16"):
+        # auto means float32 on a CPU and float16 on a GPU, and the dtype is in the fingerprint:
+        # a store started on one continues on the other only in the dtype it was started with.
+        config = dataclasses.replace(config, dtype=recorded["dtype"])
+        _log.info("--dtype auto: continuing %s in its recorded dtype %s", store_path, config.dtype)
     extractor = extractor or SemanticFeatureExtractor.from_config(config)
     summary = ExtractSummary(total=len(keys) + len(unsafe), store=str(store_path))
     for name, why in unsafe:  # cannot be store keys, so not recorded in the store
         summary.failed += 1
         summary.failures.append((name, f"unsafe file name, not extracted: {why}; rename the file"))
-    with SignalStop() as signals, create_or_open_store(store_path, extractor.provenance()) as store:
+    with SignalStop() as signals, _open_for_writing(store_path, extractor, recorded) as store:
         complete = store.entries()
         missing = set(check.missing) - set(complete)
         failed_before = store.failures()

@@ -9,8 +9,10 @@ A checkpoint is a directory::
                            best/ the ``selection`` (which epoch and why) and the
                            ``score_mapping`` (:class:`~clifvqa.train.metrics.ScoreMapping`: raw
                            output -> training MOS scale, fitted on the training videos)
-    optimizer.safetensors  (resume state only) AdamW moments, RNG states
+    optimizer.safetensors  (resume state only) AdamW moments, RNG states (``rng.*`` of the
+                           process of rank 0, ``rank{k}.rng.*`` of rank k under torchrun)
     train_state.json       (resume state only) optimizer param groups, step, epoch, RNG scalars
+                           (``rng``; ``rng_ranks``: those of ranks 1, 2, ...)
 
 A directory is written next to its destination and renamed into place, so an interrupted save
 leaves the previous checkpoint intact. Weights holding NaN or inf are never saved or loaded.
@@ -23,7 +25,7 @@ import os
 import random
 import shutil
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +41,10 @@ MODEL_FILE = "model.safetensors"
 META_FILE = "meta.json"
 OPTIM_FILE = "optimizer.safetensors"
 STATE_FILE = "train_state.json"
+
+RngState = tuple[dict[str, torch.Tensor], dict[str, Any]]
+"""One process's RNG states (:func:`capture_rng`): tensors (torch CPU and CUDA, numpy keys) and
+JSON-ready scalars (numpy position, Python's state)."""
 
 
 class CheckpointError(ValueError):
@@ -73,12 +79,15 @@ def save_checkpoint(
     *,
     optimizer: torch.optim.Optimizer | None = None,
     train_state: Mapping[str, Any] | None = None,
+    rng: Sequence[RngState] | None = None,
 ) -> Path:
     """Write a checkpoint directory at ``path`` (replacing an old one atomically) and return it.
 
     ``extra`` (JSON-ready: training config, metrics, epoch, fragment settings, ...) is merged
     into ``meta.json``. With ``optimizer`` and ``train_state`` the resume state is saved too:
-    AdamW moments and the RNG states of torch (CPU and CUDA), numpy and Python.
+    AdamW moments and the RNG states of torch (CPU and CUDA), numpy and Python: ``rng``, one
+    :func:`capture_rng` per process in rank order (under torchrun, gathered by rank 0), default
+    this process's.
 
     Raises:
         NonFiniteWeights: a weight is NaN or inf; nothing is written and an existing checkpoint
@@ -103,7 +112,7 @@ def save_checkpoint(
         }
         _write_json(tmp / META_FILE, meta)
         if optimizer is not None:
-            _save_optimizer(tmp, optimizer, train_state or {})
+            _save_optimizer(tmp, optimizer, train_state or {}, rng or [capture_rng()])
         _replace_dir(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -177,8 +186,10 @@ def has_training_state(path: str | os.PathLike[str]) -> bool:
     return (path / META_FILE).is_file() and (path / OPTIM_FILE).is_file() and (path / STATE_FILE).is_file()
 
 
-def load_training_state(path: str | os.PathLike[str], optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-    """Restore the optimizer and the RNG states saved with a checkpoint; return its train state."""
+def load_training_state(path: str | os.PathLike[str], optimizer: torch.optim.Optimizer, rank: int = 0) -> dict[str, Any]:
+    """Restore the optimizer and the RNG states that the process of ``rank`` saved with a
+    checkpoint; return its train state. A rank with no saved state (the run had fewer
+    processes) keeps its RNG states as they are."""
     from safetensors.torch import load_file
 
     path = Path(path)
@@ -198,11 +209,16 @@ def load_training_state(path: str | os.PathLike[str], optimizer: torch.optim.Opt
         if "betas" in group:
             group["betas"] = tuple(group["betas"])
     optimizer.load_state_dict({"state": state, "param_groups": groups})
-    _restore_rng(tensors, saved["rng"])
+    if rank == 0:
+        _restore_rng(tensors, saved["rng"])
+    elif rank <= len(saved.get("rng_ranks", [])):
+        prefix = f"rank{rank}."
+        _restore_rng({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}, saved["rng_ranks"][rank - 1])
     return saved["train_state"]
 
 
-def _save_optimizer(folder: Path, optimizer: torch.optim.Optimizer, train_state: Mapping[str, Any]) -> None:
+def _save_optimizer(folder: Path, optimizer: torch.optim.Optimizer, train_state: Mapping[str, Any],
+                    rng: Sequence[RngState]) -> None:
     from safetensors.torch import save_file
 
     sd = optimizer.state_dict()
@@ -214,16 +230,18 @@ def _save_optimizer(folder: Path, optimizer: torch.optim.Optimizer, train_state:
                 tensors[f"optim.{idx}.{key}"] = value.detach().to("cpu").contiguous()
             else:
                 scalars.setdefault(str(idx), {})[key] = value
-    rng_tensors, rng_json = _capture_rng()
-    tensors.update(rng_tensors)
+    for rank, (rng_tensors, _) in enumerate(rng):
+        tensors.update({(f"rank{rank}." if rank else "") + k: v for k, v in rng_tensors.items()})
     save_file(tensors, str(folder / OPTIM_FILE), metadata={"format": FORMAT})
     _write_json(
         folder / STATE_FILE,
-        {"optimizer": {"param_groups": sd["param_groups"], "scalars": scalars}, "rng": rng_json, "train_state": dict(train_state)},
+        {"optimizer": {"param_groups": sd["param_groups"], "scalars": scalars}, "rng": rng[0][1],
+         "rng_ranks": [scalars for _, scalars in rng[1:]], "train_state": dict(train_state)},
     )
 
 
-def _capture_rng() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def capture_rng() -> RngState:
+    """This process's RNG states (torch CPU and every visible GPU, numpy, Python)."""
     tensors = {"rng.torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         for i, s in enumerate(torch.cuda.get_rng_state_all()):

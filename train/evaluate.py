@@ -3,7 +3,8 @@
 :func:`evaluate` scores every manifest video that has a MOS (optionally one split of it) with
 the checkpoint, exactly as the trainer scores its test set: semantic rows come from the feature
 stores (read once, resampled to ``t0``), fragments from the video files with the deterministic
-multi-clip test sampling (fixed clip starts, patch offsets from ``seed``), float32 compute.
+multi-clip test sampling (fixed clip starts, patch offsets from ``seed``), float32 compute (no
+autocast, no TF32 on a GPU), so the metrics equal the trainer's for the same checkpoint.
 
 The stores must hold features made the way the checkpoint's training features were: their
 fingerprint must equal the one saved in the checkpoint, and a store that differs is refused

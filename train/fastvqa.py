@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from clifvqa._device import no_autocast
 from clifvqa.train.config_io import JsonConfig
 
 Size3 = tuple[int, int, int]
@@ -492,7 +493,9 @@ class VQAHead(nn.Module):
         self.gelu = nn.GELU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc_last(self.dropout(self.gelu(self.fc_hid(self.dropout(x)))))
+        # The score readout stays float32 under autocast: half-precision outputs tie nearby scores.
+        with no_autocast(x.device.type):
+            return self.fc_last(self.dropout(self.gelu(self.fc_hid(self.dropout(x.float())))))
 
 
 class FastVQA(nn.Module):

@@ -25,6 +25,11 @@ Ablations (paper Tables 3-4) without the regression head use each branch's own r
 spatial = the mean of the FAST-VQA map (FAST-VQA's own score), semantic = the mean of ``F_s``
 (parameter-free like FAST-VQA's mean); with both branches and no head the two readouts are
 summed. With a single branch the head sees only that branch's features.
+
+Precision: under autocast (AMP training on a GPU) only the Video Swin backbone runs in half
+precision. The semantic branch, FAST-VQA's readout (``vqa_head``) and the regression head always
+compute in float32 from float32 inputs: in bfloat16 (8 mantissa bits) nearby scores round onto
+the same value, which ties videos and changes the rank correlations models are selected on.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from clifvqa._device import no_autocast
 from clifvqa.train.config_io import JsonConfig
 from clifvqa.train.fastvqa import VARIANTS, FastVQAConfig, build_fastvqa
 from clifvqa.train.fragments import FragmentConfig
@@ -183,8 +189,9 @@ class SemanticBranch(nn.Module):
             raise ValueError(f"semantic input must be [B, {self.num_stored_rows}, T] (2r stored rows), got {list(m_s.shape)}")
         if not self.all_rows:
             m_s = m_s.index_select(1, self.rows)
-        x = resample_time(m_s, self.t0)
-        return self.fc2(self.gelu(self.fc1(x))).squeeze(-1)
+        with no_autocast(m_s.device.type):  # float32 (see "Precision" in the module docstring)
+            x = resample_time(m_s.float(), self.t0)
+            return self.fc2(self.gelu(self.fc1(x))).squeeze(-1)
 
 
 class RegressionHead(nn.Module):
@@ -197,7 +204,8 @@ class RegressionHead(nn.Module):
         self.gelu = nn.GELU()
 
     def forward(self, f_v: torch.Tensor) -> torch.Tensor:
-        return self.fc4(self.gelu(self.fc3(f_v))).squeeze(-1)
+        with no_autocast(f_v.device.type):  # float32 (see "Precision" in the module docstring)
+            return self.fc4(self.gelu(self.fc3(f_v.float()))).squeeze(-1)
 
 
 class ClifVQA(nn.Module):
@@ -236,7 +244,7 @@ class ClifVQA(nn.Module):
             return score if f_s is None else score + f_s.mean(dim=1, keepdim=True)
         f_f = qmap.flatten(1)
         if f_s is not None:
-            f_v = torch.cat([f_s.to(f_f.dtype).repeat_interleave(k, dim=0), f_f], dim=1)
+            f_v = torch.cat([f_s.repeat_interleave(k, dim=0), f_f], dim=1)  # both float32
         else:
             f_v = f_f
         return self.head(f_v).view(b, k)

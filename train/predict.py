@@ -25,8 +25,10 @@ in meta.json: a 4-parameter logistic, or a line when the logistic cannot be fitt
 ``raw`` does. Checkpoints saved before the map existed give ``raw`` only (``score`` is None).
 
 Scores are deterministic: fragments use the multi-clip test sampling (fixed clip starts, patch
-offsets from ``seed``), the model runs in eval mode in float32, so a video gets the same score
-on every run, and the same score from store features as from extracted ones (to float rounding).
+offsets from ``seed``), the model runs in eval mode in float32 (on a GPU too: no autocast, and no
+TF32 convolutions or matrix products, :func:`clifvqa._device.float32_math`), so a video gets the
+same score on every run and device (to float rounding), and the same score from store features
+as from extracted ones.
 
 A video that cannot be read, or whose model output is NaN or inf (corrupt features), gets a
 :class:`Prediction` with ``error`` set, never a NaN score, and the others go on. With
@@ -51,7 +53,7 @@ import torch
 from clifvqa.features.provenance import FingerprintMismatch, provenance_diff
 from clifvqa.train.checkpoint import load_checkpoint, score_mapping_of
 from clifvqa._atomic import atomic_write_text
-from clifvqa._device import resolve_device
+from clifvqa._device import float32_math, resolve_device
 from clifvqa.train.evaluate import check_stores_match
 from clifvqa.train.model import resample_time
 
@@ -232,7 +234,7 @@ def predict(
             except Exception as exc:  # any decode failure: this video fails, the others go on
                 pred.error = f"{type(exc).__name__}: {exc}"
                 continue
-        with torch.no_grad():
+        with torch.no_grad(), float32_math():
             raw = float(model(semantic, fragments).float().item())
         if not np.isfinite(raw):
             pred.error = (f"the model's output is {raw}: its semantic features ({pred.features or 'none'}) "

@@ -16,7 +16,9 @@ trained, trains one model per split (:func:`train_split`) and writes::
 Recipe (paper §5.1): AdamW (weight decay 0.05 on every parameter, as FAST-VQA), lr 7.5e-5 for
 the Video Swin backbone and 7.5e-4 for everything else, batch 12; per-step schedule: linear
 warm-up over ``warmup_epochs`` (step s gets ``(s+1)/warmup``) then cosine decay to 0 at the end;
-autocast (bf16 where supported, else fp16 with loss scaling) on GPU. The model is selected on
+training steps under autocast on GPU (:func:`amp_dtype`: bf16 where the GPU has it natively, else
+fp16 with loss scaling); validation, test and the score mapping in float32 without TF32, exactly
+as ``clifvqa evaluate`` scores the saved checkpoint. The model is selected on
 the validation videos by SROCC + PLCC (FAST-VQA's criterion), ties broken by the validation
 loss, then the later epoch (:func:`select_epoch`), never on the test set; the run says which
 epoch and why (:func:`explain_selection`) and warns when fewer than ``MIN_VAL_VIDEOS``
@@ -28,12 +30,15 @@ A NaN or inf training loss stops the run (:class:`NonFiniteLoss`, naming the bat
 before the epoch is saved; checkpoints never hold non-finite weights.
 
 Resume (``resume=True``): model, AdamW moments, step, epoch, best-so-far and the RNG states come
-back from ``last/``; training data order and fragment draws are functions of (seed, epoch,
-item), so a resumed run ends where an uninterrupted one would.
+back from ``last/`` (under torchrun each process's own RNG states); training data order and
+fragment draws are functions of (seed, epoch, item), so a resumed run ends where an
+uninterrupted one would.
 
 Several GPUs / machines: run the same command under ``torchrun``; the trainer then uses
 DistributedDataParallel (nccl on GPU, gloo on CPU) with a DistributedSampler, evaluates a shard
-per process, and only rank 0 writes files. ``batch_size`` is per process.
+per process, and only rank 0 writes files. ``batch_size`` is per process. Every process starts
+from the same weights, then draws its own dropout masks (:func:`rank_seed`); each takes the GPU
+of its LOCAL_RANK (``--device cuda:N`` is refused there).
 """
 
 from __future__ import annotations
@@ -44,7 +49,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -53,7 +58,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
-from clifvqa._device import resolve_device
+from clifvqa._device import DeviceError, float32_math, resolve_device
 from clifvqa.train.config_io import JsonConfig
 from clifvqa.manifests.io import Manifest
 from clifvqa.train import checkpoint as ckpt
@@ -149,6 +154,12 @@ class TrainConfig(JsonConfig):
 RESUMABLE_CHANGES = ("device", "workers", "grad_checkpoint")
 
 
+def rank_seed(seed: int, rank: int) -> int:
+    """The torch seed of process ``rank`` under torchrun after the shared initialisation. Ranks
+    are a million apart so that no rank's seed is another split's (splits use seed + index)."""
+    return seed + 1_000_000 * rank
+
+
 def lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
     """Learning-rate multiplier of optimizer step ``step`` (0-based): linear warm-up, then cosine."""
     if step < warmup_steps:
@@ -182,13 +193,24 @@ class Dist:
 
 
 def _setup_dist(device_name: str) -> tuple[Dist, torch.device, bool]:
-    """Join the torchrun process group when launched by torchrun; pick the device."""
+    """Join the torchrun process group when launched by torchrun; pick the device.
+
+    A CUDA device always gets an index (``torch.cuda.set_device`` needs one): the GPU of
+    LOCAL_RANK under torchrun, else the one asked for, else the current one.
+
+    Raises:
+        DeviceError: ``cuda:N`` under torchrun with several processes (all would use GPU N).
+    """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     dist = Dist(int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0")))
     device = torch.device(resolve_device(device_name))
-    if device.type == "cuda" and dist.enabled and device.index is None:
-        device = torch.device("cuda", dist.local_rank)
     if device.type == "cuda":
+        if dist.enabled and device.index is not None:
+            raise DeviceError(
+                f"--device {device_name} under torchrun (WORLD_SIZE={world}) would put every process on GPU "
+                f"{device.index}: pass --device cuda or auto, and each process takes the GPU of its LOCAL_RANK")
+        index = dist.local_rank if dist.enabled else device.index
+        device = torch.device("cuda", torch.cuda.current_device() if index is None else index)
         torch.cuda.set_device(device)
     started = False
     if dist.enabled and not torch.distributed.is_initialized():
@@ -213,11 +235,14 @@ def predict_items(
     workers: int = 0,
     seed: int = 0,
     dist: Dist = Dist(),
-    amp: bool = False,
     progress: bool = False,
     desc: str = "scoring",
 ) -> tuple[list[str], list[float], list[float], list[tuple[str, str]]]:
     """Scores of ``items`` (test-time fragments, eval mode): keys, predictions, MOS, failures.
+
+    Always float32 without autocast or TF32 (:func:`clifvqa._device.float32_math`), so the
+    trainer's validation and test metrics are those ``clifvqa evaluate`` gives for the same
+    checkpoint, on any device.
 
     Under torchrun each process scores every ``world``-th item and the results are gathered, so
     every process returns all of them (in item order). ``progress`` shows a bar (stderr) on rank 0.
@@ -236,7 +261,7 @@ def predict_items(
         failed += batch["failed"]
         if not batch["keys"]:
             continue
-        with _autocast(device, amp):
+        with float32_math():
             pred = model(_to(batch["semantic"], device), _to(batch["fragments"], device))
         out += list(zip(batch["keys"], pred.float().cpu().tolist(), batch["mos"].tolist()))
     if dist.enabled:
@@ -261,14 +286,63 @@ def _to(x: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
     return None if x is None else x.to(device, non_blocking=True)
 
 
-def _amp_dtype(device: torch.device) -> torch.dtype:
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+def amp_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of training steps, None for float32 (``amp`` off, or not a GPU).
+
+    bfloat16 where the GPU computes it natively (Ampere and later), else float16 with loss
+    scaling. Pre-Ampere GPUs report bfloat16 support through emulation, which is slower than
+    float32 and must not count.
+    """
+    if not (config.amp and device.type == "cuda"):
+        return None
+    try:
+        native = torch.cuda.is_bf16_supported(including_emulation=False)
+    except TypeError:  # torch before 2.3 has no such argument and counts native support only
+        native = torch.cuda.is_bf16_supported()
+    return torch.bfloat16 if native else torch.float16
 
 
-def _autocast(device: torch.device, amp: bool):
-    if amp and device.type == "cuda":
-        return torch.autocast("cuda", dtype=_amp_dtype(device))
-    return nullcontext()
+def _autocast(device: torch.device, dtype: torch.dtype | None):
+    return nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
+
+
+def train_step(
+    net: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    batch: Mapping[str, Any],
+    *,
+    config: TrainConfig,
+    model_config: ClifVQAConfig,
+    device: torch.device,
+    dtype: torch.dtype | None,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One optimizer step on a collated ``batch``, as ``train`` runs it: forward under autocast
+    in ``dtype`` (:func:`amp_dtype`), the loss in float32 (``loss_fn``, default Eq. 16 with the
+    config's alpha and beta), backward through ``scaler``, optional clipping, the AdamW step.
+
+    A batch without videos (all failed to decode) makes a zero-weight pass, so that under DDP
+    this process still takes part in the gradient all-reduce. Returns the loss (not read back
+    from the device) and the predictions (None for such a batch).
+    """
+    with _autocast(device, dtype):
+        if batch["keys"]:
+            pred = net(_to(batch["semantic"], device), _to(batch["fragments"], device))
+            target = batch["mos"].to(device)
+            pred32 = pred.float()
+            loss = loss_fn(pred32, target) if loss_fn else clifvqa_loss(pred32, target, config.alpha, config.beta)
+        else:
+            pred = None
+            loss = net(*_dummy_inputs(model_config, device)).sum() * 0.0
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    if config.grad_clip is not None:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(net.parameters(), config.grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    return loss, pred
 
 
 # ------------------------------------------------------------------------------ one split
@@ -461,14 +535,16 @@ def train_split(
         log.info("%s: already finished (best epoch %d), skipped", plan.name, done["best_epoch"])
         return SplitResult(**done)
     seed = config.seed + split_index
-    torch.manual_seed(seed)
+    torch.manual_seed(seed)  # the same initial weights in every process
     model = build_model(model_config, checkpoint_grad=config.grad_checkpoint).to(device)
+    if dist.rank:  # its own dropout and drop-path draws (rank 0 goes on as a single process does)
+        torch.manual_seed(rank_seed(seed, dist.rank))
     fragments = model_config.fragment_config() if model_config.uses_spatial else None
     semantic_rows = features.rows if features is not None else None
     optimizer = torch.optim.AdamW(_param_groups(model, config), lr=config.lr, weight_decay=config.weight_decay)
     store_meta = (features.provenance, features.fingerprint) if features is not None else ({}, "")
-    amp = config.amp and device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=amp and _amp_dtype(device) == torch.float16)
+    dtype = amp_dtype(config, device)
+    scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
 
     start_epoch, step, best_epoch, best_val = 0, 0, -1, {}
     history: list[dict[str, Any]] = []  # the metric rows of the epochs done, for explain_selection
@@ -477,7 +553,9 @@ def train_split(
         from safetensors.torch import load_file
 
         model.load_state_dict(load_file(str(last_dir / ckpt.MODEL_FILE), device=str(device)))
-        state = ckpt.load_training_state(last_dir, optimizer)
+        state = ckpt.load_training_state(last_dir, optimizer, rank=dist.rank)
+        if dist.rank >= state.get("processes", 1):  # the interrupted run had fewer processes
+            torch.manual_seed(rank_seed(seed, dist.rank) + state["epoch"] + 1)
         start_epoch, step = state["epoch"] + 1, state["step"]
         best_epoch, best_val = state["best_epoch"], state["best_val"]
         if state.get("scaler"):
@@ -495,7 +573,10 @@ def train_split(
 
     net: torch.nn.Module = model
     if dist.enabled:
-        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        # No buffer changes in training (the Swin relative_position_index tables and the semantic
+        # row indices are constants; there is no BatchNorm), so none is broadcast at every step.
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False)
     train_ds = VideoDataset(plan.train, video_root, semantic_rows, fragments, train=True, seed=seed)
     sampler = DistributedSampler(train_ds, num_replicas=dist.world, rank=dist.rank, shuffle=True, seed=seed)
     loader_gen = torch.Generator()
@@ -511,7 +592,7 @@ def train_split(
     ) -> tuple[dict[str, Any], tuple[list[str], list[float], list[float]]]:
         keys, preds, mos, failed = predict_items(
             model, items, video_root, semantic_rows, fragments, device=device, batch_size=eval_batch,
-            workers=config.workers, seed=seed, dist=dist, amp=amp, progress=progress,
+            workers=config.workers, seed=seed, dist=dist, progress=progress,
             desc=f"{plan.name} {what}",
         )
         metrics = compute_metrics(preds, mos) if keys else {"n": 0}
@@ -542,19 +623,8 @@ def train_split(
                 group["lr"] = group["base_lr"] * factor
             if not batch["keys"] and not dist.enabled:
                 continue
-            with _autocast(device, amp):
-                if batch["keys"]:
-                    pred = net(_to(batch["semantic"], device), _to(batch["fragments"], device))
-                    loss = clifvqa_loss(pred.float(), batch["mos"].to(device), config.alpha, config.beta)
-                else:  # nothing decodable on this process: a zero-weight dummy pass keeps DDP in step
-                    loss = net(*_dummy_inputs(model_config, device)).sum() * 0.0
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if config.grad_clip is not None:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
+            loss, pred = train_step(net, optimizer, scaler, batch, config=config, model_config=model_config,
+                                    device=device, dtype=dtype)
             if batch["keys"]:
                 value = loss.item()  # the one sync per step there always was (logging needs it)
                 if not math.isfinite(value):
@@ -589,14 +659,19 @@ def train_split(
         log.info("%s epoch %d: loss %.4f, val SROCC %.4f PLCC %.4f loss %.4f%s", plan.name, epoch + 1,
                  row["train_loss"], row["val_srocc"], row["val_plcc"], row["val_loss"],
                  " (selected so far)" if improved else "")
+        rng: list[Any] = [ckpt.capture_rng()]
+        if dist.enabled:  # every process's RNG states, so that each resumes its own
+            rng = [None] * dist.world
+            torch.distributed.all_gather_object(rng, ckpt.capture_rng())
         if dist.main:
             _append_metrics(out, {k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()})
             extra = {**extra_base, "epoch": epoch + 1, "metrics": {"val": val_metrics}}
             if improved:
                 ckpt.save_checkpoint(best_dir, model, model_config, *store_meta, extra)
             state = {"epoch": epoch, "step": step, "best_epoch": best_epoch, "best_val": best_val,
-                     "scaler": scaler.state_dict() if scaler.is_enabled() else None}
-            ckpt.save_checkpoint(last_dir, model, model_config, *store_meta, extra, optimizer=optimizer, train_state=state)
+                     "scaler": scaler.state_dict() if scaler.is_enabled() else None, "processes": dist.world}
+            ckpt.save_checkpoint(last_dir, model, model_config, *store_meta, extra, optimizer=optimizer,
+                                 train_state=state, rng=rng)
         dist.barrier()
         epochs_done = epoch + 1
 
