@@ -7,7 +7,10 @@ One step of the trainer is split into the three things it does:
 (2) semantic fetch: the batch's semantic rows from the in-memory ``key -> [2r, t0]`` dict that
     :func:`clifvqa.train.data.load_semantic_features` built once (the dict lookups and the stack
     that ``collate`` does); the store itself is never read during training;
-(3) compute: forward, loss, backward and the AdamW step.
+(3) compute: forward, loss, backward and the AdamW step: the trainer's own step
+    (:func:`clifvqa.train.trainer.train_step`), so on a GPU under the trainer's autocast
+    (:func:`~clifvqa.train.trainer.amp_dtype`: bf16 where native, else fp16 with loss scaling),
+    from pinned host memory as the trainer's loader delivers it (pinning counts as data time).
 
 for the full model (FAST-VQA-B, 32x224x224 fragments) and ``--tiny`` (16x128x128), on synthetic
 H.264 clips (default 960x540, the size of KoNViD-1k videos) and a store of synthetic features
@@ -79,8 +82,8 @@ def measure(kind: str, batch: int, steps: int, keys: list[str], folder: Path, st
     from torch.utils.data import DataLoader
 
     from clifvqa.train.data import VideoDataset, VideoItem, collate, load_semantic_features
-    from clifvqa.train.loss import clifvqa_loss
     from clifvqa.train.model import build_model
+    from clifvqa.train.trainer import TrainConfig, amp_dtype, train_step
 
     dev = torch.device(device)
     probe = model_for(kind, None, 1)
@@ -89,6 +92,10 @@ def measure(kind: str, batch: int, steps: int, keys: list[str], folder: Path, st
     torch.manual_seed(0)
     model = build_model(config).to(dev).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=7.5e-5, weight_decay=0.05)
+    train_config = TrainConfig(batch_size=batch, workers=0)
+    dtype = amp_dtype(train_config, dev)  # what `clifvqa train` uses on this device
+    scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
+    pin = dev.type == "cuda"  # the trainer's loader pins batches on a GPU
     items = [VideoItem(k, 1.0 + i) for i, k in enumerate(keys)]
     fragments_only = VideoDataset(items, folder / "videos", None, config.fragment_config(), train=True, seed=0)
     dataset = VideoDataset(items, folder / "videos", features.rows, config.fragment_config(), train=True, seed=0)
@@ -97,13 +104,12 @@ def measure(kind: str, batch: int, steps: int, keys: list[str], folder: Path, st
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
 
-    def compute(sem: torch.Tensor, frag: torch.Tensor, mos: torch.Tensor) -> None:
-        pred = model(sem.to(dev), frag.to(dev))
-        target = mos.to(dev)
-        loss = clifvqa_loss(pred, target) if batch > 1 else ((pred - target) ** 2).mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+    def squared_error(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return ((pred - target) ** 2).mean()
+
+    def compute(data: dict) -> None:
+        train_step(model, optimizer, scaler, data, config=train_config, model_config=config, device=dev,
+                   dtype=dtype, loss_fn=None if batch > 1 else squared_error)
         sync()
 
     times: dict[str, list[float]] = {"data": [], "fetch": [], "compute": []}
@@ -111,14 +117,18 @@ def measure(kind: str, batch: int, steps: int, keys: list[str], folder: Path, st
         idx = [(step * batch + j) % len(items) for j in range(batch)]
         t = time.perf_counter()
         batch_data = collate([fragments_only[i] for i in idx])
+        if pin:
+            batch_data = {k: v.pin_memory() if isinstance(v, torch.Tensor) else v
+                          for k, v in batch_data.items()}
         t_data = time.perf_counter() - t
         t = time.perf_counter()
         reps = 1000
         for _ in range(reps):
             sem = torch.stack([features.rows[items[i].key] for i in idx])
         t_fetch = (time.perf_counter() - t) / reps
+        batch_data["semantic"] = sem.pin_memory() if pin else sem  # a few KB: not timed
         t = time.perf_counter()
-        compute(sem, batch_data["fragments"], batch_data["mos"])
+        compute(batch_data)
         t_compute = time.perf_counter() - t
         if step:
             for name, value in zip(times, (t_data, t_fetch, t_compute)):
@@ -131,7 +141,8 @@ def measure(kind: str, batch: int, steps: int, keys: list[str], folder: Path, st
     if mean["data"] > mean["compute"] or step_serial < PIPELINE_CHECK_BELOW_S:
         # A compute-bound multi-second step (the full model on a CPU) needs no check: one worker hides decoding.
         loader = DataLoader(dataset, batch_size=batch, shuffle=True, num_workers=used, collate_fn=collate,
-                            generator=torch.Generator().manual_seed(0), persistent_workers=used > 0)
+                            generator=torch.Generator().manual_seed(0), persistent_workers=used > 0,
+                            pin_memory=pin)
         stamps = []
         it = iter(loader)
         for _ in range(steps + 1):
@@ -140,12 +151,14 @@ def measure(kind: str, batch: int, steps: int, keys: list[str], folder: Path, st
             except StopIteration:
                 it = iter(loader)
                 b = next(it)
-            compute(b["semantic"], b["fragments"], b["mos"])
+            compute(b)
             stamps.append(time.perf_counter())
         pipelined = (stamps[-1] - stamps[0]) / steps
     return {
         "model": "FAST-VQA-B (32x224x224)" if kind == "full" else "tiny (16x128x128)",
         "batch": batch,
+        "autocast": str(dtype).removeprefix("torch.") if dtype is not None else None,
+        "pinned": pin,
         "steps": steps,
         "mean_s": mean,
         "best_s": {k: min(v) for k, v in times.items()},
@@ -163,7 +176,8 @@ def report(r: dict) -> str:
     m = r["mean_s"]
     verdict = "PASS" if r["fetch_share"] <= FETCH_LIMIT else "FAIL"
     lines = [
-        f"{r['model']}, batch {r['batch']} (mean of {r['steps']} steps after a warm-up):",
+        f"{r['model']}, batch {r['batch']}, {r['autocast'] or 'float32'} "
+        f"(mean of {r['steps']} steps after a warm-up):",
         f"  data (decode + fragments)   {m['data']:9.4f} s   {m['data'] / r['step_serial_s']:6.1%}",
         f"  semantic fetch (in memory)  {m['fetch'] * 1e6:9.1f} us  {r['fetch_share']:6.3%}   [{verdict}: <= {FETCH_LIMIT:.0%} of a step]",
         f"  forward + backward + AdamW  {m['compute']:9.4f} s   {m['compute'] / r['step_serial_s']:6.1%}",

@@ -206,7 +206,8 @@ def _open_for_writing(store_path: str | Path, extractor: SemanticFeatureExtracto
         if "dtype" not in exc.fields:
             raise
         raise FingerprintMismatch(
-            f"{exc}. It was extracted with dtype {recorded.get('dtype')}, this run computes in {extractor.dtype}: "
+            f"{exc}. It was extracted with dtype {recorded.get('dtype')}, "
+            f"this run computes in {extractor.dtype}: "
             f"pass --dtype auto (continues a store in its recorded dtype) or --dtype {recorded.get('dtype')}",
             exc.fields) from None
     with store:

@@ -8,6 +8,8 @@ import shutil
 import subprocess
 import sys
 
+import torch
+
 TAGS = ["train", "train", "train", "train", "val", "test"]
 
 
@@ -85,3 +87,9 @@ def test_torchrun_two_cpu_processes(tmp_path, make_train_set):
 
     model, meta = load_checkpoint(out / "best")
     assert meta["train_config"]["batch_size"] == 1 and model.fastvqa is not None
+    # each process saved its own RNG state (it draws its own dropout masks), for its own resume
+    from safetensors.torch import load_file
+
+    rng = load_file(str(out / "last" / "optimizer.safetensors"))
+    assert not torch.equal(rng["rng.torch"], rng["rank1.rng.torch"])
+    assert json.loads((out / "last" / "train_state.json").read_text())["train_state"]["processes"] == 2

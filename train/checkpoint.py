@@ -186,7 +186,9 @@ def has_training_state(path: str | os.PathLike[str]) -> bool:
     return (path / META_FILE).is_file() and (path / OPTIM_FILE).is_file() and (path / STATE_FILE).is_file()
 
 
-def load_training_state(path: str | os.PathLike[str], optimizer: torch.optim.Optimizer, rank: int = 0) -> dict[str, Any]:
+def load_training_state(
+    path: str | os.PathLike[str], optimizer: torch.optim.Optimizer, rank: int = 0
+) -> dict[str, Any]:
     """Restore the optimizer and the RNG states that the process of ``rank`` saved with a
     checkpoint; return its train state. A rank with no saved state (the run had fewer
     processes) keeps its RNG states as they are."""
@@ -213,7 +215,8 @@ def load_training_state(path: str | os.PathLike[str], optimizer: torch.optim.Opt
         _restore_rng(tensors, saved["rng"])
     elif rank <= len(saved.get("rng_ranks", [])):
         prefix = f"rank{rank}."
-        _restore_rng({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}, saved["rng_ranks"][rank - 1])
+        own = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+        _restore_rng(own, saved["rng_ranks"][rank - 1])
     return saved["train_state"]
 
 

@@ -208,7 +208,8 @@ def _setup_dist(device_name: str) -> tuple[Dist, torch.device, bool]:
         if dist.enabled and device.index is not None:
             raise DeviceError(
                 f"--device {device_name} under torchrun (WORLD_SIZE={world}) would put every process on GPU "
-                f"{device.index}: pass --device cuda or auto, and each process takes the GPU of its LOCAL_RANK")
+                f"{device.index}: pass --device cuda or auto, and each process takes the GPU of its "
+                "LOCAL_RANK")
         index = dist.local_rank if dist.enabled else device.index
         device = torch.device("cuda", torch.cuda.current_device() if index is None else index)
         torch.cuda.set_device(device)
@@ -331,7 +332,10 @@ def train_step(
             pred = net(_to(batch["semantic"], device), _to(batch["fragments"], device))
             target = batch["mos"].to(device)
             pred32 = pred.float()
-            loss = loss_fn(pred32, target) if loss_fn else clifvqa_loss(pred32, target, config.alpha, config.beta)
+            if loss_fn is None:
+                loss = clifvqa_loss(pred32, target, config.alpha, config.beta)
+            else:
+                loss = loss_fn(pred32, target)
         else:
             pred = None
             loss = net(*_dummy_inputs(model_config, device)).sum() * 0.0
