@@ -291,14 +291,14 @@ def amp_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | None:
     """The autocast dtype of training steps, None for float32 (``amp`` off, or not a GPU).
 
     bfloat16 where the GPU computes it natively (Ampere and later), else float16 with loss
-    scaling. Pre-Ampere GPUs report bfloat16 support through emulation, which is slower than
-    float32 and must not count.
+    scaling. Pre-Ampere GPUs report bfloat16 support through (slow) emulation, which must not
+    count.
     """
     if not (config.amp and device.type == "cuda"):
         return None
     try:
         native = torch.cuda.is_bf16_supported(including_emulation=False)
-    except TypeError:  # torch before 2.3 has no such argument and counts native support only
+    except TypeError:  # an older torch without the argument
         native = torch.cuda.is_bf16_supported()
     return torch.bfloat16 if native else torch.float16
 
