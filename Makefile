@@ -42,6 +42,6 @@ WHEEL_MAX_MB ?= 60
 
 .PHONY: wheelhouse
 wheelhouse:
-	$(PYTHON) benchmarks/wheelhouse.py --out $(WHEELHOUSE) --python-version $(WHEEL_PY) --max-mb $(WHEEL_MAX_MB) \
-	  $(addprefix --platform ,$(WHEEL_PLATFORMS)) $(addprefix --extra ,$(WHEEL_EXTRA)) \
-	  $(addprefix --provided ,$(WHEEL_PROVIDED))
+	$(PYTHON) benchmarks/wheelhouse.py --out $(WHEELHOUSE) --python-version $(WHEEL_PY) \
+	  --max-mb $(WHEEL_MAX_MB) $(addprefix --platform ,$(WHEEL_PLATFORMS)) \
+	  $(addprefix --extra ,$(WHEEL_EXTRA)) $(addprefix --provided ,$(WHEEL_PROVIDED))

@@ -6,8 +6,10 @@ a wheel, then proves the set is complete: pip resolves ``clifvqa`` with ``--no-i
 folder plus metadata-only stand-ins for the packages the image provides (``--provided``). It
 prints every wheel with its size and fails when the folder is over ``--max-mb``.
 
-Never downloaded: torch (and its nvidia-* / triton), transformers and its own dependencies, numpy
-and scipy (together over 50 MB; the image has them). Add what an image lacks with ``--extra``.
+Never downloaded: torch (and its nvidia-* / triton), transformers, numpy and scipy (numpy and scipy
+alone are over 50 MB; an image with transformers has numpy). Small packages an image may also have
+(tqdm, safetensors, PyYAML, packaging) are included: pip keeps the image's copies when they satisfy
+clifvqa. Add what an image lacks with ``--extra``.
 
     python3 benchmarks/wheelhouse.py [--out wheelhouse] [--python-version 3.12]
         [--platform manylinux_2_28_x86_64 ...] [--extra scipy==1.17.1 ...]
@@ -21,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -79,10 +82,12 @@ def target_args(python_version: str, tags: list[str]) -> list[str]:
     return args
 
 
-def pip(*args: str) -> None:
+def pip(*args: str, why: str) -> None:
+    """Run pip; on failure exit with ``why`` (pip's own message is printed above it)."""
     cmd = [sys.executable, "-m", "pip", *args]
     print("+ " + " ".join(cmd), flush=True)
-    subprocess.run(cmd, check=True)
+    if subprocess.run(cmd).returncode != 0:
+        raise SystemExit(f"error: {why}")
 
 
 def split_req(req: str) -> tuple[str, str]:
@@ -119,13 +124,15 @@ def check_resolves(out: Path, provided: list[str], pip_target: list[str]) -> Non
             write_stub_wheel(stubs, req)
         pip("--isolated", "install", "--dry-run", "--ignore-installed", "--no-index",
             "--find-links", str(out), "--find-links", str(stubs), *pip_target,
-            "--target", str(Path(tmp) / "site"), "--report", str(report), "clifvqa")
+            "--target", str(Path(tmp) / "site"), "--report", str(report), "clifvqa",
+            why=f"clifvqa does not resolve offline from these wheels plus the image's {' '.join(provided)}: "
+                "add what pip names above with --extra (WHEEL_EXTRA) or to PINNED")
         installs = json.loads(report.read_text())["install"]
         from_image = sorted(item["metadata"]["name"] for item in installs
                             if item["download_info"]["url"].startswith(stubs.as_uri()))
     used = {unquote(item["download_info"]["url"].rsplit("/", 1)[-1]) for item in installs}
     unused = sorted(p.name for p in out.glob("*.whl") if p.name not in used)
-    print(f"resolves offline for the target: {len(installs) - len(from_image)} wheels from {out}, "
+    print(f"resolves offline for the target: {len(installs) - len(from_image)} wheels from the folder, "
           f"{', '.join(from_image)} from the image")
     if unused:
         print(f"not needed by clifvqa (an --extra?): {', '.join(unused)}")
@@ -150,23 +157,29 @@ def main() -> None:
                          "the image's own torch is used as it is")
 
     out = args.out.resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    for old in out.glob("*.whl"):  # a fresh set: old versions would linger and count
-        old.unlink()
     pip_target = target_args(args.python_version, platforms(args.platform or ["manylinux_2_28_x86_64"]))
-    pip("download", "--no-deps", *pip_target, "--dest", str(out), *PINNED, *args.extra)
-    pip("wheel", "--no-deps", "--wheel-dir", str(out), str(REPO))
-    check_resolves(out, args.provided or list(PROVIDED), pip_target)
-
-    wheels = sorted(out.glob("*.whl"), key=lambda p: p.stat().st_size, reverse=True)
-    total = sum(p.stat().st_size for p in wheels)
-    for wheel in wheels:
-        print(f"{wheel.stat().st_size / 1e6:8.2f} MB  {wheel.name}")
-    print(f"{total / 1e6:8.2f} MB  total, {len(wheels)} wheels in {out} (limit {args.max_mb:g} MB)")
-    if total > args.max_mb * 1e6:
-        raise SystemExit(f"error: {out} is {total / 1e6:.1f} MB, over the {args.max_mb:g} MB limit: "
-                         "drop an --extra or raise --max-mb (WHEEL_MAX_MB)")
-
+    # Built and checked aside: a failed download, check or size limit leaves the old folder as it was.
+    with tempfile.TemporaryDirectory(prefix="wheelhouse-") as tmp:
+        new = Path(tmp)
+        pip("download", "--no-deps", *pip_target, "--dest", tmp, *PINNED, *args.extra,
+            why=f"download failed: is there a wheel of each for CPython {args.python_version} there?")
+        pip("wheel", "--no-deps", "--wheel-dir", tmp, str(REPO),
+            why=f"building the clifvqa wheel from {REPO} failed")
+        check_resolves(new, args.provided or list(PROVIDED), pip_target)
+        wheels = sorted(new.glob("*.whl"), key=lambda p: p.stat().st_size, reverse=True)
+        total = sum(p.stat().st_size for p in wheels)
+        for wheel in wheels:
+            print(f"{wheel.stat().st_size / 1e6:8.2f} MB  {wheel.name}")
+        print(f"{total / 1e6:8.2f} MB  total, {len(wheels)} wheels (limit {args.max_mb:g} MB)")
+        if total > args.max_mb * 1e6:
+            raise SystemExit(f"error: the wheels are {total / 1e6:.1f} MB, over the {args.max_mb:g} MB "
+                             f"limit: drop an --extra or raise --max-mb (WHEEL_MAX_MB); {out} is unchanged")
+        out.mkdir(parents=True, exist_ok=True)
+        for old in out.glob("*.whl"):  # only this set: older versions would linger and count
+            old.unlink()
+        for wheel in wheels:
+            shutil.copy2(wheel, out / wheel.name)
+    print(f"wrote {out}")
 
 if __name__ == "__main__":
     main()
