@@ -29,3 +29,19 @@ bench: venv
 
 clean:
 	rm -rf $(VENV) demo-run bench-out
+
+# Offline wheelhouse for GPU nodes without internet (README "Offline GPU nodes"): wheels of what a
+# CUDA image with torch and transformers lacks, plus clifvqa itself; never torch. Downloads.
+# Another target: make wheelhouse WHEEL_PY=3.11 WHEEL_PLATFORMS=manylinux_2_34_aarch64
+WHEELHOUSE ?= wheelhouse
+WHEEL_PY ?= 3.12
+WHEEL_PLATFORMS ?= manylinux_2_28_x86_64
+WHEEL_EXTRA ?=
+WHEEL_PROVIDED ?= torch==2.11.0 transformers==5.0.0 numpy==2.0.0 scipy==1.11.0
+WHEEL_MAX_MB ?= 60
+
+.PHONY: wheelhouse
+wheelhouse:
+	$(PYTHON) benchmarks/wheelhouse.py --out $(WHEELHOUSE) --python-version $(WHEEL_PY) \
+	  --max-mb $(WHEEL_MAX_MB) $(addprefix --platform ,$(WHEEL_PLATFORMS)) \
+	  $(addprefix --extra ,$(WHEEL_EXTRA)) $(addprefix --provided ,$(WHEEL_PROVIDED))
