@@ -83,6 +83,7 @@ import contextlib
 import functools
 import gc
 import json
+import logging
 import math
 import os
 import shutil
@@ -106,6 +107,7 @@ STATUSES = ("ok", "fail", "skipped")
 BUDGET_S = 450.0  # of the 8 minutes: imports, the report and a margin for the estimates
 QUICK_BUDGET_S = 120.0
 R = 22  # prompts of the default prompt set
+SPEED_FRAMES = 60  # frames of the 540p and 1080p speed clips (one copy per decode worker goes through (d))
 # The datasets whose extraction time is projected: videos, frames per video, share of each resolution.
 PROJECTIONS = {"KoNViD-1k": (1_200, 240, {"540p": 1.0}), "LSVQ": (39_000, 240, {"540p": 0.5, "1080p": 0.5})}
 # A ViT-L/14-sized CLIP (openai/clip-vit-large-patch14: 24 layers of 1024, patch 14, 304M vision
@@ -348,17 +350,17 @@ class Context:
 
     @functools.cached_property
     def dataset(self) -> Path:
-        """``videos/`` of 10 small clips, a manifest (6 train, 2 val, 2 test; MOS falls with blur and
-        noise) and ``features.zarr`` extracted on the CPU with the tiny CLIP."""
+        """``videos/`` of 10 small clips (8 with ``--quick``), a manifest (6 or 4 train, 2 val, 2 test;
+        MOS falls with blur and noise) and ``features.zarr`` extracted on the CPU with the tiny CLIP."""
         from clifvqa.extract.config import ExtractConfig
         from clifvqa.extract.runner import extract_dataset
 
         root = self.work / "data"
-        tags = ["train"] * 6 + ["val"] * 2 + ["test"] * 2
+        tags = ["train"] * (4 if self.quick else 6) + ["val"] * 2 + ["test"] * 2
         lines = ["video,mos,split"]
         for i, tag in enumerate(tags):
             level = i % 5
-            self.clip_file(f"v{i}.mp4", num_frames=20, width=192, height=144, seed=i % 3, blur=level // 2,
+            self.clip_file(f"v{i}.mp4", num_frames=16, width=192, height=144, seed=i % 3, blur=level // 2,
                            noise=6.0 * level)
             (root / "videos").mkdir(parents=True, exist_ok=True)
             shutil.copyfile(self.work / "clips" / f"v{i}.mp4", root / "videos" / f"v{i}.mp4")
@@ -385,7 +387,10 @@ class Context:
 
     @functools.cached_property
     def checkpoint(self) -> Path:
-        """``best/`` of a tiny run trained on the CPU (independent of the device's training path)."""
+        """``best/`` of a tiny run trained on the CPU (independent of the device's training path;
+        on a CPU, the device run's)."""
+        if not self.cuda:
+            return self.device_run() / "best"
         summary = self.train(self.work / "runs" / "cpu", "cpu")
         check(summary["finished"], "the CPU training run for the shared checkpoint did not finish")
         return self.work / "runs" / "cpu" / "best"
@@ -512,7 +517,7 @@ def sec_batch_auto(ctx: Context, res: dict) -> None:
     import bench_extract
 
     model = ctx.clip("tiny" if ctx.quick else "vit-l-14")
-    frames = 4 if ctx.quick else 120
+    frames = 4 if ctx.quick else SPEED_FRAMES  # the clip speed_extract times
     video = bench_extract.synthetic_clip(ctx.work, "1080p", frames)
     ctx.peak_memory(reset=True)
     sfe = ctx.sfe(model, ctx.device, "auto", "auto")
@@ -579,10 +584,10 @@ def sec_train_amp(ctx: Context, res: dict) -> None:
     train = ctx.train_config(ctx.device)
     optimizer = torch.optim.AdamW(_param_groups(model, train), lr=train.lr, weight_decay=train.weight_decay)
     scaler = torch.amp.GradScaler("cuda", enabled=ctx.cuda and _amp_dtype(ctx.dev) == torch.float16)
-    batch = _fixed_batch(ctx, config)
+    batch = _fixed_batch(ctx, config, 2 if ctx.quick else 4)
     ctx.peak_memory(reset=True)
-    losses = [_step(ctx, model, optimizer, scaler, batch) for _ in range(4 if ctx.quick else 8)]
-    res["numbers"].update(model="tiny" if ctx.quick else "FAST-VQA-B", batch=4, amp=_amp_name(ctx),
+    losses = [_step(ctx, model, optimizer, scaler, batch) for _ in range(3 if ctx.quick else 8)]
+    res["numbers"].update(model="tiny" if ctx.quick else "FAST-VQA-B", batch=len(batch[2]), amp=_amp_name(ctx),
                           grad_scaler=scaler.is_enabled(), first_loss=losses[0], last_loss=losses[-1],
                           losses=[round(x, 6) for x in losses], peak_memory_gib=ctx.peak_memory())
     check(all(math.isfinite(x) for x in losses), f"non-finite loss: {losses}")
@@ -601,7 +606,7 @@ def sec_grad_checkpoint(ctx: Context, res: dict) -> None:
     plain = build_model(config).to(ctx.dev).train()
     ckpt = build_model(config, checkpoint_grad=True).to(ctx.dev).train()
     ckpt.load_state_dict(plain.state_dict())
-    semantic, fragments, mos = _fixed_batch(ctx, config)
+    semantic, fragments, mos = _fixed_batch(ctx, config, 2 if ctx.quick else 4)
     out = {}
     for name, model in (("plain", plain), ("checkpointed", ckpt)):
         torch.manual_seed(1)  # the same dropout and drop-path draws
@@ -747,12 +752,13 @@ def sec_ddp_world1(ctx: Context, res: dict) -> None:
     plain = build_model(config).to(ctx.dev).train()
     model = build_model(config).to(ctx.dev).train()
     model.load_state_dict(plain.state_dict())
-    semantic, fragments, mos = _fixed_batch(ctx, config)
+    semantic, fragments, mos = _fixed_batch(ctx, config, 2)
     tdist.init_process_group(backend, init_method=f"file://{init}", rank=0, world_size=1)
     try:
         ids = [ctx.dev.index or 0] if ctx.cuda else None
         net = DistributedDataParallel(model, device_ids=ids)
         for m in (plain, net):
+            torch.manual_seed(1)  # the same drop-path draws
             clifvqa_loss(m(semantic, fragments).float(), mos).backward()
         ctx.synchronize()
     finally:
@@ -794,7 +800,7 @@ def sec_speed_extract(ctx: Context, res: dict) -> None:
     if ctx.quick:
         models, frames, sweep_counts, naive_s = [("tiny", 8.0)], 4, [1, workers], 5.0
     else:
-        models, frames, sweep_counts, naive_s = [("vit-b-32", 60.0), ("vit-l-14", 90.0)], 90, [1, 2, 4, workers], 10.0
+        models, frames, sweep_counts, naive_s = [("vit-b-32", 60.0), ("vit-l-14", 90.0)], SPEED_FRAMES, [1, 2, 4, workers], 10.0
     sweep_counts = sorted(set(sweep_counts))
     rows, decode_rows, speeds = [], [], {}
     for res_name in bench_extract.RESOLUTIONS:
@@ -850,7 +856,7 @@ def sec_speed_train(ctx: Context, res: dict) -> None:
     if ctx.quick:
         kind, batch, steps, videos, frames, size, workers = "tiny", 2, 1, 2, 24, (320, 240), 0
     else:
-        kind, batch, steps, videos, frames, size, workers = "full", 12, 3, 12, 96, (960, 540), None
+        kind, batch, steps, videos, frames, size, workers = "full", 12, 3, 4, 96, (960, 540), None
     if not (folder / "features.zarr").exists():
         bench_train.make_inputs(folder, videos, frames, *size)
     keys = sorted(p.name for p in (folder / "videos").glob("*.mp4"))
@@ -943,6 +949,12 @@ def main(argv: list[str] | None = None) -> int:
     work = args.work or args.out / "work"
     ctx = Context(device, args.quick, work)
     sections = [s for s in SECTIONS if not args.only or s.name in args.only]
+    if args.quick and device == "cpu":
+        import torch
+
+        torch.set_num_threads(1)  # tiny models on a few shared cores: no OpenMP contention
+    # Training's warnings (too few validation videos for these small sets) say nothing here.
+    logging.getLogger("clifvqa.train").setLevel(logging.ERROR)
     command = " ".join(["benchmarks/gpu_check.py", *(argv if argv is not None else sys.argv[1:])])
     print(_machine.machine_line(device))
     try:
