@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -134,9 +135,13 @@ def test_markdown_tables_and_summary_rows():
 
 def test_cpu_quick_run_has_every_section(tmp_path):
     """The whole check on the CPU with tiny models: every section present with a valid status."""
+    import clifvqa
+
     out = tmp_path / "report"
+    here = str(Path(clifvqa.__file__).parent.parent)  # the child imports this clifvqa, not another
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([here, *sys.path]))
     proc = subprocess.run([sys.executable, str(BENCH / "gpu_check.py"), "--device", "cpu", "--quick", "--out", str(out)],
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode in (0, 1), proc.stderr[-3000:]
     report = json.loads((out / "gpu-report.json").read_text())
     assert list(report["sections"]) == gpu_check.SECTION_NAMES
