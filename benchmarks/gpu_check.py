@@ -812,10 +812,10 @@ def sec_ddp_world2(ctx: Context, res: dict) -> None:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "clifvqa.cli", "train", "--manifest", str(d / "manifest.csv"), "--videos", str(d / "videos"),
            "--store", str(d / "features.zarr"), "--out", str(out), "--tiny", "--epochs", "2", "--batch-size", "2",
-           "--workers", "0", "--num-clips-test", "2", "--val-fraction", "0", "--device", "cuda"]
+           "--workers", "0", "--num-clips-test", "2", "--val-fraction", "0", "--device", ctx.dev.type]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=max(30.0, min(180.0, ctx.left())))
-    res["numbers"].update(world_size=2, backend="nccl", seconds=time.perf_counter() - t0, returncode=proc.returncode)
+    res["numbers"].update(world_size=2, backend="nccl" if ctx.cuda else "gloo", seconds=time.perf_counter() - t0, returncode=proc.returncode)
     tail = (proc.stderr or proc.stdout).strip().splitlines()
     check(proc.returncode == 0, f"torchrun exited {proc.returncode}: {tail[-1] if tail else ''}")
     summary = json.loads((out / "summary.json").read_text())
