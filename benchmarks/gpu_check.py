@@ -147,8 +147,9 @@ def new_result(estimate: float) -> dict:
 
 
 def error_line(exc: BaseException) -> str:
-    """``Type: first line of the message (file:line)``: where it was raised, in one line."""
-    frames = traceback.extract_tb(exc.__traceback__)
+    """``Type: first line of the message (file:line)``: where it was raised (for a failed
+    :func:`check`, the line that called it), in one line."""
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.name != "check"]
     where = f" ({Path(frames[-1].filename).name}:{frames[-1].lineno})" if frames else ""
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0] if text else ''}{where}"
@@ -903,7 +904,7 @@ def sec_speed_train(ctx: Context, res: dict) -> None:
                           fetch_share=r["fetch_share"], workers_needed=r["workers_needed"],
                           workers_used=r["workers_used"], pipelined_step_s=r["pipelined_step_s"],
                           peak_memory_gib=ctx.peak_memory())
-    res["notes"].append("bench_train.measure: " + bench_train.report(r).replace("\n", " /"))
+    res["notes"].append("bench_train: " + " / ".join(line.strip() for line in bench_train.report(r).splitlines()))
 
 
 def sec_speed_predict(ctx: Context, res: dict) -> None:
