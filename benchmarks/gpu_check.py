@@ -1,7 +1,7 @@
 """One prepared GPU check: proves every GPU path of clifvqa correct and measures its speed, in one run.
 
     python benchmarks/gpu_check.py --out gpu-report             # = make gpu-check; <= 8 min on one GPU
-    python benchmarks/gpu_check.py --device cpu --quick --out r  # CPU dry run, ~1 min: keeps the script runnable
+    python benchmarks/gpu_check.py --device cpu --quick --out r  # CPU dry run, ~1 min
 
 Nothing is downloaded: CLIP models are random-weight models built from a config (tiny, ViT-B/32-
 and ViT-L/14-sized), videos are synthetic H.264 clips written with PyAV. The run has its own time
@@ -113,7 +113,8 @@ PROJECTIONS = {"KoNViD-1k": (1_200, 240, {"540p": 1.0}), "LSVQ": (39_000, 240, {
 # A ViT-L/14-sized CLIP (openai/clip-vit-large-patch14: 24 layers of 1024, patch 14, 304M vision
 # parameters); extract.random_clip has tiny and ViT-B/32 presets and a fixed patch of 32.
 VIT_L14 = dict(
-    vision=dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16, patch_size=14),
+    vision=dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
+                patch_size=14),
     text=dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12),
     projection_dim=768,
 )
@@ -168,7 +169,8 @@ def run_sections(sections: list[Section], ctx: Any, budget: float, quick: bool,
         result = results[section.name] = new_result(estimate)
         skip = getattr(ctx, "skip_reason", lambda name: None)(section.name)
         if skip is None and estimate > ctx.left():
-            skip = f"estimated {estimate:.0f} s, {max(0.0, ctx.left()):.0f} s of the {budget:.0f} s budget left"
+            left = max(0.0, ctx.left())
+            skip = f"estimated {estimate:.0f} s, {left:.0f} s of the {budget:.0f} s budget left"
         if skip is not None:
             result.update(status="skipped", reason=skip)
             log(f"[{section.name}] skipped: {skip}")
@@ -179,7 +181,8 @@ def run_sections(sections: list[Section], ctx: Any, budget: float, quick: bool,
         except Exception as exc:  # noqa: BLE001  (one failing section must not stop the others)
             result["status"] = "fail"
             result["error"] = error_line(exc)
-            result["reason"] = str(exc).strip().splitlines()[0] if isinstance(exc, CheckFailed) else result["error"]
+            failed_check = isinstance(exc, CheckFailed)
+            result["reason"] = str(exc).strip().splitlines()[0] if failed_check else result["error"]
         finally:
             result["seconds"] = round(clock() - t0, 3)
             getattr(ctx, "cleanup", lambda: None)()
@@ -192,7 +195,8 @@ def make_report(results: dict, *, command: str, device: str, quick: bool, budget
                 machine_line: str, started: str) -> dict:
     counts = {s: sum(r["status"] == s for r in results.values()) for s in STATUSES}
     return {"schema": SCHEMA, "command": command, "started": started, "device": device, "quick": quick,
-            "budget_s": budget, "elapsed_s": round(elapsed, 1), "machine_line": machine_line, "counts": counts,
+            "budget_s": budget, "elapsed_s": round(elapsed, 1), "machine_line": machine_line,
+            "counts": counts,
             "sections": _finite(results)}
 
 
@@ -244,7 +248,8 @@ def render_markdown(report: dict) -> str:
     ]
     rows = []
     for name, r in report["sections"].items():
-        key = ", ".join(f"{k} {_cell(v)}" for k, v in list(r["numbers"].items())[:4] if not isinstance(v, (list, dict)))
+        scalars = [(k, v) for k, v in list(r["numbers"].items())[:4] if not isinstance(v, (list, dict))]
+        key = ", ".join(f"{k} {_cell(v)}" for k, v in scalars)
         rows.append([name, r["status"], f"{r['seconds']:.1f}", r["reason"] or key])
     out += [markdown_table(["section", "status", "s", "result"], rows), ""]
     for name, r in report["sections"].items():
@@ -491,7 +496,8 @@ def sec_extract_overlap(ctx: Context, res: dict) -> None:
     config = ExtractConfig(clip_model=str(ctx.small_clip), device=ctx.device, batch_size=batch, workers=2)
     sfe = ctx.sfe(ctx.small_clip, ctx.device, "auto", batch)
     stores = {}
-    for name, (in_flight, staged) in {"overlapped": (1, True), "repeat": (1, True), "plain": (0, False)}.items():
+    modes = {"overlapped": (1, True), "repeat": (1, True), "plain": (0, False)}
+    for name, (in_flight, staged) in modes.items():
         sfe._in_flight, sfe._staged = in_flight, staged  # no public switch: extract_many reads these
         stores[name] = root / f"{name}.zarr"
         shutil.rmtree(stores[name], ignore_errors=True)
@@ -509,9 +515,11 @@ def sec_extract_overlap(ctx: Context, res: dict) -> None:
     res["numbers"]["overlapped_equals_plain"] = same(got["overlapped"], got["plain"])
     res["numbers"]["repeat_same_bytes"] = same(got["overlapped"], got["repeat"])
     if not ctx.cuda:
-        res["notes"].append("CPU stand-in: staging and late collection switched on by hand (no pinned memory)")
+        res["notes"].append("CPU stand-in: staging and late collection switched on by hand "
+                            "(no pinned memory)")
     check(res["numbers"]["repeat_same_bytes"], "two overlapped runs stored different bytes")
-    check(res["numbers"]["overlapped_equals_plain"], "the overlapped path stored other values than the plain path")
+    check(res["numbers"]["overlapped_equals_plain"],
+          "the overlapped path stored other values than the plain path")
 
 
 def sec_batch_auto(ctx: Context, res: dict) -> None:
@@ -526,8 +534,9 @@ def sec_batch_auto(ctx: Context, res: dict) -> None:
     result = sfe.extract_video(video)
     ctx.synchronize()
     seconds = time.perf_counter() - t0
-    res["numbers"].update(model=model.name, batch_size=sfe.batch_size, dtype=sfe.dtype, frames=len(result.frames),
-                          frames_per_s=len(result.frames) / seconds, peak_memory_gib=ctx.peak_memory())
+    res["numbers"].update(model=model.name, batch_size=sfe.batch_size, dtype=sfe.dtype,
+                          frames=len(result.frames), frames_per_s=len(result.frames) / seconds,
+                          peak_memory_gib=ctx.peak_memory())
     if ctx.cuda:
         import torch
 
@@ -580,8 +589,8 @@ def _step(ctx: Context, model, optimizer, scaler, batch) -> float:
 
     semantic, fragments, mos = batch
     if hasattr(trainer, "train_step"):
-        collated = {"keys": [f"fixed{i}" for i in range(len(mos))], "semantic": semantic, "fragments": fragments,
-                    "mos": mos}
+        keys = [f"fixed{i}" for i in range(len(mos))]
+        collated = {"keys": keys, "semantic": semantic, "fragments": fragments, "mos": mos}
         loss, _ = trainer.train_step(model, optimizer, scaler, collated, config=ctx.train_config(ctx.device),
                                      model_config=model.config, device=ctx.dev, dtype=_amp(ctx))
         return loss.item()
@@ -609,11 +618,13 @@ def sec_train_amp(ctx: Context, res: dict) -> None:
     batch = _fixed_batch(ctx, config, 2 if ctx.quick else 4)
     ctx.peak_memory(reset=True)
     losses = [_step(ctx, model, optimizer, scaler, batch) for _ in range(3 if ctx.quick else 8)]
-    res["numbers"].update(model="tiny" if ctx.quick else "FAST-VQA-B", batch=len(batch[2]), amp=_amp_name(ctx),
-                          grad_scaler=scaler.is_enabled(), first_loss=losses[0], last_loss=losses[-1],
+    res["numbers"].update(model="tiny" if ctx.quick else "FAST-VQA-B", batch=len(batch[2]),
+                          amp=_amp_name(ctx), grad_scaler=scaler.is_enabled(), first_loss=losses[0],
+                          last_loss=losses[-1],
                           losses=[round(x, 6) for x in losses], peak_memory_gib=ctx.peak_memory())
     check(all(math.isfinite(x) for x in losses), f"non-finite loss: {losses}")
-    check(losses[-1] < losses[0], f"loss did not fall over {len(losses)} steps: {losses[0]:.4g} -> {losses[-1]:.4g}")
+    check(losses[-1] < losses[0],
+          f"loss did not fall over {len(losses)} steps: {losses[0]:.4g} -> {losses[-1]:.4g}")
 
 
 def sec_grad_checkpoint(ctx: Context, res: dict) -> None:
@@ -672,8 +683,10 @@ def sec_train_resume(ctx: Context, res: dict) -> None:
     rows = [[json.loads(line)["train_loss"] for line in (p / "metrics.jsonl").read_text().splitlines()]
             for p in (whole, out)]
     limit = 1e-4 if ctx.cuda else 1e-6
-    res["numbers"].update(max_abs_diff_weights=diff, limit=limit, train_loss_whole=rows[0], train_loss_resumed=rows[1])
-    check(diff <= limit, f"resumed weights differ from the uninterrupted run's by {diff:.3g} (limit {limit:g})")
+    res["numbers"].update(max_abs_diff_weights=diff, limit=limit, train_loss_whole=rows[0],
+                          train_loss_resumed=rows[1])
+    check(diff <= limit,
+          f"resumed weights differ from the uninterrupted run's by {diff:.3g} (limit {limit:g})")
     torch.testing.assert_close(rows[0], rows[1], rtol=1e-4, atol=1e-6)
 
 
@@ -692,8 +705,8 @@ def sec_eval_bf16_vs_fp32(ctx: Context, res: dict) -> None:
     d = ctx.dataset
     run = ctx.device_run()
     trained = json.loads((run / "result.json").read_text())["test"]
-    scored = evaluate(run / "best", d / "manifest.csv", d / "videos", [d / "features.zarr"], device=ctx.device,
-                      plot=False, split="test").metrics
+    scored = evaluate(run / "best", d / "manifest.csv", d / "videos", [d / "features.zarr"],
+                      device=ctx.device, plot=False, split="test").metrics
     model, _ = load_checkpoint(run / "best", ctx.dev)
     items = [VideoItem(r.video, float(r.mos)) for r in read_manifest(d / "manifest.csv").rows]
     rows = load_semantic_features([d / "features.zarr"], [i.key for i in items], model.config.t0,
@@ -701,7 +714,8 @@ def sec_eval_bf16_vs_fp32(ctx: Context, res: dict) -> None:
     # Autocast around the scoring: bf16 where the trainer's steps use it (a CPU stands in with bf16).
     half = _amp(ctx) or torch.bfloat16
     runs = {}
-    for name, cast in (("fp32", contextlib.nullcontext()), ("autocast", torch.autocast(ctx.dev.type, dtype=half))):
+    casts = {"fp32": contextlib.nullcontext(), "autocast": torch.autocast(ctx.dev.type, dtype=half)}
+    for name, cast in casts.items():
         with cast:
             _, preds, mos, _ = predict_items(model, items, d / "videos", rows, model.config.fragment_config(),
                                              device=ctx.dev)
@@ -721,10 +735,10 @@ def sec_eval_bf16_vs_fp32(ctx: Context, res: dict) -> None:
     if not ctx.cuda:
         res["notes"].append("CPU stand-in: bfloat16 CPU autocast")
     gap = max(abs(trained[k] - scored[k]) for k in ("srocc", "plcc"))
-    check(gap <= 1e-6, f"the trainer's test SROCC/PLCC {trained['srocc']:.4f}/{trained['plcc']:.4f}, evaluate's "
-          f"{scored['srocc']:.4f}/{scored['plcc']:.4f} for the same checkpoint")
-    check(out_dtype == torch.float32, f"under autocast the model outputs {out_dtype}: the semantic branch and the "
-          "regression head must run in float32")
+    check(gap <= 1e-6, f"the trainer's test SROCC/PLCC {trained['srocc']:.4f}/{trained['plcc']:.4f}, "
+          f"evaluate's {scored['srocc']:.4f}/{scored['plcc']:.4f} for the same checkpoint")
+    check(out_dtype == torch.float32, f"under autocast the model outputs {out_dtype}: the semantic branch "
+          "and the regression head must run in float32")
     check(len(set(p16)) == len(set(p32)), f"autocast made ties: {len(set(p32))} distinct predictions -> "
           f"{len(set(p16))} (SROCC {m32['srocc']:.4f} -> {m16['srocc']:.4f})")
 
@@ -757,8 +771,8 @@ def sec_store_cpu_then_device(ctx: Context, res: dict) -> None:
         shutil.copyfile(src / f"v{i}.mp4", root / "videos" / f"v{i}.mp4")
     model = str(ctx.clip("tiny"))
     store = root / "features.zarr"
-    first = extract_dataset(root / "videos", store, config=ExtractConfig(clip_model=model, device="cpu", workers=1),
-                            progress=False)
+    first = extract_dataset(root / "videos", store, progress=False,
+                            config=ExtractConfig(clip_model=model, device="cpu", workers=1))
     for i in range(2, 4):
         shutil.copyfile(src / f"v{i}.mp4", root / "videos" / f"v{i}.mp4")
     second = extract_dataset(root / "videos", store, config=ExtractConfig(clip_model=model, device=ctx.device,
@@ -812,11 +826,13 @@ def sec_ddp_world2(ctx: Context, res: dict) -> None:
     shutil.rmtree(out, ignore_errors=True)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "clifvqa.cli", "train", "--manifest", str(d / "manifest.csv"), "--videos", str(d / "videos"),
-           "--store", str(d / "features.zarr"), "--out", str(out), "--tiny", "--epochs", "2", "--batch-size", "2",
-           "--workers", "0", "--num-clips-test", "2", "--val-fraction", "0", "--device", ctx.dev.type]
+           "--store", str(d / "features.zarr"), "--out", str(out), "--tiny", "--epochs", "2",
+           "--batch-size", "2", "--workers", "0", "--num-clips-test", "2", "--val-fraction", "0",
+           "--device", ctx.dev.type]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=max(30.0, min(180.0, ctx.left())))
-    res["numbers"].update(world_size=2, backend="nccl" if ctx.cuda else "gloo", seconds=time.perf_counter() - t0, returncode=proc.returncode)
+    res["numbers"].update(world_size=2, backend="nccl" if ctx.cuda else "gloo",
+                          seconds=time.perf_counter() - t0, returncode=proc.returncode)
     tail = (proc.stderr or proc.stdout).strip().splitlines()
     check(proc.returncode == 0, f"torchrun exited {proc.returncode}: {tail[-1] if tail else ''}")
     summary = json.loads((out / "summary.json").read_text())
@@ -837,7 +853,8 @@ def sec_speed_extract(ctx: Context, res: dict) -> None:
     if ctx.quick:
         models, frames, sweep_counts, naive_s = [("tiny", 8.0)], 4, [1, workers], 5.0
     else:
-        models, frames, sweep_counts, naive_s = [("vit-b-32", 60.0), ("vit-l-14", 90.0)], SPEED_FRAMES, [1, 2, 4, workers], 10.0
+        models, frames, naive_s = [("vit-b-32", 60.0), ("vit-l-14", 90.0)], SPEED_FRAMES, 10.0
+        sweep_counts = [1, 2, 4, workers]
     sweep_counts = sorted(set(sweep_counts))
     rows, decode_rows, speeds = [], [], {}
     for res_name in bench_extract.RESOLUTIONS:
@@ -859,19 +876,22 @@ def sec_speed_extract(ctx: Context, res: dict) -> None:
             ctx.peak_memory(reset=True)
             d = bench_extract.measure(spec)
             a, b = d.pop("naive"), d.pop("compute")
-            a_fps, b_fps, d_fps = a["frames"] / a["seconds"], b["frames"] / b["seconds"], d["frames"] / d["seconds"]
+            a_fps, b_fps = a["frames"] / a["seconds"], b["frames"] / b["seconds"]
+            d_fps = d["frames"] / d["seconds"]
             fewest = next((s["workers"] for s in sweep if s["grid_fps"] >= b_fps), None)
             speeds[(preset, res_name)] = d_fps
             rows.append([preset, res_name, d["batch_size"], d["dtype"], a_fps, b_fps, c["rgb_fps"], d_fps,
                          d_fps / b_fps, d_fps / a_fps, d_fps / min(b_fps, c["rgb_fps"]),
                          fewest if fewest is not None else f">{max(sweep_counts)}", ctx.peak_memory()])
             ctx.cleanup()
-    res["tables"].append({"title": "Extraction frames/s: (a) naive per-crop loop, (b) bare forward, (c) decode "
-                          f"with {workers} workers, (d) clifvqa extract -> Zarr ({frames} frames per clip)",
+    res["tables"].append({"title": "Extraction frames/s: (a) naive per-crop loop, (b) bare forward, "
+                          f"(c) decode with {workers} workers, (d) clifvqa extract -> Zarr "
+                          f"({frames} frames per clip)",
                           "columns": ["model", "res", "batch", "dtype", "a", "b", "c", "d", "d/b", "d/a",
                                       "d/min(b,c)", "decode workers for b", "peak GiB"], "rows": rows})
     res["tables"].append({"title": "Decode sweep, frames/s over all threads (each decodes its own copy)",
-                          "columns": ["res", "workers", "decode -> RGB", "decode + crop grid"], "rows": decode_rows})
+                          "columns": ["res", "workers", "decode -> RGB", "decode + crop grid"],
+                          "rows": decode_rows})
     base = models[0][0]
     for name, (videos, per_video, mix) in PROJECTIONS.items():
         if all((base, r) in speeds for r in mix):
@@ -900,11 +920,13 @@ def sec_speed_train(ctx: Context, res: dict) -> None:
     ctx.peak_memory(reset=True)
     r = bench_train.measure(kind, batch, steps, keys, folder, folder / "features.zarr", ctx.device, workers)
     m = r["mean_s"]
-    res["numbers"].update(model=r["model"], batch=batch, data_s=m["data"], fetch_s=m["fetch"], compute_s=m["compute"],
-                          fetch_share=r["fetch_share"], workers_needed=r["workers_needed"],
+    res["numbers"].update(model=r["model"], batch=batch, data_s=m["data"], fetch_s=m["fetch"],
+                          compute_s=m["compute"], fetch_share=r["fetch_share"],
+                          workers_needed=r["workers_needed"],
                           workers_used=r["workers_used"], pipelined_step_s=r["pipelined_step_s"],
                           peak_memory_gib=ctx.peak_memory())
-    res["notes"].append("bench_train: " + " / ".join(line.strip() for line in bench_train.report(r).splitlines()))
+    lines = bench_train.report(r).splitlines()
+    res["notes"].append("bench_train: " + " / ".join(line.strip() for line in lines))
 
 
 def sec_speed_predict(ctx: Context, res: dict) -> None:
@@ -926,8 +948,8 @@ def sec_speed_predict(ctx: Context, res: dict) -> None:
         sfe = SemanticFeatureExtractor(load_clip(str(ctx.clip("vit-b-32")), "cpu"), device="cpu")
         prov = sfe.provenance()
         config = ClifVQAConfig(r=len(prov["prompts"]["texts"]))
-        checkpoint = ckpt.save_checkpoint(ctx.work / "runs" / "fast-b" / "best", build_model(config), config, prov,
-                                          fingerprint(prov))
+        checkpoint = ckpt.save_checkpoint(ctx.work / "runs" / "fast-b" / "best", build_model(config), config,
+                                          prov, fingerprint(prov))
         seconds, fps = 10, 30
     video = bench_extract.scrolling_clip(ctx.work, seconds, fps)
     ctx.peak_memory(reset=True)
@@ -1000,10 +1022,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)
     report = make_report(results, command=command, device=device, quick=args.quick, budget=budget,
-                         elapsed=time.monotonic() - t0, machine_line=_machine.machine_line(device), started=started)
+                         elapsed=time.monotonic() - t0, machine_line=_machine.machine_line(device),
+                         started=started)
     js, md = write_report(report, args.out)
     c = report["counts"]
-    print(f"{c['ok']} ok, {c['fail']} failed, {c['skipped']} skipped in {report['elapsed_s']:.0f} s; wrote {js} and {md}")
+    print(f"{c['ok']} ok, {c['fail']} failed, {c['skipped']} skipped in {report['elapsed_s']:.0f} s; "
+          f"wrote {js} and {md}")
     return 1 if c["fail"] else 0
 
 

@@ -15,7 +15,8 @@ import pytest
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCH))
 import gpu_check  # noqa: E402
-from gpu_check import CheckFailed, Section, make_report, render_markdown, run_sections, write_report  # noqa: E402
+from gpu_check import (  # noqa: E402
+    CheckFailed, Section, make_report, render_markdown, run_sections, write_report)
 
 RESULT_KEYS = {"status", "seconds", "estimate_s", "reason", "error", "numbers", "notes", "tables"}
 
@@ -75,8 +76,8 @@ def test_budget_skips_what_does_not_fit_and_a_failure_does_not_stop_the_rest():
     assert logs[2] == "[c] skipped: estimated 70 s, 65 s of the 100 s budget left"
     # --quick uses the second estimate
     clock2 = FakeClock()
-    quick = run_sections([Section("g", spend(clock2, 1), (1000, 2))], Ctx(), budget=3, quick=True, clock=clock2,
-                         log=lambda _: None)
+    quick = run_sections([Section("g", spend(clock2, 1), (1000, 2))], Ctx(), budget=3, quick=True,
+                         clock=clock2, log=lambda _: None)
     assert quick["g"]["status"] == "ok" and quick["g"]["estimate_s"] == 2
 
 
@@ -93,15 +94,17 @@ def test_context_skip_reason_and_cleanup_are_used():
 
 
 def report_of(results: dict) -> dict:
-    return make_report(results, command="benchmarks/gpu_check.py --quick", device="cpu", quick=True, budget=120,
-                       elapsed=12.34, machine_line="machine: CPU test (2 cores)", started="2026-11-30T00:00:00+00:00")
+    return make_report(results, command="benchmarks/gpu_check.py --quick", device="cpu", quick=True,
+                       budget=120, elapsed=12.34, machine_line="machine: CPU test (2 cores)",
+                       started="2026-11-30T00:00:00+00:00")
 
 
 def test_report_json_schema_counts_and_non_finite_numbers(tmp_path):
     results = {
         "a": {**gpu_check.new_result(5), "numbers": {"nan": math.nan, "inf": [1.0, math.inf], "ok": 2}},
         "b": {**gpu_check.new_result(5), "status": "skipped", "reason": "no CUDA"},
-        "c": {**gpu_check.new_result(5), "status": "fail", "reason": "boom", "error": "ValueError: boom (x.py:1)"},
+        "c": {**gpu_check.new_result(5), "status": "fail", "reason": "boom",
+              "error": "ValueError: boom (x.py:1)"},
     }
     report = report_of(results)
     js, md = write_report(report, tmp_path / "out")
@@ -121,12 +124,15 @@ def test_markdown_tables_and_summary_rows():
     )
     results = {
         "speed": {**gpu_check.new_result(5), "seconds": 4.0, "numbers": {"fps": 10.0, "sweep": [1, 2]},
-                  "notes": ["a note"], "tables": [{"title": "T", "columns": ["res", "fps"], "rows": [["540p", 2.5]]}]},
+                  "notes": ["a note"],
+                  "tables": [{"title": "T", "columns": ["res", "fps"], "rows": [["540p", 2.5]]}]},
         "gpu": {**gpu_check.new_result(5), "status": "skipped", "reason": "no CUDA"},
     }
     text = render_markdown(report_of(results))
-    assert text.startswith("### GPU check: cpu (quick), 2026-11-30T00:00:00+00:00\n\n`benchmarks/gpu_check.py --quick`")
-    assert "machine: CPU test (2 cores)" in text and "1 ok, 0 failed, 1 skipped; 12 s of a 120 s budget." in text
+    assert text.startswith("### GPU check: cpu (quick), 2026-11-30T00:00:00+00:00\n\n"
+                           "`benchmarks/gpu_check.py --quick`")
+    assert "machine: CPU test (2 cores)" in text
+    assert "1 ok, 0 failed, 1 skipped; 12 s of a 120 s budget." in text
     assert "| speed | ok | 4.0 | fps 10 |" in text  # lists are left out of the summary row
     assert "| gpu | skipped | 0.0 | no CUDA |" in text
     assert "#### speed" in text and "#### gpu" not in text  # skipped sections have no detail
@@ -140,8 +146,8 @@ def test_cpu_quick_run_has_every_section(tmp_path):
     out = tmp_path / "report"
     here = str(Path(clifvqa.__file__).parent.parent)  # the child imports this clifvqa, not another
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([here, *sys.path]))
-    proc = subprocess.run([sys.executable, str(BENCH / "gpu_check.py"), "--device", "cpu", "--quick", "--out", str(out)],
-                          capture_output=True, text=True, env=env, timeout=600)
+    argv = [sys.executable, str(BENCH / "gpu_check.py"), "--device", "cpu", "--quick", "--out", str(out)]
+    proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode in (0, 1), proc.stderr[-3000:]
     report = json.loads((out / "gpu-report.json").read_text())
     assert list(report["sections"]) == gpu_check.SECTION_NAMES
