@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: venv test demo bench clean
+.PHONY: venv test demo bench gpu-check clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv --system-site-packages $(VENV)
@@ -27,8 +27,14 @@ demo: venv
 bench: venv
 	$(PY) benchmarks/bench_extract.py
 
+# One budgeted GPU check (<= 8 min, downloads nothing): gpu-report/gpu-report.{json,md}.
+# On a CPU: make gpu-check GPU_CHECK_ARGS="--device cpu --quick"
+GPU_CHECK_ARGS ?=
+gpu-check: venv
+	$(PY) benchmarks/gpu_check.py --out gpu-report $(GPU_CHECK_ARGS)
+
 clean:
-	rm -rf $(VENV) demo-run bench-out
+	rm -rf $(VENV) demo-run bench-out gpu-report
 
 # Offline wheelhouse for GPU nodes without internet (README "Offline GPU nodes"): wheels of what a
 # CUDA image with torch and transformers lacks, plus clifvqa itself; never torch. Downloads.

@@ -23,6 +23,46 @@ def load_average() -> str:
     return "/".join(f"{x:.1f}" for x in os.getloadavg())
 
 
+def gpu_driver() -> str | None:
+    """The NVIDIA driver version from ``nvidia-smi`` (None where there is none)."""
+    import subprocess
+
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    lines = out.stdout.strip().splitlines()
+    return lines[0].strip() if out.returncode == 0 and lines else None
+
+
+def machine_info(device: str) -> dict:
+    """The machine as data: CPU, cores, GPUs (model, memory, native bf16), driver, torch, CUDA,
+    cuDNN, transformers, PyAV, Python and load; ``line`` is :func:`machine_line`."""
+    import av
+    import torch
+    import transformers
+
+    cuda = torch.cuda.is_available()
+    gpus = [torch.cuda.get_device_properties(i) for i in range(torch.cuda.device_count())] if cuda else []
+    return {
+        "line": machine_line(device),
+        "cpu": cpu_name(),
+        "cpu_cores": os.cpu_count(),
+        "gpus": [{"name": p.name, "memory_gib": round(p.total_memory / 2**30, 1),
+                  "capability": f"{p.major}.{p.minor}"} for p in gpus],
+        "bf16_native": bool(cuda and torch.cuda.is_bf16_supported(including_emulation=False)),
+        "driver": gpu_driver() if cuda else None,
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if cuda else None,
+        "transformers": transformers.__version__,
+        "av": av.__version__,
+        "python": platform.python_version(),
+        "load": load_average(),
+    }
+
+
 def machine_line(device: str, details: str = "", threads: int | None = None) -> str:
     """``machine: CPU … | GPU … | torch …, N threads | device … [| details] | load …``.
 
