@@ -165,3 +165,26 @@ def test_cpu_quick_run_has_every_section(tmp_path):
     md = (out / "gpu-report.md").read_text()
     assert all(f"| {name} |" in md for name in gpu_check.SECTION_NAMES)
     assert not (out / "work").exists()  # the inputs are removed, only the reports stay
+
+
+CORRECTNESS = ["extract_precision", "extract_overlap", "batch_auto_1080p", "train_amp", "grad_checkpoint",
+               "train_single_device", "train_resume", "eval_bf16_vs_fp32", "predict_deterministic",
+               "store_cpu_then_device", "ddp_world1"]
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _cuda(), reason="needs a CUDA GPU")
+def test_correctness_sections_on_the_gpu(tmp_path):
+    """`pytest -m gpu` runs the check's correctness sections on the device, at quick sizes."""
+    assert set(CORRECTNESS) < set(gpu_check.SECTION_NAMES)
+    code = gpu_check.main(["--device", "cuda", "--quick", "--budget", "300", "--only", *CORRECTNESS,
+                           "--out", str(tmp_path)])
+    report = json.loads((tmp_path / "gpu-report.json").read_text())
+    failed = {n: r["reason"] for n, r in report["sections"].items() if r["status"] != "ok"}
+    assert code == 0 and failed == {}
