@@ -7,11 +7,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from typing import Any
 
+from clifvqa.errors import ClifvqaError
+
 _CUDA = re.compile(r"cuda(?::(\d+))?")
 _CHOICES = "auto, cpu, cuda, cuda:N or mps"
 
 
-class DeviceError(ValueError):
+class DeviceError(ClifvqaError):
     """A ``--device`` that cannot be used the way this process would use it."""
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from clifvqa._device import resolve_device
+from clifvqa.errors import ClifvqaError
 
 WEIGHT_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
@@ -25,11 +26,11 @@ WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 _HASH_CACHE: dict[tuple[tuple[str, int, int], ...], str] = {}
 
 
-class ClipLoadError(RuntimeError):
+class ClipLoadError(ClifvqaError, RuntimeError):
     """The CLIP model could not be loaded; the message says which and how to provide it."""
 
 
-class ClipWeightsMismatch(ValueError):
+class ClipWeightsMismatch(ClifvqaError):
     """A CLIP model whose weights differ from the ones a store or checkpoint recorded."""
 
 

@@ -6,6 +6,8 @@ when a side is shorter than the crop size ``c``, and then just enough for the cr
 
 from __future__ import annotations
 
+from clifvqa.errors import ClifvqaError
+
 
 def upscaled_size(height: int, width: int, crop: int) -> tuple[int, int]:
     """Frame size ``(h, w)`` after the small-frame rule: unchanged when both sides are >= ``crop``.
@@ -71,7 +73,7 @@ ALWAYS_ALLOWED_SIDE = 3
 WARN_CROPS_PER_FRAME = 100
 
 
-class GridError(ValueError):
+class GridError(ClifvqaError):
     """A grid that cannot sensibly be cut from a frame; the message says why and what fits."""
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from clifvqa.errors import ClifvqaError
 from clifvqa.extract.grid import GridError, check_grid_fits, crop_origins, upscaled_size
 from clifvqa.extract.video import VideoDecodeError, VideoInfo, VideoReader
 from clifvqa.features.sources import sha256_file
@@ -102,7 +103,7 @@ def _pieces(rgb: np.ndarray, crop: int, rows: int, cols: int, piece: int) -> Ite
         yield start, stack([frame[y : y + crop, x : x + crop] for y, x in origins[start : start + piece]])
 
 
-class VideoRefused(ValueError):
+class VideoRefused(ClifvqaError):
     """A video not extracted because of what it would cost: its frames cannot hold the grid
     (:func:`~clifvqa.extract.grid.check_grid_fits`) or its outputs exceed :class:`OutputLimit`."""
 

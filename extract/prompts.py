@@ -34,6 +34,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from clifvqa.errors import ClifvqaError
+
 GROUPS: tuple[str, ...] = ("objective", "subjective")
 SOFTMAX_MODES: tuple[str, ...] = ("all", "group")
 
@@ -51,7 +53,7 @@ DEFAULT_SUBJECTIVE: tuple[str, ...] = (
 )
 
 
-class PromptFileError(ValueError):
+class PromptFileError(ClifvqaError):
     """A prompt file that cannot be used; the message names the file and, where known, the line."""
 
 

@@ -25,6 +25,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from clifvqa.errors import ClifvqaError
 from clifvqa.extract.prompts import PromptSet, load_prompts
 from clifvqa.extract.runner import RunSummary, SignalStop
 from clifvqa.extract.sfe import SemanticFeatureExtractor
@@ -38,7 +39,7 @@ DEFAULT_BATCH_FRAMES = 64
 NO_EMBEDDINGS = "no crop embeddings in the source store (extracted without --save-embeddings)"
 
 
-class RescoreError(ValueError):
+class RescoreError(ClifvqaError):
     """A rescore that cannot be done as asked; the message says why and what to do."""
 
 

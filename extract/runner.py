@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from clifvqa.errors import ClifvqaError
 from clifvqa.extract.config import ExtractConfig
 from clifvqa.extract.pipeline import VideoTask
 from clifvqa.extract.sfe import SemanticFeatureExtractor, VideoResult
@@ -110,7 +111,7 @@ class ExtractSummary(RunSummary):
         return text
 
 
-class MissingVideosError(ValueError):
+class MissingVideosError(ClifvqaError):
     """Videos a run should extract are not on disk, more than the run allows (see :func:`preflight`)."""
 
 

@@ -34,6 +34,7 @@ from typing import Any, Literal
 import numpy as np
 
 from clifvqa._device import resolve_device
+from clifvqa.errors import ClifvqaError
 from clifvqa.extract.clip_model import ClipBundle, load_clip
 from clifvqa.extract.grid import WARN_CROPS_PER_FRAME
 from clifvqa.extract.pipeline import FrameCrops, OutputLimit, VideoDone, VideoFailed, VideoTask, decode_crops
@@ -57,7 +58,7 @@ def default_max_video_bytes() -> int:
         return 2 << 30
 
 
-class DeviceMemoryError(RuntimeError):
+class DeviceMemoryError(ClifvqaError, RuntimeError):
     """A forward pass did not fit in device memory; the message suggests a smaller batch."""
 
 

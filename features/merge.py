@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from clifvqa.errors import ClifvqaError
 from clifvqa.features.provenance import FingerprintMismatch, provenance_diff
 from clifvqa.features.store import (
     FeatureStore,
@@ -31,7 +32,7 @@ from clifvqa.features.store import (
 PREFER_CHOICES = ("first", "last")
 
 
-class MergeConflict(ValueError):
+class MergeConflict(ClifvqaError):
     """Sources hold different features for the same videos (``keys``) and no preference given."""
 
     def __init__(self, message: str, keys: list[str]) -> None:

@@ -16,6 +16,8 @@ compare by the format-2 fingerprint of their provenance.
 
 from __future__ import annotations
 
+from clifvqa.errors import ClifvqaError
+
 import datetime as _dt
 import hashlib
 import json
@@ -43,7 +45,7 @@ FINGERPRINT_PREFIX = "sha256:"
 _MISSING = object()  # a field absent on one side of provenance_diff
 
 
-class FingerprintMismatch(ValueError):
+class FingerprintMismatch(ClifvqaError):
     """Two stores (or a store and a run) were made with different determining settings.
 
     Attributes:

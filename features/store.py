@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from clifvqa.errors import ClifvqaError
 from clifvqa.features.provenance import (
     FORMAT_VERSION,
     READABLE_FORMATS,
@@ -57,7 +58,7 @@ FRAMES_FILL = -1
 """Fill value of ``frames`` (float arrays use NaN): a lost chunk reads back as impossible data."""
 
 
-class StoreError(ValueError):
+class StoreError(ClifvqaError):
     """A store that cannot be opened or written as asked; the message says which and why."""
 
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from clifvqa.errors import ClifvqaError
 from clifvqa.manifests.io import SPLITS, STANDARD_COLUMNS, Manifest, ManifestRow, parse_mos
 from clifvqa.manifests.paths import UnsafePathError, is_video_name, validate_video_path
 
@@ -38,7 +39,7 @@ _OPTIONS: dict[str, frozenset[str]] = {
 }
 
 
-class LabelFormatError(ValueError):
+class LabelFormatError(ClifvqaError):
     """A label file that cannot be imported at all (missing column, wrong structure)."""
 
 

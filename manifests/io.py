@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Iterator
 
 from clifvqa._atomic import atomic_path
+from clifvqa.errors import ClifvqaError
 from clifvqa.manifests.paths import UnsafePathError, validate_video_path
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
@@ -97,7 +98,7 @@ class Problem:
     message: str
 
 
-class ManifestError(ValueError):
+class ManifestError(ClifvqaError):
     """A manifest file with problems; ``problems`` lists them all, ``path`` names the file."""
 
     def __init__(self, path: str | Path, problems: list[Problem]) -> None:

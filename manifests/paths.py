@@ -15,6 +15,8 @@ import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from clifvqa.errors import ClifvqaError
+
 # Containers FFmpeg (PyAV) opens without extra parameters. Raw ``.yuv`` is left out on purpose:
 # it cannot be decoded without being told its size and pixel format.
 VIDEO_EXTENSIONS: frozenset[str] = frozenset(
@@ -36,7 +38,7 @@ _WINDOWS_DRIVE = re.compile(r"^[A-Za-z]:")
 STORE_METADATA_NAMES: frozenset[str] = frozenset({"zarr.json", ".zgroup", ".zattrs", ".zarray", ".zmetadata"})
 
 
-class UnsafePathError(ValueError):
+class UnsafePathError(ClifvqaError):
     """A video path that must not be used as a dataset path or store key.
 
     Attributes:

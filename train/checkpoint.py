@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from clifvqa.errors import ClifvqaError
 from clifvqa.train.metrics import ScoreMapping
 from clifvqa.train.model import ClifVQA, ClifVQAConfig, build_model
 
@@ -47,7 +48,7 @@ RngState = tuple[dict[str, torch.Tensor], dict[str, Any]]
 JSON-ready scalars (numpy position, Python's state)."""
 
 
-class CheckpointError(ValueError):
+class CheckpointError(ClifvqaError):
     """A checkpoint directory that cannot be read as asked; the message says which file and why."""
 
 

@@ -47,6 +47,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from clifvqa.errors import ClifvqaError
 from clifvqa.manifests.io import Manifest, ManifestRow, read_manifest
 from clifvqa.manifests.split import random_splits
 from clifvqa.train.fragments import FragmentConfig, sample_fragments
@@ -55,7 +56,7 @@ from clifvqa.train.model import resample_time
 MAX_LISTED = 20
 
 
-class DataError(ValueError):
+class DataError(ClifvqaError):
     """Training data that cannot be used as given; the message lists the offending videos."""
 
 

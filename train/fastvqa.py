@@ -29,6 +29,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from clifvqa._device import no_autocast
+from clifvqa.errors import ClifvqaError
 from clifvqa.train.config_io import JsonConfig
 
 Size3 = tuple[int, int, int]
@@ -536,7 +537,7 @@ def build_fastvqa(variant: str | FastVQAConfig = "fast-b", checkpoint_grad: bool
 # checkpoints (spec §7)
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(ClifvqaError):
     """A checkpoint file whose tensors do not fit the model; the message lists what differs."""
 
 

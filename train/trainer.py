@@ -59,6 +59,7 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
 from clifvqa._device import DeviceError, float32_math, resolve_device
+from clifvqa.errors import ClifvqaError
 from clifvqa.train.config_io import JsonConfig
 from clifvqa.manifests.io import Manifest
 from clifvqa.train import checkpoint as ckpt
@@ -82,11 +83,11 @@ from clifvqa.train.model import TINY_FRAGMENTS, ClifVQA, ClifVQAConfig, build_mo
 log = logging.getLogger("clifvqa.train")
 
 
-class NonFiniteLoss(ValueError):
+class NonFiniteLoss(ClifvqaError):
     """The training loss became NaN or inf: training stops before anything of it is saved."""
 
 
-class NonFiniteOutput(ValueError):
+class NonFiniteOutput(ClifvqaError):
     """The model gave NaN or inf for some videos: never reported as a score."""
 
 

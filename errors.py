@@ -1,0 +1,13 @@
+"""The one base class of clifvqa's user-facing errors.
+
+A leaf module: it imports nothing, so every layer (``manifests/`` included) may import it.
+"""
+
+
+class ClifvqaError(ValueError):
+    """A user-facing error: its message is one line saying what was wrong, where, and what to do.
+
+    Every error clifvqa raises for bad input, files or settings derives from it; the CLI prints
+    it as ``error: MESSAGE`` with exit status 2 and no traceback. It is a ValueError so that
+    callers catching ValueError (from before this class existed) keep working.
+    """
