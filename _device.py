@@ -33,18 +33,18 @@ def resolve_device(device: str = "auto") -> str:
         return device
     if device == "mps":
         if not torch.backends.mps.is_available():
-            raise ValueError("device 'mps' asked for, but this torch has no usable Apple GPU (MPS); "
+            raise DeviceError("device 'mps' asked for, but this torch has no usable Apple GPU (MPS); "
                              "use --device cpu or auto")
         return device
     cuda = _CUDA.fullmatch(device)
     if cuda is None:
         hint = "; for an NVIDIA GPU say cuda" if device.lower() in ("gpu", "nvidia") else ""
-        raise ValueError(f"unknown device {device!r}: use {_CHOICES}{hint}")
+        raise DeviceError(f"unknown device {device!r}: use {_CHOICES}{hint}")
     if not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} asked for, but this torch sees no CUDA GPU; use --device cpu or auto")
+        raise DeviceError(f"device {device!r} asked for, but this torch sees no CUDA GPU; use --device cpu or auto")
     count = torch.cuda.device_count()
     if cuda.group(1) is not None and int(cuda.group(1)) >= count:
-        raise ValueError(f"device {device!r} asked for, but this torch sees {count} CUDA GPU(s): "
+        raise DeviceError(f"device {device!r} asked for, but this torch sees {count} CUDA GPU(s): "
                          f"cuda:0..cuda:{count - 1}")
     return device
 

@@ -6,6 +6,8 @@ import os
 from dataclasses import dataclass
 from typing import Literal
 
+from clifvqa.errors import ClifvqaError
+
 
 def default_workers() -> int:
     """Decoding threads: one per spare core, at least 1, at most 8 (beyond that the device waits
@@ -70,19 +72,19 @@ class ExtractConfig:
     def __post_init__(self) -> None:
         rows, cols = self.grid
         if rows < 1 or cols < 1:
-            raise ValueError(f"grid must have at least one row and column, got {rows}x{cols}")
+            raise ClifvqaError(f"grid must have at least one row and column, got {rows}x{cols}")
         if self.softmax not in ("all", "group"):
-            raise ValueError(f"softmax must be 'all' or 'group', got {self.softmax!r}")
+            raise ClifvqaError(f"softmax must be 'all' or 'group', got {self.softmax!r}")
         if self.frame_stride < 1:
-            raise ValueError(f"frame_stride must be >= 1, got {self.frame_stride}")
+            raise ClifvqaError(f"frame_stride must be >= 1, got {self.frame_stride}")
         if self.batch_size != "auto" and (not isinstance(self.batch_size, int) or self.batch_size < 1):
-            raise ValueError(f"batch_size must be a positive integer or 'auto', got {self.batch_size!r}")
+            raise ClifvqaError(f"batch_size must be a positive integer or 'auto', got {self.batch_size!r}")
         if self.max_video_bytes is not None and self.max_video_bytes < 1:
-            raise ValueError(f"max_video_bytes must be positive, got {self.max_video_bytes}")
+            raise ClifvqaError(f"max_video_bytes must be positive, got {self.max_video_bytes}")
         if self.workers < 1:
-            raise ValueError(f"workers must be >= 1, got {self.workers}")
+            raise ClifvqaError(f"workers must be >= 1, got {self.workers}")
         if self.dtype not in ("auto", "float32", "float16", "bfloat16"):
-            raise ValueError(f"dtype must be auto, float32, float16 or bfloat16, got {self.dtype!r}")
+            raise ClifvqaError(f"dtype must be auto, float32, float16 or bfloat16, got {self.dtype!r}")
         k, n = self.shard
         if not (n >= 1 and 0 <= k < n):
-            raise ValueError(f"shard {k}/{n} is out of range: need 0 <= K < N")
+            raise ClifvqaError(f"shard {k}/{n} is out of range: need 0 <= K < N")

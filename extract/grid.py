@@ -59,10 +59,10 @@ def parse_grid(text: str) -> tuple[int, int]:
     """Parse a grid given as ``"MxN"`` (rows x columns, e.g. ``"3x3"``) into ``(M, N)``."""
     parts = text.lower().replace("×", "x").split("x")
     if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
-        raise ValueError(f"grid {text!r} is not of the form ROWSxCOLS, e.g. 3x3")
+        raise GridError(f"grid {text!r} is not of the form ROWSxCOLS, e.g. 3x3")
     rows, cols = (int(p) for p in parts)
     if rows < 1 or cols < 1:
-        raise ValueError(f"grid {text!r} needs at least one row and one column")
+        raise GridError(f"grid {text!r} needs at least one row and one column")
     return rows, cols
 
 

@@ -297,10 +297,10 @@ def parse_shard(text: str) -> tuple[int, int]:
     """Parse ``"K/N"`` (shard K of N, counting from 0: ``0/4`` ... ``3/4``) into ``(K, N)``."""
     k_text, sep, n_text = text.partition("/")
     if not sep or not k_text.strip().isdigit() or not n_text.strip().isdigit():
-        raise ValueError(f"shard {text!r} is not of the form K/N, e.g. 0/4 (shards count from 0)")
+        raise ClifvqaError(f"shard {text!r} is not of the form K/N, e.g. 0/4 (shards count from 0)")
     k, n = int(k_text), int(n_text)
     if n < 1 or k >= n:
-        raise ValueError(f"shard {text!r} is out of range: N must be >= 1 and K in 0..N-1")
+        raise ClifvqaError(f"shard {text!r} is out of range: N must be >= 1 and K in 0..N-1")
     return k, n
 
 

@@ -70,16 +70,16 @@ def import_labels(fmt: str, src: str | Path, prefix: str = "", **opts: str) -> I
             official split and defaults to ``train``.
     Raises:
         LabelFormatError: the file as a whole cannot be imported (e.g. a required column is
-            missing); ValueError for an unknown format or option or an unsafe prefix.
+            missing), the format or an option is unknown, or the prefix is unsafe.
     """
     if fmt not in FORMATS:
-        raise ValueError(f"unknown label format {fmt!r}; choose one of {', '.join(FORMATS)}")
+        raise LabelFormatError(f"unknown label format {fmt!r}; choose one of {', '.join(FORMATS)}")
     unknown = sorted(set(opts) - _OPTIONS[fmt])
     if unknown:
-        raise ValueError(f"format {fmt!r} does not take option(s) {', '.join(unknown)} (it takes: {', '.join(sorted(_OPTIONS[fmt]))})")
+        raise LabelFormatError(f"format {fmt!r} does not take option(s) {', '.join(unknown)} (it takes: {', '.join(sorted(_OPTIONS[fmt]))})")
     split = opts.get("split")
     if split is not None and split not in SPLITS:
-        raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+        raise LabelFormatError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
     src = Path(src)
     collector = _Collector(_normalise_prefix(prefix), split)
     if fmt == "fastvqa":
@@ -109,7 +109,7 @@ def _normalise_prefix(prefix: str) -> str:
     try:
         validate_video_path(folder)
     except UnsafePathError as exc:
-        raise ValueError(f"prefix {prefix!r} is unsafe: {exc.reason}") from None
+        raise LabelFormatError(f"prefix {prefix!r} is unsafe: {exc.reason}") from None
     return folder + "/"
 
 
@@ -189,7 +189,7 @@ def _unknown_as_empty(column: str, value: str) -> str:
     try:
         number = float(value)
     except ValueError:
-        raise ValueError(f"{column} {value!r} is not a number") from None
+        raise LabelFormatError(f"{column} {value!r} is not a number") from None
     return "" if number < 0 else value
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from clifvqa.errors import ClifvqaError
 from clifvqa.manifests.io import Manifest, write_manifest
 
 _SPLIT_FILE = re.compile(r"^split_\d+\.csv$")
@@ -42,17 +43,17 @@ def random_splits(
     empty, and for duplicate videos (a video must never be in both train and test).
     """
     if seeds < 1:
-        raise ValueError(f"seeds must be at least 1, got {seeds}")
+        raise ClifvqaError(f"seeds must be at least 1, got {seeds}")
     if not (0 < test_fraction < 1 and 0 <= val_fraction < 1 and test_fraction + val_fraction < 1):
-        raise ValueError(f"need 0 < test_fraction, 0 <= val_fraction and test + val < 1; got test={test_fraction}, val={val_fraction}")
+        raise ClifvqaError(f"need 0 < test_fraction, 0 <= val_fraction and test + val < 1; got test={test_fraction}, val={val_fraction}")
     videos = manifest.videos
     dups = sorted(v for v, count in Counter(videos).items() if count > 1)
     if dups:
-        raise ValueError(f"manifest has duplicate videos ({', '.join(dups[:5])}); run 'clifvqa manifest check'")
+        raise ClifvqaError(f"manifest has duplicate videos ({', '.join(dups[:5])}); run 'clifvqa manifest check'")
     n = len(videos)
     n_test, n_val = _count(n, test_fraction), _count(n, val_fraction)
     if n_test < 1 or n - n_test - n_val < 1:
-        raise ValueError(f"{n} videos cannot be split into test={n_test}, val={n_val} and a non-empty train set")
+        raise ClifvqaError(f"{n} videos cannot be split into test={n_test}, val={n_val} and a non-empty train set")
     order = sorted(range(n), key=lambda i: videos[i])
     columns = list(manifest.columns)
     if "split" not in columns:
