@@ -140,7 +140,7 @@ def parse_manifest(path: str | Path) -> tuple[Manifest, list[Problem]]:
     try:
         return _parse_file(path)
     except UnicodeDecodeError as exc:
-        raise ManifestError(f"{path}: not UTF-8 text ({exc}); save it as a UTF-8 CSV") from None
+        raise ClifvqaError(f"{path}: not UTF-8 text ({exc}); save it as a UTF-8 CSV") from None
 
 
 def _parse_file(path: Path) -> tuple[Manifest, list[Problem]]:
