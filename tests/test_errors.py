@@ -79,7 +79,8 @@ def test_manifests_import_only_leaf_modules_of_clifvqa():
     for path in sorted((ROOT / "manifests").glob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("clifvqa"):
-                assert node.module in allowed or node.module.startswith("clifvqa.manifests"), (path.name, node.module)
+                module = node.module or ""
+                assert module in allowed or module.startswith("clifvqa.manifests"), (path.name, module)
 
 
 def test_settings_checks_raise_clifvqa_errors():
