@@ -388,7 +388,9 @@ def decode_frames(path: str | Path, indices: Sequence[int]) -> tuple[np.ndarray,
     if missing:
         why = f" ({progress.error})" if progress.error else ""
         stop = progress.last_index
-        raise VideoDecodeError(path, f"frames {missing[:5]} requested but decoding stopped at frame {stop}{why}")
+        raise VideoDecodeError(
+            path, f"frames {missing[:5]} requested but decoding stopped at frame {stop}{why}"
+        )
     shapes = {frame.shape for frame in got.values()}
     if len(shapes) > 1:
         raise VideoDecodeError(path, f"frame size changes within the video: {sorted(shapes)}")
