@@ -43,7 +43,6 @@ def test_both_readers_raise_the_one_error_on_a_broken_file(tmp_path, data, reaso
         with pytest.raises(VideoDecodeError) as info:
             read(path)
         errors.append(info.value)
-    assert all(isinstance(e, RuntimeError) for e in errors)
     assert len({str(e) for e in errors}) == 1  # same message, whichever reader opened it
     assert errors[0].path == str(path) and errors[0].reason.startswith(reason)
     assert str(errors[0]) == f"{path}: {errors[0].reason}"
