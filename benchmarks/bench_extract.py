@@ -197,7 +197,7 @@ def compute_limit(sfe, clip: str, frames: int) -> dict:
     import torch
 
     from clifvqa.extract.pipeline import cut_crops
-    from clifvqa.extract.video import VideoReader
+    from clifvqa.video import VideoReader
 
     batch, per_frame, device = sfe.batch_size, sfe.grid[0] * sfe.grid[1], sfe.device
     crops: list = []
@@ -273,7 +273,7 @@ def measure_decode(clip: Path, crop: int, grid: tuple[int, int], workers: int, r
     from concurrent.futures import ThreadPoolExecutor
 
     from clifvqa.extract.pipeline import FrameCrops, VideoTask, decode_crops
-    from clifvqa.extract.video import VideoReader
+    from clifvqa.video import VideoReader
 
     def decode_rgb(_: int) -> int:
         with VideoReader(clip) as reader:

@@ -23,8 +23,8 @@ import numpy as np
 
 from clifvqa.errors import ClifvqaError
 from clifvqa.extract.grid import GridError, check_grid_fits, crop_origins, upscaled_size
-from clifvqa.extract.video import VideoDecodeError, VideoInfo, VideoReader
 from clifvqa.features.sources import sha256_file
+from clifvqa.video import VideoDecodeError, VideoInfo, VideoReader
 
 
 @dataclass(frozen=True)

@@ -620,12 +620,12 @@ class SemanticFeatureExtractor:
         Raises:
             VideoDecodeError: the file cannot be decoded.
         """
-        from clifvqa.extract.video import VideoDecodeError
+        from clifvqa.video import VideoDecodeError
 
         path = Path(path)
         for _, result in self.extract_many([VideoTask(key or path.name, path)], workers=1):
-            if isinstance(result, str):
-                raise VideoDecodeError(result)
+            if isinstance(result, str):  # the recorded failure, "{path}: {reason}" for decode errors
+                raise VideoDecodeError(path, result.removeprefix(f"{path}: "))
             return result
         raise AssertionError("extract_many yielded nothing")  # unreachable: one task in, one result out
 

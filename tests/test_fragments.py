@@ -13,15 +13,13 @@ import clifvqa.train.fragments as fragments
 from clifvqa.train.fragments import (
     FragmentConfig,
     SpatialPlan,
-    VideoDecodeError,
-    count_frames,
-    decode_frames,
     grid_origins,
     needed_frame_indices,
     sample_fragments,
     upsample_frame,
     upsample_ratio,
 )
+from clifvqa.video import VideoDecodeError, count_frames, decode_frames
 
 STEP = 12  # grey-level step of the frame-number code: survives H.264 at crf 18
 

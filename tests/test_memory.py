@@ -113,9 +113,10 @@ def test_decode_queue_is_bounded_in_crops(tmp_path, make_video, monkeypatch):
 
 
 def _first_frame(path: Path) -> np.ndarray:
-    from clifvqa.extract.video import iter_frames
+    from clifvqa.video import VideoReader
 
-    return next(iter_frames(path))[1]
+    with VideoReader(path) as reader:
+        return next(iter(reader))[1]
 
 
 def test_prompt_scores_in_chunks_keep_the_bits(bundle, monkeypatch):

@@ -26,7 +26,7 @@ from clifvqa.extract.pipeline import FrameCrops, VideoDone, VideoTask, decode_cr
 from clifvqa.extract.prompts import PromptSet
 from clifvqa.extract.runner import extract_dataset
 from clifvqa.extract.sfe import SemanticFeatureExtractor, auto_batch_size, resolve_dtype
-from clifvqa.extract.video import VideoDecodeError, VideoReader
+from clifvqa.video import VideoDecodeError, VideoReader
 from clifvqa.features.provenance import fingerprint
 from clifvqa.features.store import open_store
 

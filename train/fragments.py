@@ -20,19 +20,12 @@ Official quirk kept by default (``FragmentConfig.grid_before_upsample``): when a
 short side is under 224 px is upsampled, the official code still places the grid with the
 size *before* upsampling, so fragments come from the top-left part of the upsampled frame.
 
-Decoding: only the frames needed are converted to RGB, and long gaps are skipped by seeking to
-the keyframe before the next needed frame (checked first on a second handle, so a seek never
-goes back over frames already decoded). Frame indices count frames from the start while
-decoding from the start, and come from timestamps (``round(t · average_rate)``) after a seek:
-the same thing for constant-frame-rate video; for variable-frame-rate video a frame picked
-after a seek is the one nearest that time, which can differ from the n-th frame.
+Decoding (only the frames needed, seeking over long gaps) is :mod:`clifvqa.video`'s seeking reader.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, fields
-from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -40,18 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from clifvqa.train.config_io import JsonConfig
-
-
-class VideoDecodeError(RuntimeError):
-    """A video that cannot be read (missing, not a video, no frames, broken decoding).
-
-    ``path`` and ``reason`` are kept as attributes; the trainer skips such a video for the epoch.
-    """
-
-    def __init__(self, path: str | Path, reason: str) -> None:
-        super().__init__(f"{path}: {reason}")
-        self.path = str(path)
-        self.reason = reason
+from clifvqa.video import VideoDecodeError, count_frames, decode_into
 
 
 @dataclass(frozen=True)
@@ -237,206 +219,6 @@ class SpatialPlan:
 
 
 # -------------------------------------------------------------------------------------------
-# decoding
-
-
-def _reason(exc: BaseException) -> str:
-    return getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
-
-
-def _open(path: Path):
-    import av
-
-    try:
-        container = av.open(str(path))
-    except (av.error.FFmpegError, OSError) as exc:
-        raise VideoDecodeError(path, f"cannot open: {_reason(exc)}") from exc
-    if not container.streams.video:
-        container.close()
-        raise VideoDecodeError(path, "has no video stream")
-    return container
-
-
-def count_frames(path: str | Path) -> int:
-    """Frames in the first video stream: the container's count, else counted packets (mkv),
-    else duration × frame rate. Raises :class:`VideoDecodeError` when none of these gives > 0."""
-    import av
-
-    path = Path(path)
-    with _open(path) as container:
-        stream = container.streams.video[0]
-        if stream.frames > 0:
-            return int(stream.frames)
-        try:
-            counted = sum(1 for packet in container.demux(stream) if packet.size)
-        except av.error.FFmpegError as exc:
-            raise VideoDecodeError(path, f"cannot read packets: {_reason(exc)}") from exc
-        if counted:
-            return counted
-        rate = stream.average_rate or stream.guessed_rate
-        if container.duration and rate:
-            estimate = round(container.duration / 1_000_000 * float(rate))
-            if estimate > 0:
-                return estimate
-    raise VideoDecodeError(path, "no frames (the container declares none and has no video packets)")
-
-
-def _display_rgb(frame) -> np.ndarray:
-    """RGB ``(H, W, 3)`` uint8 in display orientation (PyAV does not apply the rotation)."""
-    rgb = frame.to_ndarray(format="rgb24")
-    rotation = int(getattr(frame, "rotation", 0) or 0) % 360
-    return np.ascontiguousarray(np.rot90(rgb, k=rotation // 90)) if rotation else rgb
-
-
-# A seek (decoder flush + restart) is only worth it when it skips more frames than this.
-MIN_SKIP = 16
-
-
-class _SeekMiss(Exception):
-    """A seek landed after the wanted frame; decode from the start instead."""
-
-
-@dataclass
-class _Progress:
-    decoded: int = 0  # frames the codec produced, converted or not
-    last_index: int = -1  # index of the last frame decoded
-    ended: bool = False  # the stream ran out (or broke) before all wanted frames
-    error: str | None = None  # why decoding stopped early, if it broke
-
-
-class _Timeline:
-    """Frame index ↔ timestamp of a constant-frame-rate stream."""
-
-    def __init__(self, stream) -> None:
-        rate = stream.average_rate or stream.guessed_rate
-        self.usable = bool(rate) and stream.time_base is not None
-        self.rate = Fraction(rate) if self.usable else None
-        self.time_base = Fraction(stream.time_base) if self.usable else None
-        self.start = stream.start_time or 0
-
-    def index(self, pts: int) -> int:
-        return round((pts - self.start) * self.time_base * self.rate)
-
-    def pts(self, index: int) -> int:
-        return self.start + round(Fraction(index) / self.rate / self.time_base)
-
-
-def _keyframe_index(probe, stream, timeline: _Timeline, target: int) -> int | None:
-    """Index of the keyframe a seek to ``target`` lands on, read on a spare handle (no decoding).
-
-    None when the probe cannot tell; the caller then keeps decoding forward.
-    """
-    import av
-
-    try:
-        probe.seek(max(timeline.pts(target), 0), stream=stream)
-        for packet in probe.demux(stream):
-            if packet.pts is not None:
-                return timeline.index(packet.pts)
-    except av.error.FFmpegError:
-        pass
-    return None
-
-
-def _iter_wanted(
-    path: Path, wanted: Sequence[int], progress: _Progress, allow_seek: bool
-) -> Iterator[tuple[int, np.ndarray]]:
-    """Yield ``(index, rgb)`` for each sorted unique index in ``wanted`` that the video has.
-
-    A frame missing from a variable-rate timeline is served by the next frame after it.
-    """
-    import av
-
-    with _open(path) as container:
-        stream = container.streams.video[0]
-        # No frame threading: this generator is abandoned mid-stream (seeks, early stops), and
-        # freeing a frame-threaded FFmpeg decoder with frames in flight was seen to deadlock
-        # (pthread_cond_wait in avcodec_free_context). DataLoader workers give the parallelism.
-        timeline = _Timeline(stream)
-        probe = None
-        counting = True  # no seek yet: the n-th decoded frame is frame n
-        frames = None
-        i = 0
-        try:
-            while i < len(wanted):
-                target = wanted[i]
-                sought = False
-                if allow_seek and timeline.usable and target - progress.last_index > MIN_SKIP:
-                    if probe is None:
-                        probe = av.open(str(path))
-                    landing = _keyframe_index(probe, probe.streams.video[0], timeline, target)
-                    if landing is not None and landing - progress.last_index > MIN_SKIP:
-                        container.seek(max(timeline.pts(target), 0), stream=stream)
-                        frames, counting, sought = None, False, True
-                if frames is None:
-                    frames = container.decode(stream)
-                for frame in frames:
-                    progress.decoded += 1
-                    if counting or frame.pts is None:
-                        index = progress.last_index + 1
-                    else:
-                        index = timeline.index(frame.pts)
-                    if sought and index > target:
-                        raise _SeekMiss
-                    sought = False
-                    progress.last_index = index
-                    if index < target:
-                        continue
-                    rgb = _display_rgb(frame)
-                    while i < len(wanted) and wanted[i] <= index:
-                        yield wanted[i], rgb
-                        i += 1
-                    break  # back to the top: the next wanted frame may be worth a seek
-                else:
-                    progress.ended = True
-                    return
-        except av.error.FFmpegError as exc:
-            # A broken or truncated stream: what was decoded stands, the rest counts as missing.
-            progress.ended, progress.error = True, _reason(exc)
-        finally:
-            if probe is not None:
-                probe.close()
-
-
-def _decode_into(path: Path, wanted: Sequence[int], consume) -> _Progress:
-    """Run :func:`_iter_wanted`, falling back to plain sequential decoding after a missed seek."""
-    progress = _Progress()
-    try:
-        for index, rgb in _iter_wanted(path, wanted, progress, allow_seek=True):
-            consume(index, rgb)
-    except _SeekMiss:
-        retry = _Progress()
-        for index, rgb in _iter_wanted(path, wanted, retry, allow_seek=False):
-            consume(index, rgb)
-        retry.decoded += progress.decoded
-        progress = retry
-    return progress
-
-
-def decode_frames(path: str | Path, indices: Sequence[int]) -> tuple[np.ndarray, int]:
-    """Decode the frames ``indices`` (any order, repeats allowed) of ``path``.
-
-    Returns ``(frames, decoded)``: ``frames`` is ``[len(indices), H, W, 3]`` uint8 RGB in
-    display orientation, in the order asked; ``decoded`` is how many frames the codec had to
-    decode (seeking skips the rest). Raises :class:`VideoDecodeError` when the file cannot be
-    read or an index lies past the last frame.
-    """
-    path = Path(path)
-    wanted = sorted({int(i) for i in indices})
-    got: dict[int, np.ndarray] = {}
-    progress = _decode_into(path, wanted, got.__setitem__)
-    missing = [i for i in wanted if i not in got]
-    if missing:
-        why = f" ({progress.error})" if progress.error else ""
-        stop = progress.last_index
-        raise VideoDecodeError(path, f"frames {missing[:5]} requested but decoding stopped at frame {stop}{why}")
-    shapes = {frame.shape for frame in got.values()}
-    if len(shapes) > 1:
-        raise VideoDecodeError(path, f"frame size changes within the video: {sorted(shapes)}")
-    return np.stack([got[int(i)] for i in indices]), progress.decoded
-
-
-# -------------------------------------------------------------------------------------------
 # sampling
 
 
@@ -496,7 +278,7 @@ def _sample(
             out[position] = mosaics[chunk]
             filled[position] = True
 
-    progress = _decode_into(path, sorted(slots), consume)
+    progress = decode_into(path, sorted(slots), consume)
     if not filled.all():
         available = progress.last_index + 1
         if progress.ended and 0 < available < num_frames:
