@@ -8,7 +8,9 @@ imports this module. Heavy imports (torch, transformers) happen inside the comma
 
 from __future__ import annotations
 
+import os
 import sys
+import warnings
 from pathlib import Path
 
 import click
@@ -49,8 +51,13 @@ class _ClifvqaGroup(click.Group):
     ``CLIFVQA_DEBUG=1``) prints the traceback of user errors too."""
 
     def invoke(self, ctx: click.Context) -> object:
+        # Library warnings (e.g. --allow-stale's) as one "warning: ..." line, not file:line + source.
+        warnings.formatwarning = lambda message, *args, **kwargs: f"warning: {message}\n"
         try:
             return super().invoke(ctx)
+        except BrokenPipeError:  # `clifvqa store info S | head`: the reader left, nothing to say
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(141)  # 128 + SIGPIPE, what a killed writer of a pipe reports
         except KeyboardInterrupt as exc:
             from clifvqa.extract.runner import RunInterrupted
 
@@ -237,8 +244,8 @@ def manifest_check(manifest_path: Path, root: Path | None, require_mos: bool) ->
 @click.option("--save-embeddings", is_flag=True, help="Also store the crop image embeddings [T, m*n, D] (float16).")
 @click.option("--retry-failed", is_flag=True, help="Retry videos the store lists as failed.")
 @click.option("--check-sources", is_flag=True,
-              help="Hash every video already in the store and extract changed ones again (default: "
-                   "only files whose size or modification time changed).")
+              help="Hash every video already in the store and check its stored features; extract changed "
+                   "files and corrupt entries again (default: only files whose size or modification time changed).")
 @click.option("--allow-missing", is_flag=True,
               help="Extract the present videos when some are missing (else refused before any work).")
 @click.option("--shard", default="0/1", show_default=True, help="Process shard K of N (K counts from 0), split by a hash of the video key.")
@@ -513,7 +520,6 @@ def train_cmd(manifest_path: str, videos: str, stores: tuple[str, ...], out: str
     also stores the map from raw model outputs onto the training MOS scale that predict uses.
     """
     import logging
-    import os
 
     from clifvqa.train.trainer import TrainConfig, default_train_workers, run_training
 

@@ -46,7 +46,8 @@ class ExtractConfig:
         retry_failed: try again the videos the store lists as failed.
         check_sources: compare the sha256 of every video already in the store with the recorded
             one (else only when its size or modification time changed; see
-            :mod:`clifvqa.features.sources`); a changed file is extracted again.
+            :mod:`clifvqa.features.sources`) and check every stored entry's features (checksum,
+            finite, ``pooled_sha256``); a changed file or a corrupt entry is extracted again.
         allow_missing: extract the present videos when some files are missing (else the run is
             refused before anything is loaded; see :func:`clifvqa.extract.runner.preflight`).
         shard: ``(k, n)``: process only the videos whose key hashes to shard k of n.

@@ -176,7 +176,7 @@ class _CropQueue:
     def get(self) -> object:
         with self._cond:
             while not self._items:
-                self._cond.wait()
+                self._cond.wait(timeout=0.1)  # wakes for signals (SIGINT/SIGTERM) in the main thread
             event, crops = self._items.popleft()
             self._crops -= crops
             self._cond.notify_all()
@@ -228,12 +228,16 @@ def decode_crops(
                 declared = reader.info.declared_frames
                 if limit is not None and declared is not None:
                     limit.check(task.path, -(-declared // stride), declared=True)
+                # Refuse before decoding when the grid fits neither orientation of the coded
+                # size: closing a frame-threaded decoder mid-stream can deadlock in FFmpeg.
+                # Only a grid that fits one orientation waits for the first (rotated) frame.
+                coded = reader.info.height, reader.info.width
+                fits = [_grid_error(h, w, crop, grid) for h, w in (coded, coded[::-1])]
+                if fits[0] and fits[1]:
+                    raise VideoRefused(f"{task.path}: {fits[0]}")
                 for kept, (index, rgb) in enumerate(reader, start=1):
-                    if kept == 1:
-                        try:
-                            check_grid_fits(rgb.shape[0], rgb.shape[1], crop, rows, cols)
-                        except GridError as exc:
-                            raise VideoRefused(f"{task.path}: {exc}") from None
+                    if kept == 1 and (error := _grid_error(rgb.shape[0], rgb.shape[1], crop, grid)):
+                        raise VideoRefused(f"{task.path}: {error}")
                     if limit is not None:
                         limit.check(task.path, kept, declared=False)
                     for start, crops in _pieces(rgb, crop, rows, cols, piece_crops):
@@ -273,6 +277,15 @@ def decode_crops(
             stop.set()
             for thread in threads:
                 thread.join(timeout=5)
+
+
+def _grid_error(height: int, width: int, crop: int, grid: tuple[int, int]) -> str | None:
+    """Why ``grid`` does not fit a ``height`` x ``width`` frame, or None when it does."""
+    try:
+        check_grid_fits(height, width, crop, *grid)
+    except GridError as exc:
+        return str(exc)
+    return None
 
 
 def _error_text(exc: BaseException) -> str:

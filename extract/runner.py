@@ -410,7 +410,8 @@ def extract_dataset(
             path = root / key
             if key in complete:
                 # A missing file keeps its features: nothing to extract them from again.
-                reason = path.exists() and stale_reason(complete[key], path, hash=config.check_sources)
+                reason = path.exists() and (stale_reason(complete[key], path, hash=config.check_sources)
+                                            or (config.check_sources and _corrupt_reason(store, key)))
                 if not reason:
                     summary.skipped += 1
                     continue
@@ -446,6 +447,17 @@ def extract_dataset(
     summary.elapsed = time.perf_counter() - start
     signals.check(summary)
     return summary
+
+
+def _corrupt_reason(store, key: str) -> str | None:
+    """Why ``key``'s stored features fail their checks (``--check-sources``), else None."""
+    from clifvqa.features.store import CorruptFeaturesError
+
+    try:
+        store.read_pooled(key)
+    except CorruptFeaturesError as exc:
+        return f"its stored features are corrupt ({exc.reason})"
+    return None
 
 
 class _StoreWriter:

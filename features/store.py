@@ -73,7 +73,8 @@ class CorruptFeaturesError(StoreError):
 
     def __init__(self, store: str, key: str | None, reason: str) -> None:
         where = f"{store}: video {key!r}" if key is not None else store
-        what = ("run store verify, then re-extract the video or copy the store again" if key is not None
+        what = ("run store verify, then re-extract it (`clifvqa extract ... --check-sources` replaces corrupt "
+                "entries) or copy the store again" if key is not None
                 else "run `clifvqa store verify` and use an intact copy")
         super().__init__(f"{where}: {reason}; {what}")
         self.key, self.reason = key, reason
@@ -579,7 +580,11 @@ def create_or_open_store(path: str | os.PathLike[str], provenance: Mapping[str, 
     else:
         from clifvqa.features.zarr_backend import ZarrFeatureStore as Backend  # type: ignore[assignment]
     store = Backend.create_or_open(local, root_attrs, zarr_format=zarr_format)
-    if store.fingerprint != fp or not store.fingerprint_ok:
+    if not store.fingerprint_ok:  # edited or damaged: its provenance says nothing reliable
+        store.close()
+        raise CorruptFeaturesError(str(local), None, "its fingerprint attribute does not match its provenance "
+                                   "(one of them was edited or corrupted), so it cannot take more features")
+    if store.fingerprint != fp:
         fields = provenance_diff(store.provenance, prov)
         store.close()
         what = (f"differing provenance fields: {', '.join(fields)}" if fields else

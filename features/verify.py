@@ -94,7 +94,7 @@ def _verify(store: FeatureStore, manifest: Any, videos: str | os.PathLike[str] |
     for key in tqdm(entries, desc="verify", unit="video", disable=not progress, dynamic_ncols=True):
         problems.extend(Problem(key, msg) for msg in checker.check(store, key))
         if videos is not None and (why := stale_reason(entries[key], Path(videos) / key, hash=True)):
-            problems.append(Problem(key, f"stale: {why}; `clifvqa extract` extracts it again"))
+            problems.append(Problem(key, f"stale: {why}; `clifvqa extract --check-sources` extracts it again"))
     if manifest is not None:
         problems.extend(_missing_from_manifest(store, manifest, set(entries)))
     return problems

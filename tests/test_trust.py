@@ -23,7 +23,6 @@ from clifvqa.features.provenance import fingerprint
 from clifvqa.features.sources import sha256_file, stale_entries, stale_reason
 from clifvqa.features.store import (
     CorruptFeaturesError,
-    FingerprintMismatch,
     create_or_open_store,
     open_store,
     upgrade_store,
@@ -115,7 +114,7 @@ def test_edited_provenance_is_refused_by_readers_and_writers(tmp_path, prov):
             store.read_pooled("K/v0.mp4")
     with pytest.raises(CorruptFeaturesError, match="does not match its provenance"):
         load_semantic_features([store_path], ["K/v0.mp4"], t0=8, progress=False)
-    with pytest.raises(FingerprintMismatch, match="does not match its provenance"):
+    with pytest.raises(CorruptFeaturesError, match="does not match its provenance.*cannot take more features"):
         create_or_open_store(store_path, edited)
     assert any("does not match the provenance" in p.message for p in verify_store(store_path))
 
@@ -308,3 +307,34 @@ def test_train_evaluate_predict_refuse_a_deleted_chunk_in_one_line(tmp_path, mak
     row = next(line for line in pr.output.splitlines() if line.startswith(str(data.videos)))
     assert pr.exit_code == 1 and row.split(",")[1:3] == ["", ""]  # no score, no raw: an error, never nan
     assert "pooled holds" in row
+
+
+def test_check_sources_replaces_a_corrupt_entry_and_warnings_are_one_line(tmp_path, tiny_clip, make_video):
+    from click.testing import CliRunner
+
+    from clifvqa.cli import main
+
+    root = tmp_path / "ds"
+    make_video("a.mp4", root=root, num_frames=6, seed=0)
+    make_video("b.mp4", root=root, num_frames=6, seed=1)
+    store = tmp_path / "f.zarr"
+    args = ["extract", str(root), "--store", str(store), "--clip-model", str(tiny_clip), "--device", "cpu",
+            "--workers", "1", "--batch-size", "16", "--quiet"]
+    assert CliRunner().invoke(main, args).exit_code == 0
+    with open_store(store) as st:
+        before = st.read_pooled("b.mp4")
+    (store / "videos" / "b.mp4" / "pooled" / "c" / "0" / "0").unlink()
+    assert "0 done, 2 skipped" in CliRunner().invoke(main, args).output  # plain runs do not read features
+    result = CliRunner().invoke(main, [*args, "--check-sources"])
+    assert result.exit_code == 0 and "1 done, 1 skipped" in result.output and "1 extracted again" in result.output
+    with open_store(store) as st:
+        assert np.array_equal(st.read_pooled("b.mp4"), before)
+    assert verify_store(store) == []
+
+    # --allow-stale's warning: one "warning:" line, no file:line and source echo
+    old = warnings.formatwarning
+    try:
+        CliRunner().invoke(main, ["store", "info", str(store)])  # the group installs its format
+        assert warnings.formatwarning(UserWarning("x changed"), UserWarning, "f.py", 3) == "warning: x changed\n"
+    finally:
+        warnings.formatwarning = old

@@ -288,7 +288,8 @@ def load_semantic_features(
             rows[key] = resample_time(torch.from_numpy(pooled).t().contiguous(), t0).contiguous()
         if bad:
             raise DataError(f"{len(bad)} videos have unusable semantic features in {', '.join(str(s.path) for s in opened)}: "
-                            f"{listing(bad, 5)}; run clifvqa store verify, then re-extract them (or drop them from the manifest)")
+                            f"{listing(bad, 5)}; run clifvqa store verify, then re-extract them with `clifvqa extract ... --check-sources` "
+                            "(it replaces corrupt entries), or drop them from the manifest")
         groups = tuple(first.provenance.get("prompts", {}).get("groups", ()))
         return SemanticFeatures(rows, r, groups, first.fingerprint, dict(first.provenance), [str(s.path) for s in opened])
     finally:
