@@ -247,6 +247,16 @@ def test_swapped_video_is_re_extracted_flagged_and_refused(tmp_path, tiny_clip, 
     load_semantic_features([store_path], ["a.mp4", "b.mp4"], t0=4, video_root=root, progress=False)
 
 
+def two_video_extraction(tmp_path: Path, tiny_clip: Path, make_video) -> tuple[Path, Path, list[str]]:
+    """A folder of a.mp4 and b.mp4, a store path, and the `clifvqa extract` arguments for them."""
+    root = tmp_path / "ds"
+    make_video("a.mp4", root=root, num_frames=6, seed=0)
+    make_video("b.mp4", root=root, num_frames=6, seed=1)
+    store = tmp_path / "f.zarr"
+    return root, store, ["extract", str(root), "--store", str(store), "--clip-model", str(tiny_clip), "--device",
+                         "cpu", "--workers", "1", "--batch-size", "16", "--quiet"]
+
+
 def test_cli_upgrade_verify_videos_and_check_sources(tmp_path, prov, tiny_clip, make_video):
     from click.testing import CliRunner
 
@@ -258,12 +268,7 @@ def test_cli_upgrade_verify_videos_and_check_sources(tmp_path, prov, tiny_clip, 
     assert run(main, ["store", "upgrade", str(v1)]).output.strip() == f"{v1}: upgraded to clifvqa_format 2"
     assert run(main, ["store", "upgrade", str(v1)]).output.strip() == f"{v1}: already clifvqa_format 2"
 
-    root = tmp_path / "ds"
-    make_video("a.mp4", root=root, num_frames=6, seed=0)
-    make_video("b.mp4", root=root, num_frames=6, seed=1)
-    store = tmp_path / "f.zarr"
-    args = ["extract", str(root), "--store", str(store), "--clip-model", str(tiny_clip), "--device", "cpu",
-            "--workers", "1", "--batch-size", "16", "--quiet"]
+    root, store, args = two_video_extraction(tmp_path, tiny_clip, make_video)
     assert run(main, args).exit_code == 0
     # Same size, same modification time, other bytes: only hashing sees it.
     st = os.stat(root / "b.mp4")
@@ -314,12 +319,7 @@ def test_check_sources_replaces_a_corrupt_entry_and_warnings_are_one_line(tmp_pa
 
     from clifvqa.cli import main
 
-    root = tmp_path / "ds"
-    make_video("a.mp4", root=root, num_frames=6, seed=0)
-    make_video("b.mp4", root=root, num_frames=6, seed=1)
-    store = tmp_path / "f.zarr"
-    args = ["extract", str(root), "--store", str(store), "--clip-model", str(tiny_clip), "--device", "cpu",
-            "--workers", "1", "--batch-size", "16", "--quiet"]
+    root, store, args = two_video_extraction(tmp_path, tiny_clip, make_video)
     assert CliRunner().invoke(main, args).exit_code == 0
     with open_store(store) as st:
         before = st.read_pooled("b.mp4")
