@@ -23,7 +23,7 @@ import numpy as np
 
 from clifvqa.errors import ClifvqaError
 from clifvqa.extract.grid import GridError, check_grid_fits, crop_origins, upscaled_size
-from clifvqa.features.sources import sha256_file
+from clifvqa.features.sources import sha256_file, source_identity
 from clifvqa.video import VideoDecodeError, VideoInfo, VideoReader
 
 
@@ -60,6 +60,7 @@ class VideoDone:
     info: VideoInfo
     source_size: int
     source_sha256: str
+    source_mtime_ns: int
 
 
 @dataclass
@@ -222,7 +223,7 @@ def decode_crops(
 
     def decode_one(task: VideoTask) -> None:
         try:
-            size = task.path.stat().st_size
+            identity = source_identity(task.path)  # before reading: a later change shows as a newer time
             digest = sha256_file(task.path)
             with VideoReader(task.path, stride) as reader:
                 declared = reader.info.declared_frames
@@ -232,9 +233,9 @@ def decode_crops(
                 # size: closing a frame-threaded decoder mid-stream can deadlock in FFmpeg.
                 # Only a grid that fits one orientation waits for the first (rotated) frame.
                 coded = reader.info.height, reader.info.width
-                fits = [_grid_error(h, w, crop, grid) for h, w in (coded, coded[::-1])]
-                if fits[0] and fits[1]:
-                    raise VideoRefused(f"{task.path}: {fits[0]}")
+                errors = [_grid_error(h, w, crop, grid) for h, w in (coded, coded[::-1])]
+                if all(errors):
+                    raise VideoRefused(f"{task.path}: {errors[0]}")
                 for kept, (index, rgb) in enumerate(reader, start=1):
                     if kept == 1 and (error := _grid_error(rgb.shape[0], rgb.shape[1], crop, grid)):
                         raise VideoRefused(f"{task.path}: {error}")
@@ -243,7 +244,7 @@ def decode_crops(
                     for start, crops in _pieces(rgb, crop, rows, cols, piece_crops):
                         if not put(FrameCrops(task, index, crops, start)):
                             return
-                put(VideoDone(task, reader.info, size, digest))
+                put(VideoDone(task, reader.info, identity["source_size"], digest, identity["source_mtime_ns"]))
         except Exception as exc:  # one broken video must not stop the others
             put(VideoFailed(task, _error_text(exc)))
 

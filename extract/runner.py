@@ -377,7 +377,7 @@ def extract_dataset(
     """
     from tqdm.auto import tqdm
 
-    from clifvqa.features.sources import source_identity, stale_reason
+    from clifvqa.features.sources import stale_reason
 
     start = time.perf_counter()
     root = Path(dataset_dir)
@@ -405,7 +405,7 @@ def extract_dataset(
         complete = store.entries()
         missing = set(check.missing) - set(complete)
         failed_before = store.failures()
-        todo, identity = [], {}
+        todo = []
         for key in keys:
             path = root / key
             if key in complete:
@@ -423,15 +423,11 @@ def extract_dataset(
                     failed_before[key].get("error")):
                 summary.previously_failed += 1
                 continue
-            try:
-                identity[key] = source_identity(path)
-            except OSError:
-                pass  # the decoder reports the missing file as this video's failure
             todo.append(VideoTask(key, path))
         summary.setup = time.perf_counter() - start
         start = time.perf_counter()
         bar = tqdm(total=len(todo), unit="video", disable=not progress, dynamic_ncols=True)
-        writer = _StoreWriter(store, summary, bar, start, identity, {k for k, _ in summary.stale})
+        writer = _StoreWriter(store, summary, bar, start, {k for k, _ in summary.stale})
         try:
             for task, result in extractor.extract_many(todo, workers=config.workers):
                 writer.put(task.key, result)  # raises the writer's error as soon as it has one
@@ -474,18 +470,16 @@ class _StoreWriter:
         summary: the run's counters, updated by the writer thread only while it runs.
         bar: progress bar (tqdm), one step per result.
         start: ``time.perf_counter()`` at the start of extraction, for the frames/s shown.
-        identity: ``key -> {source_size, source_mtime_ns}`` taken before the file was read,
-            added to the entry's attributes.
         replace: keys whose complete (stale) entries are replaced.
         max_queued: results waiting to be written at most; :meth:`put` blocks beyond that.
     """
 
     _STOP = object()
 
-    def __init__(self, store, summary: ExtractSummary, bar, start: float,
-                 identity: dict[str, dict[str, int]], replace: set[str], max_queued: int = 2) -> None:
+    def __init__(self, store, summary: ExtractSummary, bar, start: float, replace: set[str],
+                 max_queued: int = 2) -> None:
         self.store, self.summary, self.bar, self.start = store, summary, bar, start
-        self.identity, self.replace = identity, replace
+        self.replace = replace
         self._queue: queue.Queue = queue.Queue(maxsize=max_queued)
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="clifvqa-store-writer", daemon=True)
@@ -521,8 +515,7 @@ class _StoreWriter:
             while (item := self._queue.get()) is not self._STOP:
                 key, result = item
                 if isinstance(result, VideoResult):
-                    result = _write(self.store, key, result, self.identity.get(key, {}),
-                                    key in self.replace)
+                    result = _write(self.store, key, result, key in self.replace)
                 if isinstance(result, VideoResult):
                     summary.done += 1
                     summary.frames += len(result.frames)
@@ -537,20 +530,16 @@ class _StoreWriter:
             self._error = exc
 
 
-def _write(store, key: str, result: VideoResult, identity: dict[str, int], replace: bool) -> VideoResult | str:
-    """Write one video; a key the store refuses (e.g. a video that is also a folder of videos)
-    becomes that video's failure text instead of stopping the run. ``identity`` (the file's
-    size and time before it was read) joins the attributes only when the decoder saw that size:
-    otherwise the file changed meanwhile and no time is recorded, so the next run hashes it."""
-    attrs = dict(result.attrs)
-    if identity.get("source_size") == attrs.get("source_size"):
-        attrs["source_mtime_ns"] = identity["source_mtime_ns"]
+def _write(store, key: str, result: VideoResult, replace: bool) -> VideoResult | str:
+    """Write one video (``replace``: over its complete, stale entry); a key the store refuses
+    (e.g. a video that is also a folder of videos) becomes that video's failure text instead of
+    stopping the run."""
     try:
         store.write_video(
             key,
             pooled=result.pooled,
             frames=result.frames,
-            attrs=attrs,
+            attrs=result.attrs,
             maps=result.maps,
             embeddings=result.embeddings,
             replace=replace,

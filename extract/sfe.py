@@ -657,6 +657,7 @@ def _result(acc: _Pending) -> VideoResult:
         "source": done.task.key,
         "source_size": int(done.source_size),
         "source_sha256": done.source_sha256,
+        "source_mtime_ns": int(done.source_mtime_ns),
         "fps": float(info.fps),
         "width": int(info.width),
         "height": int(info.height),
