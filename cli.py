@@ -165,10 +165,8 @@ def manifest_import(fmt: str, src: Path, output: Path, prefix: str, video_col: s
     opts = {k: v for k, v in dict(video_col=video_col, mos_col=mos_col, split=split, ext=ext).items() if v is not None}
     result = import_labels(fmt, src, prefix, **opts)
     skipped = result.skipped
-    for line, reason in skipped[:MAX_LISTED]:
-        click.echo(f"{src} {result.unit} {line}: skipped: {reason}", err=True)
-    if len(skipped) > MAX_LISTED:
-        click.echo(f"... and {len(skipped) - MAX_LISTED} more skipped {result.unit}s", err=True)
+    _echo_listed([f"{src} {result.unit} {line}: skipped: {reason}" for line, reason in skipped],
+                 f"skipped {result.unit}s")
     if not result.manifest.rows:
         fail(f"no usable rows in {src}; nothing written")
     write_manifest(result.manifest, output, overwrite=force)
@@ -295,12 +293,17 @@ def extract_cmd(dataset_dir: Path, manifest: Path | None, store_path: str, clip_
         sys.exit(1)
 
 
+def _echo_listed(lines: list[str], what: str, hint: str = "") -> None:
+    """The first :data:`MAX_LISTED` of ``lines`` on stderr, then how many more ``what`` there are."""
+    for line in lines[:MAX_LISTED]:
+        click.echo(line, err=True)
+    if len(lines) > MAX_LISTED:
+        click.echo(f"... and {len(lines) - MAX_LISTED} more {what}{hint}", err=True)
+
+
 def _echo_failures(failures: list[tuple[str, str]], store_path: str) -> None:
-    for key, error in failures[:MAX_LISTED]:
-        click.echo(f"failed: {key}: {error}", err=True)
-    if len(failures) > MAX_LISTED:
-        click.echo(f"... and {len(failures) - MAX_LISTED} more failures "
-                   f"(clifvqa store info {store_path} --failures lists them all)", err=True)
+    _echo_listed([f"failed: {key}: {error}" for key, error in failures], "failures",
+                 f" (clifvqa store info {store_path} --failures lists them all)")
 
 
 def _positive_int(text: str, option: str) -> int:

@@ -23,10 +23,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-SOURCE_ATTRS: tuple[str, ...] = ("source_size", "source_sha256", "source_mtime_ns")
-"""The attributes that tie an entry to its file."""
-
-
 def sha256_file(path: str | os.PathLike[str]) -> str:
     """Streaming sha256 of a file (4 MiB blocks; hashlib releases the GIL on large blocks)."""
     digest = hashlib.sha256()
@@ -73,18 +69,3 @@ def stale_reason(attrs: Mapping[str, Any], path: str | os.PathLike[str], *,
             return f"its file's content changed (sha256 {recorded[:12]}... when extracted, {now[:12]}... now)"
     return None
 
-
-def stale_entries(store: Any, keys: list[str] | None, root: str | os.PathLike[str], *,
-                  hash: bool = False, progress: bool = False) -> dict[str, str]:
-    """``{key: reason}`` of the complete entries of ``store`` (of ``keys``, default all) whose
-    files under ``root`` are no longer theirs (:func:`stale_reason`); missing files included."""
-    from tqdm.auto import tqdm
-
-    entries = store.entries()
-    keys = list(entries) if keys is None else keys
-    out: dict[str, str] = {}
-    for key in tqdm(keys, desc="source files", unit="video", disable=not progress, leave=False):
-        reason = stale_reason(entries[key], Path(root) / key, hash=hash)
-        if reason:
-            out[key] = reason
-    return out

@@ -317,7 +317,7 @@ class FeatureStore(abc.ABC):
         return path
 
     def read_pooled(self, key: str) -> np.ndarray:
-        """float32 [T>=1, 2r] pooled features of a complete video, checked (KeyError when the
+        """float32 [T, 2r] pooled features of a complete video, checked (KeyError when the
         video is not complete; :class:`CorruptFeaturesError` when a check fails)."""
         path = self._complete_path(key)
         return self._checked_pooled(key, path, self._node(path)[1])
