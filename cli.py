@@ -456,7 +456,6 @@ def store_rescore_cmd(src: str, prompts_file: str, softmax: str, output: str, cl
     Exit code 0 when every SRC video was rescored, 1 when some lack embeddings, 2 on errors.
     """
     from clifvqa.extract.rescore import rescore_store
-    from clifvqa.extract.runner import RunInterrupted
 
     summary = rescore_store(src, output, prompts_file, softmax=softmax, clip_model=clip_model,  # type: ignore[arg-type]
                             device=device, save_maps=save_maps, copy_embeddings=copy_embeddings, progress=not quiet)
