@@ -574,10 +574,10 @@ def _amp_name(ctx: Context) -> str:
 
 
 def _autocast(ctx: Context):
-    import torch
+    """The trainer's autocast for its training steps on this device."""
+    from clifvqa.train import trainer
 
-    dtype = _amp(ctx)
-    return torch.autocast(ctx.dev.type, dtype=dtype) if dtype else contextlib.nullcontext()
+    return trainer._autocast(ctx.dev, _amp(ctx))
 
 
 def _step(ctx: Context, model, optimizer, scaler, batch) -> float:
