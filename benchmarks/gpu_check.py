@@ -689,7 +689,7 @@ def sec_eval_bf16_vs_fp32(ctx: Context, res: dict) -> None:
     from clifvqa.train.data import VideoItem, load_semantic_features
     from clifvqa.train.evaluate import evaluate
     from clifvqa.train.metrics import compute_metrics
-    from clifvqa.train.trainer import predict_items
+    from clifvqa.train.inference import predict_items
 
     d = ctx.dataset
     run = ctx.device_run()

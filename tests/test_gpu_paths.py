@@ -17,9 +17,10 @@ import pytest
 import torch
 
 from clifvqa._device import DeviceError, float32_math
-from clifvqa.train import trainer
+from clifvqa.train import distributed, trainer
 from clifvqa.train.model import TINY_FRAGMENTS, build_model, tiny_config
-from clifvqa.train.trainer import Dist, TrainConfig, _setup_dist, amp_dtype
+from clifvqa.train.distributed import Dist, setup_dist
+from clifvqa.train.trainer import TrainConfig, amp_dtype
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -54,7 +55,7 @@ def fake_cuda(monkeypatch):
 
 @pytest.mark.parametrize("asked, index", [("auto", 0), ("cuda", 0), ("cuda:1", 1)])
 def test_single_gpu_training_gets_an_indexed_device(fake_cuda, asked, index):
-    dist, device, started = _setup_dist(asked)
+    dist, device, started = setup_dist(asked)
     assert device == torch.device("cuda", index) and fake_cuda["set_device"] == [index]
     assert not dist.enabled and not started and fake_cuda["init"] == []
 
@@ -63,12 +64,12 @@ def test_torchrun_takes_the_gpu_of_local_rank_and_refuses_an_explicit_index(fake
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("LOCAL_RANK", "1")
-    dist, device, started = _setup_dist("cuda")
+    dist, device, started = setup_dist("cuda")
     assert (dist.rank, dist.world, device, started) == (1, 2, torch.device("cuda", 1), True)
     assert fake_cuda == {"set_device": [1], "init": ["nccl"]}
     with pytest.raises(DeviceError, match=r"--device cuda:0 under torchrun \(WORLD_SIZE=2\) would put every "
                                           r"process on GPU 0: pass --device cuda or auto") as err:
-        _setup_dist("cuda:0")
+        setup_dist("cuda:0")
     assert isinstance(err.value, ValueError) and "\n" not in str(err.value)
     assert fake_cuda["init"] == ["nccl"]  # refused before joining the group
 
@@ -186,7 +187,7 @@ def test_predict_and_evaluation_score_without_tf32(tmp_path, make_train_set, mon
     from clifvqa.train import predict as predict_module
     from clifvqa.train.checkpoint import load_checkpoint, save_checkpoint
     from clifvqa.train.data import VideoItem, load_semantic_features
-    from clifvqa.train.trainer import predict_items
+    from clifvqa.train.inference import predict_items
 
     data = make_train_set(tmp_path / "data", n=2)
     with open_store(data.store) as st:
@@ -259,7 +260,7 @@ def test_each_rank_saves_and_resumes_its_own_rng_state(tmp_path):
     optimizer = torch.optim.AdamW(model.parameters())
     states, draws = [], []
     for rank in range(2):
-        torch.manual_seed(trainer.rank_seed(7, rank))
+        torch.manual_seed(distributed.rank_seed(7, rank))
         states.append(ckpt.capture_rng())
         draws.append(torch.rand(4))
     assert not torch.equal(draws[0], draws[1])  # ranks draw different dropout masks

@@ -20,7 +20,8 @@ from click.testing import CliRunner
 from clifvqa.train import checkpoint as ckpt
 from clifvqa.train import data as train_data
 from clifvqa.train.model import TINY_FRAGMENTS, build_model, tiny_config
-from clifvqa.train.trainer import NonFiniteLoss, NonFiniteOutput, TrainConfig, run_training
+from clifvqa.train.inference import NonFiniteOutput
+from clifvqa.train.trainer import NonFiniteLoss, TrainConfig, run_training
 
 TAGS = ["train", "train", "train", "train", "val", "test"]
 

@@ -17,7 +17,8 @@ from clifvqa.features.synth import synthetic_provenance
 from clifvqa.train import checkpoint as ckpt
 from clifvqa.train.data import DataError, VideoItem, load_semantic_features
 from clifvqa.train.model import tiny_config
-from clifvqa.train.trainer import TrainConfig, lr_factor, predict_items, run_training
+from clifvqa.train.inference import predict_items
+from clifvqa.train.trainer import TrainConfig, lr_factor, run_training
 
 TAGS = ["train", "train", "train", "train", "val", "test"]
 

@@ -169,7 +169,7 @@ def evaluate(
             any scoring.
         NonFiniteOutput: the model gave NaN or inf for some videos (named); nothing is written.
     """
-    from clifvqa.train.trainer import predict_items
+    from clifvqa.train.inference import predict_items
 
     dev = torch.device(resolve_device(device))
     model, meta = load_checkpoint(checkpoint, dev)

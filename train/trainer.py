@@ -58,7 +58,6 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
-from clifvqa._device import DeviceError, float32_math, resolve_device
 from clifvqa.errors import ClifvqaError
 from clifvqa.train.config_io import JsonConfig
 from clifvqa.manifests.io import Manifest
@@ -75,7 +74,9 @@ from clifvqa.train.data import (
     load_semantic_features,
     plan_splits,
 )
+from clifvqa.train.distributed import Dist, rank_seed, setup_dist
 from clifvqa.train.fragments import FragmentConfig
+from clifvqa.train.inference import predict_items, progress_bar, to_device
 from clifvqa.train.loss import clifvqa_loss
 from clifvqa.train.metrics import METRIC_KEYS, compute_metrics, fit_score_mapping, format_table, summarize
 from clifvqa.train.model import TINY_FRAGMENTS, ClifVQA, ClifVQAConfig, build_model, tiny_config
@@ -85,10 +86,6 @@ log = logging.getLogger("clifvqa.train")
 
 class NonFiniteLoss(ClifvqaError):
     """The training loss became NaN or inf: training stops before anything of it is saved."""
-
-
-class NonFiniteOutput(ClifvqaError):
-    """The model gave NaN or inf for some videos: never reported as a score."""
 
 
 def default_train_workers() -> int:
@@ -155,137 +152,12 @@ class TrainConfig(JsonConfig):
 RESUMABLE_CHANGES = ("device", "workers", "grad_checkpoint")
 
 
-def rank_seed(seed: int, rank: int) -> int:
-    """The torch seed of process ``rank`` under torchrun after the shared initialisation. Ranks
-    are a million apart so that no rank's seed is another split's (splits use seed + index)."""
-    return seed + 1_000_000 * rank
-
-
 def lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
     """Learning-rate multiplier of optimizer step ``step`` (0-based): linear warm-up, then cosine."""
     if step < warmup_steps:
         return (step + 1) / warmup_steps
     progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
     return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-
-# ------------------------------------------------------------------------------ distributed
-
-
-@dataclass(frozen=True)
-class Dist:
-    """Where this process stands in a torchrun job (rank 0 of 1 without torchrun)."""
-
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-
-    @property
-    def enabled(self) -> bool:
-        return self.world > 1
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    def barrier(self) -> None:
-        if self.enabled:
-            torch.distributed.barrier()
-
-
-def _setup_dist(device_name: str) -> tuple[Dist, torch.device, bool]:
-    """Join the torchrun process group when launched by torchrun; pick the device.
-
-    A CUDA device always gets an index (``torch.cuda.set_device`` needs one): the GPU of
-    LOCAL_RANK under torchrun, else the one asked for, else the current one.
-
-    Raises:
-        DeviceError: ``cuda:N`` under torchrun with several processes (all would use GPU N).
-    """
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    dist = Dist(int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0")))
-    device = torch.device(resolve_device(device_name))
-    if device.type == "cuda":
-        if dist.enabled and device.index is not None:
-            raise DeviceError(
-                f"--device {device_name} under torchrun (WORLD_SIZE={world}) would put every process on GPU "
-                f"{device.index}: pass --device cuda or auto, and each process takes the GPU of its "
-                "LOCAL_RANK")
-        index = dist.local_rank if dist.enabled else device.index
-        device = torch.device("cuda", torch.cuda.current_device() if index is None else index)
-        torch.cuda.set_device(device)
-    started = False
-    if dist.enabled and not torch.distributed.is_initialized():
-        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
-        started = True
-    return dist, device, started
-
-
-# ------------------------------------------------------------------------------ evaluation
-
-
-@torch.no_grad()
-def predict_items(
-    model: ClifVQA,
-    items: Sequence[VideoItem],
-    video_root: str | os.PathLike[str],
-    semantic: Mapping[str, torch.Tensor] | None,
-    fragments: FragmentConfig | None,
-    *,
-    device: torch.device,
-    batch_size: int = 1,
-    workers: int = 0,
-    seed: int = 0,
-    dist: Dist = Dist(),
-    progress: bool = False,
-    desc: str = "scoring",
-) -> tuple[list[str], list[float], list[float], list[tuple[str, str]]]:
-    """Scores of ``items`` (test-time fragments, eval mode): keys, predictions, MOS, failures.
-
-    Always float32 without autocast or TF32 (:func:`clifvqa._device.float32_math`), so the
-    trainer's validation and test metrics are those ``clifvqa evaluate`` gives for the same
-    checkpoint, on any device.
-
-    Under torchrun each process scores every ``world``-th item and the results are gathered, so
-    every process returns all of them (in item order). ``progress`` shows a bar (stderr) on rank 0.
-
-    Raises:
-        NonFiniteOutput: the model gave NaN or inf for some videos (named in the message).
-    """
-    model.eval()
-    shard = list(items)[dist.rank :: dist.world]
-    ds = VideoDataset(shard, video_root, semantic, fragments, train=False, seed=seed)
-    # own generator: evaluating must not advance the global RNG that dropout draws from
-    loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=collate, generator=torch.Generator().manual_seed(seed))
-    out: list[tuple[str, float, float]] = []
-    failed: list[tuple[str, str]] = []
-    for batch in _progress(loader, desc, progress and dist.main, unit="batch"):
-        failed += batch["failed"]
-        if not batch["keys"]:
-            continue
-        with float32_math():
-            pred = model(_to(batch["semantic"], device), _to(batch["fragments"], device))
-        out += list(zip(batch["keys"], pred.float().cpu().tolist(), batch["mos"].tolist()))
-    if dist.enabled:
-        gathered: list[Any] = [None] * dist.world
-        torch.distributed.all_gather_object(gathered, (out, failed))
-        out = [row for part, _ in gathered for row in part]
-        failed = [f for _, part in gathered for f in part]
-    bad = [key for key, pred, _ in out if not math.isfinite(pred)]
-    if bad:
-        raise NonFiniteOutput(
-            f"the model's output is NaN or inf for {len(bad)} of {len(out)} videos: {listing(bad, 5)}; their "
-            "semantic features or the checkpoint's weights are corrupt (check: clifvqa store verify)"
-        )
-    order = {item.key: i for i, item in enumerate(items)}
-    out.sort(key=lambda row: order[row[0]])
-    for key, error in failed:
-        log.warning("warning: video %s could not be decoded and was not scored: %s", key, error)
-    return [r[0] for r in out], [r[1] for r in out], [r[2] for r in out], failed
-
-
-def _to(x: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
-    return None if x is None else x.to(device, non_blocking=True)
 
 
 def amp_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | None:
@@ -330,7 +202,7 @@ def train_step(
     """
     with _autocast(device, dtype):
         if batch["keys"]:
-            pred = net(_to(batch["semantic"], device), _to(batch["fragments"], device))
+            pred = net(to_device(batch["semantic"], device), to_device(batch["fragments"], device))
             target = batch["mos"].to(device)
             pred32 = pred.float()
             if loss_fn is None:
@@ -617,7 +489,7 @@ def train_split(
         train_ds.set_epoch(epoch)
         loader_gen.manual_seed(seed * 1_000_003 + epoch)
         loss_sum, loss_n, skipped = 0.0, 0, 0
-        bar = _progress(loader, f"{plan.name} epoch {epoch + 1}/{config.epochs}", progress and dist.main)
+        bar = progress_bar(loader, f"{plan.name} epoch {epoch + 1}/{config.epochs}", progress and dist.main)
         for batch in bar:
             for key, error in batch["failed"]:
                 log.warning("warning: epoch %d: video %s could not be decoded and is skipped this epoch: %s", epoch + 1, key, error)
@@ -750,15 +622,6 @@ def _dummy_inputs(config: ClifVQAConfig, device: torch.device) -> tuple[torch.Te
     return semantic, fragments
 
 
-def _progress(iterable, desc: str, enabled: bool, unit: str = "batch"):
-    """``iterable`` behind a tqdm bar on stderr when ``enabled``."""
-    if not enabled:
-        return iterable
-    from tqdm import tqdm
-
-    return tqdm(iterable, desc=desc, unit=unit, leave=False, dynamic_ncols=True)
-
-
 # ------------------------------------------------------------------------------ a whole run
 
 
@@ -811,7 +674,7 @@ def run_training(
     with a run in it is refused unless ``resume``.
     """
     out = Path(out)
-    dist, device, started = _setup_dist(config.device)
+    dist, device, started = setup_dist(config.device)
     try:
         plans = plan_splits(manifest, val_fraction=config.val_fraction, splits=splits, test_fraction=test_fraction, test_manifest=test_manifest, seed=config.seed)
         keys = list(dict.fromkeys(k for plan in plans for k in plan.keys()))
