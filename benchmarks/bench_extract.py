@@ -75,14 +75,14 @@ def cached(path: Path, make) -> Path:
 
 
 def random_model(out: Path, preset: str) -> Path:
-    from clifvqa.extract.random_clip import save_random_clip
+    from clifvqa.testing.clip import save_random_clip
 
     return cached(out / "models" / f"random-{preset}", lambda tmp: save_random_clip(tmp, preset=preset, seed=0))
 
 
 def synthetic_clip(out: Path, res: str, frames: int) -> Path:
-    """The benchmark scene (:func:`clifvqa.extract.synth.write_clip`, seed 0) at ``res``, ``frames`` long."""
-    from clifvqa.extract.synth import write_clip
+    """The benchmark scene (:func:`clifvqa.testing.videos.write_clip`, seed 0) at ``res``, ``frames`` long."""
+    from clifvqa.testing.videos import write_clip
 
     width, height = RESOLUTIONS[res]
     return cached(out / "clips" / f"{res}-{frames}f.mp4", lambda tmp: write_clip(tmp, frames, width, height, FPS))
@@ -96,7 +96,7 @@ def scrolling_clip(out: Path, seconds: int, fps: int) -> Path:
         import av
         import numpy as np
 
-        from clifvqa.extract.synth import synth_frame
+        from clifvqa.testing.videos import synth_frame
 
         width, height = RESOLUTIONS["1080p"]
         base = synth_frame(0, height, width)

@@ -111,8 +111,8 @@ def main() -> None:
     parser.add_argument("--work", type=Path, help="folder for the clip and model (reused when there)")
     args = parser.parse_args()
 
-    from clifvqa.extract.random_clip import save_random_clip
-    from clifvqa.extract.synth import write_clip
+    from clifvqa.testing.clip import save_random_clip
+    from clifvqa.testing.videos import write_clip
 
     width, height = (int(v) for v in args.size.lower().split("x"))
     work = args.work or Path(tempfile.mkdtemp(prefix="bench-memory-"))

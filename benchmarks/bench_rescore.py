@@ -32,7 +32,7 @@ NEW_PROMPTS = {"objective": ["crisp", "grainy", "washed out", "overexposed"], "s
 def clip_folder(preset: str, work: Path, vitb_dir: Path) -> Path:
     """The model folder of ``preset``: the tiny one is built in ``work``; the ViT-B/32-sized one
     is reused from ``vitb_dir`` when it is there (building it takes a while), else built there."""
-    from clifvqa.extract.random_clip import save_random_clip
+    from clifvqa.testing.clip import save_random_clip
 
     if preset == "tiny":
         return save_random_clip(work / "tiny-clip", preset="tiny", seed=0)
@@ -48,7 +48,7 @@ def run(preset: str, clip: Path, clips: int, frames: int, work: Path) -> str:
     from clifvqa.extract.config import ExtractConfig
     from clifvqa.extract.rescore import rescore_store
     from clifvqa.extract.runner import extract_dataset
-    from clifvqa.extract.synth import write_clip
+    from clifvqa.testing.videos import write_clip
     from clifvqa.features.store import open_store
 
     root = work / preset

@@ -53,9 +53,9 @@ PIPELINE_CHECK_BELOW_S = 10.0  # check the loader prediction by a run only for s
 
 def make_inputs(folder: Path, videos: int, frames: int, width: int, height: int) -> tuple[list[str], Path]:
     """``videos`` distinct synthetic clips under ``folder/videos`` and a store of synthetic features."""
-    from clifvqa.extract.synth import write_clip
+    from clifvqa.testing.videos import write_clip
     from clifvqa.features.store import create_or_open_store
-    from clifvqa.features.synth import synthetic_provenance, synthetic_video
+    from clifvqa.testing.stores import synthetic_provenance, synthetic_video
 
     keys = [f"clip{i:02d}.mp4" for i in range(videos)]
     for i, key in enumerate(keys):

@@ -348,7 +348,7 @@ class Context:
     # ------------------------------------------------------------ data
 
     def clip_file(self, name: str, **kwargs) -> Path:
-        from clifvqa.extract.synth import write_clip
+        from clifvqa.testing.videos import write_clip
 
         import bench_extract
 
@@ -423,7 +423,7 @@ def save_vit_l14(folder: Path) -> Path:
     import torch
     from transformers import CLIPConfig, CLIPModel
 
-    from clifvqa.extract.random_clip import _byte_level_tokenizer
+    from clifvqa.testing.clip import _byte_level_tokenizer
 
     tokenizer = _byte_level_tokenizer()
     text = dict(VIT_L14["text"], vocab_size=len(tokenizer), max_position_embeddings=77,

@@ -9,6 +9,4 @@ Modules, in the order data flows through them (decoding is :mod:`clifvqa.video`'
 - :mod:`~clifvqa.extract.pipeline`: ``decode_crops``, decoding threads ahead of the device.
 - :mod:`~clifvqa.extract.sfe`: ``SemanticFeatureExtractor`` (Eqs. 2-6), batched on the device.
 - :mod:`~clifvqa.extract.runner`: ``extract_dataset``, resumable and sharded runs into a store.
-- :mod:`~clifvqa.extract.random_clip`, :mod:`~clifvqa.extract.synth`: models and clips made
-  without downloads (tests, demo, benchmarks).
 """

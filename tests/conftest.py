@@ -18,7 +18,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 @pytest.fixture(scope="session")
 def tiny_clip(tmp_path_factory) -> Path:
     """Folder holding a 2-layer random CLIP (model + tokenizer), built once per test session."""
-    from clifvqa.extract.random_clip import save_random_clip
+    from clifvqa.testing.clip import save_random_clip
 
     return save_random_clip(tmp_path_factory.mktemp("tiny-clip"), preset="tiny", seed=0)
 
@@ -37,7 +37,7 @@ def make_video(video_cache):
     """
     import shutil
 
-    from clifvqa.extract.synth import write_clip
+    from clifvqa.testing.videos import write_clip
 
     def make(rel_path: str, root: Path | None = None, **kwargs) -> Path:
         suffix = Path(rel_path).suffix or ".mp4"
@@ -100,7 +100,7 @@ def make_train_set(make_video):
 
     from clifvqa.features.sources import sha256_file, source_identity
     from clifvqa.features.store import create_or_open_store
-    from clifvqa.features.synth import synthetic_provenance, synthetic_video
+    from clifvqa.testing.stores import synthetic_provenance, synthetic_video
 
     def make(root: Path, n: int = 6, r: int = 4, store: str = "features.zarr", keys=None, mos=None,
              split=None, num_rows=None, provenance=None) -> SimpleNamespace:

@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from clifvqa._device import resolve_device
 from clifvqa.cli import main
 from clifvqa.features.store import check_key, create_or_open_store, open_store
-from clifvqa.features.synth import synthetic_provenance, synthetic_video
+from clifvqa.testing.stores import synthetic_provenance, synthetic_video
 from clifvqa.manifests.paths import UnsafePathError, scan_videos, validate_video_path
 
 

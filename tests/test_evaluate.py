@@ -106,7 +106,7 @@ def test_split_unlabelled_rows_failures_and_existing_output(tmp_path, make_train
 
 
 def test_refuses_a_store_made_with_other_settings(tmp_path, make_train_set):
-    from clifvqa.features.synth import synthetic_provenance
+    from clifvqa.testing.stores import synthetic_provenance
 
     data = make_train_set(tmp_path / "data", split=TAGS)
     other = make_train_set(tmp_path / "other", split=TAGS, provenance=synthetic_provenance(r=4, grid=(3, 3)))
@@ -122,7 +122,7 @@ def test_cli_evaluate(tmp_path, make_train_set):
     from click.testing import CliRunner
 
     from clifvqa.cli import main
-    from clifvqa.features.synth import synthetic_provenance
+    from clifvqa.testing.stores import synthetic_provenance
 
     data = make_train_set(tmp_path / "data", split=TAGS)
     ckpt, _ = tiny_checkpoint(tmp_path / "ckpt", data.store)

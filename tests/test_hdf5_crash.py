@@ -30,7 +30,7 @@ from clifvqa.extract.runner import RunInterrupted, SignalStop
 from clifvqa.features import hdf5_backend
 from clifvqa.features.hdf5_backend import spool_dir, spool_state
 from clifvqa.features.store import StoreError, create_or_open_store, open_store
-from clifvqa.features.synth import synthetic_provenance
+from clifvqa.testing.stores import synthetic_provenance
 from test_extract import SLOW_CLI, _env, assert_same_features, base_args, read_all, run_cli
 
 # ---------------------------------------------------------------- the backend, killed at chosen moments
@@ -40,7 +40,7 @@ import os, signal, sys, threading
 
 from clifvqa.features import hdf5_backend
 from clifvqa.features.store import create_or_open_store
-from clifvqa.features.synth import synthetic_provenance, synthetic_video
+from clifvqa.testing.stores import synthetic_provenance, synthetic_video
 
 FAILED_AT = "2024-01-01T00:00:00+00:00"
 
@@ -302,7 +302,7 @@ def test_a_file_left_open_for_write_by_an_older_writer_gets_a_clear_error(tmp_pa
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory, tiny_clip):
     """Six clips and an uninterrupted extraction of them (``fresh``)."""
-    from clifvqa.extract.synth import write_clip
+    from clifvqa.testing.videos import write_clip
 
     root = tmp_path_factory.mktemp("crash_ds")
     keys = [f"v{i}.mp4" if i % 2 else f"sub/v{i}.mp4" for i in range(6)]

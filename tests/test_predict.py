@@ -27,7 +27,7 @@ def setup(tmp_path_factory, tiny_clip):
 
     from clifvqa.extract.config import ExtractConfig
     from clifvqa.extract.runner import extract_dataset
-    from clifvqa.extract.synth import write_clip
+    from clifvqa.testing.videos import write_clip
     from clifvqa.features.store import open_store
     from clifvqa.train.checkpoint import save_checkpoint
     from clifvqa.train.model import TINY_FRAGMENTS, build_model, tiny_config
@@ -61,7 +61,7 @@ def test_same_score_every_run_and_from_store_or_extraction(setup, tmp_path):
 
 
 def test_refuses_a_clip_whose_weights_differ_from_the_checkpoints(setup, tmp_path):
-    from clifvqa.extract.random_clip import save_random_clip
+    from clifvqa.testing.clip import save_random_clip
 
     other = save_random_clip(tmp_path / "other-clip", preset="tiny", seed=1)
     with pytest.raises(ProvenanceMismatch) as info:

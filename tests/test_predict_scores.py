@@ -64,7 +64,7 @@ def test_mapping_is_the_logistic_fit_stored_as_json():
 
 def test_training_stores_the_mapping_and_evaluate_reports_scores_on_the_mos_scale(tmp_path, make_train_set):
     from clifvqa.features.store import create_or_open_store
-    from clifvqa.features.synth import synthetic_provenance
+    from clifvqa.testing.stores import synthetic_provenance
     from clifvqa.train.evaluate import evaluate
     from clifvqa.train.trainer import TrainConfig, run_training
 
@@ -114,7 +114,7 @@ def extracted(tmp_path_factory, tiny_clip):
 
     from clifvqa.extract.config import ExtractConfig
     from clifvqa.extract.runner import extract_dataset
-    from clifvqa.extract.synth import write_clip
+    from clifvqa.testing.videos import write_clip
     from clifvqa.features.store import open_store
     from clifvqa.train.model import TINY_FRAGMENTS, build_model, tiny_config
 

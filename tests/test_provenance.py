@@ -14,7 +14,7 @@ from clifvqa.features.provenance import (
     fingerprint,
     provenance_diff,
 )
-from clifvqa.features.synth import synthetic_provenance
+from clifvqa.testing.stores import synthetic_provenance
 
 SMALL = {
     "software": {"clifvqa": "0.1.0", "torch": "2.13"},

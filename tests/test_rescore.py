@@ -17,7 +17,7 @@ from clifvqa.extract.prompts import PromptSet
 from clifvqa.extract.rescore import NO_EMBEDDINGS, RescoreError, rescore_store
 from clifvqa.extract.runner import extract_dataset
 from clifvqa.extract.sfe import SemanticFeatureExtractor
-from clifvqa.extract.synth import write_clip
+from clifvqa.testing.videos import write_clip
 from clifvqa.features.provenance import FingerprintMismatch, fingerprint, provenance_diff
 from clifvqa.features.store import create_or_open_store, open_store
 from clifvqa.features.verify import verify_store
@@ -142,7 +142,7 @@ def test_refuses_a_source_without_embeddings(data, tiny_clip, bundle, tmp_path):
 
 
 def test_weights_must_be_the_sources(data, tiny_clip, tmp_path):
-    from clifvqa.extract.random_clip import save_random_clip
+    from clifvqa.testing.clip import save_random_clip
 
     other = save_random_clip(tmp_path / "other-clip", preset="tiny", seed=1)
     with pytest.raises(RescoreError, match="weights sha256"):

@@ -17,7 +17,7 @@ import pytest
 from click.testing import CliRunner
 
 from clifvqa.features.store import create_or_open_store
-from clifvqa.features.synth import synthetic_provenance
+from clifvqa.testing.stores import synthetic_provenance
 from clifvqa.train import checkpoint as ckpt
 from clifvqa.train import trainer
 from clifvqa.train.trainer import (

@@ -98,7 +98,7 @@ def reference_features(path, clip_dir, prompts, grid, softmax="all", stride=1):
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     """A dataset folder with a plain, a rotated (in a subfolder) and a smaller-than-crop clip."""
-    from clifvqa.extract.synth import write_clip
+    from clifvqa.testing.videos import write_clip
 
     root = tmp_path_factory.mktemp("sfe-dataset")
     write_clip(root / "plain.mp4", **PLAIN)

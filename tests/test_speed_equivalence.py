@@ -40,7 +40,7 @@ CLIPS = {
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-    from clifvqa.extract.synth import write_clip
+    from clifvqa.testing.videos import write_clip
 
     root = tmp_path_factory.mktemp("speed-dataset")
     for key, kwargs in CLIPS.items():

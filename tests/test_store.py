@@ -13,7 +13,7 @@ import zarr
 
 from clifvqa.features.provenance import FingerprintMismatch, fingerprint
 from clifvqa.features.store import StoreError, create_or_open_store, open_store
-from clifvqa.features.synth import synthetic_provenance, synthetic_video
+from clifvqa.testing.stores import synthetic_provenance, synthetic_video
 from clifvqa.manifests.paths import UnsafePathError
 
 BACKENDS = ["s.zarr", "s.h5"]

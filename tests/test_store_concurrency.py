@@ -5,7 +5,7 @@ from __future__ import annotations
 import multiprocessing as mp
 
 from clifvqa.features.store import create_or_open_store, open_store
-from clifvqa.features.synth import synthetic_provenance, synthetic_video
+from clifvqa.testing.stores import synthetic_provenance, synthetic_video
 from clifvqa.features.verify import verify_store
 
 

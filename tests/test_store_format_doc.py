@@ -11,7 +11,7 @@ import pytest
 from clifvqa.features.merge import convert_store
 from clifvqa.features.provenance import fingerprint
 from clifvqa.features.store import create_or_open_store
-from clifvqa.features.synth import synthetic_provenance, synthetic_video
+from clifvqa.testing.stores import synthetic_provenance, synthetic_video
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "FORMAT.md"
 KEY = "KoNViD_1k_videos/4542323058.mp4"

@@ -11,7 +11,7 @@ from clifvqa.cli import main
 from clifvqa.features.info import failure_reasons, store_info
 from clifvqa.features.provenance import fingerprint
 from clifvqa.features.store import create_or_open_store, open_store
-from clifvqa.features.synth import synthetic_provenance, synthetic_video
+from clifvqa.testing.stores import synthetic_provenance, synthetic_video
 
 PROV = synthetic_provenance(r=4, grid=(2, 3))
 

@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from clifvqa.features.store import create_or_open_store
-from clifvqa.features.synth import synthetic_provenance
+from clifvqa.testing.stores import synthetic_provenance
 from clifvqa.train import checkpoint as ckpt
 from clifvqa.train.data import DataError, VideoItem, load_semantic_features
 from clifvqa.train.model import tiny_config

@@ -27,7 +27,7 @@ from clifvqa.features.store import (
     open_store,
     upgrade_store,
 )
-from clifvqa.features.synth import synthetic_provenance, synthetic_video
+from clifvqa.testing.stores import synthetic_provenance, synthetic_video
 from clifvqa.features.verify import verify_store
 from clifvqa.train.data import DataError, load_semantic_features
 

@@ -2,7 +2,7 @@
 
 Steps (each through the library functions the CLI commands call):
 
-1. **Dataset.** ``videos`` synthetic H.264 clips (:func:`clifvqa.extract.synth.write_clip`):
+1. **Dataset.** ``videos`` synthetic H.264 clips (:func:`clifvqa.testing.videos.write_clip`):
    ``scenes × LEVELS`` clips, each scene (a different synthetic layout and colours) at every
    distortion level. Level ``l`` applies blur, Gaussian noise and x264 compression together,
    all rising with ``l`` (:data:`DISTORTIONS`), and its MOS falls linearly from 5 (level 0) to
@@ -12,7 +12,7 @@ Steps (each through the library functions the CLI commands call):
    scenes trained at other levels.
 2. **Manifest** ``OUT/manifest.csv`` (video, mos, split, level).
 3. **Extraction** into ``OUT/features.zarr`` with a tiny CLIP whose weights are **random**
-   (built locally by :func:`clifvqa.extract.random_clip.save_random_clip`; nothing is
+   (built locally by :func:`clifvqa.testing.clip.save_random_clip`; nothing is
    downloaded). The semantic features are real numbers computed the real way, but carry no
    meaning (no prompt word is understood); being functions of the pixels, they still move
    with the distortions.
@@ -164,9 +164,9 @@ def run_demo(out_dir: str | os.PathLike[str] = "demo-run", config: DemoConfig = 
     import torch
 
     from clifvqa.extract.config import ExtractConfig
-    from clifvqa.extract.random_clip import save_random_clip
+    from clifvqa.testing.clip import save_random_clip
     from clifvqa.extract.runner import extract_dataset
-    from clifvqa.extract.synth import write_clip
+    from clifvqa.testing.videos import write_clip
     from clifvqa.manifests.io import write_manifest
     from clifvqa.train.evaluate import evaluate
     from clifvqa.train.trainer import run_training
