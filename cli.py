@@ -641,5 +641,28 @@ def demo_cmd(out: str, videos: int, epochs: int | None, seed: int, quiet: bool) 
     click.echo(result.summary())
 
 
+@main.group("experiment")
+def experiment_group() -> None:
+    """The paper's protocol as one experiment file: run it, resumably, and print its tables
+    (docs/PROTOCOL.md)."""
+
+
+@experiment_group.command("table")
+@click.argument("folder", type=click.Path(exists=True, path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(["md", "csv", "latex"]), default="md", show_default=True,
+              help="Markdown, long-form CSV or LaTeX.")
+@click.option("--reference", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Reported numbers to print beside ours with the difference, e.g. experiments/paper-reference.csv.")
+@click.option("--metrics", default="srocc,plcc", show_default=True,
+              help="Comma-separated metrics: srocc, plcc, plcc_fit, krocc, rmse.")
+def experiment_table_cmd(folder: Path, fmt: str, reference: Path | None, metrics: str) -> None:
+    """Print the paper-shaped tables (Tables 1-5) of FOLDER/results.csv: mean ± std over splits,
+    n splits, best per column marked."""
+    from clifvqa.protocol.tables import experiment_tables
+
+    chosen = tuple(m.strip() for m in metrics.split(",") if m.strip())
+    click.echo(experiment_tables(folder, fmt=fmt, reference=reference, metrics=chosen), nl=False)
+
+
 if __name__ == "__main__":
     main()
