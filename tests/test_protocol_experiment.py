@@ -1,0 +1,217 @@
+"""Experiment files: errors with line and key path, dry-run counts, run-index partitions, and a
+killed experiment resumed to the same results.csv as an uninterrupted one."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from clifvqa.manifests.io import Manifest, ManifestRow, write_manifest
+from clifvqa.protocol import ExperimentError
+from clifvqa.protocol.plan import plan_experiment, run_cost
+from clifvqa.protocol.runner import list_runs, run_experiment
+from clifvqa.protocol.spec import load_experiment
+
+REPO = Path(__file__).resolve().parents[1]
+
+BASE = """\
+variables:
+  root: {root}
+config:
+  optim.epochs: 2
+datasets:
+  big:
+    manifest: ${{root}}/big.csv
+    videos: ${{root}}/videos
+    store: ${{root}}/big.zarr
+    sets:
+      train: {{split: train}}
+      test: {{split: test}}
+      small: {{short_side: {{max: 540}}}}
+  little:
+    manifest: ${{root}}/little.csv
+    videos: ${{root}}/videos
+    store: ${{root}}/little.zarr
+stages:
+  pretrain:
+    kind: pretrain
+    train: big.train
+    val: 0.1
+    test: [big.test, little.all]
+    report: {{table: "1", row: CLiF-VQA}}
+  finetune:
+    kind: finetune
+    data: [little.all]
+    splits: 3
+    val: 0.25
+    report: {{table: "2", row: CLiF-VQA}}
+  ablation:
+    kind: ablation
+    data: [little.all]
+    splits: 3
+    settings:
+      product:
+        model.branches: {{Semantic: semantic, Both: both}}
+        model.regression_head: {{"": false, Regression: true}}
+    report: {{table: "3", column: average}}
+"""
+
+
+@pytest.fixture
+def manifests(tmp_path):
+    big = [ManifestRow(f"b{i:02d}.mp4", float(i), "test" if i % 5 == 0 else "train",
+                       {"width": "960" if i % 2 else "540", "height": "540"}) for i in range(40)]
+    write_manifest(Manifest(big, ["video", "mos", "split", "width", "height"]), tmp_path / "big.csv")
+    write_manifest(Manifest([ManifestRow(f"l{i:02d}.mp4", float(i)) for i in range(20)], ["video", "mos"]),
+                   tmp_path / "little.csv")
+    return tmp_path
+
+
+def _file(tmp_path, text):
+    path = tmp_path / "x.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_dry_run_counts_by_hand(manifests):
+    x = load_experiment(_file(manifests, BASE.format(root=manifests)))
+    plan = plan_experiment(x, manifests / "out", use_tiny=True)
+    ids = [r.id for r in plan.runs]
+    assert len(ids) == 1 + 3 + 4 * 3 and len(set(ids)) == len(ids)
+    assert ids[0] == "pretrain/base/big.train/main" and ids[1] == "finetune/base/little.all/split_00"
+    assert "ablation/Semantic+Regression/little.all/split_02" in ids and "ablation/Both/little.all/split_00" in ids
+    pre = run_cost(plan.runs[0])
+    # 32 train rows, val = floor(32 * 0.1 + 0.5) = 3 carved by the trainer; tests 8 + 20
+    assert (pre.train, pre.val, pre.test) == (29, 3, 28)
+    # tiny fragments: 16-frame clips, 1 clip per training video; test clips: num_clips_test = 4
+    assert pre.frames_per_epoch == 29 * 16 + 3 * 4 * 16
+    assert pre.frames_total == 2 * pre.frames_per_epoch + (29 + 28) * 4 * 16
+    fine = run_cost(plan.runs[1])  # 20 videos: test 4, train 16, val floor(16 * 0.25 + 0.5) = 4
+    assert (fine.train, fine.val, fine.test) == (12, 4, 4)
+    semantic = next(r for r in plan.runs if r.setting == "Semantic")
+    assert run_cost(semantic).frames_total == 0  # its features come from the store
+    # the documented split scheme: stages with the same data and split_seed share their splits
+    abl = next(r for r in plan.runs if r.id == "ablation/Both/little.all/split_01")
+    assert [r.video for r in abl.tests["little.all"]] == [r.video for r in plan.runs[2].tests["little.all"]]
+    assert abl.config.model.branches == "both" and abl.config.model.regression_head is False
+
+
+def test_errors_name_line_and_key_path(manifests):
+    text = BASE.format(root=manifests)
+    bad = text.replace("    test: [big.test, little.all]", "    test: [big.test, little.none]")
+    line = bad.splitlines().index("    test: [big.test, little.none]") + 1
+    with pytest.raises(ExperimentError, match=rf"x.yaml:{line}: stages.pretrain.test: dataset little has no set 'none'"):
+        load_experiment(_file(manifests, bad))
+    bad = text.replace("    splits: 3\n    val: 0.25", "    splits: 3\n    val: 0.25\n    epochs: 3")
+    with pytest.raises(ExperimentError, match=r"stages.finetune.epochs: unknown key 'epochs'"):
+        load_experiment(_file(manifests, bad))
+    bad = text.replace("  optim.epochs: 2", "  optim.epochz: 2")
+    with pytest.raises(ExperimentError, match=r"x.yaml:4: config.optim.epochz: .*unknown key"):
+        plan_experiment(load_experiment(_file(manifests, bad)), manifests / "out")
+    bad = text.replace("    kind: finetune\n", "    kind: finetune\n    init: {from: ablation}\n")
+    bad = bad.replace("    kind: ablation\n", "    kind: ablation\n    init: {from: finetune}\n")
+    with pytest.raises(ExperimentError, match=r"cycle: finetune -> ablation -> finetune"):
+        load_experiment(_file(manifests, bad))
+    with pytest.raises(ExperimentError, match=r"data.stores is set by the experiment"):
+        load_experiment(_file(manifests, text.replace("  optim.epochs: 2", "  data.stores: [x]")))
+    with pytest.raises(ExperimentError, match=r"--var nope is not a variable"):
+        load_experiment(_file(manifests, text), {"nope": "1"})
+
+
+def test_run_index_partitions_cover_every_run_once(manifests):
+    path = _file(manifests, BASE.format(root=manifests))
+    lines = list_runs(path, manifests / "out").splitlines()
+    assert [int(line.split("\t")[0]) for line in lines] == list(range(16))
+    assert len({line.split("\t")[1] for line in lines}) == 16
+    only = list_runs(path, manifests / "out", only=["finetune"]).splitlines()
+    assert [line.split("\t")[1] for line in only] == [f"finetune/base/little.all/split_{i:02d}" for i in range(3)]
+    with pytest.raises(ExperimentError, match="--run-index 16: the experiment has 16 runs"):
+        run_experiment(path, manifests / "out", run_index=16)
+
+
+# ------------------------------------------------------------------------------ real runs
+
+KILL = """\
+variables:
+  data: {data}
+config:
+  optim.epochs: 3
+  optim.batch_size: 8
+  model.branches: semantic
+  device: cpu
+  workers: 0
+datasets:
+  a:
+    manifest: ${{data}}/a/manifest.csv
+    videos: ${{data}}/a/videos
+    store: ${{data}}/a/features-1.zarr
+    sets: {{train: {{split: train}}, test: {{split: test}}}}
+  b:
+    manifest: ${{data}}/b/manifest.csv
+    videos: ${{data}}/b/videos
+    store: ${{data}}/b/features-1.zarr
+stages:
+  pretrain:
+    kind: pretrain
+    train: a.train
+    val: 0.2
+    test: [a.test, b.all]
+    report: {{table: "1", row: CLiF-VQA}}
+  finetune:
+    kind: finetune
+    data: [b.all]
+    splits: 3
+    val: 0.2
+    report: {{table: "2", row: CLiF-VQA}}
+"""
+
+
+@pytest.fixture(scope="module")
+def mini_data(tmp_path_factory):
+    from clifvqa.protocol.demo import make_mini_data
+
+    return make_mini_data(tmp_path_factory.mktemp("mini") / "data", log=lambda *_: None)
+
+
+def _cli(*args, **kwargs):
+    import clifvqa
+
+    package_root = str(Path(clifvqa.__file__).resolve().parent.parent)  # the clifvqa under test
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([package_root] + sys.path))
+    return subprocess.Popen([sys.executable, "-m", "clifvqa.cli", *args], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, **kwargs)
+
+
+def test_killed_experiment_resumes_to_the_same_results(mini_data, tmp_path):
+    path = tmp_path / "kill.yaml"
+    path.write_text(KILL.format(data=mini_data))
+    whole = run_experiment(path, tmp_path / "whole", use_tiny=True, progress=False, echo=lambda *_: None)
+    assert len(whole.ran) == 4
+    # kill once the first run is finished and the second has started training
+    proc = _cli("experiment", "run", str(path), "--out", str(tmp_path / "killed"), "--tiny", "-q")
+    second = tmp_path / "killed" / "runs" / "finetune" / "base" / "b.all" / "split_00"
+    deadline = time.time() + 300
+    while not (second / "train" / "run.yaml").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    first = tmp_path / "killed" / "runs" / "pretrain" / "base" / "a.train" / "main" / "done.json"
+    assert first.is_file() and not (second / "done.json").exists()
+    first_time = first.stat().st_mtime_ns
+    again = run_experiment(path, tmp_path / "killed", use_tiny=True, progress=False, echo=lambda *_: None)
+    assert again.skipped == ["pretrain/base/a.train/main"] and len(again.ran) == 3
+    assert first.stat().st_mtime_ns == first_time
+    assert (tmp_path / "killed" / "results.csv").read_text() == (tmp_path / "whole" / "results.csv").read_text()
+    # a changed file is refused naming the field, and redone on request
+    path.write_text(KILL.format(data=mini_data).replace("optim.epochs: 3", "optim.epochs: 2"))
+    with pytest.raises(ExperimentError, match=r"config.optim.epochs 3 -> 2"):
+        run_experiment(path, tmp_path / "killed", use_tiny=True, progress=False, echo=lambda *_: None, only=["finetune"])
+    redo = run_experiment(path, tmp_path / "killed", use_tiny=True, progress=False, echo=lambda *_: None,
+                          only=["finetune"], redo_changed=True)
+    assert len(redo.redone) == 3 and len(list((tmp_path / "killed" / "replaced").iterdir())) == 3
