@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: venv test demo bench gpu-check clean
+.PHONY: venv test demo protocol-demo bench gpu-check clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv --system-site-packages $(VENV)
@@ -24,6 +24,10 @@ demo: venv
 	rm -rf demo-run
 	$(VENV)/bin/clifvqa demo --out demo-run
 
+# The paper's protocol in miniature (experiments/mini.yaml, --tiny); a rerun resumes.
+protocol-demo: venv
+	$(VENV)/bin/clifvqa experiment demo --out protocol-demo
+
 bench: venv
 	$(PY) benchmarks/bench_extract.py
 
@@ -34,7 +38,7 @@ gpu-check: venv
 	$(PY) benchmarks/gpu_check.py --out gpu-report $(GPU_CHECK_ARGS)
 
 clean:
-	rm -rf $(VENV) demo-run bench-out gpu-report
+	rm -rf $(VENV) demo-run protocol-demo bench-out gpu-report
 
 # Offline wheelhouse for GPU nodes without internet (README "Offline GPU nodes"): wheels of what a
 # CUDA image with torch and transformers lacks, plus clifvqa itself; never torch. Downloads.

@@ -200,9 +200,9 @@ def test_killed_experiment_resumes_to_the_same_results(mini_data, tmp_path):
     while not (second / "train" / "run.yaml").exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    output = proc.communicate()[0]
     first = tmp_path / "killed" / "runs" / "pretrain" / "base" / "a.train" / "main" / "done.json"
-    assert first.is_file() and not (second / "done.json").exists()
+    assert first.is_file() and not (second / "done.json").exists(), output
     first_time = first.stat().st_mtime_ns
     again = run_experiment(path, tmp_path / "killed", use_tiny=True, progress=False, echo=lambda *_: None)
     assert again.skipped == ["pretrain/base/a.train/main"] and len(again.ran) == 3
