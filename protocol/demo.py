@@ -89,7 +89,6 @@ def run_protocol_demo(out: str | os.PathLike[str] = "protocol-demo", *, progress
     ``out/experiment`` (resumable: a rerun skips finished runs) and return its tables (Markdown)
     followed by the wall time."""
     import torch
-
     from clifvqa.protocol.runner import run_experiment
     from clifvqa.protocol.tables import experiment_tables
 

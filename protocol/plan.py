@@ -27,7 +27,14 @@ from typing import Any
 from clifvqa.manifests.io import Manifest, ManifestRow, read_manifest
 from clifvqa.manifests.split import random_splits
 from clifvqa.protocol import ExperimentError
-from clifvqa.protocol.spec import DEFAULT_STORE, STORE_KEY, Experiment, Setting, Stage, select_rows
+from clifvqa.protocol.spec import (
+    DEFAULT_STORE,
+    STORE_KEY,
+    Experiment,
+    Setting,
+    Stage,
+    select_rows,
+)
 from clifvqa.train.config import RunConfig, tiny
 from clifvqa.train.config_io import ConfigError, with_overrides
 

@@ -28,7 +28,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-
 from clifvqa.protocol import ExperimentError
 from clifvqa.protocol.results import LOWER_IS_BETTER, METRICS, ResultRow
 

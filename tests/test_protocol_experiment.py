@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from clifvqa.manifests.io import Manifest, ManifestRow, write_manifest
 from clifvqa.protocol import ExperimentError
 from clifvqa.protocol.plan import plan_experiment, run_cost

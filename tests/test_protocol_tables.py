@@ -6,10 +6,14 @@ import math
 from pathlib import Path
 
 import pytest
-
 from clifvqa.protocol import ExperimentError
 from clifvqa.protocol.results import ResultRow, read_results, write_results
-from clifvqa.protocol.tables import build_tables, experiment_tables, format_tables, read_reference
+from clifvqa.protocol.tables import (
+    build_tables,
+    experiment_tables,
+    format_tables,
+    read_reference,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
