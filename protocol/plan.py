@@ -123,7 +123,18 @@ class _Planner:
                                                               "import` or `scan`, or point --var at the data)")
             self.manifests[name] = read_manifest(path)
         manifest = self.manifests[name]
-        return select_rows(self.x, set_ref, manifest.rows, manifest.columns)
+        return select_rows(self.x, set_ref, manifest.rows, manifest.columns, lambda: self.sizes(name))
+
+    def sizes(self, dataset: str) -> dict[str, tuple[float, float]]:
+        """``video -> (width, height)`` as the dataset's first store recorded them at extraction."""
+        from clifvqa.features.store import open_store
+
+        stores = self.x.datasets[dataset].stores
+        if not stores:
+            return {}
+        with open_store(next(iter(stores.values()))[0]) as store:
+            return {k: (float(a["width"]), float(a["height"])) for k, a in store.entries().items()
+                    if "width" in a and "height" in a}
 
     def config(self, stage: Stage, setting: Setting, protocol: Mapping[str, Any]) -> tuple[RunConfig, str]:
         config = RunConfig()

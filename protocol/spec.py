@@ -55,7 +55,7 @@ import itertools
 import math
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -551,23 +551,44 @@ class _Reader:
             visit(name, [])
 
 
-def select_rows(experiment: Experiment, set_ref: str, rows: Sequence[Any], columns: Sequence[str]) -> list[Any]:
-    """The manifest rows of ``set_ref`` (``dataset.set``); a column the manifest lacks is refused
-    naming the set's key in the file."""
+def select_rows(experiment: Experiment, set_ref: str, rows: Sequence[Any], columns: Sequence[str],
+                sizes: Callable[[], Mapping[str, tuple[float, float]]] | None = None) -> list[Any]:
+    """The manifest rows of ``set_ref`` (``dataset.set``).
+
+    ``short_side``/``long_side`` come from the manifest's ``width``/``height`` columns, or, when
+    it has none, from ``sizes()`` (``video -> (width, height)``: the planner reads them from the
+    dataset's store, which records every video's size at extraction). A column the manifest
+    lacks is refused naming the set's key in the file, as is a video without a known size.
+    """
     dataset_name, set_name = set_ref.split(".", 1)
-    conditions = experiment.datasets[dataset_name].sets[set_name]
+    dataset = experiment.datasets[dataset_name]
+    conditions = dataset.sets[set_name]
     for cond in conditions:
-        needed = ("width", "height") if cond.column in _DERIVED else (cond.column,)
-        lacking = [c for c in needed if c not in columns and c not in ("split", "mos")]
-        if lacking:
+        if cond.column not in (*_DERIVED, *columns, "split", "mos"):
             raise experiment.fail(f"datasets.{dataset_name}.sets.{set_name}.{cond.column}",
-                                  f"the manifest {experiment.datasets[dataset_name].manifest} has no column "
-                                  f"{lacking[0]!r} (columns: {', '.join(columns)})")
+                                  f"the manifest {dataset.manifest} has no column {cond.column!r} "
+                                  f"(columns: {', '.join(columns)})")
+    probed: Mapping[str, tuple[float, float]] | None = None
+    sized = [c.column for c in conditions if c.column in _DERIVED]
+    if sized and not {"width", "height"} <= set(columns):
+        key = f"datasets.{dataset_name}.sets.{set_name}.{sized[0]}"
+        probed = sizes() if sizes is not None else {}
+        if not probed:
+            raise experiment.fail(key, f"the manifest {dataset.manifest} has no width and height columns and the "
+                                       "dataset has no store to read the video sizes from")
+        unknown = [row.video for row in rows if row.video not in probed]
+        if unknown:
+            raise experiment.fail(key, f"{len(unknown)} videos of {dataset.manifest} are not in the dataset's store "
+                                       f"to read their size from (no width/height columns), e.g. {unknown[0]}; "
+                                       "add width and height columns or extract them first")
 
     def cell(row: Any, column: str) -> str | None:
         if column in _DERIVED:
-            sides = [_number(row.extra.get(c)) for c in ("width", "height")]
-            return None if None in sides else repr(_DERIVED[column](sides))
+            if probed is not None:
+                sides = list(probed[row.video])
+            else:
+                sides = [_number(row.extra.get(c)) for c in ("width", "height")]
+            return None if None in sides else repr(float(_DERIVED[column](sides)))
         if column == "split":
             return row.split or ""
         if column == "mos":

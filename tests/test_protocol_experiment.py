@@ -178,6 +178,37 @@ def mini_data(tmp_path_factory):
     return make_mini_data(tmp_path_factory.mktemp("mini") / "data", log=lambda *_: None)
 
 
+def test_resolution_groups_from_columns_or_from_the_store(mini_data, tmp_path):
+    from clifvqa.manifests.io import read_manifest
+
+    bare = read_manifest(mini_data / "b" / "manifest.csv")
+    write_manifest(Manifest([ManifestRow(r.video, r.mos) for r in bare.rows], ["video", "mos"]), tmp_path / "bare.csv")
+    text = KILL.format(data=mini_data) + """\
+  groups:
+    kind: evaluate
+    from: pretrain
+    test: [b.small, bare.small, bare.large]
+"""
+    text = text.replace("    store: ${data}/b/features-1.zarr\nstages", "    store: ${data}/b/features-1.zarr\n"
+                        "    sets: {small: {short_side: {max: 128}}}\nstages")
+    text = text.replace("stages:\n", f"""\
+  bare:
+    manifest: {tmp_path / 'bare.csv'}
+    videos: ${{data}}/b/videos
+    store: ${{data}}/b/features-1.zarr
+    sets: {{small: {{short_side: {{max: 128}}}}, large: {{long_side: {{min: 161}}}}}}
+stages:
+""")
+    path = tmp_path / "groups.yaml"
+    path.write_text(text)
+    plan = plan_experiment(load_experiment(path), tmp_path / "out")
+    tests = plan.runs[-1].tests
+    # 6 scenes x 4 levels; even scenes are 128x128, odd ones 192x160
+    assert [r.video for r in tests["b.small"]] == [r.video for r in tests["bare.small"]]
+    assert len(tests["bare.small"]) == 12 and len(tests["bare.large"]) == 12
+    assert all(int(r.video.split("scene")[1][:2]) % 2 == 0 for r in tests["bare.small"])
+
+
 def _cli(*args, **kwargs):
     import clifvqa
 
