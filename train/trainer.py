@@ -51,17 +51,21 @@ import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, DistributedSampler
-
+from clifvqa._atomic import atomic_write_text
 from clifvqa.errors import ClifvqaError
-from clifvqa.train.config_io import JsonConfig
-from clifvqa.manifests.io import Manifest
 from clifvqa.train import checkpoint as ckpt
+from clifvqa.train.config import (
+    RESUMABLE_CHANGES,
+    OptimConfig,
+    RunConfig,
+    load_run_config,
+)
+from clifvqa.train.config_io import diff, format_diff
 from clifvqa.train.data import (
     DataError,
     SemanticFeatures,
@@ -75,13 +79,21 @@ from clifvqa.train.data import (
     plan_splits,
 )
 from clifvqa.train.distributed import Dist, rank_seed, setup_dist
-from clifvqa.train.fragments import FragmentConfig
 from clifvqa.train.inference import predict_items, progress_bar, to_device
 from clifvqa.train.loss import clifvqa_loss
-from clifvqa.train.metrics import METRIC_KEYS, compute_metrics, fit_score_mapping, format_table, summarize
-from clifvqa.train.model import TINY_FRAGMENTS, ClifVQA, ClifVQAConfig, build_model, tiny_config
+from clifvqa.train.metrics import (
+    METRIC_KEYS,
+    compute_metrics,
+    fit_score_mapping,
+    format_table,
+    summarize,
+)
+from clifvqa.train.model import ClifVQA, ClifVQAConfig, ModelConfig, build_model
+from torch.utils.data import DataLoader, DistributedSampler
 
 log = logging.getLogger("clifvqa.train")
+
+RUN_CONFIG_FILE = "run.yaml"
 
 
 class NonFiniteLoss(ClifvqaError):
@@ -99,59 +111,6 @@ def default_train_workers() -> int:
     return max(0, min(4, cores - 1))
 
 
-@dataclass(frozen=True)
-class TrainConfig(JsonConfig):
-    """Training settings; defaults are the paper's (§5.1) and FAST-VQA's where the paper is silent.
-
-    Attributes:
-        epochs: passes over the training videos.
-        batch_size: videos per optimizer step (per process under torchrun).
-        lr: learning rate of everything outside the Video Swin backbone.
-        backbone_lr: learning rate of ``fastvqa.fragments_backbone``.
-        weight_decay: AdamW decoupled weight decay (all parameters).
-        warmup_epochs: linear warm-up length (may be fractional), then cosine decay.
-        grad_clip: max global gradient norm, or None for no clipping.
-        seed: model init, data order, fragment draws, validation carving, random splits.
-        device: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``.
-        workers: DataLoader worker processes decoding videos (0 = in the main process); default
-            :func:`default_train_workers` (``min(4, usable cores - 1)``).
-        num_clips_test: fragment clips per video at validation/test (their scores are averaged).
-        alpha, beta: weights of the monotonicity and linearity losses (Eq. 16).
-        val_fraction: share of the training videos held out for model selection when the
-            manifest gives no ``val`` rows.
-        amp: mixed precision on GPU (ignored on CPU).
-        grad_checkpoint: recompute Swin block activations in the backward pass (less GPU
-            memory, same numbers, slower steps; FAST-VQA trains with it on).
-    """
-
-    epochs: int = 30
-    batch_size: int = 12
-    lr: float = 7.5e-4
-    backbone_lr: float = 7.5e-5
-    weight_decay: float = 0.05
-    warmup_epochs: float = 2.5
-    grad_clip: float | None = None
-    seed: int = 0
-    device: str = "auto"
-    workers: int = field(default_factory=default_train_workers)
-    num_clips_test: int = 4
-    alpha: float = 1.0
-    beta: float = 1.0
-    val_fraction: float = 0.1
-    amp: bool = True
-    grad_checkpoint: bool = False
-
-    def __post_init__(self) -> None:
-        if self.epochs < 1 or self.batch_size < 1 or self.num_clips_test < 1 or self.workers < 0:
-            raise ValueError("epochs, batch_size and num_clips_test must be >= 1 and workers >= 0")
-        if self.warmup_epochs < 0 or self.lr <= 0 or self.backbone_lr < 0:
-            raise ValueError("warmup_epochs must be >= 0, lr > 0 and backbone_lr >= 0")
-
-
-# Settings that may change when a run is resumed (they do not change the numbers on CPU).
-RESUMABLE_CHANGES = ("device", "workers", "grad_checkpoint")
-
-
 def lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
     """Learning-rate multiplier of optimizer step ``step`` (0-based): linear warm-up, then cosine."""
     if step < warmup_steps:
@@ -160,7 +119,7 @@ def lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-def amp_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | None:
+def amp_dtype(config: OptimConfig, device: torch.device) -> torch.dtype | None:
     """The autocast dtype of training steps, None for float32 (``amp`` off, or not a GPU).
 
     bfloat16 where the GPU computes it natively (Ampere and later), else float16 with loss
@@ -186,7 +145,7 @@ def train_step(
     scaler: torch.amp.GradScaler,
     batch: Mapping[str, Any],
     *,
-    config: TrainConfig,
+    config: RunConfig,
     model_config: ClifVQAConfig,
     device: torch.device,
     dtype: torch.dtype | None,
@@ -206,7 +165,7 @@ def train_step(
             target = batch["mos"].to(device)
             pred32 = pred.float()
             if loss_fn is None:
-                loss = clifvqa_loss(pred32, target, config.alpha, config.beta)
+                loss = clifvqa_loss(pred32, target, config.loss.alpha, config.loss.beta)
             else:
                 loss = loss_fn(pred32, target)
         else:
@@ -214,9 +173,9 @@ def train_step(
             loss = net(*_dummy_inputs(model_config, device)).sum() * 0.0
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
-    if config.grad_clip is not None:
+    if config.optim.grad_clip is not None:
         scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(net.parameters(), config.grad_clip)
+        torch.nn.utils.clip_grad_norm_(net.parameters(), config.optim.grad_clip)
     scaler.step(optimizer)
     scaler.update()
     return loss, pred
@@ -331,7 +290,7 @@ def explain_selection(
     }
 
 
-def _param_groups(model: ClifVQA, config: TrainConfig) -> list[dict[str, Any]]:
+def _param_groups(model: ClifVQA, config: OptimConfig) -> list[dict[str, Any]]:
     backbone = {id(p) for p in model.backbone_parameters()}
     groups = [
         {"params": [p for p in model.parameters() if id(p) not in backbone], "lr": config.lr, "base_lr": config.lr, "name": "head"},
@@ -385,14 +344,11 @@ def _truncate_metrics(folder: Path, last_epoch: int) -> None:
 def train_split(
     plan: SplitPlan,
     model_config: ClifVQAConfig,
-    config: TrainConfig,
-    video_root: str | os.PathLike[str],
+    config: RunConfig,
     features: SemanticFeatures | None,
     out: str | os.PathLike[str],
     *,
     split_index: int = 0,
-    fastvqa_init: str | None = None,
-    swin_k400_init: str | None = None,
     resume: bool = False,
     stop_after: int | None = None,
     progress: bool = True,
@@ -413,14 +369,16 @@ def train_split(
         return SplitResult(**done)
     seed = config.seed + split_index
     torch.manual_seed(seed)  # the same initial weights in every process
-    model = build_model(model_config, checkpoint_grad=config.grad_checkpoint).to(device)
+    model = build_model(model_config, checkpoint_grad=config.optim.grad_checkpoint).to(device)
     if dist.rank:  # its own dropout and drop-path draws (rank 0 goes on as a single process does)
         torch.manual_seed(rank_seed(seed, dist.rank))
-    fragments = model_config.fragment_config() if model_config.uses_spatial else None
+    fragments = model_config.fragments if model_config.uses_spatial else None
     semantic_rows = features.rows if features is not None else None
-    optimizer = torch.optim.AdamW(_param_groups(model, config), lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(_param_groups(model, config.optim), lr=config.optim.lr,
+                                  weight_decay=config.optim.weight_decay)
     store_meta = (features.provenance, features.fingerprint) if features is not None else ({}, "")
-    dtype = amp_dtype(config, device)
+    dtype = amp_dtype(config.optim, device)
+    workers = resolve_workers(config)
     scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
 
     start_epoch, step, best_epoch, best_val = 0, 0, -1, {}
@@ -443,7 +401,7 @@ def train_split(
         history = [r for r in _read_metrics(out) if r["epoch"] <= state["epoch"] + 1]
         log.info("%s: resumed after epoch %d", plan.name, state["epoch"] + 1)
     else:
-        _init_weights(model, fastvqa_init, swin_k400_init)
+        _init_weights(model, config.init.fastvqa, config.init.swin_k400)
         if dist.main:
             for name in ("metrics.csv", "metrics.jsonl"):
                 (out / name).unlink(missing_ok=True)
@@ -454,33 +412,33 @@ def train_split(
         # row indices are constants; there is no BatchNorm), so none is broadcast at every step.
         net = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False)
-    train_ds = VideoDataset(plan.train, video_root, semantic_rows, fragments, train=True, seed=seed)
+    train_ds = VideoDataset(plan.train, config.data.videos, semantic_rows, fragments, train=True, seed=seed)
     sampler = DistributedSampler(train_ds, num_replicas=dist.world, rank=dist.rank, shuffle=True, seed=seed)
     loader_gen = torch.Generator()
-    loader = DataLoader(train_ds, batch_size=config.batch_size, sampler=sampler, num_workers=config.workers, collate_fn=collate, generator=loader_gen, pin_memory=device.type == "cuda")
+    loader = DataLoader(train_ds, batch_size=config.optim.batch_size, sampler=sampler, num_workers=workers, collate_fn=collate, generator=loader_gen, pin_memory=device.type == "cuda")
     steps_per_epoch = len(loader)
-    total_steps = config.epochs * steps_per_epoch
-    warmup_steps = round(config.warmup_epochs * steps_per_epoch)
-    eval_batch = max(1, config.batch_size // (fragments.num_clips_test if fragments else 1))  # ~as many clips per pass as in training
-    extra_base = {"train_config": config.to_dict(), "split": plan.name}
+    total_steps = config.optim.epochs * steps_per_epoch
+    warmup_steps = round(config.optim.warmup_epochs * steps_per_epoch)
+    eval_batch = max(1, config.optim.batch_size // (fragments.num_clips_test if fragments else 1))  # ~as many clips per pass as in training
+    extra_base = {"run_config": config.to_dict(), "split": plan.name}
 
     def evaluate(
         items: Sequence[VideoItem], what: str
     ) -> tuple[dict[str, Any], tuple[list[str], list[float], list[float]]]:
         keys, preds, mos, failed = predict_items(
-            model, items, video_root, semantic_rows, fragments, device=device, batch_size=eval_batch,
-            workers=config.workers, seed=seed, dist=dist, progress=progress,
+            model, items, config.data.videos, semantic_rows, fragments, device=device, batch_size=eval_batch,
+            workers=workers, seed=seed, dist=dist, progress=progress,
             desc=f"{plan.name} {what}",
         )
         metrics = compute_metrics(preds, mos) if keys else {"n": 0}
         if keys:  # Eq. 16 over the whole set: a tie-break for selection (see select_epoch)
-            loss = clifvqa_loss(torch.tensor(preds), torch.tensor(mos), config.alpha, config.beta)
+            loss = clifvqa_loss(torch.tensor(preds), torch.tensor(mos), config.loss.alpha, config.loss.beta)
             metrics["loss"] = float(loss)
         metrics["skipped"] = len(failed)
         return metrics, (keys, preds, mos)
 
     epochs_done = start_epoch
-    for epoch in range(start_epoch, config.epochs):
+    for epoch in range(start_epoch, config.optim.epochs):
         if stop_after is not None and epoch >= stop_after:
             break
         t_start = time.time()
@@ -489,7 +447,7 @@ def train_split(
         train_ds.set_epoch(epoch)
         loader_gen.manual_seed(seed * 1_000_003 + epoch)
         loss_sum, loss_n, skipped = 0.0, 0, 0
-        bar = progress_bar(loader, f"{plan.name} epoch {epoch + 1}/{config.epochs}", progress and dist.main)
+        bar = progress_bar(loader, f"{plan.name} epoch {epoch + 1}/{config.optim.epochs}", progress and dist.main)
         for batch in bar:
             for key, error in batch["failed"]:
                 log.warning("warning: epoch %d: video %s could not be decoded and is skipped this epoch: %s", epoch + 1, key, error)
@@ -505,7 +463,7 @@ def train_split(
             if batch["keys"]:
                 value = loss.item()  # the one sync per step there always was (logging needs it)
                 if not math.isfinite(value):
-                    where = f"{plan.name} epoch {epoch + 1}/{config.epochs} step {step}"
+                    where = f"{plan.name} epoch {epoch + 1}/{config.optim.epochs} step {step}"
                     raise NonFiniteLoss(_nonfinite_loss_message(value, batch, pred, where))
                 loss_sum += value * len(batch["keys"])
                 loss_n += len(batch["keys"])
@@ -553,8 +511,8 @@ def train_split(
         epochs_done = epoch + 1
 
     warning = small_validation_warning(len(plan.val), len(plan.train))
-    selection = explain_selection(history, config.epochs, warning) if history else None
-    if epochs_done < config.epochs:
+    selection = explain_selection(history, config.optim.epochs, warning) if history else None
+    if epochs_done < config.optim.epochs:
         return SplitResult(plan.name, best_epoch + 1, best_val, None, epochs_done, False, selection)
 
     from safetensors.torch import load_file
@@ -625,85 +583,68 @@ def _dummy_inputs(config: ClifVQAConfig, device: torch.device) -> tuple[torch.Te
 # ------------------------------------------------------------------------------ a whole run
 
 
-def build_model_config(
-    features: SemanticFeatures | None,
-    config: TrainConfig,
-    *,
-    tiny: bool = False,
-    branches: str = "both",
-    regression_head: bool = True,
-    prompt_groups: str = "all",
-) -> ClifVQAConfig:
-    """The model of a run: full size (FAST-VQA-B, 32×224×224 fragments) or ``tiny``."""
-    r = features.r if features is not None else 1  # unused by the spatial-only model
-    groups = features.groups if features is not None else ()
-    options = dict(branches=branches, regression_head=regression_head, prompt_groups=prompt_groups)
-    if tiny:
-        options["fragments"] = replace(TINY_FRAGMENTS, num_clips_test=config.num_clips_test).to_dict()
-        return tiny_config(r, groups, **options)
-    return ClifVQAConfig(r=r, prompt_groups_of=groups, fragments=FragmentConfig(num_clips_test=config.num_clips_test).to_dict(), **options)
+def build_model_config(features: SemanticFeatures | None, model: ModelConfig) -> ClifVQAConfig:
+    """The model of a run: the settings ``model`` on the prompts of the store (r and their groups)."""
+    if features is None:  # the spatial-only model: r is unused
+        return ClifVQAConfig.of(model, 1)
+    return ClifVQAConfig.of(model, features.r, features.groups)
+
+
+def resolve_workers(config: RunConfig) -> int:
+    """DataLoader workers of a run: ``config.workers``, or :func:`default_train_workers` when unset."""
+    return default_train_workers() if config.workers is None else config.workers
 
 
 def run_training(
-    manifest: Manifest | str | os.PathLike[str],
-    videos: str | os.PathLike[str],
-    stores: Sequence[str | os.PathLike[str]],
+    config: RunConfig,
     out: str | os.PathLike[str],
-    config: TrainConfig = TrainConfig(),
     *,
-    test_manifest: Manifest | str | os.PathLike[str] | None = None,
-    splits: int | None = None,
-    test_fraction: float = 0.2,
-    branches: str = "both",
-    regression_head: bool = True,
-    prompt_groups: str = "all",
-    tiny: bool = False,
-    fastvqa_init: str | os.PathLike[str] | None = None,
-    swin_k400_init: str | os.PathLike[str] | None = None,
     resume: bool = False,
     stop_after: int | None = None,
-    allow_stale: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Train CLiF-VQA as ``clifvqa train`` does and return the summary (also in ``OUT/summary.json``).
 
     Everything is checked before the first step: the splits, the video files, the stores
     (completeness, one fingerprint matching their provenance, r, every row's checks, and that
-    each entry is still its video file's: stale entries are refused unless ``allow_stale``)
-    and, with ``resume``, that the settings equal the interrupted run's. An existing ``out``
-    with a run in it is refused unless ``resume``.
+    each entry is still its video file's: stale entries are refused unless
+    ``config.data.allow_stale``) and, with ``resume``, that the config equals the interrupted
+    run's (``run.yaml``; only :data:`~clifvqa.train.config.RESUMABLE_CHANGES` may differ). An
+    existing ``out`` with a run in it is refused unless ``resume``. ``stop_after`` ends the call
+    after that many epochs of a split (as if interrupted; continue with ``resume=True``).
     """
     out = Path(out)
+    data = config.data
+    if data.manifest is None or data.videos is None:
+        raise DataError("the run config names no data.manifest or data.videos (--manifest, --videos)")
     dist, device, started = setup_dist(config.device)
     try:
-        plans = plan_splits(manifest, val_fraction=config.val_fraction, splits=splits, test_fraction=test_fraction, test_manifest=test_manifest, seed=config.seed)
+        plans = plan_splits(data.manifest, val_fraction=data.val_fraction, splits=data.splits,
+                            test_fraction=data.test_fraction, test_manifest=data.test_manifest, seed=config.seed)
         keys = list(dict.fromkeys(k for plan in plans for k in plan.keys()))
-        uses_semantic = branches in ("both", "semantic")
-        if branches in ("both", "spatial"):
-            check_video_files(keys, videos)
+        if config.model.uses_spatial:
+            check_video_files(keys, data.videos)
         features = None
-        if uses_semantic or stores:
-            t0 = (tiny_config(1) if tiny else ClifVQAConfig(r=1)).t0  # rows are resampled once, at load
-            features = load_semantic_features(stores, keys, t0, video_root=videos, allow_stale=allow_stale,
-                                              progress=progress and dist.main)
-        model_config = build_model_config(features, config, tiny=tiny, branches=branches, regression_head=regression_head, prompt_groups=prompt_groups)
-        settings = {
-            "train_config": config.to_dict(),
+        if config.model.uses_semantic or data.stores:
+            # rows are resampled to t0 once, at load
+            features = load_semantic_features(data.stores, keys, config.model.t0, video_root=data.videos,
+                                              allow_stale=data.allow_stale, progress=progress and dist.main)
+        model_config = build_model_config(features, config.model)
+        derived = {
             "model_config": model_config.to_dict(),
             "plans": [p.to_dict() for p in plans],
-            "store": {"fingerprint": features.fingerprint if features else None, "paths": features.stores if features else []},
-            "videos": str(videos),
-            "fastvqa_init": str(fastvqa_init) if fastvqa_init else None,
-            "swin_k400_init": str(swin_k400_init) if swin_k400_init else None,
+            "store": {"fingerprint": features.fingerprint if features else None,
+                      "paths": features.stores if features else []},
         }
-        _check_run_dir(out, settings, resume)
-        dist.barrier()  # every process has checked before rank 0 writes run.json
+        _check_run_dir(out, config, derived, resume)
+        dist.barrier()  # every process has checked before rank 0 writes run.yaml
         if dist.main:
             out.mkdir(parents=True, exist_ok=True)
-            (out / "run.json").write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
+            atomic_write_text(out / RUN_CONFIG_FILE, config.to_yaml())
+            atomic_write_text(out / "run.json", json.dumps(derived, indent=2) + "\n")
         dist.barrier()
         if not plans[0].val:
-            log.warning("warning: no validation videos (val_fraction=%s): the last epoch is selected", config.val_fraction)
+            log.warning("warning: no validation videos (val_fraction=%s): the last epoch is selected", data.val_fraction)
         small = min(plans, key=lambda p: len(p.val))
         warning = small_validation_warning(len(small.val), len(small.train))
         if warning:
@@ -711,39 +652,39 @@ def run_training(
         results = []
         for i, plan in enumerate(plans):
             folder = out if len(plans) == 1 else out / plan.name
-            results.append(
-                train_split(
-                    plan, model_config, config, videos, features, folder, split_index=i,
-                    fastvqa_init=str(fastvqa_init) if fastvqa_init else None,
-                    swin_k400_init=str(swin_k400_init) if swin_k400_init else None,
-                    resume=resume, stop_after=stop_after, progress=progress, dist=dist, device=device,
-                )
-            )
+            results.append(train_split(plan, model_config, config, features, folder, split_index=i, resume=resume,
+                                       stop_after=stop_after, progress=progress, dist=dist, device=device))
             if not results[-1].finished:
                 break
-        summary = _summarize_run(results, out, len(plans), dist)
-        return summary
+        return _summarize_run(results, out, len(plans), dist)
     finally:
         if started:
             torch.distributed.destroy_process_group()
 
 
-def _check_run_dir(out: Path, settings: Mapping[str, Any], resume: bool) -> None:
-    previous = out / "run.json"
+def _check_run_dir(out: Path, config: RunConfig, derived: Mapping[str, Any], resume: bool) -> None:
+    """Refuse a folder holding another run (without ``resume``), or a resume whose config or derived
+    facts (splits, store, built model) differ from the interrupted run's, naming the fields."""
+    previous = out / RUN_CONFIG_FILE
     if not previous.exists():
+        if resume and (out / "run.json").exists():
+            raise DataError(f"{out} holds a run of an older clifvqa (run.json, no {RUN_CONFIG_FILE}): this version "
+                            "cannot resume it; train into a new --out")
         if out.exists() and any(out.iterdir()) and not resume:
             raise DataError(f"{out} exists and is not empty: choose a new --out (nothing there is overwritten)")
         return
     if not resume:
         raise DataError(f"{out} already holds a run: pass --resume to continue it, or choose a new --out")
-    old = json.loads(previous.read_text(encoding="utf-8"))
-    new = json.loads(json.dumps(settings))
-    for conf in (old.get("train_config", {}), new["train_config"]):
-        for name in RESUMABLE_CHANGES:
-            conf.pop(name, None)
-    differing = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    old = load_run_config(previous)
+    changed = {k: v for k, v in diff(old, config).items() if k not in RESUMABLE_CHANGES}
+    if changed:
+        raise DataError(f"{out}: --resume with a config that differs from the interrupted run's ({previous}) in "
+                        f"{format_diff(changed)}; use the same settings or a new --out")
+    saved = json.loads((out / "run.json").read_text(encoding="utf-8"))
+    differing = sorted(k for k in set(saved) | set(derived) if saved.get(k) != json.loads(json.dumps(derived.get(k))))
     if differing:
-        raise DataError(f"{out}: --resume with settings that differ from the interrupted run in {', '.join(differing)} (see {previous}); use the same options or a new --out")
+        raise DataError(f"{out}: --resume where the {', '.join(differing)} differ from the interrupted run's "
+                        f"(see {out / 'run.json'}: the manifest or stores changed); use a new --out")
 
 
 def _summarize_run(results: list[SplitResult], out: Path, num_plans: int, dist: Dist) -> dict[str, Any]:
