@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
 import yaml
+
 from clifvqa.errors import ClifvqaError
 
 C = TypeVar("C")

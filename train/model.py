@@ -41,11 +41,12 @@ from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
+from torch import nn
+
 from clifvqa._device import no_autocast
 from clifvqa.train.config_io import JsonConfig
 from clifvqa.train.fastvqa import VARIANTS, FastVQAConfig, build_fastvqa
 from clifvqa.train.fragments import FragmentConfig
-from torch import nn
 
 Branches = Literal["both", "semantic", "spatial"]
 PromptGroups = Literal["all", "objective", "subjective"]

@@ -56,15 +56,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.utils.data import DataLoader, DistributedSampler
+
 from clifvqa._atomic import atomic_write_text
 from clifvqa.errors import ClifvqaError
 from clifvqa.train import checkpoint as ckpt
-from clifvqa.train.config import (
-    RESUMABLE_CHANGES,
-    OptimConfig,
-    RunConfig,
-    load_run_config,
-)
+from clifvqa.train.config import RESUMABLE_CHANGES, InitConfig, OptimConfig, RunConfig, load_run_config
 from clifvqa.train.config_io import diff, format_diff
 from clifvqa.train.data import (
     DataError,
@@ -81,15 +78,8 @@ from clifvqa.train.data import (
 from clifvqa.train.distributed import Dist, rank_seed, setup_dist
 from clifvqa.train.inference import predict_items, progress_bar, to_device
 from clifvqa.train.loss import clifvqa_loss
-from clifvqa.train.metrics import (
-    METRIC_KEYS,
-    compute_metrics,
-    fit_score_mapping,
-    format_table,
-    summarize,
-)
+from clifvqa.train.metrics import METRIC_KEYS, compute_metrics, fit_score_mapping, format_table, summarize
 from clifvqa.train.model import ClifVQA, ClifVQAConfig, ModelConfig, build_model
-from torch.utils.data import DataLoader, DistributedSampler
 
 log = logging.getLogger("clifvqa.train")
 
@@ -292,18 +282,18 @@ def explain_selection(
 
 def _param_groups(model: ClifVQA, config: OptimConfig) -> list[dict[str, Any]]:
     backbone = {id(p) for p in model.backbone_parameters()}
-    groups = [
-        {"params": [p for p in model.parameters() if id(p) not in backbone], "lr": config.lr, "base_lr": config.lr, "name": "head"},
-    ]
+    groups = [{"params": [p for p in model.parameters() if id(p) not in backbone], "lr": config.lr,
+               "base_lr": config.lr, "name": "head"}]
     if backbone:
-        groups.append({"params": model.backbone_parameters(), "lr": config.backbone_lr, "base_lr": config.backbone_lr, "name": "backbone"})
+        groups.append({"params": model.backbone_parameters(), "lr": config.backbone_lr,
+                       "base_lr": config.backbone_lr, "name": "backbone"})
     return groups
 
 
-def _init_weights(model: ClifVQA, fastvqa_init: str | None, swin_k400_init: str | None) -> None:
+def _init_weights(model: ClifVQA, init: InitConfig) -> None:
     from clifvqa.train.fastvqa import load_fastvqa_checkpoint
 
-    for path, want in ((fastvqa_init, ("official", "backbone-prefixed")), (swin_k400_init, ("kinetics400",))):
+    for path, want in ((init.fastvqa, ("official", "backbone-prefixed")), (init.swin_k400, ("kinetics400",))):
         if path is None:
             continue
         if model.fastvqa is None:
@@ -314,31 +304,155 @@ def _init_weights(model: ClifVQA, fastvqa_init: str | None, swin_k400_init: str 
         log.info("initialised FAST-VQA from %s (%s layout, %d tensors)", path, report.layout, report.loaded)
 
 
-def _append_metrics(folder: Path, row: Mapping[str, Any]) -> None:
-    with open(folder / "metrics.jsonl", "a", encoding="utf-8") as fh:
-        fh.write(json.dumps(row, allow_nan=True) + "\n")
-    path = folder / "metrics.csv"
-    new = not path.exists()
-    with open(path, "a", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(row))
-        if new:
-            writer.writeheader()
-        writer.writerow(row)
+class MetricsLog:
+    """A split's per-epoch rows: ``metrics.jsonl`` and ``metrics.csv`` (written by rank 0 only)."""
+
+    def __init__(self, folder: Path, *, write: bool = True) -> None:
+        self.jsonl, self.csv, self.write = folder / "metrics.jsonl", folder / "metrics.csv", write
+
+    def rows(self) -> list[dict[str, Any]]:
+        if not self.jsonl.exists():
+            return []
+        return [json.loads(line) for line in self.jsonl.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+    def append(self, row: Mapping[str, Any]) -> None:
+        if not self.write:
+            return
+        row = {k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()}
+        with open(self.jsonl, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(row, allow_nan=True) + "\n")
+        new = not self.csv.exists()
+        with open(self.csv, "a", newline="", encoding="utf-8") as fh:
+            writer = csv.DictWriter(fh, fieldnames=list(row))
+            if new:
+                writer.writeheader()
+            writer.writerow(row)
+
+    def truncate(self, last_epoch: int) -> None:
+        """Drop the rows of epochs (1-based) after ``last_epoch``: written, then not checkpointed
+        (an interruption between the two)."""
+        rows = self.rows()
+        keep = [r for r in rows if r["epoch"] <= last_epoch]
+        if self.write and len(keep) < len(rows):
+            self.clear()
+            for row in keep:
+                self.append(row)
+
+    def clear(self) -> None:
+        if self.write:
+            self.jsonl.unlink(missing_ok=True)
+            self.csv.unlink(missing_ok=True)
 
 
-def _truncate_metrics(folder: Path, last_epoch: int) -> None:
-    """Drop metric rows of epochs (1-based) after ``last_epoch``: written, then not checkpointed."""
-    jsonl = folder / "metrics.jsonl"
-    if not jsonl.exists():
-        return
-    rows = [json.loads(line) for line in jsonl.read_text(encoding="utf-8").splitlines() if line.strip()]
-    keep = [r for r in rows if r["epoch"] <= last_epoch]
-    if len(keep) == len(rows):
-        return
-    jsonl.unlink()
-    (folder / "metrics.csv").unlink(missing_ok=True)
-    for row in keep:
-        _append_metrics(folder, row)
+class TrainLoader:
+    """The training videos of a split, in an order and with fragment draws that are functions of
+    (seed, epoch, item): a resumed run sees the epochs an uninterrupted one would."""
+
+    def __init__(self, plan: SplitPlan, config: RunConfig, model_config: ClifVQAConfig,
+                 features: SemanticFeatures | None, *, seed: int, dist: Dist, device: torch.device) -> None:
+        fragments = model_config.fragments if model_config.uses_spatial else None
+        rows = features.rows if features is not None else None
+        self.seed = seed
+        self.dataset = VideoDataset(plan.train, config.data.videos, rows, fragments, train=True, seed=seed)
+        self.sampler = DistributedSampler(self.dataset, num_replicas=dist.world, rank=dist.rank, shuffle=True, seed=seed)
+        self.generator = torch.Generator()
+        self.loader = DataLoader(self.dataset, batch_size=config.optim.batch_size, sampler=self.sampler,
+                                 num_workers=resolve_workers(config), collate_fn=collate, generator=self.generator,
+                                 pin_memory=device.type == "cuda")
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def epoch(self, epoch: int) -> DataLoader:
+        """The loader of epoch ``epoch`` (0-based)."""
+        self.sampler.set_epoch(epoch)
+        self.dataset.set_epoch(epoch)
+        self.generator.manual_seed(self.seed * 1_000_003 + epoch)
+        return self.loader
+
+
+def train_one_epoch(
+    net: torch.nn.Module,
+    loader: DataLoader,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    step: int,
+    schedule: tuple[int, int],
+    *,
+    config: RunConfig,
+    model_config: ClifVQAConfig,
+    device: torch.device,
+    dtype: torch.dtype | None,
+    dist: Dist,
+    desc: str,
+    progress: bool = True,
+) -> tuple[dict[str, Any], int]:
+    """One pass over ``loader``: per step, the learning rate of step ``step`` (``schedule`` =
+    (warm-up steps, total steps), :func:`lr_factor`) and :func:`train_step`. Videos that fail to
+    decode are skipped with a warning; a non-finite loss raises :class:`NonFiniteLoss` naming the
+    batch. Returns the epoch's ``train_loss``, ``train_videos`` and ``skipped_videos`` (summed
+    over processes) and the next step."""
+    net.train()
+    loss_sum, loss_n, skipped = 0.0, 0, 0
+    bar = progress_bar(loader, desc, progress and dist.main)
+    for batch in bar:
+        for key, error in batch["failed"]:
+            log.warning("warning: %s: video %s could not be decoded and is skipped this epoch: %s", desc, key, error)
+        skipped += len(batch["failed"])
+        factor = lr_factor(step, *schedule)
+        step += 1
+        for group in optimizer.param_groups:
+            group["lr"] = group["base_lr"] * factor
+        if not batch["keys"] and not dist.enabled:
+            continue
+        loss, pred = train_step(net, optimizer, scaler, batch, config=config, model_config=model_config,
+                                device=device, dtype=dtype)
+        if batch["keys"]:
+            value = loss.item()  # the one sync per step there always was (logging needs it)
+            if not math.isfinite(value):
+                raise NonFiniteLoss(_nonfinite_loss_message(value, batch, pred, f"{desc} step {step}"))
+            loss_sum += value * len(batch["keys"])
+            loss_n += len(batch["keys"])
+            if hasattr(bar, "set_postfix"):
+                bar.set_postfix(loss=f"{value:.4f}")
+    if dist.enabled:
+        totals = torch.tensor([loss_sum, loss_n, skipped], dtype=torch.float64, device=device)
+        torch.distributed.all_reduce(totals)
+        loss_sum, loss_n, skipped = totals[0].item(), int(totals[1].item()), int(totals[2].item())
+    if skipped:
+        log.warning("warning: %s: %d videos could not be decoded and were skipped", desc, skipped)
+    stats = {"train_loss": loss_sum / loss_n if loss_n else math.nan, "train_videos": loss_n, "skipped_videos": skipped}
+    return stats, step
+
+
+def validate(
+    model: ClifVQA,
+    items: Sequence[VideoItem],
+    config: RunConfig,
+    semantic_rows: Sequence[int] | None,
+    *,
+    seed: int,
+    device: torch.device,
+    dist: Dist = Dist(),
+    desc: str = "validation",
+    progress: bool = True,
+) -> tuple[dict[str, Any], tuple[list[str], list[float], list[float]]]:
+    """Score ``items`` as ``clifvqa evaluate`` does (:func:`~clifvqa.train.inference.predict_items`)
+    and return their metrics, with the loss of Eq. 16 over the whole set (a tie-break of
+    :func:`select_epoch`) and the count of videos skipped, and the (keys, predictions, MOS)."""
+    fragments = model.config.fragments if model.config.uses_spatial else None
+    # about as many clips per pass as a training step holds
+    batch_size = max(1, config.optim.batch_size // (fragments.num_clips_test if fragments else 1))
+    keys, preds, mos, failed = predict_items(
+        model, items, config.data.videos, semantic_rows, fragments, device=device, batch_size=batch_size,
+        workers=resolve_workers(config), seed=seed, dist=dist, progress=progress, desc=desc,
+    )
+    metrics = compute_metrics(preds, mos) if keys else {"n": 0}
+    if keys:
+        loss = clifvqa_loss(torch.tensor(preds), torch.tensor(mos), config.loss.alpha, config.loss.beta)
+        metrics["loss"] = float(loss)
+    metrics["skipped"] = len(failed)
+    return metrics, (keys, preds, mos)
 
 
 def train_split(
@@ -372,185 +486,128 @@ def train_split(
     model = build_model(model_config, checkpoint_grad=config.optim.grad_checkpoint).to(device)
     if dist.rank:  # its own dropout and drop-path draws (rank 0 goes on as a single process does)
         torch.manual_seed(rank_seed(seed, dist.rank))
-    fragments = model_config.fragments if model_config.uses_spatial else None
-    semantic_rows = features.rows if features is not None else None
     optimizer = torch.optim.AdamW(_param_groups(model, config.optim), lr=config.optim.lr,
                                   weight_decay=config.optim.weight_decay)
-    store_meta = (features.provenance, features.fingerprint) if features is not None else ({}, "")
     dtype = amp_dtype(config.optim, device)
-    workers = resolve_workers(config)
     scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
+    store = (features.provenance, features.fingerprint) if features is not None else ({}, "")
+    saver = ckpt.CheckpointSaver(out, model, *store, {"run_config": config.to_dict(), "split": plan.name},
+                                 write=dist.main)
+    metrics_log = MetricsLog(out, write=dist.main)
 
-    start_epoch, step, best_epoch, best_val = 0, 0, -1, {}
-    history: list[dict[str, Any]] = []  # the metric rows of the epochs done, for explain_selection
-    last_dir, best_dir = out / "last", out / "best"
-    if resume and ckpt.has_training_state(last_dir):
-        from safetensors.torch import load_file
-
-        model.load_state_dict(load_file(str(last_dir / ckpt.MODEL_FILE), device=str(device)))
-        state = ckpt.load_training_state(last_dir, optimizer, rank=dist.rank)
+    start, step, best_epoch, best_val, history = 0, 0, -1, {}, []
+    state = saver.resume(optimizer, rank=dist.rank) if resume else None
+    if state is not None:
         if dist.rank >= state.get("processes", 1):  # the interrupted run had fewer processes
             torch.manual_seed(rank_seed(seed, dist.rank) + state["epoch"] + 1)
-        start_epoch, step = state["epoch"] + 1, state["step"]
-        best_epoch, best_val = state["best_epoch"], state["best_val"]
+        start, step, best_epoch, best_val = state["epoch"] + 1, state["step"], state["best_epoch"], state["best_val"]
         if state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
-        if dist.main:
-            _truncate_metrics(out, state["epoch"] + 1)
+        metrics_log.truncate(start)
         dist.barrier()
-        history = [r for r in _read_metrics(out) if r["epoch"] <= state["epoch"] + 1]
-        log.info("%s: resumed after epoch %d", plan.name, state["epoch"] + 1)
+        history = metrics_log.rows()  # the metric rows of the epochs done, for explain_selection
+        log.info("%s: resumed after epoch %d", plan.name, start)
     else:
-        _init_weights(model, config.init.fastvqa, config.init.swin_k400)
-        if dist.main:
-            for name in ("metrics.csv", "metrics.jsonl"):
-                (out / name).unlink(missing_ok=True)
+        _init_weights(model, config.init)
+        metrics_log.clear()
 
-    net: torch.nn.Module = model
-    if dist.enabled:
-        # No buffer changes in training (the Swin relative_position_index tables and the semantic
-        # row indices are constants; there is no BatchNorm), so none is broadcast at every step.
-        net = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False)
-    train_ds = VideoDataset(plan.train, config.data.videos, semantic_rows, fragments, train=True, seed=seed)
-    sampler = DistributedSampler(train_ds, num_replicas=dist.world, rank=dist.rank, shuffle=True, seed=seed)
-    loader_gen = torch.Generator()
-    loader = DataLoader(train_ds, batch_size=config.optim.batch_size, sampler=sampler, num_workers=workers, collate_fn=collate, generator=loader_gen, pin_memory=device.type == "cuda")
-    steps_per_epoch = len(loader)
-    total_steps = config.optim.epochs * steps_per_epoch
-    warmup_steps = round(config.optim.warmup_epochs * steps_per_epoch)
-    eval_batch = max(1, config.optim.batch_size // (fragments.num_clips_test if fragments else 1))  # ~as many clips per pass as in training
-    extra_base = {"run_config": config.to_dict(), "split": plan.name}
-
-    def evaluate(
-        items: Sequence[VideoItem], what: str
-    ) -> tuple[dict[str, Any], tuple[list[str], list[float], list[float]]]:
-        keys, preds, mos, failed = predict_items(
-            model, items, config.data.videos, semantic_rows, fragments, device=device, batch_size=eval_batch,
-            workers=workers, seed=seed, dist=dist, progress=progress,
-            desc=f"{plan.name} {what}",
-        )
-        metrics = compute_metrics(preds, mos) if keys else {"n": 0}
-        if keys:  # Eq. 16 over the whole set: a tie-break for selection (see select_epoch)
-            loss = clifvqa_loss(torch.tensor(preds), torch.tensor(mos), config.loss.alpha, config.loss.beta)
-            metrics["loss"] = float(loss)
-        metrics["skipped"] = len(failed)
-        return metrics, (keys, preds, mos)
-
-    epochs_done = start_epoch
-    for epoch in range(start_epoch, config.optim.epochs):
-        if stop_after is not None and epoch >= stop_after:
-            break
+    net = _distributed(model, dist, device)
+    loader = TrainLoader(plan, config, model_config, features, seed=seed, dist=dist, device=device)
+    schedule = (round(config.optim.warmup_epochs * len(loader)), config.optim.epochs * len(loader))
+    rows = features.rows if features is not None else None
+    epochs = config.optim.epochs
+    for epoch in range(start, epochs if stop_after is None else min(epochs, stop_after)):
         t_start = time.time()
-        net.train()
-        sampler.set_epoch(epoch)
-        train_ds.set_epoch(epoch)
-        loader_gen.manual_seed(seed * 1_000_003 + epoch)
-        loss_sum, loss_n, skipped = 0.0, 0, 0
-        bar = progress_bar(loader, f"{plan.name} epoch {epoch + 1}/{config.optim.epochs}", progress and dist.main)
-        for batch in bar:
-            for key, error in batch["failed"]:
-                log.warning("warning: epoch %d: video %s could not be decoded and is skipped this epoch: %s", epoch + 1, key, error)
-            skipped += len(batch["failed"])
-            factor = lr_factor(step, warmup_steps, total_steps)
-            step += 1
-            for group in optimizer.param_groups:
-                group["lr"] = group["base_lr"] * factor
-            if not batch["keys"] and not dist.enabled:
-                continue
-            loss, pred = train_step(net, optimizer, scaler, batch, config=config, model_config=model_config,
-                                    device=device, dtype=dtype)
-            if batch["keys"]:
-                value = loss.item()  # the one sync per step there always was (logging needs it)
-                if not math.isfinite(value):
-                    where = f"{plan.name} epoch {epoch + 1}/{config.optim.epochs} step {step}"
-                    raise NonFiniteLoss(_nonfinite_loss_message(value, batch, pred, where))
-                loss_sum += value * len(batch["keys"])
-                loss_n += len(batch["keys"])
-                if hasattr(bar, "set_postfix"):
-                    bar.set_postfix(loss=f"{value:.4f}")
-        if dist.enabled:
-            totals = torch.tensor([loss_sum, loss_n, skipped], dtype=torch.float64, device=device)
-            torch.distributed.all_reduce(totals)
-            loss_sum, loss_n, skipped = totals[0].item(), int(totals[1].item()), int(totals[2].item())
-        val_metrics = evaluate(plan.val, "validation")[0] if plan.val else {}
-        row = {
-            "epoch": epoch + 1,
-            "train_loss": loss_sum / loss_n if loss_n else math.nan,
-            "lr": optimizer.param_groups[0]["lr"],
-            "backbone_lr": optimizer.param_groups[1]["lr"] if len(optimizer.param_groups) > 1 else math.nan,
-            "train_videos": loss_n,
-            "skipped_videos": skipped,
-            **{f"val_{k}": val_metrics.get(k, math.nan) for k in ("n",) + METRIC_KEYS + ("loss",)},
-            "selected": False,  # set below: whether this epoch is the selection so far
-            "seconds": round(time.time() - t_start, 3),
-        }
-        if skipped:
-            log.warning("warning: epoch %d: %d videos could not be decoded and were skipped", epoch + 1, skipped)
+        train, step = train_one_epoch(net, loader.epoch(epoch), optimizer, scaler, step, schedule, config=config,
+                                      model_config=model_config, device=device, dtype=dtype, dist=dist,
+                                      desc=f"{plan.name} epoch {epoch + 1}/{epochs}", progress=progress)
+        val = validate(model, plan.val, config, rows, seed=seed, device=device, dist=dist,
+                       desc=f"{plan.name} validation", progress=progress)[0] if plan.val else {}
+        groups = optimizer.param_groups
+        row = {"epoch": epoch + 1, "train_loss": train["train_loss"], "lr": groups[0]["lr"],
+               "backbone_lr": groups[1]["lr"] if len(groups) > 1 else math.nan,
+               "train_videos": train["train_videos"], "skipped_videos": train["skipped_videos"],
+               **{f"val_{k}": val.get(k, math.nan) for k in ("n",) + METRIC_KEYS + ("loss",)},
+               "selected": False, "seconds": 0.0}
         history.append(row)
-        improved = row["selected"] = select_epoch(history) == epoch + 1
+        improved = row["selected"] = select_epoch(history) == epoch + 1  # the selection so far
         if improved:
-            best_epoch, best_val = epoch, val_metrics
+            best_epoch, best_val = epoch, val
         log.info("%s epoch %d: loss %.4f, val SROCC %.4f PLCC %.4f loss %.4f%s", plan.name, epoch + 1,
                  row["train_loss"], row["val_srocc"], row["val_plcc"], row["val_loss"],
                  " (selected so far)" if improved else "")
-        rng: list[Any] = [ckpt.capture_rng()]
-        if dist.enabled:  # every process's RNG states, so that each resumes its own
-            rng = [None] * dist.world
-            torch.distributed.all_gather_object(rng, ckpt.capture_rng())
-        if dist.main:
-            _append_metrics(out, {k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()})
-            extra = {**extra_base, "epoch": epoch + 1, "metrics": {"val": val_metrics}}
-            if improved:
-                ckpt.save_checkpoint(best_dir, model, model_config, *store_meta, extra)
-            state = {"epoch": epoch, "step": step, "best_epoch": best_epoch, "best_val": best_val,
-                     "scaler": scaler.state_dict() if scaler.is_enabled() else None, "processes": dist.world}
-            ckpt.save_checkpoint(last_dir, model, model_config, *store_meta, extra, optimizer=optimizer,
-                                 train_state=state, rng=rng)
+        rng = _gather_rng(dist)
+        row["seconds"] = round(time.time() - t_start, 3)
+        metrics_log.append(row)
+        state = {"epoch": epoch, "step": step, "best_epoch": best_epoch, "best_val": best_val,
+                 "scaler": scaler.state_dict() if scaler.is_enabled() else None, "processes": dist.world}
+        saver.save(epoch + 1, {"val": val}, improved=improved, optimizer=optimizer, train_state=state, rng=rng)
         dist.barrier()
-        epochs_done = epoch + 1
+        start = epoch + 1
 
     warning = small_validation_warning(len(plan.val), len(plan.train))
-    selection = explain_selection(history, config.optim.epochs, warning) if history else None
-    if epochs_done < config.optim.epochs:
-        return SplitResult(plan.name, best_epoch + 1, best_val, None, epochs_done, False, selection)
+    selection = explain_selection(history, epochs, warning) if history else None
+    if start < epochs:
+        return SplitResult(plan.name, best_epoch + 1, best_val, None, start, False, selection)
+    saver.load_best()
+    train_metrics, score_mapping, test_metrics = _score_selected(model, plan, config, rows, out, seed=seed,
+                                                                 device=device, dist=dist, progress=progress)
+    result = SplitResult(plan.name, best_epoch + 1, best_val, test_metrics, start, True, selection)
+    saver.finish({"metrics": {"val": best_val, "test": test_metrics, "train": train_metrics},
+                  "score_mapping": score_mapping, "selection": selection})
+    if dist.main:
+        (out / "result.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n", encoding="utf-8")
+    dist.barrier()
+    return result
 
-    from safetensors.torch import load_file
 
-    model.load_state_dict(load_file(str(best_dir / ckpt.MODEL_FILE), device=str(device)))
-    # The selected model's raw outputs on its training videos fix the map onto the MOS scale
-    # that predict reports as `score` (one pass over the training set, no gradients).
-    train_metrics, (_, train_preds, train_mos) = evaluate(plan.train, "score mapping (training videos)")
+def _distributed(model: ClifVQA, dist: Dist, device: torch.device) -> torch.nn.Module:
+    """``model`` under DistributedDataParallel when the run has several processes, else itself."""
+    if not dist.enabled:
+        return model
+    # No buffer changes in training (the Swin relative_position_index tables and the semantic
+    # row indices are constants; there is no BatchNorm), so none is broadcast at every step.
+    return torch.nn.parallel.DistributedDataParallel(
+        model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False)
+
+
+def _gather_rng(dist: Dist) -> list[ckpt.RngState]:
+    """The RNG states of every process in rank order (each resumes its own), on every process."""
+    if not dist.enabled:
+        return [ckpt.capture_rng()]
+    rng: list[Any] = [None] * dist.world
+    torch.distributed.all_gather_object(rng, ckpt.capture_rng())
+    return rng
+
+
+def _score_selected(
+    model: ClifVQA, plan: SplitPlan, config: RunConfig, rows: Sequence[int] | None, out: Path, *,
+    seed: int, device: torch.device, dist: Dist, progress: bool,
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any] | None]:
+    """The selected model's passes after training: its raw outputs on the training videos fix the
+    map onto the MOS scale that predict reports as ``score``; the test set is scored once (never
+    used for selection), its predictions written to ``test_predictions.csv``. Returns the
+    training metrics, the score mapping and the test metrics (None without test videos)."""
+    def score(items: Sequence[VideoItem], what: str) -> tuple[dict[str, Any], tuple[list, list, list]]:
+        return validate(model, items, config, rows, seed=seed, device=device, dist=dist, progress=progress,
+                        desc=f"{plan.name} {what}")
+
+    train_metrics, (_, train_preds, train_mos) = score(plan.train, "score mapping (training videos)")
     mapping = fit_score_mapping(train_preds, train_mos, bounded=True)
     score_mapping = {
         **mapping.to_dict(),
         "fitted_on": f"the {mapping.n} training videos of split {plan.name}",
         "raw_range": [min(train_preds), max(train_preds)] if train_preds else None,
     }
-    # Test the selected epoch (never used for selection).
-    test_metrics = None
-    if plan.test:
-        test_metrics, (keys, preds, mos) = evaluate(plan.test, "test")
-        if dist.main:
-            with open(out / "test_predictions.csv", "w", newline="", encoding="utf-8") as fh:
-                writer = csv.writer(fh)
-                writer.writerow(["video", "mos", "prediction", "score"])
-                writer.writerows(zip(keys, mos, preds, mapping.apply(preds).tolist()))
-    result = SplitResult(plan.name, best_epoch + 1, best_val, test_metrics, epochs_done, True, selection)
+    if not plan.test:
+        return train_metrics, score_mapping, None
+    test_metrics, (keys, preds, mos) = score(plan.test, "test")
     if dist.main:
-        metrics = {"val": best_val, "test": test_metrics, "train": train_metrics}
-        ckpt.update_meta(best_dir, {"metrics": metrics, "score_mapping": score_mapping,
-                                    "selection": selection})
-        (out / "result.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n", encoding="utf-8")
-    dist.barrier()
-    return result
-
-
-def _read_metrics(folder: Path) -> list[dict[str, Any]]:
-    path = folder / "metrics.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        with open(out / "test_predictions.csv", "w", newline="", encoding="utf-8") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["video", "mos", "prediction", "score"])
+            writer.writerows(zip(keys, mos, preds, mapping.apply(preds).tolist()))
+    return train_metrics, score_mapping, test_metrics
 
 
 def _nonfinite_loss_message(value: float, batch: Mapping[str, Any], pred: torch.Tensor, where: str) -> str:
