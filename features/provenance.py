@@ -130,6 +130,35 @@ def provenance_diff(a: Mapping[str, Any], b: Mapping[str, Any],
     return out
 
 
+def require_same_features(
+    expected: Mapping[str, Any],
+    actual: Mapping[str, Any],
+    *,
+    problem: str,
+    remedy: str,
+    fingerprints: tuple[str, str] | None = None,
+) -> None:
+    """Refuse features made otherwise than ``expected``: the one fingerprint check of clifvqa.
+
+    Extraction resuming a store, merge, training, evaluate, predict and rescore all compare
+    through it, so each refusal reads alike: ``"{problem} (differing provenance fields: grid,
+    prompts.texts); {remedy}"``. ``expected`` and ``actual`` are provenances; they match when
+    their fingerprints agree: the format-2 :func:`fingerprint` of each, or ``fingerprints``
+    (expected's, actual's) when the caller has them (a store's :attr:`fingerprint`, which for a
+    store whose fingerprint attribute does not match its provenance is that attribute: then
+    the fields may all agree, and the message says to verify the store).
+
+    Raises:
+        FingerprintMismatch: the features differ; ``fields`` names the differing provenance fields.
+    """
+    want, got = fingerprints or (fingerprint(expected), fingerprint(actual))
+    if want == got:
+        return
+    fields = provenance_diff(expected, actual)
+    what = ", ".join(fields) or "none: a fingerprint attribute does not match its provenance, run clifvqa store verify"
+    raise FingerprintMismatch(f"{problem} (differing provenance fields: {what}); {remedy}", fields)
+
+
 def _plain_or_missing(x: Any) -> Any:
     return x if x is _MISSING else to_plain(x)
 

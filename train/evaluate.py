@@ -40,10 +40,10 @@ import torch
 
 from clifvqa._atomic import atomic_path, atomic_write_text
 from clifvqa._device import resolve_device
-from clifvqa.features.provenance import FingerprintMismatch, fingerprint, provenance_diff
 from clifvqa.manifests.io import Manifest, read_manifest
 from clifvqa.train.checkpoint import load_checkpoint, score_mapping_of
 from clifvqa.train.data import DataError, VideoItem, check_video_files, listing, load_semantic_features
+from clifvqa.train.inference import check_checkpoint_stores, predict_items
 from clifvqa.train.metrics import compute_metrics, fit_logistic
 
 PREDICTIONS_FILE = "predictions.csv"
@@ -102,31 +102,6 @@ class EvalResult:
         return "\n".join(lines)
 
 
-def check_stores_match(stores: Sequence[str | os.PathLike[str]], meta: Mapping[str, Any], checkpoint: str | os.PathLike[str]) -> None:
-    """Refuse stores whose fingerprint is not the checkpoint's, naming the differing fields.
-
-    Raises:
-        FingerprintMismatch: a store was made with other determining settings (``fields`` lists
-            them, e.g. ``["grid", "prompts.texts"]``).
-    """
-    from clifvqa.features.store import open_store
-
-    want = fingerprint(meta["store"]["provenance"])  # any store format's rule: compare format 2's
-    for path in stores:
-        with open_store(path) as store:
-            store.check_fingerprint()
-            if store.fingerprint == want:
-                continue
-            fields = provenance_diff(meta["store"]["provenance"], store.provenance)
-            raise FingerprintMismatch(
-                f"feature store {store.path} (fingerprint {store.fingerprint[:19]}...) was not made the way the features "
-                f"checkpoint {checkpoint} was trained on were (fingerprint {want[:19]}...); differing provenance fields: "
-                f"{', '.join(fields) or 'none listed'}. Extract the videos again with the checkpoint's settings "
-                f"(see meta.json 'store.provenance'), or use the store the model was trained with",
-                fields,
-            )
-
-
 def evaluate(
     checkpoint: str | os.PathLike[str],
     manifest: Manifest | str | os.PathLike[str],
@@ -169,8 +144,6 @@ def evaluate(
             any scoring.
         NonFiniteOutput: the model gave NaN or inf for some videos (named); nothing is written.
     """
-    from clifvqa.train.inference import predict_items
-
     dev = torch.device(resolve_device(device))
     model, meta = load_checkpoint(checkpoint, dev)
     config = model.config
@@ -193,7 +166,7 @@ def evaluate(
     if config.uses_semantic:
         if not stores:
             raise DataError(f"checkpoint {checkpoint} uses the semantic branch: pass the feature store(s) with its videos (--store)")
-        check_stores_match(stores, meta, checkpoint)
+        check_checkpoint_stores(stores, meta, checkpoint)
         features = load_semantic_features(
             stores, keys, config.t0, expected_r=config.r, video_root=videos_dir, allow_stale=allow_stale, progress=progress
         )
