@@ -1,8 +1,9 @@
 """``clifvqa demo``: the whole pipeline on a sample dataset it makes itself, in a few minutes on a CPU.
 
+It drives both stages, so it sits above them (beside ``cli.py``), as ``predict`` does.
 Steps (each through the library functions the CLI commands call):
 
-1. **Dataset.** ``videos`` synthetic H.264 clips (:func:`clifvqa.testing.videos.write_clip`):
+1. **Dataset.** ``clips`` synthetic H.264 clips (:func:`clifvqa.testing.videos.write_clip`):
    ``scenes × LEVELS`` clips, each scene (a different synthetic layout and colours) at every
    distortion level. Level ``l`` applies blur, Gaussian noise and x264 compression together,
    all rising with ``l`` (:data:`DISTORTIONS`), and its MOS falls linearly from 5 (level 0) to
@@ -70,7 +71,7 @@ class DemoConfig:
     """Size and settings of the demo (defaults: about 3.5 minutes on 2 CPU cores).
 
     Attributes:
-        videos: clips to make (rounded up to whole scenes of ``LEVELS`` clips; at least 2 scenes).
+        clips: clips to make (rounded up to whole scenes of ``LEVELS`` clips; at least 2 scenes).
             48 (8 scenes) gives 12 validation and 12 test clips: with 4 scenes (6 + 6) the
             selected epoch and the test SROCC were a matter of luck (2 of 10 seeds below 0.8, all
             10 at or above 0.83 with 8 scenes; one swapped pair of 6 clips costs 0.06 SROCC).
@@ -85,7 +86,7 @@ class DemoConfig:
         train: the training settings (:data:`DEMO_TRAINING`).
     """
 
-    videos: int = 48
+    clips: int = 48
     frames: int = 24
     width: int = 128
     height: int = 128
@@ -95,7 +96,7 @@ class DemoConfig:
 
     @property
     def scenes(self) -> int:
-        return max(2, -(-self.videos // LEVELS))
+        return max(2, -(-self.clips // LEVELS))
 
 
 @dataclass

@@ -8,13 +8,13 @@ from dataclasses import replace
 import pytest
 import torch
 
-from clifvqa.train.demo import DEMO_TRAINING, DISTORTIONS, LEVELS, RANDOM_CLIP_NOTE, DemoConfig, demo_manifest, run_demo
+from clifvqa.demo import DEMO_TRAINING, DISTORTIONS, LEVELS, RANDOM_CLIP_NOTE, DemoConfig, demo_manifest, run_demo
 
-SMALL = DemoConfig(videos=12, frames=8, width=160, height=128, grid=(1, 1), train=replace(DEMO_TRAINING, epochs=1, batch_size=4, num_clips_test=1))
+SMALL = DemoConfig(clips=12, frames=8, width=160, height=128, grid=(1, 1), train=replace(DEMO_TRAINING, epochs=1, batch_size=4, num_clips_test=1))
 
 
 def test_demo_manifest_levels_mos_and_splits():
-    manifest = demo_manifest(DemoConfig(videos=24))
+    manifest = demo_manifest(DemoConfig(clips=24))
     assert len(manifest) == 24 == 4 * LEVELS and len(DISTORTIONS) == LEVELS
     by_level = {}
     for row in manifest.rows:
@@ -25,7 +25,7 @@ def test_demo_manifest_levels_mos_and_splits():
     for key in ("blur", "noise", "crf"):  # every distortion rises (never falls) with the level
         values = [d[key] for d in DISTORTIONS]
         assert values == sorted(values) and values[0] < values[-1]
-    assert DemoConfig(videos=13).scenes == 3 and DemoConfig(videos=5).scenes == 2
+    assert DemoConfig(clips=13).scenes == 3 and DemoConfig(clips=5).scenes == 2
 
 
 def test_demo_defaults_hold_out_two_clips_per_level_and_train_in_one_batch():
