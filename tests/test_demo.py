@@ -75,3 +75,28 @@ def test_demo_end_to_end_at_a_tiny_size(tmp_path):
 
     with pytest.raises(FileExistsError, match="not empty"):
         run_demo(tmp_path / "demo", SMALL, progress=False, log=lines.append)
+
+
+def test_cli_clips_option_and_the_old_videos_alias(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from clifvqa import demo
+    from clifvqa.cli import main
+    from clifvqa.errors import ClifvqaError
+
+    seen = []
+
+    def fake_run_demo(out, config, **kwargs):  # the CLI's part only: which settings reach run_demo
+        seen.append(config)
+        raise ClifvqaError("stopped here")
+
+    monkeypatch.setattr(demo, "run_demo", fake_run_demo)
+    runner = CliRunner()
+    result = runner.invoke(main, ["demo", "--out", str(tmp_path / "d"), "--clips", "18", "--seed", "3"])
+    assert result.exit_code == 2 and "warning" not in result.output
+    assert (seen[-1].clips, seen[-1].seed, seen[-1].scenes) == (18, 3, 3)
+    result = runner.invoke(main, ["demo", "--out", str(tmp_path / "d"), "--videos", "24"])
+    assert result.exit_code == 2 and seen[-1].clips == 24
+    assert "warning: demo --videos is renamed --clips" in result.output
+    help_text = runner.invoke(main, ["demo", "--help"]).output
+    assert "--clips" in help_text and "--videos" not in help_text
