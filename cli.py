@@ -621,7 +621,8 @@ def predict_cmd(inputs: tuple[str, ...], checkpoint: str, stores: tuple[str, ...
 
 @main.command("demo")
 @click.option("--out", default="demo-run", show_default=True, type=click.Path(file_okay=False), help="New folder for everything the demo makes.")
-@click.option("--clips", default=48, show_default=True, type=click.IntRange(min=12), help="Clips to make (whole scenes of 6 distortion levels).")
+@click.option("--clips", default=48, show_default=True, type=click.IntRange(min=12),
+              help="Clips to make (whole scenes of 6 distortion levels).")
 @click.option("--videos", "clips_alias", default=None, type=click.IntRange(min=12), hidden=True,
               help="Old name of --clips (warns).")
 @click.option("--epochs", default=None, type=click.IntRange(min=1), help="Training epochs [default: the demo's tuned value].")
@@ -637,7 +638,8 @@ def demo_cmd(out: str, clips: int, clips_alias: int | None, epochs: int | None, 
     from clifvqa.demo import DEMO_TRAINING, DemoConfig, run_demo
 
     if clips_alias is not None:  # --videos names a video folder everywhere else
-        click.echo("warning: demo --videos is renamed --clips (the number of clips to make); --videos will go", err=True)
+        click.echo("warning: demo --videos is renamed --clips (the number of clips to make); --videos will go",
+                   err=True)
         clips = clips_alias
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     config = DemoConfig(clips=clips, seed=seed, train=replace(DEMO_TRAINING, epochs=epochs or DEMO_TRAINING.epochs))

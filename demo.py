@@ -128,7 +128,8 @@ class DemoResult:
         m = self.test_metrics
         c = self.config
         return "\n".join([
-            f"demo dataset: {c.scenes * LEVELS} clips ({c.scenes} scenes x {LEVELS} distortion levels, {c.frames} frames "
+            f"demo dataset: {c.scenes * LEVELS} clips ({c.scenes} scenes x {LEVELS} distortion levels, "
+            f"{c.frames} frames "
             f"{c.width}x{c.height}), MOS 5 -> 1 as blur, noise and compression rise; manifest {self.manifest}",
             RANDOM_CLIP_NOTE,
             f"model selected on the validation clips: epoch {self.selected_epoch} of {c.train.epochs}",
@@ -156,7 +157,9 @@ def demo_manifest(config: DemoConfig):
     return Manifest(rows, ["video", "mos", "split", "level"])
 
 
-def run_demo(out_dir: str | os.PathLike[str] = "demo-run", config: DemoConfig = DemoConfig(), *, progress: bool = True, log=print) -> DemoResult:
+def run_demo(
+    out_dir: str | os.PathLike[str] = "demo-run", config: DemoConfig = DemoConfig(), *, progress: bool = True, log=print
+) -> DemoResult:
     """Make the sample dataset, extract, train ``--tiny``, evaluate (see the module docstring).
 
     ``out_dir`` must not exist or be empty (nothing is overwritten). ``log`` receives one line
@@ -174,7 +177,8 @@ def run_demo(out_dir: str | os.PathLike[str] = "demo-run", config: DemoConfig = 
 
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise FileExistsError(f"{out} exists and is not empty; choose another --out or remove it (nothing is overwritten)")
+        raise FileExistsError(f"{out} exists and is not empty; choose another --out or remove it "
+                              "(nothing is overwritten)")
     start = time.perf_counter()
     seconds: dict[str, float] = {}
     videos = out / "videos"
@@ -216,11 +220,13 @@ def run_demo(out_dir: str | os.PathLike[str] = "demo-run", config: DemoConfig = 
     t = time.perf_counter()
     evaluation_dir = out / "eval"
     log(f"[5/5] evaluating {run / 'best'} on the test clips into {evaluation_dir}")
-    evaluation = evaluate(run / "best", manifest_path, videos, [store], evaluation_dir, device="cpu", split="test", seed=config.seed)
+    evaluation = evaluate(run / "best", manifest_path, videos, [store], evaluation_dir, device="cpu", split="test",
+                          seed=config.seed)
     seconds["evaluate"] = time.perf_counter() - t
     seconds["total"] = time.perf_counter() - start
     split = result["splits"][0]
-    return DemoResult(out, manifest_path, store, run, evaluation_dir, split["test"], split["best_epoch"], evaluation, config, seconds)
+    return DemoResult(out, manifest_path, store, run, evaluation_dir, split["test"], split["best_epoch"], evaluation,
+                      config, seconds)
 
 
 def _quiet_transformers() -> None:

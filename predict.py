@@ -205,7 +205,8 @@ def predict(
     config = model.config
     provenance = meta["store"]["provenance"]
     if explain and not config.uses_semantic:
-        raise ValueError(f"--explain shows the semantic curves, but checkpoint {checkpoint} has no semantic branch (branches={config.branches})")
+        raise ValueError(f"--explain shows the semantic curves, but checkpoint {checkpoint} has no semantic branch "
+                         f"(branches={config.branches})")
     entries = expand_inputs(inputs)
     preds = [Prediction(name, error=error) for name, _, error in entries]
     todo = [i for i, (_, _, error) in enumerate(entries) if error is None]
@@ -335,7 +336,9 @@ def explain_text(prediction: Prediction, top: int = 5) -> str:
     return "\n".join(lines)
 
 
-def write_predictions(predictions: Sequence[Prediction], path: str | os.PathLike[str], *, explain: bool = False) -> list[Path]:
+def write_predictions(
+    predictions: Sequence[Prediction], path: str | os.PathLike[str], *, explain: bool = False
+) -> list[Path]:
     """Write ``predictions`` to ``path`` (``.json``: a list of objects; otherwise CSV with
     ``video, score, raw, error``). With ``explain`` and CSV output the curves go to a side file
     ``<name>.explain.json`` (``{video: curves}``). Files are written atomically. Returns the paths.

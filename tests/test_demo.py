@@ -10,7 +10,8 @@ import torch
 
 from clifvqa.demo import DEMO_TRAINING, DISTORTIONS, LEVELS, RANDOM_CLIP_NOTE, DemoConfig, demo_manifest, run_demo
 
-SMALL = DemoConfig(clips=12, frames=8, width=160, height=128, grid=(1, 1), train=replace(DEMO_TRAINING, epochs=1, batch_size=4, num_clips_test=1))
+SMALL = DemoConfig(clips=12, frames=8, width=160, height=128, grid=(1, 1),
+                   train=replace(DEMO_TRAINING, epochs=1, batch_size=4, num_clips_test=1))
 
 
 def test_demo_manifest_levels_mos_and_splits():

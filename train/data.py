@@ -235,8 +235,8 @@ def load_semantic_features(
             store.check_fingerprint()
         first = opened[0]
         for other in opened[1:]:
-            require_same_features(first.provenance, other.provenance, fingerprints=(first.fingerprint, other.fingerprint),
-                                  problem=f"feature stores {first.path} and {other.path} were made with different "
+            require_same_features(first.provenance, other.provenance,
+                                  fingerprints=(first.fingerprint, other.fingerprint), problem=f"feature stores {first.path} and {other.path} were made with different "
                                   "settings", remedy="use stores of one extraction setting")
         r = first.num_prompts
         if expected_r is not None and r != expected_r:

@@ -85,7 +85,8 @@ class EvalResult:
         """A few lines for the terminal: the metrics, then anything left out or written."""
         m = self.metrics
         lines = [
-            f"{m['n']} videos: SROCC {_fmt(m['srocc'])}  PLCC {_fmt(m['plcc'])} (after {m['fit']} fit {_fmt(m['plcc_fit'])})"
+            f"{m['n']} videos: SROCC {_fmt(m['srocc'])}  PLCC {_fmt(m['plcc'])} "
+            f"(after {m['fit']} fit {_fmt(m['plcc_fit'])})"
             f"  KROCC {_fmt(m['krocc'])}  RMSE {_fmt(m['rmse'])} (raw {_fmt(m['rmse_raw'])})"
         ]
         if "score_rmse" in m:
@@ -158,17 +159,20 @@ def evaluate(
     if out is not None and not overwrite:
         existing = [out / n for n in (PREDICTIONS_FILE, METRICS_FILE, PLOT_FILE) if (out / n).exists()]
         if existing:
-            raise FileExistsError(f"{existing[0]} already exists; choose another output folder or pass overwrite=True / --force")
+            raise FileExistsError(f"{existing[0]} already exists; choose another output folder or pass "
+                                  "overwrite=True / --force")
     keys = [item.key for item in items]
     if config.uses_spatial:
         check_video_files(keys, videos_dir)
     semantic = None
     if config.uses_semantic:
         if not stores:
-            raise DataError(f"checkpoint {checkpoint} uses the semantic branch: pass the feature store(s) with its videos (--store)")
+            raise DataError(f"checkpoint {checkpoint} uses the semantic branch: pass the feature store(s) with its "
+                            "videos (--store)")
         check_checkpoint_stores(stores, meta, checkpoint)
         features = load_semantic_features(
-            stores, keys, config.t0, expected_r=config.r, video_root=videos_dir, allow_stale=allow_stale, progress=progress
+            stores, keys, config.t0, expected_r=config.r, video_root=videos_dir, allow_stale=allow_stale,
+            progress=progress,
         )
         semantic = features.rows
     fragments = config.fragment_config() if config.uses_spatial else None
@@ -179,7 +183,8 @@ def evaluate(
     label = {item.key: item.mos for item in items}
     mos = [label[key] for key in done]  # the manifest's values, not the loader's float32 copies
     if not done:
-        raise DataError(f"{where}: none of the {len(items)} videos could be scored: {listing([f'{k} ({e})' for k, e in failed], 5)}")
+        why = listing([f"{k} ({e})" for k, e in failed], 5)
+        raise DataError(f"{where}: none of the {len(items)} videos could be scored: {why}")
     metrics = compute_metrics(preds, mos)
     fitted = fit_logistic(np.asarray(preds), np.asarray(mos))[0].tolist()
     mapping = score_mapping_of(meta)
@@ -203,7 +208,8 @@ def evaluate(
             "failures": [{"video": k, "error": e} for k, e in failed],
             "unlabelled": unlabelled,
         }
-        result.files["metrics"] = atomic_write_text(out / METRICS_FILE, json.dumps(info, indent=2, allow_nan=True) + "\n")
+        text = json.dumps(info, indent=2, allow_nan=True) + "\n"
+        result.files["metrics"] = atomic_write_text(out / METRICS_FILE, text)
     if plot:
         if out is None:
             result.plot_note = "no scatter plot: pass an output folder (--out) to write one"
@@ -243,7 +249,8 @@ def write_scatter(
     ax.plot(x[order], np.asarray(fitted, np.float64)[order], color="C3", lw=1.5, label=f"{metrics['fit']} fit")
     ax.set_xlabel("prediction")
     ax.set_ylabel("MOS")
-    ax.set_title(f"n={metrics['n']}  SROCC {_fmt(metrics['srocc'])}  PLCC {_fmt(metrics['plcc_fit'])} (fitted)", fontsize=9)
+    title = f"n={metrics['n']}  SROCC {_fmt(metrics['srocc'])}  PLCC {_fmt(metrics['plcc_fit'])} (fitted)"
+    ax.set_title(title, fontsize=9)
     ax.grid(True, alpha=0.3)
     ax.legend(loc="best", fontsize=8)
     fig.tight_layout()

@@ -72,7 +72,8 @@ def predict_items(
     shard = list(items)[dist.rank :: dist.world]
     ds = VideoDataset(shard, video_root, semantic, fragments, train=False, seed=seed)
     # own generator: evaluating must not advance the global RNG that dropout draws from
-    loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=collate, generator=torch.Generator().manual_seed(seed))
+    loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=collate,
+                        generator=torch.Generator().manual_seed(seed))
     out: list[tuple[str, float, float]] = []
     failed: list[tuple[str, str]] = []
     for batch in progress_bar(loader, desc, progress and dist.main, unit="batch"):
