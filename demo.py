@@ -168,10 +168,10 @@ def run_demo(
     import torch
 
     from clifvqa.extract.config import ExtractConfig
-    from clifvqa.testing.clip import save_random_clip
     from clifvqa.extract.runner import extract_dataset
-    from clifvqa.testing.videos import write_clip
     from clifvqa.manifests.io import write_manifest
+    from clifvqa.testing.clip import save_random_clip
+    from clifvqa.testing.videos import write_clip
     from clifvqa.train.evaluate import evaluate
     from clifvqa.train.trainer import run_training
 

@@ -258,8 +258,8 @@ def _semantic_features(
     from tqdm import tqdm
 
     from clifvqa.extract.pipeline import VideoTask
-    from clifvqa.features.sources import sha256_file
     from clifvqa.extract.sfe import VideoResult
+    from clifvqa.features.sources import sha256_file
     from clifvqa.features.store import CorruptFeaturesError, open_store
 
     bar = dict(unit="video", disable=not progress, leave=False, dynamic_ncols=True)

@@ -16,8 +16,6 @@ compare by the format-2 fingerprint of their provenance.
 
 from __future__ import annotations
 
-from clifvqa.errors import ClifvqaError
-
 import datetime as _dt
 import hashlib
 import json
@@ -26,6 +24,8 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+
+from clifvqa.errors import ClifvqaError
 
 DETERMINING_FIELDS: tuple[str, ...] = (
     "clip", "prompts", "grid", "crop", "resize", "mean", "std", "frame_stride", "dtype",

@@ -54,7 +54,8 @@ def test_demo_end_to_end_at_a_tiny_size(tmp_path):
 
     manifest = read_manifest(result.manifest)
     assert len(manifest) == 12
-    assert {s: sum(r.split == s for r in manifest.rows) for s in ("train", "val", "test")} == {"train": 7, "val": 3, "test": 2}
+    counts = {s: sum(r.split == s for r in manifest.rows) for s in ("train", "val", "test")}
+    assert counts == {"train": 7, "val": 3, "test": 2}
     assert all((result.out / "videos" / v).is_file() for v in manifest.videos)
     with open_store(result.store) as store:
         assert sorted(store.keys()) == sorted(manifest.videos) and not store.incomplete_keys() and not store.failures()
