@@ -622,8 +622,7 @@ def predict_cmd(inputs: tuple[str, ...], checkpoint: str, stores: tuple[str, ...
     that cannot be read (or gets a NaN output) gets an error row; the exit code is then 1.
     """
     from clifvqa.train.checkpoint import read_meta, score_mapping_of
-    from clifvqa.train.predict import (NO_MAPPING_NOTE, explain_text, predict, predictions_csv,
-                                       write_predictions)
+    from clifvqa.predict import NO_MAPPING_NOTE, explain_text, predict, predictions_csv, write_predictions
 
     preds = predict(list(inputs), checkpoint, list(stores), clip_model, device, explain,
                     progress=not quiet)
@@ -648,20 +647,28 @@ def predict_cmd(inputs: tuple[str, ...], checkpoint: str, stores: tuple[str, ...
 
 @main.command("demo")
 @click.option("--out", default="demo-run", show_default=True, type=click.Path(file_okay=False), help="New folder for everything the demo makes.")
-@click.option("--videos", default=48, show_default=True, type=click.IntRange(min=12), help="Clips to make (whole scenes of 6 distortion levels).")
+@click.option("--clips", default=48, show_default=True, type=click.IntRange(min=12),
+              help="Clips to make (whole scenes of 6 distortion levels).")
+@click.option("--videos", "clips_alias", default=None, type=click.IntRange(min=12), hidden=True,
+              help="Old name of --clips (warns).")
 @click.option("--epochs", default=None, type=click.IntRange(min=1), help="Training epochs [default: the demo's tuned value].")
 @click.option("--seed", default=0, show_default=True, type=int, help="Scenes, model init and data order.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def demo_cmd(out: str, videos: int, epochs: int | None, seed: int, quiet: bool) -> None:
+def demo_cmd(out: str, clips: int, clips_alias: int | None, epochs: int | None, seed: int, quiet: bool) -> None:
     """Run the whole pipeline on a small generated dataset: make graded-distortion clips, extract
     with a tiny random-weight CLIP, train --tiny, and print SROCC/PLCC on the held-out clips."""
     import logging
 
+    from clifvqa.demo import DEMO_TRAINING, DemoConfig, run_demo
     from clifvqa.train.config_io import with_overrides
-    from clifvqa.train.demo import DEMO_TRAINING, DemoConfig, run_demo
 
+    if clips_alias is not None:  # --videos names a video folder everywhere else
+        click.echo("warning: demo --videos is renamed --clips (the number of clips to make); --videos will go",
+                   err=True)
+        clips = clips_alias
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    config = DemoConfig(videos=videos, seed=seed, train=with_overrides(DEMO_TRAINING, {"optim.epochs": epochs} if epochs else {}))
+    overrides = {"optim.epochs": epochs} if epochs else {}
+    config = DemoConfig(clips=clips, seed=seed, train=with_overrides(DEMO_TRAINING, overrides))
     result = run_demo(out, config, progress=not quiet, log=click.echo)
     click.echo(result.summary())
 

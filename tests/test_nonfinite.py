@@ -120,7 +120,7 @@ def test_evaluate_refuses_a_nan_output_naming_the_video(semantic_checkpoint, mon
 
 def test_predict_never_prints_nan(semantic_checkpoint, monkeypatch):
     from clifvqa.cli import main
-    from clifvqa.train import predict as predict_module
+    from clifvqa import predict as predict_module
 
     data, path = semantic_checkpoint
     real = predict_module.resample_time
