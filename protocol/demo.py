@@ -4,7 +4,8 @@ Two small generated datasets with different distortion styles stand in for LSVQ 
 fine-tuning dataset:
 
 - **synth-a** ("pre-training"): :data:`SCENES_A` scenes × 6 levels of blur + noise + compression
-  together (the ``clifvqa demo`` distortions), 128×128; split ``test`` when
+  together (the ``clifvqa demo`` distortions), 192×128 (wider than a crop once scaled to a
+  224-pixel short side, so that the 1×2 grid sees two different crops); split ``test`` when
   ``(scene + level) % 4 == 3``, else ``train``.
 - **synth-b** ("cross-dataset test and fine-tuning"): :data:`SCENES_B` scenes × 4 levels of
   compression only (x264 CRF 18 → 48), half at 128×128 and half at 192×160, with ``width`` and
@@ -16,7 +17,8 @@ grid 1×1 (store ``"1"``) and 1×2 (store ``"2"``), the mini version of Table 5'
 Then ``experiments/mini.yaml`` runs with ``--tiny``: pre-train on synth-a (per store), test on
 synth-a's test split and on synth-b (cross-dataset, and by resolution group), fine-tune on
 synth-b over 3 random splits from the whole model and from its FAST-VQA branch only, ablate
-branches and prompt groups, and print Tables 1-5.
+branches (Table 3) and prompt groups (Table 4, on the semantic branch alone: no decoding, so the
+demo stays a few minutes long), and print Tables 1-5.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ FRAMES = 16
 STYLE_A = (dict(blur=0, noise=0.0, crf=18), dict(blur=0, noise=8.0, crf=20), dict(blur=1, noise=16.0, crf=22),
            dict(blur=1, noise=24.0, crf=24), dict(blur=2, noise=32.0, crf=26), dict(blur=2, noise=40.0, crf=28))
 STYLE_B = (dict(crf=18), dict(crf=30), dict(crf=40), dict(crf=48))
+SIZE_A = (192, 128)
 SIZES_B = ((128, 128), (192, 160))
 GRIDS = {"1": (1, 1), "2": (1, 2)}
 """Store name -> crop grid of the mini datasets' two stores."""
@@ -55,7 +58,7 @@ def make_mini_data(root: str | os.PathLike[str], *, progress: bool = False, log=
         hf_logging.disable_progress_bar()
         save_random_clip(clip, preset="tiny", seed=0)
     specs = {
-        "a": [(s, lvl, STYLE_A[lvl], (128, 128), "test" if (s + lvl) % 4 == 3 else "train")
+        "a": [(s, lvl, STYLE_A[lvl], SIZE_A, "test" if (s + lvl) % 4 == 3 else "train")
               for s in range(SCENES_A) for lvl in range(len(STYLE_A))],
         "b": [(s, lvl, STYLE_B[lvl], SIZES_B[s % 2], None) for s in range(SCENES_B) for lvl in range(len(STYLE_B))],
     }

@@ -44,6 +44,8 @@ RUN_MANIFEST = "manifest.csv"
 BASE_SETTING = Setting("base", {})
 INIT_KEYS = {"whole": "init.checkpoint", "spatial": "init.spatial"}
 """The run-config key each init mode sets to the source run's selected checkpoint."""
+OFFICIAL_INITS = ("init.fastvqa", "init.swin_k400")
+"""Official weight files a run started from another run's checkpoint does not also load."""
 
 
 @dataclass(frozen=True)
@@ -221,7 +223,8 @@ class _Planner:
     def protocol(self, stage: Stage, seed: int, data: Mapping[str, Any], init: tuple[str, str] | None) -> dict[str, Any]:
         values = dict(data)
         values["seed"] = seed
-        if init is not None:
+        if init is not None:  # the started-from checkpoint replaces the official inits of the file's config
+            values.update({key: None for key in OFFICIAL_INITS})
             values[INIT_KEYS[init[1]]] = str(self.out / RUNS_DIR / init[0] / "train" / "best")
         return values
 

@@ -23,7 +23,7 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
 """Folder (relative to the package root) -> modules nothing in it may import."""
 
 TESTING = "clifvqa.testing"
-TESTING_USERS = ("tests/", "benchmarks/", "testing/", "demo.py")
+TESTING_USERS = ("tests/", "benchmarks/", "testing/", "demo.py", "protocol/demo.py")
 """The only places that may import the test-data generators of :mod:`clifvqa.testing`."""
 
 
