@@ -101,7 +101,9 @@ class Plan:
         return {run.id: run for run in self.runs}
 
 
-def _stores(experiment: Experiment, dataset: str, store: str, key: str) -> tuple[str, ...]:
+def stores_of(experiment: Experiment, dataset: str, store: str, key: str) -> tuple[str, ...]:
+    """The paths of ``dataset``'s store named ``store`` (none for a dataset without stores and the
+    default name); an unknown name is refused naming ``key``."""
     stores = experiment.datasets[dataset].stores
     if store not in stores:
         if store == DEFAULT_STORE and not stores:
@@ -260,7 +262,7 @@ class _Planner:
         _, store = self.config(stage, setting, {})
         return {"data.manifest": str(self.out / RUNS_DIR / run_id / RUN_MANIFEST),
                 "data.videos": str(self.x.datasets[dataset].videos),
-                "data.stores": list(_stores(self.x, dataset, store, f"stages.{stage.name}")),
+                "data.stores": list(stores_of(self.x, dataset, store, f"stages.{stage.name}")),
                 "data.val_fraction": float(val_fraction)}
 
     def finetune_runs(self, stage: Stage, setting: Setting) -> None:
@@ -292,7 +294,7 @@ class _Planner:
         for source in [r for r in self.runs if r.stage == stage.source and r.kind == "train"]:
             store = stage.store or source.store
             for ref in tests:
-                _stores(self.x, ref.split(".", 1)[0], store, f"stages.{stage.name}")
+                stores_of(self.x, ref.split(".", 1)[0], store, f"stages.{stage.name}")
             self.add(stage=stage.name, kind="evaluate", setting=source.setting, data=source.data, split=source.split,
                      config=source.config, store=store, dataset=source.dataset, tests=tests, source=source.id,
                      depends=(source.id,))

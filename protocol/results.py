@@ -1,18 +1,19 @@
-"""``results.csv`` of an experiment: one row per (stage, setting, split, test set).
+"""The result files of an experiment folder.
 
-Columns (:data:`RESULT_COLUMNS`):
+``results.csv``: one row per (stage, setting, split, test set). Columns (:data:`RESULT_COLUMNS`):
 
-- ``table``, ``row``, ``column``: where the result goes in the paper-shaped tables
-  (:mod:`clifvqa.protocol.tables`), from the stage's ``report`` in the experiment file; empty
-  when the stage reports nowhere.
 - ``stage``, ``setting``, ``split``, ``test_set``: which run and which test set (``dataset.set``).
 - ``n``: videos scored; ``srocc``, ``plcc`` (raw predictions, as FAST-VQA reports it),
   ``plcc_fit`` (after the 4-parameter logistic), ``krocc``, ``rmse`` (after the logistic):
-  :func:`clifvqa.train.metrics.compute_metrics`; ``epoch``: the epoch model selection kept
-  (empty for evaluation stages, whose checkpoint comes from another stage).
+  :func:`clifvqa.train.metrics.compute_metrics`; ``epoch``: the epoch model selection kept (for
+  an evaluation stage, that of the run whose checkpoint it scores).
 
 Numbers are written with ``repr`` (round-trip exact), rows in the experiment's run order, so
 the file of a resumed experiment equals the file of an uninterrupted one byte for byte.
+
+``tables.csv``: where results go in the paper-shaped tables (:mod:`clifvqa.protocol.tables`),
+from the stages' ``report`` in the experiment file: one row per (stage, setting, test set) and
+table, with the ``table``, ``row`` and ``column`` it is shown in (:data:`PLACEMENT_COLUMNS`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import csv
 import io
 import math
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -38,9 +39,6 @@ LOWER_IS_BETTER: frozenset[str] = frozenset({"rmse"})
 class ResultRow:
     """One test set scored by one run (see the module docstring for the fields)."""
 
-    table: str
-    row: str
-    column: str
     stage: str
     setting: str
     split: str
@@ -83,28 +81,62 @@ def write_results(rows: Sequence[ResultRow], path: str | os.PathLike[str]) -> Pa
     return atomic_write_text(path, format_results(rows))
 
 
+def _records(path: Path, columns: Sequence[str]) -> Iterator[tuple[int, dict[str, str]]]:
+    """``(line, record)`` of a CSV whose header must hold ``columns``."""
+    if not path.is_file():
+        raise ExperimentError(f"{path}: no such file; run `clifvqa experiment run` first, or name the "
+                              "experiment folder that holds results.csv and tables.csv")
+    with open(path, newline="", encoding="utf-8-sig") as fh:
+        reader = csv.DictReader(fh)
+        missing = [c for c in columns if c not in (reader.fieldnames or [])]
+        if missing:
+            raise ExperimentError(f"{path} line 1: missing columns {', '.join(missing)}; expected {','.join(columns)}")
+        yield from enumerate(reader, start=2)
+
+
 def read_results(path: str | os.PathLike[str]) -> list[ResultRow]:
     """Read a results.csv; a missing column or a bad number is refused naming the file and line."""
     path = Path(path)
-    if not path.is_file():
-        raise ExperimentError(f"{path}: no such results file; run `clifvqa experiment run` first, or name the "
-                              "experiment folder that holds results.csv")
-    with open(path, newline="", encoding="utf-8-sig") as fh:
-        reader = csv.DictReader(fh)
-        missing = [c for c in RESULT_COLUMNS if c not in (reader.fieldnames or [])]
-        if missing:
-            raise ExperimentError(f"{path} line 1: missing columns {', '.join(missing)}; expected "
-                                  f"{','.join(RESULT_COLUMNS)}")
-        rows = []
-        for line, record in enumerate(reader, start=2):
-            try:
-                rows.append(ResultRow(
-                    **{k: record[k] or "" for k in ("table", "row", "column", "stage", "setting", "split", "test_set")},
-                    n=int(record["n"]),
-                    **{k: float(record[k]) if record[k] else math.nan for k in METRICS},
-                    epoch=int(record["epoch"]) if record["epoch"] else None,
-                ))
-            except (TypeError, ValueError) as exc:
-                raise ExperimentError(f"{path} line {line}: {exc}; fix the row or rebuild the file with "
-                                      "`clifvqa experiment run` (finished runs are not redone)") from None
+    rows = []
+    for line, record in _records(path, RESULT_COLUMNS):
+        try:
+            rows.append(ResultRow(
+                **{k: record[k] or "" for k in ("stage", "setting", "split", "test_set")},
+                n=int(record["n"]),
+                **{k: float(record[k]) if record[k] else math.nan for k in METRICS},
+                epoch=int(record["epoch"]) if record["epoch"] else None,
+            ))
+        except (TypeError, ValueError) as exc:
+            raise ExperimentError(f"{path} line {line}: {exc}; fix the row or rebuild the file with "
+                                  "`clifvqa experiment run` (finished runs are not redone)") from None
     return rows
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Results of (``stage``, ``setting``, ``test_set``) are shown in ``table`` at ``row``, ``column``."""
+
+    stage: str
+    setting: str
+    test_set: str
+    table: str
+    row: str
+    column: str
+
+
+PLACEMENT_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(Placement))
+
+
+def write_placements(placements: Sequence[Placement], path: str | os.PathLike[str]) -> Path:
+    """Write tables.csv atomically."""
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(PLACEMENT_COLUMNS)
+    writer.writerows([getattr(p, c) for c in PLACEMENT_COLUMNS] for p in placements)
+    return atomic_write_text(path, text.getvalue())
+
+
+def read_placements(path: str | os.PathLike[str]) -> list[Placement]:
+    """Read a tables.csv (a missing column is refused naming the file)."""
+    records = _records(Path(path), PLACEMENT_COLUMNS)
+    return [Placement(**{c: record[c] or "" for c in PLACEMENT_COLUMNS}) for _, record in records]

@@ -16,8 +16,8 @@ the recorded one (a changed file, or a redone run it starts from), naming the di
 ``redo_changed`` moves such a run's folder to ``DIR/replaced/`` and runs it again. Only
 ``device`` and ``workers`` may change (they do not change the numbers on a CPU).
 
-``DIR/results.csv`` (:mod:`clifvqa.protocol.results`) is rebuilt from every finished run after
-each run, under a lock, so the tasks of a SLURM array (``run_index``) can share one folder:
+``DIR/results.csv`` and ``DIR/tables.csv`` (:mod:`clifvqa.protocol.results`) are rebuilt from
+every finished run and the file after each run, under a lock, so the tasks of a SLURM array (``run_index``) can share one folder:
 every task writes only its own run's folder.
 """
 
@@ -39,17 +39,19 @@ from typing import Any
 from clifvqa._atomic import atomic_write_text
 from clifvqa.manifests.io import Manifest, ManifestRow, write_manifest
 from clifvqa.protocol import ExperimentError
-from clifvqa.protocol.plan import RUN_MANIFEST, Plan, Run, plan_experiment
-from clifvqa.protocol.results import METRICS, ResultRow, write_results
+from clifvqa.protocol.plan import RUN_MANIFEST, Plan, Run, plan_experiment, stores_of
+from clifvqa.protocol.results import METRICS, Placement, ResultRow, write_placements, write_results
 from clifvqa.protocol.spec import load_experiment
+from clifvqa.train.config import RESUMABLE_CHANGES
 from clifvqa.train.config_io import diff, format_diff, to_data
 
 RECORD_FILE = "protocol.json"
 DONE_FILE = "done.json"
 RESULTS_FILE = "results.csv"
+PLACEMENTS_FILE = "tables.csv"
 REPLACED_DIR = "replaced"
-CHANGEABLE = ("config.device", "config.workers")
-"""Recorded fields a rerun may change (placement, not numbers)."""
+CHANGEABLE = tuple(f"config.{key}" for key in RESUMABLE_CHANGES)
+"""Recorded fields a rerun may change (where and how fast it runs, not its numbers)."""
 
 log = logging.getLogger("clifvqa.protocol")
 
@@ -121,28 +123,38 @@ def _lock(out: Path):
 
 
 def collect_results(plan: Plan) -> list[ResultRow]:
-    """The result rows of every finished run of ``plan``, in run order: one per test set and
-    table it is reported in (one with an empty table when it is reported nowhere)."""
+    """The result rows of every finished run of ``plan``, in run order: one per test set."""
     rows: list[ResultRow] = []
     for run in plan.runs:
         done = run.folder(plan.out) / DONE_FILE
         if not done.is_file():
             continue
         result = json.loads(done.read_text(encoding="utf-8"))
-        stage = plan.experiment.stages[run.stage]
         for ref in run.tests:
             metrics = result["tests"][ref]
-            placements = [(r.table, r.row_of(run.setting), r.column_of(ref)) for r in stage.reports]
-            placements = [p for p in placements if p[1] is not None and p[2] is not None] or [("", "", "")]
-            for table, row, column in placements:
-                rows.append(ResultRow(table, row, column, run.stage, run.setting, run.split, ref, int(metrics["n"]),
-                                      *(float(metrics[m]) for m in METRICS), epoch=result.get("epoch")))
+            rows.append(ResultRow(run.stage, run.setting, run.split, ref, int(metrics["n"]),
+                                  *(float(metrics[m]) for m in METRICS), epoch=result.get("epoch")))
     return rows
 
 
+def placements_of(plan: Plan) -> list[Placement]:
+    """Where the stages' ``report`` puts each (stage, setting, test set), in the file's order."""
+    out: dict[Placement, None] = {}
+    for run in plan.runs:
+        for report in plan.experiment.stages[run.stage].reports:
+            row = report.row_of(run.setting)
+            for ref in run.tests:
+                column = report.column_of(ref)
+                if row is not None and column is not None:
+                    out[Placement(run.stage, run.setting, ref, report.table, row, column)] = None
+    return list(out)
+
+
 def rebuild_results(plan: Plan) -> Path:
-    """Rewrite ``DIR/results.csv`` from the finished runs (under the folder's lock)."""
+    """Rewrite ``DIR/results.csv`` from the finished runs and ``DIR/tables.csv`` from the file
+    (under the folder's lock)."""
     with _lock(plan.out):
+        write_placements(placements_of(plan), plan.out / PLACEMENTS_FILE)
         return write_results(collect_results(plan), plan.out / RESULTS_FILE)
 
 
@@ -153,14 +165,13 @@ def _write_rows(rows: Sequence[ManifestRow], path: Path, split: str | None = Non
 
 
 def _evaluate_tests(run: Run, plan: Plan, checkpoint: Path, folder: Path, progress: bool) -> dict[str, dict]:
-    from clifvqa.protocol.plan import _stores
     from clifvqa.train.evaluate import evaluate
 
     tests = {}
     for ref, rows in run.tests.items():
         dataset = plan.experiment.dataset_of(ref)
         manifest = _write_rows(rows, folder / "tests" / f"{ref}.csv", split="test")
-        stores = _stores(plan.experiment, dataset.name, run.store, f"stages.{run.stage}")
+        stores = stores_of(plan.experiment, dataset.name, run.store, f"stages.{run.stage}")
         config = run.config
         result = evaluate(checkpoint, manifest, dataset.videos, list(stores) if config.model.uses_semantic else [],
                           folder / "eval" / ref, device=config.device, plot=False, seed=config.seed,
@@ -208,12 +219,12 @@ def plan_run(plan: Plan, run_id: str) -> Run:
     return plan.by_id()[run_id]
 
 
-def _prepare(run: Run, plan: Plan, redo_changed: bool, full: Plan) -> str:
+def _prepare(run: Run, plan: Plan, redo_changed: bool) -> str:
     """``done``, ``redo`` or ``run`` for ``run``; refuses a changed run (unless ``redo_changed``)
     and a run whose dependencies are unfinished. Writes protocol.json for a new run."""
     folder = run.folder(plan.out)
     for dep in run.depends:
-        if not is_done(plan_run(full, dep), plan.out):
+        if not is_done(plan_run(plan, dep), plan.out):
             raise ExperimentError(f"{run.id} starts from {dep}, which is not finished; run it first (its stage with "
                                   "--only, or the earlier --run-index; under SLURM: one array per stage, chained "
                                   "with --dependency=afterok)")
@@ -279,7 +290,7 @@ def run_experiment(
         runs = [runs[run_index]]
     done = ExperimentRun(plan)
     for run in runs:
-        state = _prepare(run, full, redo_changed, full)
+        state = _prepare(run, full, redo_changed)
         if state == "done":
             done.skipped.append(run.id)
             echo(f"[{run.index}] {run.id}: finished before, skipped")

@@ -1,7 +1,8 @@
 """Paper-shaped tables of an experiment's ``results.csv``: ``clifvqa experiment table``.
 
-Each result row names its ``table``, ``row`` and ``column`` (the stage's ``report`` in the
-experiment file). A table's cell for one metric is computed in two steps:
+``tables.csv`` places the results of (stage, setting, test set) in a ``table`` at a ``row`` and
+``column`` (the stages' ``report`` in the experiment file). A cell for one metric is computed in
+two steps over the results placed in it:
 
 1. per split, the mean of the metric over the cell's test sets (one test set in Tables 1, 2, 4
    and 5; Table 3 averages the three fine-tuning datasets in one column, as the paper does);
@@ -29,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 from clifvqa.protocol import ExperimentError
-from clifvqa.protocol.results import LOWER_IS_BETTER, METRICS, ResultRow
+from clifvqa.protocol.results import LOWER_IS_BETTER, METRICS, Placement, ResultRow
 
 FORMATS = ("md", "csv", "latex")
 DEFAULT_METRICS = ("srocc", "plcc")
@@ -64,25 +65,29 @@ class Table:
         return f"Table {self.key}" if self.key.isdigit() else self.key
 
 
-def build_tables(results: Sequence[ResultRow], metrics: Sequence[str] = DEFAULT_METRICS) -> list[Table]:
-    """The tables of ``results`` (rows without a ``table`` are left out), cells as described above."""
+def build_tables(results: Sequence[ResultRow], placements: Sequence[Placement],
+                 metrics: Sequence[str] = DEFAULT_METRICS) -> list[Table]:
+    """The tables of ``placements`` filled from ``results``, cells as described above; tables,
+    rows and columns in the order of ``placements`` (the experiment file's)."""
     unknown = [m for m in metrics if m not in METRICS]
     if unknown:
         raise ExperimentError(f"unknown metrics {', '.join(unknown)}; choose from {', '.join(METRICS)}")
     tables: dict[str, Table] = {}
+    where: dict[tuple[str, str, str], list[Placement]] = {}
+    for p in placements:
+        table = tables.setdefault(p.table, Table(p.table, [], [], tuple(metrics)))
+        if p.row not in table.rows:
+            table.rows.append(p.row)
+        if p.column not in table.columns:
+            table.columns.append(p.column)
+        where.setdefault((p.stage, p.setting, p.test_set), []).append(p)
     # (table, row, column) -> split -> metric -> values over the cell's test sets
     values: dict[tuple[str, str, str], dict[str, dict[str, list[float]]]] = {}
     for r in results:
-        if not r.table:
-            continue
-        table = tables.setdefault(r.table, Table(r.table, [], [], tuple(metrics)))
-        if r.row not in table.rows:
-            table.rows.append(r.row)
-        if r.column not in table.columns:
-            table.columns.append(r.column)
-        per_split = values.setdefault((r.table, r.row, r.column), {}).setdefault(r.split, {})
-        for m in metrics:
-            per_split.setdefault(m, []).append(r.metric(m))
+        for p in where.get((r.stage, r.setting, r.test_set), []):
+            per_split = values.setdefault((p.table, p.row, p.column), {}).setdefault(r.split, {})
+            for m in metrics:
+                per_split.setdefault(m, []).append(r.metric(m))
     for (key, row, column), splits in values.items():
         table = tables[key]
         for m in metrics:
@@ -259,13 +264,12 @@ def _num(value: float | None) -> str:
 
 def experiment_tables(folder: str | os.PathLike[str], *, fmt: str = "md", reference: str | os.PathLike[str] | None = None,
                       metrics: Sequence[str] = DEFAULT_METRICS) -> str:
-    """What ``clifvqa experiment table DIR`` prints: the tables of ``DIR/results.csv`` (or of a
-    results file named directly) in ``fmt``, beside ``reference`` when given."""
-    from clifvqa.protocol.results import read_results
+    """What ``clifvqa experiment table DIR`` prints: the tables of ``DIR/tables.csv`` filled from
+    ``DIR/results.csv``, in ``fmt``, beside ``reference`` when given."""
+    from clifvqa.protocol.results import read_placements, read_results
 
     path = Path(folder)
-    results = read_results(path / "results.csv" if path.is_dir() else path)
-    tables = build_tables(results, metrics)
+    tables = build_tables(read_results(path / "results.csv"), read_placements(path / "tables.csv"), metrics)
     if not tables:
-        raise ExperimentError(f"{path}: no result is assigned to a table (the stages' `report` in the experiment file)")
+        raise ExperimentError(f"{path}: no stage reports to a table (the stages' `report` in the experiment file)")
     return format_tables(tables, fmt, read_reference(reference) if reference is not None else None)

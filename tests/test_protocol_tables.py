@@ -7,7 +7,14 @@ from pathlib import Path
 
 import pytest
 from clifvqa.protocol import ExperimentError
-from clifvqa.protocol.results import ResultRow, read_results, write_results
+from clifvqa.protocol.results import (
+    Placement,
+    ResultRow,
+    read_placements,
+    read_results,
+    write_placements,
+    write_results,
+)
 from clifvqa.protocol.tables import (
     build_tables,
     experiment_tables,
@@ -18,24 +25,32 @@ from clifvqa.protocol.tables import (
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _row(table, row, column, split, srocc, plcc=0.5, *, test_set="d.test", rmse=1.0, n=10, epoch=3):
-    return ResultRow(table, row, column, "stage", "base", split, test_set, n, srocc, plcc, plcc, 0.5, rmse, epoch)
+def _row(stage, setting, split, srocc, plcc=0.5, *, test_set="d.test", rmse=1.0, n=10, epoch=3):
+    return ResultRow(stage, setting, split, test_set, n, srocc, plcc, plcc, 0.5, rmse, epoch)
 
 
 # Table 1: row A over 3 splits, row B over 2; Table 3: one column averaging two test sets per split.
 HAND_MADE = [
-    _row("1", "A", "X", "s0", 0.80, 0.70),
-    _row("1", "A", "X", "s1", 0.90, 0.80),
-    _row("1", "A", "X", "s2", 0.85, 0.90),
-    _row("1", "B", "X", "s0", 0.70, 0.95),
-    _row("1", "B", "X", "s1", 0.90, 0.85),
-    _row("1", "A", "Y", "s0", 0.60, rmse=2.0),
-    _row("1", "B", "Y", "s0", math.nan, rmse=1.5),
-    _row("3", "R", "average", "s0", 0.8, test_set="d1.test"),
-    _row("3", "R", "average", "s0", 0.6, test_set="d2.test"),
-    _row("3", "R", "average", "s1", 0.9, test_set="d1.test"),
-    _row("3", "R", "average", "s1", 0.7, test_set="d2.test"),
-    _row("", "", "", "s0", 0.1),  # reports nowhere: no table
+    _row("s", "A", "s0", 0.80, 0.70),
+    _row("s", "A", "s1", 0.90, 0.80),
+    _row("s", "A", "s2", 0.85, 0.90),
+    _row("s", "B", "s0", 0.70, 0.95),
+    _row("s", "B", "s1", 0.90, 0.85),
+    _row("s", "A", "s0", 0.60, rmse=2.0, test_set="y.test"),
+    _row("s", "B", "s0", math.nan, rmse=1.5, test_set="y.test"),
+    _row("abl", "R", "s0", 0.8, test_set="d1.test"),
+    _row("abl", "R", "s0", 0.6, test_set="d2.test"),
+    _row("abl", "R", "s1", 0.9, test_set="d1.test"),
+    _row("abl", "R", "s1", 0.7, test_set="d2.test"),
+    _row("other", "base", "s0", 0.1),  # placed nowhere
+]
+PLACED = [
+    Placement("s", "A", "d.test", "1", "A", "X"),
+    Placement("s", "B", "d.test", "1", "B", "X"),
+    Placement("s", "A", "y.test", "1", "A", "Y"),
+    Placement("s", "B", "y.test", "1", "B", "Y"),
+    Placement("abl", "R", "d1.test", "3", "R", "average"),
+    Placement("abl", "R", "d2.test", "3", "R", "average"),
 ]
 
 
@@ -44,13 +59,13 @@ def test_results_round_trip_exactly(tmp_path):
     back = read_results(path)
     assert len(back) == len(HAND_MADE)
     for a, b in zip(HAND_MADE, back):
-        assert a == b or (math.isnan(a.srocc) and math.isnan(b.srocc) and a.row == b.row)
-    assert path.read_text().splitlines()[0] == \
-        "table,row,column,stage,setting,split,test_set,n,srocc,plcc,plcc_fit,krocc,rmse,epoch"
+        assert a == b or (math.isnan(a.srocc) and math.isnan(b.srocc) and a.setting == b.setting)
+    assert path.read_text().splitlines()[0] == "stage,setting,split,test_set,n,srocc,plcc,plcc_fit,krocc,rmse,epoch"
+    assert read_placements(write_placements(PLACED, tmp_path / "tables.csv")) == PLACED
 
 
 def test_cells_mean_std_n_and_best_by_hand():
-    t1, t3 = build_tables(HAND_MADE)
+    t1, t3 = build_tables(HAND_MADE, PLACED)
     assert (t1.key, t1.rows, t1.columns) == ("1", ["A", "B"], ["X", "Y"])
     a = t1.cells[("A", "X", "srocc")]
     assert a.mean == pytest.approx(0.85) and a.std == pytest.approx(math.sqrt(0.005 / 3)) and a.n == 3
@@ -66,7 +81,7 @@ def test_cells_mean_std_n_and_best_by_hand():
 
 
 def test_rmse_best_is_the_lowest():
-    (t1, _) = build_tables(HAND_MADE, metrics=("rmse",))
+    (t1, _) = build_tables(HAND_MADE, PLACED, metrics=("rmse",))
     assert ("B", "Y", "rmse") in t1.best and ("A", "Y", "rmse") not in t1.best
 
 
@@ -75,23 +90,24 @@ def test_markdown_and_reference_side_by_side(tmp_path):
     ref.write_text("# comment\ntable,row,column,srocc,plcc\n1,A,X,0.86,\n1,Z,X,0.9,0.9\n")
     reference = read_reference(ref)
     assert reference == {("1", "A", "X", "srocc"): 0.86, ("1", "Z", "X", "srocc"): 0.9, ("1", "Z", "X", "plcc"): 0.9}
-    text = format_tables(build_tables(HAND_MADE), "md", reference)
+    text = format_tables(build_tables(HAND_MADE, PLACED), "md", reference)
     lines = text.splitlines()
     assert lines[0] == "### Table 1"
     assert lines[2].startswith("| | X SROCC | paper | Δ | X PLCC | paper | Δ | Y SROCC |")
     a_line = next(line for line in lines if line.startswith("| A |"))
     assert a_line.startswith("| A | **0.850** ± 0.041 (3) | 0.860 | -0.010 | 0.800 ± 0.082 (3) | - | - |")
     assert "reference entries without a result: Z / X" in text
-    csv_text = format_tables(build_tables(HAND_MADE), "csv", reference)
+    csv_text = format_tables(build_tables(HAND_MADE, PLACED), "csv", reference)
     assert "1,A,X,srocc,0.850000,0.040825,3,1,0.860000,-0.010000" in csv_text.splitlines()
-    latex = format_tables(build_tables(HAND_MADE), "latex")
+    latex = format_tables(build_tables(HAND_MADE, PLACED), "latex")
     assert r"A & \textbf{0.850} $\pm$ 0.041 (3)" in latex and r"\end{tabular}" in latex
 
 
 def test_experiment_tables_from_a_folder(tmp_path):
     write_results(HAND_MADE, tmp_path / "results.csv")
+    write_placements(PLACED, tmp_path / "tables.csv")
     assert experiment_tables(tmp_path).startswith("### Table 1")
-    with pytest.raises(ExperimentError, match="no such results file"):
+    with pytest.raises(ExperimentError, match="no such file"):
         experiment_tables(tmp_path / "nowhere")
 
 
@@ -99,7 +115,7 @@ def test_bad_files_name_the_line(tmp_path):
     bad = tmp_path / "results.csv"
     write_results(HAND_MADE[:2], bad)
     bad.write_text(bad.read_text().replace(",0.9,", ",zero,"))
-    with pytest.raises(ExperimentError, match="line 3"):
+    with pytest.raises(ExperimentError, match="results.csv line 3"):
         read_results(bad)
     ref = tmp_path / "ref.csv"
     ref.write_text("table,row,column,srocc\n1,A,X,high\n")
