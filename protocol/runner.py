@@ -76,8 +76,9 @@ class ExperimentRun:
     seconds: float = 0.0
 
     def summary(self) -> str:
-        return (f"{len(self.ran)} runs finished now ({len(self.redone)} redone), {len(self.skipped)} already "
-                f"finished; results: {self.results}; {self.seconds:.0f} s")
+        now = len(self.ran) + len(self.redone)
+        return (f"{now} run{'s' * (now != 1)} finished now ({len(self.redone)} redone), {len(self.skipped)} "
+                f"finished before; results: {self.results}; {self.seconds:.0f} s")
 
 
 def _sha256(path: Path) -> str | None:

@@ -245,3 +245,43 @@ def test_killed_experiment_resumes_to_the_same_results(mini_data, tmp_path):
     redo = run_experiment(path, tmp_path / "killed", use_tiny=True, progress=False, echo=lambda *_: None,
                           only=["finetune"], redo_changed=True)
     assert len(redo.redone) == 3 and len(list((tmp_path / "killed" / "replaced").iterdir())) == 3
+
+
+def test_array_tasks_write_one_folder(mini_data, tmp_path):
+    """One process per --run-index, all at once into one folder (the finetune splits do not depend
+    on the pre-training here): every run is done once and results.csv equals a sequential run's."""
+    path = tmp_path / "array.yaml"
+    path.write_text(KILL.format(data=mini_data))
+    run_experiment(path, tmp_path / "sequential", use_tiny=True, progress=False, echo=lambda *_: None)
+    procs = [_cli("experiment", "run", str(path), "--out", str(tmp_path / "array"), "--tiny", "-q", "--run-index", str(i))
+             for i in range(4)]
+    outputs = [p.communicate()[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0, 0], outputs
+    assert all("1 run finished now" in o for o in outputs)
+    assert (tmp_path / "array" / "results.csv").read_text() == (tmp_path / "sequential" / "results.csv").read_text()
+
+
+def test_mini_experiment_end_to_end(mini_data, tmp_path):
+    """experiments/mini.yaml as `make protocol-demo` runs it, with 1 epoch and 2 splits."""
+    from clifvqa.protocol.demo import MINI_FILE
+    from clifvqa.protocol.tables import experiment_tables
+    from clifvqa.train.config import load_run_config
+
+    out = tmp_path / "mini"
+    result = run_experiment(MINI_FILE, out, variables={"data": str(mini_data), "epochs": "1", "splits": "2"},
+                            use_tiny=True, progress=False, echo=lambda *_: None)
+    assert len(result.ran) == 2 + 2 + 2 + 4 * 2 + 3 * 2
+    text = experiment_tables(out)
+    titles = [line for line in text.splitlines() if line.startswith("### ")]
+    assert titles == ["### Table 1", "### Table 5", "### Table 2", "### Table 3", "### Table 4"]
+    rows = {line.split(" | ")[0][2:] for line in text.splitlines() if line.startswith("| ") and not line.startswith("| |")}
+    assert {"CLiF-VQA", "CLiF-VQA*", "1", "2", "Semantic", "Semantic+Regression", "Spatial", "Spatial+Regression",
+            "Only-Obj", "Only-Sub", "Obj+Sub"} <= rows
+    table2 = text[text.index("### Table 2"):text.index("### Table 3")]
+    assert table2.count("(2) |") == 4  # 2 rows x SROCC, PLCC, each over 2 splits
+    # fine-tuning starts from the pre-trained model's selected checkpoint, whole or its FAST-VQA branch only
+    runs = out / "runs"
+    whole = load_run_config(runs / "finetune" / "base" / "synth-b.all" / "split_00" / "train" / "run.yaml")
+    spatial = load_run_config(runs / "finetune-spatial" / "base" / "synth-b.all" / "split_01" / "train" / "run.yaml")
+    best = str(runs / "pretrain" / "1" / "synth-a.train" / "main" / "train" / "best")
+    assert (whole.init.checkpoint, whole.init.spatial, spatial.init.spatial) == (best, None, best)

@@ -135,3 +135,19 @@ def test_shipped_paper_reference():
     # Table 3's full model is the mean over the three datasets of Table 4's Obj+Sub row
     obj_sub = [reference[("4", "Obj+Sub", d, "srocc")] for d in ("LIVE-VQC", "KoNViD-1k", "YouTube-UGC")]
     assert sum(obj_sub) / 3 == pytest.approx(reference[("3", "Semantic+Spatial+Regression", "average", "srocc")], abs=5e-4)
+
+
+def test_cli_table_formats_and_errors(tmp_path):
+    from click.testing import CliRunner
+
+    from clifvqa.cli import main
+
+    write_results(HAND_MADE, tmp_path / "results.csv")
+    write_placements(PLACED, tmp_path / "tables.csv")
+    ref = REPO / "experiments" / "paper-reference.csv"
+    result = CliRunner().invoke(main, ["experiment", "table", str(tmp_path), "--format", "latex", "--reference", str(ref)])
+    assert result.exit_code == 0 and r"\begin{tabular}" in result.output and "paper" in result.output
+    result = CliRunner().invoke(main, ["experiment", "table", str(tmp_path), "--format", "csv", "--metrics", "rmse"])
+    assert result.output.splitlines()[1] == "1,A,X,rmse,1.000000,0.000000,3,1,,"  # tied with B: both marked
+    result = CliRunner().invoke(main, ["experiment", "table", str(tmp_path), "--metrics", "speed"])
+    assert result.exit_code == 2 and "unknown metrics speed" in result.output
