@@ -41,10 +41,14 @@
         from: pretrain                        # every run of that stage, its selected checkpoint
         test: [livevqc.le540p]
 
-Every stage may take ``config`` (overrides for its runs) and ``report`` (``table``, ``row`` for
-stages without settings, whose rows are the setting names, and ``columns`` mapping a test set
-to its column label, or one ``column`` for all). A setting may select a named store with the
-key ``store``. Relative paths are taken from the current directory and recorded absolute.
+Every stage may take ``config`` (run-config overrides for its runs; the key ``store`` picks a
+dataset's named store) and ``report`` (one mapping or a list, one per table: ``table``; ``row``
+for a stage without settings, ``rows`` (setting: label) for one with settings, whose rows are
+otherwise the setting names; ``columns`` (test set: label) or one ``column`` for all). Settings
+are a list of ``{name, set: {overrides}}`` or a ``product`` of override lists or ``label: value``
+mappings (labels joined with ``+``). A string that is exactly one ``${var}`` takes the variable's
+value as YAML (``${epochs}`` is a number). Relative paths are taken from the current directory
+and recorded absolute.
 
 Errors name the file, line and key path (``paper.yaml:42: stages.finetune.init.from: ...``).
 """
