@@ -132,6 +132,11 @@ def test_run_index_partitions_cover_every_run_once(manifests):
     assert [line.split("\t")[1] for line in only] == [f"finetune/base/little.all/split_{i:02d}" for i in range(3)]
     with pytest.raises(ExperimentError, match="--run-index 16: the experiment has 16 runs"):
         run_experiment(path, manifests / "out", run_index=16)
+    # a run whose start is unfinished is refused before anything is trained
+    started = BASE.format(root=manifests).replace("    kind: finetune\n", "    kind: finetune\n    init: {from: pretrain}\n")
+    with pytest.raises(ExperimentError, match="finetune/base/little.all/split_00 starts from pretrain/base/big.train/main, "
+                                              "which is not finished"):
+        run_experiment(_file(manifests, started), manifests / "out", only=["finetune"], echo=lambda *_: None)
 
 
 # ------------------------------------------------------------------------------ real runs
