@@ -591,7 +591,7 @@ def create_or_open_store(path: str | os.PathLike[str], provenance: Mapping[str, 
                 "its stored fingerprint does not match its provenance (run store verify)")
         raise FingerprintMismatch(
             f"{local} holds features made with other settings ({what}); features from "
-            "different settings cannot share a store: write to a new --store path (or delete "
+            "different settings cannot share a store: write to a new store (-o/--out) (or delete "
             f"{local} to start over)", fields)
     return store
 
