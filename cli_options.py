@@ -13,7 +13,7 @@ option that several commands take, so that a concept has one spelling and one he
 A value a type refuses is a click usage error naming the option (``Invalid value for '--grid':
 ...``); ``cli._ClifvqaGroup`` prints every usage error as one ``error:`` line, exit status 2.
 Renamed options keep their old spelling working, hidden from ``--help``, with one ``warning:``
-line naming the new one (:class:`RenamedOption`).
+line naming the new one (:func:`renamed_option`).
 """
 
 from __future__ import annotations
@@ -122,6 +122,26 @@ FORCE_HELP = "Replace existing output files (-o/--out)."
 VIDEOS_HELP = "Dataset folder the video paths (manifest rows, store keys) are relative to."
 
 
+def renamed_option(*decls: str, old: Sequence[str] = (), old_positional: str | None = None,
+                   **kwargs: Any) -> Callable[[F], F]:
+    """``click.option(*decls, **kwargs)`` that also takes its former spellings ``old``
+    (``--output``) and a former positional argument ``old_positional`` (``DST``), hidden from
+    ``--help``, each with one warning line (:class:`RenamedOption`)."""
+    hidden = [(spelling.lstrip("-").replace("-", "_") + "_old", spelling) for spelling in old]
+    if old_positional:
+        hidden.append((old_positional.lower() + "_old", f"the positional {old_positional}"))
+
+    def decorate(f: F) -> F:
+        f = click.option(*decls, cls=RenamedOption, old=hidden, **kwargs)(f)
+        for (name, _), spelling in zip(hidden, old):
+            f = click.option(spelling, name, hidden=True, expose_value=False)(f)  # a str: the new one converts it
+        if old_positional:
+            f = click.argument(hidden[-1][0], cls=_HiddenArgument, required=False, expose_value=False)(f)
+        return f
+
+    return decorate
+
+
 def out_option(help: str, *, required: bool = True, default: str | None = None, type: Any = None,
                show_default: bool = False, old: Sequence[str] = (),
                old_positional: str | None = None) -> Callable[[F], F]:
@@ -130,21 +150,9 @@ def out_option(help: str, *, required: bool = True, default: str | None = None, 
     ``old`` are former spellings (``--output``), ``old_positional`` the name of a former
     positional argument (``DST``); both keep working with a warning.
     """
-    hidden = [(spelling.lstrip("-").replace("-", "_") + "_old", spelling) for spelling in old]
-    if old_positional:
-        hidden.append((old_positional.lower() + "_old", f"the positional {old_positional}"))
-
-    def decorate(f: F) -> F:
-        given = {} if default is None else {"default": default}  # click >= 8.2: default=None is a value
-        f = click.option("-o", "--out", "out", cls=RenamedOption, old=hidden, required=required, type=type,
-                         show_default=show_default, help=help, **given)(f)
-        for (name, _), spelling in zip(hidden, old):
-            f = click.option(spelling, name, hidden=True, expose_value=False)(f)  # a str: --out converts it
-        if old_positional:
-            f = click.argument(hidden[-1][0], cls=_HiddenArgument, required=False, expose_value=False)(f)
-        return f
-
-    return decorate
+    given = {} if default is None else {"default": default}  # click >= 8.2: default=None is a value
+    return renamed_option("-o", "--out", "out", old=old, old_positional=old_positional, required=required,
+                          type=type, metavar=None if type else "PATH", show_default=show_default, help=help, **given)
 
 
 def videos_option(required: bool = True) -> Callable[[F], F]:
