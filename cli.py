@@ -494,50 +494,73 @@ def store_rescore_cmd(src: str, prompts_file: str, softmax: str, out: str, clip_
 
 
 @main.command("train")
-@click.option("--manifest", "manifest_path", required=True, type=click.Path(exists=True, dir_okay=False), help="Training manifest CSV (video, mos[, split]).")
-@click.option("--videos", required=True, type=click.Path(exists=True, file_okay=False), help="Folder the manifest's video paths are relative to.")
-@click.option("--store", "stores", multiple=True, help="Feature store (repeatable; all must share one fingerprint; not needed with --branches spatial).")
-@click.option("--out", default="runs/clifvqa", show_default=True, type=click.Path(file_okay=False), help="Run folder (refused when it holds a run, unless --resume).")
-@click.option("--val-fraction", default=0.1, show_default=True, type=float, help="Share of training videos held out for model selection (when the manifest has no val rows).")
-@click.option("--splits", type=int, default=None, help="Draw N random train/test splits and train one model each (paper: 10).")
-@click.option("--test-fraction", default=0.2, show_default=True, type=float, help="Share of videos in test for --splits.")
-@click.option("--test-manifest", type=click.Path(exists=True, dir_okay=False), default=None, help="Manifest of the test videos (same video root).")
-@click.option("--epochs", default=30, show_default=True, type=int)
-@click.option("--batch-size", default=12, show_default=True, type=int, help="Videos per step (per process under torchrun).")
-@click.option("--lr", default=7.5e-4, show_default=True, type=float, help="Learning rate outside the Video Swin backbone.")
-@click.option("--backbone-lr", default=7.5e-5, show_default=True, type=float)
-@click.option("--weight-decay", default=0.05, show_default=True, type=float)
-@click.option("--warmup-epochs", default=2.5, show_default=True, type=float)
-@click.option("--grad-clip", default=None, type=float, help="Clip the global gradient norm (off by default).")
-@click.option("--alpha", default=1.0, show_default=True, type=float, help="Weight of the monotonicity loss (Eq. 16).")
-@click.option("--beta", default=1.0, show_default=True, type=float, help="Weight of the linearity loss (Eq. 16).")
-@click.option("--num-clips-test", default=4, show_default=True, type=int, help="Fragment clips per video at validation/test.")
-@click.option("--fastvqa-init", type=click.Path(exists=True, dir_okay=False), default=None, help="Start the spatial branch from a FAST-VQA checkpoint (e.g. FAST_VQA_B_1_4.pth).")
-@click.option("--swin-k400-init", type=click.Path(exists=True, dir_okay=False), default=None, help="Start the backbone from the Kinetics-400 Video Swin-T checkpoint.")
-@click.option("--resume", is_flag=True, help="Continue the interrupted run in --out (same options).")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N (torchrun: one GPU per process).")
-@click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--tiny", is_flag=True, help="Tiny FAST-VQA and 16x128x128 fragments: the same code, for tests and demos.")
+@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Run config YAML (e.g. configs/clifvqa-b.yaml); every option below overrides it "
+                   "[default: the paper's settings, configs/clifvqa-b.yaml].")
+@click.option("--print-config", is_flag=True, help="Print the resolved run config as YAML and exit.")
+@click.option("--manifest", "manifest_path", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Training manifest CSV (video, mos[, split]). [data.manifest]")
+@click.option("--videos", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Folder the manifest's video paths are relative to. [data.videos]")
+@click.option("-s", "--store", "stores", multiple=True,
+              help="Feature store (repeatable; all must share one fingerprint; not needed with --branches spatial). "
+                   "[data.stores]")
+@click.option("-o", "--out", default="runs/clifvqa", show_default=True, type=click.Path(file_okay=False),
+              help="Run folder (refused when it holds a run, unless --resume).")
+@click.option("--val-fraction", type=float, default=None,
+              help="Share of training videos held out for model selection (when the manifest has no val rows). "
+                   "[data.val_fraction]")
+@click.option("--splits", type=int, default=None,
+              help="Draw N random train/test splits and train one model each (paper: 10). [data.splits]")
+@click.option("--test-fraction", type=float, default=None, help="Share of videos in test for --splits. [data.test_fraction]")
+@click.option("--test-manifest", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Manifest of the test videos (same video root). [data.test_manifest]")
+@click.option("--epochs", type=int, default=None, help="[optim.epochs]")
+@click.option("--batch-size", type=int, default=None, help="Videos per step (per process under torchrun). [optim.batch_size]")
+@click.option("--lr", type=float, default=None, help="Learning rate outside the Video Swin backbone. [optim.lr]")
+@click.option("--backbone-lr", type=float, default=None, help="[optim.backbone_lr]")
+@click.option("--weight-decay", type=float, default=None, help="[optim.weight_decay]")
+@click.option("--warmup-epochs", type=float, default=None, help="[optim.warmup_epochs]")
+@click.option("--grad-clip", type=float, default=None, help="Clip the global gradient norm (off by default). [optim.grad_clip]")
+@click.option("--alpha", type=float, default=None, help="Weight of the monotonicity loss (Eq. 16). [loss.alpha]")
+@click.option("--beta", type=float, default=None, help="Weight of the linearity loss (Eq. 16). [loss.beta]")
+@click.option("--num-clips-test", type=int, default=None,
+              help="Fragment clips per video at validation/test. [model.fragments.num_clips_test]")
+@click.option("--fastvqa-init", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Start the spatial branch from a FAST-VQA checkpoint (e.g. FAST_VQA_B_1_4.pth). [init.fastvqa]")
+@click.option("--swin-k400-init", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Start the backbone from the Kinetics-400 Video Swin-T checkpoint. [init.swin_k400]")
+@click.option("--resume", is_flag=True, help="Continue the interrupted run in --out (same config).")
+@click.option("--device", default=None, help="auto, cpu, cuda or cuda:N (torchrun: one GPU per process). [device]")
+@click.option("--seed", type=int, default=None, help="[seed]")
+@click.option("--tiny", is_flag=True,
+              help="Tiny FAST-VQA and 16x128x128 fragments (sets model.fastvqa, model.fragments, t0 and the hidden "
+                   "widths): the same code, for tests and demos.")
 @click.option("--workers", default=None, type=click.IntRange(min=0),
-              help="DataLoader processes decoding videos [default: min(4, usable cores - 1), at least 0].")
-@click.option("--branches", type=click.Choice(["both", "semantic", "spatial"]), default="both", show_default=True, help="Ablation: which branches (paper Table 3).")
-@click.option("--no-regression-head", is_flag=True, help="Ablation: each branch's own readout instead of FC3/FC4.")
-@click.option("--prompt-groups", type=click.Choice(["all", "objective", "subjective"]), default="all", show_default=True, help="Ablation: prompts used (paper Table 4).")
-@click.option("--no-amp", is_flag=True, help="Full precision on GPU.")
-@click.option("--grad-checkpoint", is_flag=True, help="Recompute activations in the backward pass (less GPU memory).")
-@click.option("--allow-stale", is_flag=True, help="Use store entries whose video files changed since extraction, with a warning (refused otherwise: re-extract them).")
+              help="DataLoader processes decoding videos [default: min(4, usable cores - 1), at least 0]. [workers]")
+@click.option("--branches", type=click.Choice(["both", "semantic", "spatial"]), default=None,
+              help="Ablation: which branches (paper Table 3). [model.branches]")
+@click.option("--regression-head/--no-regression-head", default=None,
+              help="Ablation: --no-regression-head uses each branch's own readout instead of FC3/FC4. "
+                   "[model.regression_head]")
+@click.option("--prompt-groups", type=click.Choice(["all", "objective", "subjective"]), default=None,
+              help="Ablation: prompts used (paper Table 4). [model.prompt_groups]")
+@click.option("--amp/--no-amp", default=None, help="Mixed precision on GPU (--no-amp: full precision). [optim.amp]")
+@click.option("--grad-checkpoint/--no-grad-checkpoint", default=None,
+              help="Recompute activations in the backward pass (less GPU memory). [optim.grad_checkpoint]")
+@click.option("--allow-stale/--no-allow-stale", default=None,
+              help="Use store entries whose video files changed since extraction, with a warning (refused otherwise: "
+                   "re-extract them). [data.allow_stale]")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def train_cmd(manifest_path: str, videos: str, stores: tuple[str, ...], out: str, val_fraction: float, splits: int | None,
-              test_fraction: float, test_manifest: str | None, epochs: int, batch_size: int, lr: float, backbone_lr: float,
-              weight_decay: float, warmup_epochs: float, grad_clip: float | None, alpha: float, beta: float,
-              num_clips_test: int, fastvqa_init: str | None, swin_k400_init: str | None, resume: bool, device: str,
-              seed: int, tiny: bool, workers: int | None, branches: str, no_regression_head: bool,
-              prompt_groups: str,
-              no_amp: bool, grad_checkpoint: bool, allow_stale: bool, quiet: bool) -> None:
+def train_cmd(config_path: str | None, print_config: bool, out: str, resume: bool, tiny: bool, quiet: bool,
+              manifest_path: str | None, videos: str | None, stores: tuple[str, ...], **flags) -> None:
     """Train CLiF-VQA on cached semantic features (CLIP is never loaded) and FAST-VQA fragments.
 
-    Writes OUT/metrics.csv, best/ and last/ checkpoints, summary.json and summary.txt (per split
-    with --splits). Under torchrun the same command trains with DistributedDataParallel.
+    Settings come from --config (default: the paper's, configs/clifvqa-b.yaml), then --tiny, then
+    the options given (each names its key in the config); --print-config shows the result.
+    Writes OUT/run.yaml (the resolved config), metrics.csv, best/ and last/ checkpoints,
+    summary.json and summary.txt (per split with --splits). Under torchrun the same command
+    trains with DistributedDataParallel.
 
     \b
     Model selection: the epoch with the best validation SROCC + PLCC, ties broken by the lower
@@ -546,24 +569,27 @@ def train_cmd(manifest_path: str, videos: str, stores: tuple[str, ...], out: str
     batch's videos) on a NaN or inf loss; no checkpoint of non-finite weights is written. best/
     also stores the map from raw model outputs onto the training MOS scale that predict uses.
     """
+    from clifvqa.train.config import RunConfig, load_run_config, set_options
+    from clifvqa.train.config import tiny as tiny_model
+
+    config = load_run_config(config_path) if config_path else RunConfig()
+    if tiny:
+        config = tiny_model(config)
+    config = set_options(config, manifest=manifest_path, videos=videos, stores=stores or None, **flags)
+    if print_config:
+        click.echo(config.to_yaml(), nl=False)
+        return
+
     import logging
 
-    from clifvqa.train.trainer import TrainConfig, default_train_workers, run_training
+    from clifvqa.train.trainer import run_training
 
     main_rank = os.environ.get("RANK", "0") == "0"
     logging.basicConfig(level=logging.INFO if main_rank else logging.WARNING, format="%(message)s")
-    config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, backbone_lr=backbone_lr, weight_decay=weight_decay,
-                         warmup_epochs=warmup_epochs, grad_clip=grad_clip, seed=seed, device=device,
-                         workers=default_train_workers() if workers is None else workers,
-                         num_clips_test=num_clips_test, alpha=alpha, beta=beta, val_fraction=val_fraction, amp=not no_amp,
-                         grad_checkpoint=grad_checkpoint)
-    summary = run_training(manifest_path, videos, list(stores), out, config, test_manifest=test_manifest, splits=splits,
-                           test_fraction=test_fraction, branches=branches, regression_head=not no_regression_head,
-                           prompt_groups=prompt_groups, tiny=tiny, fastvqa_init=fastvqa_init, swin_k400_init=swin_k400_init,
-                           resume=resume, allow_stale=allow_stale, progress=not quiet)
+    summary = run_training(config, out, resume=resume, progress=not quiet)
     if main_rank:
         click.echo(summary["table"])
-        click.echo(f"run folder: {summary['out']} (summary.json, metrics.csv, best/ checkpoint)")
+        click.echo(f"run folder: {summary['out']} (run.yaml, summary.json, metrics.csv, best/ checkpoint)")
 
 
 @main.command("evaluate")
@@ -656,12 +682,11 @@ def demo_cmd(out: str, videos: int, epochs: int | None, seed: int, quiet: bool) 
     with a tiny random-weight CLIP, train --tiny, and print SROCC/PLCC on the held-out clips."""
     import logging
 
-    from dataclasses import replace
-
+    from clifvqa.train.config_io import with_overrides
     from clifvqa.train.demo import DEMO_TRAINING, DemoConfig, run_demo
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    config = DemoConfig(videos=videos, seed=seed, train=replace(DEMO_TRAINING, epochs=epochs or DEMO_TRAINING.epochs))
+    config = DemoConfig(videos=videos, seed=seed, train=with_overrides(DEMO_TRAINING, {"optim.epochs": epochs} if epochs else {}))
     result = run_demo(out, config, progress=not quiet, log=click.echo)
     click.echo(result.summary())
 

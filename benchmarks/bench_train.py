@@ -70,9 +70,11 @@ def make_inputs(folder: Path, videos: int, frames: int, width: int, height: int)
 
 
 def model_for(kind: str, features, num_clips_test: int):
-    from clifvqa.train.trainer import TrainConfig, build_model_config
+    from clifvqa.train.config import RunConfig, set_options, tiny
+    from clifvqa.train.trainer import build_model_config
 
-    return build_model_config(features, TrainConfig(num_clips_test=num_clips_test), tiny=kind == "tiny")
+    config = set_options(tiny(RunConfig()) if kind == "tiny" else RunConfig(), num_clips_test=num_clips_test)
+    return build_model_config(features, config.model)
 
 
 def measure(kind: str, batch: int, steps: int, keys: list[str], folder: Path, store: Path, device: str, workers: int | None) -> dict:
@@ -83,7 +85,8 @@ def measure(kind: str, batch: int, steps: int, keys: list[str], folder: Path, st
 
     from clifvqa.train.data import VideoDataset, VideoItem, collate, load_semantic_features
     from clifvqa.train.model import build_model
-    from clifvqa.train.trainer import TrainConfig, amp_dtype, train_step
+    from clifvqa.train.config import RunConfig, set_options
+    from clifvqa.train.trainer import amp_dtype, train_step
 
     dev = torch.device(device)
     probe = model_for(kind, None, 1)
@@ -92,13 +95,13 @@ def measure(kind: str, batch: int, steps: int, keys: list[str], folder: Path, st
     torch.manual_seed(0)
     model = build_model(config).to(dev).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=7.5e-5, weight_decay=0.05)
-    train_config = TrainConfig(batch_size=batch, workers=0)
-    dtype = amp_dtype(train_config, dev)  # what `clifvqa train` uses on this device
+    train_config = set_options(RunConfig(), batch_size=batch, workers=0)
+    dtype = amp_dtype(train_config.optim, dev)  # what `clifvqa train` uses on this device
     scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
     pin = dev.type == "cuda"  # the trainer's loader pins batches on a GPU
     items = [VideoItem(k, 1.0 + i) for i, k in enumerate(keys)]
-    fragments_only = VideoDataset(items, folder / "videos", None, config.fragment_config(), train=True, seed=0)
-    dataset = VideoDataset(items, folder / "videos", features.rows, config.fragment_config(), train=True, seed=0)
+    fragments_only = VideoDataset(items, folder / "videos", None, config.fragments, train=True, seed=0)
+    dataset = VideoDataset(items, folder / "videos", features.rows, config.fragments, train=True, seed=0)
 
     def sync() -> None:
         if dev.type == "cuda":

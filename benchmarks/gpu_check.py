@@ -378,18 +378,20 @@ class Context:
         return root
 
     def train_config(self, device: str, **kw):
-        from clifvqa.train.trainer import TrainConfig
+        from clifvqa.train.config import RunConfig, set_options, tiny
 
         base = dict(epochs=2, batch_size=3, workers=0, num_clips_test=2, warmup_epochs=0.5, val_fraction=0.0,
                     lr=1e-3, backbone_lr=1e-3, device=device)
-        return TrainConfig(**{**base, **kw})
+        return set_options(tiny(RunConfig()), **{**base, **kw})
 
     def train(self, out: Path, device: str, **kw) -> dict:
+        from clifvqa.train.config import set_options
         from clifvqa.train.trainer import run_training
 
         d = self.dataset
-        return run_training(d / "manifest.csv", d / "videos", [d / "features.zarr"], out,
-                            self.train_config(device), tiny=True, progress=False, **kw)
+        config = set_options(self.train_config(device), manifest=d / "manifest.csv", videos=d / "videos",
+                             stores=[d / "features.zarr"])
+        return run_training(config, out, progress=False, **kw)
 
     @functools.cached_property
     def checkpoint(self) -> Path:
@@ -565,7 +567,7 @@ def _amp(ctx: Context):
     """The autocast dtype of the trainer's steps on this device (None: float32)."""
     from clifvqa.train import trainer
 
-    return trainer.amp_dtype(ctx.train_config(ctx.device), ctx.dev)
+    return trainer.amp_dtype(ctx.train_config(ctx.device).optim, ctx.dev)
 
 
 def _amp_name(ctx: Context) -> str:
@@ -602,7 +604,8 @@ def sec_train_amp(ctx: Context, res: dict) -> None:
     torch.manual_seed(0)
     model = build_model(config).to(ctx.dev).train()
     train = ctx.train_config(ctx.device)
-    optimizer = torch.optim.AdamW(_param_groups(model, train), lr=train.lr, weight_decay=train.weight_decay)
+    optimizer = torch.optim.AdamW(_param_groups(model, train.optim), lr=train.optim.lr,
+                                  weight_decay=train.optim.weight_decay)
     scaler = torch.amp.GradScaler("cuda", enabled=_amp(ctx) == torch.float16)
     batch = _fixed_batch(ctx, config, 2 if ctx.quick else 4)
     ctx.peak_memory(reset=True)
@@ -706,7 +709,7 @@ def sec_eval_bf16_vs_fp32(ctx: Context, res: dict) -> None:
     casts = {"fp32": contextlib.nullcontext(), "autocast": torch.autocast(ctx.dev.type, dtype=half)}
     for name, cast in casts.items():
         with cast:
-            _, preds, mos, _ = predict_items(model, items, d / "videos", rows, model.config.fragment_config(),
+            _, preds, mos, _ = predict_items(model, items, d / "videos", rows, model.config.fragments,
                                              device=ctx.dev)
         runs[name] = (preds, compute_metrics(preds, mos))
     (p32, m32), (p16, m16) = runs["fp32"], runs["autocast"]

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import csv
-from dataclasses import replace
 
 import pytest
 import torch
 
+from clifvqa.train.config_io import with_overrides
 from clifvqa.train.demo import DEMO_TRAINING, DISTORTIONS, LEVELS, RANDOM_CLIP_NOTE, DemoConfig, demo_manifest, run_demo
 
-SMALL = DemoConfig(videos=12, frames=8, width=160, height=128, grid=(1, 1), train=replace(DEMO_TRAINING, epochs=1, batch_size=4, num_clips_test=1))
+SMALL = DemoConfig(videos=12, frames=8, width=160, height=128, grid=(1, 1), train=with_overrides(DEMO_TRAINING, {"optim.epochs": 1, "optim.batch_size": 4, "model.fragments.num_clips_test": 1}))
 
 
 def test_demo_manifest_levels_mos_and_splits():
@@ -35,7 +35,7 @@ def test_demo_defaults_hold_out_two_clips_per_level_and_train_in_one_batch():
         splits = sorted(r.split for r in manifest.rows if r.extra["level"] == str(level))
         assert splits == ["test"] * 2 + ["train"] * 4 + ["val"] * 2
     train = sum(r.split == "train" for r in manifest.rows)
-    assert DEMO_TRAINING.batch_size == train == 24  # one step per epoch, as DEMO_TRAINING documents
+    assert DEMO_TRAINING.optim.batch_size == train == 24  # one step per epoch, as DEMO_TRAINING documents
     from clifvqa.train.fastvqa import VARIANTS
 
     assert VARIANTS["tiny"].head_dropout == 0.0 and VARIANTS["fast-b"].head_dropout == 0.5

@@ -70,7 +70,7 @@ def test_scores_and_metrics_match_scipy_on_the_written_csv(tmp_path, make_train_
     with open_store(data.store) as store:
         pooled = store.read_pooled(data.keys[3])
     semantic = resample_time(torch.from_numpy(pooled).t().contiguous(), model.config.t0)[None]
-    fragments = sample_fragments(data.videos / data.keys[3], model.config.fragment_config(), train=False, seed=0)[None]
+    fragments = sample_fragments(data.videos / data.keys[3], model.config.fragments, train=False, seed=0)[None]
     with torch.no_grad():
         assert pred[3] == pytest.approx(model(semantic, fragments).item(), abs=1e-6)
 

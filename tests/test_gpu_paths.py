@@ -20,7 +20,8 @@ from clifvqa._device import DeviceError, float32_math
 from clifvqa.train import distributed, trainer
 from clifvqa.train.model import TINY_FRAGMENTS, build_model, tiny_config
 from clifvqa.train.distributed import Dist, setup_dist
-from clifvqa.train.trainer import TrainConfig, amp_dtype
+from clifvqa.train.config import DataConfig, OptimConfig, RunConfig, set_options, tiny
+from clifvqa.train.trainer import amp_dtype
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -81,13 +82,13 @@ def test_amp_dtype_counts_native_bf16_only(monkeypatch):
     gpu = torch.device("cuda", 0)
     pre_ampere = lambda including_emulation=True: including_emulation  # noqa: E731 (emulated only)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", pre_ampere)
-    assert amp_dtype(TrainConfig(), gpu) == torch.float16  # and so the GradScaler is on
+    assert amp_dtype(OptimConfig(), gpu) == torch.float16  # and so the GradScaler is on
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
-    assert amp_dtype(TrainConfig(), gpu) == torch.bfloat16
+    assert amp_dtype(OptimConfig(), gpu) == torch.bfloat16
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)  # an older torch's signature
-    assert amp_dtype(TrainConfig(), gpu) == torch.float16
-    assert amp_dtype(TrainConfig(amp=False), gpu) is None
-    assert amp_dtype(TrainConfig(), torch.device("cpu")) is None
+    assert amp_dtype(OptimConfig(), gpu) == torch.float16
+    assert amp_dtype(OptimConfig(amp=False), gpu) is None
+    assert amp_dtype(OptimConfig(), torch.device("cpu")) is None
 
 
 # ---------------------------------------------------------------- 2: float32 semantic branch and head
@@ -147,9 +148,9 @@ def test_validation_under_amp_equals_evaluate_of_the_checkpoint(tmp_path, make_t
     monkeypatch.setattr(trainer, "amp_dtype", lambda config, device: torch.bfloat16 if config.amp else None)
     monkeypatch.setattr(trainer, "train_step", step)
     data = make_train_set(tmp_path / "data", n=len(TAGS), split=TAGS)
-    config = TrainConfig(epochs=1, batch_size=2, workers=0, num_clips_test=2, warmup_epochs=0, device="cpu")
-    trainer.run_training(data.manifest, data.videos, [data.store], tmp_path / "run", config, tiny=True,
-                         progress=False)
+    config = set_options(tiny(RunConfig()), epochs=1, batch_size=2, workers=0, num_clips_test=2, warmup_epochs=0,
+                         device="cpu", manifest=data.manifest, videos=data.videos, stores=[data.store])
+    trainer.run_training(config, tmp_path / "run", progress=False)
     assert seen and set(seen) == {torch.bfloat16}
     result = json.loads((tmp_path / "run" / "result.json").read_text())
     for split in ("val", "test"):
@@ -229,7 +230,7 @@ def test_no_buffer_changes_in_training_so_ddp_broadcasts_none(tmp_path, monkeypa
     batch = {"keys": ["a", "b"], "semantic": _close_rows(2), "mos": torch.tensor([1.0, 2.0]),
              "fragments": torch.randn(2, 1, 3, *config.clip_shape)}
     scaler = torch.amp.GradScaler("cuda", enabled=False)
-    trainer.train_step(model, optimizer, scaler, batch, config=TrainConfig(), model_config=config,
+    trainer.train_step(model, optimizer, scaler, batch, config=RunConfig(), model_config=config,
                        device=torch.device("cpu"), dtype=None)
     assert all(torch.equal(b, before[name]) for name, b in model.named_buffers())
 
@@ -244,7 +245,7 @@ def test_no_buffer_changes_in_training_so_ddp_broadcasts_none(tmp_path, monkeypa
 
     with pytest.raises(Stop) as err:
         trainer.train_split(SplitPlan("s", [VideoItem("a.mp4", 1.0)]), replace(config, branches="spatial"),
-                            TrainConfig(workers=0), tmp_path, None, tmp_path / "run", dist=Dist(0, 2, 0),
+                            RunConfig(workers=0, data=DataConfig(videos=tmp_path)), None, tmp_path / "run", dist=Dist(0, 2, 0),
                             progress=False)
     assert err.value.args[0]["broadcast_buffers"] is False
 
@@ -349,9 +350,9 @@ def test_gpu_single_gpu_training_and_evaluate_agree(tmp_path, make_train_set):
     from clifvqa.train.evaluate import evaluate
 
     data = make_train_set(tmp_path / "data", n=len(TAGS), split=TAGS)
-    config = TrainConfig(epochs=2, batch_size=2, workers=0, num_clips_test=2, device="cuda")
-    summary = trainer.run_training(data.manifest, data.videos, [data.store], tmp_path / "run", config,
-                                   tiny=True, progress=False)
+    config = set_options(tiny(RunConfig()), epochs=2, batch_size=2, workers=0, num_clips_test=2, device="cuda",
+                         manifest=data.manifest, videos=data.videos, stores=[data.store])
+    summary = trainer.run_training(config, tmp_path / "run", progress=False)
     assert summary["finished"]
     result = json.loads((tmp_path / "run" / "result.json").read_text())
     for split in ("val", "test"):
@@ -365,7 +366,7 @@ def test_gpu_single_gpu_training_and_evaluate_agree(tmp_path, make_train_set):
 def test_gpu_amp_dtype_is_native():
     major, _ = torch.cuda.get_device_capability()
     native = torch.bfloat16 if major >= 8 else torch.float16  # Ampere and later compute bf16
-    assert amp_dtype(TrainConfig(), torch.device("cuda", 0)) == native
+    assert amp_dtype(OptimConfig(), torch.device("cuda", 0)) == native
 
 
 @pytest.mark.gpu

@@ -21,7 +21,8 @@ from clifvqa.train import checkpoint as ckpt
 from clifvqa.train import data as train_data
 from clifvqa.train.model import TINY_FRAGMENTS, build_model, tiny_config
 from clifvqa.train.inference import NonFiniteOutput
-from clifvqa.train.trainer import NonFiniteLoss, TrainConfig, run_training
+from clifvqa.train.config import RunConfig, set_options, tiny
+from clifvqa.train.trainer import NonFiniteLoss, run_training
 
 TAGS = ["train", "train", "train", "train", "val", "test"]
 
@@ -47,9 +48,10 @@ def test_nan_features_stop_training_naming_the_batch_and_write_no_checkpoint(tmp
     data = make_train_set(tmp_path / "data", split=TAGS)
     poison(monkeypatch, trainer, data.keys[2])
     out = tmp_path / "run"
-    config = TrainConfig(epochs=2, batch_size=4, workers=0, num_clips_test=2, warmup_epochs=0.5)
+    config = set_options(tiny(RunConfig()), epochs=2, batch_size=4, workers=0, num_clips_test=2, warmup_epochs=0.5,
+                         manifest=data.manifest, videos=data.videos, stores=[data.store])
     with pytest.raises(NonFiniteLoss) as info:
-        run_training(data.manifest, data.videos, [data.store], out, config, tiny=True, progress=False)
+        run_training(config, out, progress=False)
     message = str(info.value)
     assert "\n" not in message
     assert message.startswith("main epoch 1/2 step 1: the training loss is nan on the batch ")

@@ -66,7 +66,8 @@ def test_training_stores_the_mapping_and_evaluate_reports_scores_on_the_mos_scal
     from clifvqa.features.store import create_or_open_store
     from clifvqa.testing.stores import synthetic_provenance
     from clifvqa.train.evaluate import evaluate
-    from clifvqa.train.trainer import TrainConfig, run_training
+    from clifvqa.train.config import RunConfig, set_options, tiny
+    from clifvqa.train.trainer import run_training
 
     tags = ["train"] * 8 + ["val"] * 2 + ["test"] * 2
     mos = [3.46 + 56.44 * i / 11 for i in range(12)]  # the MOS range 3.46 .. 59.9
@@ -78,9 +79,9 @@ def test_training_stores_the_mapping_and_evaluate_reports_scores_on_the_mos_scal
             st.write_video(key, pooled=(m / 100 + 0.05 * rng.standard_normal((5, 8))).astype(np.float32),
                            frames=np.arange(5), attrs={})
     out = tmp_path / "run"
-    config = TrainConfig(epochs=3, batch_size=4, workers=0, num_clips_test=2, warmup_epochs=0.5, lr=0.02)
-    run_training(data.manifest, data.videos, [store], out, config, branches="semantic", tiny=True,
-                 progress=False)
+    config = set_options(tiny(RunConfig()), epochs=3, batch_size=4, workers=0, num_clips_test=2, warmup_epochs=0.5,
+                         lr=0.02, branches="semantic", manifest=data.manifest, videos=data.videos, stores=[store])
+    run_training(config, out, progress=False)
 
     meta = ckpt.read_meta(out / "best")
     stored = meta["score_mapping"]

@@ -20,9 +20,9 @@ from clifvqa.features.store import create_or_open_store
 from clifvqa.testing.stores import synthetic_provenance
 from clifvqa.train import checkpoint as ckpt
 from clifvqa.train import trainer
+from clifvqa.train.config import RunConfig, set_options, tiny
 from clifvqa.train.trainer import (
     MIN_VAL_VIDEOS,
-    TrainConfig,
     explain_selection,
     run_training,
     select_epoch,
@@ -96,10 +96,10 @@ def test_two_validation_videos_tied_at_srocc_one_no_longer_keep_epoch_one(tmp_pa
     tags = ["train"] * 8 + ["val"] * 2 + ["test"] * 2
     data, store = signal_set(tmp_path, make_train_set, tags)
     out = tmp_path / "run"
-    config = TrainConfig(epochs=5, batch_size=4, workers=0, num_clips_test=2, warmup_epochs=0.5, lr=0.02)
+    config = set_options(tiny(RunConfig()), epochs=5, batch_size=4, workers=0, num_clips_test=2, warmup_epochs=0.5,
+                         lr=0.02, branches="semantic", manifest=data.manifest, videos=data.videos, stores=[store])
     with caplog.at_level(logging.WARNING, logger="clifvqa.train"):
-        summary = run_training(data.manifest, data.videos, [store], out, config, branches="semantic",
-                               tiny=True, progress=False)
+        summary = run_training(config, out, progress=False)
     history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["val_srocc"] for r in history] == pytest.approx([1.0] * 5)  # the tie of the issue, every epoch
     losses = [r["val_loss"] for r in history]
@@ -127,6 +127,6 @@ def test_default_workers_follow_the_machine(monkeypatch):
         monkeypatch.setattr(trainer.os, "sched_getaffinity", lambda pid, n=cores: set(range(n)),
                             raising=False)
         assert trainer.default_train_workers() == want
-        assert TrainConfig().workers == want
+        assert trainer.resolve_workers(RunConfig()) == want
     help_text = " ".join(CliRunner().invoke(main, ["train", "--help"]).output.split())
     assert "[default: min(4, usable cores - 1), at least 0]" in help_text

@@ -18,7 +18,8 @@ from clifvqa.train import checkpoint as ckpt
 from clifvqa.train.data import DataError, VideoItem, load_semantic_features
 from clifvqa.train.model import tiny_config
 from clifvqa.train.inference import predict_items
-from clifvqa.train.trainer import TrainConfig, lr_factor, run_training
+from clifvqa.train.config import RunConfig, set_options, tiny
+from clifvqa.train.trainer import lr_factor, run_training
 
 TAGS = ["train", "train", "train", "train", "val", "test"]
 
@@ -26,10 +27,12 @@ TAGS = ["train", "train", "train", "train", "val", "test"]
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def config(**kw) -> TrainConfig:
-    base = dict(epochs=2, batch_size=2, workers=0, num_clips_test=2, warmup_epochs=0.5, val_fraction=0.0)
+def config(data, **kw) -> RunConfig:
+    """The tiny run config of these tests on ``data`` (``kw``: ``clifvqa train`` options)."""
+    base = dict(epochs=2, batch_size=2, workers=0, num_clips_test=2, warmup_epochs=0.5, val_fraction=0.0,
+                manifest=data.manifest, videos=data.videos, stores=[data.store])
     base.update(kw)
-    return TrainConfig(**base)
+    return set_options(tiny(RunConfig()), **base)
 
 
 def jsonl(path):
@@ -51,7 +54,7 @@ def test_lr_schedule_warmup_then_cosine():
 def test_train_select_on_val_test_once_and_checkpoint_round_trip(tmp_path, make_train_set):
     data = make_train_set(tmp_path / "data", split=TAGS)
     out = tmp_path / "run"
-    summary = run_training(data.manifest, data.videos, [data.store], out, config(), tiny=True, progress=False)
+    summary = run_training(config(data), out, progress=False)
     assert summary["finished"] and summary["metrics_on"] == "test"
     rows = jsonl(out / "metrics.jsonl")
     assert [r["epoch"] for r in rows] == [1, 2] and all(r["train_videos"] == 4 and r["val_n"] == 1 for r in rows)
@@ -74,27 +77,27 @@ def test_train_select_on_val_test_once_and_checkpoint_round_trip(tmp_path, make_
     model, meta = ckpt.load_checkpoint(out / "best")
     assert meta["epoch"] == 2 and meta["split"] == "main" and meta["metrics"]["test"]["n"] == 1
     assert meta["store"]["provenance"]["prompts"]["groups"] and meta["store"]["fingerprint"].startswith("sha256:")
-    assert meta["train_config"]["batch_size"] == 2
+    assert meta["run_config"]["optim"]["batch_size"] == 2
     cfg = model.config
     feats = load_semantic_features([data.store], [data.keys[5]], cfg.t0, progress=False)
-    keys, preds, mos, failed = predict_items(model, [VideoItem(data.keys[5], data.mos[5])], data.videos, feats.rows, cfg.fragment_config(), device=torch.device("cpu"))
+    keys, preds, mos, failed = predict_items(model, [VideoItem(data.keys[5], data.mos[5])], data.videos, feats.rows, cfg.fragments, device=torch.device("cpu"))
     with open(out / "test_predictions.csv") as fh:
         saved = list(csv.DictReader(fh))
     assert keys == [saved[0]["video"]] and preds[0] == pytest.approx(float(saved[0]["prediction"]), abs=1e-6)
 
     with pytest.raises(DataError, match="already holds a run"):
-        run_training(data.manifest, data.videos, [data.store], out, config(), tiny=True, progress=False)
+        run_training(config(data), out, progress=False)
 
 
 def test_resume_ends_where_an_uninterrupted_run_ends(tmp_path, make_train_set):
     data = make_train_set(tmp_path / "data", split=TAGS)
-    kwargs = dict(tiny=True, progress=False)
-    run_training(data.manifest, data.videos, [data.store], tmp_path / "a", config(), **kwargs)
-    part = run_training(data.manifest, data.videos, [data.store], tmp_path / "b", config(), stop_after=1, **kwargs)
+    kwargs = dict(progress=False)
+    run_training(config(data), tmp_path / "a", **kwargs)
+    part = run_training(config(data), tmp_path / "b", stop_after=1, **kwargs)
     assert not part["finished"] and [r["epoch"] for r in jsonl(tmp_path / "b" / "metrics.jsonl")] == [1]
-    with pytest.raises(DataError, match="differ from the interrupted run in train_config"):
-        run_training(data.manifest, data.videos, [data.store], tmp_path / "b", config(epochs=3), resume=True, **kwargs)
-    run_training(data.manifest, data.videos, [data.store], tmp_path / "b", config(workers=1), resume=True, **kwargs)
+    with pytest.raises(DataError, match="differs from the interrupted run's .* in optim.epochs 2 -> 3;"):
+        run_training(config(data, epochs=3), tmp_path / "b", resume=True, **kwargs)
+    run_training(config(data, workers=1), tmp_path / "b", resume=True, **kwargs)
 
     a, b = load_file(str(tmp_path / "a" / "last" / "model.safetensors")), load_file(str(tmp_path / "b" / "last" / "model.safetensors"))
     assert a.keys() == b.keys()
@@ -109,10 +112,9 @@ def test_corrupt_video_is_skipped_for_the_epoch_with_a_warning(tmp_path, make_tr
     data = make_train_set(tmp_path / "data", split=TAGS)
     (data.videos / data.keys[1]).write_bytes(b"\x00" * 100)  # a train video that no longer decodes
     with pytest.raises(DataError, match="1 videos changed since"):  # its features are stale now
-        run_training(data.manifest, data.videos, [data.store], tmp_path / "run0", config(epochs=1), tiny=True, progress=False)
+        run_training(config(data, epochs=1), tmp_path / "run0", progress=False)
     with caplog.at_level(logging.WARNING, logger="clifvqa.train"), pytest.warns(UserWarning, match="old features"):
-        run_training(data.manifest, data.videos, [data.store], tmp_path / "run", config(epochs=1), tiny=True, progress=False,
-                     allow_stale=True)
+        run_training(config(data, epochs=1, allow_stale=True), tmp_path / "run", progress=False)
     (row,) = jsonl(tmp_path / "run" / "metrics.jsonl")
     assert row["skipped_videos"] == 1 and row["train_videos"] == 3
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
@@ -124,8 +126,8 @@ def test_semantic_only_ablation_with_random_splits_summarises(tmp_path, make_tra
     data = make_train_set(tmp_path / "data", n=8)
     out = tmp_path / "run"
     summary = run_training(
-        data.manifest, data.videos, [data.store], out, config(epochs=1, val_fraction=0.2), splits=2,
-        test_fraction=0.25, branches="semantic", prompt_groups="objective", tiny=True, progress=False,
+        config(data, epochs=1, val_fraction=0.2, splits=2, test_fraction=0.25, branches="semantic",
+               prompt_groups="objective"), out, progress=False,
     )
     assert [s["name"] for s in summary["splits"]] == ["split_00", "split_01"]
     assert summary["summary"]["srocc"]["count"] <= 2 and "median" in summary["table"]
@@ -149,7 +151,8 @@ def test_model_is_selected_on_validation_by_srocc_plus_plcc_then_loss(tmp_path, 
             pooled = (mos / 10 + 0.05 * rng.standard_normal((5, 8))).astype(np.float32)
             st.write_video(key, pooled=pooled, frames=np.arange(5), attrs={})
     out = tmp_path / "run"
-    run_training(data.manifest, data.videos, [tmp_path / "signal.zarr"], out, config(epochs=6, lr=0.02, batch_size=3), branches="semantic", tiny=True, progress=False)
+    run_training(config(data, epochs=6, lr=0.02, batch_size=3, stores=[tmp_path / "signal.zarr"], branches="semantic"),
+                 out, progress=False)
     rows = jsonl(out / "metrics.jsonl")
     scores = [round(r["val_srocc"] + r["val_plcc"], 9) for r in rows]
     tied = [r for r, s in zip(rows, scores) if s == max(scores)]  # then the loss, within 1%; then the latest

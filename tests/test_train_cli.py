@@ -86,7 +86,7 @@ def test_torchrun_two_cpu_processes(tmp_path, make_train_set):
     from clifvqa.train.checkpoint import load_checkpoint
 
     model, meta = load_checkpoint(out / "best")
-    assert meta["train_config"]["batch_size"] == 1 and model.fastvqa is not None
+    assert meta["run_config"]["optim"]["batch_size"] == 1 and model.fastvqa is not None
     # each process saved its own RNG state (it draws its own dropout masks), for its own resume
     from safetensors.torch import load_file
 

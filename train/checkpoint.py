@@ -221,6 +221,75 @@ def load_training_state(
     return saved["train_state"]
 
 
+class CheckpointSaver:
+    """The ``best/`` and ``last/`` checkpoints of one training folder (timm's ``CheckpointSaver``):
+    the only reader and writer of a run's checkpoint files.
+
+    After each epoch :meth:`save` writes ``last/`` with the resume state and, when the epoch is the
+    selection so far, ``best/``; :meth:`resume` brings ``last/`` back into the model, optimizer and
+    RNGs; :meth:`load_best` puts the selected weights into the model for the final passes and
+    :meth:`finish` adds their results to ``best/meta.json``. With ``write=False`` (processes of
+    rank > 0 under torchrun) nothing is written, and everything is read.
+
+    Args:
+        folder: the split's folder (holds ``best/`` and ``last/``).
+        model: the model trained (its weights are saved and loaded in place).
+        store_provenance, fingerprint: of the feature store (empty for the spatial-only model).
+        extra: JSON-ready fields of every ``meta.json`` (run config, split name).
+    """
+
+    def __init__(self, folder: str | os.PathLike[str], model: ClifVQA, store_provenance: Mapping[str, Any],
+                 fingerprint: str, extra: Mapping[str, Any], *, write: bool = True) -> None:
+        self.folder = Path(folder)
+        self.model = model
+        self.store = (dict(store_provenance), fingerprint)
+        self.extra = dict(extra)
+        self.write = write
+
+    @property
+    def best(self) -> Path:
+        return self.folder / "best"
+
+    @property
+    def last(self) -> Path:
+        return self.folder / "last"
+
+    def resume(self, optimizer: torch.optim.Optimizer, rank: int = 0) -> dict[str, Any] | None:
+        """Load ``last/`` (weights, optimizer, this rank's RNG states) and return its train state,
+        or None when there is nothing to resume."""
+        if not has_training_state(self.last):
+            return None
+        self._load_weights(self.last)
+        return load_training_state(self.last, optimizer, rank=rank)
+
+    def save(self, epoch: int, metrics: Mapping[str, Any], *, improved: bool, optimizer: torch.optim.Optimizer,
+             train_state: Mapping[str, Any], rng: Sequence[RngState]) -> None:
+        """Checkpoint epoch ``epoch`` (1-based): ``best/`` when ``improved``, then ``last/`` with the
+        resume state (an interruption between the two resumes from the previous ``last/``)."""
+        if not self.write:
+            return
+        extra = {**self.extra, "epoch": epoch, "metrics": dict(metrics)}
+        if improved:
+            save_checkpoint(self.best, self.model, self.model.config, *self.store, extra)
+        save_checkpoint(self.last, self.model, self.model.config, *self.store, extra, optimizer=optimizer,
+                        train_state=train_state, rng=rng)
+
+    def load_best(self) -> None:
+        """Put the weights of ``best/`` into the model (on the model's device)."""
+        self._load_weights(self.best)
+
+    def finish(self, fields: Mapping[str, Any]) -> None:
+        """Add ``fields`` (final metrics, score mapping, selection) to ``best/meta.json``."""
+        if self.write:
+            update_meta(self.best, fields)
+
+    def _load_weights(self, path: Path) -> None:
+        from safetensors.torch import load_file
+
+        device = next(self.model.parameters()).device
+        self.model.load_state_dict(load_file(str(path / MODEL_FILE), device=str(device)))
+
+
 def _save_optimizer(folder: Path, optimizer: torch.optim.Optimizer, train_state: Mapping[str, Any],
                     rng: Sequence[RngState]) -> None:
     from safetensors.torch import save_file

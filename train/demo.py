@@ -31,7 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from clifvqa.train.evaluate import EvalResult
-from clifvqa.train.trainer import TrainConfig
+from clifvqa.train.config import OptimConfig, RunConfig
+from clifvqa.train.model import TINY_FRAGMENTS, TINY_MODEL
 
 LEVELS = 6
 """Distortion levels of the demo dataset (clips per scene)."""
@@ -54,8 +55,9 @@ RANDOM_CLIP_NOTE = (
 )
 
 
-DEMO_TRAINING = TrainConfig(
-    epochs=80, batch_size=24, lr=6e-4, backbone_lr=6e-4, warmup_epochs=1.0, num_clips_test=2, device="cpu", workers=0,
+DEMO_TRAINING = RunConfig(
+    model=replace(TINY_MODEL, fragments=replace(TINY_FRAGMENTS, num_clips_test=2)),
+    optim=OptimConfig(epochs=80, batch_size=24, lr=6e-4, backbone_lr=6e-4, warmup_epochs=1.0), device="cpu", workers=0,
 )
 """``--tiny`` training of the demo. One batch holds all 24 training clips of the default set
 (smaller batches made the ranking losses too noisy); the tiny model starts from random weights,
@@ -91,7 +93,7 @@ class DemoConfig:
     height: int = 128
     seed: int = 0
     grid: tuple[int, int] = (1, 1)
-    train: TrainConfig = DEMO_TRAINING
+    train: RunConfig = DEMO_TRAINING
 
     @property
     def scenes(self) -> int:
@@ -130,7 +132,7 @@ class DemoResult:
             f"demo dataset: {c.scenes * LEVELS} clips ({c.scenes} scenes x {LEVELS} distortion levels, {c.frames} frames "
             f"{c.width}x{c.height}), MOS 5 -> 1 as blur, noise and compression rise; manifest {self.manifest}",
             RANDOM_CLIP_NOTE,
-            f"model selected on the validation clips: epoch {self.selected_epoch} of {c.train.epochs}",
+            f"model selected on the validation clips: epoch {self.selected_epoch} of {c.train.optim.epochs}",
             f"held-out test clips (n={m['n']}): SROCC {m['srocc']:.4f}  PLCC {m['plcc']:.4f}  "
             f"(PLCC after logistic fit {m['plcc_fit']:.4f}, KROCC {m['krocc']:.4f})",
             f"predictions: {self.evaluation.files.get('predictions')}   checkpoint: {self.run / 'best'}",
@@ -202,12 +204,13 @@ def run_demo(out_dir: str | os.PathLike[str] = "demo-run", config: DemoConfig = 
 
     t = time.perf_counter()
     run = out / "run"
-    log(f"[4/5] training --tiny for {config.train.epochs} epochs into {run}")
-    train_config = replace(config.train, seed=config.seed)
+    log(f"[4/5] training --tiny for {config.train.optim.epochs} epochs into {run}")
+    data = replace(config.train.data, manifest=str(manifest_path), videos=str(videos), stores=(str(store),))
+    train_config = replace(config.train, seed=config.seed, data=data)
     threads = torch.get_num_threads()
     torch.set_num_threads(min(threads, 2))  # tiny tensors: more threads only add overhead
     try:
-        result = run_training(manifest_path, videos, [store], run, train_config, tiny=True, progress=progress)
+        result = run_training(train_config, run, progress=progress)
     finally:
         torch.set_num_threads(threads)
     seconds["train"] = time.perf_counter() - t

@@ -198,7 +198,7 @@ def evaluate(
             stores, keys, config.t0, expected_r=config.r, video_root=videos_dir, allow_stale=allow_stale, progress=progress
         )
         semantic = features.rows
-    fragments = config.fragment_config() if config.uses_spatial else None
+    fragments = config.fragments if config.uses_spatial else None
     done, preds, _, failed = predict_items(
         model, items, videos_dir, semantic, fragments, device=dev, batch_size=1, workers=workers, seed=seed,
         progress=progress, desc="scoring videos",

@@ -36,7 +36,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -47,8 +48,10 @@ from clifvqa.train.config_io import JsonConfig
 from clifvqa.train.fastvqa import VARIANTS, FastVQAConfig, build_fastvqa
 from clifvqa.train.fragments import FragmentConfig
 
-BRANCHES = ("both", "semantic", "spatial")
-PROMPT_GROUPS = ("all", "objective", "subjective")
+Branches = Literal["both", "semantic", "spatial"]
+PromptGroups = Literal["all", "objective", "subjective"]
+BRANCHES: tuple[str, ...] = get_args(Branches)
+PROMPT_GROUPS: tuple[str, ...] = get_args(PromptGroups)
 
 TINY_FRAGMENTS = FragmentConfig(fragments_h=4, fragments_w=4, clip_len=16, aligned=16, frame_interval=1)
 """Fragments for ``--tiny`` runs (tests, demo): a 4×4 grid of 32-px patches, 16 consecutive frames,
@@ -56,56 +59,39 @@ so clips are 16×128×128 (the tiny FAST-VQA's adaptive window becomes 4×4×4).
 
 
 @dataclass(frozen=True)
-class ClifVQAConfig(JsonConfig):
-    """Architecture of CLiF-VQA; defaults follow the paper where it says, else documented choices.
+class ModelConfig(JsonConfig):
+    """The model a user chooses (the run config's model section); paper settings by default.
 
-    Attributes:
-        r: prompts in the feature store (the store holds 2r rows per frame).
-        prompt_groups_of: the group (``objective``/``subjective``) of each of the r stored prompts,
-            in store order (``provenance["prompts"]["groups"]``); needed to select a subset.
-        prompt_groups: which prompts the semantic branch uses: ``all``, ``objective`` or
-            ``subjective`` (paper Table 4), selected from the stored rows, no re-extraction.
-        t0: samples per row after resampling in time (Eq. 8 input width of FC1).
-        semantic_hidden: FC1 output width.
-        head_hidden: FC3 output width (the paper does not give it; 128 is our choice).
-        fastvqa: the FAST-VQA architecture (:class:`FastVQAConfig` as a dict).
-        fragments: how fragment clips are sampled (:class:`FragmentConfig` as a dict); its clip
-            shape (clip_len, H, W) fixes the size of ``F_f``, and scoring a new video samples it
-            the same way.
-        branches: ``both``, ``semantic`` or ``spatial`` (paper Table 3).
-        regression_head: use FC3/FC4 (True) or each branch's own readout (False).
+    The prompts (r and their groups) are not chosen here: they come from the feature store
+    (:class:`ClifVQAConfig` adds them).
     """
 
-    r: int
-    prompt_groups_of: tuple[str, ...] = ()
-    prompt_groups: str = "all"
-    t0: int = 32
-    semantic_hidden: int = 64
-    head_hidden: int = 128
-    fastvqa: Mapping = field(default_factory=lambda: VARIANTS["fast-b"].to_dict())
-    fragments: Mapping = field(default_factory=lambda: FragmentConfig().to_dict())
-    branches: str = "both"
-    regression_head: bool = True
+    branches: Branches = field(default="both", metadata={"help": "both, semantic or spatial (paper Table 3)"})
+    regression_head: bool = field(
+        default=True, metadata={"help": "FC3/FC4 (Eqs. 12-13); false: each branch's own readout (paper Table 3)"})
+    prompt_groups: PromptGroups = field(
+        default="all", metadata={"help": "prompts the semantic branch uses: all, objective, subjective (paper Table 4)"})
+    t0: int = field(default=32, metadata={"help": "samples per row after resampling in time (Eq. 8: FC1 input)"})
+    semantic_hidden: int = field(default=64, metadata={"help": "FC1 output width (Eq. 8)"})
+    head_hidden: int = field(default=128, metadata={"help": "FC3 output width (the paper does not give it)"})
+    fastvqa: FastVQAConfig = field(default_factory=lambda: VARIANTS["fast-b"],
+                                   metadata={"help": "FAST-VQA-B: Video Swin-T with GRPB (paper §4.2)"})
+    fragments: FragmentConfig = field(
+        default_factory=FragmentConfig,
+        metadata={"help": "fragments of FAST-VQA-B (paper §4.2); the clip shape fixes the size of F_f (Eq. 11)"})
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "prompt_groups_of", tuple(self.prompt_groups_of))
-        if isinstance(self.fastvqa, FastVQAConfig):
-            object.__setattr__(self, "fastvqa", self.fastvqa.to_dict())
-        if isinstance(self.fragments, FragmentConfig):
-            object.__setattr__(self, "fragments", self.fragments.to_dict())
-        self.fastvqa_config(), self.fragment_config()  # refuse bad nested configs now
-        if self.r < 1:
-            raise ValueError(f"r (prompts in the store) must be at least 1, got {self.r}")
+        # checkpoints written before the configs were typed hold these two as plain mappings
+        if isinstance(self.fastvqa, Mapping):
+            object.__setattr__(self, "fastvqa", FastVQAConfig.from_dict(self.fastvqa))
+        if isinstance(self.fragments, Mapping):
+            object.__setattr__(self, "fragments", FragmentConfig.from_dict(self.fragments))
         if self.branches not in BRANCHES:
             raise ValueError(f"branches must be one of {BRANCHES}, got {self.branches!r}")
         if self.prompt_groups not in PROMPT_GROUPS:
             raise ValueError(f"prompt_groups must be one of {PROMPT_GROUPS}, got {self.prompt_groups!r}")
-        if self.prompt_groups_of and len(self.prompt_groups_of) != self.r:
-            raise ValueError(f"prompt_groups_of has {len(self.prompt_groups_of)} entries for r={self.r} prompts")
         if self.t0 < 1 or self.semantic_hidden < 1 or self.head_hidden < 1:
             raise ValueError("t0, semantic_hidden and head_hidden must be positive")
-        if self.uses_semantic:
-            self.semantic_rows()  # refuse an empty prompt subset now, not at the first batch
 
     @property
     def uses_semantic(self) -> bool:
@@ -115,17 +101,50 @@ class ClifVQAConfig(JsonConfig):
     def uses_spatial(self) -> bool:
         return self.branches in ("both", "spatial")
 
-    def fastvqa_config(self) -> FastVQAConfig:
-        return FastVQAConfig.from_dict(self.fastvqa)
-
-    def fragment_config(self) -> FragmentConfig:
-        return FragmentConfig.from_dict(self.fragments)
-
     @property
     def clip_shape(self) -> tuple[int, int, int]:
         """(T, H, W) of one fragment clip."""
-        f = self.fragment_config()
-        return (f.clip_len, f.size_h, f.size_w)
+        return (self.fragments.clip_len, self.fragments.size_h, self.fragments.size_w)
+
+
+TINY_MODEL = ModelConfig(fastvqa=VARIANTS["tiny"], fragments=TINY_FRAGMENTS, t0=16, semantic_hidden=16, head_hidden=32)
+"""The ``--tiny`` model: the same code with the tiny FAST-VQA, :data:`TINY_FRAGMENTS`, t0 = 16 and
+narrow MLPs (for tests and demos)."""
+
+
+@dataclass(frozen=True)
+class ClifVQAConfig(ModelConfig):
+    """The architecture of a built CLiF-VQA: the :class:`ModelConfig` plus the store's prompts.
+
+    Attributes (besides :class:`ModelConfig`'s):
+        r: prompts in the feature store (the store holds 2r rows per frame).
+        prompt_groups_of: the group (``objective``/``subjective``) of each of the r stored prompts,
+            in store order (``provenance["prompts"]["groups"]``); needed to select a subset.
+    """
+
+    r: int = field(kw_only=True)
+    prompt_groups_of: tuple[str, ...] = field(default=(), kw_only=True)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        object.__setattr__(self, "prompt_groups_of", tuple(self.prompt_groups_of))
+        if self.r < 1:
+            raise ValueError(f"r (prompts in the store) must be at least 1, got {self.r}")
+        if self.prompt_groups_of and len(self.prompt_groups_of) != self.r:
+            raise ValueError(f"prompt_groups_of has {len(self.prompt_groups_of)} entries for r={self.r} prompts")
+        if self.uses_semantic:
+            self.semantic_rows()  # refuse an empty prompt subset now, not at the first batch
+
+    @classmethod
+    def of(cls, model: ModelConfig, r: int, prompt_groups_of: Sequence[str] = ()) -> ClifVQAConfig:
+        """The built model of settings ``model`` on a store of ``r`` prompts in ``prompt_groups_of``."""
+        settings = {f.name: getattr(model, f.name) for f in fields(ModelConfig)}
+        return cls(r=r, prompt_groups_of=tuple(prompt_groups_of), **settings)
+
+    @property
+    def model(self) -> ModelConfig:
+        """The user-chosen part (:class:`ModelConfig`), without the store's prompts."""
+        return ModelConfig(**{f.name: getattr(self, f.name) for f in fields(ModelConfig)})
 
     def semantic_rows(self) -> list[int]:
         """Indices of the stored rows the semantic branch uses (averages first, then maxima)."""
@@ -141,7 +160,7 @@ class ClifVQAConfig(JsonConfig):
 
     def spatial_map_shape(self) -> tuple[int, int, int, int]:
         """Shape (1, D, H, W) of the FAST-VQA quality map for one clip of ``clip_shape``."""
-        cfg = self.fastvqa_config()
+        cfg = self.fastvqa
         (t, h, w), (pt, ph, pw) = self.clip_shape, cfg.patch_size
         d, h, w = math.ceil(t / pt), math.ceil(h / ph), math.ceil(w / pw)
         for _ in range(len(cfg.depths) - 1):  # patch merging halves H and W (padding odd sizes)
@@ -218,7 +237,7 @@ class ClifVQA(nn.Module):
         super().__init__()
         self.config = config
         self.semantic = SemanticBranch(config) if config.uses_semantic else None
-        self.fastvqa = build_fastvqa(config.fastvqa_config(), checkpoint_grad) if config.uses_spatial else None
+        self.fastvqa = build_fastvqa(config.fastvqa, checkpoint_grad) if config.uses_spatial else None
         fs, ff = config.feature_sizes()
         self.head = RegressionHead(fs + ff, config.head_hidden) if config.regression_head else None
 
@@ -262,11 +281,8 @@ class ClifVQA(nn.Module):
 
 
 def tiny_config(r: int, prompt_groups_of: Sequence[str] = (), **overrides) -> ClifVQAConfig:
-    """The ``--tiny`` model: the same code with the tiny FAST-VQA, :data:`TINY_FRAGMENTS`, t0 = 16
-    and narrow MLPs (``overrides`` set any other field, e.g. ``branches``)."""
-    settings = dict(fastvqa=VARIANTS["tiny"].to_dict(), fragments=TINY_FRAGMENTS.to_dict(), t0=16, semantic_hidden=16, head_hidden=32)
-    settings.update(overrides)
-    return ClifVQAConfig(r=r, prompt_groups_of=tuple(prompt_groups_of), **settings)
+    """The :data:`TINY_MODEL` on r prompts (``overrides`` set any other field, e.g. ``branches``)."""
+    return ClifVQAConfig.of(replace(TINY_MODEL, **overrides), r, prompt_groups_of)
 
 
 def build_model(config: ClifVQAConfig, checkpoint_grad: bool = False) -> ClifVQA:

@@ -220,7 +220,7 @@ def predict(
     if config.uses_semantic and todo:
         _semantic_features(entries, todo, preds, pooled, list(stores or []), meta, checkpoint, clip_model,
                            str(dev), workers, progress)
-    fragment_config = config.fragment_config() if config.uses_spatial else None
+    fragment_config = config.fragments if config.uses_spatial else None
     for i in tqdm(todo, desc="scoring", unit="video", disable=not progress, leave=False, dynamic_ncols=True):
         pred = preds[i]
         if pred.error is not None:

@@ -51,17 +51,18 @@ import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
+from clifvqa._atomic import atomic_write_text
 from clifvqa.errors import ClifvqaError
-from clifvqa.train.config_io import JsonConfig
-from clifvqa.manifests.io import Manifest
 from clifvqa.train import checkpoint as ckpt
+from clifvqa.train.config import RESUMABLE_CHANGES, InitConfig, OptimConfig, RunConfig, load_run_config
+from clifvqa.train.config_io import diff, format_diff
 from clifvqa.train.data import (
     DataError,
     SemanticFeatures,
@@ -75,13 +76,14 @@ from clifvqa.train.data import (
     plan_splits,
 )
 from clifvqa.train.distributed import Dist, rank_seed, setup_dist
-from clifvqa.train.fragments import FragmentConfig
 from clifvqa.train.inference import predict_items, progress_bar, to_device
 from clifvqa.train.loss import clifvqa_loss
 from clifvqa.train.metrics import METRIC_KEYS, compute_metrics, fit_score_mapping, format_table, summarize
-from clifvqa.train.model import TINY_FRAGMENTS, ClifVQA, ClifVQAConfig, build_model, tiny_config
+from clifvqa.train.model import ClifVQA, ClifVQAConfig, ModelConfig, build_model
 
 log = logging.getLogger("clifvqa.train")
+
+RUN_CONFIG_FILE = "run.yaml"
 
 
 class NonFiniteLoss(ClifvqaError):
@@ -99,59 +101,6 @@ def default_train_workers() -> int:
     return max(0, min(4, cores - 1))
 
 
-@dataclass(frozen=True)
-class TrainConfig(JsonConfig):
-    """Training settings; defaults are the paper's (§5.1) and FAST-VQA's where the paper is silent.
-
-    Attributes:
-        epochs: passes over the training videos.
-        batch_size: videos per optimizer step (per process under torchrun).
-        lr: learning rate of everything outside the Video Swin backbone.
-        backbone_lr: learning rate of ``fastvqa.fragments_backbone``.
-        weight_decay: AdamW decoupled weight decay (all parameters).
-        warmup_epochs: linear warm-up length (may be fractional), then cosine decay.
-        grad_clip: max global gradient norm, or None for no clipping.
-        seed: model init, data order, fragment draws, validation carving, random splits.
-        device: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``.
-        workers: DataLoader worker processes decoding videos (0 = in the main process); default
-            :func:`default_train_workers` (``min(4, usable cores - 1)``).
-        num_clips_test: fragment clips per video at validation/test (their scores are averaged).
-        alpha, beta: weights of the monotonicity and linearity losses (Eq. 16).
-        val_fraction: share of the training videos held out for model selection when the
-            manifest gives no ``val`` rows.
-        amp: mixed precision on GPU (ignored on CPU).
-        grad_checkpoint: recompute Swin block activations in the backward pass (less GPU
-            memory, same numbers, slower steps; FAST-VQA trains with it on).
-    """
-
-    epochs: int = 30
-    batch_size: int = 12
-    lr: float = 7.5e-4
-    backbone_lr: float = 7.5e-5
-    weight_decay: float = 0.05
-    warmup_epochs: float = 2.5
-    grad_clip: float | None = None
-    seed: int = 0
-    device: str = "auto"
-    workers: int = field(default_factory=default_train_workers)
-    num_clips_test: int = 4
-    alpha: float = 1.0
-    beta: float = 1.0
-    val_fraction: float = 0.1
-    amp: bool = True
-    grad_checkpoint: bool = False
-
-    def __post_init__(self) -> None:
-        if self.epochs < 1 or self.batch_size < 1 or self.num_clips_test < 1 or self.workers < 0:
-            raise ValueError("epochs, batch_size and num_clips_test must be >= 1 and workers >= 0")
-        if self.warmup_epochs < 0 or self.lr <= 0 or self.backbone_lr < 0:
-            raise ValueError("warmup_epochs must be >= 0, lr > 0 and backbone_lr >= 0")
-
-
-# Settings that may change when a run is resumed (they do not change the numbers on CPU).
-RESUMABLE_CHANGES = ("device", "workers", "grad_checkpoint")
-
-
 def lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
     """Learning-rate multiplier of optimizer step ``step`` (0-based): linear warm-up, then cosine."""
     if step < warmup_steps:
@@ -160,7 +109,7 @@ def lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-def amp_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | None:
+def amp_dtype(config: OptimConfig, device: torch.device) -> torch.dtype | None:
     """The autocast dtype of training steps, None for float32 (``amp`` off, or not a GPU).
 
     bfloat16 where the GPU computes it natively (Ampere and later), else float16 with loss
@@ -186,7 +135,7 @@ def train_step(
     scaler: torch.amp.GradScaler,
     batch: Mapping[str, Any],
     *,
-    config: TrainConfig,
+    config: RunConfig,
     model_config: ClifVQAConfig,
     device: torch.device,
     dtype: torch.dtype | None,
@@ -206,7 +155,7 @@ def train_step(
             target = batch["mos"].to(device)
             pred32 = pred.float()
             if loss_fn is None:
-                loss = clifvqa_loss(pred32, target, config.alpha, config.beta)
+                loss = clifvqa_loss(pred32, target, config.loss.alpha, config.loss.beta)
             else:
                 loss = loss_fn(pred32, target)
         else:
@@ -214,9 +163,9 @@ def train_step(
             loss = net(*_dummy_inputs(model_config, device)).sum() * 0.0
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
-    if config.grad_clip is not None:
+    if config.optim.grad_clip is not None:
         scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(net.parameters(), config.grad_clip)
+        torch.nn.utils.clip_grad_norm_(net.parameters(), config.optim.grad_clip)
     scaler.step(optimizer)
     scaler.update()
     return loss, pred
@@ -331,20 +280,20 @@ def explain_selection(
     }
 
 
-def _param_groups(model: ClifVQA, config: TrainConfig) -> list[dict[str, Any]]:
+def _param_groups(model: ClifVQA, config: OptimConfig) -> list[dict[str, Any]]:
     backbone = {id(p) for p in model.backbone_parameters()}
-    groups = [
-        {"params": [p for p in model.parameters() if id(p) not in backbone], "lr": config.lr, "base_lr": config.lr, "name": "head"},
-    ]
+    groups = [{"params": [p for p in model.parameters() if id(p) not in backbone], "lr": config.lr,
+               "base_lr": config.lr, "name": "head"}]
     if backbone:
-        groups.append({"params": model.backbone_parameters(), "lr": config.backbone_lr, "base_lr": config.backbone_lr, "name": "backbone"})
+        groups.append({"params": model.backbone_parameters(), "lr": config.backbone_lr,
+                       "base_lr": config.backbone_lr, "name": "backbone"})
     return groups
 
 
-def _init_weights(model: ClifVQA, fastvqa_init: str | None, swin_k400_init: str | None) -> None:
+def _init_weights(model: ClifVQA, init: InitConfig) -> None:
     from clifvqa.train.fastvqa import load_fastvqa_checkpoint
 
-    for path, want in ((fastvqa_init, ("official", "backbone-prefixed")), (swin_k400_init, ("kinetics400",))):
+    for path, want in ((init.fastvqa, ("official", "backbone-prefixed")), (init.swin_k400, ("kinetics400",))):
         if path is None:
             continue
         if model.fastvqa is None:
@@ -355,44 +304,165 @@ def _init_weights(model: ClifVQA, fastvqa_init: str | None, swin_k400_init: str 
         log.info("initialised FAST-VQA from %s (%s layout, %d tensors)", path, report.layout, report.loaded)
 
 
-def _append_metrics(folder: Path, row: Mapping[str, Any]) -> None:
-    with open(folder / "metrics.jsonl", "a", encoding="utf-8") as fh:
-        fh.write(json.dumps(row, allow_nan=True) + "\n")
-    path = folder / "metrics.csv"
-    new = not path.exists()
-    with open(path, "a", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(row))
-        if new:
-            writer.writeheader()
-        writer.writerow(row)
+class MetricsLog:
+    """A split's per-epoch rows: ``metrics.jsonl`` and ``metrics.csv`` (written by rank 0 only)."""
+
+    def __init__(self, folder: Path, *, write: bool = True) -> None:
+        self.jsonl, self.csv, self.write = folder / "metrics.jsonl", folder / "metrics.csv", write
+
+    def rows(self) -> list[dict[str, Any]]:
+        if not self.jsonl.exists():
+            return []
+        return [json.loads(line) for line in self.jsonl.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+    def append(self, row: Mapping[str, Any]) -> None:
+        if not self.write:
+            return
+        row = {k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()}
+        with open(self.jsonl, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(row, allow_nan=True) + "\n")
+        new = not self.csv.exists()
+        with open(self.csv, "a", newline="", encoding="utf-8") as fh:
+            writer = csv.DictWriter(fh, fieldnames=list(row))
+            if new:
+                writer.writeheader()
+            writer.writerow(row)
+
+    def truncate(self, last_epoch: int) -> None:
+        """Drop the rows of epochs (1-based) after ``last_epoch``: written, then not checkpointed
+        (an interruption between the two)."""
+        rows = self.rows()
+        keep = [r for r in rows if r["epoch"] <= last_epoch]
+        if self.write and len(keep) < len(rows):
+            self.clear()
+            for row in keep:
+                self.append(row)
+
+    def clear(self) -> None:
+        if self.write:
+            self.jsonl.unlink(missing_ok=True)
+            self.csv.unlink(missing_ok=True)
 
 
-def _truncate_metrics(folder: Path, last_epoch: int) -> None:
-    """Drop metric rows of epochs (1-based) after ``last_epoch``: written, then not checkpointed."""
-    jsonl = folder / "metrics.jsonl"
-    if not jsonl.exists():
-        return
-    rows = [json.loads(line) for line in jsonl.read_text(encoding="utf-8").splitlines() if line.strip()]
-    keep = [r for r in rows if r["epoch"] <= last_epoch]
-    if len(keep) == len(rows):
-        return
-    jsonl.unlink()
-    (folder / "metrics.csv").unlink(missing_ok=True)
-    for row in keep:
-        _append_metrics(folder, row)
+class TrainLoader:
+    """The training videos of a split, in an order and with fragment draws that are functions of
+    (seed, epoch, item): a resumed run sees the epochs an uninterrupted one would."""
+
+    def __init__(self, plan: SplitPlan, config: RunConfig, model_config: ClifVQAConfig,
+                 features: SemanticFeatures | None, *, seed: int, dist: Dist, device: torch.device) -> None:
+        fragments = model_config.fragments if model_config.uses_spatial else None
+        rows = features.rows if features is not None else None
+        self.seed = seed
+        self.dataset = VideoDataset(plan.train, config.data.videos, rows, fragments, train=True, seed=seed)
+        self.sampler = DistributedSampler(self.dataset, num_replicas=dist.world, rank=dist.rank, shuffle=True, seed=seed)
+        self.generator = torch.Generator()
+        self.loader = DataLoader(self.dataset, batch_size=config.optim.batch_size, sampler=self.sampler,
+                                 num_workers=resolve_workers(config), collate_fn=collate, generator=self.generator,
+                                 pin_memory=device.type == "cuda")
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def epoch(self, epoch: int) -> DataLoader:
+        """The loader of epoch ``epoch`` (0-based)."""
+        self.sampler.set_epoch(epoch)
+        self.dataset.set_epoch(epoch)
+        self.generator.manual_seed(self.seed * 1_000_003 + epoch)
+        return self.loader
+
+
+def train_one_epoch(
+    net: torch.nn.Module,
+    loader: DataLoader,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    step: int,
+    schedule: tuple[int, int],
+    *,
+    config: RunConfig,
+    model_config: ClifVQAConfig,
+    device: torch.device,
+    dtype: torch.dtype | None,
+    dist: Dist,
+    desc: str,
+    progress: bool = True,
+) -> tuple[dict[str, Any], int]:
+    """One pass over ``loader``: per step, the learning rate of step ``step`` (``schedule`` =
+    (warm-up steps, total steps), :func:`lr_factor`) and :func:`train_step`. Videos that fail to
+    decode are skipped with a warning; a non-finite loss raises :class:`NonFiniteLoss` naming the
+    batch. Returns the epoch's ``train_loss``, ``train_videos`` and ``skipped_videos`` (summed
+    over processes) and the next step."""
+    net.train()
+    loss_sum, loss_n, skipped = 0.0, 0, 0
+    bar = progress_bar(loader, desc, progress and dist.main)
+    for batch in bar:
+        for key, error in batch["failed"]:
+            log.warning("warning: %s: video %s could not be decoded and is skipped this epoch: %s", desc, key, error)
+        skipped += len(batch["failed"])
+        factor = lr_factor(step, *schedule)
+        step += 1
+        for group in optimizer.param_groups:
+            group["lr"] = group["base_lr"] * factor
+        if not batch["keys"] and not dist.enabled:
+            continue
+        loss, pred = train_step(net, optimizer, scaler, batch, config=config, model_config=model_config,
+                                device=device, dtype=dtype)
+        if batch["keys"]:
+            value = loss.item()  # the one sync per step there always was (logging needs it)
+            if not math.isfinite(value):
+                raise NonFiniteLoss(_nonfinite_loss_message(value, batch, pred, f"{desc} step {step}"))
+            loss_sum += value * len(batch["keys"])
+            loss_n += len(batch["keys"])
+            if hasattr(bar, "set_postfix"):
+                bar.set_postfix(loss=f"{value:.4f}")
+    if dist.enabled:
+        totals = torch.tensor([loss_sum, loss_n, skipped], dtype=torch.float64, device=device)
+        torch.distributed.all_reduce(totals)
+        loss_sum, loss_n, skipped = totals[0].item(), int(totals[1].item()), int(totals[2].item())
+    if skipped:
+        log.warning("warning: %s: %d videos could not be decoded and were skipped", desc, skipped)
+    stats = {"train_loss": loss_sum / loss_n if loss_n else math.nan, "train_videos": loss_n, "skipped_videos": skipped}
+    return stats, step
+
+
+def validate(
+    model: ClifVQA,
+    items: Sequence[VideoItem],
+    config: RunConfig,
+    semantic_rows: Sequence[int] | None,
+    *,
+    seed: int,
+    device: torch.device,
+    dist: Dist = Dist(),
+    desc: str = "validation",
+    progress: bool = True,
+) -> tuple[dict[str, Any], tuple[list[str], list[float], list[float]]]:
+    """Score ``items`` as ``clifvqa evaluate`` does (:func:`~clifvqa.train.inference.predict_items`)
+    and return their metrics, with the loss of Eq. 16 over the whole set (a tie-break of
+    :func:`select_epoch`) and the count of videos skipped, and the (keys, predictions, MOS)."""
+    fragments = model.config.fragments if model.config.uses_spatial else None
+    # about as many clips per pass as a training step holds
+    batch_size = max(1, config.optim.batch_size // (fragments.num_clips_test if fragments else 1))
+    keys, preds, mos, failed = predict_items(
+        model, items, config.data.videos, semantic_rows, fragments, device=device, batch_size=batch_size,
+        workers=resolve_workers(config), seed=seed, dist=dist, progress=progress, desc=desc,
+    )
+    metrics = compute_metrics(preds, mos) if keys else {"n": 0}
+    if keys:
+        loss = clifvqa_loss(torch.tensor(preds), torch.tensor(mos), config.loss.alpha, config.loss.beta)
+        metrics["loss"] = float(loss)
+    metrics["skipped"] = len(failed)
+    return metrics, (keys, preds, mos)
 
 
 def train_split(
     plan: SplitPlan,
     model_config: ClifVQAConfig,
-    config: TrainConfig,
-    video_root: str | os.PathLike[str],
+    config: RunConfig,
     features: SemanticFeatures | None,
     out: str | os.PathLike[str],
     *,
     split_index: int = 0,
-    fastvqa_init: str | None = None,
-    swin_k400_init: str | None = None,
     resume: bool = False,
     stop_after: int | None = None,
     progress: bool = True,
@@ -413,186 +483,131 @@ def train_split(
         return SplitResult(**done)
     seed = config.seed + split_index
     torch.manual_seed(seed)  # the same initial weights in every process
-    model = build_model(model_config, checkpoint_grad=config.grad_checkpoint).to(device)
+    model = build_model(model_config, checkpoint_grad=config.optim.grad_checkpoint).to(device)
     if dist.rank:  # its own dropout and drop-path draws (rank 0 goes on as a single process does)
         torch.manual_seed(rank_seed(seed, dist.rank))
-    fragments = model_config.fragment_config() if model_config.uses_spatial else None
-    semantic_rows = features.rows if features is not None else None
-    optimizer = torch.optim.AdamW(_param_groups(model, config), lr=config.lr, weight_decay=config.weight_decay)
-    store_meta = (features.provenance, features.fingerprint) if features is not None else ({}, "")
-    dtype = amp_dtype(config, device)
+    optimizer = torch.optim.AdamW(_param_groups(model, config.optim), lr=config.optim.lr,
+                                  weight_decay=config.optim.weight_decay)
+    dtype = amp_dtype(config.optim, device)
     scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
+    store = (features.provenance, features.fingerprint) if features is not None else ({}, "")
+    saver = ckpt.CheckpointSaver(out, model, *store, {"run_config": config.to_dict(), "split": plan.name},
+                                 write=dist.main)
+    metrics_log = MetricsLog(out, write=dist.main)
 
-    start_epoch, step, best_epoch, best_val = 0, 0, -1, {}
-    history: list[dict[str, Any]] = []  # the metric rows of the epochs done, for explain_selection
-    last_dir, best_dir = out / "last", out / "best"
-    if resume and ckpt.has_training_state(last_dir):
-        from safetensors.torch import load_file
-
-        model.load_state_dict(load_file(str(last_dir / ckpt.MODEL_FILE), device=str(device)))
-        state = ckpt.load_training_state(last_dir, optimizer, rank=dist.rank)
+    start, step, best_epoch, best_val, history = 0, 0, -1, {}, []
+    state = saver.resume(optimizer, rank=dist.rank) if resume else None
+    if state is not None:
         if dist.rank >= state.get("processes", 1):  # the interrupted run had fewer processes
             torch.manual_seed(rank_seed(seed, dist.rank) + state["epoch"] + 1)
-        start_epoch, step = state["epoch"] + 1, state["step"]
-        best_epoch, best_val = state["best_epoch"], state["best_val"]
+        start, step, best_epoch, best_val = state["epoch"] + 1, state["step"], state["best_epoch"], state["best_val"]
         if state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
-        if dist.main:
-            _truncate_metrics(out, state["epoch"] + 1)
+        metrics_log.truncate(start)
         dist.barrier()
-        history = [r for r in _read_metrics(out) if r["epoch"] <= state["epoch"] + 1]
-        log.info("%s: resumed after epoch %d", plan.name, state["epoch"] + 1)
+        history = metrics_log.rows()  # the metric rows of the epochs done, for explain_selection
+        log.info("%s: resumed after epoch %d", plan.name, start)
     else:
-        _init_weights(model, fastvqa_init, swin_k400_init)
-        if dist.main:
-            for name in ("metrics.csv", "metrics.jsonl"):
-                (out / name).unlink(missing_ok=True)
+        _init_weights(model, config.init)
+        metrics_log.clear()
 
-    net: torch.nn.Module = model
-    if dist.enabled:
-        # No buffer changes in training (the Swin relative_position_index tables and the semantic
-        # row indices are constants; there is no BatchNorm), so none is broadcast at every step.
-        net = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False)
-    train_ds = VideoDataset(plan.train, video_root, semantic_rows, fragments, train=True, seed=seed)
-    sampler = DistributedSampler(train_ds, num_replicas=dist.world, rank=dist.rank, shuffle=True, seed=seed)
-    loader_gen = torch.Generator()
-    loader = DataLoader(train_ds, batch_size=config.batch_size, sampler=sampler, num_workers=config.workers, collate_fn=collate, generator=loader_gen, pin_memory=device.type == "cuda")
-    steps_per_epoch = len(loader)
-    total_steps = config.epochs * steps_per_epoch
-    warmup_steps = round(config.warmup_epochs * steps_per_epoch)
-    eval_batch = max(1, config.batch_size // (fragments.num_clips_test if fragments else 1))  # ~as many clips per pass as in training
-    extra_base = {"train_config": config.to_dict(), "split": plan.name}
-
-    def evaluate(
-        items: Sequence[VideoItem], what: str
-    ) -> tuple[dict[str, Any], tuple[list[str], list[float], list[float]]]:
-        keys, preds, mos, failed = predict_items(
-            model, items, video_root, semantic_rows, fragments, device=device, batch_size=eval_batch,
-            workers=config.workers, seed=seed, dist=dist, progress=progress,
-            desc=f"{plan.name} {what}",
-        )
-        metrics = compute_metrics(preds, mos) if keys else {"n": 0}
-        if keys:  # Eq. 16 over the whole set: a tie-break for selection (see select_epoch)
-            loss = clifvqa_loss(torch.tensor(preds), torch.tensor(mos), config.alpha, config.beta)
-            metrics["loss"] = float(loss)
-        metrics["skipped"] = len(failed)
-        return metrics, (keys, preds, mos)
-
-    epochs_done = start_epoch
-    for epoch in range(start_epoch, config.epochs):
-        if stop_after is not None and epoch >= stop_after:
-            break
+    net = _distributed(model, dist, device)
+    loader = TrainLoader(plan, config, model_config, features, seed=seed, dist=dist, device=device)
+    schedule = (round(config.optim.warmup_epochs * len(loader)), config.optim.epochs * len(loader))
+    rows = features.rows if features is not None else None
+    epochs = config.optim.epochs
+    for epoch in range(start, epochs if stop_after is None else min(epochs, stop_after)):
         t_start = time.time()
-        net.train()
-        sampler.set_epoch(epoch)
-        train_ds.set_epoch(epoch)
-        loader_gen.manual_seed(seed * 1_000_003 + epoch)
-        loss_sum, loss_n, skipped = 0.0, 0, 0
-        bar = progress_bar(loader, f"{plan.name} epoch {epoch + 1}/{config.epochs}", progress and dist.main)
-        for batch in bar:
-            for key, error in batch["failed"]:
-                log.warning("warning: epoch %d: video %s could not be decoded and is skipped this epoch: %s", epoch + 1, key, error)
-            skipped += len(batch["failed"])
-            factor = lr_factor(step, warmup_steps, total_steps)
-            step += 1
-            for group in optimizer.param_groups:
-                group["lr"] = group["base_lr"] * factor
-            if not batch["keys"] and not dist.enabled:
-                continue
-            loss, pred = train_step(net, optimizer, scaler, batch, config=config, model_config=model_config,
-                                    device=device, dtype=dtype)
-            if batch["keys"]:
-                value = loss.item()  # the one sync per step there always was (logging needs it)
-                if not math.isfinite(value):
-                    where = f"{plan.name} epoch {epoch + 1}/{config.epochs} step {step}"
-                    raise NonFiniteLoss(_nonfinite_loss_message(value, batch, pred, where))
-                loss_sum += value * len(batch["keys"])
-                loss_n += len(batch["keys"])
-                if hasattr(bar, "set_postfix"):
-                    bar.set_postfix(loss=f"{value:.4f}")
-        if dist.enabled:
-            totals = torch.tensor([loss_sum, loss_n, skipped], dtype=torch.float64, device=device)
-            torch.distributed.all_reduce(totals)
-            loss_sum, loss_n, skipped = totals[0].item(), int(totals[1].item()), int(totals[2].item())
-        val_metrics = evaluate(plan.val, "validation")[0] if plan.val else {}
-        row = {
-            "epoch": epoch + 1,
-            "train_loss": loss_sum / loss_n if loss_n else math.nan,
-            "lr": optimizer.param_groups[0]["lr"],
-            "backbone_lr": optimizer.param_groups[1]["lr"] if len(optimizer.param_groups) > 1 else math.nan,
-            "train_videos": loss_n,
-            "skipped_videos": skipped,
-            **{f"val_{k}": val_metrics.get(k, math.nan) for k in ("n",) + METRIC_KEYS + ("loss",)},
-            "selected": False,  # set below: whether this epoch is the selection so far
-            "seconds": round(time.time() - t_start, 3),
-        }
-        if skipped:
-            log.warning("warning: epoch %d: %d videos could not be decoded and were skipped", epoch + 1, skipped)
+        train, step = train_one_epoch(net, loader.epoch(epoch), optimizer, scaler, step, schedule, config=config,
+                                      model_config=model_config, device=device, dtype=dtype, dist=dist,
+                                      desc=f"{plan.name} epoch {epoch + 1}/{epochs}", progress=progress)
+        val = validate(model, plan.val, config, rows, seed=seed, device=device, dist=dist,
+                       desc=f"{plan.name} validation", progress=progress)[0] if plan.val else {}
+        groups = optimizer.param_groups
+        row = {"epoch": epoch + 1, "train_loss": train["train_loss"], "lr": groups[0]["lr"],
+               "backbone_lr": groups[1]["lr"] if len(groups) > 1 else math.nan,
+               "train_videos": train["train_videos"], "skipped_videos": train["skipped_videos"],
+               **{f"val_{k}": val.get(k, math.nan) for k in ("n",) + METRIC_KEYS + ("loss",)},
+               "selected": False, "seconds": 0.0}
         history.append(row)
-        improved = row["selected"] = select_epoch(history) == epoch + 1
+        improved = row["selected"] = select_epoch(history) == epoch + 1  # the selection so far
         if improved:
-            best_epoch, best_val = epoch, val_metrics
+            best_epoch, best_val = epoch, val
         log.info("%s epoch %d: loss %.4f, val SROCC %.4f PLCC %.4f loss %.4f%s", plan.name, epoch + 1,
                  row["train_loss"], row["val_srocc"], row["val_plcc"], row["val_loss"],
                  " (selected so far)" if improved else "")
-        rng: list[Any] = [ckpt.capture_rng()]
-        if dist.enabled:  # every process's RNG states, so that each resumes its own
-            rng = [None] * dist.world
-            torch.distributed.all_gather_object(rng, ckpt.capture_rng())
-        if dist.main:
-            _append_metrics(out, {k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()})
-            extra = {**extra_base, "epoch": epoch + 1, "metrics": {"val": val_metrics}}
-            if improved:
-                ckpt.save_checkpoint(best_dir, model, model_config, *store_meta, extra)
-            state = {"epoch": epoch, "step": step, "best_epoch": best_epoch, "best_val": best_val,
-                     "scaler": scaler.state_dict() if scaler.is_enabled() else None, "processes": dist.world}
-            ckpt.save_checkpoint(last_dir, model, model_config, *store_meta, extra, optimizer=optimizer,
-                                 train_state=state, rng=rng)
+        rng = _gather_rng(dist)
+        row["seconds"] = round(time.time() - t_start, 3)
+        metrics_log.append(row)
+        state = {"epoch": epoch, "step": step, "best_epoch": best_epoch, "best_val": best_val,
+                 "scaler": scaler.state_dict() if scaler.is_enabled() else None, "processes": dist.world}
+        saver.save(epoch + 1, {"val": val}, improved=improved, optimizer=optimizer, train_state=state, rng=rng)
         dist.barrier()
-        epochs_done = epoch + 1
+        start = epoch + 1
 
     warning = small_validation_warning(len(plan.val), len(plan.train))
-    selection = explain_selection(history, config.epochs, warning) if history else None
-    if epochs_done < config.epochs:
-        return SplitResult(plan.name, best_epoch + 1, best_val, None, epochs_done, False, selection)
+    selection = explain_selection(history, epochs, warning) if history else None
+    if start < epochs:
+        return SplitResult(plan.name, best_epoch + 1, best_val, None, start, False, selection)
+    saver.load_best()
+    train_metrics, score_mapping, test_metrics = _score_selected(model, plan, config, rows, out, seed=seed,
+                                                                 device=device, dist=dist, progress=progress)
+    result = SplitResult(plan.name, best_epoch + 1, best_val, test_metrics, start, True, selection)
+    saver.finish({"metrics": {"val": best_val, "test": test_metrics, "train": train_metrics},
+                  "score_mapping": score_mapping, "selection": selection})
+    if dist.main:
+        (out / "result.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n", encoding="utf-8")
+    dist.barrier()
+    return result
 
-    from safetensors.torch import load_file
 
-    model.load_state_dict(load_file(str(best_dir / ckpt.MODEL_FILE), device=str(device)))
-    # The selected model's raw outputs on its training videos fix the map onto the MOS scale
-    # that predict reports as `score` (one pass over the training set, no gradients).
-    train_metrics, (_, train_preds, train_mos) = evaluate(plan.train, "score mapping (training videos)")
+def _distributed(model: ClifVQA, dist: Dist, device: torch.device) -> torch.nn.Module:
+    """``model`` under DistributedDataParallel when the run has several processes, else itself."""
+    if not dist.enabled:
+        return model
+    # No buffer changes in training (the Swin relative_position_index tables and the semantic
+    # row indices are constants; there is no BatchNorm), so none is broadcast at every step.
+    return torch.nn.parallel.DistributedDataParallel(
+        model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False)
+
+
+def _gather_rng(dist: Dist) -> list[ckpt.RngState]:
+    """The RNG states of every process in rank order (each resumes its own), on every process."""
+    if not dist.enabled:
+        return [ckpt.capture_rng()]
+    rng: list[Any] = [None] * dist.world
+    torch.distributed.all_gather_object(rng, ckpt.capture_rng())
+    return rng
+
+
+def _score_selected(
+    model: ClifVQA, plan: SplitPlan, config: RunConfig, rows: Sequence[int] | None, out: Path, *,
+    seed: int, device: torch.device, dist: Dist, progress: bool,
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any] | None]:
+    """The selected model's passes after training: its raw outputs on the training videos fix the
+    map onto the MOS scale that predict reports as ``score``; the test set is scored once (never
+    used for selection), its predictions written to ``test_predictions.csv``. Returns the
+    training metrics, the score mapping and the test metrics (None without test videos)."""
+    def score(items: Sequence[VideoItem], what: str) -> tuple[dict[str, Any], tuple[list, list, list]]:
+        return validate(model, items, config, rows, seed=seed, device=device, dist=dist, progress=progress,
+                        desc=f"{plan.name} {what}")
+
+    train_metrics, (_, train_preds, train_mos) = score(plan.train, "score mapping (training videos)")
     mapping = fit_score_mapping(train_preds, train_mos, bounded=True)
     score_mapping = {
         **mapping.to_dict(),
         "fitted_on": f"the {mapping.n} training videos of split {plan.name}",
         "raw_range": [min(train_preds), max(train_preds)] if train_preds else None,
     }
-    # Test the selected epoch (never used for selection).
-    test_metrics = None
-    if plan.test:
-        test_metrics, (keys, preds, mos) = evaluate(plan.test, "test")
-        if dist.main:
-            with open(out / "test_predictions.csv", "w", newline="", encoding="utf-8") as fh:
-                writer = csv.writer(fh)
-                writer.writerow(["video", "mos", "prediction", "score"])
-                writer.writerows(zip(keys, mos, preds, mapping.apply(preds).tolist()))
-    result = SplitResult(plan.name, best_epoch + 1, best_val, test_metrics, epochs_done, True, selection)
+    if not plan.test:
+        return train_metrics, score_mapping, None
+    test_metrics, (keys, preds, mos) = score(plan.test, "test")
     if dist.main:
-        metrics = {"val": best_val, "test": test_metrics, "train": train_metrics}
-        ckpt.update_meta(best_dir, {"metrics": metrics, "score_mapping": score_mapping,
-                                    "selection": selection})
-        (out / "result.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n", encoding="utf-8")
-    dist.barrier()
-    return result
-
-
-def _read_metrics(folder: Path) -> list[dict[str, Any]]:
-    path = folder / "metrics.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        with open(out / "test_predictions.csv", "w", newline="", encoding="utf-8") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["video", "mos", "prediction", "score"])
+            writer.writerows(zip(keys, mos, preds, mapping.apply(preds).tolist()))
+    return train_metrics, score_mapping, test_metrics
 
 
 def _nonfinite_loss_message(value: float, batch: Mapping[str, Any], pred: torch.Tensor, where: str) -> str:
@@ -625,85 +640,68 @@ def _dummy_inputs(config: ClifVQAConfig, device: torch.device) -> tuple[torch.Te
 # ------------------------------------------------------------------------------ a whole run
 
 
-def build_model_config(
-    features: SemanticFeatures | None,
-    config: TrainConfig,
-    *,
-    tiny: bool = False,
-    branches: str = "both",
-    regression_head: bool = True,
-    prompt_groups: str = "all",
-) -> ClifVQAConfig:
-    """The model of a run: full size (FAST-VQA-B, 32×224×224 fragments) or ``tiny``."""
-    r = features.r if features is not None else 1  # unused by the spatial-only model
-    groups = features.groups if features is not None else ()
-    options = dict(branches=branches, regression_head=regression_head, prompt_groups=prompt_groups)
-    if tiny:
-        options["fragments"] = replace(TINY_FRAGMENTS, num_clips_test=config.num_clips_test).to_dict()
-        return tiny_config(r, groups, **options)
-    return ClifVQAConfig(r=r, prompt_groups_of=groups, fragments=FragmentConfig(num_clips_test=config.num_clips_test).to_dict(), **options)
+def build_model_config(features: SemanticFeatures | None, model: ModelConfig) -> ClifVQAConfig:
+    """The model of a run: the settings ``model`` on the prompts of the store (r and their groups)."""
+    if features is None:  # the spatial-only model: r is unused
+        return ClifVQAConfig.of(model, 1)
+    return ClifVQAConfig.of(model, features.r, features.groups)
+
+
+def resolve_workers(config: RunConfig) -> int:
+    """DataLoader workers of a run: ``config.workers``, or :func:`default_train_workers` when unset."""
+    return default_train_workers() if config.workers is None else config.workers
 
 
 def run_training(
-    manifest: Manifest | str | os.PathLike[str],
-    videos: str | os.PathLike[str],
-    stores: Sequence[str | os.PathLike[str]],
+    config: RunConfig,
     out: str | os.PathLike[str],
-    config: TrainConfig = TrainConfig(),
     *,
-    test_manifest: Manifest | str | os.PathLike[str] | None = None,
-    splits: int | None = None,
-    test_fraction: float = 0.2,
-    branches: str = "both",
-    regression_head: bool = True,
-    prompt_groups: str = "all",
-    tiny: bool = False,
-    fastvqa_init: str | os.PathLike[str] | None = None,
-    swin_k400_init: str | os.PathLike[str] | None = None,
     resume: bool = False,
     stop_after: int | None = None,
-    allow_stale: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Train CLiF-VQA as ``clifvqa train`` does and return the summary (also in ``OUT/summary.json``).
 
     Everything is checked before the first step: the splits, the video files, the stores
     (completeness, one fingerprint matching their provenance, r, every row's checks, and that
-    each entry is still its video file's: stale entries are refused unless ``allow_stale``)
-    and, with ``resume``, that the settings equal the interrupted run's. An existing ``out``
-    with a run in it is refused unless ``resume``.
+    each entry is still its video file's: stale entries are refused unless
+    ``config.data.allow_stale``) and, with ``resume``, that the config equals the interrupted
+    run's (``run.yaml``; only :data:`~clifvqa.train.config.RESUMABLE_CHANGES` may differ). An
+    existing ``out`` with a run in it is refused unless ``resume``. ``stop_after`` ends the call
+    after that many epochs of a split (as if interrupted; continue with ``resume=True``).
     """
     out = Path(out)
+    data = config.data
+    if data.manifest is None or data.videos is None:
+        raise DataError("the run config names no data.manifest or data.videos (--manifest, --videos)")
     dist, device, started = setup_dist(config.device)
     try:
-        plans = plan_splits(manifest, val_fraction=config.val_fraction, splits=splits, test_fraction=test_fraction, test_manifest=test_manifest, seed=config.seed)
+        plans = plan_splits(data.manifest, val_fraction=data.val_fraction, splits=data.splits,
+                            test_fraction=data.test_fraction, test_manifest=data.test_manifest, seed=config.seed)
         keys = list(dict.fromkeys(k for plan in plans for k in plan.keys()))
-        uses_semantic = branches in ("both", "semantic")
-        if branches in ("both", "spatial"):
-            check_video_files(keys, videos)
+        if config.model.uses_spatial:
+            check_video_files(keys, data.videos)
         features = None
-        if uses_semantic or stores:
-            t0 = (tiny_config(1) if tiny else ClifVQAConfig(r=1)).t0  # rows are resampled once, at load
-            features = load_semantic_features(stores, keys, t0, video_root=videos, allow_stale=allow_stale,
-                                              progress=progress and dist.main)
-        model_config = build_model_config(features, config, tiny=tiny, branches=branches, regression_head=regression_head, prompt_groups=prompt_groups)
-        settings = {
-            "train_config": config.to_dict(),
+        if config.model.uses_semantic or data.stores:
+            # rows are resampled to t0 once, at load
+            features = load_semantic_features(data.stores, keys, config.model.t0, video_root=data.videos,
+                                              allow_stale=data.allow_stale, progress=progress and dist.main)
+        model_config = build_model_config(features, config.model)
+        derived = {
             "model_config": model_config.to_dict(),
             "plans": [p.to_dict() for p in plans],
-            "store": {"fingerprint": features.fingerprint if features else None, "paths": features.stores if features else []},
-            "videos": str(videos),
-            "fastvqa_init": str(fastvqa_init) if fastvqa_init else None,
-            "swin_k400_init": str(swin_k400_init) if swin_k400_init else None,
+            "store": {"fingerprint": features.fingerprint if features else None,
+                      "paths": features.stores if features else []},
         }
-        _check_run_dir(out, settings, resume)
-        dist.barrier()  # every process has checked before rank 0 writes run.json
+        _check_run_dir(out, config, derived, resume)
+        dist.barrier()  # every process has checked before rank 0 writes run.yaml
         if dist.main:
             out.mkdir(parents=True, exist_ok=True)
-            (out / "run.json").write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
+            atomic_write_text(out / RUN_CONFIG_FILE, config.to_yaml())
+            atomic_write_text(out / "run.json", json.dumps(derived, indent=2) + "\n")
         dist.barrier()
         if not plans[0].val:
-            log.warning("warning: no validation videos (val_fraction=%s): the last epoch is selected", config.val_fraction)
+            log.warning("warning: no validation videos (val_fraction=%s): the last epoch is selected", data.val_fraction)
         small = min(plans, key=lambda p: len(p.val))
         warning = small_validation_warning(len(small.val), len(small.train))
         if warning:
@@ -711,39 +709,39 @@ def run_training(
         results = []
         for i, plan in enumerate(plans):
             folder = out if len(plans) == 1 else out / plan.name
-            results.append(
-                train_split(
-                    plan, model_config, config, videos, features, folder, split_index=i,
-                    fastvqa_init=str(fastvqa_init) if fastvqa_init else None,
-                    swin_k400_init=str(swin_k400_init) if swin_k400_init else None,
-                    resume=resume, stop_after=stop_after, progress=progress, dist=dist, device=device,
-                )
-            )
+            results.append(train_split(plan, model_config, config, features, folder, split_index=i, resume=resume,
+                                       stop_after=stop_after, progress=progress, dist=dist, device=device))
             if not results[-1].finished:
                 break
-        summary = _summarize_run(results, out, len(plans), dist)
-        return summary
+        return _summarize_run(results, out, len(plans), dist)
     finally:
         if started:
             torch.distributed.destroy_process_group()
 
 
-def _check_run_dir(out: Path, settings: Mapping[str, Any], resume: bool) -> None:
-    previous = out / "run.json"
+def _check_run_dir(out: Path, config: RunConfig, derived: Mapping[str, Any], resume: bool) -> None:
+    """Refuse a folder holding another run (without ``resume``), or a resume whose config or derived
+    facts (splits, store, built model) differ from the interrupted run's, naming the fields."""
+    previous = out / RUN_CONFIG_FILE
     if not previous.exists():
+        if resume and (out / "run.json").exists():
+            raise DataError(f"{out} holds a run of an older clifvqa (run.json, no {RUN_CONFIG_FILE}): this version "
+                            "cannot resume it; train into a new --out")
         if out.exists() and any(out.iterdir()) and not resume:
             raise DataError(f"{out} exists and is not empty: choose a new --out (nothing there is overwritten)")
         return
     if not resume:
         raise DataError(f"{out} already holds a run: pass --resume to continue it, or choose a new --out")
-    old = json.loads(previous.read_text(encoding="utf-8"))
-    new = json.loads(json.dumps(settings))
-    for conf in (old.get("train_config", {}), new["train_config"]):
-        for name in RESUMABLE_CHANGES:
-            conf.pop(name, None)
-    differing = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    old = load_run_config(previous)
+    changed = {k: v for k, v in diff(old, config).items() if k not in RESUMABLE_CHANGES}
+    if changed:
+        raise DataError(f"{out}: --resume with a config that differs from the interrupted run's ({previous}) in "
+                        f"{format_diff(changed)}; use the same settings or a new --out")
+    saved = json.loads((out / "run.json").read_text(encoding="utf-8"))
+    differing = sorted(k for k in set(saved) | set(derived) if saved.get(k) != json.loads(json.dumps(derived.get(k))))
     if differing:
-        raise DataError(f"{out}: --resume with settings that differ from the interrupted run in {', '.join(differing)} (see {previous}); use the same options or a new --out")
+        raise DataError(f"{out}: --resume where the {', '.join(differing)} differ from the interrupted run's "
+                        f"(see {out / 'run.json'}: the manifest or stores changed); use a new --out")
 
 
 def _summarize_run(results: list[SplitResult], out: Path, num_plans: int, dist: Dist) -> dict[str, Any]:

@@ -1,0 +1,107 @@
+"""The typed run config: YAML round trips, CLI defaults = the shipped paper file, override
+precedence, refusals naming file, line and key path, overrides and diffs."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+from click.testing import CliRunner
+
+from clifvqa.cli import main
+from clifvqa.train.config import PAPER_CONFIG, RunConfig, load_run_config, set_options, tiny
+from clifvqa.train.config_io import ConfigError, diff, dump_yaml, from_data, parse_yaml, to_data, with_overrides
+from clifvqa.train.fastvqa import VARIANTS, FastVQAConfig
+from clifvqa.train.fragments import FragmentConfig
+from clifvqa.train.model import TINY_FRAGMENTS, ClifVQAConfig
+
+
+def print_config(*args: str) -> str:
+    result = CliRunner().invoke(main, ["train", "--print-config", *args])
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_shipped_paper_file_is_the_default_tree_and_round_trips_identically():
+    text = PAPER_CONFIG.read_text(encoding="utf-8")
+    config = load_run_config(PAPER_CONFIG)
+    assert config == RunConfig()
+    assert dump_yaml(config) == text  # file -> tree -> file
+    assert print_config() == text  # `clifvqa train` without --config resolves to exactly that file
+    assert config.optim.lr == 7.5e-4 and config.optim.backbone_lr == 7.5e-5 and config.optim.batch_size == 12
+    assert config.model.fastvqa == VARIANTS["fast-b"] and config.model.fragments == FragmentConfig()
+
+
+def test_round_trip_of_a_changed_tree(tmp_path):
+    config = set_options(tiny(RunConfig()), branches="semantic", lr=1e-5, stores=["a.zarr", "b b.zarr"],
+                         grad_clip=0.5, manifest="data/m.csv", splits=3)
+    text = dump_yaml(config)
+    assert "lr: 1.0e-05" in text  # a YAML 1.1 float (1e-05 would read back as a string)
+    assert 'stores: [a.zarr, "b b.zarr"]' in text
+    (tmp_path / "run.yaml").write_text(text)
+    again = load_run_config(tmp_path / "run.yaml")
+    assert again == config and dump_yaml(again) == text
+    assert isinstance(again.model.fastvqa, FastVQAConfig) and again.model.fragments.size_h == 128
+
+
+def test_cli_flags_override_the_file_and_tiny_sets_the_tree(tmp_path):
+    (tmp_path / "run.yaml").write_text("optim:\n  epochs: 5\n  lr: 1e-4\nmodel:\n  branches: semantic\nseed: 3\n")
+    config = from_data(RunConfig, parse_yaml(print_config("--config", str(tmp_path / "run.yaml"))).data)
+    assert (config.optim.epochs, config.optim.lr, config.model.branches, config.seed) == (5, 1e-4, "semantic", 3)
+    assert config.optim.batch_size == 12  # not in the file: the paper's
+
+    out = print_config("--config", str(tmp_path / "run.yaml"), "--epochs", "7", "--branches", "both",
+                       "--no-amp", "--tiny", "--num-clips-test", "2")
+    config = from_data(RunConfig, parse_yaml(out).data)
+    assert (config.optim.epochs, config.optim.lr, config.model.branches, config.optim.amp) == (7, 1e-4, "both", False)
+    assert config.model == replace(tiny(RunConfig()).model, fragments=replace(TINY_FRAGMENTS, num_clips_test=2))
+    assert config.seed == 3 and config.model.t0 == 16
+
+
+@pytest.mark.parametrize(("yaml_text", "message"), [
+    ("model:\n  fastvqa:\n    embed_dim: 96\n    window_size: [8, 7]\n",
+     "run.yaml:4: model.fastvqa.window_size: expected 3 integers, got [8, 7]"),
+    ("seed: 1\noptim:\n  epoch: 3\n",
+     "run.yaml:3: optim.epoch: unknown OptimConfig fields ['epoch'] (known: epochs, batch_size,"),
+    ("optim:\n  epochs: three\n", "run.yaml:2: optim.epochs: expected an integer, got 'three'"),
+    ("model:\n  branches: all\n", "run.yaml:2: model.branches: expected one of \"both\", \"semantic\", \"spatial\", got 'all'"),
+    ("data:\n  val_fraction: 1.5\n", "run.yaml:1: data: val_fraction must be in [0, 1)"),
+    ("optim: 3\n", "run.yaml:1: optim: expected a section (OptimConfig: keys epochs,"),
+    ("optim:\n  grad_clip: yes please\n", "run.yaml:2: optim.grad_clip: expected a number or null, got 'yes please'"),
+    ("optim: [\n", "run.yaml:2: not valid YAML"),
+])
+def test_refusals_name_file_line_and_key_path(tmp_path, yaml_text, message):
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml_text)
+    with pytest.raises(ConfigError) as info:
+        load_run_config(path)
+    assert str(info.value).startswith(f"{path.parent}/{message}")
+    result = CliRunner().invoke(main, ["train", "--config", str(path), "--print-config"])
+    assert result.exit_code == 2 and result.output.startswith(f"error: {path.parent}/{message}")
+    assert result.output.count("\n") == 1  # one line, no traceback
+
+
+def test_overrides_and_diff():
+    base = RunConfig()
+    changed = with_overrides(base, {"optim.epochs": 3, "model.branches": "semantic", "model.fastvqa.window_size": (4, 4, 4)})
+    assert diff(base, changed) == {
+        "model.branches": ("both", "semantic"),
+        "model.fastvqa.window_size": ([8, 7, 7], [4, 4, 4]),
+        "optim.epochs": (30, 3),
+    }
+    assert diff(changed, changed) == {}
+    with pytest.raises(ConfigError, match=r"^optim.epoch: unknown key; known here: epochs, batch_size"):
+        with_overrides(base, {"optim.epoch": 3})
+    with pytest.raises(ConfigError, match=r"^optim.epochs.x: optim.epochs is a setting, not a section"):
+        with_overrides(base, {"optim.epochs.x": 3})
+    with pytest.raises(ConfigError, match=r"^optimiser.lr: unknown key optimiser; known here: data, model, optim,"):
+        with_overrides(base, {"optimiser.lr": 3})
+    with pytest.raises(ConfigError, match=r"^model.fastvqa.window_size: expected 3 integers, got \[4, 4\]"):
+        with_overrides(base, {"model.fastvqa.window_size": [4, 4]})
+
+
+def test_model_configs_of_old_checkpoints_with_mappings_still_load():
+    config = ClifVQAConfig(r=2, fastvqa=VARIANTS["tiny"].to_dict(), fragments=TINY_FRAGMENTS.to_dict())
+    assert config.fastvqa == VARIANTS["tiny"] and config.fragments == TINY_FRAGMENTS
+    data = to_data(config)
+    assert ClifVQAConfig.from_dict(data) == config and ClifVQAConfig.of(config.model, 2) == config
