@@ -17,8 +17,16 @@ from typing import NoReturn
 import click
 
 from clifvqa._version import __version__
-from clifvqa.cli_options import (BATCH_SIZE, GRID, SHARD, device_option, force_option, out_option, quiet_option,
-                                 videos_option)
+from clifvqa.cli_options import (
+    BATCH_SIZE,
+    GRID,
+    SHARD,
+    device_option,
+    force_option,
+    out_option,
+    quiet_option,
+    videos_option,
+)
 from clifvqa.errors import ClifvqaError
 from clifvqa.manifests.importers import FORMATS as _IMPORT_FORMATS  # light: csv only
 from clifvqa.manifests.io import SPLITS as _SPLITS
@@ -146,7 +154,7 @@ def _refuse_existing(path: Path, force: bool) -> None:
 @click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @out_option("Manifest CSV to write.", type=click.Path(dir_okay=False, path_type=Path), old=["--output"])
 @click.option("--probe", is_flag=True, help="Also open each video with PyAV; files without a video stream are skipped.")
-@force_option
+@force_option()
 def manifest_scan(directory: Path, out: Path, probe: bool, force: bool) -> None:
     """List the videos under DIRECTORY (recursively) into a manifest with empty MOS."""
     from clifvqa.manifests.io import Manifest, write_manifest
@@ -174,9 +182,10 @@ def manifest_scan(directory: Path, out: Path, probe: bool, force: bool) -> None:
 @click.option("--prefix", default="", help="Folder prepended to every video name, e.g. KoNViD_1k_videos/.")
 @click.option("--video-col", help="Column holding the video name (table formats).")
 @click.option("--mos-col", help="Column holding the MOS (table formats).")
-@click.option("--split", type=click.Choice(_SPLITS), help="Tag every row with this split (lsvq: only without an official split; default train).")
+@click.option("--split", type=click.Choice(_SPLITS),
+              help="Tag every row with this split (lsvq: only without an official split; default train).")
 @click.option("--ext", help="Extension added to YouTube-UGC names (default .mkv).")
-@force_option
+@force_option()
 @click.option("--allow-skipped", is_flag=True, help="Exit 0 even when rows of SRC were skipped.")
 def manifest_import(fmt: str, src: Path, out: Path, prefix: str, video_col: str | None, mos_col: str | None,
                     split: str | None, ext: str | None, force: bool, allow_skipped: bool) -> None:
@@ -212,7 +221,7 @@ def manifest_import(fmt: str, src: Path, out: Path, prefix: str, video_col: str 
 @click.option("--val-fraction", default=0.0, show_default=True, help="Share of videos in val.")
 @click.option("--seed", default=0, show_default=True, help="Split i uses numpy default_rng(seed + i).")
 @out_option("Folder for split_00.csv, ...", type=click.Path(file_okay=False, path_type=Path), old=["--output-dir"])
-@force_option
+@force_option()
 def manifest_split(manifest_path: Path, seeds: int, test_fraction: float, val_fraction: float, seed: int,
                    out: Path, force: bool) -> None:
     """Write SEEDS random train/(val/)test splits of MANIFEST_PATH (the paper: 10 x 80/20)."""
@@ -228,7 +237,8 @@ def manifest_split(manifest_path: Path, seeds: int, test_fraction: float, val_fr
 
 @manifest_group.command("check")
 @click.argument("manifest_path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--root", type=click.Path(exists=True, file_okay=False, path_type=Path), help="Dataset folder: also check every video file exists.")
+@click.option("--root", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Dataset folder: also check every video file exists.")
 @click.option("--require-mos", is_flag=True, help="Flag empty MOS even when no row has one.")
 def manifest_check(manifest_path: Path, root: Path | None, require_mos: bool) -> None:
     """Report every problem of MANIFEST_PATH as FILE:LINE: video: message; exit 0 only when clean.
@@ -255,20 +265,32 @@ def manifest_check(manifest_path: Path, root: Path | None, require_mos: bool) ->
 
 @main.command("extract")
 @click.argument("dataset_dir", type=click.Path(path_type=Path))
-@click.option("--manifest", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Manifest CSV listing the videos (default: scan DATASET_DIR).")
+@click.option("--manifest", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Manifest CSV listing the videos (default: scan DATASET_DIR).")
 @out_option("Feature store to write (an existing one is resumed): a .zarr directory or a .h5/.hdf5 file.",
             required=False, default="features.zarr", show_default=True, old=["--store"])
-@click.option("--clip-model", default="openai/clip-vit-base-patch32", show_default=True, help="CLIP hub id or local folder (save_pretrained layout).")
-@click.option("--grid", type=GRID, default="3x3", show_default=True, metavar="ROWSxCOLS", help="Crop grid ROWSxCOLS (paper: 3x3). Time grows with ROWS*COLS (a warning above 100 crops per frame gives the cost); memory stays bounded by --batch-size. A video is refused when a side exceeds both 3 and its frames' distinct crop positions (README, 'Crop grid, cost and memory').")
-@click.option("--prompts", "prompts_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Prompt file: JSON, or text lines like 'objective: sharp' (README, 'Prompt files'); default: the 22 built-in prompts.")
-@click.option("--softmax", type=click.Choice(["all", "group"]), default="all", show_default=True, help="Softmax over all prompts, or per group (objective / subjective).")
+@click.option("--clip-model", default="openai/clip-vit-base-patch32", show_default=True,
+              help="CLIP hub id or local folder (save_pretrained layout).")
+@click.option("--grid", type=GRID, default="3x3", show_default=True, metavar="ROWSxCOLS",
+              help="Crop grid ROWSxCOLS (paper: 3x3). Time grows with ROWS*COLS (a warning above 100 crops per frame "
+                   "gives the cost); memory stays bounded by --batch-size. A video is refused when a side exceeds "
+                   "both 3 and its frames' distinct crop positions (README, 'Crop grid, cost and memory').")
+@click.option("--prompts", "prompts_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Prompt file: JSON, or text lines like 'objective: sharp' (README, 'Prompt files'); "
+                   "default: the 22 built-in prompts.")
+@click.option("--softmax", type=click.Choice(["all", "group"]), default="all", show_default=True,
+              help="Softmax over all prompts, or per group (objective / subjective).")
 @click.option("--frame-stride", type=click.IntRange(min=1), default=1, show_default=True, help="Keep every s-th frame.")
-@device_option
+@device_option()
 @click.option("--batch-size", type=BATCH_SIZE, default="auto", show_default=True, metavar="N|auto",
               help="Crops per CLIP forward pass, or auto.")
-@click.option("--workers", type=click.IntRange(min=1), default=None, help="Decoding threads [default: cores - 1, at most 8].")
-@click.option("--dtype", type=click.Choice(["auto", "float32", "float16", "bfloat16"]), default="auto", show_default=True, help="Compute dtype (auto: float16 on GPU, float32 on CPU; an existing store continues in its own).")
-@click.option("--save-maps/--no-save-maps", default=True, show_default=True, help="Also store the per-crop maps [T, r, m, n].")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Decoding threads [default: cores - 1, at most 8].")
+@click.option("--dtype", type=click.Choice(["auto", "float32", "float16", "bfloat16"]), default="auto",
+              show_default=True,
+              help="Compute dtype (auto: float16 on GPU, float32 on CPU; an existing store continues in its own).")
+@click.option("--save-maps/--no-save-maps", default=True, show_default=True,
+              help="Also store the per-crop maps [T, r, m, n].")
 @click.option("--save-embeddings", is_flag=True, help="Also store the crop image embeddings [T, m*n, D] (float16).")
 @click.option("--retry-failed", is_flag=True, help="Retry videos the store lists as failed.")
 @click.option("--check-sources", is_flag=True,
@@ -278,7 +300,7 @@ def manifest_check(manifest_path: Path, root: Path | None, require_mos: bool) ->
               help="Extract the present videos when some are missing (else refused before any work).")
 @click.option("--shard", type=SHARD, default="0/1", show_default=True, metavar="K/N",
               help="Process shard K of N (K counts from 0), split by a hash of the video key.")
-@quiet_option
+@quiet_option()
 def extract_cmd(dataset_dir: Path, manifest: Path | None, out: str, clip_model: str, grid: tuple[int, int],
                 prompts_file: Path | None, softmax: str, frame_stride: int, device: str, batch_size: int | str,
                 workers: int | None, dtype: str, save_maps: bool, save_embeddings: bool, retry_failed: bool,
@@ -364,8 +386,10 @@ def store_info_cmd(path: str, as_json: bool, all_failures: bool) -> None:
     counts = info["counts"]
     size = "unknown (remote)" if info["size_bytes"] is None else f"{info['size_bytes'] / 2**20:.2f} MiB"
     click.echo(f"store         {info['path']}  ({fmt}, clifvqa format {info['format']})")
-    click.echo(f"fingerprint   {info['fingerprint']}  ({'ok' if info['fingerprint_ok'] else 'DOES NOT MATCH the provenance'})")
-    click.echo(f"videos        {counts['complete']} complete, {counts['incomplete']} incomplete, {counts['failed']} failed")
+    fingerprint_ok = "ok" if info["fingerprint_ok"] else "DOES NOT MATCH the provenance"
+    click.echo(f"fingerprint   {info['fingerprint']}  ({fingerprint_ok})")
+    click.echo(f"videos        {counts['complete']} complete, {counts['incomplete']} incomplete, "
+               f"{counts['failed']} failed")
     click.echo(f"frames        {info['total_frames']}")
     click.echo(f"size          {size}")
     if info["consolidated"] is not None:
@@ -389,9 +413,10 @@ def store_info_cmd(path: str, as_json: bool, all_failures: bool) -> None:
 
 @store.command("verify")
 @click.argument("path")
-@click.option("--manifest", type=click.Path(exists=True, dir_okay=False), help="Also report manifest videos missing from the store.")
+@click.option("--manifest", type=click.Path(exists=True, dir_okay=False),
+              help="Also report manifest videos missing from the store.")
 @videos_option(required=False)
-@quiet_option
+@quiet_option()
 def store_verify_cmd(path: str, manifest: str | None, videos: str | None, quiet: bool) -> None:
     """Check every video of the store at PATH: hashes, shapes, values, maps vs pooled.
 
@@ -427,8 +452,9 @@ def store_upgrade_cmd(path: str) -> None:
 @store.command("merge")
 @click.argument("sources", nargs=-1, required=True)
 @out_option("New store to write (.zarr, .h5/.hdf5 or .zarr.zip).", old=["--output"])
-@click.option("--prefer", type=click.Choice(["first", "last"]), help="For videos whose features differ between sources, take the first/last source's copy.")
-@quiet_option
+@click.option("--prefer", type=click.Choice(["first", "last"]),
+              help="For videos whose features differ between sources, take the first/last source's copy.")
+@quiet_option()
 def store_merge_cmd(sources: tuple[str, ...], out: str, prefer: str | None, quiet: bool) -> None:
     """Merge SOURCES (e.g. shard stores) into a new store; all must share one fingerprint."""
     from clifvqa.features.merge import merge_stores
@@ -440,8 +466,9 @@ def store_merge_cmd(sources: tuple[str, ...], out: str, prefer: str | None, quie
 @store.command("convert")
 @click.argument("src")
 @out_option("New store to write (.zarr, .h5/.hdf5 or .zarr.zip).", old_positional="DST")
-@click.option("--zarr-format", type=click.Choice(["2", "3"]), default="3", show_default=True, help="Zarr format of a .zarr/.zarr.zip output (2: readable by zarr 2.x).")
-@quiet_option
+@click.option("--zarr-format", type=click.Choice(["2", "3"]), default="3", show_default=True,
+              help="Zarr format of a .zarr/.zarr.zip output (2: readable by zarr 2.x).")
+@quiet_option()
 def store_convert_cmd(src: str, out: str, zarr_format: str, quiet: bool) -> None:
     """Copy the store SRC into a new store (.zarr, .h5/.hdf5, .zarr.zip), bit-exact."""
     from clifvqa.features.merge import convert_store
@@ -464,14 +491,20 @@ def store_finalize_cmd(path: str) -> None:
 
 @store.command("rescore")
 @click.argument("src")
-@click.option("--prompts", "prompts_file", required=True, type=click.Path(exists=True, dir_okay=False), help="The new prompt file: JSON, or text lines like 'objective: sharp' (README, 'Prompt files').")
-@click.option("--softmax", type=click.Choice(["all", "group"]), default="all", show_default=True, help="Softmax over all prompts, or per group.")
+@click.option("--prompts", "prompts_file", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="The new prompt file: JSON, or text lines like 'objective: sharp' (README, 'Prompt files').")
+@click.option("--softmax", type=click.Choice(["all", "group"]), default="all", show_default=True,
+              help="Softmax over all prompts, or per group.")
 @out_option("Store to write (.zarr or .h5/.hdf5); an existing one with the same settings is resumed.", old=["--output"])
-@click.option("--clip-model", default=None, help="Where to load SRC's CLIP model from [default: its recorded clip.model]; the weights must be the same.")
-@device_option
-@click.option("--save-maps/--no-save-maps", default=True, show_default=True, help="Also store the per-crop maps [T, r, m, n].")
-@click.option("--copy-embeddings/--no-copy-embeddings", default=True, show_default=True, help="Copy the embeddings too, so the output can be rescored in turn.")
-@quiet_option
+@click.option("--clip-model", default=None,
+              help="Where to load SRC's CLIP model from [default: its recorded clip.model]; the weights must be the "
+                   "same.")
+@device_option()
+@click.option("--save-maps/--no-save-maps", default=True, show_default=True,
+              help="Also store the per-crop maps [T, r, m, n].")
+@click.option("--copy-embeddings/--no-copy-embeddings", default=True, show_default=True,
+              help="Copy the embeddings too, so the output can be rescored in turn.")
+@quiet_option()
 def store_rescore_cmd(src: str, prompts_file: str, softmax: str, out: str, clip_model: str | None, device: str,
                       save_maps: bool, copy_embeddings: bool, quiet: bool) -> None:
     """Score the crop embeddings saved in SRC (extract --save-embeddings) with new prompts.

@@ -120,6 +120,8 @@ DEVICE_HELP = "auto (cuda when torch sees a GPU, else cpu), cpu, cuda, cuda:N or
 QUIET_HELP = "No progress bars."
 FORCE_HELP = "Replace existing output files (-o/--out)."
 VIDEOS_HELP = "Dataset folder the video paths (manifest rows, store keys) are relative to."
+STORE_HELP = "Feature store to read."
+STORES_HELP = "Feature store to read (repeatable; all must share one fingerprint)."
 
 
 def renamed_option(*decls: str, old: Sequence[str] = (), old_positional: str | None = None,
@@ -155,30 +157,38 @@ def out_option(help: str, *, required: bool = True, default: str | None = None, 
                           type=type, metavar=None if type else "PATH", show_default=show_default, help=help, **given)
 
 
-def videos_option(required: bool = True) -> Callable[[F], F]:
+def _keyed(help: str, config_key: str | None) -> str:
+    """``help`` with the run-config key an option overrides (``train``), e.g. ``[data.videos]``."""
+    return f"{help} [{config_key}]" if config_key else help
+
+
+def videos_option(required: bool = True, config_key: str | None = None) -> Callable[[F], F]:
     """``--videos DIR``: the dataset folder (an existing directory)."""
-    return click.option("--videos", required=required, help=VIDEOS_HELP,
+    return click.option("--videos", required=required, help=_keyed(VIDEOS_HELP, config_key),
                         type=click.Path(exists=True, file_okay=False))
 
 
-def store_option(multiple: bool = False, required: bool = False) -> Callable[[F], F]:
+def store_option(multiple: bool = False, required: bool = False, config_key: str | None = None) -> Callable[[F], F]:
     """``-s/--store``: a feature store to read; with ``multiple``, repeatable into ``stores``."""
     if multiple:
         return click.option("-s", "--store", "stores", multiple=True, required=required,
-                            help="Feature store to read (repeatable; all must share one fingerprint).")
-    return click.option("-s", "--store", "store", required=required, help="Feature store to read.")
+                            help=_keyed(STORES_HELP, config_key))
+    return click.option("-s", "--store", "store", required=required, help=_keyed(STORE_HELP, config_key))
 
 
-def device_option(f: F) -> F:
-    """``--device``: where torch computes (checked by ``clifvqa._device.resolve_device``)."""
-    return click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)(f)
+def device_option(config_key: str | None = None) -> Callable[[F], F]:
+    """``--device``, checked by ``clifvqa._device.resolve_device`` when used; default ``auto``,
+    or none with ``config_key`` (the run config then holds it)."""
+    if config_key:
+        return click.option("--device", default=None, help=_keyed(DEVICE_HELP, config_key))
+    return click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
 
 
-def quiet_option(f: F) -> F:
+def quiet_option() -> Callable[[F], F]:
     """``-q/--quiet``: no progress bars."""
-    return click.option("-q", "--quiet", is_flag=True, help=QUIET_HELP)(f)
+    return click.option("-q", "--quiet", is_flag=True, help=QUIET_HELP)
 
 
-def force_option(f: F) -> F:
+def force_option() -> Callable[[F], F]:
     """``--force``: replace what the output location already holds."""
-    return click.option("--force", is_flag=True, help=FORCE_HELP)(f)
+    return click.option("--force", is_flag=True, help=FORCE_HELP)
