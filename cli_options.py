@@ -18,6 +18,7 @@ line naming the new one (:func:`renamed_option`).
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Sequence
 from typing import Any, Literal, TypeVar
 
@@ -31,36 +32,34 @@ F = TypeVar("F", bound=Callable[..., Any])
 # ---------------------------------------------------------------- types
 
 
-class GridType(click.ParamType):
+class _ParsedType(click.ParamType):
+    """A type whose text the library parses (``parser``: ``"module:function"``, imported when a
+    value is parsed so that ``clifvqa --help`` stays light); its refusal becomes click's error."""
+
+    parser: str
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, tuple):  # a default or a value already converted
+            return value
+        module, function = self.parser.split(":")
+        try:
+            return getattr(importlib.import_module(module), function)(value)
+        except ClifvqaError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+class GridType(_ParsedType):
     """``ROWSxCOLS`` (``3x3``) -> ``(3, 3)``, by :func:`clifvqa.extract.grid.parse_grid`."""
 
     name = "grid"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> tuple[int, int]:
-        if isinstance(value, tuple):  # a default or a value already converted
-            return value
-        from clifvqa.extract.grid import parse_grid
-
-        try:
-            return parse_grid(value)
-        except ClifvqaError as exc:
-            self.fail(str(exc), param, ctx)
+    parser = "clifvqa.extract.grid:parse_grid"
 
 
-class ShardType(click.ParamType):
+class ShardType(_ParsedType):
     """``K/N`` (shard K of N, from 0) -> ``(K, N)``, by :func:`clifvqa.extract.runner.parse_shard`."""
 
     name = "shard"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> tuple[int, int]:
-        if isinstance(value, tuple):
-            return value
-        from clifvqa.extract.runner import parse_shard  # not at import time: it pulls in numpy
-
-        try:
-            return parse_shard(value)
-        except ClifvqaError as exc:
-            self.fail(str(exc), param, ctx)
+    parser = "clifvqa.extract.runner:parse_shard"
 
 
 class BatchSizeType(click.ParamType):
