@@ -35,7 +35,8 @@ def run_cli(*args: str):
 
 
 def base_args(dataset: Path, store: Path, clip: Path, *extra: str) -> list[str]:
-    return [dataset, "-o", store, "--clip-model", clip, "--grid", "1x2", "--batch-size", "8", "--workers", "2", "--quiet", *extra]
+    return [dataset, "-o", store, "--clip-model", clip, "--grid", "1x2", "--batch-size", "8", "--workers", "2",
+            "--quiet", *extra]
 
 
 def read_all(store_path: Path) -> dict[str, dict[str, np.ndarray]]:
