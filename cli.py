@@ -25,6 +25,8 @@ from clifvqa.cli_options import (
     force_option,
     out_option,
     quiet_option,
+    renamed_option,
+    store_option,
     videos_option,
 )
 from clifvqa.errors import ClifvqaError
@@ -533,13 +535,10 @@ def store_rescore_cmd(src: str, prompts_file: str, softmax: str, out: str, clip_
 @click.option("--print-config", is_flag=True, help="Print the resolved run config as YAML and exit.")
 @click.option("--manifest", "manifest_path", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Training manifest CSV (video, mos[, split]). [data.manifest]")
-@click.option("--videos", type=click.Path(exists=True, file_okay=False), default=None,
-              help="Folder the manifest's video paths are relative to. [data.videos]")
-@click.option("-s", "--store", "stores", multiple=True,
-              help="Feature store (repeatable; all must share one fingerprint; not needed with --branches spatial). "
-                   "[data.stores]")
-@click.option("-o", "--out", default="runs/clifvqa", show_default=True, type=click.Path(file_okay=False),
-              help="Run folder (refused when it holds a run, unless --resume).")
+@videos_option(required=False, config_key="data.videos")
+@store_option(multiple=True, config_key="data.stores")
+@out_option("Run folder (refused when it holds a run, unless --resume).", required=False, default="runs/clifvqa",
+            show_default=True, type=click.Path(file_okay=False))
 @click.option("--val-fraction", type=float, default=None,
               help="Share of training videos held out for model selection (when the manifest has no val rows). "
                    "[data.val_fraction]")
@@ -564,7 +563,7 @@ def store_rescore_cmd(src: str, prompts_file: str, softmax: str, out: str, clip_
 @click.option("--swin-k400-init", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Start the backbone from the Kinetics-400 Video Swin-T checkpoint. [init.swin_k400]")
 @click.option("--resume", is_flag=True, help="Continue the interrupted run in --out (same config).")
-@click.option("--device", default=None, help="auto, cpu, cuda or cuda:N (torchrun: one GPU per process). [device]")
+@device_option(config_key="device")
 @click.option("--seed", type=int, default=None, help="[seed]")
 @click.option("--tiny", is_flag=True,
               help="Tiny FAST-VQA and 16x128x128 fragments (sets model.fastvqa, model.fragments, t0 and the hidden "
@@ -584,7 +583,7 @@ def store_rescore_cmd(src: str, prompts_file: str, softmax: str, out: str, clip_
 @click.option("--allow-stale/--no-allow-stale", default=None,
               help="Use store entries whose video files changed since extraction, with a warning (refused otherwise: "
                    "re-extract them). [data.allow_stale]")
-@click.option("--quiet", is_flag=True, help="No progress bars.")
+@quiet_option()
 def train_cmd(config_path: str | None, print_config: bool, out: str, resume: bool, tiny: bool, quiet: bool,
               manifest_path: str | None, videos: str | None, stores: tuple[str, ...], **flags) -> None:
     """Train CLiF-VQA on cached semantic features (CLIP is never loaded) and FAST-VQA fragments.
@@ -628,16 +627,17 @@ def train_cmd(config_path: str | None, print_config: bool, out: str, resume: boo
 @main.command("evaluate")
 @click.option("--checkpoint", required=True, type=click.Path(exists=True, file_okay=False), help="Checkpoint directory (e.g. runs/NAME/best).")
 @click.option("--manifest", "manifest_path", required=True, type=click.Path(exists=True, dir_okay=False), help="Manifest CSV of labelled videos.")
-@click.option("--videos", required=True, type=click.Path(exists=True, file_okay=False), help="Folder the manifest's video paths are relative to.")
-@click.option("--store", "stores", multiple=True, help="Feature store with the checkpoint's fingerprint (repeatable).")
-@click.option("--out", type=click.Path(file_okay=False), default=None, help="Folder for predictions.csv, metrics.json and scatter.png (default: print only).")
+@videos_option()
+@store_option(multiple=True)
+@out_option("Folder for predictions.csv, metrics.json and scatter.png (default: print only).", required=False,
+            type=click.Path(file_okay=False))
 @click.option("--split", type=click.Choice(["train", "val", "test"]), default=None, help="Score only the rows with this split tag.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@device_option()
 @click.option("--workers", default=0, show_default=True, type=click.IntRange(min=0), help="DataLoader processes decoding videos.")
 @click.option("--no-plot", is_flag=True, help="Do not write scatter.png.")
-@click.option("--force", is_flag=True, help="Replace result files already in --out.")
+@force_option()
 @click.option("--allow-stale", is_flag=True, help="Use store entries whose video files changed since extraction, with a warning (refused otherwise: re-extract them).")
-@click.option("--quiet", is_flag=True, help="No progress bars.")
+@quiet_option()
 def evaluate_cmd(checkpoint: str, manifest_path: str, videos: str, stores: tuple[str, ...], out: str | None, split: str | None,
                  device: str, workers: int, no_plot: bool, force: bool, allow_stale: bool, quiet: bool) -> None:
     """Score every labelled manifest video with a checkpoint: SROCC, PLCC (raw and after the
@@ -655,16 +655,16 @@ def evaluate_cmd(checkpoint: str, manifest_path: str, videos: str, stores: tuple
 @main.command("predict")
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=str))
 @click.option("--checkpoint", required=True, type=click.Path(exists=True, file_okay=False), help="Checkpoint directory (e.g. runs/NAME/best).")
-@click.option("--store", "stores", multiple=True, help="Feature store to take features from; a video matches when its bytes are the extracted file's (sha256).")
+@store_option(multiple=True)
 @click.option("--clip-model", default=None, help="CLIP hub id or folder for videos not in a store [default: the checkpoint's model]; its weights must be the checkpoint's.")
-@click.option("--output", "-o", type=click.Path(dir_okay=False), default=None,
-              help="Write out.csv (video, score, raw, error) or out.json [default: CSV to stdout].")
+@out_option("Write out.csv (video, score, raw, error) or out.json [default: CSV to stdout].", required=False,
+            type=click.Path(dir_okay=False), old=["--output"])
 @click.option("--explain", is_flag=True,
-              help="Print each video's top prompts (mean and max CLIP score over the video); with --output "
+              help="Print each video's top prompts (mean and max CLIP score over the video); with -o/--out "
                    "also write every prompt's per-frame curves (JSON; with CSV in OUT.explain.json).")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option("--quiet", is_flag=True, help="No progress bars.")
-def predict_cmd(inputs: tuple[str, ...], checkpoint: str, stores: tuple[str, ...], clip_model: str | None, output: str | None,
+@device_option()
+@quiet_option()
+def predict_cmd(inputs: tuple[str, ...], checkpoint: str, stores: tuple[str, ...], clip_model: str | None, out: str | None,
                 explain: bool, device: str, quiet: bool) -> None:
     """Score the videos INPUTS (files, or folders scanned recursively) with a checkpoint.
 
@@ -685,14 +685,14 @@ def predict_cmd(inputs: tuple[str, ...], checkpoint: str, stores: tuple[str, ...
     preds = predict(list(inputs), checkpoint, list(stores), clip_model, device, explain,
                     progress=not quiet)
     no_mapping = score_mapping_of(read_meta(checkpoint)) is None
-    if output:
-        for path in write_predictions(preds, output, explain=explain):
+    if out:
+        for path in write_predictions(preds, out, explain=explain):
             click.echo(f"wrote {path}", err=True)
     if explain:
         click.echo("\n".join(explain_text(p) for p in preds if p.error is None))
-        if not output:
-            click.echo("(per-frame curves of every prompt: pass --output out.json)", err=True)
-    elif not output:
+        if not out:
+            click.echo("(per-frame curves of every prompt: pass -o out.json)", err=True)
+    elif not out:
         click.echo(predictions_csv(preds), nl=False)
     if no_mapping:
         click.echo(NO_MAPPING_NOTE.format(checkpoint=checkpoint), err=True)
@@ -704,15 +704,14 @@ def predict_cmd(inputs: tuple[str, ...], checkpoint: str, stores: tuple[str, ...
 
 
 @main.command("demo")
-@click.option("--out", default="demo-run", show_default=True, type=click.Path(file_okay=False), help="New folder for everything the demo makes.")
-@click.option("--clips", default=48, show_default=True, type=click.IntRange(min=12),
-              help="Clips to make (whole scenes of 6 distortion levels).")
-@click.option("--videos", "clips_alias", default=None, type=click.IntRange(min=12), hidden=True,
-              help="Old name of --clips (warns).")
+@out_option("New folder for everything the demo makes.", required=False, default="demo-run", show_default=True,
+            type=click.Path(file_okay=False))
+@renamed_option("--clips", old=["--videos"], default=48, show_default=True, type=click.IntRange(min=12),
+                help="Clips to make (whole scenes of 6 distortion levels).")
 @click.option("--epochs", default=None, type=click.IntRange(min=1), help="Training epochs [default: the demo's tuned value].")
 @click.option("--seed", default=0, show_default=True, type=int, help="Scenes, model init and data order.")
-@click.option("--quiet", is_flag=True, help="No progress bars.")
-def demo_cmd(out: str, clips: int, clips_alias: int | None, epochs: int | None, seed: int, quiet: bool) -> None:
+@quiet_option()
+def demo_cmd(out: str, clips: int, epochs: int | None, seed: int, quiet: bool) -> None:
     """Run the whole pipeline on a small generated dataset: make graded-distortion clips, extract
     with a tiny random-weight CLIP, train --tiny, and print SROCC/PLCC on the held-out clips."""
     import logging
@@ -720,10 +719,6 @@ def demo_cmd(out: str, clips: int, clips_alias: int | None, epochs: int | None, 
     from clifvqa.demo import DEMO_TRAINING, DemoConfig, run_demo
     from clifvqa.train.config_io import with_overrides
 
-    if clips_alias is not None:  # --videos names a video folder everywhere else
-        click.echo("warning: demo --videos is renamed --clips (the number of clips to make); --videos will go",
-                   err=True)
-        clips = clips_alias
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     overrides = {"optim.epochs": epochs} if epochs else {}
     config = DemoConfig(clips=clips, seed=seed, train=with_overrides(DEMO_TRAINING, overrides))

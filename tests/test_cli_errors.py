@@ -284,7 +284,7 @@ def _commands(group=main, path=()):
 
 # train, evaluate, predict and demo are rewritten by other branches; their options move to the
 # shared decorators when those land (then this set goes).
-_PENDING = {("train",), ("evaluate",), ("predict",), ("demo",)}
+_PENDING = set()
 
 
 def _one_text(help: str, text: str) -> bool:
