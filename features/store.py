@@ -589,7 +589,7 @@ def create_or_open_store(path: str | os.PathLike[str], provenance: Mapping[str, 
         require_same_features(store.provenance, prov, fingerprints=(store.fingerprint, fp),
                               problem=f"{local} holds features made with other settings",
                               remedy=remedy or "features from different settings cannot share a store: write to a "
-                              f"new store path (or delete {local} to start over)")
+                              f"new store (-o/--out) (or delete {local} to start over)")
     except FingerprintMismatch:
         store.close()
         raise

@@ -100,6 +100,6 @@ def test_cli_clips_option_and_the_old_videos_alias(tmp_path, monkeypatch):
     assert (seen[-1].clips, seen[-1].seed, seen[-1].scenes) == (18, 3, 3)
     result = runner.invoke(main, ["demo", "--out", str(tmp_path / "d"), "--videos", "24"])
     assert result.exit_code == 2 and seen[-1].clips == 24
-    assert "warning: demo --videos is renamed --clips" in result.output
+    assert "warning: --videos is deprecated, use --clips" in result.output
     help_text = runner.invoke(main, ["demo", "--help"]).output
     assert "--clips" in help_text and "--videos" not in help_text
