@@ -761,21 +761,22 @@ def _variables(pairs: tuple[str, ...]) -> dict[str, str]:
 
 @experiment_group.command("run")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("-o", "--out", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Experiment folder (runs/, results.csv); shared by every task of a SLURM array.")
+@out_option("Experiment folder (runs/, results.csv, tables.csv); shared by every task of a SLURM array.",
+            type=click.Path(file_okay=False, path_type=Path))
 @click.option("--var", "variables", multiple=True, metavar="NAME=VALUE", help="Set a variable of the file (repeatable).")
 @click.option("--only", multiple=True, metavar="STAGE", help="Only the runs of this stage (repeatable).")
 @click.option("--tiny", is_flag=True, help="Tiny model for every run (tests, the mini demo).")
+@device_option(config_key="device")
 @click.option("--dry-run", is_flag=True, help="List every run with its video counts and frames to decode; run nothing.")
 @click.option("--rate", type=click.FloatRange(min=0, min_open=True), metavar="FRAMES_PER_S",
               help="With --dry-run: fragment frames decoded and computed per second, for a time estimate.")
 @click.option("--list-runs", is_flag=True, help="Print INDEX, run id and status per line (the indices --run-index takes).")
 @click.option("--run-index", type=click.IntRange(min=0), help="Run only the run at this index (a SLURM array task).")
 @click.option("--redo-changed", is_flag=True, help="Run again (moving the old folder to OUT/replaced/) runs whose config changed.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
+@quiet_option()
 def experiment_run_cmd(file: Path, out: Path, variables: tuple[str, ...], only: tuple[str, ...], tiny: bool,
-                       dry_run: bool, rate: float | None, list_runs: bool, run_index: int | None, redo_changed: bool,
-                       quiet: bool) -> None:
+                       device: str | None, dry_run: bool, rate: float | None, list_runs: bool, run_index: int | None,
+                       redo_changed: bool, quiet: bool) -> None:
     """Run every training and evaluation experiment FILE implies, in dependency order; a rerun skips
     finished runs and resumes an interrupted one (docs/PROTOCOL.md)."""
     import logging
@@ -788,21 +789,21 @@ def experiment_run_cmd(file: Path, out: Path, variables: tuple[str, ...], only: 
         from clifvqa.protocol.spec import load_experiment
 
         if list_runs:
-            click.echo(runner.list_runs(file, out, variables=values, only=only, use_tiny=tiny))
+            click.echo(runner.list_runs(file, out, variables=values, only=only, use_tiny=tiny, device=device))
         else:
-            plan = plan_experiment(load_experiment(file, values), out, use_tiny=tiny, only=only)
+            plan = plan_experiment(load_experiment(file, values), out, use_tiny=tiny, only=only, device=device)
             click.echo(format_dry_run(plan, rate))
         return
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     result = runner.run_experiment(file, out, variables=values, only=only, run_index=run_index, use_tiny=tiny,
-                                   redo_changed=redo_changed, progress=not quiet, echo=click.echo)
+                                   device=device, redo_changed=redo_changed, progress=not quiet, echo=click.echo)
     click.echo(result.summary())
 
 
 @experiment_group.command("demo")
-@click.option("-o", "--out", default="protocol-demo", show_default=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Folder for the generated data and the experiment (a rerun resumes).")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
+@out_option("Folder for the generated data and the experiment (a rerun resumes).", required=False,
+            default="protocol-demo", show_default=True, type=click.Path(file_okay=False, path_type=Path))
+@quiet_option()
 def experiment_demo_cmd(out: Path, quiet: bool) -> None:
     """The paper's protocol in miniature: make two small datasets, run experiments/mini.yaml with
     --tiny (pre-train, cross-dataset test, fine-tune over 3 splits, ablations) and print its tables."""

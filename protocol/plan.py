@@ -113,8 +113,8 @@ def stores_of(experiment: Experiment, dataset: str, store: str, key: str) -> tup
 
 
 class _Planner:
-    def __init__(self, experiment: Experiment, out: Path, use_tiny: bool) -> None:
-        self.x, self.out, self.tiny = experiment, out, use_tiny
+    def __init__(self, experiment: Experiment, out: Path, use_tiny: bool, device: str | None) -> None:
+        self.x, self.out, self.tiny, self.device = experiment, out, use_tiny, device
         self.manifests: dict[str, Manifest] = {}
         self.runs: list[Run] = []
 
@@ -225,6 +225,8 @@ class _Planner:
     def protocol(self, stage: Stage, seed: int, data: Mapping[str, Any], init: tuple[str, str] | None) -> dict[str, Any]:
         values = dict(data)
         values["seed"] = seed
+        if self.device is not None:
+            values["device"] = self.device
         if init is not None:  # the started-from checkpoint replaces the official inits of the file's config
             values.update({key: None for key in OFFICIAL_INITS})
             values[INIT_KEYS[init[1]]] = str(self.out / RUNS_DIR / init[0] / "train" / "best")
@@ -301,15 +303,17 @@ class _Planner:
 
 
 def plan_experiment(experiment: Experiment, out: str | os.PathLike[str], *, use_tiny: bool = False,
-                    only: Sequence[str] | None = None) -> Plan:
+                    only: Sequence[str] | None = None, device: str | None = None) -> Plan:
     """Every run of ``experiment`` in dependency order, their folders under ``out``.
 
     ``only`` keeps the runs of those stages (their dependencies must be finished or run
-    separately: the runner checks). ``use_tiny`` resolves every run with ``--tiny``'s model.
+    separately: the runner checks). ``use_tiny`` resolves every run with ``--tiny``'s model;
+    ``device`` replaces the file's (it does not change a run's numbers on a CPU, so finished runs
+    stay finished).
     Reads the datasets' manifests (counts and splits need them), nothing else.
     """
     out = Path(out).absolute()
-    runs = _Planner(experiment, out, use_tiny).plan()
+    runs = _Planner(experiment, out, use_tiny, device).plan()
     if only:
         unknown = [s for s in only if s not in experiment.stages]
         if unknown:

@@ -266,12 +266,14 @@ def run_experiment(
     only: Sequence[str] | None = None,
     run_index: int | None = None,
     use_tiny: bool = False,
+    device: str | None = None,
     redo_changed: bool = False,
     progress: bool = True,
     echo: Callable[[str], None] = print,
 ) -> ExperimentRun:
     """Run every run of experiment ``file`` (or those of ``only``'s stages, or the one at
     ``run_index`` of that list) into ``out``, in dependency order; see the module docstring.
+    ``use_tiny`` and ``device`` are as :func:`~clifvqa.protocol.plan.plan_experiment`'s.
 
     Raises:
         ExperimentError: a bad file (file, line, key path), a changed run without
@@ -280,8 +282,8 @@ def run_experiment(
     """
     start = time.perf_counter()
     experiment = load_experiment(file, variables)
-    full = plan_experiment(experiment, out, use_tiny=use_tiny)
-    plan = plan_experiment(experiment, out, use_tiny=use_tiny, only=only) if only else full
+    full = plan_experiment(experiment, out, use_tiny=use_tiny, device=device)
+    plan = plan_experiment(experiment, out, use_tiny=use_tiny, only=only, device=device) if only else full
     runs = plan.runs
     if run_index is not None:
         if not 0 <= run_index < len(runs):
@@ -308,7 +310,7 @@ def run_experiment(
 
 
 def list_runs(file: str | os.PathLike[str], out: str | os.PathLike[str], *, variables: Mapping[str, str] | None = None,
-              only: Sequence[str] | None = None, use_tiny: bool = False) -> str:
+              only: Sequence[str] | None = None, use_tiny: bool = False, device: str | None = None) -> str:
     """What ``--list-runs`` prints: ``INDEX ID STATUS``, one run a line (the indices ``--run-index`` takes)."""
-    plan = plan_experiment(load_experiment(file, variables), out, use_tiny=use_tiny, only=only)
+    plan = plan_experiment(load_experiment(file, variables), out, use_tiny=use_tiny, only=only, device=device)
     return "\n".join(f"{i}\t{run.id}\t{'done' if is_done(run, plan.out) else 'todo'}" for i, run in enumerate(plan.runs))
