@@ -151,3 +151,22 @@ def test_cli_table_formats_and_errors(tmp_path):
     assert result.output.splitlines()[1] == "1,A,X,rmse,1.000000,0.000000,3,1,,"  # tied with B: both marked
     result = CliRunner().invoke(main, ["experiment", "table", str(tmp_path), "--metrics", "speed"])
     assert result.exit_code == 2 and "unknown metrics speed" in result.output
+
+
+def test_paper_yaml_reports_every_reference_cell(tmp_path):
+    """experiments/paper.yaml places results exactly where experiments/paper-reference.csv has numbers."""
+    from clifvqa.manifests.io import Manifest, ManifestRow, write_manifest
+    from clifvqa.protocol.plan import plan_experiment
+    from clifvqa.protocol.runner import placements_of
+    from clifvqa.protocol.spec import load_experiment
+
+    manifests = tmp_path / "manifests"
+    sizes = [("1920", "1080"), ("1280", "720"), ("960", "540")]
+    for name, n in (("lsvq", 30), ("lsvq-1080p", 10), ("konvid", 10), ("livevqc", 12), ("youtube-ugc", 10)):
+        rows = [ManifestRow(f"{name}/{i}.mp4", float(i), ("test" if i % 3 == 0 else "train") if name == "lsvq" else None,
+                            dict(zip(("width", "height"), sizes[i % 3]))) for i in range(n)]
+        write_manifest(Manifest(rows, ["video", "mos", "split", "width", "height"]), manifests / f"{name}.csv")
+    experiment = load_experiment(REPO / "experiments" / "paper.yaml", {"data": str(tmp_path)})
+    placed = {(p.table, p.row, p.column) for p in placements_of(plan_experiment(experiment, tmp_path / "out"))}
+    reported = {key[:3] for key in read_reference(REPO / "experiments" / "paper-reference.csv")}
+    assert placed == reported
