@@ -763,16 +763,20 @@ def _variables(pairs: tuple[str, ...]) -> dict[str, str]:
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @out_option("Experiment folder (runs/, results.csv, tables.csv); shared by every task of a SLURM array.",
             type=click.Path(file_okay=False, path_type=Path))
-@click.option("--var", "variables", multiple=True, metavar="NAME=VALUE", help="Set a variable of the file (repeatable).")
+@click.option("--var", "variables", multiple=True, metavar="NAME=VALUE",
+              help="Set a variable of the file (repeatable).")
 @click.option("--only", multiple=True, metavar="STAGE", help="Only the runs of this stage (repeatable).")
 @click.option("--tiny", is_flag=True, help="Tiny model for every run (tests, the mini demo).")
 @device_option(config_key="device")
-@click.option("--dry-run", is_flag=True, help="List every run with its video counts and frames to decode; run nothing.")
+@click.option("--dry-run", is_flag=True,
+              help="List every run with its video counts and frames to decode; run nothing.")
 @click.option("--rate", type=click.FloatRange(min=0, min_open=True), metavar="FRAMES_PER_S",
               help="With --dry-run: fragment frames decoded and computed per second, for a time estimate.")
-@click.option("--list-runs", is_flag=True, help="Print INDEX, run id and status per line (the indices --run-index takes).")
+@click.option("--list-runs", is_flag=True,
+              help="Print INDEX, run id and status per line (the indices --run-index takes).")
 @click.option("--run-index", type=click.IntRange(min=0), help="Run only the run at this index (a SLURM array task).")
-@click.option("--redo-changed", is_flag=True, help="Run again (moving the old folder to OUT/replaced/) runs whose config changed.")
+@click.option("--redo-changed", is_flag=True,
+              help="Run again (moving the old folder to OUT/replaced/) runs whose config changed.")
 @quiet_option()
 def experiment_run_cmd(file: Path, out: Path, variables: tuple[str, ...], only: tuple[str, ...], tiny: bool,
                        device: str | None, dry_run: bool, rate: float | None, list_runs: bool, run_index: int | None,

@@ -75,7 +75,7 @@ def make_mini_data(root: str | os.PathLike[str], *, progress: bool = False, log=
                            seed=(100 if name == "b" else 0) + scene, **style)
                 rows.append(ManifestRow(video, 5.0 - 4.0 * level / (levels - 1), split,
                                         {"width": str(w), "height": str(h)}))
-            columns = ["video", "mos", "split", "width", "height"] if name == "a" else ["video", "mos", "width", "height"]
+            columns = ["video", "mos", *(["split"] if name == "a" else []), "width", "height"]
             write_manifest(Manifest(rows, columns), manifest_path)
         for store_name, grid in GRIDS.items():
             store = folder / f"features-{store_name}.zarr"
@@ -92,6 +92,7 @@ def run_protocol_demo(out: str | os.PathLike[str] = "protocol-demo", *, progress
     ``out/experiment`` (resumable: a rerun skips finished runs) and return its tables (Markdown)
     followed by the wall time."""
     import torch
+
     from clifvqa.protocol.runner import run_experiment
     from clifvqa.protocol.tables import experiment_tables
 

@@ -222,7 +222,8 @@ class _Planner:
         source = candidates[0]
         return source.id, init.mode
 
-    def protocol(self, stage: Stage, seed: int, data: Mapping[str, Any], init: tuple[str, str] | None) -> dict[str, Any]:
+    def protocol(self, stage: Stage, seed: int, data: Mapping[str, Any],
+                 init: tuple[str, str] | None) -> dict[str, Any]:
         values = dict(data)
         values["seed"] = seed
         if self.device is not None:
@@ -260,7 +261,8 @@ class _Planner:
                      config=config, store=store, dataset=dataset, train=tuple(train), val=tuple(val), tests=tests,
                      init=init, depends=(init[0],) if init else ())
 
-    def data_keys(self, stage: Stage, dataset: str, setting: Setting, *, val_fraction: Any, run_id: str) -> dict[str, Any]:
+    def data_keys(self, stage: Stage, dataset: str, setting: Setting, *, val_fraction: Any,
+                  run_id: str) -> dict[str, Any]:
         _, store = self.config(stage, setting, {})
         return {"data.manifest": str(self.out / RUNS_DIR / run_id / RUN_MANIFEST),
                 "data.videos": str(self.x.datasets[dataset].videos),

@@ -17,8 +17,8 @@ the recorded one (a changed file, or a redone run it starts from), naming the di
 ``device`` and ``workers`` may change (they do not change the numbers on a CPU).
 
 ``DIR/results.csv`` and ``DIR/tables.csv`` (:mod:`clifvqa.protocol.results`) are rebuilt from
-every finished run and the file after each run, under a lock, so the tasks of a SLURM array (``run_index``) can share one folder:
-every task writes only its own run's folder.
+every finished run and the file after each run, under a lock, so the tasks of a SLURM array
+(``run_index``) can share one folder: every task writes only its own run's folder.
 """
 
 from __future__ import annotations
@@ -255,7 +255,7 @@ def _prepare(run: Run, plan: Plan, redo_changed: bool) -> str:
 
 def _short(changes: Mapping[str, tuple[Any, Any]]) -> dict[str, tuple[Any, Any]]:
     """Video lists are named, not printed."""
-    return {k: (v if not isinstance(v[0], list) and not isinstance(v[1], list) else ("...", "...")) for k, v in changes.items()}
+    return {k: ("...", "...") if isinstance(v[0], list) or isinstance(v[1], list) else v for k, v in changes.items()}
 
 
 def run_experiment(
@@ -301,7 +301,8 @@ def run_experiment(
         echo(f"[{run.index}] {run.id}: {'redoing (changed)' if state == 'redo' else 'running'}")
         result = execute_run(run, full, progress=progress)
         (done.redone if state == "redo" else done.ran).append(run.id)
-        line = ", ".join(f"{ref} SROCC {m['srocc']:.4f} PLCC {m['plcc']:.4f} (n={m['n']})" for ref, m in result["tests"].items())
+        line = ", ".join(f"{ref} SROCC {m['srocc']:.4f} PLCC {m['plcc']:.4f} (n={m['n']})"
+                         for ref, m in result["tests"].items())
         echo(f"[{run.index}] {run.id}: done: {line}")
         done.results = rebuild_results(full)
     done.results = rebuild_results(full)
@@ -313,4 +314,5 @@ def list_runs(file: str | os.PathLike[str], out: str | os.PathLike[str], *, vari
               only: Sequence[str] | None = None, use_tiny: bool = False, device: str | None = None) -> str:
     """What ``--list-runs`` prints: ``INDEX ID STATUS``, one run a line (the indices ``--run-index`` takes)."""
     plan = plan_experiment(load_experiment(file, variables), out, use_tiny=use_tiny, only=only, device=device)
-    return "\n".join(f"{i}\t{run.id}\t{'done' if is_done(run, plan.out) else 'todo'}" for i, run in enumerate(plan.runs))
+    return "\n".join(f"{i}\t{run.id}\t{'done' if is_done(run, plan.out) else 'todo'}"
+                     for i, run in enumerate(plan.runs))

@@ -83,7 +83,8 @@ _DERIVED = {"short_side": min, "long_side": max}
 
 _STAGE_KEYS = {
     "pretrain": {"kind", "train", "val", "test", "seeds", "init", "config", "settings", "report"},
-    "finetune": {"kind", "data", "splits", "test_fraction", "split_seed", "val", "init", "config", "settings", "report"},
+    "finetune": {"kind", "data", "splits", "test_fraction", "split_seed", "val", "init", "config", "settings",
+                 "report"},
     "evaluate": {"kind", "from", "test", "store", "report"},
 }
 _STAGE_KEYS["ablation"] = _STAGE_KEYS["finetune"]
@@ -274,7 +275,8 @@ class _Reader:
 
     def fraction(self, value: Any, key: str, zero_ok: bool) -> float:
         value = self.scalar(value, key)
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (0 <= value < 1 if zero_ok else 0 < value < 1)
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        ok = number and (0 <= value < 1 if zero_ok else 0 < value < 1)
         if not ok:
             raise self.fail(key, f"expected a number in {'[0, 1)' if zero_ok else '(0, 1)'}, got {value!r}")
         return float(value)
@@ -332,7 +334,8 @@ class _Reader:
                                          f"(its variables: {', '.join(map(str, declared)) or 'none'})")
         self.variables: dict[str, str] = {}
         for k, v in declared.items():
-            self.variables[str(k)] = self.cli_vars[str(k)] if str(k) in self.cli_vars else self.text(v, f"variables.{k}")
+            name = str(k)
+            self.variables[name] = self.cli_vars[name] if name in self.cli_vars else self.text(v, f"variables.{k}")
         config = self.overrides(top.get("config"), "config")
         datasets = {}
         for name, body in self.mapping(top.get("datasets"), "datasets").items():
@@ -359,14 +362,16 @@ class _Reader:
         if "store" in body:
             stores[DEFAULT_STORE] = self.paths(body["store"], f"{key}.store")
         for store_name, value in self.mapping(body.get("stores"), f"{key}.stores").items():
-            stores[self.name(store_name, f"{key}.stores.{store_name}")] = self.paths(value, f"{key}.stores.{store_name}")
+            where = f"{key}.stores.{store_name}"
+            stores[self.name(store_name, where)] = self.paths(value, where)
         sets: dict[str, tuple[Condition, ...]] = {ALL_SET: ()}
         for set_name, selection in self.mapping(body.get("sets"), f"{key}.sets").items():
             where = f"{key}.sets.{set_name}"
             if set_name == ALL_SET:
                 raise self.fail(where, f"`{ALL_SET}` is every row of the manifest and cannot be redefined")
             sets[self.name(set_name, where)] = tuple(
-                self.condition(str(col), cond, f"{where}.{col}") for col, cond in self.mapping(selection, where).items())
+                self.condition(str(col), cond, f"{where}.{col}")
+                for col, cond in self.mapping(selection, where).items())
         return Dataset(name, self.path_of(body["manifest"], f"{key}.manifest"),
                        self.path_of(body["videos"], f"{key}.videos"), stores, sets)
 
@@ -400,7 +405,8 @@ class _Reader:
             raise self.fail(key, f"unknown dataset {dataset!r} in {ref!r} (datasets: {', '.join(self.datasets)})")
         set_name = set_name or ALL_SET
         if set_name not in self.datasets[dataset].sets:
-            raise self.fail(key, f"dataset {dataset} has no set {set_name!r} (sets: {', '.join(self.datasets[dataset].sets)})")
+            known = ", ".join(self.datasets[dataset].sets)
+            raise self.fail(key, f"dataset {dataset} has no set {set_name!r} (sets: {known})")
         return f"{dataset}.{set_name}"
 
     def stage(self, name: str, body: Any, key: str) -> Stage:
@@ -439,8 +445,8 @@ class _Reader:
             if isinstance(val, str):
                 ref = self.set_ref(val, f"{key}.val")
                 if kind != "pretrain" or ref.split(".")[0] != fields_["train"].split(".")[0]:
-                    raise self.fail(f"{key}.val", "a validation set must be a set of the pre-training dataset "
-                                                  "(fine-tuning stages take a fraction of each split's training videos)")
+                    raise self.fail(f"{key}.val", "a validation set must be a set of the pre-training dataset (fine-"
+                                                  "tuning stages take a fraction of each split's training videos)")
                 fields_["val"] = ref
             else:
                 fields_["val"] = self.fraction(val, f"{key}.val", True)
@@ -475,7 +481,8 @@ class _Reader:
                 item = self.mapping(item, where, {"name", "set"})
                 if "name" not in item:
                     raise self.fail(where, "missing key 'name' (the setting's table row)")
-                out.append(Setting(self.name(item["name"], f"{where}.name"), self.overrides(item.get("set"), f"{where}.set")))
+                name = self.name(item["name"], f"{where}.name")
+                out.append(Setting(name, self.overrides(item.get("set"), f"{where}.set")))
         else:
             product = self.mapping(self.mapping(body, key, {"product"}).get("product"), f"{key}.product")
             axes = []
@@ -503,7 +510,8 @@ class _Reader:
         if "table" not in body:
             raise self.fail(key, "missing key 'table'")
         if settings and "row" in body:
-            raise self.fail(key, "a stage with settings reports one row per setting: use `rows` (setting: label), not `row`")
+            raise self.fail(key, "a stage with settings reports one row per setting: use `rows` (setting: label), "
+                                 "not `row`")
         if not settings and "rows" in body:
             raise self.fail(key, "`rows` names the rows of settings, and this stage has none: use `row`")
         if not settings and kind != "evaluate" and "row" not in body:
@@ -526,11 +534,13 @@ class _Reader:
                 if ref is None:
                     continue
                 if ref not in stages:
-                    raise self.fail(f"stages.{stage.name}.{where}", f"unknown stage {ref!r} (stages: {', '.join(stages)})")
+                    raise self.fail(f"stages.{stage.name}.{where}",
+                                    f"unknown stage {ref!r} (stages: {', '.join(stages)})")
                 if not stages[ref].trains:
                     raise self.fail(f"stages.{stage.name}.{where}", f"stage {ref} only evaluates: it has no checkpoint")
             store = stage.store
-            names = [store] if store else [s.overrides.get(STORE_KEY) for s in stage.settings] + [stage.config.get(STORE_KEY)]
+            names = [store] if store else [*(s.overrides.get(STORE_KEY) for s in stage.settings),
+                                           stage.config.get(STORE_KEY)]
             for name in filter(None, names):
                 for ref in (*stage.test, *stage.data, *filter(None, [stage.train])):
                     if name not in self.datasets[ref.split(".")[0]].stores:

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
 from clifvqa.protocol import ExperimentError
 from clifvqa.protocol.results import LOWER_IS_BETTER, METRICS, Placement, ResultRow
 
@@ -141,7 +142,8 @@ def read_reference(path: str | os.PathLike[str]) -> Reference:
                               f"known: {', '.join(METRICS)}")
     for (line, _), record in zip(rows[1:], reader):
         if len(record) != len(header):
-            raise ExperimentError(f"{path} line {line}: {len(record)} fields, expected {len(header)} ({','.join(header)})")
+            raise ExperimentError(f"{path} line {line}: {len(record)} fields, expected {len(header)} "
+                                  f"({','.join(header)})")
         table, row, column = (f.strip() for f in record[:3])
         for metric, text in zip(header[3:], record[3:]):
             if not text.strip():
@@ -262,7 +264,8 @@ def _num(value: float | None) -> str:
     return "" if value is None or not math.isfinite(value) else f"{value:.6f}"
 
 
-def experiment_tables(folder: str | os.PathLike[str], *, fmt: str = "md", reference: str | os.PathLike[str] | None = None,
+def experiment_tables(folder: str | os.PathLike[str], *, fmt: str = "md",
+                      reference: str | os.PathLike[str] | None = None,
                       metrics: Sequence[str] = DEFAULT_METRICS) -> str:
     """What ``clifvqa experiment table DIR`` prints: the tables of ``DIR/tables.csv`` filled from
     ``DIR/results.csv``, in ``fmt``, beside ``reference`` when given."""

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from clifvqa.manifests.io import Manifest, ManifestRow, write_manifest
 from clifvqa.protocol import ExperimentError
 from clifvqa.protocol.plan import plan_experiment, run_cost
@@ -105,7 +106,8 @@ def test_errors_name_line_and_key_path(manifests):
     text = BASE.format(root=manifests)
     bad = text.replace("    test: [big.test, little.all]", "    test: [big.test, little.none]")
     line = bad.splitlines().index("    test: [big.test, little.none]") + 1
-    with pytest.raises(ExperimentError, match=rf"x.yaml:{line}: stages.pretrain.test: dataset little has no set 'none'"):
+    with pytest.raises(ExperimentError,
+                       match=rf"x.yaml:{line}: stages.pretrain.test: dataset little has no set 'none'"):
         load_experiment(_file(manifests, bad))
     bad = text.replace("    splits: 3\n    val: 0.25", "    splits: 3\n    val: 0.25\n    epochs: 3")
     with pytest.raises(ExperimentError, match=r"stages.finetune.epochs: unknown key 'epochs'"):
@@ -133,9 +135,10 @@ def test_run_index_partitions_cover_every_run_once(manifests):
     with pytest.raises(ExperimentError, match="--run-index 16: the experiment has 16 runs"):
         run_experiment(path, manifests / "out", run_index=16)
     # a run whose start is unfinished is refused before anything is trained
-    started = BASE.format(root=manifests).replace("    kind: finetune\n", "    kind: finetune\n    init: {from: pretrain}\n")
-    with pytest.raises(ExperimentError, match="finetune/base/little.all/split_00 starts from pretrain/base/big.train/main, "
-                                              "which is not finished"):
+    started = BASE.format(root=manifests).replace("    kind: finetune\n",
+                                                  "    kind: finetune\n    init: {from: pretrain}\n")
+    with pytest.raises(ExperimentError, match="finetune/base/little.all/split_00 starts from "
+                                              "pretrain/base/big.train/main, which is not finished"):
         run_experiment(_file(manifests, started), manifests / "out", only=["finetune"], echo=lambda *_: None)
 
 
@@ -246,7 +249,8 @@ def test_killed_experiment_resumes_to_the_same_results(mini_data, tmp_path):
     # a changed file is refused naming the field, and redone on request
     path.write_text(KILL.format(data=mini_data).replace("optim.epochs: 3", "optim.epochs: 2"))
     with pytest.raises(ExperimentError, match=r"config.optim.epochs 3 -> 2"):
-        run_experiment(path, tmp_path / "killed", use_tiny=True, progress=False, echo=lambda *_: None, only=["finetune"])
+        run_experiment(path, tmp_path / "killed", use_tiny=True, progress=False, echo=lambda *_: None,
+                       only=["finetune"])
     redo = run_experiment(path, tmp_path / "killed", use_tiny=True, progress=False, echo=lambda *_: None,
                           only=["finetune"], redo_changed=True)
     assert len(redo.redone) == 3 and len(list((tmp_path / "killed" / "replaced").iterdir())) == 3
@@ -258,8 +262,8 @@ def test_array_tasks_write_one_folder(mini_data, tmp_path):
     path = tmp_path / "array.yaml"
     path.write_text(KILL.format(data=mini_data))
     run_experiment(path, tmp_path / "sequential", use_tiny=True, progress=False, echo=lambda *_: None)
-    procs = [_cli("experiment", "run", str(path), "--out", str(tmp_path / "array"), "--tiny", "-q", "--run-index", str(i))
-             for i in range(4)]
+    args = ["experiment", "run", str(path), "--out", str(tmp_path / "array"), "--tiny", "-q", "--run-index"]
+    procs = [_cli(*args, str(i)) for i in range(4)]
     outputs = [p.communicate()[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0, 0, 0], outputs
     assert all("1 run finished now" in o for o in outputs)
@@ -279,7 +283,8 @@ def test_mini_experiment_end_to_end(mini_data, tmp_path):
     text = experiment_tables(out)
     titles = [line for line in text.splitlines() if line.startswith("### ")]
     assert titles == ["### Table 1", "### Table 5", "### Table 2", "### Table 3", "### Table 4"]
-    rows = {line.split(" | ")[0][2:] for line in text.splitlines() if line.startswith("| ") and not line.startswith("| |")}
+    rows = {line.split(" | ")[0][2:] for line in text.splitlines()
+            if line.startswith("| ") and not line.startswith("| |")}
     assert {"CLiF-VQA", "CLiF-VQA*", "1", "2", "Semantic", "Semantic+Regression", "Spatial", "Spatial+Regression",
             "Only-Obj", "Only-Sub", "Obj+Sub"} <= rows
     table2 = text[text.index("### Table 2"):text.index("### Table 3")]

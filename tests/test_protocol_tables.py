@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 
 import pytest
+
 from clifvqa.protocol import ExperimentError
 from clifvqa.protocol.results import (
     Placement,
@@ -134,7 +135,8 @@ def test_shipped_paper_reference():
     assert reference[("5", "85", "1080p", "plcc")] == 0.871
     # Table 3's full model is the mean over the three datasets of Table 4's Obj+Sub row
     obj_sub = [reference[("4", "Obj+Sub", d, "srocc")] for d in ("LIVE-VQC", "KoNViD-1k", "YouTube-UGC")]
-    assert sum(obj_sub) / 3 == pytest.approx(reference[("3", "Semantic+Spatial+Regression", "average", "srocc")], abs=5e-4)
+    full = reference[("3", "Semantic+Spatial+Regression", "average", "srocc")]
+    assert sum(obj_sub) / 3 == pytest.approx(full, abs=5e-4)
 
 
 def test_cli_table_formats_and_errors(tmp_path):
@@ -145,7 +147,8 @@ def test_cli_table_formats_and_errors(tmp_path):
     write_results(HAND_MADE, tmp_path / "results.csv")
     write_placements(PLACED, tmp_path / "tables.csv")
     ref = REPO / "experiments" / "paper-reference.csv"
-    result = CliRunner().invoke(main, ["experiment", "table", str(tmp_path), "--format", "latex", "--reference", str(ref)])
+    args = ["experiment", "table", str(tmp_path), "--format", "latex", "--reference", str(ref)]
+    result = CliRunner().invoke(main, args)
     assert result.exit_code == 0 and r"\begin{tabular}" in result.output and "paper" in result.output
     result = CliRunner().invoke(main, ["experiment", "table", str(tmp_path), "--format", "csv", "--metrics", "rmse"])
     assert result.output.splitlines()[1] == "1,A,X,rmse,1.000000,0.000000,3,1,,"  # tied with B: both marked
@@ -163,8 +166,9 @@ def test_paper_yaml_reports_every_reference_cell(tmp_path):
     manifests = tmp_path / "manifests"
     sizes = [("1920", "1080"), ("1280", "720"), ("960", "540")]
     for name, n in (("lsvq", 30), ("lsvq-1080p", 10), ("konvid", 10), ("livevqc", 12), ("youtube-ugc", 10)):
-        rows = [ManifestRow(f"{name}/{i}.mp4", float(i), ("test" if i % 3 == 0 else "train") if name == "lsvq" else None,
-                            dict(zip(("width", "height"), sizes[i % 3]))) for i in range(n)]
+        split = (lambda i: "test" if i % 3 == 0 else "train") if name == "lsvq" else (lambda i: None)
+        rows = [ManifestRow(f"{name}/{i}.mp4", float(i), split(i), dict(zip(("width", "height"), sizes[i % 3])))
+                for i in range(n)]
         write_manifest(Manifest(rows, ["video", "mos", "split", "width", "height"]), manifests / f"{name}.csv")
     experiment = load_experiment(REPO / "experiments" / "paper.yaml", {"data": str(tmp_path)})
     placed = {(p.table, p.row, p.column) for p in placements_of(plan_experiment(experiment, tmp_path / "out"))}
