@@ -152,10 +152,8 @@ class _Planner:
                     continue
                 try:
                     config = with_overrides(config, {key: value})
-                except ConfigError as exc:
-                    if where is None:
-                        raise
-                    raise self.x.fail(f"{where}.{key}", str(exc)) from None
+                except ConfigError as exc:  # the protocol's own keys (data, seed, init) are the stage's
+                    raise self.x.fail(f"{where}.{key}" if where else f"stages.{stage.name}", str(exc)) from None
         return (tiny(config) if self.tiny else config), store
 
     def add(self, **fields_: Any) -> Run:
