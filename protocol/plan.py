@@ -61,7 +61,8 @@ class Run:
         tests: test set name -> its rows, scored after training (or by an evaluate run).
         dataset, test_datasets: the dataset of ``train`` and of each test set (videos, stores).
         store: the named store of the datasets this run reads.
-        init: (run id, mode) this run starts from; ``source``: the run an evaluate run scores.
+        init: (run id, mode) this run starts from; ``source``: the run an evaluate run scores, or
+            ``checkpoint``: the checkpoint folder it scores (an evaluate stage's ``checkpoint``).
         depends: ids of the runs that must be finished first.
     """
 
@@ -79,6 +80,7 @@ class Run:
     tests: Mapping[str, tuple[ManifestRow, ...]] = field(default_factory=dict)
     init: tuple[str, str] | None = None
     source: str | None = None
+    checkpoint: str | None = None
     depends: tuple[str, ...] = ()
 
     @property
@@ -293,6 +295,15 @@ class _Planner:
 
     def evaluate_stage(self, stage: Stage) -> None:
         tests = self.tests_of(stage)
+        if stage.checkpoint is not None:
+            config, store = self.config(stage, BASE_SETTING, {"device": self.device} if self.device else {})
+            store = stage.store or store
+            for ref in tests:
+                stores_of(self.x, ref.split(".", 1)[0], store, f"stages.{stage.name}")
+            self.add(stage=stage.name, kind="evaluate", setting=BASE_SETTING.name, data="checkpoint", split="main",
+                     config=config, store=store, dataset=next(iter(tests)).split(".", 1)[0], tests=tests,
+                     checkpoint=stage.checkpoint)
+            return
         for source in [r for r in self.runs if r.stage == stage.source and r.kind == "train"]:
             store = stage.store or source.store
             for ref in tests:

@@ -42,6 +42,7 @@ from clifvqa.protocol import ExperimentError
 from clifvqa.protocol.plan import RUN_MANIFEST, Plan, Run, plan_experiment, stores_of
 from clifvqa.protocol.results import METRICS, Placement, ResultRow, write_placements, write_results
 from clifvqa.protocol.spec import load_experiment
+from clifvqa.train.checkpoint import MODEL_FILE
 from clifvqa.train.config import RESUMABLE_CHANGES
 from clifvqa.train.config_io import diff, format_diff, to_data
 
@@ -87,7 +88,8 @@ def _sha256(path: Path) -> str | None:
 
 def record_of(run: Run, out: Path) -> dict[str, Any]:
     """The run's ``protocol.json``: what decides its numbers (its config, its videos, and the
-    done-marker of the run it starts from or scores, by sha256)."""
+    done-marker of the run it starts from or scores, or the weights of the checkpoint it scores,
+    by sha256)."""
     upstream = run.init[0] if run.init else run.source
     return {
         "id": run.id,
@@ -100,6 +102,8 @@ def record_of(run: Run, out: Path) -> dict[str, Any]:
         "init_mode": run.init[1] if run.init else None,
         "upstream": upstream,
         "upstream_done_sha256": _sha256(out / "runs" / upstream / DONE_FILE) if upstream else None,
+        "checkpoint": run.checkpoint,
+        "checkpoint_sha256": _sha256(Path(run.checkpoint) / MODEL_FILE) if run.checkpoint else None,
     }
 
 
@@ -206,6 +210,8 @@ def execute_run(run: Run, plan: Plan, *, progress: bool = True) -> dict[str, Any
     if run.kind == "train":
         epoch = _train(run, folder, progress)
         checkpoint = folder / "train" / "best"
+    elif run.checkpoint is not None:
+        checkpoint, epoch = Path(run.checkpoint), None
     else:
         source = plan_run(plan, run.source)
         checkpoint = source.folder(plan.out) / "train" / "best"

@@ -38,8 +38,8 @@
             model.regression_head: {"": false, Regression: true}
       eval-other:
         kind: evaluate
-        from: pretrain                        # every run of that stage, its selected checkpoint
-        test: [livevqc.le540p]
+        from: pretrain                        # every run of that stage, its selected checkpoint,
+        test: [livevqc.le540p]                # or `checkpoint: DIR` (a clifvqa checkpoint folder)
 
 Every stage may take ``config`` (run-config overrides for its runs; the key ``store`` picks a
 dataset's named store) and ``report`` (one mapping or a list, one per table: ``table``; ``row``
@@ -85,7 +85,7 @@ _STAGE_KEYS = {
     "pretrain": {"kind", "train", "val", "test", "seeds", "init", "config", "settings", "report"},
     "finetune": {"kind", "data", "splits", "test_fraction", "split_seed", "val", "init", "config", "settings",
                  "report"},
-    "evaluate": {"kind", "from", "test", "store", "report"},
+    "evaluate": {"kind", "from", "checkpoint", "test", "store", "config", "report"},
 }
 _STAGE_KEYS["ablation"] = _STAGE_KEYS["finetune"]
 
@@ -193,6 +193,7 @@ class Stage:
     split_seed: int = 0
     init: Init | None = None
     source: str | None = None
+    checkpoint: str | None = None
     store: str | None = None
     config: Mapping[str, Any] = field(default_factory=dict)
     settings: tuple[Setting, ...] = ()
@@ -417,11 +418,13 @@ class _Reader:
         self.mapping(body, key, _STAGE_KEYS[kind])
         fields_: dict[str, Any] = {"name": name, "kind": kind}
         if kind == "evaluate":
-            for required in ("from", "test"):
-                if required not in body:
-                    raise self.fail(key, f"missing key {required!r} (an evaluate stage scores the runs of stage "
-                                         "`from` on the sets `test`)")
-            fields_["source"] = self.text(body["from"], f"{key}.from")
+            if "test" not in body or ("from" in body) == ("checkpoint" in body):
+                raise self.fail(key, "an evaluate stage scores the runs of stage `from`, or one `checkpoint` folder, "
+                                     "on the sets `test`: give `test` and one of `from` and `checkpoint`")
+            if "from" in body:
+                fields_["source"] = self.text(body["from"], f"{key}.from")
+            else:
+                fields_["checkpoint"] = str(self.path_of(body["checkpoint"], f"{key}.checkpoint"))
             if "store" in body:
                 fields_["store"] = self.text(body["store"], f"{key}.store")
         elif kind == "pretrain":

@@ -231,6 +231,20 @@ def test_killed_experiment_resumes_to_the_same_results(mini_data, tmp_path):
     path.write_text(KILL.format(data=mini_data))
     whole = run_experiment(path, tmp_path / "whole", use_tiny=True, progress=False, echo=lambda *_: None)
     assert len(whole.ran) == 4
+    # an evaluate stage of a given checkpoint scores as the run that made it did
+    best = tmp_path / "whole" / "runs" / "pretrain" / "base" / "a.train" / "main" / "train" / "best"
+    scored = tmp_path / "scored.yaml"
+    scored.write_text(KILL.format(data=mini_data).split("stages:")[0] + f"""stages:
+  again:
+    kind: evaluate
+    checkpoint: {best}
+    test: [b.all]
+""")
+    run_experiment(scored, tmp_path / "scored", use_tiny=True, progress=False, echo=lambda *_: None)
+    again = (tmp_path / "scored" / "results.csv").read_text().splitlines()[1].split(",")
+    first = next(line for line in (tmp_path / "whole" / "results.csv").read_text().splitlines()
+                 if line.startswith("pretrain,base,main,b.all,")).split(",")
+    assert again[:4] == ["again", "base", "main", "b.all"] and again[4:-1] == first[4:-1]
     # kill once the first run is finished and the second has started training
     proc = _cli("experiment", "run", str(path), "--out", str(tmp_path / "killed"), "--tiny", "-q")
     second = tmp_path / "killed" / "runs" / "finetune" / "base" / "b.all" / "split_00"
