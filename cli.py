@@ -505,6 +505,11 @@ def store_rescore_cmd(src: str, prompts_file: str, softmax: str, output: str, cl
               help="Start the spatial branch from a FAST-VQA checkpoint (e.g. FAST_VQA_B_1_4.pth). [init.fastvqa]")
 @click.option("--swin-k400-init", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Start the backbone from the Kinetics-400 Video Swin-T checkpoint. [init.swin_k400]")
+@click.option("--init", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Fine-tune: start every weight from a clifvqa checkpoint (e.g. runs/lsvq/best; the stores must "
+                   "have its fingerprint). [init.checkpoint]")
+@click.option("--init-spatial", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Start only the FAST-VQA branch from a clifvqa checkpoint (CLiF-VQA*; any store). [init.spatial]")
 @click.option("--resume", is_flag=True, help="Continue the interrupted run in --out (same config).")
 @click.option("--device", default=None, help="auto, cpu, cuda or cuda:N (torchrun: one GPU per process). [device]")
 @click.option("--seed", type=int, default=None, help="[seed]")

@@ -103,10 +103,19 @@ class InitConfig(JsonConfig):
         "help": "official FAST-VQA checkpoint for the spatial branch (e.g. FAST_VQA_B_1_4.pth)"})
     swin_k400: str | None = field(default=None, metadata={
         "help": "Kinetics-400 Video Swin-T checkpoint for the backbone (paper §5.1)"})
+    checkpoint: str | None = field(default=None, metadata={
+        "help": "clifvqa checkpoint folder giving every weight (fine-tuning; same store fingerprint)"})
+    spatial: str | None = field(default=None, metadata={
+        "help": "clifvqa checkpoint folder giving only the FAST-VQA branch (CLiF-VQA*, paper §5.3)"})
 
     def __post_init__(self) -> None:
-        for name in ("fastvqa", "swin_k400"):
+        for name in ("fastvqa", "swin_k400", "checkpoint", "spatial"):
             object.__setattr__(self, name, _path(getattr(self, name)))
+        spatial = [name for name in ("fastvqa", "swin_k400", "spatial") if getattr(self, name)]
+        if self.checkpoint and spatial:
+            raise ValueError(f"checkpoint gives every weight: it cannot be combined with {', '.join(spatial)}")
+        if self.spatial and len(spatial) > 1:
+            raise ValueError(f"{', '.join(spatial)} all set the FAST-VQA branch: choose one")
 
 
 @dataclass(frozen=True)
@@ -161,7 +170,8 @@ OPTIONS: dict[str, str] = {
     "amp": "optim.amp", "grad_checkpoint": "optim.grad_checkpoint", "alpha": "loss.alpha", "beta": "loss.beta",
     "num_clips_test": "model.fragments.num_clips_test", "branches": "model.branches",
     "regression_head": "model.regression_head", "prompt_groups": "model.prompt_groups",
-    "fastvqa_init": "init.fastvqa", "swin_k400_init": "init.swin_k400",
+    "fastvqa_init": "init.fastvqa", "swin_k400_init": "init.swin_k400", "init": "init.checkpoint",
+    "init_spatial": "init.spatial",
     "device": "device", "seed": "seed", "workers": "workers",
 }
 """The key path each option of ``clifvqa train`` sets (``--batch-size`` -> ``optim.batch_size``)."""

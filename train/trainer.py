@@ -290,8 +290,14 @@ def _param_groups(model: ClifVQA, config: OptimConfig) -> list[dict[str, Any]]:
     return groups
 
 
-def _init_weights(model: ClifVQA, init: InitConfig) -> None:
+def _init_weights(model: ClifVQA, init: InitConfig, initialised_from: Mapping[str, Any] | None) -> None:
+    """Start from the official files of ``init`` and/or the clifvqa checkpoint ``initialised_from``
+    (a :func:`~clifvqa.train.checkpoint.check_init` record)."""
     from clifvqa.train.fastvqa import load_fastvqa_checkpoint
+
+    if initialised_from is not None:
+        ckpt.init_weights(model, initialised_from)
+        log.info("initialised %s from %s", ckpt.INIT_PARTS[initialised_from["part"]], initialised_from["path"])
 
     for path, want in ((init.fastvqa, ("official", "backbone-prefixed")), (init.swin_k400, ("kinetics400",))):
         if path is None:
@@ -463,6 +469,7 @@ def train_split(
     out: str | os.PathLike[str],
     *,
     split_index: int = 0,
+    initialised_from: Mapping[str, Any] | None = None,
     resume: bool = False,
     stop_after: int | None = None,
     progress: bool = True,
@@ -471,6 +478,8 @@ def train_split(
 ) -> SplitResult:
     """Train one model on ``plan`` and write its folder ``out`` (see the module docstring).
 
+    ``initialised_from``: the checked clifvqa checkpoint the weights start from
+    (:func:`~clifvqa.train.checkpoint.check_init`), recorded in every checkpoint's meta.json.
     ``stop_after`` ends this call after that many epochs of the split have been done (as if the
     job were interrupted; resume it later with ``resume=True``).
     """
@@ -491,8 +500,8 @@ def train_split(
     dtype = amp_dtype(config.optim, device)
     scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
     store = (features.provenance, features.fingerprint) if features is not None else ({}, "")
-    saver = ckpt.CheckpointSaver(out, model, *store, {"run_config": config.to_dict(), "split": plan.name},
-                                 write=dist.main)
+    extra = {"run_config": config.to_dict(), "split": plan.name, "initialised_from": initialised_from}
+    saver = ckpt.CheckpointSaver(out, model, *store, extra, write=dist.main)
     metrics_log = MetricsLog(out, write=dist.main)
 
     start, step, best_epoch, best_val, history = 0, 0, -1, {}, []
@@ -508,7 +517,7 @@ def train_split(
         history = metrics_log.rows()  # the metric rows of the epochs done, for explain_selection
         log.info("%s: resumed after epoch %d", plan.name, start)
     else:
-        _init_weights(model, config.init)
+        _init_weights(model, config.init, initialised_from)
         metrics_log.clear()
 
     net = _distributed(model, dist, device)
@@ -687,8 +696,14 @@ def run_training(
             features = load_semantic_features(data.stores, keys, config.model.t0, video_root=data.videos,
                                               allow_stale=data.allow_stale, progress=progress and dist.main)
         model_config = build_model_config(features, config.model)
+        initialised_from = None
+        if config.init.checkpoint or config.init.spatial:
+            part = "all" if config.init.checkpoint else "spatial"
+            initialised_from = ckpt.check_init(config.init.checkpoint or config.init.spatial, part, model_config,
+                                               features.fingerprint if features else None)
         derived = {
             "model_config": model_config.to_dict(),
+            "initialised_from": initialised_from,
             "plans": [p.to_dict() for p in plans],
             "store": {"fingerprint": features.fingerprint if features else None,
                       "paths": features.stores if features else []},
@@ -709,8 +724,9 @@ def run_training(
         results = []
         for i, plan in enumerate(plans):
             folder = out if len(plans) == 1 else out / plan.name
-            results.append(train_split(plan, model_config, config, features, folder, split_index=i, resume=resume,
-                                       stop_after=stop_after, progress=progress, dist=dist, device=device))
+            results.append(train_split(plan, model_config, config, features, folder, split_index=i,
+                                       initialised_from=initialised_from, resume=resume, stop_after=stop_after,
+                                       progress=progress, dist=dist, device=device))
             if not results[-1].finished:
                 break
         return _summarize_run(results, out, len(plans), dist)
