@@ -64,7 +64,8 @@ def test_cli_flags_override_the_file_and_tiny_sets_the_tree(tmp_path):
     ("seed: 1\noptim:\n  epoch: 3\n",
      "run.yaml:3: optim.epoch: unknown OptimConfig fields ['epoch'] (known: epochs, batch_size,"),
     ("optim:\n  epochs: three\n", "run.yaml:2: optim.epochs: expected an integer, got 'three'"),
-    ("model:\n  branches: all\n", "run.yaml:2: model.branches: expected one of \"both\", \"semantic\", \"spatial\", got 'all'"),
+    ("model:\n  branches: all\n",
+     "run.yaml:2: model.branches: expected one of \"both\", \"semantic\", \"spatial\", got 'all'"),
     ("data:\n  val_fraction: 1.5\n", "run.yaml:1: data: val_fraction must be in [0, 1)"),
     ("optim: 3\n", "run.yaml:1: optim: expected a section (OptimConfig: keys epochs,"),
     ("optim:\n  grad_clip: yes please\n", "run.yaml:2: optim.grad_clip: expected a number or null, got 'yes please'"),
@@ -83,7 +84,8 @@ def test_refusals_name_file_line_and_key_path(tmp_path, yaml_text, message):
 
 def test_overrides_and_diff():
     base = RunConfig()
-    changed = with_overrides(base, {"optim.epochs": 3, "model.branches": "semantic", "model.fastvqa.window_size": (4, 4, 4)})
+    changed = with_overrides(base, {"optim.epochs": 3, "model.branches": "semantic",
+                                    "model.fastvqa.window_size": (4, 4, 4)})
     assert diff(base, changed) == {
         "model.branches": ("both", "semantic"),
         "model.fastvqa.window_size": ([8, 7, 7], [4, 4, 4]),

@@ -126,7 +126,8 @@ def read_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
     path = Path(path)
     meta_path = path / META_FILE
     if not meta_path.is_file():
-        raise CheckpointError(f"{path} is not a clifvqa checkpoint (no {META_FILE}); pass a checkpoint directory such as runs/NAME/best")
+        raise CheckpointError(f"{path} is not a clifvqa checkpoint (no {META_FILE}); "
+                              "pass a checkpoint directory such as runs/NAME/best")
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
@@ -134,7 +135,8 @@ def read_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{meta_path}: format is {meta.get('format')!r}, expected {FORMAT!r}")
     if meta.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(f"{meta_path}: format_version {meta.get('format_version')!r}; this clifvqa reads {FORMAT_VERSION}")
+        raise CheckpointError(f"{meta_path}: format_version {meta.get('format_version')!r}; "
+                              f"this clifvqa reads {FORMAT_VERSION}")
     return meta
 
 
@@ -234,7 +236,9 @@ def _weight_settings(config: ClifVQAConfig, part: str) -> dict[str, Any]:
     return settings
 
 
-def check_init(path: str | os.PathLike[str], part: str, config: ClifVQAConfig, fingerprint: str | None) -> dict[str, Any]:
+def check_init(
+    path: str | os.PathLike[str], part: str, config: ClifVQAConfig, fingerprint: str | None
+) -> dict[str, Any]:
     """Check that the checkpoint at ``path`` can start ``part`` (``all``: every weight;
     ``spatial``: the FAST-VQA branch) of a model of ``config`` trained on a store of
     ``fingerprint``, and return the record of it kept in the new checkpoints' meta.json
@@ -392,7 +396,8 @@ def capture_rng() -> RngState:
     kind, keys, pos, has_gauss, cached = np.random.get_state()
     tensors["rng.numpy"] = torch.from_numpy(np.asarray(keys, dtype=np.uint32).astype(np.int64))
     version, internal, gauss = random.getstate()
-    return tensors, {"numpy": [kind, int(pos), int(has_gauss), float(cached)], "python": [version, list(internal), gauss]}
+    scalars = {"numpy": [kind, int(pos), int(has_gauss), float(cached)], "python": [version, list(internal), gauss]}
+    return tensors, scalars
 
 
 def _restore_rng(tensors: Mapping[str, torch.Tensor], saved: Mapping[str, Any]) -> None:

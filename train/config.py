@@ -51,7 +51,8 @@ class DataConfig(JsonConfig):
         "help": "share of the training videos held out for model selection when the manifest has no val rows"})
     splits: int | None = field(default=None, metadata={
         "help": "N random train/test splits, one model each (paper §5.1: 10); null: the manifest's split"})
-    test_fraction: float = field(default=0.2, metadata={"help": "share of the videos in test with splits (paper: 80/20)"})
+    test_fraction: float = field(default=0.2, metadata={
+        "help": "share of the videos in test with splits (paper: 80/20)"})
     allow_stale: bool = field(default=False, metadata={
         "help": "use store entries whose video changed since extraction (warned), else refused"})
 
@@ -70,11 +71,15 @@ class OptimConfig(JsonConfig):
     """Optimiser and schedule: AdamW, linear warm-up then cosine decay (paper §5.1, FAST-VQA's recipe)."""
 
     epochs: int = field(default=30, metadata={"help": "passes over the training videos (FAST-VQA: 30)"})
-    batch_size: int = field(default=12, metadata={"help": "videos per step, per process under torchrun (paper §5.1: 12)"})
+    batch_size: int = field(default=12, metadata={
+        "help": "videos per step, per process under torchrun (paper §5.1: 12)"})
     lr: float = field(default=7.5e-4, metadata={"help": "learning rate outside the Video Swin backbone (paper §5.1)"})
-    backbone_lr: float = field(default=7.5e-5, metadata={"help": "learning rate of the Video Swin backbone (paper §5.1)"})
-    weight_decay: float = field(default=0.05, metadata={"help": "AdamW decoupled weight decay, every parameter (paper §5.1)"})
-    warmup_epochs: float = field(default=2.5, metadata={"help": "linear warm-up length, then cosine decay to 0 (FAST-VQA)"})
+    backbone_lr: float = field(default=7.5e-5, metadata={
+        "help": "learning rate of the Video Swin backbone (paper §5.1)"})
+    weight_decay: float = field(default=0.05, metadata={
+        "help": "AdamW decoupled weight decay, every parameter (paper §5.1)"})
+    warmup_epochs: float = field(default=2.5, metadata={
+        "help": "linear warm-up length, then cosine decay to 0 (FAST-VQA)"})
     grad_clip: float | None = field(default=None, metadata={"help": "max global gradient norm; null: no clipping"})
     amp: bool = field(default=True, metadata={"help": "mixed precision on GPU (bf16 where native, else fp16)"})
     grad_checkpoint: bool = field(default=False, metadata={
@@ -128,7 +133,8 @@ class RunConfig(JsonConfig):
         "help": "the architecture (paper §4, Eqs. 8-13); r and the prompt groups come from the store"})
     optim: OptimConfig = field(default_factory=OptimConfig, metadata={
         "help": "AdamW, linear warm-up then cosine decay (paper §5.1; FAST-VQA where it is silent)"})
-    loss: LossConfig = field(default_factory=LossConfig, metadata={"help": "L = alpha * L_mono + beta * L_lin (paper §4.4, Eq. 16)"})
+    loss: LossConfig = field(default_factory=LossConfig, metadata={
+        "help": "L = alpha * L_mono + beta * L_lin (paper §4.4, Eq. 16)"})
     init: InitConfig = field(default_factory=InitConfig, metadata={
         "help": "where weights start (paper §5.1: the backbone from Kinetics-400); null: random"})
     seed: int = field(default=0, metadata={

@@ -4,7 +4,9 @@
 (:func:`clifvqa.train.data.plan_splits`), checks every video and the stores before anything is
 trained, trains one model per split (:func:`train_split`) and writes::
 
-    OUT/run.json                 the run's settings (a resumed run must match them)
+    OUT/run.yaml                 the resolved run config (:class:`~clifvqa.train.config.RunConfig`)
+    OUT/run.json                 what follows from it and the data: splits, store, built model, init
+                                 (a resumed run must match both)
     OUT/summary.json             per-split results, mean/std/median of SROCC, PLCC, KROCC, RMSE
     OUT/summary.txt              the same as a table
     OUT[/split_XX]/metrics.csv   one row per epoch (also metrics.jsonl)
@@ -12,6 +14,11 @@ trained, trains one model per split (:func:`train_split`) and writes::
     OUT[/split_XX]/last/         checkpoint of the latest epoch + resume state
     OUT[/split_XX]/result.json   best epoch, why it was selected, its validation and test metrics
     OUT[/split_XX]/test_predictions.csv   video, mos, prediction (raw), score (MOS scale)
+
+One epoch (:func:`train_split`'s loop, timm's shape): :func:`train_one_epoch` (the steps,
+:func:`train_step` each), :func:`validate` (the scoring loop of ``evaluate``), the metric row
+(:class:`MetricsLog`), the selection so far, and :class:`~clifvqa.train.checkpoint.CheckpointSaver`,
+the only reader and writer of ``best/`` and ``last/``.
 
 Recipe (paper §5.1): AdamW (weight decay 0.05 on every parameter, as FAST-VQA), lr 7.5e-5 for
 the Video Swin backbone and 7.5e-4 for everything else, batch 12; per-step schedule: linear
@@ -303,7 +310,8 @@ def _init_weights(model: ClifVQA, init: InitConfig, initialised_from: Mapping[st
         if path is None:
             continue
         if model.fastvqa is None:
-            raise ValueError(f"{path}: a FAST-VQA / Video Swin init needs the spatial branch (branches=both or spatial)")
+            raise ValueError(f"{path}: a FAST-VQA / Video Swin init needs the spatial branch "
+                             "(branches=both or spatial)")
         report = load_fastvqa_checkpoint(model.fastvqa, path)
         if report.layout not in want:
             raise ValueError(f"{path} is a {report.layout} checkpoint, expected {' or '.join(want)} here")
@@ -360,7 +368,8 @@ class TrainLoader:
         rows = features.rows if features is not None else None
         self.seed = seed
         self.dataset = VideoDataset(plan.train, config.data.videos, rows, fragments, train=True, seed=seed)
-        self.sampler = DistributedSampler(self.dataset, num_replicas=dist.world, rank=dist.rank, shuffle=True, seed=seed)
+        self.sampler = DistributedSampler(self.dataset, num_replicas=dist.world, rank=dist.rank, shuffle=True,
+                                          seed=seed)
         self.generator = torch.Generator()
         self.loader = DataLoader(self.dataset, batch_size=config.optim.batch_size, sampler=self.sampler,
                                  num_workers=resolve_workers(config), collate_fn=collate, generator=self.generator,
@@ -716,7 +725,8 @@ def run_training(
             atomic_write_text(out / "run.json", json.dumps(derived, indent=2) + "\n")
         dist.barrier()
         if not plans[0].val:
-            log.warning("warning: no validation videos (val_fraction=%s): the last epoch is selected", data.val_fraction)
+            log.warning("warning: no validation videos (val_fraction=%s): the last epoch is selected",
+                        data.val_fraction)
         small = min(plans, key=lambda p: len(p.val))
         warning = small_validation_warning(len(small.val), len(small.train))
         if warning:
