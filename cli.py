@@ -510,7 +510,9 @@ def store_rescore_cmd(src: str, prompts_file: str, softmax: str, output: str, cl
                    "have its fingerprint). [init.checkpoint]")
 @click.option("--init-spatial", type=click.Path(exists=True, file_okay=False), default=None,
               help="Start only the FAST-VQA branch from a clifvqa checkpoint (CLiF-VQA*; any store). [init.spatial]")
-@click.option("--resume", is_flag=True, help="Continue the interrupted run in --out (same config).")
+@click.option("--resume", is_flag=True,
+              help="Continue the interrupted run in --out (its run.yaml is the config unless --config is given; "
+                   "only device, workers and grad checkpointing may change).")
 @click.option("--device", default=None, help="auto, cpu, cuda or cuda:N (torchrun: one GPU per process). [device]")
 @click.option("--seed", type=int, default=None, help="[seed]")
 @click.option("--tiny", is_flag=True,
@@ -536,8 +538,9 @@ def train_cmd(config_path: str | None, print_config: bool, out: str, resume: boo
               manifest_path: str | None, videos: str | None, stores: tuple[str, ...], **flags) -> None:
     """Train CLiF-VQA on cached semantic features (CLIP is never loaded) and FAST-VQA fragments.
 
-    Settings come from --config (default: the paper's, configs/clifvqa-b.yaml), then --tiny, then
-    the options given (each names its key in the config); --print-config shows the result.
+    Settings come from --config (default: the paper's, configs/clifvqa-b.yaml; with --resume:
+    OUT/run.yaml), then --tiny, then the options given (each names its key in the config);
+    --print-config shows the result.
     Writes OUT/run.yaml (the resolved config), metrics.csv, best/ and last/ checkpoints,
     summary.json and summary.txt (per split with --splits). Under torchrun the same command
     trains with DistributedDataParallel.
@@ -552,6 +555,9 @@ def train_cmd(config_path: str | None, print_config: bool, out: str, resume: boo
     from clifvqa.train.config import RunConfig, load_run_config, set_options
     from clifvqa.train.config import tiny as tiny_model
 
+    saved = Path(out) / "run.yaml"
+    if config_path is None and resume and saved.is_file():
+        config_path = str(saved)  # --resume continues the run as it was configured
     config = load_run_config(config_path) if config_path else RunConfig()
     if tiny:
         config = tiny_model(config)

@@ -82,6 +82,17 @@ def test_refusals_name_file_line_and_key_path(tmp_path, yaml_text, message):
     assert result.output.count("\n") == 1  # one line, no traceback
 
 
+def test_resume_reads_the_run_folders_config(tmp_path):
+    saved = set_options(tiny(RunConfig()), epochs=4, branches="semantic", manifest="m.csv")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "run.yaml").write_text(dump_yaml(saved))
+    shown = from_data(RunConfig, parse_yaml(print_config("--resume", "--out", str(tmp_path / "run"))).data)
+    assert shown == saved
+    shown = from_data(RunConfig, parse_yaml(print_config("--resume", "--out", str(tmp_path / "run"), "--workers", "2"))
+                      .data)
+    assert shown == replace(saved, workers=2)
+
+
 def test_overrides_and_diff():
     base = RunConfig()
     changed = with_overrides(base, {"optim.epochs": 3, "model.branches": "semantic",

@@ -3,9 +3,12 @@
 A checkpoint is a directory::
 
     model.safetensors      the model's state_dict (FAST-VQA keys under ``fastvqa.``)
-    meta.json              format, model config, training config, store fingerprint and full
-                           store provenance (to compute semantic features of new videos the same
-                           way), metrics, epoch and whatever ``extra`` held; ``train`` adds to
+    meta.json              format, model config, store fingerprint and full store provenance (to
+                           compute semantic features of new videos the same way), and what
+                           ``extra`` held: ``train`` puts there the run config (``run_config``),
+                           the split, the epoch, its metrics and ``initialised_from`` (the
+                           clifvqa checkpoint the weights started from: path, sha256 of its
+                           weights, part ``all`` or ``spatial``; null without one); it adds to
                            best/ the ``selection`` (which epoch and why) and the
                            ``score_mapping`` (:class:`~clifvqa.train.metrics.ScoreMapping`: raw
                            output -> training MOS scale, fitted on the training videos)
@@ -16,6 +19,10 @@ A checkpoint is a directory::
 
 A directory is written next to its destination and renamed into place, so an interrupted save
 leaves the previous checkpoint intact. Weights holding NaN or inf are never saved or loaded.
+
+In training, :class:`CheckpointSaver` is the only reader and writer of a run's ``best/`` and
+``last/``; :func:`check_init` and :func:`init_weights` read another run's checkpoint to start
+from (``clifvqa train --init`` / ``--init-spatial``).
 """
 
 from __future__ import annotations
