@@ -93,6 +93,16 @@ def test_resume_reads_the_run_folders_config(tmp_path):
     assert shown == replace(saved, workers=2)
 
 
+def test_lines_of_nested_lists_for_other_files():
+    doc = parse_yaml("name: x\nstages:\n  - name: pre\n    config:\n      optim:\n        epochs: 3\n  - name: ft\n",
+                     "exp.yaml")
+    assert doc.lines["stages[1]"] == 7 and doc.lines["stages[0].config.optim.epochs"] == 6
+    assert doc.where("stages[0].config.optim.epochs") == "exp.yaml:6"
+    assert doc.where("stages[1].config.seed") == "exp.yaml:7"  # not written: its nearest enclosing key
+    with pytest.raises(ConfigError, match=r"^exp.yaml:6: stages\[0\].config.optim.epochs: expected an integer"):
+        from_data(RunConfig, {"optim": {"epochs": "3"}}, doc=doc, key_path="stages[0].config")
+
+
 def test_overrides_and_diff():
     base = RunConfig()
     changed = with_overrides(base, {"optim.epochs": 3, "model.branches": "semantic",
