@@ -12,10 +12,23 @@ import os
 import sys
 import warnings
 from pathlib import Path
+from typing import NoReturn
 
 import click
 
 from clifvqa._version import __version__
+from clifvqa.cli_options import (
+    BATCH_SIZE,
+    GRID,
+    SHARD,
+    device_option,
+    force_option,
+    out_option,
+    quiet_option,
+    renamed_option,
+    store_option,
+    videos_option,
+)
 from clifvqa.errors import ClifvqaError
 from clifvqa.manifests.importers import FORMATS as _IMPORT_FORMATS  # light: csv only
 from clifvqa.manifests.io import SPLITS as _SPLITS
@@ -43,18 +56,43 @@ def error_line(exc: BaseException) -> str:
     return "; ".join(line.strip() for line in text.splitlines() if line.strip()) or type(exc).__name__
 
 
+def usage_error_line(exc: click.UsageError) -> str:
+    """A click usage error (bad value, unknown option, missing argument) as the one line after
+    ``error:``, e.g. ``Invalid value for '--grid': ... (see: clifvqa extract --help)``."""
+    hint = f" (see: {exc.ctx.command_path} --help)" if exc.ctx is not None else ""
+    return " ".join(line.strip() for line in exc.format_message().splitlines() if line.strip()) + hint
+
+
+# click >= 8.2 raises this for a group called without a command; it prints the help, as it should.
+_NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
+
+
 class _ClifvqaGroup(click.Group):
     """The ``clifvqa`` group, and the one place errors are handled: a user error raised by any
     command (see :func:`is_user_error`) ends as one ``error: ...`` line on stderr and exit
-    status 2; a run stopped by SIGINT/SIGTERM says what it wrote and exits 130/143. Anything
-    else is a bug and keeps its traceback. ``--debug`` (or
-    ``CLIFVQA_DEBUG=1``) prints the traceback of user errors too."""
+    status 2, and so does a usage error of click (see :func:`usage_error_line`; click's own
+    form is a usage line, a "Try --help" line and the error); a run stopped by SIGINT/SIGTERM
+    says what it wrote and exits 130/143. Anything else is a bug and keeps its traceback.
+    ``--debug`` (or ``CLIFVQA_DEBUG=1``) prints the traceback of user errors too."""
+
+    def make_context(self, info_name: str | None, args: list[str], parent: click.Context | None = None,
+                     **extra: object) -> click.Context:
+        try:  # the group's own options (`clifvqa --bogus`); a command's are parsed inside invoke
+            return super().make_context(info_name, args, parent=parent, **extra)  # type: ignore[arg-type]
+        except click.UsageError as exc:
+            if isinstance(exc, _NO_ARGS_IS_HELP):
+                raise
+            fail(usage_error_line(exc), exc.exit_code)
 
     def invoke(self, ctx: click.Context) -> object:
         # Library warnings (e.g. --allow-stale's) as one "warning: ..." line, not file:line + source.
         warnings.formatwarning = lambda message, *args, **kwargs: f"warning: {message}\n"
         try:
             return super().invoke(ctx)
+        except click.UsageError as exc:
+            if isinstance(exc, _NO_ARGS_IS_HELP):
+                raise
+            fail(usage_error_line(exc), exc.exit_code)
         except BrokenPipeError:  # `clifvqa store info S | head`: the reader left, nothing to say
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             sys.exit(141)  # 128 + SIGPIPE, what a killed writer of a pipe reports
@@ -74,7 +112,7 @@ class _ClifvqaGroup(click.Group):
             fail(error_line(exc))
 
 
-@click.group(cls=_ClifvqaGroup,
+@click.group("clifvqa", cls=_ClifvqaGroup,
              context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, "--version", prog_name="clifvqa")
 @click.option("--debug", is_flag=True, envvar="CLIFVQA_DEBUG",
@@ -95,7 +133,7 @@ MAX_LISTED = 10
 """Failures (and skipped rows) a command lists one per line before it only counts the rest."""
 
 
-def fail(message: str, code: int = 2) -> None:
+def fail(message: str, code: int = 2) -> NoReturn:
     """Print ``message`` to stderr as a clifvqa error and exit with ``code``."""
     click.secho(f"error: {message}", fg="red", err=True)
     sys.exit(code)
@@ -116,15 +154,15 @@ def _refuse_existing(path: Path, force: bool) -> None:
 
 @manifest_group.command("scan")
 @click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Manifest CSV to write.")
+@out_option("Manifest CSV to write.", type=click.Path(dir_okay=False, path_type=Path), old=["--output"])
 @click.option("--probe", is_flag=True, help="Also open each video with PyAV; files without a video stream are skipped.")
-@click.option("--force", is_flag=True, help="Replace an existing output file.")
-def manifest_scan(directory: Path, output: Path, probe: bool, force: bool) -> None:
+@force_option()
+def manifest_scan(directory: Path, out: Path, probe: bool, force: bool) -> None:
     """List the videos under DIRECTORY (recursively) into a manifest with empty MOS."""
     from clifvqa.manifests.io import Manifest, write_manifest
     from clifvqa.manifests.paths import scan_videos
 
-    _refuse_existing(output, force)
+    _refuse_existing(out, force)
     result = scan_videos(directory, probe=probe)
     for key, reason in result.unsafe:
         click.echo(f"skipped unsafe name {key!r}: {reason}", err=True)
@@ -132,9 +170,9 @@ def manifest_scan(directory: Path, output: Path, probe: bool, force: bool) -> No
         click.echo(f"skipped {key}: {reason}", err=True)
     if not result.videos:
         fail(f"no videos found under {directory}; nothing written")
-    write_manifest(Manifest.from_videos(result.videos), output, overwrite=force)
+    write_manifest(Manifest.from_videos(result.videos), out, overwrite=force)
     click.echo(
-        f"wrote {len(result.videos)} videos to {output} (skipped: {result.skipped_hidden} hidden, "
+        f"wrote {len(result.videos)} videos to {out} (skipped: {result.skipped_hidden} hidden, "
         f"{result.skipped_non_video} non-video, {len(result.unsafe)} unsafe names)"
     )
 
@@ -142,15 +180,16 @@ def manifest_scan(directory: Path, output: Path, probe: bool, force: bool) -> No
 @manifest_group.command("import")
 @click.option("--format", "fmt", required=True, type=click.Choice(_IMPORT_FORMATS), help="Label file format.")
 @click.argument("src", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Manifest CSV to write.")
+@out_option("Manifest CSV to write.", type=click.Path(dir_okay=False, path_type=Path), old=["--output"])
 @click.option("--prefix", default="", help="Folder prepended to every video name, e.g. KoNViD_1k_videos/.")
 @click.option("--video-col", help="Column holding the video name (table formats).")
 @click.option("--mos-col", help="Column holding the MOS (table formats).")
-@click.option("--split", type=click.Choice(_SPLITS), help="Tag every row with this split (lsvq: only without an official split; default train).")
+@click.option("--split", type=click.Choice(_SPLITS),
+              help="Tag every row with this split (lsvq: only without an official split; default train).")
 @click.option("--ext", help="Extension added to YouTube-UGC names (default .mkv).")
-@click.option("--force", is_flag=True, help="Replace an existing output file.")
+@force_option()
 @click.option("--allow-skipped", is_flag=True, help="Exit 0 even when rows of SRC were skipped.")
-def manifest_import(fmt: str, src: Path, output: Path, prefix: str, video_col: str | None, mos_col: str | None,
+def manifest_import(fmt: str, src: Path, out: Path, prefix: str, video_col: str | None, mos_col: str | None,
                     split: str | None, ext: str | None, force: bool, allow_skipped: bool) -> None:
     """Convert the official label file SRC into a manifest.
 
@@ -161,7 +200,7 @@ def manifest_import(fmt: str, src: Path, output: Path, prefix: str, video_col: s
     from clifvqa.manifests.importers import import_labels
     from clifvqa.manifests.io import write_manifest
 
-    _refuse_existing(output, force)
+    _refuse_existing(out, force)
     opts = {k: v for k, v in dict(video_col=video_col, mos_col=mos_col, split=split, ext=ext).items() if v is not None}
     result = import_labels(fmt, src, prefix, **opts)
     skipped = result.skipped
@@ -169,8 +208,8 @@ def manifest_import(fmt: str, src: Path, output: Path, prefix: str, video_col: s
                  f"skipped {result.unit}s")
     if not result.manifest.rows:
         fail(f"no usable rows in {src}; nothing written")
-    write_manifest(result.manifest, output, overwrite=force)
-    click.echo(f"wrote {len(result.manifest)} rows to {output} ({len(skipped)} skipped)")
+    write_manifest(result.manifest, out, overwrite=force)
+    click.echo(f"wrote {len(result.manifest)} rows to {out} ({len(skipped)} skipped)")
     if skipped and not allow_skipped:
         click.echo(f"{src}: {len(skipped)} skipped, {len(result.manifest)} imported; pass --allow-skipped "
                    "to accept the skipped ones (exit 0)", err=True)
@@ -183,16 +222,16 @@ def manifest_import(fmt: str, src: Path, output: Path, prefix: str, video_col: s
 @click.option("--test-fraction", default=0.2, show_default=True, help="Share of videos in test.")
 @click.option("--val-fraction", default=0.0, show_default=True, help="Share of videos in val.")
 @click.option("--seed", default=0, show_default=True, help="Split i uses numpy default_rng(seed + i).")
-@click.option("-o", "--output-dir", required=True, type=click.Path(file_okay=False, path_type=Path), help="Folder for split_00.csv, ...")
-@click.option("--force", is_flag=True, help="Replace existing split files in the folder.")
+@out_option("Folder for split_00.csv, ...", type=click.Path(file_okay=False, path_type=Path), old=["--output-dir"])
+@force_option()
 def manifest_split(manifest_path: Path, seeds: int, test_fraction: float, val_fraction: float, seed: int,
-                   output_dir: Path, force: bool) -> None:
+                   out: Path, force: bool) -> None:
     """Write SEEDS random train/(val/)test splits of MANIFEST_PATH (the paper: 10 x 80/20)."""
     from clifvqa.manifests.io import read_manifest
     from clifvqa.manifests.split import random_splits, write_splits
 
     splits = random_splits(read_manifest(manifest_path), seeds, test_fraction, val_fraction, seed)
-    paths = write_splits(splits, output_dir, overwrite=force)
+    paths = write_splits(splits, out, overwrite=force)
     for path, split in zip(paths, splits):
         counts = {name: sum(row.split == name for row in split) for name in _SPLITS}
         click.echo(f"{path}: {counts['train']} train, {counts['val']} val, {counts['test']} test")
@@ -200,7 +239,8 @@ def manifest_split(manifest_path: Path, seeds: int, test_fraction: float, val_fr
 
 @manifest_group.command("check")
 @click.argument("manifest_path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--root", type=click.Path(exists=True, file_okay=False, path_type=Path), help="Dataset folder: also check every video file exists.")
+@click.option("--root", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Dataset folder: also check every video file exists.")
 @click.option("--require-mos", is_flag=True, help="Flag empty MOS even when no row has one.")
 def manifest_check(manifest_path: Path, root: Path | None, require_mos: bool) -> None:
     """Report every problem of MANIFEST_PATH as FILE:LINE: video: message; exit 0 only when clean.
@@ -227,18 +267,32 @@ def manifest_check(manifest_path: Path, root: Path | None, require_mos: bool) ->
 
 @main.command("extract")
 @click.argument("dataset_dir", type=click.Path(path_type=Path))
-@click.option("--manifest", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Manifest CSV listing the videos (default: scan DATASET_DIR).")
-@click.option("--store", "store_path", default="features.zarr", show_default=True, help="Feature store: a .zarr directory or a .h5/.hdf5 file.")
-@click.option("--clip-model", default="openai/clip-vit-base-patch32", show_default=True, help="CLIP hub id or local folder (save_pretrained layout).")
-@click.option("--grid", default="3x3", show_default=True, help="Crop grid ROWSxCOLS (paper: 3x3). Time grows with ROWS*COLS (a warning above 100 crops per frame gives the cost); memory stays bounded by --batch-size. A video is refused when a side exceeds both 3 and its frames' distinct crop positions (README, 'Crop grid, cost and memory').")
-@click.option("--prompts", "prompts_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Prompt file: JSON, or text lines like 'objective: sharp' (README, 'Prompt files'); default: the 22 built-in prompts.")
-@click.option("--softmax", type=click.Choice(["all", "group"]), default="all", show_default=True, help="Softmax over all prompts, or per group (objective / subjective).")
+@click.option("--manifest", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Manifest CSV listing the videos (default: scan DATASET_DIR).")
+@out_option("Feature store to write (an existing one is resumed): a .zarr directory or a .h5/.hdf5 file.",
+            required=False, default="features.zarr", show_default=True, old=["--store"])
+@click.option("--clip-model", default="openai/clip-vit-base-patch32", show_default=True,
+              help="CLIP hub id or local folder (save_pretrained layout).")
+@click.option("--grid", type=GRID, default="3x3", show_default=True, metavar="ROWSxCOLS",
+              help="Crop grid ROWSxCOLS (paper: 3x3). Time grows with ROWS*COLS (a warning above 100 crops per frame "
+                   "gives the cost); memory stays bounded by --batch-size. A video is refused when a side exceeds "
+                   "both 3 and its frames' distinct crop positions (README, 'Crop grid, cost and memory').")
+@click.option("--prompts", "prompts_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Prompt file: JSON, or text lines like 'objective: sharp' (README, 'Prompt files'); "
+                   "default: the 22 built-in prompts.")
+@click.option("--softmax", type=click.Choice(["all", "group"]), default="all", show_default=True,
+              help="Softmax over all prompts, or per group (objective / subjective).")
 @click.option("--frame-stride", type=click.IntRange(min=1), default=1, show_default=True, help="Keep every s-th frame.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ...")
-@click.option("--batch-size", default="auto", show_default=True, help="Crops per CLIP forward pass, or auto.")
-@click.option("--workers", type=click.IntRange(min=1), default=None, help="Decoding threads [default: cores - 1, at most 8].")
-@click.option("--dtype", type=click.Choice(["auto", "float32", "float16", "bfloat16"]), default="auto", show_default=True, help="Compute dtype (auto: float16 on GPU, float32 on CPU; an existing store continues in its own).")
-@click.option("--save-maps/--no-save-maps", default=True, show_default=True, help="Also store the per-crop maps [T, r, m, n].")
+@device_option()
+@click.option("--batch-size", type=BATCH_SIZE, default="auto", show_default=True, metavar="N|auto",
+              help="Crops per CLIP forward pass, or auto.")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Decoding threads [default: cores - 1, at most 8].")
+@click.option("--dtype", type=click.Choice(["auto", "float32", "float16", "bfloat16"]), default="auto",
+              show_default=True,
+              help="Compute dtype (auto: float16 on GPU, float32 on CPU; an existing store continues in its own).")
+@click.option("--save-maps/--no-save-maps", default=True, show_default=True,
+              help="Also store the per-crop maps [T, r, m, n].")
 @click.option("--save-embeddings", is_flag=True, help="Also store the crop image embeddings [T, m*n, D] (float16).")
 @click.option("--retry-failed", is_flag=True, help="Retry videos the store lists as failed.")
 @click.option("--check-sources", is_flag=True,
@@ -246,12 +300,13 @@ def manifest_check(manifest_path: Path, root: Path | None, require_mos: bool) ->
                    "files and corrupt entries again (default: only files whose size or modification time changed).")
 @click.option("--allow-missing", is_flag=True,
               help="Extract the present videos when some are missing (else refused before any work).")
-@click.option("--shard", default="0/1", show_default=True, help="Process shard K of N (K counts from 0), split by a hash of the video key.")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
-def extract_cmd(dataset_dir: Path, manifest: Path | None, store_path: str, clip_model: str, grid: str,
-                prompts_file: Path | None, softmax: str, frame_stride: int, device: str, batch_size: str,
+@click.option("--shard", type=SHARD, default="0/1", show_default=True, metavar="K/N",
+              help="Process shard K of N (K counts from 0), split by a hash of the video key.")
+@quiet_option()
+def extract_cmd(dataset_dir: Path, manifest: Path | None, out: str, clip_model: str, grid: tuple[int, int],
+                prompts_file: Path | None, softmax: str, frame_stride: int, device: str, batch_size: int | str,
                 workers: int | None, dtype: str, save_maps: bool, save_embeddings: bool, retry_failed: bool,
-                check_sources: bool, allow_missing: bool, shard: str, quiet: bool) -> None:
+                check_sources: bool, allow_missing: bool, shard: tuple[int, int], quiet: bool) -> None:
     """Stage one: score every frame's crop grid with CLIP and write the features to a store.
 
     Resumable (complete videos are skipped; one whose file changed since it was extracted is
@@ -263,17 +318,16 @@ def extract_cmd(dataset_dir: Path, manifest: Path | None, store_path: str, clip_
     missing, 2 on a usage error.
     """
     from clifvqa.extract.config import ExtractConfig, default_workers
-    from clifvqa.extract.grid import parse_grid
-    from clifvqa.extract.runner import extract_dataset, parse_shard
+    from clifvqa.extract.runner import extract_dataset
 
     config = ExtractConfig(
         clip_model=clip_model,
-        grid=parse_grid(grid),
+        grid=grid,
         prompts_file=str(prompts_file) if prompts_file else None,
         softmax=softmax,  # type: ignore[arg-type]
         frame_stride=frame_stride,
         device=device,
-        batch_size="auto" if batch_size == "auto" else _positive_int(batch_size, "--batch-size"),
+        batch_size=batch_size,  # type: ignore[arg-type]
         workers=workers or default_workers(),
         dtype=dtype,  # type: ignore[arg-type]
         save_maps=save_maps,
@@ -281,13 +335,13 @@ def extract_cmd(dataset_dir: Path, manifest: Path | None, store_path: str, clip_
         retry_failed=retry_failed,
         check_sources=check_sources,
         allow_missing=allow_missing,
-        shard=parse_shard(shard),
+        shard=shard,
     )
-    summary = extract_dataset(dataset_dir, store_path, manifest=manifest, config=config, progress=not quiet,
+    summary = extract_dataset(dataset_dir, out, manifest=manifest, config=config, progress=not quiet,
                               log=lambda line: quiet or click.echo(line, err=True))
     if summary.total == 0:
-        click.echo(f"warning: no videos to extract{' in this shard' if shard != '0/1' else ''}", err=True)
-    _echo_failures(summary.failures, store_path)
+        click.echo(f"warning: no videos to extract{' in this shard' if shard != (0, 1) else ''}", err=True)
+    _echo_failures(summary.failures, out)
     click.echo(summary.line())
     if not summary.ok:
         sys.exit(1)
@@ -304,12 +358,6 @@ def _echo_listed(lines: list[str], what: str, hint: str = "") -> None:
 def _echo_failures(failures: list[tuple[str, str]], store_path: str) -> None:
     _echo_listed([f"failed: {key}: {error}" for key, error in failures], "failures",
                  f" (clifvqa store info {store_path} --failures lists them all)")
-
-
-def _positive_int(text: str, option: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise ClifvqaError(f"{option} must be a positive integer or auto, got {text!r}")
-    return int(text)
 
 
 # ---------------------------------------------------------------- store (features/)
@@ -340,8 +388,10 @@ def store_info_cmd(path: str, as_json: bool, all_failures: bool) -> None:
     counts = info["counts"]
     size = "unknown (remote)" if info["size_bytes"] is None else f"{info['size_bytes'] / 2**20:.2f} MiB"
     click.echo(f"store         {info['path']}  ({fmt}, clifvqa format {info['format']})")
-    click.echo(f"fingerprint   {info['fingerprint']}  ({'ok' if info['fingerprint_ok'] else 'DOES NOT MATCH the provenance'})")
-    click.echo(f"videos        {counts['complete']} complete, {counts['incomplete']} incomplete, {counts['failed']} failed")
+    fingerprint_ok = "ok" if info["fingerprint_ok"] else "DOES NOT MATCH the provenance"
+    click.echo(f"fingerprint   {info['fingerprint']}  ({fingerprint_ok})")
+    click.echo(f"videos        {counts['complete']} complete, {counts['incomplete']} incomplete, "
+               f"{counts['failed']} failed")
     click.echo(f"frames        {info['total_frames']}")
     click.echo(f"size          {size}")
     if info["consolidated"] is not None:
@@ -365,13 +415,15 @@ def store_info_cmd(path: str, as_json: bool, all_failures: bool) -> None:
 
 @store.command("verify")
 @click.argument("path")
-@click.option("--manifest", type=click.Path(exists=True, dir_okay=False), help="Also report manifest videos missing from the store.")
-@click.option("--videos", type=click.Path(exists=True, file_okay=False), help="Dataset folder: also report stale entries (files missing or changed since extraction; every file is hashed).")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--manifest", type=click.Path(exists=True, dir_okay=False),
+              help="Also report manifest videos missing from the store.")
+@videos_option(required=False)
+@quiet_option()
 def store_verify_cmd(path: str, manifest: str | None, videos: str | None, quiet: bool) -> None:
     """Check every video of the store at PATH: hashes, shapes, values, maps vs pooled.
 
-    Prints each problem as KEY: message. Exit code 0 when clean, 1 with problems, 2 when the
+    With --videos also report stale entries: files missing or changed since extraction (every
+    file is hashed). Prints each problem as KEY: message. Exit code 0 when clean, 1 with problems, 2 when the
     store cannot be opened.
     """
     from clifvqa.features.verify import verify_store
@@ -401,27 +453,29 @@ def store_upgrade_cmd(path: str) -> None:
 
 @store.command("merge")
 @click.argument("sources", nargs=-1, required=True)
-@click.option("-o", "--output", required=True, help="New store to write (.zarr, .h5/.hdf5 or .zarr.zip).")
-@click.option("--prefer", type=click.Choice(["first", "last"]), help="For videos whose features differ between sources, take the first/last source's copy.")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
-def store_merge_cmd(sources: tuple[str, ...], output: str, prefer: str | None, quiet: bool) -> None:
+@out_option("New store to write (.zarr, .h5/.hdf5 or .zarr.zip).", old=["--output"])
+@click.option("--prefer", type=click.Choice(["first", "last"]),
+              help="For videos whose features differ between sources, take the first/last source's copy.")
+@quiet_option()
+def store_merge_cmd(sources: tuple[str, ...], out: str, prefer: str | None, quiet: bool) -> None:
     """Merge SOURCES (e.g. shard stores) into a new store; all must share one fingerprint."""
     from clifvqa.features.merge import merge_stores
 
-    report = merge_stores(list(sources), output, prefer=prefer, progress=not quiet)
+    report = merge_stores(list(sources), out, prefer=prefer, progress=not quiet)
     click.echo(report.summary())
 
 
 @store.command("convert")
 @click.argument("src")
-@click.argument("dst")
-@click.option("--zarr-format", type=click.Choice(["2", "3"]), default="3", show_default=True, help="Zarr format of a .zarr/.zarr.zip DST (2: readable by zarr 2.x).")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
-def store_convert_cmd(src: str, dst: str, zarr_format: str, quiet: bool) -> None:
-    """Copy the store SRC into the new store DST (.zarr, .h5/.hdf5, .zarr.zip), bit-exact."""
+@out_option("New store to write (.zarr, .h5/.hdf5 or .zarr.zip).", old_positional="DST")
+@click.option("--zarr-format", type=click.Choice(["2", "3"]), default="3", show_default=True,
+              help="Zarr format of a .zarr/.zarr.zip output (2: readable by zarr 2.x).")
+@quiet_option()
+def store_convert_cmd(src: str, out: str, zarr_format: str, quiet: bool) -> None:
+    """Copy the store SRC into a new store (.zarr, .h5/.hdf5, .zarr.zip), bit-exact."""
     from clifvqa.features.merge import convert_store
 
-    report = convert_store(src, dst, zarr_format=int(zarr_format), progress=not quiet)
+    report = convert_store(src, out, zarr_format=int(zarr_format), progress=not quiet)
     click.echo(report.summary())
 
 
@@ -439,15 +493,21 @@ def store_finalize_cmd(path: str) -> None:
 
 @store.command("rescore")
 @click.argument("src")
-@click.option("--prompts", "prompts_file", required=True, type=click.Path(exists=True, dir_okay=False), help="The new prompt file: JSON, or text lines like 'objective: sharp' (README, 'Prompt files').")
-@click.option("--softmax", type=click.Choice(["all", "group"]), default="all", show_default=True, help="Softmax over all prompts, or per group.")
-@click.option("-o", "--output", required=True, help="Store to write (.zarr or .h5/.hdf5); an existing one with the same settings is resumed.")
-@click.option("--clip-model", default=None, help="Where to load SRC's CLIP model from [default: its recorded clip.model]; the weights must be the same.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ...")
-@click.option("--save-maps/--no-save-maps", default=True, show_default=True, help="Also store the per-crop maps [T, r, m, n].")
-@click.option("--copy-embeddings/--no-copy-embeddings", default=True, show_default=True, help="Copy the embeddings too, so the output can be rescored in turn.")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
-def store_rescore_cmd(src: str, prompts_file: str, softmax: str, output: str, clip_model: str | None, device: str,
+@click.option("--prompts", "prompts_file", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="The new prompt file: JSON, or text lines like 'objective: sharp' (README, 'Prompt files').")
+@click.option("--softmax", type=click.Choice(["all", "group"]), default="all", show_default=True,
+              help="Softmax over all prompts, or per group.")
+@out_option("Store to write (.zarr or .h5/.hdf5); an existing one with the same settings is resumed.", old=["--output"])
+@click.option("--clip-model", default=None,
+              help="Where to load SRC's CLIP model from [default: its recorded clip.model]; the weights must be the "
+                   "same.")
+@device_option()
+@click.option("--save-maps/--no-save-maps", default=True, show_default=True,
+              help="Also store the per-crop maps [T, r, m, n].")
+@click.option("--copy-embeddings/--no-copy-embeddings", default=True, show_default=True,
+              help="Copy the embeddings too, so the output can be rescored in turn.")
+@quiet_option()
+def store_rescore_cmd(src: str, prompts_file: str, softmax: str, out: str, clip_model: str | None, device: str,
                       save_maps: bool, copy_embeddings: bool, quiet: bool) -> None:
     """Score the crop embeddings saved in SRC (extract --save-embeddings) with new prompts.
 
@@ -457,9 +517,9 @@ def store_rescore_cmd(src: str, prompts_file: str, softmax: str, output: str, cl
     """
     from clifvqa.extract.rescore import rescore_store
 
-    summary = rescore_store(src, output, prompts_file, softmax=softmax, clip_model=clip_model,  # type: ignore[arg-type]
+    summary = rescore_store(src, out, prompts_file, softmax=softmax, clip_model=clip_model,  # type: ignore[arg-type]
                             device=device, save_maps=save_maps, copy_embeddings=copy_embeddings, progress=not quiet)
-    _echo_failures(summary.failures, output)
+    _echo_failures(summary.failures, out)
     click.echo(summary.line())
     if not summary.ok:
         sys.exit(1)
@@ -475,28 +535,28 @@ def store_rescore_cmd(src: str, prompts_file: str, softmax: str, output: str, cl
 @click.option("--print-config", is_flag=True, help="Print the resolved run config as YAML and exit.")
 @click.option("--manifest", "manifest_path", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Training manifest CSV (video, mos[, split]). [data.manifest]")
-@click.option("--videos", type=click.Path(exists=True, file_okay=False), default=None,
-              help="Folder the manifest's video paths are relative to. [data.videos]")
-@click.option("-s", "--store", "stores", multiple=True,
-              help="Feature store (repeatable; all must share one fingerprint; not needed with --branches spatial). "
-                   "[data.stores]")
-@click.option("-o", "--out", default="runs/clifvqa", show_default=True, type=click.Path(file_okay=False),
-              help="Run folder (refused when it holds a run, unless --resume).")
+@videos_option(required=False, config_key="data.videos")
+@store_option(multiple=True, config_key="data.stores")
+@out_option("Run folder (refused when it holds a run, unless --resume).", required=False, default="runs/clifvqa",
+            show_default=True, type=click.Path(file_okay=False))
 @click.option("--val-fraction", type=float, default=None,
               help="Share of training videos held out for model selection (when the manifest has no val rows). "
                    "[data.val_fraction]")
 @click.option("--splits", type=int, default=None,
               help="Draw N random train/test splits and train one model each (paper: 10). [data.splits]")
-@click.option("--test-fraction", type=float, default=None, help="Share of videos in test for --splits. [data.test_fraction]")
+@click.option("--test-fraction", type=float, default=None,
+              help="Share of videos in test for --splits. [data.test_fraction]")
 @click.option("--test-manifest", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Manifest of the test videos (same video root). [data.test_manifest]")
 @click.option("--epochs", type=int, default=None, help="[optim.epochs]")
-@click.option("--batch-size", type=int, default=None, help="Videos per step (per process under torchrun). [optim.batch_size]")
+@click.option("--batch-size", type=int, default=None,
+              help="Videos per step (per process under torchrun). [optim.batch_size]")
 @click.option("--lr", type=float, default=None, help="Learning rate outside the Video Swin backbone. [optim.lr]")
 @click.option("--backbone-lr", type=float, default=None, help="[optim.backbone_lr]")
 @click.option("--weight-decay", type=float, default=None, help="[optim.weight_decay]")
 @click.option("--warmup-epochs", type=float, default=None, help="[optim.warmup_epochs]")
-@click.option("--grad-clip", type=float, default=None, help="Clip the global gradient norm (off by default). [optim.grad_clip]")
+@click.option("--grad-clip", type=float, default=None,
+              help="Clip the global gradient norm (off by default). [optim.grad_clip]")
 @click.option("--alpha", type=float, default=None, help="Weight of the monotonicity loss (Eq. 16). [loss.alpha]")
 @click.option("--beta", type=float, default=None, help="Weight of the linearity loss (Eq. 16). [loss.beta]")
 @click.option("--num-clips-test", type=int, default=None,
@@ -513,7 +573,7 @@ def store_rescore_cmd(src: str, prompts_file: str, softmax: str, output: str, cl
 @click.option("--resume", is_flag=True,
               help="Continue the interrupted run in --out (its run.yaml is the config unless --config is given; "
                    "only device, workers and grad checkpointing may change).")
-@click.option("--device", default=None, help="auto, cpu, cuda or cuda:N (torchrun: one GPU per process). [device]")
+@device_option(config_key="device")
 @click.option("--seed", type=int, default=None, help="[seed]")
 @click.option("--tiny", is_flag=True,
               help="Tiny FAST-VQA and 16x128x128 fragments (sets model.fastvqa, model.fragments, t0 and the hidden "
@@ -533,7 +593,7 @@ def store_rescore_cmd(src: str, prompts_file: str, softmax: str, output: str, cl
 @click.option("--allow-stale/--no-allow-stale", default=None,
               help="Use store entries whose video files changed since extraction, with a warning (refused otherwise: "
                    "re-extract them). [data.allow_stale]")
-@click.option("--quiet", is_flag=True, help="No progress bars.")
+@quiet_option()
 def train_cmd(config_path: str | None, print_config: bool, out: str, resume: bool, tiny: bool, quiet: bool,
               manifest_path: str | None, videos: str | None, stores: tuple[str, ...], **flags) -> None:
     """Train CLiF-VQA on cached semantic features (CLIP is never loaded) and FAST-VQA fragments.
@@ -581,16 +641,17 @@ def train_cmd(config_path: str | None, print_config: bool, out: str, resume: boo
 @main.command("evaluate")
 @click.option("--checkpoint", required=True, type=click.Path(exists=True, file_okay=False), help="Checkpoint directory (e.g. runs/NAME/best).")
 @click.option("--manifest", "manifest_path", required=True, type=click.Path(exists=True, dir_okay=False), help="Manifest CSV of labelled videos.")
-@click.option("--videos", required=True, type=click.Path(exists=True, file_okay=False), help="Folder the manifest's video paths are relative to.")
-@click.option("--store", "stores", multiple=True, help="Feature store with the checkpoint's fingerprint (repeatable).")
-@click.option("--out", type=click.Path(file_okay=False), default=None, help="Folder for predictions.csv, metrics.json and scatter.png (default: print only).")
+@videos_option()
+@store_option(multiple=True)
+@out_option("Folder for predictions.csv, metrics.json and scatter.png (default: print only).", required=False,
+            type=click.Path(file_okay=False))
 @click.option("--split", type=click.Choice(["train", "val", "test"]), default=None, help="Score only the rows with this split tag.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@device_option()
 @click.option("--workers", default=0, show_default=True, type=click.IntRange(min=0), help="DataLoader processes decoding videos.")
 @click.option("--no-plot", is_flag=True, help="Do not write scatter.png.")
-@click.option("--force", is_flag=True, help="Replace result files already in --out.")
+@force_option()
 @click.option("--allow-stale", is_flag=True, help="Use store entries whose video files changed since extraction, with a warning (refused otherwise: re-extract them).")
-@click.option("--quiet", is_flag=True, help="No progress bars.")
+@quiet_option()
 def evaluate_cmd(checkpoint: str, manifest_path: str, videos: str, stores: tuple[str, ...], out: str | None, split: str | None,
                  device: str, workers: int, no_plot: bool, force: bool, allow_stale: bool, quiet: bool) -> None:
     """Score every labelled manifest video with a checkpoint: SROCC, PLCC (raw and after the
@@ -608,16 +669,16 @@ def evaluate_cmd(checkpoint: str, manifest_path: str, videos: str, stores: tuple
 @main.command("predict")
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=str))
 @click.option("--checkpoint", required=True, type=click.Path(exists=True, file_okay=False), help="Checkpoint directory (e.g. runs/NAME/best).")
-@click.option("--store", "stores", multiple=True, help="Feature store to take features from; a video matches when its bytes are the extracted file's (sha256).")
+@store_option(multiple=True)
 @click.option("--clip-model", default=None, help="CLIP hub id or folder for videos not in a store [default: the checkpoint's model]; its weights must be the checkpoint's.")
-@click.option("--output", "-o", type=click.Path(dir_okay=False), default=None,
-              help="Write out.csv (video, score, raw, error) or out.json [default: CSV to stdout].")
+@out_option("Write out.csv (video, score, raw, error) or out.json [default: CSV to stdout].", required=False,
+            type=click.Path(dir_okay=False), old=["--output"])
 @click.option("--explain", is_flag=True,
-              help="Print each video's top prompts (mean and max CLIP score over the video); with --output "
+              help="Print each video's top prompts (mean and max CLIP score over the video); with -o/--out "
                    "also write every prompt's per-frame curves (JSON; with CSV in OUT.explain.json).")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option("--quiet", is_flag=True, help="No progress bars.")
-def predict_cmd(inputs: tuple[str, ...], checkpoint: str, stores: tuple[str, ...], clip_model: str | None, output: str | None,
+@device_option()
+@quiet_option()
+def predict_cmd(inputs: tuple[str, ...], checkpoint: str, stores: tuple[str, ...], clip_model: str | None, out: str | None,
                 explain: bool, device: str, quiet: bool) -> None:
     """Score the videos INPUTS (files, or folders scanned recursively) with a checkpoint.
 
@@ -633,20 +694,19 @@ def predict_cmd(inputs: tuple[str, ...], checkpoint: str, stores: tuple[str, ...
     that cannot be read (or gets a NaN output) gets an error row; the exit code is then 1.
     """
     from clifvqa.train.checkpoint import read_meta, score_mapping_of
-    from clifvqa.train.predict import (NO_MAPPING_NOTE, explain_text, predict, predictions_csv,
-                                       write_predictions)
+    from clifvqa.predict import NO_MAPPING_NOTE, explain_text, predict, predictions_csv, write_predictions
 
     preds = predict(list(inputs), checkpoint, list(stores), clip_model, device, explain,
                     progress=not quiet)
     no_mapping = score_mapping_of(read_meta(checkpoint)) is None
-    if output:
-        for path in write_predictions(preds, output, explain=explain):
+    if out:
+        for path in write_predictions(preds, out, explain=explain):
             click.echo(f"wrote {path}", err=True)
     if explain:
         click.echo("\n".join(explain_text(p) for p in preds if p.error is None))
-        if not output:
-            click.echo("(per-frame curves of every prompt: pass --output out.json)", err=True)
-    elif not output:
+        if not out:
+            click.echo("(per-frame curves of every prompt: pass -o out.json)", err=True)
+    elif not out:
         click.echo(predictions_csv(preds), nl=False)
     if no_mapping:
         click.echo(NO_MAPPING_NOTE.format(checkpoint=checkpoint), err=True)
@@ -658,21 +718,24 @@ def predict_cmd(inputs: tuple[str, ...], checkpoint: str, stores: tuple[str, ...
 
 
 @main.command("demo")
-@click.option("--out", default="demo-run", show_default=True, type=click.Path(file_okay=False), help="New folder for everything the demo makes.")
-@click.option("--videos", default=48, show_default=True, type=click.IntRange(min=12), help="Clips to make (whole scenes of 6 distortion levels).")
+@out_option("New folder for everything the demo makes.", required=False, default="demo-run", show_default=True,
+            type=click.Path(file_okay=False))
+@renamed_option("--clips", old=["--videos"], default=48, show_default=True, type=click.IntRange(min=12),
+                help="Clips to make (whole scenes of 6 distortion levels).")
 @click.option("--epochs", default=None, type=click.IntRange(min=1), help="Training epochs [default: the demo's tuned value].")
 @click.option("--seed", default=0, show_default=True, type=int, help="Scenes, model init and data order.")
-@click.option("--quiet", is_flag=True, help="No progress bars.")
-def demo_cmd(out: str, videos: int, epochs: int | None, seed: int, quiet: bool) -> None:
+@quiet_option()
+def demo_cmd(out: str, clips: int, epochs: int | None, seed: int, quiet: bool) -> None:
     """Run the whole pipeline on a small generated dataset: make graded-distortion clips, extract
     with a tiny random-weight CLIP, train --tiny, and print SROCC/PLCC on the held-out clips."""
     import logging
 
+    from clifvqa.demo import DEMO_TRAINING, DemoConfig, run_demo
     from clifvqa.train.config_io import with_overrides
-    from clifvqa.train.demo import DEMO_TRAINING, DemoConfig, run_demo
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    config = DemoConfig(videos=videos, seed=seed, train=with_overrides(DEMO_TRAINING, {"optim.epochs": epochs} if epochs else {}))
+    overrides = {"optim.epochs": epochs} if epochs else {}
+    config = DemoConfig(clips=clips, seed=seed, train=with_overrides(DEMO_TRAINING, overrides))
     result = run_demo(out, config, progress=not quiet, log=click.echo)
     click.echo(result.summary())
 

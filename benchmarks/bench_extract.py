@@ -25,8 +25,8 @@ Per model and resolution one child process loads the model, runs (d), records it
 then times (b) and (a) on the same loaded model: all three see the same machine load.
 (d) and (b) use the first ``--frames`` frames (an N-frame encode of the same synthetic scene),
 (a) the first ``--naive-frames`` of them (fewer when it passes ``--naive-seconds``: the
-per-crop loop slows down most when other processes compete for the cores); (c) decodes the whole ``--seconds`` clip in the
-parent. Clips and models are made once and cached in ``--out``.
+per-crop loop slows down most when other processes compete for the cores); (c) decodes the whole
+``--seconds`` clip in the parent. Clips and models are made once and cached in ``--out``.
 
     python benchmarks/bench_extract.py                 # = make bench; ~3 min on 2 CPU cores
     python benchmarks/bench_extract.py --device cuda --workers-sweep 8
@@ -305,7 +305,9 @@ def run_child(spec: dict) -> dict:
 
 def machine_line(d: dict) -> str:
     """The machine line of a child's result ``d`` (its device, threads, dtype and batch)."""
-    return _machine.machine_line(d["device"], f"dtype {d['dtype']} | batch {d['batch_size']} crops", threads=d["threads"])
+    return _machine.machine_line(
+        d["device"], f"dtype {d['dtype']} | batch {d['batch_size']} crops", threads=d["threads"]
+    )
 
 
 def duration(seconds: float) -> str:

@@ -136,7 +136,7 @@ def main() -> None:
     for grid in args.grids.split(","):
         rows, cols = (int(v) for v in grid.split("x"))
         store = work / f"store-{grid}-{time.time_ns()}.zarr"
-        argv = ["extract", str(videos), "--store", str(store), "--clip-model", str(clip), "--grid", grid,
+        argv = ["extract", str(videos), "-o", str(store), "--clip-model", str(clip), "--grid", grid,
                 "--device", "cpu", "--batch-size", args.batch_size, "--workers", str(args.workers), "--quiet"]
         argv += ["--save-embeddings"] if args.save_embeddings else []
         peak, sec, status = measure("clifvqa.cli", argv, cap, env, work)

@@ -48,8 +48,8 @@ def run(preset: str, clip: Path, clips: int, frames: int, work: Path) -> str:
     from clifvqa.extract.config import ExtractConfig
     from clifvqa.extract.rescore import rescore_store
     from clifvqa.extract.runner import extract_dataset
-    from clifvqa.testing.videos import write_clip
     from clifvqa.features.store import open_store
+    from clifvqa.testing.videos import write_clip
 
     root = work / preset
     dataset = root / "videos"
@@ -58,11 +58,15 @@ def run(preset: str, clip: Path, clips: int, frames: int, work: Path) -> str:
     prompts = root / "new.json"
     prompts.write_text(json.dumps(NEW_PROMPTS))
     base = dict(clip_model=str(clip), grid=(3, 3), device="cpu", dtype="float32", batch_size=63, workers=1)
-    first = extract_dataset(dataset, root / "src.zarr", config=ExtractConfig(**base, save_embeddings=True), progress=False)
+    first = extract_dataset(
+        dataset, root / "src.zarr", config=ExtractConfig(**base, save_embeddings=True), progress=False
+    )
     assert first.ok and first.done == clips, first.line()
 
     start = time.perf_counter()
-    again = extract_dataset(dataset, root / "again.zarr", config=ExtractConfig(**base, prompts_file=str(prompts)), progress=False)
+    again = extract_dataset(
+        dataset, root / "again.zarr", config=ExtractConfig(**base, prompts_file=str(prompts)), progress=False
+    )
     extract_total = time.perf_counter() - start
     start = time.perf_counter()
     rescored = rescore_store(root / "src.zarr", root / "rescored.zarr", prompts, device="cpu", progress=False)

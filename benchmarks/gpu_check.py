@@ -736,7 +736,7 @@ def sec_eval_bf16_vs_fp32(ctx: Context, res: dict) -> None:
 
 
 def sec_predict_deterministic(ctx: Context, res: dict) -> None:
-    from clifvqa.train.predict import predict
+    from clifvqa.predict import predict
 
     d = ctx.dataset
     videos = [d / "videos" / "v0.mp4", d / "videos" / "v7.mp4"]
@@ -929,7 +929,7 @@ def sec_speed_predict(ctx: Context, res: dict) -> None:
     from clifvqa.features.provenance import fingerprint
     from clifvqa.train import checkpoint as ckpt
     from clifvqa.train.model import ClifVQAConfig, build_model
-    from clifvqa.train.predict import predict
+    from clifvqa.predict import predict
 
     if ctx.quick:
         checkpoint, seconds, fps = ctx.checkpoint, 2, 10

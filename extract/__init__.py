@@ -4,7 +4,7 @@ Modules, in the order data flows through them (decoding is :mod:`clifvqa.video`'
 
 - :mod:`~clifvqa.extract.config`: ``ExtractConfig``, the settings of a run.
 - :mod:`~clifvqa.extract.prompts`: ``PromptSet``, ``default_prompts()``, ``load_prompts(path)``.
-- :mod:`~clifvqa.extract.clip_model`: ``load_clip(model, device, dtype) -> ClipBundle``.
+- :mod:`~clifvqa.extract.clip_model`: ``load_clip(model, device) -> ClipBundle``.
 - :mod:`~clifvqa.extract.grid`: ``crop_origins``, ``upscaled_size`` (paper Eq. 1).
 - :mod:`~clifvqa.extract.pipeline`: ``decode_crops``, decoding threads ahead of the device.
 - :mod:`~clifvqa.extract.sfe`: ``SemanticFeatureExtractor`` (Eqs. 2-6), batched on the device.

@@ -56,10 +56,6 @@ class ClipBundle:
     weights_sha256: str
     model_id: str
 
-    @property
-    def device(self) -> Any:
-        return next(self.model.parameters()).device
-
 
 def looks_like_path(model: str) -> bool:
     """True when ``model`` can only be meant as a folder, never as a hub id (``org/name``)."""
@@ -76,7 +72,7 @@ def looks_like_hub_id(model: str) -> bool:
     return re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", model) is not None and not looks_like_path(model)
 
 
-def load_clip(model: str, device: str = "auto", dtype: str = "float32") -> ClipBundle:
+def load_clip(model: str, device: str = "auto") -> ClipBundle:
     """Load CLIP model + tokenizer from a hub id or a local folder.
 
     Args:
@@ -85,8 +81,7 @@ def load_clip(model: str, device: str = "auto", dtype: str = "float32") -> ClipB
             a hub lookup. A folder is recorded (``ClipBundle.model_id``) as its absolute path, so
             that it can be found again from any working directory.
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ... (see :func:`clifvqa._device.resolve_device`).
-        dtype: dtype of the loaded weights. The extractor keeps float32 weights and uses
-            autocast for half-precision compute.
+            The weights are loaded in float32; the extractor uses autocast for half precision.
 
     Raises:
         ClipLoadError: the folder is missing or incomplete, a weight file is damaged or not
@@ -110,7 +105,7 @@ def load_clip(model: str, device: str = "auto", dtype: str = "float32") -> ClipB
         source = model
 
     def load(local_files_only: bool):
-        clip = CLIPModel.from_pretrained(source, dtype=getattr(torch, dtype), local_files_only=local_files_only)
+        clip = CLIPModel.from_pretrained(source, dtype=torch.float32, local_files_only=local_files_only)
         return clip, CLIPTokenizer.from_pretrained(source, local_files_only=local_files_only)
 
     online = False

@@ -106,7 +106,10 @@ class PromptSet:
 
     @classmethod
     def from_words(
-        cls, objective: list[str] | tuple[str, ...], subjective: list[str] | tuple[str, ...], template: str = DEFAULT_TEMPLATE
+        cls,
+        objective: list[str] | tuple[str, ...],
+        subjective: list[str] | tuple[str, ...],
+        template: str = DEFAULT_TEMPLATE,
     ) -> PromptSet:
         """Apply ``template`` to each word; objective prompts come first, then subjective ones.
         An empty or whitespace-only word is refused (it would make ``"a photo that looks ."``)."""
@@ -226,7 +229,12 @@ class _Entry:
 
 
 def _check_template(template: object) -> None:
-    if not isinstance(template, str) or template.count("{}") != 1 or template.count("{") != 1 or template.count("}") != 1:
+    if (
+        not isinstance(template, str)
+        or template.count("{}") != 1
+        or template.count("{") != 1
+        or template.count("}") != 1
+    ):
         raise ValueError(f"template {template!r} must contain exactly one '{{}}' and no other braces")
 
 
@@ -277,7 +285,9 @@ def _from_json(path: Path, text: str) -> tuple[str | None, list[_Entry]]:
     if isinstance(data, dict):
         unknown = set(data) - {"template", *GROUPS}
         if unknown:
-            raise PromptFileError(f"prompt file {path}: unknown keys {sorted(unknown)}; expected template, objective, subjective")
+            raise PromptFileError(
+                f"prompt file {path}: unknown keys {sorted(unknown)}; expected template, objective, subjective"
+            )
         entries = []
         for group in GROUPS:
             items = data.get(group, [])
@@ -313,7 +323,9 @@ def _from_lines(path: Path, text: str) -> tuple[str, list[_Entry]]:
         key, value = key.strip().lower(), value.strip()
         where = f"prompt file {path}, line {lineno}"
         if not sep:
-            raise PromptFileError(f"{where}: expected 'objective: WORD', 'subjective: WORD' or 'template: TEXT', got {raw!r}")
+            raise PromptFileError(
+                f"{where}: expected 'objective: WORD', 'subjective: WORD' or 'template: TEXT', got {raw!r}"
+            )
         if key == "template":
             if entries:
                 raise PromptFileError(f"{where}: the template line must come before the prompts")

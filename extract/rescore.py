@@ -29,7 +29,7 @@ from clifvqa.errors import ClifvqaError
 from clifvqa.extract.prompts import PromptSet, load_prompts
 from clifvqa.extract.runner import RunSummary, SignalStop
 from clifvqa.extract.sfe import SemanticFeatureExtractor
-from clifvqa.features.provenance import DETERMINING_FIELDS, FingerprintMismatch, fingerprint, provenance_diff
+from clifvqa.features.provenance import DETERMINING_FIELDS, fingerprint, provenance_diff
 from clifvqa.features.store import FeatureStore, create_or_open_store, is_url, local_path, open_store
 
 DEFAULT_BATCH_FRAMES = 64
@@ -144,15 +144,8 @@ def rescore_store(
                 f"the prompts and softmax ({softmax}) are those {source.path} was extracted with: rescoring would "
                 "only duplicate it (up to float16 rounding); give other prompts or the other --softmax"
             )
-        try:
-            target = create_or_open_store(dst, provenance)
-        except FingerprintMismatch as exc:
-            raise FingerprintMismatch(
-                f"{dst} already holds features made with other settings (differing provenance fields: "
-                f"{', '.join(exc.fields) or 'none, its fingerprint is corrupt'}); rescored features go to a new "
-                f"store: pass another output path, or delete {dst} to start over",
-                exc.fields,
-            ) from exc
+        target = create_or_open_store(dst, provenance, remedy="rescored features go to a new store: pass another "
+                                      f"output path, or delete {dst} to start over")
         with SignalStop(raising=False) as signals, target:
             complete = set(target.keys())
             summary.total = len(keys)

@@ -196,22 +196,19 @@ def _existing_store(store_path: str | Path) -> tuple[set[str], dict[str, Any]]:
 
 @contextlib.contextmanager
 def _open_for_writing(store_path: str | Path, extractor: SemanticFeatureExtractor, recorded: dict[str, Any]):
-    """The run's store, opened (or created) for ``extractor``'s features; a store that recorded
-    another dtype is refused with what to pass instead (the dtype is part of the fingerprint)."""
-    from clifvqa.features.provenance import FingerprintMismatch
+    """The run's store, opened (or created) for ``extractor``'s features; a store of other settings
+    is refused naming them, and one that recorded another dtype with what to pass instead (the
+    dtype is part of the fingerprint)."""
     from clifvqa.features.store import create_or_open_store
 
-    try:
-        store = create_or_open_store(store_path, extractor.provenance())
-    except FingerprintMismatch as exc:
-        if "dtype" not in exc.fields:
-            raise
-        raise FingerprintMismatch(
-            f"{exc}. It was extracted with dtype {recorded.get('dtype')}, "
-            f"this run computes in {extractor.dtype}: "
-            f"pass --dtype auto (continues a store in its recorded dtype) or --dtype {recorded.get('dtype')}",
-            exc.fields) from None
-    with store:
+    provenance = extractor.provenance()
+    if recorded.get("dtype", provenance["dtype"]) != provenance["dtype"]:
+        remedy = (f"it was extracted with dtype {recorded['dtype']}, this run computes in {extractor.dtype}: pass "
+                  f"--dtype auto (continues a store in its recorded dtype) or --dtype {recorded['dtype']}")
+    else:
+        remedy = (f"features from different settings cannot share a store: write to a new --out path (or delete "
+                  f"{store_path} to start over)")
+    with create_or_open_store(store_path, provenance, remedy=remedy) as store:
         yield store
 
 

@@ -14,6 +14,7 @@ from clifvqa.features.provenance import (
     FingerprintMismatch,
     fingerprint,
     provenance_diff,
+    require_same_features,
 )
 from clifvqa.features.store import (
     FeatureStore,
@@ -30,5 +31,5 @@ __all__ = [
     "DETERMINING_FIELDS", "FeatureStore", "FingerprintMismatch", "MergeConflict", "MergeReport",
     "Problem", "StoreError", "VideoFeatures", "convert_store", "create_or_open_store",
     "finalize_store", "fingerprint", "merge_stores", "open_store", "pooled_sha256",
-    "provenance_diff", "store_info", "verify_store",
+    "provenance_diff", "require_same_features", "store_info", "verify_store",
 ]

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from clifvqa.errors import ClifvqaError
-from clifvqa.features.provenance import FingerprintMismatch, provenance_diff
+from clifvqa.features.provenance import require_same_features
 from clifvqa.features.store import (
     FeatureStore,
     StoreError,
@@ -140,13 +140,9 @@ def _copy_stores(sources: list[str | os.PathLike[str]], out: str | os.PathLike[s
 def _check_fingerprints(stores: list[FeatureStore]) -> None:
     first = stores[0]
     for other in stores[1:]:
-        if other.fingerprint != first.fingerprint:
-            fields = provenance_diff(first.provenance, other.provenance)
-            what = ", ".join(fields) if fields else "none (a fingerprint attribute is corrupt: run store verify)"
-            raise FingerprintMismatch(
-                f"cannot merge {other.path} into {first.path}: they were made with different "
-                f"settings (differing provenance fields: {what}); only stores with the same "
-                "fingerprint hold interchangeable features", fields)
+        require_same_features(first.provenance, other.provenance, fingerprints=(first.fingerprint, other.fingerprint),
+                              problem=f"cannot merge {other.path} into {first.path}: they were made with different "
+                              "settings", remedy="only stores with the same fingerprint hold interchangeable features")
 
 
 def _plan_videos(stores: list[FeatureStore], prefer: str | None,

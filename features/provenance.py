@@ -16,8 +16,6 @@ compare by the format-2 fingerprint of their provenance.
 
 from __future__ import annotations
 
-from clifvqa.errors import ClifvqaError
-
 import datetime as _dt
 import hashlib
 import json
@@ -26,6 +24,8 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+
+from clifvqa.errors import ClifvqaError
 
 DETERMINING_FIELDS: tuple[str, ...] = (
     "clip", "prompts", "grid", "crop", "resize", "mean", "std", "frame_stride", "dtype",
@@ -128,6 +128,35 @@ def provenance_diff(a: Mapping[str, Any], b: Mapping[str, Any],
     for field in fields:
         walk(a.get(field, _MISSING), b.get(field, _MISSING), field)
     return out
+
+
+def require_same_features(
+    expected: Mapping[str, Any],
+    actual: Mapping[str, Any],
+    *,
+    problem: str,
+    remedy: str,
+    fingerprints: tuple[str, str] | None = None,
+) -> None:
+    """Refuse features made otherwise than ``expected``: the one fingerprint check of clifvqa.
+
+    Extraction resuming a store, merge, training, evaluate, predict and rescore all compare
+    through it, so each refusal reads alike: ``"{problem} (differing provenance fields: grid,
+    prompts.texts); {remedy}"``. ``expected`` and ``actual`` are provenances; they match when
+    their fingerprints agree: the format-2 :func:`fingerprint` of each, or ``fingerprints``
+    (expected's, actual's) when the caller has them (a store's :attr:`fingerprint`, which for a
+    store whose fingerprint attribute does not match its provenance is that attribute: then
+    the fields may all agree, and the message says to verify the store).
+
+    Raises:
+        FingerprintMismatch: the features differ; ``fields`` names the differing provenance fields.
+    """
+    want, got = fingerprints or (fingerprint(expected), fingerprint(actual))
+    if want == got:
+        return
+    fields = provenance_diff(expected, actual)
+    what = ", ".join(fields) or "none: a fingerprint attribute does not match its provenance, run clifvqa store verify"
+    raise FingerprintMismatch(f"{problem} (differing provenance fields: {what}); {remedy}", fields)
 
 
 def _plain_or_missing(x: Any) -> Any:

@@ -42,7 +42,7 @@ from clifvqa.features.provenance import (
     check_provenance,
     fingerprint,
     informative_defaults,
-    provenance_diff,
+    require_same_features,
     to_plain,
 )
 from clifvqa.manifests.paths import UnsafePathError, validate_video_path
@@ -545,7 +545,7 @@ def open_store(path_or_url: str | os.PathLike[str], mode: str = "r") -> FeatureS
 
 
 def create_or_open_store(path: str | os.PathLike[str], provenance: Mapping[str, Any], *,
-                         zarr_format: int = 3) -> FeatureStore:
+                         zarr_format: int = 3, remedy: str | None = None) -> FeatureStore:
     """Open ``path`` for writing, creating it with ``provenance`` when it does not exist.
 
     The root is created exactly once even when shard processes start together (it is built
@@ -556,7 +556,8 @@ def create_or_open_store(path: str | os.PathLike[str], provenance: Mapping[str, 
 
     Raises:
         FingerprintMismatch: the existing store was made with different determining settings;
-            the message names the differing provenance fields.
+            the message names the differing provenance fields, then ``remedy`` (what the
+            caller's user should do; default: write a new store).
         StoreError: remote URL or ``.zarr.zip`` (read-only), or a path that is not a store.
         ValueError: provenance lacks a field or has a wrong type (naming it).
     """
@@ -584,15 +585,14 @@ def create_or_open_store(path: str | os.PathLike[str], provenance: Mapping[str, 
         store.close()
         raise CorruptFeaturesError(str(local), None, "its fingerprint attribute does not match its provenance "
                                    "(one of them was edited or corrupted), so it cannot take more features")
-    if store.fingerprint != fp:
-        fields = provenance_diff(store.provenance, prov)
+    try:
+        require_same_features(store.provenance, prov, fingerprints=(store.fingerprint, fp),
+                              problem=f"{local} holds features made with other settings",
+                              remedy=remedy or "features from different settings cannot share a store: write to a "
+                              f"new store (-o/--out) (or delete {local} to start over)")
+    except FingerprintMismatch:
         store.close()
-        what = (f"differing provenance fields: {', '.join(fields)}" if fields else
-                "its stored fingerprint does not match its provenance (run store verify)")
-        raise FingerprintMismatch(
-            f"{local} holds features made with other settings ({what}); features from "
-            "different settings cannot share a store: write to a new --store path (or delete "
-            f"{local} to start over)", fields)
+        raise
     return store
 
 

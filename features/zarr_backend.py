@@ -1,8 +1,8 @@
 """Zarr backend of the feature store: local ``.zarr`` directories (format 3, or 2 for export),
 read-only ``.zarr.zip`` files and read-only fsspec URLs.
 
-Concurrency (see notes/tech.md, "Concurrency"): several processes may write one local store as
-long as each writes only its own videos. Every video and failure record is its own group;
+Concurrency (zarr v3 is process-safe only when processes write different chunks): several
+processes may write one local store as long as each writes only its own videos. Every video and failure record is its own group;
 intermediate groups are created with zarr's exclusive ``set_if_not_exists`` so racing creators
 are harmless; the root is built in a temporary directory and renamed into place, so it is
 created exactly once. Consolidated metadata is written only by :meth:`finalize`; local stores

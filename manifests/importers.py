@@ -18,9 +18,9 @@ Formats (see docs/MANIFESTS.md for example lines):
 from __future__ import annotations
 
 import csv
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from clifvqa.errors import ClifvqaError
 from clifvqa.manifests.io import SPLITS, STANDARD_COLUMNS, Manifest, ManifestRow, parse_mos
@@ -76,7 +76,10 @@ def import_labels(fmt: str, src: str | Path, prefix: str = "", **opts: str) -> I
         raise LabelFormatError(f"unknown label format {fmt!r}; choose one of {', '.join(FORMATS)}")
     unknown = sorted(set(opts) - _OPTIONS[fmt])
     if unknown:
-        raise LabelFormatError(f"format {fmt!r} does not take option(s) {', '.join(unknown)} (it takes: {', '.join(sorted(_OPTIONS[fmt]))})")
+        raise LabelFormatError(
+            f"format {fmt!r} does not take option(s) {', '.join(unknown)} (it takes: "
+            f"{', '.join(sorted(_OPTIONS[fmt]))})"
+        )
     split = opts.get("split")
     if split is not None and split not in SPLITS:
         raise LabelFormatError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
@@ -88,7 +91,13 @@ def import_labels(fmt: str, src: str | Path, prefix: str = "", **opts: str) -> I
         collector.unit = "entry"
         _import_livevqc(src, collector)
     elif fmt == "konvid":
-        _import_table(src, collector, opts.get("video_col", "flickr_id"), opts.get("mos_col", "mos"), _with_ext(".mp4", always=True))
+        _import_table(
+            src,
+            collector,
+            opts.get("video_col", "flickr_id"),
+            opts.get("mos_col", "mos"),
+            _with_ext(".mp4", always=True),
+        )
     elif fmt == "lsvq":
         _import_lsvq(src, collector, opts)
     elif fmt == "youtube-ugc":
@@ -97,7 +106,9 @@ def import_labels(fmt: str, src: str | Path, prefix: str = "", **opts: str) -> I
         mos_col = opts.get("mos_col") or ("mos", "mos full")
         _import_table(src, collector, opts.get("video_col", "vid"), mos_col, _with_ext(ext, always=False))
     else:  # csv
-        _import_table(src, collector, opts.get("video_col", "video"), opts.get("mos_col", "mos"), str, split_from_column=True)
+        _import_table(
+            src, collector, opts.get("video_col", "video"), opts.get("mos_col", "mos"), str, split_from_column=True
+        )
     return collector.result()
 
 
@@ -136,7 +147,9 @@ class _Collector:
     def add_columns(self, names: list[str]) -> None:
         self.columns += [n for n in names if n not in self.columns]
 
-    def add(self, line: int, name: str, mos_text: str, *, split: str | None = None, extra: dict[str, str] | None = None) -> None:
+    def add(
+        self, line: int, name: str, mos_text: str, *, split: str | None = None, extra: dict[str, str] | None = None
+    ) -> None:
         name = name.strip()
         if not name:
             return self.skip(line, "missing video name")
@@ -326,7 +339,10 @@ def _find_column(header: list[str], candidates: tuple[str, ...], src: Path, opti
         if name.strip().lower() in lower:
             return lower[name.strip().lower()]
     wanted = " or ".join(repr(c) for c in candidates)
-    raise LabelFormatError(f"{src}: no column {wanted} (columns: {', '.join(header)}); name the right one with --{option.replace('_', '-')}")
+    raise LabelFormatError(
+        f"{src}: no column {wanted} (columns: {', '.join(header)}); name the right one with "
+        f"--{option.replace('_', '-')}"
+    )
 
 
 def _read_table(src: Path, out: _Collector) -> tuple[list[str], list[tuple[int, list[str]]]]:
@@ -364,5 +380,7 @@ def _read_xlsx(src: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
         raise LabelFormatError(f"{src}: the first sheet is empty")
     cell = lambda v: "" if v is None else str(v)  # noqa: E731
     header = [cell(v) for v in rows[0]]
-    records = [(n, [cell(v) for v in row]) for n, row in enumerate(rows[1:], start=2) if any(v is not None for v in row)]
+    records = [
+        (n, [cell(v) for v in row]) for n, row in enumerate(rows[1:], start=2) if any(v is not None for v in row)
+    ]
     return header, records

@@ -13,9 +13,9 @@ from __future__ import annotations
 import csv
 import math
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 from clifvqa._atomic import atomic_path
 from clifvqa.errors import ClifvqaError
@@ -173,7 +173,9 @@ def _parse_file(path: Path) -> tuple[Manifest, list[Problem]]:
                 continue  # blank line: not a row
             if len(fields) != len(header):
                 video = fields[header.index("video")] if len(fields) > header.index("video") else ""
-                problems.append(Problem(line, video, "fields", f"has {len(fields)} fields, the header has {len(header)}"))
+                problems.append(
+                    Problem(line, video, "fields", f"has {len(fields)} fields, the header has {len(header)}")
+                )
                 continue
             cells = dict(zip(header, fields))
             row = _parse_row(cells, line, problems)
@@ -199,7 +201,9 @@ def _parse_row(cells: dict[str, str], line: int, problems: list[Problem]) -> Man
             problems.append(Problem(line, video, "bad_mos", f"MOS {cells['mos']!r} is not a number"))
     split = cells.get("split", "").strip() or None
     if split is not None and split not in SPLITS:
-        problems.append(Problem(line, video, "bad_split", f"split {split!r} is not one of {', '.join(SPLITS)} (or empty)"))
+        problems.append(
+            Problem(line, video, "bad_split", f"split {split!r} is not one of {', '.join(SPLITS)} (or empty)")
+        )
         split = None
     extra = {k: v for k, v in cells.items() if k not in STANDARD_COLUMNS}
     return ManifestRow(video, mos, split, extra, line)
@@ -215,7 +219,9 @@ def _duplicates(located: list[tuple[str, int]]) -> list[Problem]:
         if len(where) > 1:
             listed = ", ".join(map(str, where))
             for line in where:
-                problems.append(Problem(line, video, "duplicate", f"video {video!r} appears {len(where)} times (lines {listed})"))
+                problems.append(
+                    Problem(line, video, "duplicate", f"video {video!r} appears {len(where)} times (lines {listed})")
+                )
     return problems
 
 
@@ -272,7 +278,9 @@ def write_manifest(manifest: Manifest, path: str | Path, *, overwrite: bool = Fa
         if row.mos is not None and not math.isfinite(row.mos):
             problems.append(Problem(where, row.video, "bad_mos", f"MOS {row.mos!r} is not a finite number"))
         if row.split is not None and row.split not in SPLITS:
-            problems.append(Problem(where, row.video, "bad_split", f"split {row.split!r} is not one of {', '.join(SPLITS)}"))
+            problems.append(
+                Problem(where, row.video, "bad_split", f"split {row.split!r} is not one of {', '.join(SPLITS)}")
+            )
     problems.extend(_duplicates(located))
     if problems:
         problems.sort(key=lambda p: p.line)
@@ -282,6 +290,10 @@ def write_manifest(manifest: Manifest, path: str | Path, *, overwrite: bool = Fa
         writer = csv.writer(fh, lineterminator="\n")
         writer.writerow(columns)
         for row in manifest.rows:
-            standard = {"video": row.video, "mos": "" if row.mos is None else repr(float(row.mos)), "split": row.split or ""}
+            standard = {
+                "video": row.video,
+                "mos": "" if row.mos is None else repr(float(row.mos)),
+                "split": row.split or "",
+            }
             writer.writerow([standard[c] if c in STANDARD_COLUMNS else str(row.extra.get(c, "")) for c in columns])
     return path

@@ -45,7 +45,10 @@ def random_splits(
     if seeds < 1:
         raise ClifvqaError(f"seeds must be at least 1, got {seeds}")
     if not (0 < test_fraction < 1 and 0 <= val_fraction < 1 and test_fraction + val_fraction < 1):
-        raise ClifvqaError(f"need 0 < test_fraction, 0 <= val_fraction and test + val < 1; got test={test_fraction}, val={val_fraction}")
+        raise ClifvqaError(
+            f"need 0 < test_fraction, 0 <= val_fraction and test + val < 1; got test={test_fraction}, "
+            f"val={val_fraction}"
+        )
     videos = manifest.videos
     dups = sorted(v for v, count in Counter(videos).items() if count > 1)
     if dups:
@@ -82,7 +85,10 @@ def write_splits(splits: list[Manifest], out_dir: str | Path, *, overwrite: bool
     out_dir = Path(out_dir)
     existing = sorted(p for p in out_dir.glob("split_*.csv") if _SPLIT_FILE.match(p.name)) if out_dir.is_dir() else []
     if existing and not overwrite:
-        raise FileExistsError(f"{out_dir} already holds {len(existing)} split files ({existing[0].name}, ...); pass overwrite=True / --force to replace them")
+        raise FileExistsError(
+            f"{out_dir} already holds {len(existing)} split files ({existing[0].name}, ...); pass overwrite=True / "
+            "--force to replace them"
+        )
     width = max(2, len(str(len(splits) - 1)))
     paths = [write_manifest(m, out_dir / f"split_{i:0{width}d}.csv", overwrite=overwrite) for i, m in enumerate(splits)]
     for old in set(existing) - set(paths):

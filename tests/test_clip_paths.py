@@ -153,7 +153,7 @@ def test_cli_extract_with_damaged_weights_exit_2_one_line(clip_copy, tmp_path):
     weights = clip_copy / "model.safetensors"
     problem = _damage("truncated", weights, tmp_path / "unused")
     (tmp_path / "videos").mkdir()
-    args = ["extract", str(tmp_path / "videos"), "--store", str(tmp_path / "s.zarr"),
+    args = ["extract", str(tmp_path / "videos"), "-o", str(tmp_path / "s.zarr"),
             "--clip-model", str(clip_copy), "--device", "cpu"]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 2

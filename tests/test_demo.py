@@ -7,14 +7,16 @@ import csv
 import pytest
 import torch
 
+from clifvqa.demo import DEMO_TRAINING, DISTORTIONS, LEVELS, RANDOM_CLIP_NOTE, DemoConfig, demo_manifest, run_demo
 from clifvqa.train.config_io import with_overrides
-from clifvqa.train.demo import DEMO_TRAINING, DISTORTIONS, LEVELS, RANDOM_CLIP_NOTE, DemoConfig, demo_manifest, run_demo
 
-SMALL = DemoConfig(videos=12, frames=8, width=160, height=128, grid=(1, 1), train=with_overrides(DEMO_TRAINING, {"optim.epochs": 1, "optim.batch_size": 4, "model.fragments.num_clips_test": 1}))
+SMALL = DemoConfig(clips=12, frames=8, width=160, height=128, grid=(1, 1),
+                   train=with_overrides(DEMO_TRAINING, {"optim.epochs": 1, "optim.batch_size": 4,
+                                                        "model.fragments.num_clips_test": 1}))
 
 
 def test_demo_manifest_levels_mos_and_splits():
-    manifest = demo_manifest(DemoConfig(videos=24))
+    manifest = demo_manifest(DemoConfig(clips=24))
     assert len(manifest) == 24 == 4 * LEVELS and len(DISTORTIONS) == LEVELS
     by_level = {}
     for row in manifest.rows:
@@ -25,7 +27,7 @@ def test_demo_manifest_levels_mos_and_splits():
     for key in ("blur", "noise", "crf"):  # every distortion rises (never falls) with the level
         values = [d[key] for d in DISTORTIONS]
         assert values == sorted(values) and values[0] < values[-1]
-    assert DemoConfig(videos=13).scenes == 3 and DemoConfig(videos=5).scenes == 2
+    assert DemoConfig(clips=13).scenes == 3 and DemoConfig(clips=5).scenes == 2
 
 
 def test_demo_defaults_hold_out_two_clips_per_level_and_train_in_one_batch():
@@ -53,7 +55,8 @@ def test_demo_end_to_end_at_a_tiny_size(tmp_path):
 
     manifest = read_manifest(result.manifest)
     assert len(manifest) == 12
-    assert {s: sum(r.split == s for r in manifest.rows) for s in ("train", "val", "test")} == {"train": 7, "val": 3, "test": 2}
+    counts = {s: sum(r.split == s for r in manifest.rows) for s in ("train", "val", "test")}
+    assert counts == {"train": 7, "val": 3, "test": 2}
     assert all((result.out / "videos" / v).is_file() for v in manifest.videos)
     with open_store(result.store) as store:
         assert sorted(store.keys()) == sorted(manifest.videos) and not store.incomplete_keys() and not store.failures()
@@ -75,3 +78,28 @@ def test_demo_end_to_end_at_a_tiny_size(tmp_path):
 
     with pytest.raises(FileExistsError, match="not empty"):
         run_demo(tmp_path / "demo", SMALL, progress=False, log=lines.append)
+
+
+def test_cli_clips_option_and_the_old_videos_alias(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from clifvqa import demo
+    from clifvqa.cli import main
+    from clifvqa.errors import ClifvqaError
+
+    seen = []
+
+    def fake_run_demo(out, config, **kwargs):  # the CLI's part only: which settings reach run_demo
+        seen.append(config)
+        raise ClifvqaError("stopped here")
+
+    monkeypatch.setattr(demo, "run_demo", fake_run_demo)
+    runner = CliRunner()
+    result = runner.invoke(main, ["demo", "--out", str(tmp_path / "d"), "--clips", "18", "--seed", "3"])
+    assert result.exit_code == 2 and "warning" not in result.output
+    assert (seen[-1].clips, seen[-1].seed, seen[-1].scenes) == (18, 3, 3)
+    result = runner.invoke(main, ["demo", "--out", str(tmp_path / "d"), "--videos", "24"])
+    assert result.exit_code == 2 and seen[-1].clips == 24
+    assert "warning: --videos is deprecated, use --clips" in result.output
+    help_text = runner.invoke(main, ["demo", "--help"]).output
+    assert "--clips" in help_text and "--videos" not in help_text

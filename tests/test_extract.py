@@ -35,7 +35,8 @@ def run_cli(*args: str):
 
 
 def base_args(dataset: Path, store: Path, clip: Path, *extra: str) -> list[str]:
-    return [dataset, "--store", store, "--clip-model", clip, "--grid", "1x2", "--batch-size", "8", "--workers", "2", "--quiet", *extra]
+    return [dataset, "-o", store, "--clip-model", clip, "--grid", "1x2", "--batch-size", "8", "--workers", "2",
+            "--quiet", *extra]
 
 
 def read_all(store_path: Path) -> dict[str, dict[str, np.ndarray]]:
@@ -146,7 +147,7 @@ def test_usage_errors_exit_2_with_one_message(tmp_path, tiny_clip, make_video):
         ("--clip-model", str(tmp_path / "no" / "clip")): "CLIP model folder",
         ("--grid", "3by3"): "not of the form ROWSxCOLS",
         ("--shard", "2/2"): "out of range",
-        ("--batch-size", "0"): "--batch-size must be a positive integer",
+        ("--batch-size", "0"): "Invalid value for '--batch-size': '0' is not a positive integer or auto",
     }
     for extra, message in cases.items():
         args = base_args(tmp_path / "ds", tmp_path / "f.zarr", tiny_clip)

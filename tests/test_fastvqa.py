@@ -26,7 +26,7 @@ F32, I64 = torch.float32, torch.int64
 
 
 def official_fast_b_layout() -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
-    """Keys, shapes and dtypes of the official FAST-VQA-B evaluator, written from spec §8/§10."""
+    """Keys, shapes and dtypes of the official FAST-VQA-B evaluator, written from docs/FASTVQA-SPEC.md §8/§10."""
     p = "fragments_backbone."
     keys = {
         p + "patch_embed.proj.weight": ((96, 3, 2, 4, 4), F32),

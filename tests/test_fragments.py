@@ -86,7 +86,7 @@ def test_test_clips_are_centred_in_their_segments():
 
 
 def test_short_segments_start_at_zero_and_wrap():
-    # spec §5.2 example: 240 frames → starts 0/60/120/180, the last run wraps to frames 0 and 2
+    # docs/FASTVQA-SPEC.md §5.2 example: 240 frames → starts 0/60/120/180, the last run wraps to frames 0 and 2
     idx = needed_frame_indices(240, train=False).reshape(4, 32)
     assert idx[:, 0].tolist() == [0, 60, 120, 180]
     assert idx[3, -2:].tolist() == [0, 2]

@@ -185,7 +185,7 @@ def test_float32_math_turns_tf32_off_inside_and_restores_it():
 
 def test_predict_and_evaluation_score_without_tf32(tmp_path, make_train_set, monkeypatch):
     from clifvqa.features.store import open_store
-    from clifvqa.train import predict as predict_module
+    from clifvqa import predict as predict_module
     from clifvqa.train.checkpoint import load_checkpoint, save_checkpoint
     from clifvqa.train.data import VideoItem, load_semantic_features
     from clifvqa.train.inference import predict_items
@@ -388,7 +388,7 @@ def test_gpu_readouts_float32_under_autocast():
 def test_gpu_predict_equals_cpu(tmp_path, make_train_set):
     from clifvqa.features.store import open_store
     from clifvqa.train.checkpoint import save_checkpoint
-    from clifvqa.train.predict import predict
+    from clifvqa.predict import predict
 
     data = make_train_set(tmp_path / "data", n=2)
     with open_store(data.store) as st:

@@ -215,7 +215,7 @@ def test_grid_20x20_on_1080p_stays_under_the_bound(tiny_clip, make_video, tmp_pa
         "next(l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM:'))))\n"
         "runpy.run_module('clifvqa.cli', run_name='__main__', alter_sys=True)\n"
     )
-    argv = [sys.executable, "-c", code, "extract", str(videos), "--store", str(tmp_path / "f.zarr"),
+    argv = [sys.executable, "-c", code, "extract", str(videos), "-o", str(tmp_path / "f.zarr"),
             "--clip-model", str(tiny_clip), "--grid", "20x20", "--device", "cpu", "--workers", "1", "--quiet"]
     proc = subprocess.run(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     assert proc.returncode == 0, proc.stderr

@@ -145,7 +145,7 @@ def test_convert_round_trip_through_every_backend(tmp_path):
 
 def test_zarr_v2_export_is_plain_v2(tmp_path):
     src = build(tmp_path / "src.zarr", [0, 1])
-    result = CliRunner().invoke(main, ["store", "convert", str(src), str(tmp_path / "v2.zarr"),
+    result = CliRunner().invoke(main, ["store", "convert", str(src), "-o", str(tmp_path / "v2.zarr"),
                                        "--zarr-format", "2"])
     assert result.exit_code == 0, result.output
     v2 = tmp_path / "v2.zarr"
@@ -179,7 +179,7 @@ def test_convert_refusals_leave_nothing(tmp_path):
     root["videos/K/v1.mp4"].update_attributes({"pooled_sha256": "0" * 64})
     with pytest.raises(StoreError, match=r"src\.zarr: video 'K/v1\.mp4'.*pooled_sha256"):
         convert_store(src, tmp_path / "y.zarr")
-    result = CliRunner().invoke(main, ["store", "convert", str(src), str(tmp_path / "y.h5")])
+    result = CliRunner().invoke(main, ["store", "convert", str(src), "-o", str(tmp_path / "y.h5")])
     assert result.exit_code == 2 and "K/v1.mp4" in result.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["src.zarr", "taken.h5"]
 
@@ -191,7 +191,7 @@ def test_cli_merge_and_convert_report(tmp_path):
     assert result.exit_code == 0, result.output
     assert "3 videos, 1 failure records (from 2 stores)" in result.output
     shutil.rmtree(b)
-    result = CliRunner().invoke(main, ["store", "convert", str(b), str(tmp_path / "x.zarr")])
+    result = CliRunner().invoke(main, ["store", "convert", str(b), "-o", str(tmp_path / "x.zarr")])
     assert result.exit_code == 2 and "no feature store" in result.output
 
 
@@ -202,7 +202,7 @@ def test_merge_and_convert_show_progress_on_stderr_unless_quiet(tmp_path):
     assert merged.exit_code == 0, merged.output
     assert "merge: 100%" in merged.stderr and "3/3" in merged.stderr
     assert "merge:" not in merged.stdout
-    converted = CliRunner().invoke(main, ["store", "convert", str(a), str(tmp_path / "c.h5")])
+    converted = CliRunner().invoke(main, ["store", "convert", str(a), "-o", str(tmp_path / "c.h5")])
     assert "convert: 100%" in converted.stderr and "2/2" in converted.stderr
-    quiet = CliRunner().invoke(main, ["store", "convert", "--quiet", str(a), str(tmp_path / "q.h5")])
+    quiet = CliRunner().invoke(main, ["store", "convert", "-q", str(a), "-o", str(tmp_path / "q.h5")])
     assert quiet.exit_code == 0 and quiet.stderr == ""

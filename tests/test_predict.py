@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from clifvqa.train.predict import ProvenanceMismatch, predict, write_predictions
+from clifvqa.features.provenance import FingerprintMismatch
+from clifvqa.predict import predict, write_predictions
 
 NUM_FRAMES = 16
 
@@ -64,7 +65,7 @@ def test_refuses_a_clip_whose_weights_differ_from_the_checkpoints(setup, tmp_pat
     from clifvqa.testing.clip import save_random_clip
 
     other = save_random_clip(tmp_path / "other-clip", preset="tiny", seed=1)
-    with pytest.raises(ProvenanceMismatch) as info:
+    with pytest.raises(FingerprintMismatch) as info:
         predict([setup.videos[0]], setup.ckpt, clip_model=str(other), device="cpu")
     assert info.value.fields == ["clip.weights_sha256"]
     assert str(other) in str(info.value) and "--clip-model" in str(info.value)

@@ -138,7 +138,7 @@ def extracted(tmp_path_factory, tiny_clip):
 
 def test_predict_gives_score_and_raw_and_documents_them(extracted, tmp_path):
     from clifvqa.cli import main
-    from clifvqa.train.predict import predict
+    from clifvqa.predict import predict
 
     preds = predict(extracted.videos, extracted.ckpt, stores=[extracted.store], device="cpu")
     for p in preds:
@@ -157,7 +157,7 @@ def test_predict_gives_score_and_raw_and_documents_them(extracted, tmp_path):
 
 def test_explain_prints_a_summary_and_keeps_the_curves_in_the_json(extracted, tmp_path):
     from clifvqa.cli import main
-    from clifvqa.train.predict import explain_text, predict
+    from clifvqa.predict import explain_text, predict
 
     (pred,) = predict([extracted.videos[1]], extracted.ckpt, stores=[extracted.store], device="cpu",
                       explain=True)
@@ -184,7 +184,7 @@ def test_explain_prints_a_summary_and_keeps_the_curves_in_the_json(extracted, tm
 
 
 def test_progress_on_stderr_unless_quiet(extracted, tmp_path, capsys):
-    from clifvqa.train.predict import predict
+    from clifvqa.predict import predict
 
     predict([extracted.videos[0]], extracted.ckpt, device="cpu", progress=True)  # extracted on the fly
     err = capsys.readouterr().err

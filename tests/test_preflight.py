@@ -35,7 +35,7 @@ def konvid_like(tmp_path: Path, make_video, present: int, rows: int = 30) -> tup
 
 
 def extract_args(ds, manifest, store, clip, *extra):
-    return ["extract", ds, "--manifest", manifest, "--store", store, "--clip-model", clip,
+    return ["extract", ds, "--manifest", manifest, "-o", store, "--clip-model", clip,
             "--grid", "1x1", "--workers", "1", "--quiet", *extra]
 
 

@@ -162,7 +162,7 @@ def test_extract_and_rescore_share_the_rule_one_line_exit_2(tmp_path):
     one = _write(tmp_path, "one.txt", "# a single prompt\nobjective: sharp\n")
     group = _write(tmp_path, "group.txt", "objective: sharp\nobjective: blurry\nsubjective: boring\n")
     (tmp_path / "videos").mkdir()
-    extract = ["extract", str(tmp_path / "videos"), "--store", str(tmp_path / "s.zarr"), "--device", "cpu",
+    extract = ["extract", str(tmp_path / "videos"), "-o", str(tmp_path / "s.zarr"), "--device", "cpu",
                "--clip-model", str(tmp_path / "no-model")]
     rescore = ["store", "rescore", str(tmp_path / "no-store.zarr"), "-o", str(tmp_path / "d.zarr")]
     cases = [(one, "line 2", "all"), (group, "line 3", "group")]

@@ -163,6 +163,7 @@ def test_resume_mismatch_and_pointless_rescores(data, tmp_path):
     with pytest.raises(FingerprintMismatch, match="prompts.texts") as info:
         rescore_store(data / "src.zarr", dst, OTHER, device="cpu", progress=False)
     assert "another output path" in str(info.value) and "prompts.texts" in info.value.fields
+    assert "require_same_features" in [entry.name for entry in info.traceback]  # the one fingerprint check
     with open_store(dst) as store:
         assert store.keys() == ["a.mp4", "sub/b.mkv"]  # nothing lost
     with pytest.raises(RescoreError, match="only duplicate"):

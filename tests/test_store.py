@@ -88,7 +88,7 @@ def test_reopen_same_settings_and_refuse_different(tmp_path, prov, name):
     with pytest.raises(FingerprintMismatch) as err:
         create_or_open_store(tmp_path / name, other)
     assert err.value.fields == ["prompts.texts", "grid"]
-    assert "prompts.texts, grid" in str(err.value) and "new --store path" in str(err.value)
+    assert "prompts.texts, grid" in str(err.value) and "write to a new store (-o/--out)" in str(err.value)
     with open_store(tmp_path / name) as store:  # untouched
         assert store.keys() == ["a.mp4"] and store.provenance["grid"] == [2, 3]
 

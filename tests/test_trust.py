@@ -253,7 +253,7 @@ def two_video_extraction(tmp_path: Path, tiny_clip: Path, make_video) -> tuple[P
     make_video("a.mp4", root=root, num_frames=6, seed=0)
     make_video("b.mp4", root=root, num_frames=6, seed=1)
     store = tmp_path / "f.zarr"
-    return root, store, ["extract", str(root), "--store", str(store), "--clip-model", str(tiny_clip), "--device",
+    return root, store, ["extract", str(root), "-o", str(store), "--clip-model", str(tiny_clip), "--device",
                          "cpu", "--workers", "1", "--batch-size", "16", "--quiet"]
 
 

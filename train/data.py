@@ -36,6 +36,7 @@ carries no gradient (see :mod:`clifvqa.train.loss`).
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 from collections.abc import Mapping, Sequence
@@ -70,10 +71,12 @@ def listing(keys: Sequence[str], limit: int = MAX_LISTED) -> str:
 
 @dataclass(frozen=True)
 class VideoItem:
-    """One labelled video: its key (manifest path, relative to the video root) and MOS."""
+    """One video: its key (manifest path, relative to the video root) and MOS (None: unlabelled,
+    only scored); ``file``: the video file when it is not ``video root / key`` (predict's inputs)."""
 
     key: str
-    mos: float
+    mos: float | None
+    file: Path | None = None
 
 
 @dataclass
@@ -203,7 +206,6 @@ def load_semantic_features(
     t0: int,
     *,
     expected_r: int | None = None,
-    expected_fingerprint: str | None = None,
     video_root: str | os.PathLike[str] | None = None,
     allow_stale: bool = False,
     progress: bool = True,
@@ -214,14 +216,14 @@ def load_semantic_features(
     (:func:`clifvqa.features.sources.stale_reason`); stale entries are refused, or with
     ``allow_stale`` listed in a warning and used.
 
-    Raises :class:`DataError` before reading any features when a store's fingerprint does not
-    match its provenance, when the stores disagree on the fingerprint (naming the differing
-    provenance fields), when r is not ``expected_r``, when the fingerprint is not
-    ``expected_fingerprint`` (a resumed run), listing the videos that are in no store or
-    incomplete, or stale; and after reading, listing videos whose rows fail the store's checks
-    (corrupt chunk, non-finite values, ``pooled_sha256``) or hold no frame.
+    Raises :class:`~clifvqa.features.provenance.FingerprintMismatch` when the stores disagree on
+    the fingerprint (naming the differing provenance fields), and :class:`DataError` before
+    reading any features when a store's fingerprint does not match its provenance, when r is not
+    ``expected_r``, listing the videos that are in no store or incomplete, or stale; and after
+    reading, listing videos whose rows fail the store's checks (corrupt chunk, non-finite values,
+    ``pooled_sha256``) or hold no frame.
     """
-    from clifvqa.features.provenance import provenance_diff
+    from clifvqa.features.provenance import require_same_features
     from clifvqa.features.sources import stale_reason
     from clifvqa.features.store import CorruptFeaturesError, open_store
 
@@ -233,18 +235,12 @@ def load_semantic_features(
             store.check_fingerprint()
         first = opened[0]
         for other in opened[1:]:
-            if other.fingerprint != first.fingerprint:
-                fields = provenance_diff(first.provenance, other.provenance)
-                raise DataError(
-                    f"feature stores {first.path} and {other.path} were made with different settings "
-                    f"(fingerprints {first.fingerprint[:19]}... vs {other.fingerprint[:19]}...; differing fields: "
-                    f"{', '.join(fields) or 'none listed'}); use stores of one extraction setting"
-                )
+            require_same_features(first.provenance, other.provenance,
+                                  fingerprints=(first.fingerprint, other.fingerprint), problem=f"feature stores {first.path} and {other.path} were made with different "
+                                  "settings", remedy="use stores of one extraction setting")
         r = first.num_prompts
         if expected_r is not None and r != expected_r:
             raise DataError(f"store {first.path} has r={r} prompts but the model expects r={expected_r}")
-        if expected_fingerprint is not None and first.fingerprint != expected_fingerprint:
-            raise DataError(f"store {first.path} has fingerprint {first.fingerprint} but the run was trained on {expected_fingerprint}")
         where: dict[str, Any] = {}
         for store in opened:
             for key, attrs in store.entries().items():
@@ -341,7 +337,8 @@ class VideoDataset(Dataset):
         if self.fragments is not None:
             seed = item_seed(self.seed, self.epoch, index) if self.train else self.seed
             try:
-                out["fragments"] = sample_fragments(self.video_root / item.key, self.fragments, train=self.train, seed=seed)
+                path = item.file or self.video_root / item.key
+                out["fragments"] = sample_fragments(path, self.fragments, train=self.train, seed=seed)
             except Exception as exc:  # any decode failure: skip the video, never the run
                 return {"key": item.key, "error": f"{type(exc).__name__}: {exc}"}
         return out
@@ -352,7 +349,7 @@ def collate(batch: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     good = [b for b in batch if "error" not in b]
     out: dict[str, Any] = {
         "keys": [b["key"] for b in good],
-        "mos": torch.tensor([b["mos"] for b in good], dtype=torch.float32),
+        "mos": torch.tensor([math.nan if b["mos"] is None else b["mos"] for b in good], dtype=torch.float32),
         "semantic": torch.stack([b["semantic"] for b in good]) if good and good[0]["semantic"] is not None else None,
         "fragments": torch.stack([b["fragments"] for b in good]) if good and good[0]["fragments"] is not None else None,
         "failed": [(b["key"], b["error"]) for b in batch if "error" in b],

@@ -40,10 +40,10 @@ import torch
 
 from clifvqa._atomic import atomic_path, atomic_write_text
 from clifvqa._device import resolve_device
-from clifvqa.features.provenance import FingerprintMismatch, fingerprint, provenance_diff
 from clifvqa.manifests.io import Manifest, read_manifest
 from clifvqa.train.checkpoint import load_checkpoint, score_mapping_of
 from clifvqa.train.data import DataError, VideoItem, check_video_files, listing, load_semantic_features
+from clifvqa.train.inference import check_checkpoint_stores, predict_items
 from clifvqa.train.metrics import compute_metrics, fit_logistic
 
 PREDICTIONS_FILE = "predictions.csv"
@@ -85,7 +85,8 @@ class EvalResult:
         """A few lines for the terminal: the metrics, then anything left out or written."""
         m = self.metrics
         lines = [
-            f"{m['n']} videos: SROCC {_fmt(m['srocc'])}  PLCC {_fmt(m['plcc'])} (after {m['fit']} fit {_fmt(m['plcc_fit'])})"
+            f"{m['n']} videos: SROCC {_fmt(m['srocc'])}  PLCC {_fmt(m['plcc'])} "
+            f"(after {m['fit']} fit {_fmt(m['plcc_fit'])})"
             f"  KROCC {_fmt(m['krocc'])}  RMSE {_fmt(m['rmse'])} (raw {_fmt(m['rmse_raw'])})"
         ]
         if "score_rmse" in m:
@@ -100,31 +101,6 @@ class EvalResult:
         if self.plot_note:
             lines.append(self.plot_note)
         return "\n".join(lines)
-
-
-def check_stores_match(stores: Sequence[str | os.PathLike[str]], meta: Mapping[str, Any], checkpoint: str | os.PathLike[str]) -> None:
-    """Refuse stores whose fingerprint is not the checkpoint's, naming the differing fields.
-
-    Raises:
-        FingerprintMismatch: a store was made with other determining settings (``fields`` lists
-            them, e.g. ``["grid", "prompts.texts"]``).
-    """
-    from clifvqa.features.store import open_store
-
-    want = fingerprint(meta["store"]["provenance"])  # any store format's rule: compare format 2's
-    for path in stores:
-        with open_store(path) as store:
-            store.check_fingerprint()
-            if store.fingerprint == want:
-                continue
-            fields = provenance_diff(meta["store"]["provenance"], store.provenance)
-            raise FingerprintMismatch(
-                f"feature store {store.path} (fingerprint {store.fingerprint[:19]}...) was not made the way the features "
-                f"checkpoint {checkpoint} was trained on were (fingerprint {want[:19]}...); differing provenance fields: "
-                f"{', '.join(fields) or 'none listed'}. Extract the videos again with the checkpoint's settings "
-                f"(see meta.json 'store.provenance'), or use the store the model was trained with",
-                fields,
-            )
 
 
 def evaluate(
@@ -169,8 +145,6 @@ def evaluate(
             any scoring.
         NonFiniteOutput: the model gave NaN or inf for some videos (named); nothing is written.
     """
-    from clifvqa.train.inference import predict_items
-
     dev = torch.device(resolve_device(device))
     model, meta = load_checkpoint(checkpoint, dev)
     config = model.config
@@ -185,17 +159,20 @@ def evaluate(
     if out is not None and not overwrite:
         existing = [out / n for n in (PREDICTIONS_FILE, METRICS_FILE, PLOT_FILE) if (out / n).exists()]
         if existing:
-            raise FileExistsError(f"{existing[0]} already exists; choose another output folder or pass overwrite=True / --force")
+            raise FileExistsError(f"{existing[0]} already exists; choose another output folder or pass "
+                                  "overwrite=True / --force")
     keys = [item.key for item in items]
     if config.uses_spatial:
         check_video_files(keys, videos_dir)
     semantic = None
     if config.uses_semantic:
         if not stores:
-            raise DataError(f"checkpoint {checkpoint} uses the semantic branch: pass the feature store(s) with its videos (--store)")
-        check_stores_match(stores, meta, checkpoint)
+            raise DataError(f"checkpoint {checkpoint} uses the semantic branch: pass the feature store(s) with its "
+                            "videos (--store)")
+        check_checkpoint_stores(stores, meta, checkpoint)
         features = load_semantic_features(
-            stores, keys, config.t0, expected_r=config.r, video_root=videos_dir, allow_stale=allow_stale, progress=progress
+            stores, keys, config.t0, expected_r=config.r, video_root=videos_dir, allow_stale=allow_stale,
+            progress=progress,
         )
         semantic = features.rows
     fragments = config.fragments if config.uses_spatial else None
@@ -206,7 +183,8 @@ def evaluate(
     label = {item.key: item.mos for item in items}
     mos = [label[key] for key in done]  # the manifest's values, not the loader's float32 copies
     if not done:
-        raise DataError(f"{where}: none of the {len(items)} videos could be scored: {listing([f'{k} ({e})' for k, e in failed], 5)}")
+        why = listing([f"{k} ({e})" for k, e in failed], 5)
+        raise DataError(f"{where}: none of the {len(items)} videos could be scored: {why}")
     metrics = compute_metrics(preds, mos)
     fitted = fit_logistic(np.asarray(preds), np.asarray(mos))[0].tolist()
     mapping = score_mapping_of(meta)
@@ -230,7 +208,8 @@ def evaluate(
             "failures": [{"video": k, "error": e} for k, e in failed],
             "unlabelled": unlabelled,
         }
-        result.files["metrics"] = atomic_write_text(out / METRICS_FILE, json.dumps(info, indent=2, allow_nan=True) + "\n")
+        text = json.dumps(info, indent=2, allow_nan=True) + "\n"
+        result.files["metrics"] = atomic_write_text(out / METRICS_FILE, text)
     if plot:
         if out is None:
             result.plot_note = "no scatter plot: pass an output folder (--out) to write one"
@@ -270,7 +249,8 @@ def write_scatter(
     ax.plot(x[order], np.asarray(fitted, np.float64)[order], color="C3", lw=1.5, label=f"{metrics['fit']} fit")
     ax.set_xlabel("prediction")
     ax.set_ylabel("MOS")
-    ax.set_title(f"n={metrics['n']}  SROCC {_fmt(metrics['srocc'])}  PLCC {_fmt(metrics['plcc_fit'])} (fitted)", fontsize=9)
+    title = f"n={metrics['n']}  SROCC {_fmt(metrics['srocc'])}  PLCC {_fmt(metrics['plcc_fit'])} (fitted)"
+    ax.set_title(title, fontsize=9)
     ax.grid(True, alpha=0.3)
     ax.legend(loc="best", fontsize=8)
     fig.tight_layout()

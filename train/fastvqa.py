@@ -1,7 +1,7 @@
 """FAST-VQA spatial branch: Video Swin-T with gated relative position bias (GRPB) + VQA head.
 
 A checkpoint-compatible reimplementation of the official FAST-VQA-B evaluator
-(``DiViDeAddEvaluator`` with ``swin_tiny_grpb``; facts in ``shared/fastvqa-spec.md``):
+(``DiViDeAddEvaluator`` with ``swin_tiny_grpb``; facts in ``docs/FASTVQA-SPEC.md``):
 
 * ``FastVQA.fragments_backbone`` maps normalised fragments ``[N, 3, 32, 224, 224]`` to features
   ``[N, 768, 16, 7, 7]``; ``FastVQA.vqa_head`` maps those to the quality map ``[N, 1, 16, 7, 7]``.
@@ -89,22 +89,23 @@ class FastVQAConfig(JsonConfig):
 
 
 VARIANTS: dict[str, FastVQAConfig] = {
-    # FAST-VQA-B and FasterVQA share the architecture and key set (spec §9).
+    # FAST-VQA-B and FasterVQA share the architecture and key set (FASTVQA-SPEC §9).
     "fast-b": FastVQAConfig(),
     "faster": FastVQAConfig(),
-    # FAST-VQA-M: window (4,4,4), no fragment tables (spec §2, §9).
+    # FAST-VQA-M: window (4,4,4), no fragment tables (FASTVQA-SPEC §2, §9).
     "fast-m": FastVQAConfig(window_size=(4, 4, 4), frag_biases=(False, False, False, False)),
     # Same code path, small enough for tests and demos on a CPU: GRPB in stages 0-2, a shifted
     # block (mask, wrapped gate) in stage 2 (GRPB) and stage 3 (plain RPB, shift (4,0,0)).
     # No head dropout: it trains from random weights on a few dozen clips, and FAST-VQA's 0.5 on
     # a 16-channel head drowned the signal (24-clip demo, seeds 0-4: at 0.5 seed 1 never learnt
     # in 150 epochs; at 0 all reached held-out SROCC >= 0.83 by epoch 35).
-    "tiny": FastVQAConfig(embed_dim=16, depths=(1, 1, 2, 2), num_heads=(1, 1, 2, 4), head_in=128, head_hidden=16, head_dropout=0.0),
+    "tiny": FastVQAConfig(embed_dim=16, depths=(1, 1, 2, 2), num_heads=(1, 1, 2, 4), head_in=128, head_hidden=16,
+                          head_dropout=0.0),
 }
 
 
 # -------------------------------------------------------------------------------------------
-# window helpers (spec §3.3)
+# window helpers (FASTVQA-SPEC §3.3)
 
 
 def window_partition(x: torch.Tensor, window: Size3) -> torch.Tensor:
@@ -159,7 +160,7 @@ def shift_attention_mask(padded: Size3, window: Size3, shift: Size3, device: tor
 
 @lru_cache(maxsize=32)
 def fragment_gate(padded: Size3, window: Size3, shift: Size3, device: torch.device) -> torch.Tensor:
-    """GRPB gate ``g[w, i, j] = |Δf_d| + |Δf_h| + |Δf_w|`` as ``[nW, N, N]`` uint8 (spec §3.5).
+    """GRPB gate ``g[w, i, j] = |Δf_d| + |Δf_h| + |Δf_w|`` as ``[nW, N, N]`` uint8 (FASTVQA-SPEC §3.5).
 
     ``f`` is each token's fragment index on a ``(1,) + window[1:]`` grid spread over the padded
     map by nearest interpolation (stage 0: h // 8), rolled by ``-shift`` with the features and
@@ -216,7 +217,7 @@ def _relative_position_index(window: Size3) -> torch.Tensor:
 
 
 class WindowAttention3D(nn.Module):
-    """W-MSA with relative position bias, and with GRPB when ``frag_bias`` (spec §3.3, §3.5)."""
+    """W-MSA with relative position bias, and with GRPB when ``frag_bias`` (FASTVQA-SPEC §3.3, §3.5)."""
 
     def __init__(self, dim: int, window: Size3, num_heads: int, frag_bias: bool) -> None:
         super().__init__()
@@ -534,7 +535,7 @@ def build_fastvqa(variant: str | FastVQAConfig = "fast-b", checkpoint_grad: bool
 
 
 # -------------------------------------------------------------------------------------------
-# checkpoints (spec §7)
+# checkpoints (FASTVQA-SPEC §7)
 
 
 class CheckpointMismatchError(ClifvqaError):
@@ -629,7 +630,7 @@ def _examples(keys: list[str], n: int = 5) -> str:
 
 
 def load_fastvqa_checkpoint(model: FastVQA, path: str | Path) -> LoadReport:
-    """Load FAST-VQA weights into ``model``, detecting the file layout (spec §7).
+    """Load FAST-VQA weights into ``model``, detecting the file layout (FASTVQA-SPEC §7).
 
     * official release / training saves (``FAST_VQA_B_1_4.pth``, ``{"state_dict": ...}`` with
       ``fragments_backbone.*`` and ``vqa_head.*``): strict, every entry must match.

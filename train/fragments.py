@@ -3,7 +3,7 @@
 A clip is ``clip_len`` frames at stride ``frame_interval``; each frame is cut into a
 ``fragments_h × fragments_w`` grid of cells and one ``fsize_h × fsize_w`` patch is taken per
 cell, at an offset shared by the ``aligned`` consecutive frames of a temporal chunk (the
-mini-cube), so a 7×7 grid of 32-px patches gives a 224×224 mosaic (spec §5). Output:
+mini-cube), so a 7×7 grid of 32-px patches gives a 224×224 mosaic (docs/FASTVQA-SPEC.md §5). Output:
 ``[k, 3, clip_len, 224, 224]`` float32 normalised with ImageNet mean/std on the 0-255 scale.
 
 Randomness. The official code draws everything from the global RNGs, at test time too, so a

@@ -1,5 +1,9 @@
 """Score new videos with a trained checkpoint: ``clifvqa predict``.
 
+It sits above both stages: stage one (:mod:`clifvqa.extract`) when a video's semantic features
+must be extracted, stage two's scoring loop (:func:`clifvqa.train.inference.predict_items`, the
+one ``evaluate`` and the trainer's validation use) for every score.
+
 Inputs are video files and folders (scanned recursively with
 :func:`clifvqa.manifests.paths.scan_videos`). Each video's semantic features come from:
 
@@ -7,14 +11,16 @@ Inputs are video files and folders (scanned recursively with
    ``source_sha256`` attribute equals the sha256 of the input's bytes. Store keys are paths
    relative to a dataset root that predict cannot know, and a name such as ``0001.mp4`` means
    different videos in different datasets, so names are never used to match; a renamed or
-   moved copy still matches. The store must carry the checkpoint's fingerprint.
+   moved copy still matches. The store must carry the checkpoint's fingerprint
+   (:func:`clifvqa.train.inference.check_checkpoint_stores`).
 2. otherwise, extraction on the fly with exactly the checkpoint's provenance: the extractor is
    built from ``meta.json``'s ``store.provenance`` (prompts and their groups, template, softmax,
    grid, frame stride, compute dtype) with the CLIP model ``clip_model`` (default: the model id
    recorded there). The loaded weights must hash to the recorded ``weights_sha256``, and the
-   extractor's provenance must equal the recorded one in every determining field except the
-   model's name or path (``clip.model``: the same weights may live in another folder);
-   anything else is refused before a video is scored.
+   extractor's fingerprint must equal the recorded one (the model's name or path,
+   ``clip.model``, is not part of it: the same weights may live in another folder); anything
+   else is refused (:func:`clifvqa.features.provenance.require_same_features`, naming the
+   differing fields) before a video is scored.
 
 Two numbers per video: ``raw``, the model's output (the training loss ranks and correlates, so
 its scale is arbitrary: e.g. -0.02 to 0.04 for MOS 3.5 to 60), and ``score``, ``raw`` mapped onto
@@ -41,6 +47,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -50,15 +57,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from clifvqa.features.provenance import FingerprintMismatch, provenance_diff
-from clifvqa.train.checkpoint import load_checkpoint, score_mapping_of
 from clifvqa._atomic import atomic_write_text
-from clifvqa._device import float32_math, resolve_device
-from clifvqa.train.evaluate import check_stores_match
+from clifvqa._device import resolve_device
+from clifvqa.features.provenance import FingerprintMismatch, require_same_features
+from clifvqa.train.checkpoint import load_checkpoint, score_mapping_of
+from clifvqa.train.data import VideoItem
+from clifvqa.train.inference import check_checkpoint_stores, predict_items
 from clifvqa.train.model import resample_time
-
-# Provenance fields that may differ between the checkpoint and the local CLIP: its name or folder.
-NAME_ONLY_FIELDS = ("clip.model",)
 
 
 @dataclass
@@ -102,10 +107,6 @@ NO_MAPPING_NOTE = (
 )
 
 
-class ProvenanceMismatch(FingerprintMismatch):
-    """The local CLIP model (or extractor settings) would not reproduce the checkpoint's features."""
-
-
 def expand_inputs(inputs: Sequence[str | os.PathLike[str]]) -> list[tuple[str, Path | None, str | None]]:
     """``(display name, file, error)`` for every video of ``inputs``, in order.
 
@@ -137,7 +138,7 @@ def extractor_for_checkpoint(
 
     Raises:
         ClipLoadError: the CLIP model cannot be loaded.
-        ProvenanceMismatch: the model's weights hash, or any other determining field of the
+        FingerprintMismatch: the model's weights hash, or any other determining field of the
             extractor's provenance (mean/std, crop size, ...), differs from ``provenance``.
     """
     from clifvqa.extract.clip_model import ClipWeightsMismatch, load_recorded_clip
@@ -148,8 +149,8 @@ def extractor_for_checkpoint(
     try:
         bundle = load_recorded_clip(provenance["clip"], clip_model, device)
     except ClipWeightsMismatch as exc:
-        raise ProvenanceMismatch(f"{exc}, or give a feature store holding these videos (--store)",
-                                 ["clip.weights_sha256"]) from exc
+        raise FingerprintMismatch(f"{exc}, or give a feature store holding these videos (--store)",
+                                  ["clip.weights_sha256"]) from exc
     prompts = provenance["prompts"]
     extractor = SemanticFeatureExtractor(
         bundle,
@@ -161,13 +162,9 @@ def extractor_for_checkpoint(
         dtype=provenance["dtype"],
         save_maps=save_maps,
     )
-    differing = [f for f in provenance_diff(provenance, extractor.provenance()) if f not in NAME_ONLY_FIELDS]
-    if differing:
-        raise ProvenanceMismatch(
-            f"extracting with CLIP model {model!r} would not reproduce the checkpoint's features: differing provenance "
-            f"fields {', '.join(differing)}; use the model folder the features were made with",
-            differing,
-        )
+    require_same_features(provenance, extractor.provenance(),
+                          problem=f"extracting with CLIP model {model!r} would not reproduce the checkpoint's features",
+                          remedy="use the model folder the features were made with")
     return extractor
 
 
@@ -199,20 +196,17 @@ def predict(
         progress: show progress bars (stderr) while hashing, extracting and scoring.
 
     Raises:
-        CheckpointError, FingerprintMismatch, ProvenanceMismatch, ClipLoadError: setup problems,
-            raised before any video is scored. Per-video problems become error entries instead.
+        CheckpointError, FingerprintMismatch, ClipLoadError: setup problems, raised before any
+            video is scored. Per-video problems become error entries instead.
     """
-    from clifvqa.train.fragments import sample_fragments
-
-    from tqdm import tqdm
-
     dev = torch.device(resolve_device(device))
     model, meta = load_checkpoint(checkpoint, dev)
     mapping = score_mapping_of(meta)
     config = model.config
     provenance = meta["store"]["provenance"]
     if explain and not config.uses_semantic:
-        raise ValueError(f"--explain shows the semantic curves, but checkpoint {checkpoint} has no semantic branch (branches={config.branches})")
+        raise ValueError(f"--explain shows the semantic curves, but checkpoint {checkpoint} has no semantic branch "
+                         f"(branches={config.branches})")
     entries = expand_inputs(inputs)
     preds = [Prediction(name, error=error) for name, _, error in entries]
     todo = [i for i, (_, _, error) in enumerate(entries) if error is None]
@@ -220,23 +214,22 @@ def predict(
     if config.uses_semantic and todo:
         _semantic_features(entries, todo, preds, pooled, list(stores or []), meta, checkpoint, clip_model,
                            str(dev), workers, progress)
-    fragment_config = config.fragments if config.uses_spatial else None
-    for i in tqdm(todo, desc="scoring", unit="video", disable=not progress, leave=False, dynamic_ncols=True):
+    # the entry's index is the item's key: display names may repeat, and the file is given apart
+    items = [VideoItem(str(i), None, entries[i][1]) for i in todo if preds[i].error is None]
+    semantic = None
+    if config.uses_semantic:
+        semantic = {item.key: resample_time(torch.from_numpy(pooled[int(item.key)][0]).t().contiguous(), config.t0)
+                    for item in items}
+    keys, raws, _, failed = predict_items(
+        model, items, ".", semantic, config.fragments if config.uses_spatial else None, device=dev,
+        seed=seed, progress=progress, check_finite=False, warn_failed=False,
+    )
+    for key, error in failed:  # this video fails, the others go on
+        preds[int(key)].error = error
+    for key, raw in zip(keys, raws):
+        i = int(key)
         pred = preds[i]
-        if pred.error is not None:
-            continue
-        semantic = fragments = None
-        if config.uses_semantic:
-            semantic = resample_time(torch.from_numpy(pooled[i][0]).t().contiguous(), config.t0)[None].to(dev)
-        if fragment_config is not None:
-            try:
-                fragments = sample_fragments(entries[i][1], fragment_config, train=False, seed=seed)[None].to(dev)
-            except Exception as exc:  # any decode failure: this video fails, the others go on
-                pred.error = f"{type(exc).__name__}: {exc}"
-                continue
-        with torch.no_grad(), float32_math():
-            raw = float(model(semantic, fragments).float().item())
-        if not np.isfinite(raw):
+        if not math.isfinite(raw):
             pred.error = (f"the model's output is {raw}: its semantic features ({pred.features or 'none'}) "
                           "or the checkpoint's weights are corrupt")
             continue
@@ -265,14 +258,14 @@ def _semantic_features(
     from tqdm import tqdm
 
     from clifvqa.extract.pipeline import VideoTask
-    from clifvqa.features.sources import sha256_file
     from clifvqa.extract.sfe import VideoResult
+    from clifvqa.features.sources import sha256_file
     from clifvqa.features.store import CorruptFeaturesError, open_store
 
     bar = dict(unit="video", disable=not progress, leave=False, dynamic_ncols=True)
 
     if stores:
-        check_stores_match(stores, meta, checkpoint)
+        check_checkpoint_stores(stores, meta, checkpoint)
         by_digest: dict[str, list[int]] = {}
         for i in tqdm(todo, desc="hashing inputs", **bar):
             try:
@@ -343,7 +336,9 @@ def explain_text(prediction: Prediction, top: int = 5) -> str:
     return "\n".join(lines)
 
 
-def write_predictions(predictions: Sequence[Prediction], path: str | os.PathLike[str], *, explain: bool = False) -> list[Path]:
+def write_predictions(
+    predictions: Sequence[Prediction], path: str | os.PathLike[str], *, explain: bool = False
+) -> list[Path]:
     """Write ``predictions`` to ``path`` (``.json``: a list of objects; otherwise CSV with
     ``video, score, raw, error``). With ``explain`` and CSV output the curves go to a side file
     ``<name>.explain.json`` (``{video: curves}``). Files are written atomically. Returns the paths.

@@ -1,8 +1,9 @@
 """``clifvqa demo``: the whole pipeline on a sample dataset it makes itself, in a few minutes on a CPU.
 
+It drives both stages, so it sits above them (beside ``cli.py``), as ``predict`` does.
 Steps (each through the library functions the CLI commands call):
 
-1. **Dataset.** ``videos`` synthetic H.264 clips (:func:`clifvqa.testing.videos.write_clip`):
+1. **Dataset.** ``clips`` synthetic H.264 clips (:func:`clifvqa.testing.videos.write_clip`):
    ``scenes × LEVELS`` clips, each scene (a different synthetic layout and colours) at every
    distortion level. Level ``l`` applies blur, Gaussian noise and x264 compression together,
    all rising with ``l`` (:data:`DISTORTIONS`), and its MOS falls linearly from 5 (level 0) to
@@ -30,8 +31,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from clifvqa.train.evaluate import EvalResult
 from clifvqa.train.config import OptimConfig, RunConfig
+from clifvqa.train.evaluate import EvalResult
 from clifvqa.train.model import TINY_FRAGMENTS, TINY_MODEL
 
 LEVELS = 6
@@ -72,7 +73,7 @@ class DemoConfig:
     """Size and settings of the demo (defaults: about 3.5 minutes on 2 CPU cores).
 
     Attributes:
-        videos: clips to make (rounded up to whole scenes of ``LEVELS`` clips; at least 2 scenes).
+        clips: clips to make (rounded up to whole scenes of ``LEVELS`` clips; at least 2 scenes).
             48 (8 scenes) gives 12 validation and 12 test clips: with 4 scenes (6 + 6) the
             selected epoch and the test SROCC were a matter of luck (2 of 10 seeds below 0.8, all
             10 at or above 0.83 with 8 scenes; one swapped pair of 6 clips costs 0.06 SROCC).
@@ -87,7 +88,7 @@ class DemoConfig:
         train: the training settings (:data:`DEMO_TRAINING`).
     """
 
-    videos: int = 48
+    clips: int = 48
     frames: int = 24
     width: int = 128
     height: int = 128
@@ -97,7 +98,7 @@ class DemoConfig:
 
     @property
     def scenes(self) -> int:
-        return max(2, -(-self.videos // LEVELS))
+        return max(2, -(-self.clips // LEVELS))
 
 
 @dataclass
@@ -129,7 +130,8 @@ class DemoResult:
         m = self.test_metrics
         c = self.config
         return "\n".join([
-            f"demo dataset: {c.scenes * LEVELS} clips ({c.scenes} scenes x {LEVELS} distortion levels, {c.frames} frames "
+            f"demo dataset: {c.scenes * LEVELS} clips ({c.scenes} scenes x {LEVELS} distortion levels, "
+            f"{c.frames} frames "
             f"{c.width}x{c.height}), MOS 5 -> 1 as blur, noise and compression rise; manifest {self.manifest}",
             RANDOM_CLIP_NOTE,
             f"model selected on the validation clips: epoch {self.selected_epoch} of {c.train.optim.epochs}",
@@ -157,7 +159,9 @@ def demo_manifest(config: DemoConfig):
     return Manifest(rows, ["video", "mos", "split", "level"])
 
 
-def run_demo(out_dir: str | os.PathLike[str] = "demo-run", config: DemoConfig = DemoConfig(), *, progress: bool = True, log=print) -> DemoResult:
+def run_demo(
+    out_dir: str | os.PathLike[str] = "demo-run", config: DemoConfig = DemoConfig(), *, progress: bool = True, log=print
+) -> DemoResult:
     """Make the sample dataset, extract, train ``--tiny``, evaluate (see the module docstring).
 
     ``out_dir`` must not exist or be empty (nothing is overwritten). ``log`` receives one line
@@ -166,16 +170,17 @@ def run_demo(out_dir: str | os.PathLike[str] = "demo-run", config: DemoConfig = 
     import torch
 
     from clifvqa.extract.config import ExtractConfig
-    from clifvqa.testing.clip import save_random_clip
     from clifvqa.extract.runner import extract_dataset
-    from clifvqa.testing.videos import write_clip
     from clifvqa.manifests.io import write_manifest
+    from clifvqa.testing.clip import save_random_clip
+    from clifvqa.testing.videos import write_clip
     from clifvqa.train.evaluate import evaluate
     from clifvqa.train.trainer import run_training
 
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise FileExistsError(f"{out} exists and is not empty; choose another --out or remove it (nothing is overwritten)")
+        raise FileExistsError(f"{out} exists and is not empty; choose another --out or remove it "
+                              "(nothing is overwritten)")
     start = time.perf_counter()
     seconds: dict[str, float] = {}
     videos = out / "videos"
@@ -218,11 +223,13 @@ def run_demo(out_dir: str | os.PathLike[str] = "demo-run", config: DemoConfig = 
     t = time.perf_counter()
     evaluation_dir = out / "eval"
     log(f"[5/5] evaluating {run / 'best'} on the test clips into {evaluation_dir}")
-    evaluation = evaluate(run / "best", manifest_path, videos, [store], evaluation_dir, device="cpu", split="test", seed=config.seed)
+    evaluation = evaluate(run / "best", manifest_path, videos, [store], evaluation_dir, device="cpu", split="test",
+                          seed=config.seed)
     seconds["evaluate"] = time.perf_counter() - t
     seconds["total"] = time.perf_counter() - start
     split = result["splits"][0]
-    return DemoResult(out, manifest_path, store, run, evaluation_dir, split["test"], split["best_epoch"], evaluation, config, seconds)
+    return DemoResult(out, manifest_path, store, run, evaluation_dir, split["test"], split["best_epoch"], evaluation,
+                      config, seconds)
 
 
 def _quiet_transformers() -> None:
