@@ -639,21 +639,26 @@ def train_cmd(config_path: str | None, print_config: bool, out: str, resume: boo
 
 
 @main.command("evaluate")
-@click.option("--checkpoint", required=True, type=click.Path(exists=True, file_okay=False), help="Checkpoint directory (e.g. runs/NAME/best).")
-@click.option("--manifest", "manifest_path", required=True, type=click.Path(exists=True, dir_okay=False), help="Manifest CSV of labelled videos.")
+@click.option("--checkpoint", required=True, type=click.Path(exists=True, file_okay=False),
+              help="Checkpoint directory (e.g. runs/NAME/best).")
+@click.option("--manifest", "manifest_path", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="Manifest CSV of labelled videos.")
 @videos_option()
 @store_option(multiple=True)
 @out_option("Folder for predictions.csv, metrics.json and scatter.png (default: print only).", required=False,
             type=click.Path(file_okay=False))
-@click.option("--split", type=click.Choice(["train", "val", "test"]), default=None, help="Score only the rows with this split tag.")
+@click.option("--split", type=click.Choice(["train", "val", "test"]), default=None,
+              help="Score only the rows with this split tag.")
 @device_option()
-@click.option("--workers", default=0, show_default=True, type=click.IntRange(min=0), help="DataLoader processes decoding videos.")
+@click.option("--workers", default=0, show_default=True, type=click.IntRange(min=0),
+              help="DataLoader processes decoding videos.")
 @click.option("--no-plot", is_flag=True, help="Do not write scatter.png.")
 @force_option()
-@click.option("--allow-stale", is_flag=True, help="Use store entries whose video files changed since extraction, with a warning (refused otherwise: re-extract them).")
+@click.option("--allow-stale", is_flag=True, help="Use store entries whose video files changed since extraction, "
+              "with a warning (refused otherwise: re-extract them).")
 @quiet_option()
-def evaluate_cmd(checkpoint: str, manifest_path: str, videos: str, stores: tuple[str, ...], out: str | None, split: str | None,
-                 device: str, workers: int, no_plot: bool, force: bool, allow_stale: bool, quiet: bool) -> None:
+def evaluate_cmd(checkpoint: str, manifest_path: str, videos: str, stores: tuple[str, ...], out: str | None,
+                 split: str | None, device: str, workers: int, no_plot: bool, force: bool, allow_stale: bool, quiet: bool) -> None:
     """Score every labelled manifest video with a checkpoint: SROCC, PLCC (raw and after the
     4-parameter logistic fit), KROCC, RMSE, and the RMSE of predict's MOS-scale `score` when the
     checkpoint has a score mapping. Exit code 1 when some videos could not be decoded."""
@@ -668,9 +673,11 @@ def evaluate_cmd(checkpoint: str, manifest_path: str, videos: str, stores: tuple
 
 @main.command("predict")
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=str))
-@click.option("--checkpoint", required=True, type=click.Path(exists=True, file_okay=False), help="Checkpoint directory (e.g. runs/NAME/best).")
+@click.option("--checkpoint", required=True, type=click.Path(exists=True, file_okay=False),
+              help="Checkpoint directory (e.g. runs/NAME/best).")
 @store_option(multiple=True)
-@click.option("--clip-model", default=None, help="CLIP hub id or folder for videos not in a store [default: the checkpoint's model]; its weights must be the checkpoint's.")
+@click.option("--clip-model", default=None, help="CLIP hub id or folder for videos not in a store [default: the "
+              "checkpoint's model]; its weights must be the checkpoint's.")
 @out_option("Write out.csv (video, score, raw, error) or out.json [default: CSV to stdout].", required=False,
             type=click.Path(dir_okay=False), old=["--output"])
 @click.option("--explain", is_flag=True,
@@ -678,8 +685,8 @@ def evaluate_cmd(checkpoint: str, manifest_path: str, videos: str, stores: tuple
                    "also write every prompt's per-frame curves (JSON; with CSV in OUT.explain.json).")
 @device_option()
 @quiet_option()
-def predict_cmd(inputs: tuple[str, ...], checkpoint: str, stores: tuple[str, ...], clip_model: str | None, out: str | None,
-                explain: bool, device: str, quiet: bool) -> None:
+def predict_cmd(inputs: tuple[str, ...], checkpoint: str, stores: tuple[str, ...], clip_model: str | None,
+                out: str | None, explain: bool, device: str, quiet: bool) -> None:
     """Score the videos INPUTS (files, or folders scanned recursively) with a checkpoint.
 
     \b
@@ -693,8 +700,8 @@ def predict_cmd(inputs: tuple[str, ...], checkpoint: str, stores: tuple[str, ...
     exactly the checkpoint's CLIP settings. The same video always gets the same score. A video
     that cannot be read (or gets a NaN output) gets an error row; the exit code is then 1.
     """
-    from clifvqa.train.checkpoint import read_meta, score_mapping_of
     from clifvqa.predict import NO_MAPPING_NOTE, explain_text, predict, predictions_csv, write_predictions
+    from clifvqa.train.checkpoint import read_meta, score_mapping_of
 
     preds = predict(list(inputs), checkpoint, list(stores), clip_model, device, explain,
                     progress=not quiet)
@@ -722,7 +729,8 @@ def predict_cmd(inputs: tuple[str, ...], checkpoint: str, stores: tuple[str, ...
             type=click.Path(file_okay=False))
 @renamed_option("--clips", old=["--videos"], default=48, show_default=True, type=click.IntRange(min=12),
                 help="Clips to make (whole scenes of 6 distortion levels).")
-@click.option("--epochs", default=None, type=click.IntRange(min=1), help="Training epochs [default: the demo's tuned value].")
+@click.option("--epochs", default=None, type=click.IntRange(min=1),
+              help="Training epochs [default: the demo's tuned value].")
 @click.option("--seed", default=0, show_default=True, type=int, help="Scenes, model init and data order.")
 @quiet_option()
 def demo_cmd(out: str, clips: int, epochs: int | None, seed: int, quiet: bool) -> None:
