@@ -658,7 +658,8 @@ def train_cmd(config_path: str | None, print_config: bool, out: str, resume: boo
               "with a warning (refused otherwise: re-extract them).")
 @quiet_option()
 def evaluate_cmd(checkpoint: str, manifest_path: str, videos: str, stores: tuple[str, ...], out: str | None,
-                 split: str | None, device: str, workers: int, no_plot: bool, force: bool, allow_stale: bool, quiet: bool) -> None:
+                 split: str | None, device: str, workers: int, no_plot: bool, force: bool, allow_stale: bool,
+                 quiet: bool) -> None:
     """Score every labelled manifest video with a checkpoint: SROCC, PLCC (raw and after the
     4-parameter logistic fit), KROCC, RMSE, and the RMSE of predict's MOS-scale `score` when the
     checkpoint has a score mapping. Exit code 1 when some videos could not be decoded."""
