@@ -544,16 +544,19 @@ def store_rescore_cmd(src: str, prompts_file: str, softmax: str, out: str, clip_
                    "[data.val_fraction]")
 @click.option("--splits", type=int, default=None,
               help="Draw N random train/test splits and train one model each (paper: 10). [data.splits]")
-@click.option("--test-fraction", type=float, default=None, help="Share of videos in test for --splits. [data.test_fraction]")
+@click.option("--test-fraction", type=float, default=None,
+              help="Share of videos in test for --splits. [data.test_fraction]")
 @click.option("--test-manifest", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Manifest of the test videos (same video root). [data.test_manifest]")
 @click.option("--epochs", type=int, default=None, help="[optim.epochs]")
-@click.option("--batch-size", type=int, default=None, help="Videos per step (per process under torchrun). [optim.batch_size]")
+@click.option("--batch-size", type=int, default=None,
+              help="Videos per step (per process under torchrun). [optim.batch_size]")
 @click.option("--lr", type=float, default=None, help="Learning rate outside the Video Swin backbone. [optim.lr]")
 @click.option("--backbone-lr", type=float, default=None, help="[optim.backbone_lr]")
 @click.option("--weight-decay", type=float, default=None, help="[optim.weight_decay]")
 @click.option("--warmup-epochs", type=float, default=None, help="[optim.warmup_epochs]")
-@click.option("--grad-clip", type=float, default=None, help="Clip the global gradient norm (off by default). [optim.grad_clip]")
+@click.option("--grad-clip", type=float, default=None,
+              help="Clip the global gradient norm (off by default). [optim.grad_clip]")
 @click.option("--alpha", type=float, default=None, help="Weight of the monotonicity loss (Eq. 16). [loss.alpha]")
 @click.option("--beta", type=float, default=None, help="Weight of the linearity loss (Eq. 16). [loss.beta]")
 @click.option("--num-clips-test", type=int, default=None,
@@ -562,7 +565,14 @@ def store_rescore_cmd(src: str, prompts_file: str, softmax: str, out: str, clip_
               help="Start the spatial branch from a FAST-VQA checkpoint (e.g. FAST_VQA_B_1_4.pth). [init.fastvqa]")
 @click.option("--swin-k400-init", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Start the backbone from the Kinetics-400 Video Swin-T checkpoint. [init.swin_k400]")
-@click.option("--resume", is_flag=True, help="Continue the interrupted run in --out (same config).")
+@click.option("--init", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Fine-tune: start every weight from a clifvqa checkpoint (e.g. runs/lsvq/best; the stores must "
+                   "have its fingerprint). [init.checkpoint]")
+@click.option("--init-spatial", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Start only the FAST-VQA branch from a clifvqa checkpoint (CLiF-VQA*; any store). [init.spatial]")
+@click.option("--resume", is_flag=True,
+              help="Continue the interrupted run in --out (its run.yaml is the config unless --config is given; "
+                   "only device, workers and grad checkpointing may change).")
 @device_option(config_key="device")
 @click.option("--seed", type=int, default=None, help="[seed]")
 @click.option("--tiny", is_flag=True,
@@ -588,8 +598,9 @@ def train_cmd(config_path: str | None, print_config: bool, out: str, resume: boo
               manifest_path: str | None, videos: str | None, stores: tuple[str, ...], **flags) -> None:
     """Train CLiF-VQA on cached semantic features (CLIP is never loaded) and FAST-VQA fragments.
 
-    Settings come from --config (default: the paper's, configs/clifvqa-b.yaml), then --tiny, then
-    the options given (each names its key in the config); --print-config shows the result.
+    Settings come from --config (default: the paper's, configs/clifvqa-b.yaml; with --resume:
+    OUT/run.yaml), then --tiny, then the options given (each names its key in the config);
+    --print-config shows the result.
     Writes OUT/run.yaml (the resolved config), metrics.csv, best/ and last/ checkpoints,
     summary.json and summary.txt (per split with --splits). Under torchrun the same command
     trains with DistributedDataParallel.
@@ -604,6 +615,9 @@ def train_cmd(config_path: str | None, print_config: bool, out: str, resume: boo
     from clifvqa.train.config import RunConfig, load_run_config, set_options
     from clifvqa.train.config import tiny as tiny_model
 
+    saved = Path(out) / "run.yaml"
+    if config_path is None and resume and saved.is_file():
+        config_path = str(saved)  # --resume continues the run as it was configured
     config = load_run_config(config_path) if config_path else RunConfig()
     if tiny:
         config = tiny_model(config)
@@ -625,21 +639,27 @@ def train_cmd(config_path: str | None, print_config: bool, out: str, resume: boo
 
 
 @main.command("evaluate")
-@click.option("--checkpoint", required=True, type=click.Path(exists=True, file_okay=False), help="Checkpoint directory (e.g. runs/NAME/best).")
-@click.option("--manifest", "manifest_path", required=True, type=click.Path(exists=True, dir_okay=False), help="Manifest CSV of labelled videos.")
+@click.option("--checkpoint", required=True, type=click.Path(exists=True, file_okay=False),
+              help="Checkpoint directory (e.g. runs/NAME/best).")
+@click.option("--manifest", "manifest_path", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="Manifest CSV of labelled videos.")
 @videos_option()
 @store_option(multiple=True)
 @out_option("Folder for predictions.csv, metrics.json and scatter.png (default: print only).", required=False,
             type=click.Path(file_okay=False))
-@click.option("--split", type=click.Choice(["train", "val", "test"]), default=None, help="Score only the rows with this split tag.")
+@click.option("--split", type=click.Choice(["train", "val", "test"]), default=None,
+              help="Score only the rows with this split tag.")
 @device_option()
-@click.option("--workers", default=0, show_default=True, type=click.IntRange(min=0), help="DataLoader processes decoding videos.")
+@click.option("--workers", default=0, show_default=True, type=click.IntRange(min=0),
+              help="DataLoader processes decoding videos.")
 @click.option("--no-plot", is_flag=True, help="Do not write scatter.png.")
 @force_option()
-@click.option("--allow-stale", is_flag=True, help="Use store entries whose video files changed since extraction, with a warning (refused otherwise: re-extract them).")
+@click.option("--allow-stale", is_flag=True, help="Use store entries whose video files changed since extraction, "
+              "with a warning (refused otherwise: re-extract them).")
 @quiet_option()
-def evaluate_cmd(checkpoint: str, manifest_path: str, videos: str, stores: tuple[str, ...], out: str | None, split: str | None,
-                 device: str, workers: int, no_plot: bool, force: bool, allow_stale: bool, quiet: bool) -> None:
+def evaluate_cmd(checkpoint: str, manifest_path: str, videos: str, stores: tuple[str, ...], out: str | None,
+                 split: str | None, device: str, workers: int, no_plot: bool, force: bool, allow_stale: bool,
+                 quiet: bool) -> None:
     """Score every labelled manifest video with a checkpoint: SROCC, PLCC (raw and after the
     4-parameter logistic fit), KROCC, RMSE, and the RMSE of predict's MOS-scale `score` when the
     checkpoint has a score mapping. Exit code 1 when some videos could not be decoded."""
@@ -654,9 +674,11 @@ def evaluate_cmd(checkpoint: str, manifest_path: str, videos: str, stores: tuple
 
 @main.command("predict")
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=str))
-@click.option("--checkpoint", required=True, type=click.Path(exists=True, file_okay=False), help="Checkpoint directory (e.g. runs/NAME/best).")
+@click.option("--checkpoint", required=True, type=click.Path(exists=True, file_okay=False),
+              help="Checkpoint directory (e.g. runs/NAME/best).")
 @store_option(multiple=True)
-@click.option("--clip-model", default=None, help="CLIP hub id or folder for videos not in a store [default: the checkpoint's model]; its weights must be the checkpoint's.")
+@click.option("--clip-model", default=None, help="CLIP hub id or folder for videos not in a store [default: the "
+              "checkpoint's model]; its weights must be the checkpoint's.")
 @out_option("Write out.csv (video, score, raw, error) or out.json [default: CSV to stdout].", required=False,
             type=click.Path(dir_okay=False), old=["--output"])
 @click.option("--explain", is_flag=True,
@@ -664,8 +686,8 @@ def evaluate_cmd(checkpoint: str, manifest_path: str, videos: str, stores: tuple
                    "also write every prompt's per-frame curves (JSON; with CSV in OUT.explain.json).")
 @device_option()
 @quiet_option()
-def predict_cmd(inputs: tuple[str, ...], checkpoint: str, stores: tuple[str, ...], clip_model: str | None, out: str | None,
-                explain: bool, device: str, quiet: bool) -> None:
+def predict_cmd(inputs: tuple[str, ...], checkpoint: str, stores: tuple[str, ...], clip_model: str | None,
+                out: str | None, explain: bool, device: str, quiet: bool) -> None:
     """Score the videos INPUTS (files, or folders scanned recursively) with a checkpoint.
 
     \b
@@ -679,8 +701,8 @@ def predict_cmd(inputs: tuple[str, ...], checkpoint: str, stores: tuple[str, ...
     exactly the checkpoint's CLIP settings. The same video always gets the same score. A video
     that cannot be read (or gets a NaN output) gets an error row; the exit code is then 1.
     """
-    from clifvqa.train.checkpoint import read_meta, score_mapping_of
     from clifvqa.predict import NO_MAPPING_NOTE, explain_text, predict, predictions_csv, write_predictions
+    from clifvqa.train.checkpoint import read_meta, score_mapping_of
 
     preds = predict(list(inputs), checkpoint, list(stores), clip_model, device, explain,
                     progress=not quiet)
@@ -708,7 +730,8 @@ def predict_cmd(inputs: tuple[str, ...], checkpoint: str, stores: tuple[str, ...
             type=click.Path(file_okay=False))
 @renamed_option("--clips", old=["--videos"], default=48, show_default=True, type=click.IntRange(min=12),
                 help="Clips to make (whole scenes of 6 distortion levels).")
-@click.option("--epochs", default=None, type=click.IntRange(min=1), help="Training epochs [default: the demo's tuned value].")
+@click.option("--epochs", default=None, type=click.IntRange(min=1),
+              help="Training epochs [default: the demo's tuned value].")
 @click.option("--seed", default=0, show_default=True, type=int, help="Scenes, model init and data order.")
 @quiet_option()
 def demo_cmd(out: str, clips: int, epochs: int | None, seed: int, quiet: bool) -> None:

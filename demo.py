@@ -31,8 +31,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from clifvqa.train.evaluate import EvalResult
 from clifvqa.train.config import OptimConfig, RunConfig
+from clifvqa.train.evaluate import EvalResult
 from clifvqa.train.model import TINY_FRAGMENTS, TINY_MODEL
 
 LEVELS = 6

@@ -48,14 +48,16 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 R = 22  # prompts of the default prompt set: 12 objective + 10 subjective
 FETCH_LIMIT = 0.02
-PIPELINE_CHECK_BELOW_S = 10.0  # check the loader prediction by a run only for steps shorter than this, or decode-bound ones
+PIPELINE_CHECK_BELOW_S = (
+    10.0  # check the loader prediction by a run only for steps shorter than this, or decode-bound ones
+)
 
 
 def make_inputs(folder: Path, videos: int, frames: int, width: int, height: int) -> tuple[list[str], Path]:
     """``videos`` distinct synthetic clips under ``folder/videos`` and a store of synthetic features."""
-    from clifvqa.testing.videos import write_clip
     from clifvqa.features.store import create_or_open_store
     from clifvqa.testing.stores import synthetic_provenance, synthetic_video
+    from clifvqa.testing.videos import write_clip
 
     keys = [f"clip{i:02d}.mp4" for i in range(videos)]
     for i, key in enumerate(keys):
@@ -77,15 +79,17 @@ def model_for(kind: str, features, num_clips_test: int):
     return build_model_config(features, config.model)
 
 
-def measure(kind: str, batch: int, steps: int, keys: list[str], folder: Path, store: Path, device: str, workers: int | None) -> dict:
+def measure(
+    kind: str, batch: int, steps: int, keys: list[str], folder: Path, store: Path, device: str, workers: int | None
+) -> dict:
     """Per-step seconds of data, semantic fetch and compute (best and mean over ``steps`` after a
     warm-up step), then a pipelined DataLoader run with the recommended number of workers."""
     import torch
     from torch.utils.data import DataLoader
 
+    from clifvqa.train.config import RunConfig, set_options
     from clifvqa.train.data import VideoDataset, VideoItem, collate, load_semantic_features
     from clifvqa.train.model import build_model
-    from clifvqa.train.config import RunConfig, set_options
     from clifvqa.train.trainer import amp_dtype, train_step
 
     dev = torch.device(device)
@@ -179,10 +183,10 @@ def report(r: dict) -> str:
     m = r["mean_s"]
     verdict = "PASS" if r["fetch_share"] <= FETCH_LIMIT else "FAIL"
     lines = [
-        f"{r['model']}, batch {r['batch']}, {r['autocast'] or 'float32'} "
-        f"(mean of {r['steps']} steps after a warm-up):",
+        f"{r['model']}, batch {r['batch']}, {r['autocast'] or 'float32'} (mean of {r['steps']} steps after a warm-up):",
         f"  data (decode + fragments)   {m['data']:9.4f} s   {m['data'] / r['step_serial_s']:6.1%}",
-        f"  semantic fetch (in memory)  {m['fetch'] * 1e6:9.1f} us  {r['fetch_share']:6.3%}   [{verdict}: <= {FETCH_LIMIT:.0%} of a step]",
+        f"  semantic fetch (in memory)  {m['fetch'] * 1e6:9.1f} us  {r['fetch_share']:6.3%}   [{verdict}: <= "
+        f"{FETCH_LIMIT:.0%} of a step]",
         f"  forward + backward + AdamW  {m['compute']:9.4f} s   {m['compute'] / r['step_serial_s']:6.1%}",
         f"  step with 0 workers         {r['step_serial_s']:9.4f} s",
     ]
@@ -190,13 +194,21 @@ def report(r: dict) -> str:
         lines.append(f"  bottleneck: DECODING ({m['data']:.3f} s > {m['compute']:.3f} s of compute); "
                      f"{r['workers_needed']} loader workers remove it (ceil(data / compute))")
     else:
-        lines.append(f"  bottleneck: compute ({m['compute']:.3f} s >= {m['data']:.3f} s of data); 1 loader worker hides decoding")
+        lines.append(
+            f"  bottleneck: compute ({m['compute']:.3f} s >= {m['data']:.3f} s of data); 1 loader worker hides decoding"
+        )
     if r["pipelined_step_s"] is None:
         lines.append("  (no loader run: compute-bound and slow; 1 worker decodes the next batch well within a step)")
     else:
-        note = "" if r["workers_used"] >= r["workers_needed"] else f" (capped at the {os.cpu_count()} cores; {r['workers_needed']} needed)"
-        lines.append(f"  measured with {r['workers_used']} loader workers{note}: {r['pipelined_step_s']:.4f} s per step "
-                     f"(ideal max(compute, data/W) = {max(m['compute'], m['data'] / max(1, r['workers_used'])):.4f} s)")
+        note = (
+            ""
+            if r["workers_used"] >= r["workers_needed"]
+            else f" (capped at the {os.cpu_count()} cores; {r['workers_needed']} needed)"
+        )
+        lines.append(
+            f"  measured with {r['workers_used']} loader workers{note}: {r['pipelined_step_s']:.4f} s per step "
+            f"(ideal max(compute, data/W) = {max(m['compute'], m['data'] / max(1, r['workers_used'])):.4f} s)"
+        )
     return "\n".join(lines)
 
 
@@ -210,7 +222,12 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=96, help="frames per clip (full clips span 64 frames)")
     parser.add_argument("--size", default="960x540", help="WIDTHxHEIGHT of the clips")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--workers", type=int, default=None, help="loader workers of the pipelined run (default: as recommended, at most the cores)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="loader workers of the pipelined run (default: as recommended, at most the cores)",
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     parser.add_argument("--out", default=None, help="keep the clips here (default: a temporary folder, removed)")
     parser.add_argument("--json", action="store_true", help="also print the results as JSON")
@@ -229,7 +246,10 @@ def main() -> None:
             keys, store = make_inputs(folder, args.videos, args.frames, width, height)
         else:
             keys, store = sorted(p.name for p in (folder / "videos").glob("*.mp4")), folder / "features.zarr"
-        print(f"inputs: {len(keys)} clips {width}x{height}, {args.frames} frames, r={R} ({time.perf_counter() - start:.0f} s to make)")
+        print(
+            f"inputs: {len(keys)} clips {width}x{height}, {args.frames} frames, r={R} "
+            f"({time.perf_counter() - start:.0f} s to make)"
+        )
         print(machine_line(args.device))
         results = []
         for kind in args.models:

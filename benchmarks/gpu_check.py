@@ -324,7 +324,7 @@ class Context:
 
     # ------------------------------------------------------------ models
 
-    @functools.cache
+    @functools.cache  # noqa: B019 -- one Ctx per run, alive as long as the process
     def clip(self, preset: str) -> Path:
         """A random CLIP folder: ``tiny``, ``vit-b-32`` or ``vit-l-14`` (made once)."""
         import bench_extract
@@ -348,9 +348,9 @@ class Context:
     # ------------------------------------------------------------ data
 
     def clip_file(self, name: str, **kwargs) -> Path:
-        from clifvqa.testing.videos import write_clip
-
         import bench_extract
+
+        from clifvqa.testing.videos import write_clip
 
         return bench_extract.cached(self.work / "clips" / name, lambda tmp: write_clip(tmp, **kwargs))
 
@@ -691,8 +691,8 @@ def sec_eval_bf16_vs_fp32(ctx: Context, res: dict) -> None:
     from clifvqa.train.checkpoint import load_checkpoint
     from clifvqa.train.data import VideoItem, load_semantic_features
     from clifvqa.train.evaluate import evaluate
-    from clifvqa.train.metrics import compute_metrics
     from clifvqa.train.inference import predict_items
+    from clifvqa.train.metrics import compute_metrics
 
     d = ctx.dataset
     run = ctx.device_run()
@@ -927,9 +927,9 @@ def sec_speed_predict(ctx: Context, res: dict) -> None:
 
     from clifvqa.extract.sfe import SemanticFeatureExtractor
     from clifvqa.features.provenance import fingerprint
+    from clifvqa.predict import predict
     from clifvqa.train import checkpoint as ckpt
     from clifvqa.train.model import ClifVQAConfig, build_model
-    from clifvqa.predict import predict
 
     if ctx.quick:
         checkpoint, seconds, fps = ctx.checkpoint, 2, 10

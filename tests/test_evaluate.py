@@ -64,7 +64,10 @@ def test_scores_and_metrics_match_scipy_on_the_written_csv(tmp_path, make_train_
     assert m["rmse"] == pytest.approx(math.sqrt(np.mean((fitted - mos) ** 2)), abs=1e-12)
     assert m["rmse_raw"] == pytest.approx(math.sqrt(np.mean((pred - mos) ** 2)), abs=1e-12)
     saved = json.loads((tmp_path / "eval" / "metrics.json").read_text())
-    assert saved["metrics"] == m and saved["fingerprint"] == json.loads((ckpt / "meta.json").read_text())["store"]["fingerprint"]
+    assert (
+        saved["metrics"] == m
+        and saved["fingerprint"] == json.loads((ckpt / "meta.json").read_text())["store"]["fingerprint"]
+    )
 
     # each score is the checkpoint's output on the stored rows + the deterministic test fragments
     with open_store(data.store) as store:
@@ -87,7 +90,9 @@ def test_split_unlabelled_rows_failures_and_existing_output(tmp_path, make_train
     (data.videos / data.keys[4]).write_bytes(b"not a video")
     ckpt, _ = tiny_checkpoint(tmp_path / "ckpt", data.store)
     with pytest.raises(DataError, match=r"1 videos changed since.*clips/v4\.mp4"):  # stale entry: refused
-        evaluate(ckpt, data.manifest, data.videos, [data.store], tmp_path / "eval", device="cpu", split="test", plot=False)
+        evaluate(
+            ckpt, data.manifest, data.videos, [data.store], tmp_path / "eval", device="cpu", split="test", plot=False
+        )
     with pytest.warns(UserWarning, match="using their old features"):  # or, asked, used to reach the decoder
         result = evaluate(ckpt, data.manifest, data.videos, [data.store], tmp_path / "eval", device="cpu", split="test",
                           plot=False, allow_stale=True)
@@ -101,7 +106,9 @@ def test_split_unlabelled_rows_failures_and_existing_output(tmp_path, make_train
     with pytest.raises(FileExistsError, match="predictions.csv already exists"):
         evaluate(ckpt, data.manifest, data.videos, [data.store], tmp_path / "eval", device="cpu")
     assert (tmp_path / "eval" / "predictions.csv").read_bytes() == before
-    again = evaluate(ckpt, data.manifest, data.videos, [data.store], tmp_path / "eval", device="cpu", split="train", overwrite=True)
+    again = evaluate(
+        ckpt, data.manifest, data.videos, [data.store], tmp_path / "eval", device="cpu", split="train", overwrite=True
+    )
     assert [r["video"] for r in read_csv(tmp_path / "eval" / "predictions.csv")] == again.videos == data.keys[:2]
 
 
@@ -126,8 +133,20 @@ def test_cli_evaluate(tmp_path, make_train_set):
 
     data = make_train_set(tmp_path / "data", split=TAGS)
     ckpt, _ = tiny_checkpoint(tmp_path / "ckpt", data.store)
-    args = ["evaluate", "--checkpoint", str(ckpt), "--manifest", str(data.manifest), "--videos", str(data.videos), "--device", "cpu"]
-    result = CliRunner().invoke(main, args + ["--store", str(data.store), "--out", str(tmp_path / "eval"), "--split", "test"])
+    args = [
+        "evaluate",
+        "--checkpoint",
+        str(ckpt),
+        "--manifest",
+        str(data.manifest),
+        "--videos",
+        str(data.videos),
+        "--device",
+        "cpu",
+    ]
+    result = CliRunner().invoke(
+        main, args + ["--store", str(data.store), "--out", str(tmp_path / "eval"), "--split", "test"]
+    )
     assert result.exit_code == 0, result.output
     assert "3 videos: SROCC" in result.output and "predictions.csv" in result.output
     assert len(read_csv(tmp_path / "eval" / "predictions.csv")) == 3

@@ -14,8 +14,8 @@ import pytest
 from click.testing import CliRunner
 
 from clifvqa.cli import main
-from clifvqa.extract.runner import extract_dataset, parse_shard, shard_of
 from clifvqa.extract.config import ExtractConfig
+from clifvqa.extract.runner import extract_dataset, parse_shard, shard_of
 from clifvqa.features.store import open_store
 from clifvqa.features.verify import verify_store
 
@@ -180,7 +180,11 @@ def test_shards_partition_every_key_exactly_once():
         assert sorted(sum(parts, [])) == sorted(keys)
         assert all(parts)  # 200 keys: every shard gets some
     # Stable across machines and Python runs (sha256, not hash()): hard-coded expectations.
-    assert [shard_of("a.mp4", 5), shard_of("KoNViD_1k_videos/4542323058.mp4", 5), shard_of("sub/v0.mp4", 3)] == [3, 3, 1]
+    assert [shard_of("a.mp4", 5), shard_of("KoNViD_1k_videos/4542323058.mp4", 5), shard_of("sub/v0.mp4", 3)] == [
+        3,
+        3,
+        1,
+    ]
 
 
 def test_parse_shard():
@@ -212,9 +216,19 @@ def test_two_shard_processes_share_one_zarr_store(tmp_path, tiny_clip, make_vide
     keys = make_dataset(tmp_path / "ds", make_video, 4)
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", "clifvqa.cli", "extract", *map(str, base_args(tmp_path / "ds", tmp_path / "f.zarr", tiny_clip)),
-             "--shard", f"{k}/2"],
-            env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            [
+                sys.executable,
+                "-m",
+                "clifvqa.cli",
+                "extract",
+                *map(str, base_args(tmp_path / "ds", tmp_path / "f.zarr", tiny_clip)),
+                "--shard",
+                f"{k}/2",
+            ],
+            env=_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
         )
         for k in range(2)
     ]

@@ -340,7 +340,10 @@ def test_official_layout_round_trip_is_strict(tmp_path):
 def test_backbone_prefixed_layout(tmp_path):
     source = _tiny(5).state_dict()
     # v0.x naming: backbone.* and (before the notebook's cls → vqa rename) cls_head.*
-    old = {k.replace("fragments_backbone.", "backbone.", 1).replace("vqa_head.", "cls_head.", 1): v for k, v in source.items()}
+    old = {
+        k.replace("fragments_backbone.", "backbone.", 1).replace("vqa_head.", "cls_head.", 1): v
+        for k, v in source.items()
+    }
     torch.save({"state_dict": old}, tmp_path / "fast_vqa_v0_3.pth")
     target = build_fastvqa("tiny")
     report = load_fastvqa_checkpoint(target, tmp_path / "fast_vqa_v0_3.pth")

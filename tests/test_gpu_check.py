@@ -15,8 +15,7 @@ import pytest
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCH))
 import gpu_check  # noqa: E402
-from gpu_check import (  # noqa: E402
-    CheckFailed, Section, make_report, render_markdown, run_sections, write_report)
+from gpu_check import CheckFailed, Section, make_report, render_markdown, run_sections, write_report  # noqa: E402
 
 RESULT_KEYS = {"status", "seconds", "estimate_s", "reason", "error", "numbers", "notes", "tables"}
 

@@ -18,9 +18,9 @@ import torch
 
 from clifvqa._device import DeviceError, float32_math
 from clifvqa.train import distributed, trainer
-from clifvqa.train.model import TINY_FRAGMENTS, build_model, tiny_config
-from clifvqa.train.distributed import Dist, setup_dist
 from clifvqa.train.config import DataConfig, OptimConfig, RunConfig, set_options, tiny
+from clifvqa.train.distributed import Dist, setup_dist
+from clifvqa.train.model import TINY_FRAGMENTS, build_model, tiny_config
 from clifvqa.train.trainer import amp_dtype
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -184,8 +184,8 @@ def test_float32_math_turns_tf32_off_inside_and_restores_it():
 
 
 def test_predict_and_evaluation_score_without_tf32(tmp_path, make_train_set, monkeypatch):
-    from clifvqa.features.store import open_store
     from clifvqa import predict as predict_module
+    from clifvqa.features.store import open_store
     from clifvqa.train.checkpoint import load_checkpoint, save_checkpoint
     from clifvqa.train.data import VideoItem, load_semantic_features
     from clifvqa.train.inference import predict_items
@@ -244,9 +244,15 @@ def test_no_buffer_changes_in_training_so_ddp_broadcasts_none(tmp_path, monkeypa
     from clifvqa.train.data import SplitPlan, VideoItem
 
     with pytest.raises(Stop) as err:
-        trainer.train_split(SplitPlan("s", [VideoItem("a.mp4", 1.0)]), replace(config, branches="spatial"),
-                            RunConfig(workers=0, data=DataConfig(videos=tmp_path)), None, tmp_path / "run", dist=Dist(0, 2, 0),
-                            progress=False)
+        trainer.train_split(
+            SplitPlan("s", [VideoItem("a.mp4", 1.0)]),
+            replace(config, branches="spatial"),
+            RunConfig(workers=0, data=DataConfig(videos=tmp_path)),
+            None,
+            tmp_path / "run",
+            dist=Dist(0, 2, 0),
+            progress=False,
+        )
     assert err.value.args[0]["broadcast_buffers"] is False
 
 
@@ -387,8 +393,8 @@ def test_gpu_readouts_float32_under_autocast():
 @needs_cuda
 def test_gpu_predict_equals_cpu(tmp_path, make_train_set):
     from clifvqa.features.store import open_store
-    from clifvqa.train.checkpoint import save_checkpoint
     from clifvqa.predict import predict
+    from clifvqa.train.checkpoint import save_checkpoint
 
     data = make_train_set(tmp_path / "data", n=2)
     with open_store(data.store) as st:

@@ -24,6 +24,7 @@ import h5py
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from test_extract import SLOW_CLI, _env, assert_same_features, base_args, read_all, run_cli
 
 from clifvqa.cli import main
 from clifvqa.extract.runner import RunInterrupted, SignalStop
@@ -31,7 +32,6 @@ from clifvqa.features import hdf5_backend
 from clifvqa.features.hdf5_backend import spool_dir, spool_state
 from clifvqa.features.store import StoreError, create_or_open_store, open_store
 from clifvqa.testing.stores import synthetic_provenance
-from test_extract import SLOW_CLI, _env, assert_same_features, base_args, read_all, run_cli
 
 # ---------------------------------------------------------------- the backend, killed at chosen moments
 
@@ -132,7 +132,7 @@ def writer(tmp_path_factory):
     spec.loader.exec_module(module)
     lines: list[tuple[str, int, int]] = []
     previous = sys.gettrace()
-    module.trace_backend(lambda f, l, d: lines.append((f, l, d)))
+    module.trace_backend(lambda f, line, d: lines.append((f, line, d)))
     try:
         module.write_all(folder / "reference.h5")
     finally:
@@ -244,7 +244,7 @@ def test_kill_twice_the_second_time_while_replaying_the_first_runs_log(writer, t
     shutil.copytree(first.parent, tmp_path / "traced")
     lines: list[tuple[str, int, int]] = []
     previous = sys.gettrace()
-    writer.trace_backend(lambda f, l, d: lines.append((f, l, d)))
+    writer.trace_backend(lambda f, line, d: lines.append((f, line, d)))
     try:
         writer.write_all(tmp_path / "traced" / "x.h5")
     finally:

@@ -76,7 +76,9 @@ def test_import_generic_csv_options_and_errors(tmp_path):
     src = tmp_path / "labels.csv"
     src.write_text("file,score\na.mp4,1\nb.mp4,2\n")
     out = tmp_path / "m.csv"
-    ok = run("import", "--format", "csv", src, "-o", out, "--video-col", "file", "--mos-col", "score", "--split", "test")
+    ok = run(
+        "import", "--format", "csv", src, "-o", out, "--video-col", "file", "--mos-col", "score", "--split", "test"
+    )
     assert ok.exit_code == 0, ok.output
     assert out.read_text() == "video,mos,split\na.mp4,1.0,test\nb.mp4,2.0,test\n"
 

@@ -45,7 +45,9 @@ def test_unsafe_paths_are_refused_with_reason(path, reason):
     assert str(info.value).startswith(f"unsafe video path {path!r}: ")
 
 
-@pytest.mark.parametrize("path", ["KoNViD_1k_videos/4542323058.mp4", "a b/c.d.mp4", "x..y.mp4", "_a/b_.mp4", "ünï/vidéo.mkv", "ab:c.mp4"])
+@pytest.mark.parametrize(
+    "path", ["KoNViD_1k_videos/4542323058.mp4", "a b/c.d.mp4", "x..y.mp4", "_a/b_.mp4", "ünï/vidéo.mkv", "ab:c.mp4"]
+)
 def test_safe_paths_are_returned_unchanged(path):
     assert validate_video_path(path) == path
 
@@ -139,7 +141,14 @@ def test_read_reports_every_problem_with_file_and_line(tmp_path):
         read_manifest(src)
     err = info.value
     assert [(p.line, p.kind) for p in err.problems] == [
-        (2, "duplicate"), (3, "bad_mos"), (4, "bad_split"), (5, "duplicate"), (6, "fields"), (7, "unsafe_path"), (8, "bad_mos")]
+        (2, "duplicate"),
+        (3, "bad_mos"),
+        (4, "bad_split"),
+        (5, "duplicate"),
+        (6, "fields"),
+        (7, "unsafe_path"),
+        (8, "bad_mos"),
+    ]
     message = str(err)
     assert "M.csv line 7: unsafe video path '../x.mp4': contains '..'" in message
     assert "M.csv line 3: MOS 'abc' is not a number" in message
@@ -201,7 +210,9 @@ def test_write_refuses_existing_file_and_bad_rows_never_touch_it(tmp_path):
 
 
 def test_write_adds_split_and_unknown_extra_columns(tmp_path):
-    m = Manifest([ManifestRow("a.mp4", 1.5, "test", {"w": "1"}), ManifestRow("b.mp4", None, None, {"h": "2"})], ["video"])
+    m = Manifest(
+        [ManifestRow("a.mp4", 1.5, "test", {"w": "1"}), ManifestRow("b.mp4", None, None, {"h": "2"})], ["video"]
+    )
     out = write_manifest(m, tmp_path / "m.csv")
     assert out.read_text() == "video,mos,split,w,h\na.mp4,1.5,test,1,\nb.mp4,,,,2\n"
     assert [r.video for r in read_manifest(out).subset("test")] == ["a.mp4"]
@@ -260,7 +271,9 @@ def test_import_konvid_attributes_with_prefix(tmp_path):
 def test_import_konvid_missing_column_names_the_option(tmp_path):
     src = tmp_path / "k.csv"
     src.write_text("id,MOS\n1,2\n")
-    with pytest.raises(LabelFormatError, match=r"no column 'flickr_id' \(columns: id, MOS\); name the right one with --video-col"):
+    with pytest.raises(
+        LabelFormatError, match=r"no column 'flickr_id' \(columns: id, MOS\); name the right one with --video-col"
+    ):
         import_labels("konvid", src)
 
 
@@ -301,7 +314,10 @@ def test_import_lsvq_official_train_test_file(tmp_path):
     m = result.manifest
     assert m.columns == ["video", "mos", "split", "height", "width", "frame_number"]
     assert [(r.video, r.mos, r.split) for r in m] == [
-        ("ia-batch1/aaa.mp4", 67.75, "train"), ("yfcc-batch1/747.mp4", 55.1, "test"), ("ia-batch2/ccc.mp4", 41.0, "test")]
+        ("ia-batch1/aaa.mp4", 67.75, "train"),
+        ("yfcc-batch1/747.mp4", 55.1, "test"),
+        ("ia-batch2/ccc.mp4", 41.0, "test"),
+    ]
     assert m.rows[0].extra == {"height": "720", "width": "1280", "frame_number": "240"}
     assert result.skipped == [(4, "is_test 'maybe' is not True/False/1/0")]
 
@@ -311,7 +327,9 @@ def test_import_lsvq_1080p_is_all_test(tmp_path):
     src.write_text("name,mos\nia-batch9/x,60.5\nia-batch9/y,61.5\n")
     m = import_labels("lsvq", src, split="train").manifest  # the official set wins over --split
     assert [(r.video, r.split, r.extra) for r in m] == [
-        ("ia-batch9/x.mp4", "test", {"lsvq_set": "test-1080p"}), ("ia-batch9/y.mp4", "test", {"lsvq_set": "test-1080p"})]
+        ("ia-batch9/x.mp4", "test", {"lsvq_set": "test-1080p"}),
+        ("ia-batch9/y.mp4", "test", {"lsvq_set": "test-1080p"}),
+    ]
 
 
 def test_import_lsvq_without_official_split_uses_option(tmp_path):

@@ -65,7 +65,14 @@ def test_degenerate_inputs_give_nan_not_errors():
 def test_summarize_mean_std_median_skipping_nan():
     results = [{"srocc": 0.8, "plcc": 0.7}, {"srocc": 0.9, "plcc": 0.9}, {"srocc": math.nan, "plcc": 0.8}]
     s = summarize(results, keys=("srocc", "plcc"))
-    assert s["srocc"] == {"mean": pytest.approx(0.85), "std": pytest.approx(0.05), "median": pytest.approx(0.85), "min": 0.8, "max": 0.9, "count": 2}
+    assert s["srocc"] == {
+        "mean": pytest.approx(0.85),
+        "std": pytest.approx(0.05),
+        "median": pytest.approx(0.85),
+        "min": 0.8,
+        "max": 0.9,
+        "count": 2,
+    }
     assert s["plcc"]["mean"] == pytest.approx(0.8)
     assert s["plcc"]["std"] == pytest.approx(math.sqrt(0.02 / 3))
     assert s["plcc"]["median"] == pytest.approx(0.8)

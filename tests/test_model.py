@@ -44,7 +44,10 @@ def test_spatial_feature_size_follows_the_configs():
     full = ClifVQAConfig(r=4)
     assert full.spatial_map_shape() == (1, 16, 7, 7) and full.feature_sizes() == (8, 784)
     torch.manual_seed(0)
-    for frag in (FragmentConfig(fragments_h=4, fragments_w=3, clip_len=8, aligned=8), FragmentConfig(fragments_h=2, fragments_w=2, clip_len=16, aligned=8)):
+    for frag in (
+        FragmentConfig(fragments_h=4, fragments_w=3, clip_len=8, aligned=8),
+        FragmentConfig(fragments_h=2, fragments_w=2, clip_len=16, aligned=8),
+    ):
         cfg = ClifVQAConfig(r=2, fastvqa=VARIANTS["tiny"], fragments=frag)
         model = build_model(cfg).eval()
         qmap = model.fastvqa(torch.randn(1, 3, *cfg.clip_shape))

@@ -19,9 +19,9 @@ from click.testing import CliRunner
 
 from clifvqa.train import checkpoint as ckpt
 from clifvqa.train import data as train_data
-from clifvqa.train.model import TINY_FRAGMENTS, build_model, tiny_config
-from clifvqa.train.inference import NonFiniteOutput
 from clifvqa.train.config import RunConfig, set_options, tiny
+from clifvqa.train.inference import NonFiniteOutput
+from clifvqa.train.model import TINY_FRAGMENTS, build_model, tiny_config
 from clifvqa.train.trainer import NonFiniteLoss, run_training
 
 TAGS = ["train", "train", "train", "train", "val", "test"]
@@ -119,8 +119,8 @@ def test_evaluate_refuses_a_nan_output_naming_the_video(semantic_checkpoint, mon
 
 
 def test_predict_never_prints_nan(semantic_checkpoint, monkeypatch):
-    from clifvqa.cli import main
     from clifvqa import predict as predict_module
+    from clifvqa.cli import main
 
     data, path = semantic_checkpoint
     real = predict_module.resample_time

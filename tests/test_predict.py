@@ -28,14 +28,17 @@ def setup(tmp_path_factory, tiny_clip):
 
     from clifvqa.extract.config import ExtractConfig
     from clifvqa.extract.runner import extract_dataset
-    from clifvqa.testing.videos import write_clip
     from clifvqa.features.store import open_store
+    from clifvqa.testing.videos import write_clip
     from clifvqa.train.checkpoint import save_checkpoint
     from clifvqa.train.model import TINY_FRAGMENTS, build_model, tiny_config
 
     root = tmp_path_factory.mktemp("predict")
     data = root / "data"
-    videos = [write_clip(data / "set" / f"v{i}.mp4", num_frames=NUM_FRAMES, width=160, height=128, seed=i, noise=6 * i) for i in range(2)]
+    videos = [
+        write_clip(data / "set" / f"v{i}.mp4", num_frames=NUM_FRAMES, width=160, height=128, seed=i, noise=6 * i)
+        for i in range(2)
+    ]
     store = root / "features.zarr"
     config = ExtractConfig(clip_model=str(tiny_clip), grid=(2, 2), device="cpu", workers=1)
     assert extract_dataset(data, store, config=config, progress=False).ok
@@ -56,7 +59,10 @@ def test_same_score_every_run_and_from_store_or_extraction(setup, tmp_path):
 
     renamed = shutil.copyfile(setup.videos[0], tmp_path / "renamed.mp4")  # matched by content, not by name
     from_store = predict([renamed, setup.videos[1]], setup.ckpt, stores=[setup.store], device="cpu")
-    assert [p.features for p in from_store] == [f"store {setup.store} key set/v0.mp4", f"store {setup.store} key set/v1.mp4"]
+    assert [p.features for p in from_store] == [
+        f"store {setup.store} key set/v0.mp4",
+        f"store {setup.store} key set/v1.mp4",
+    ]
     assert from_store[0].raw == pytest.approx(extracted[0].raw, abs=1e-5)
     assert from_store[1].raw != pytest.approx(from_store[0].raw, abs=1e-6)  # different videos and scores
 
@@ -88,7 +94,12 @@ def test_folder_input_scores_every_video_and_reports_broken_ones(setup, tmp_path
     (folder / "broken.mp4").write_bytes(b"\x00not a video" * 10)
     (folder / "notes.txt").write_text("not a video name: not scanned")
     preds = predict([folder, tmp_path / "missing.mp4"], setup.ckpt, stores=[setup.store], device="cpu")
-    assert [p.video for p in preds] == [str(folder / "a.mp4"), str(folder / "broken.mp4"), str(folder / "sub/b.mp4"), str(tmp_path / "missing.mp4")]
+    assert [p.video for p in preds] == [
+        str(folder / "a.mp4"),
+        str(folder / "broken.mp4"),
+        str(folder / "sub/b.mp4"),
+        str(tmp_path / "missing.mp4"),
+    ]
     single = predict(setup.videos, setup.ckpt, stores=[setup.store], device="cpu")
     assert [preds[0].raw, preds[2].raw] == [p.raw for p in single]
     # not in the store, and extraction fails
@@ -96,8 +107,21 @@ def test_folder_input_scores_every_video_and_reports_broken_ones(setup, tmp_path
     assert preds[3].raw is None and preds[3].error == "no such file or folder"
 
     out = tmp_path / "scores.csv"
-    result = CliRunner().invoke(main, ["predict", str(folder), "--checkpoint", str(setup.ckpt), "--store", str(setup.store),
-                                       "--device", "cpu", "--output", str(out)])
+    result = CliRunner().invoke(
+        main,
+        [
+            "predict",
+            str(folder),
+            "--checkpoint",
+            str(setup.ckpt),
+            "--store",
+            str(setup.store),
+            "--device",
+            "cpu",
+            "--output",
+            str(out),
+        ],
+    )
     assert result.exit_code == 1  # one video failed, the others were written
     with open(out, newline="") as fh:
         rows = list(csv.DictReader(fh))

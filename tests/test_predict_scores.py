@@ -65,8 +65,8 @@ def test_mapping_is_the_logistic_fit_stored_as_json():
 def test_training_stores_the_mapping_and_evaluate_reports_scores_on_the_mos_scale(tmp_path, make_train_set):
     from clifvqa.features.store import create_or_open_store
     from clifvqa.testing.stores import synthetic_provenance
-    from clifvqa.train.evaluate import evaluate
     from clifvqa.train.config import RunConfig, set_options, tiny
+    from clifvqa.train.evaluate import evaluate
     from clifvqa.train.trainer import run_training
 
     tags = ["train"] * 8 + ["val"] * 2 + ["test"] * 2
@@ -115,8 +115,8 @@ def extracted(tmp_path_factory, tiny_clip):
 
     from clifvqa.extract.config import ExtractConfig
     from clifvqa.extract.runner import extract_dataset
-    from clifvqa.testing.videos import write_clip
     from clifvqa.features.store import open_store
+    from clifvqa.testing.videos import write_clip
     from clifvqa.train.model import TINY_FRAGMENTS, build_model, tiny_config
 
     root = tmp_path_factory.mktemp("scores")

@@ -57,14 +57,18 @@ def test_load_json_object(tmp_path):
 
 def test_load_json_list_of_final_strings(tmp_path):
     f = tmp_path / "p.json"
-    f.write_text(json.dumps([{"text": "a dull photo", "group": "objective"}, {"text": "so fun", "group": "subjective"}]))
+    f.write_text(
+        json.dumps([{"text": "a dull photo", "group": "objective"}, {"text": "so fun", "group": "subjective"}])
+    )
     p = load_prompts(f)
     assert p.texts == ("a dull photo", "so fun") and p.template is None
 
 
 def test_load_text_format_keeps_file_order(tmp_path):
     f = tmp_path / "p.txt"
-    f.write_text("# my prompts\ntemplate: the video is {}\n\nobjective: sharp\nsubjective: boring\nobjective:  noisy \n")
+    f.write_text(
+        "# my prompts\ntemplate: the video is {}\n\nobjective: sharp\nsubjective: boring\nobjective:  noisy \n"
+    )
     p = load_prompts(f)
     assert p.texts == ("the video is sharp", "the video is boring", "the video is noisy")
     assert p.groups == ("objective", "subjective", "objective")

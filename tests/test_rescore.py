@@ -17,17 +17,21 @@ from clifvqa.extract.prompts import PromptSet
 from clifvqa.extract.rescore import NO_EMBEDDINGS, RescoreError, rescore_store
 from clifvqa.extract.runner import extract_dataset
 from clifvqa.extract.sfe import SemanticFeatureExtractor
-from clifvqa.testing.videos import write_clip
 from clifvqa.features.provenance import FingerprintMismatch, fingerprint, provenance_diff
 from clifvqa.features.store import create_or_open_store, open_store
 from clifvqa.features.verify import verify_store
+from clifvqa.testing.videos import write_clip
 
 GRID = (2, 2)
 OLD = PromptSet(
     ("a sharp photo", "a blurry photo", "a noisy photo", "a boring photo"),
     ("objective", "objective", "objective", "subjective"),
 )
-NEW_WORDS = {"template": "a video frame that looks {}.", "objective": ["crisp", "grainy", "washed out"], "subjective": ["calm", "tense"]}
+NEW_WORDS = {
+    "template": "a video frame that looks {}.",
+    "objective": ["crisp", "grainy", "washed out"],
+    "subjective": ["calm", "tense"],
+}
 NEW = PromptSet.from_words(NEW_WORDS["objective"], NEW_WORDS["subjective"], NEW_WORDS["template"])
 OTHER = PromptSet.from_words(["dark"], ["happy"])
 
@@ -65,10 +69,16 @@ def data(tmp_path_factory, tiny_clip, bundle):
 
 
 def test_rescore_equals_fresh_extraction(data, tmp_path):
-    summary = rescore_store(data / "src.zarr", tmp_path / "dst.zarr", NEW, softmax="group", device="cpu", progress=False)
+    summary = rescore_store(
+        data / "src.zarr", tmp_path / "dst.zarr", NEW, softmax="group", device="cpu", progress=False
+    )
     assert (summary.total, summary.done, summary.skipped, summary.failed, summary.carried_failures) == (2, 2, 0, 0, 1)
     assert summary.frames == 8 + 6 and summary.ok
-    with open_store(tmp_path / "dst.zarr") as dst, open_store(data / "fresh.zarr") as fresh, open_store(data / "src.zarr") as src:
+    with (
+        open_store(tmp_path / "dst.zarr") as dst,
+        open_store(data / "fresh.zarr") as fresh,
+        open_store(data / "src.zarr") as src,
+    ):
         # Provenance and fingerprint are those of the fresh extraction with the new prompts.
         assert dst.fingerprint == fresh.fingerprint == fingerprint(dst.provenance) != src.fingerprint
         assert provenance_diff(dst.provenance, fresh.provenance) == []
@@ -135,7 +145,16 @@ def test_refuses_a_source_without_embeddings(data, tiny_clip, bundle, tmp_path):
         rescore_store(tmp_path / "plain.zarr", tmp_path / "out.zarr", NEW, device="cpu", progress=False)
     assert not (tmp_path / "out.zarr").exists()
     result = CliRunner().invoke(
-        main, ["store", "rescore", str(tmp_path / "plain.zarr"), "--prompts", str(data / "new.json"), "-o", str(tmp_path / "out.zarr")]
+        main,
+        [
+            "store",
+            "rescore",
+            str(tmp_path / "plain.zarr"),
+            "--prompts",
+            str(data / "new.json"),
+            "-o",
+            str(tmp_path / "out.zarr"),
+        ],
     )
     assert result.exit_code == 2 and result.output.count("error:") == 1
     assert "holds no crop embeddings" in result.output and not (tmp_path / "out.zarr").exists()
@@ -190,7 +209,11 @@ def test_videos_without_embeddings_become_failures(data, tmp_path):
         assert out.keys() == ["a.mp4"] and out.array_names("a.mp4") == ["pooled", "frames"]
         assert "embeddings" not in out.provenance
         failures = out.failures()
-        assert failures["gone.mp4"] == {"error": "cannot open", "source": "gone.mp4", "time": "2001-01-01T00:00:00+00:00"}
+        assert failures["gone.mp4"] == {
+            "error": "cannot open",
+            "source": "gone.mp4",
+            "time": "2001-01-01T00:00:00+00:00",
+        }
         assert NO_EMBEDDINGS in failures["sub/b.mkv"]["error"] and failures["sub/b.mkv"]["source"] == "sub/b.mkv"
 
 

@@ -64,7 +64,8 @@ def test_cli_flags_override_the_file_and_tiny_sets_the_tree(tmp_path):
     ("seed: 1\noptim:\n  epoch: 3\n",
      "run.yaml:3: optim.epoch: unknown OptimConfig fields ['epoch'] (known: epochs, batch_size,"),
     ("optim:\n  epochs: three\n", "run.yaml:2: optim.epochs: expected an integer, got 'three'"),
-    ("model:\n  branches: all\n", "run.yaml:2: model.branches: expected one of \"both\", \"semantic\", \"spatial\", got 'all'"),
+    ("model:\n  branches: all\n",
+     "run.yaml:2: model.branches: expected one of \"both\", \"semantic\", \"spatial\", got 'all'"),
     ("data:\n  val_fraction: 1.5\n", "run.yaml:1: data: val_fraction must be in [0, 1)"),
     ("optim: 3\n", "run.yaml:1: optim: expected a section (OptimConfig: keys epochs,"),
     ("optim:\n  grad_clip: yes please\n", "run.yaml:2: optim.grad_clip: expected a number or null, got 'yes please'"),
@@ -81,9 +82,31 @@ def test_refusals_name_file_line_and_key_path(tmp_path, yaml_text, message):
     assert result.output.count("\n") == 1  # one line, no traceback
 
 
+def test_resume_reads_the_run_folders_config(tmp_path):
+    saved = set_options(tiny(RunConfig()), epochs=4, branches="semantic", manifest="m.csv")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "run.yaml").write_text(dump_yaml(saved))
+    shown = from_data(RunConfig, parse_yaml(print_config("--resume", "--out", str(tmp_path / "run"))).data)
+    assert shown == saved
+    shown = from_data(RunConfig, parse_yaml(print_config("--resume", "--out", str(tmp_path / "run"), "--workers", "2"))
+                      .data)
+    assert shown == replace(saved, workers=2)
+
+
+def test_lines_of_nested_lists_for_other_files():
+    doc = parse_yaml("name: x\nstages:\n  - name: pre\n    config:\n      optim:\n        epochs: 3\n  - name: ft\n",
+                     "exp.yaml")
+    assert doc.lines["stages[1]"] == 7 and doc.lines["stages[0].config.optim.epochs"] == 6
+    assert doc.where("stages[0].config.optim.epochs") == "exp.yaml:6"
+    assert doc.where("stages[1].config.seed") == "exp.yaml:7"  # not written: its nearest enclosing key
+    with pytest.raises(ConfigError, match=r"^exp.yaml:6: stages\[0\].config.optim.epochs: expected an integer"):
+        from_data(RunConfig, {"optim": {"epochs": "3"}}, doc=doc, key_path="stages[0].config")
+
+
 def test_overrides_and_diff():
     base = RunConfig()
-    changed = with_overrides(base, {"optim.epochs": 3, "model.branches": "semantic", "model.fastvqa.window_size": (4, 4, 4)})
+    changed = with_overrides(base, {"optim.epochs": 3, "model.branches": "semantic",
+                                    "model.fastvqa.window_size": (4, 4, 4)})
     assert diff(base, changed) == {
         "model.branches": ("both", "semantic"),
         "model.fastvqa.window_size": ([8, 7, 7], [4, 4, 4]),

@@ -26,9 +26,9 @@ from clifvqa.extract.pipeline import FrameCrops, VideoDone, VideoTask, decode_cr
 from clifvqa.extract.prompts import PromptSet
 from clifvqa.extract.runner import extract_dataset
 from clifvqa.extract.sfe import SemanticFeatureExtractor, auto_batch_size, resolve_dtype
-from clifvqa.video import VideoDecodeError, VideoReader
 from clifvqa.features.provenance import fingerprint
 from clifvqa.features.store import open_store
+from clifvqa.video import VideoDecodeError, VideoReader
 
 PROMPTS = PromptSet(
     ("a sharp photo", "a blurry photo", "a noisy photo", "a boring photo", "a pleasant photo"),
@@ -57,7 +57,10 @@ def reference_features(path, clip_dir, prompts, grid, softmax="all", stride=1):
     out = {"pooled": [], "maps": [], "frames": [], "embeddings": []}
     with torch.no_grad():
         text = torch.cat(
-            [F.normalize(model.get_text_features(**tok([t], return_tensors="pt")).pooler_output, dim=-1) for t in prompts.texts]
+            [
+                F.normalize(model.get_text_features(**tok([t], return_tensors="pt")).pooler_output, dim=-1)
+                for t in prompts.texts
+            ]
         )
         scale = model.logit_scale.exp()
         with av.open(str(path)) as container:
@@ -144,7 +147,13 @@ def test_store_equals_per_crop_reference(tiny_clip, dataset, prompts_file, tmp_p
 
 def test_group_softmax_and_frame_stride(tiny_clip, dataset):
     sfe = SemanticFeatureExtractor(
-        load_clip(str(tiny_clip), "cpu"), PROMPTS, grid=(3, 2), softmax="group", frame_stride=2, device="cpu", batch_size=12
+        load_clip(str(tiny_clip), "cpu"),
+        PROMPTS,
+        grid=(3, 2),
+        softmax="group",
+        frame_stride=2,
+        device="cpu",
+        batch_size=12,
     )
     for key in ("plain.mp4", "phone/rotated.mp4"):
         got = sfe.extract_video(dataset / key)
@@ -189,11 +198,34 @@ def _sfe(bundle, **kw):
 def test_provenance_fields(tiny_clip):
     bundle = load_clip(str(tiny_clip), "cpu")
     prov = _sfe(bundle, grid=(2, 3), frame_stride=2).provenance()
-    assert set(prov) == {"clip", "prompts", "grid", "crop", "resize", "mean", "std", "frame_stride", "dtype", "software", "created"}
+    assert set(prov) == {
+        "clip",
+        "prompts",
+        "grid",
+        "crop",
+        "resize",
+        "mean",
+        "std",
+        "frame_stride",
+        "dtype",
+        "software",
+        "created",
+    }
     digest = hashlib.sha256((tiny_clip / "model.safetensors").read_bytes()).hexdigest()
     assert prov["clip"] == {"model": str(tiny_clip), "weights_sha256": digest, "image_size": 224}
-    assert prov["prompts"] == {"texts": list(PROMPTS.texts), "groups": list(PROMPTS.groups), "template": None, "softmax": "all"}
-    assert (prov["grid"], prov["crop"], prov["resize"], prov["frame_stride"], prov["dtype"]) == ([2, 3], 224, "upscale-short-side", 2, "float32")
+    assert prov["prompts"] == {
+        "texts": list(PROMPTS.texts),
+        "groups": list(PROMPTS.groups),
+        "template": None,
+        "softmax": "all",
+    }
+    assert (prov["grid"], prov["crop"], prov["resize"], prov["frame_stride"], prov["dtype"]) == (
+        [2, 3],
+        224,
+        "upscale-short-side",
+        2,
+        "float32",
+    )
     np.testing.assert_allclose(prov["mean"], OPENAI_CLIP_MEAN)
     np.testing.assert_allclose(prov["std"], OPENAI_CLIP_STD)
     assert set(prov["software"]) == {"clifvqa", "torch", "transformers", "av"}

@@ -111,7 +111,12 @@ def wide_clip(tiny_clip, tmp_path_factory):
 
     config = CLIPConfig.from_pretrained(tiny_clip)
     vision = config.vision_config
-    vision.hidden_size, vision.intermediate_size, vision.num_attention_heads, vision.num_hidden_layers = 768, 3072, 12, 1
+    vision.hidden_size, vision.intermediate_size, vision.num_attention_heads, vision.num_hidden_layers = (
+        768,
+        3072,
+        12,
+        1,
+    )
     folder = tmp_path_factory.mktemp("wide-clip")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)

@@ -15,10 +15,10 @@ from safetensors.torch import load_file
 from clifvqa.features.store import create_or_open_store
 from clifvqa.testing.stores import synthetic_provenance
 from clifvqa.train import checkpoint as ckpt
-from clifvqa.train.data import DataError, VideoItem, load_semantic_features
-from clifvqa.train.model import tiny_config
-from clifvqa.train.inference import predict_items
 from clifvqa.train.config import RunConfig, set_options, tiny
+from clifvqa.train.data import DataError, VideoItem, load_semantic_features
+from clifvqa.train.inference import predict_items
+from clifvqa.train.model import tiny_config
 from clifvqa.train.trainer import lr_factor, run_training
 
 TAGS = ["train", "train", "train", "train", "val", "test"]
@@ -80,7 +80,8 @@ def test_train_select_on_val_test_once_and_checkpoint_round_trip(tmp_path, make_
     assert meta["run_config"]["optim"]["batch_size"] == 2
     cfg = model.config
     feats = load_semantic_features([data.store], [data.keys[5]], cfg.t0, progress=False)
-    keys, preds, mos, failed = predict_items(model, [VideoItem(data.keys[5], data.mos[5])], data.videos, feats.rows, cfg.fragments, device=torch.device("cpu"))
+    keys, preds, mos, failed = predict_items(model, [VideoItem(data.keys[5], data.mos[5])], data.videos, feats.rows,
+                                             cfg.fragments, device=torch.device("cpu"))
     with open(out / "test_predictions.csv") as fh:
         saved = list(csv.DictReader(fh))
     assert keys == [saved[0]["video"]] and preds[0] == pytest.approx(float(saved[0]["prediction"]), abs=1e-6)
@@ -99,7 +100,7 @@ def test_resume_ends_where_an_uninterrupted_run_ends(tmp_path, make_train_set):
         run_training(config(data, epochs=3), tmp_path / "b", resume=True, **kwargs)
     run_training(config(data, workers=1), tmp_path / "b", resume=True, **kwargs)
 
-    a, b = load_file(str(tmp_path / "a" / "last" / "model.safetensors")), load_file(str(tmp_path / "b" / "last" / "model.safetensors"))
+    a, b = (load_file(str(tmp_path / x / "last" / "model.safetensors")) for x in "ab")
     assert a.keys() == b.keys()
     for k in a:
         assert torch.allclose(a[k].float(), b[k].float(), atol=1e-6), k
@@ -176,7 +177,8 @@ def test_training_state_round_trip_without_pickle(tmp_path, monkeypatch):
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     model(torch.randn(3, 4, 5)).sum().backward()
     opt.step()
-    ckpt.save_checkpoint(tmp_path / "c", model, cfg, {"p": 1}, "sha256:x", {"epoch": 1}, optimizer=opt, train_state={"step": 7})
+    ckpt.save_checkpoint(tmp_path / "c", model, cfg, {"p": 1}, "sha256:x", {"epoch": 1}, optimizer=opt,
+                         train_state={"step": 7})
     expected = torch.rand(3)
 
     def no_pickle(*a, **k):
@@ -187,7 +189,8 @@ def test_training_state_round_trip_without_pickle(tmp_path, monkeypatch):
     model2, meta = ckpt.load_checkpoint(tmp_path / "c")
     opt2 = torch.optim.AdamW(model2.parameters(), lr=1e-3)
     state = ckpt.load_training_state(tmp_path / "c", opt2)
-    assert state == {"step": 7} and meta["epoch"] == 1 and meta["store"] == {"fingerprint": "sha256:x", "provenance": {"p": 1}}
+    assert state == {"step": 7} and meta["epoch"] == 1
+    assert meta["store"] == {"fingerprint": "sha256:x", "provenance": {"p": 1}}
     assert torch.equal(torch.rand(3), expected)  # RNG restored to the save point
     for k, v in opt.state_dict()["state"][0].items():
         assert torch.equal(opt2.state_dict()["state"][0][k], v)

@@ -3,9 +3,12 @@
 A checkpoint is a directory::
 
     model.safetensors      the model's state_dict (FAST-VQA keys under ``fastvqa.``)
-    meta.json              format, model config, training config, store fingerprint and full
-                           store provenance (to compute semantic features of new videos the same
-                           way), metrics, epoch and whatever ``extra`` held; ``train`` adds to
+    meta.json              format, model config, store fingerprint and full store provenance (to
+                           compute semantic features of new videos the same way), and what
+                           ``extra`` held: ``train`` puts there the run config (``run_config``),
+                           the split, the epoch, its metrics and ``initialised_from`` (the
+                           clifvqa checkpoint the weights started from: path, sha256 of its
+                           weights, part ``all`` or ``spatial``; null without one); it adds to
                            best/ the ``selection`` (which epoch and why) and the
                            ``score_mapping`` (:class:`~clifvqa.train.metrics.ScoreMapping`: raw
                            output -> training MOS scale, fitted on the training videos)
@@ -16,6 +19,10 @@ A checkpoint is a directory::
 
 A directory is written next to its destination and renamed into place, so an interrupted save
 leaves the previous checkpoint intact. Weights holding NaN or inf are never saved or loaded.
+
+In training, :class:`CheckpointSaver` is the only reader and writer of a run's ``best/`` and
+``last/``; :func:`check_init` and :func:`init_weights` read another run's checkpoint to start
+from (``clifvqa train --init`` / ``--init-spatial``).
 """
 
 from __future__ import annotations
@@ -126,7 +133,8 @@ def read_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
     path = Path(path)
     meta_path = path / META_FILE
     if not meta_path.is_file():
-        raise CheckpointError(f"{path} is not a clifvqa checkpoint (no {META_FILE}); pass a checkpoint directory such as runs/NAME/best")
+        raise CheckpointError(f"{path} is not a clifvqa checkpoint (no {META_FILE}); "
+                              "pass a checkpoint directory such as runs/NAME/best")
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
@@ -134,7 +142,8 @@ def read_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{meta_path}: format is {meta.get('format')!r}, expected {FORMAT!r}")
     if meta.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(f"{meta_path}: format_version {meta.get('format_version')!r}; this clifvqa reads {FORMAT_VERSION}")
+        raise CheckpointError(f"{meta_path}: format_version {meta.get('format_version')!r}; "
+                              f"this clifvqa reads {FORMAT_VERSION}")
     return meta
 
 
@@ -219,6 +228,78 @@ def load_training_state(
         own = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
         _restore_rng(own, saved["rng_ranks"][rank - 1])
     return saved["train_state"]
+
+
+INIT_PARTS = {"all": "every weight", "spatial": "the FAST-VQA branch"}
+
+
+def _weight_settings(config: ClifVQAConfig, part: str) -> dict[str, Any]:
+    """The settings that fix the shapes and meaning of the weights of ``part`` of a model."""
+    settings: dict[str, Any] = {"fastvqa": config.fastvqa.to_dict(), "clip_shape": list(config.clip_shape)}
+    if part == "all":
+        settings.update(r=config.r, prompt_groups_of=list(config.prompt_groups_of), branches=config.branches,
+                        prompt_groups=config.prompt_groups, t0=config.t0, semantic_hidden=config.semantic_hidden,
+                        head_hidden=config.head_hidden, regression_head=config.regression_head)
+    return settings
+
+
+def check_init(
+    path: str | os.PathLike[str], part: str, config: ClifVQAConfig, fingerprint: str | None
+) -> dict[str, Any]:
+    """Check that the checkpoint at ``path`` can start ``part`` (``all``: every weight;
+    ``spatial``: the FAST-VQA branch) of a model of ``config`` trained on a store of
+    ``fingerprint``, and return the record of it kept in the new checkpoints' meta.json
+    (``initialised_from``: path, sha256 of its weights, part).
+
+    Raises:
+        CheckpointError: not a checkpoint; settings that fix the weights differ (named, with both
+            values); for ``all``, another store fingerprint (the semantic features would not mean
+            the same thing; the FAST-VQA branch alone may come from any store).
+    """
+    from clifvqa.features.sources import sha256_file
+    from clifvqa.train.config_io import diff, format_diff
+
+    path = Path(path)
+    meta = read_meta(path)
+    theirs = ClifVQAConfig.from_dict(meta["model_config"])
+    what = f"{path} cannot start {INIT_PARTS[part]} of this model"
+    if not config.uses_spatial and part == "spatial":
+        raise CheckpointError(f"{what}: the model has no FAST-VQA branch (model.branches is semantic)")
+    if not theirs.uses_spatial and part == "spatial":
+        raise CheckpointError(f"{what}: the checkpoint has no FAST-VQA branch (it was trained with branches semantic)")
+    differing = diff(_weight_settings(theirs, part), _weight_settings(config, part))
+    if differing:
+        raise CheckpointError(f"{what}: settings differ (checkpoint -> this run): {format_diff(differing)}")
+    theirs_fp = (meta.get("store") or {}).get("fingerprint") or None
+    if part == "all" and config.uses_semantic and theirs_fp != fingerprint:
+        raise CheckpointError(
+            f"{what}: it was trained on stores of fingerprint {theirs_fp}, this run's are {fingerprint}, so the "
+            "semantic features would not mean the same thing; train on stores extracted like the checkpoint's, "
+            "or take only its FAST-VQA branch (--init-spatial)"
+        )
+    weights = path / MODEL_FILE
+    if not weights.is_file():
+        raise CheckpointError(f"{path}: {MODEL_FILE} is missing")
+    return {"path": str(path), "sha256": sha256_file(weights), "part": part}
+
+
+def init_weights(model: ClifVQA, record: Mapping[str, Any]) -> None:
+    """Load the weights a :func:`check_init` record names into ``model`` (every weight, or the
+    FAST-VQA branch), strictly; refused when the file changed since it was checked."""
+    from safetensors.torch import load_file
+
+    from clifvqa.features.sources import sha256_file
+
+    weights = Path(record["path"]) / MODEL_FILE
+    if sha256_file(weights) != record["sha256"]:
+        raise CheckpointError(f"{weights} changed since the run was set up (sha256 differs); start the run again")
+    state = load_file(str(weights), device=str(next(model.parameters()).device))
+    _check_finite(state, str(weights))
+    if record["part"] == "spatial":
+        state = {k.removeprefix("fastvqa."): v for k, v in state.items() if k.startswith("fastvqa.")}
+        model.fastvqa.load_state_dict(state)
+    else:
+        model.load_state_dict(state)
 
 
 class CheckpointSaver:
@@ -322,7 +403,8 @@ def capture_rng() -> RngState:
     kind, keys, pos, has_gauss, cached = np.random.get_state()
     tensors["rng.numpy"] = torch.from_numpy(np.asarray(keys, dtype=np.uint32).astype(np.int64))
     version, internal, gauss = random.getstate()
-    return tensors, {"numpy": [kind, int(pos), int(has_gauss), float(cached)], "python": [version, list(internal), gauss]}
+    scalars = {"numpy": [kind, int(pos), int(has_gauss), float(cached)], "python": [version, list(internal), gauss]}
+    return tensors, scalars
 
 
 def _restore_rng(tensors: Mapping[str, torch.Tensor], saved: Mapping[str, Any]) -> None:

@@ -51,7 +51,8 @@ class DataConfig(JsonConfig):
         "help": "share of the training videos held out for model selection when the manifest has no val rows"})
     splits: int | None = field(default=None, metadata={
         "help": "N random train/test splits, one model each (paper §5.1: 10); null: the manifest's split"})
-    test_fraction: float = field(default=0.2, metadata={"help": "share of the videos in test with splits (paper: 80/20)"})
+    test_fraction: float = field(default=0.2, metadata={
+        "help": "share of the videos in test with splits (paper: 80/20)"})
     allow_stale: bool = field(default=False, metadata={
         "help": "use store entries whose video changed since extraction (warned), else refused"})
 
@@ -70,11 +71,15 @@ class OptimConfig(JsonConfig):
     """Optimiser and schedule: AdamW, linear warm-up then cosine decay (paper §5.1, FAST-VQA's recipe)."""
 
     epochs: int = field(default=30, metadata={"help": "passes over the training videos (FAST-VQA: 30)"})
-    batch_size: int = field(default=12, metadata={"help": "videos per step, per process under torchrun (paper §5.1: 12)"})
+    batch_size: int = field(default=12, metadata={
+        "help": "videos per step, per process under torchrun (paper §5.1: 12)"})
     lr: float = field(default=7.5e-4, metadata={"help": "learning rate outside the Video Swin backbone (paper §5.1)"})
-    backbone_lr: float = field(default=7.5e-5, metadata={"help": "learning rate of the Video Swin backbone (paper §5.1)"})
-    weight_decay: float = field(default=0.05, metadata={"help": "AdamW decoupled weight decay, every parameter (paper §5.1)"})
-    warmup_epochs: float = field(default=2.5, metadata={"help": "linear warm-up length, then cosine decay to 0 (FAST-VQA)"})
+    backbone_lr: float = field(default=7.5e-5, metadata={
+        "help": "learning rate of the Video Swin backbone (paper §5.1)"})
+    weight_decay: float = field(default=0.05, metadata={
+        "help": "AdamW decoupled weight decay, every parameter (paper §5.1)"})
+    warmup_epochs: float = field(default=2.5, metadata={
+        "help": "linear warm-up length, then cosine decay to 0 (FAST-VQA)"})
     grad_clip: float | None = field(default=None, metadata={"help": "max global gradient norm; null: no clipping"})
     amp: bool = field(default=True, metadata={"help": "mixed precision on GPU (bf16 where native, else fp16)"})
     grad_checkpoint: bool = field(default=False, metadata={
@@ -103,10 +108,19 @@ class InitConfig(JsonConfig):
         "help": "official FAST-VQA checkpoint for the spatial branch (e.g. FAST_VQA_B_1_4.pth)"})
     swin_k400: str | None = field(default=None, metadata={
         "help": "Kinetics-400 Video Swin-T checkpoint for the backbone (paper §5.1)"})
+    checkpoint: str | None = field(default=None, metadata={
+        "help": "clifvqa checkpoint folder giving every weight (fine-tuning; same store fingerprint)"})
+    spatial: str | None = field(default=None, metadata={
+        "help": "clifvqa checkpoint folder giving only the FAST-VQA branch (CLiF-VQA*, paper §5.3)"})
 
     def __post_init__(self) -> None:
-        for name in ("fastvqa", "swin_k400"):
+        for name in ("fastvqa", "swin_k400", "checkpoint", "spatial"):
             object.__setattr__(self, name, _path(getattr(self, name)))
+        spatial = [name for name in ("fastvqa", "swin_k400", "spatial") if getattr(self, name)]
+        if self.checkpoint and spatial:
+            raise ValueError(f"checkpoint gives every weight: it cannot be combined with {', '.join(spatial)}")
+        if self.spatial and len(spatial) > 1:
+            raise ValueError(f"{', '.join(spatial)} all set the FAST-VQA branch: choose one")
 
 
 @dataclass(frozen=True)
@@ -119,7 +133,8 @@ class RunConfig(JsonConfig):
         "help": "the architecture (paper §4, Eqs. 8-13); r and the prompt groups come from the store"})
     optim: OptimConfig = field(default_factory=OptimConfig, metadata={
         "help": "AdamW, linear warm-up then cosine decay (paper §5.1; FAST-VQA where it is silent)"})
-    loss: LossConfig = field(default_factory=LossConfig, metadata={"help": "L = alpha * L_mono + beta * L_lin (paper §4.4, Eq. 16)"})
+    loss: LossConfig = field(default_factory=LossConfig, metadata={
+        "help": "L = alpha * L_mono + beta * L_lin (paper §4.4, Eq. 16)"})
     init: InitConfig = field(default_factory=InitConfig, metadata={
         "help": "where weights start (paper §5.1: the backbone from Kinetics-400); null: random"})
     seed: int = field(default=0, metadata={
@@ -161,7 +176,8 @@ OPTIONS: dict[str, str] = {
     "amp": "optim.amp", "grad_checkpoint": "optim.grad_checkpoint", "alpha": "loss.alpha", "beta": "loss.beta",
     "num_clips_test": "model.fragments.num_clips_test", "branches": "model.branches",
     "regression_head": "model.regression_head", "prompt_groups": "model.prompt_groups",
-    "fastvqa_init": "init.fastvqa", "swin_k400_init": "init.swin_k400",
+    "fastvqa_init": "init.fastvqa", "swin_k400_init": "init.swin_k400", "init": "init.checkpoint",
+    "init_spatial": "init.spatial",
     "device": "device", "seed": "seed", "workers": "workers",
 }
 """The key path each option of ``clifvqa train`` sets (``--batch-size`` -> ``optim.batch_size``)."""

@@ -53,8 +53,8 @@ class YamlDocument:
     Attributes:
         name: the file name used in messages.
         data: the parsed document (``safe_load``: mappings, lists, scalars).
-        lines: 1-based line of every dotted key path (``"model.fastvqa.window_size"``); ``""`` is
-            the document's first line.
+        lines: 1-based line of every dotted key path (``"model.fastvqa.window_size"``; list
+            items as ``"stages[2].name"``); ``""`` is the document's first line.
     """
 
     name: str
@@ -101,6 +101,10 @@ def _key_lines(node: yaml.Node, prefix: str, lines: dict[str, int]) -> None:
             path = f"{prefix}.{key.value}" if prefix else str(key.value)
             lines[path] = key.start_mark.line + 1
             _key_lines(value, path, lines)
+    elif isinstance(node, yaml.SequenceNode):  # list items as PATH[i]
+        for i, item in enumerate(node.value):
+            lines[f"{prefix}[{i}]"] = item.start_mark.line + 1
+            _key_lines(item, f"{prefix}[{i}]", lines)
 
 
 # ------------------------------------------------------------------------------ data -> config

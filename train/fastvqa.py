@@ -99,7 +99,8 @@ VARIANTS: dict[str, FastVQAConfig] = {
     # No head dropout: it trains from random weights on a few dozen clips, and FAST-VQA's 0.5 on
     # a 16-channel head drowned the signal (24-clip demo, seeds 0-4: at 0.5 seed 1 never learnt
     # in 150 epochs; at 0 all reached held-out SROCC >= 0.83 by epoch 35).
-    "tiny": FastVQAConfig(embed_dim=16, depths=(1, 1, 2, 2), num_heads=(1, 1, 2, 4), head_in=128, head_hidden=16, head_dropout=0.0),
+    "tiny": FastVQAConfig(embed_dim=16, depths=(1, 1, 2, 2), num_heads=(1, 1, 2, 4), head_in=128, head_hidden=16,
+                          head_dropout=0.0),
 }
 
 

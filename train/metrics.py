@@ -130,7 +130,9 @@ def fit_logistic(pred: np.ndarray, mos: np.ndarray) -> tuple[np.ndarray, str]:
     return mapping.apply(pred), mapping.kind
 
 
-def compute_metrics(pred: Sequence[float] | np.ndarray, mos: Sequence[float] | np.ndarray) -> dict[str, float | str | int]:
+def compute_metrics(
+    pred: Sequence[float] | np.ndarray, mos: Sequence[float] | np.ndarray
+) -> dict[str, float | str | int]:
     """All metrics of predictions ``pred`` against ground truth ``mos`` (same length)."""
     from scipy import stats
 
@@ -165,7 +167,14 @@ def summarize(results: Sequence[dict], keys: Sequence[str] = METRIC_KEYS) -> dic
         values = np.array([float(r[key]) for r in results if key in r], np.float64)
         values = values[np.isfinite(values)]
         if values.size == 0:
-            summary[key] = {"mean": math.nan, "std": math.nan, "median": math.nan, "min": math.nan, "max": math.nan, "count": 0}
+            summary[key] = {
+                "mean": math.nan,
+                "std": math.nan,
+                "median": math.nan,
+                "min": math.nan,
+                "max": math.nan,
+                "count": 0,
+            }
             continue
         summary[key] = {
             "mean": float(values.mean()),
@@ -178,7 +187,11 @@ def summarize(results: Sequence[dict], keys: Sequence[str] = METRIC_KEYS) -> dic
     return summary
 
 
-def format_table(rows: Sequence[tuple[str, dict]], summary: dict[str, dict[str, float]] | None = None, keys: Sequence[str] = ("srocc", "plcc", "krocc", "rmse")) -> str:
+def format_table(
+    rows: Sequence[tuple[str, dict]],
+    summary: dict[str, dict[str, float]] | None = None,
+    keys: Sequence[str] = ("srocc", "plcc", "krocc", "rmse"),
+) -> str:
     """A plain-text table: one line per (label, metrics) row, then mean ± std and median lines."""
     width = max([len(label) for label, _ in rows] + [len("mean ± std"), 5])
     head = f"{'':<{width}}  " + "  ".join(f"{k.upper():>15}" for k in keys)
@@ -186,7 +199,10 @@ def format_table(rows: Sequence[tuple[str, dict]], summary: dict[str, dict[str, 
     for label, metrics in rows:
         lines.append(f"{label:<{width}}  " + "  ".join(f"{_fmt(metrics.get(k)):>15}" for k in keys))
     if summary:
-        lines.append(f"{'mean ± std':<{width}}  " + "  ".join(f"{_fmt(summary[k]['mean']) + ' ± ' + _fmt(summary[k]['std']):>15}" for k in keys))
+        lines.append(
+            f"{'mean ± std':<{width}}  "
+            + "  ".join(f"{_fmt(summary[k]['mean']) + ' ± ' + _fmt(summary[k]['std']):>15}" for k in keys)
+        )
         lines.append(f"{'median':<{width}}  " + "  ".join(f"{_fmt(summary[k]['median']):>15}" for k in keys))
     return "\n".join(lines)
 

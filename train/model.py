@@ -70,7 +70,7 @@ class ModelConfig(JsonConfig):
     regression_head: bool = field(
         default=True, metadata={"help": "FC3/FC4 (Eqs. 12-13); false: each branch's own readout (paper Table 3)"})
     prompt_groups: PromptGroups = field(
-        default="all", metadata={"help": "prompts the semantic branch uses: all, objective, subjective (paper Table 4)"})
+        default="all", metadata={"help": "prompts of the semantic branch: all, objective, subjective (paper Table 4)"})
     t0: int = field(default=32, metadata={"help": "samples per row after resampling in time (Eq. 8: FC1 input)"})
     semantic_hidden: int = field(default=64, metadata={"help": "FC1 output width (Eq. 8)"})
     head_hidden: int = field(default=128, metadata={"help": "FC3 output width (the paper does not give it)"})
@@ -152,10 +152,12 @@ class ClifVQAConfig(ModelConfig):
             kept = list(range(self.r))
         else:
             if not self.prompt_groups_of:
-                raise ValueError(f"prompt_groups={self.prompt_groups!r} needs the group of each stored prompt (prompt_groups_of)")
+                raise ValueError(f"prompt_groups={self.prompt_groups!r} needs the group of each stored prompt "
+                                 "(prompt_groups_of)")
             kept = [i for i, g in enumerate(self.prompt_groups_of) if g == self.prompt_groups]
             if not kept:
-                raise ValueError(f"the store has no {self.prompt_groups} prompts (groups: {sorted(set(self.prompt_groups_of))})")
+                groups = sorted(set(self.prompt_groups_of))
+                raise ValueError(f"the store has no {self.prompt_groups} prompts (groups: {groups})")
         return kept + [self.r + i for i in kept]
 
     def spatial_map_shape(self) -> tuple[int, int, int, int]:
@@ -205,7 +207,8 @@ class SemanticBranch(nn.Module):
     def forward(self, m_s: torch.Tensor) -> torch.Tensor:
         """``M_s`` [B, 2r, T] → ``F_s`` [B, 2r'] (2r' = rows of the selected prompts)."""
         if m_s.ndim != 3 or m_s.shape[1] != self.num_stored_rows:
-            raise ValueError(f"semantic input must be [B, {self.num_stored_rows}, T] (2r stored rows), got {list(m_s.shape)}")
+            raise ValueError(f"semantic input must be [B, {self.num_stored_rows}, T] (2r stored rows), "
+                             f"got {list(m_s.shape)}")
         if not self.all_rows:
             m_s = m_s.index_select(1, self.rows)
         with no_autocast(m_s.device.type):  # float32 (see "Precision" in the module docstring)
@@ -256,7 +259,8 @@ class ClifVQA(nn.Module):
             raise ValueError(f"fragments must be [B, k, 3, T, H, W], got {got}")
         b, k = fragments.shape[:2]
         if tuple(fragments.shape[3:]) != self.config.clip_shape:
-            raise ValueError(f"fragment clips are {tuple(fragments.shape[3:])}, the model was built for clip_shape {self.config.clip_shape}")
+            raise ValueError(f"fragment clips are {tuple(fragments.shape[3:])}, the model was built for "
+                             f"clip_shape {self.config.clip_shape}")
         qmap = self.fastvqa(fragments.flatten(0, 1))  # [B*k, 1, D, H, W]
         if self.head is None:
             score = qmap.flatten(1).mean(dim=1).view(b, k)

@@ -4,7 +4,9 @@
 (:func:`clifvqa.train.data.plan_splits`), checks every video and the stores before anything is
 trained, trains one model per split (:func:`train_split`) and writes::
 
-    OUT/run.json                 the run's settings (a resumed run must match them)
+    OUT/run.yaml                 the resolved run config (:class:`~clifvqa.train.config.RunConfig`)
+    OUT/run.json                 what follows from it and the data: splits, store, built model, init
+                                 (a resumed run must match both)
     OUT/summary.json             per-split results, mean/std/median of SROCC, PLCC, KROCC, RMSE
     OUT/summary.txt              the same as a table
     OUT[/split_XX]/metrics.csv   one row per epoch (also metrics.jsonl)
@@ -12,6 +14,11 @@ trained, trains one model per split (:func:`train_split`) and writes::
     OUT[/split_XX]/last/         checkpoint of the latest epoch + resume state
     OUT[/split_XX]/result.json   best epoch, why it was selected, its validation and test metrics
     OUT[/split_XX]/test_predictions.csv   video, mos, prediction (raw), score (MOS scale)
+
+One epoch (:func:`train_split`'s loop, timm's shape): :func:`train_one_epoch` (the steps,
+:func:`train_step` each), :func:`validate` (the scoring loop of ``evaluate``), the metric row
+(:class:`MetricsLog`), the selection so far, and :class:`~clifvqa.train.checkpoint.CheckpointSaver`,
+the only reader and writer of ``best/`` and ``last/``.
 
 Recipe (paper §5.1): AdamW (weight decay 0.05 on every parameter, as FAST-VQA), lr 7.5e-5 for
 the Video Swin backbone and 7.5e-4 for everything else, batch 12; per-step schedule: linear
@@ -51,7 +58,7 @@ import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -290,14 +297,21 @@ def _param_groups(model: ClifVQA, config: OptimConfig) -> list[dict[str, Any]]:
     return groups
 
 
-def _init_weights(model: ClifVQA, init: InitConfig) -> None:
+def _init_weights(model: ClifVQA, init: InitConfig, initialised_from: Mapping[str, Any] | None) -> None:
+    """Start from the official files of ``init`` and/or the clifvqa checkpoint ``initialised_from``
+    (a :func:`~clifvqa.train.checkpoint.check_init` record)."""
     from clifvqa.train.fastvqa import load_fastvqa_checkpoint
+
+    if initialised_from is not None:
+        ckpt.init_weights(model, initialised_from)
+        log.info("initialised %s from %s", ckpt.INIT_PARTS[initialised_from["part"]], initialised_from["path"])
 
     for path, want in ((init.fastvqa, ("official", "backbone-prefixed")), (init.swin_k400, ("kinetics400",))):
         if path is None:
             continue
         if model.fastvqa is None:
-            raise ValueError(f"{path}: a FAST-VQA / Video Swin init needs the spatial branch (branches=both or spatial)")
+            raise ValueError(f"{path}: a FAST-VQA / Video Swin init needs the spatial branch "
+                             "(branches=both or spatial)")
         report = load_fastvqa_checkpoint(model.fastvqa, path)
         if report.layout not in want:
             raise ValueError(f"{path} is a {report.layout} checkpoint, expected {' or '.join(want)} here")
@@ -354,7 +368,8 @@ class TrainLoader:
         rows = features.rows if features is not None else None
         self.seed = seed
         self.dataset = VideoDataset(plan.train, config.data.videos, rows, fragments, train=True, seed=seed)
-        self.sampler = DistributedSampler(self.dataset, num_replicas=dist.world, rank=dist.rank, shuffle=True, seed=seed)
+        self.sampler = DistributedSampler(self.dataset, num_replicas=dist.world, rank=dist.rank, shuffle=True,
+                                          seed=seed)
         self.generator = torch.Generator()
         self.loader = DataLoader(self.dataset, batch_size=config.optim.batch_size, sampler=self.sampler,
                                  num_workers=resolve_workers(config), collate_fn=collate, generator=self.generator,
@@ -463,6 +478,7 @@ def train_split(
     out: str | os.PathLike[str],
     *,
     split_index: int = 0,
+    initialised_from: Mapping[str, Any] | None = None,
     resume: bool = False,
     stop_after: int | None = None,
     progress: bool = True,
@@ -471,6 +487,8 @@ def train_split(
 ) -> SplitResult:
     """Train one model on ``plan`` and write its folder ``out`` (see the module docstring).
 
+    ``initialised_from``: the checked clifvqa checkpoint the weights start from
+    (:func:`~clifvqa.train.checkpoint.check_init`), recorded in every checkpoint's meta.json.
     ``stop_after`` ends this call after that many epochs of the split have been done (as if the
     job were interrupted; resume it later with ``resume=True``).
     """
@@ -482,83 +500,120 @@ def train_split(
         log.info("%s: already finished (best epoch %d), skipped", plan.name, done["best_epoch"])
         return SplitResult(**done)
     seed = config.seed + split_index
-    torch.manual_seed(seed)  # the same initial weights in every process
-    model = build_model(model_config, checkpoint_grad=config.optim.grad_checkpoint).to(device)
-    if dist.rank:  # its own dropout and drop-path draws (rank 0 goes on as a single process does)
-        torch.manual_seed(rank_seed(seed, dist.rank))
-    optimizer = torch.optim.AdamW(_param_groups(model, config.optim), lr=config.optim.lr,
-                                  weight_decay=config.optim.weight_decay)
-    dtype = amp_dtype(config.optim, device)
-    scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
+    model, optimizer, scaler, dtype = _build_training(model_config, config, seed, dist, device)
     store = (features.provenance, features.fingerprint) if features is not None else ({}, "")
-    saver = ckpt.CheckpointSaver(out, model, *store, {"run_config": config.to_dict(), "split": plan.name},
-                                 write=dist.main)
+    extra = {"run_config": config.to_dict(), "split": plan.name, "initialised_from": initialised_from}
+    saver = ckpt.CheckpointSaver(out, model, *store, extra, write=dist.main)
     metrics_log = MetricsLog(out, write=dist.main)
-
-    start, step, best_epoch, best_val, history = 0, 0, -1, {}, []
-    state = saver.resume(optimizer, rank=dist.rank) if resume else None
-    if state is not None:
-        if dist.rank >= state.get("processes", 1):  # the interrupted run had fewer processes
-            torch.manual_seed(rank_seed(seed, dist.rank) + state["epoch"] + 1)
-        start, step, best_epoch, best_val = state["epoch"] + 1, state["step"], state["best_epoch"], state["best_val"]
-        if state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        metrics_log.truncate(start)
-        dist.barrier()
-        history = metrics_log.rows()  # the metric rows of the epochs done, for explain_selection
-        log.info("%s: resumed after epoch %d", plan.name, start)
-    else:
-        _init_weights(model, config.init)
+    done = _Progress.resume(saver, metrics_log, optimizer, scaler, seed, dist) if resume else None
+    if done is None:
+        _init_weights(model, config.init, initialised_from)
         metrics_log.clear()
+        done = _Progress()
+    else:
+        log.info("%s: resumed after epoch %d", plan.name, done.epochs)
 
     net = _distributed(model, dist, device)
     loader = TrainLoader(plan, config, model_config, features, seed=seed, dist=dist, device=device)
     schedule = (round(config.optim.warmup_epochs * len(loader)), config.optim.epochs * len(loader))
     rows = features.rows if features is not None else None
     epochs = config.optim.epochs
-    for epoch in range(start, epochs if stop_after is None else min(epochs, stop_after)):
+    for epoch in range(done.epochs, epochs if stop_after is None else min(epochs, stop_after)):
         t_start = time.time()
-        train, step = train_one_epoch(net, loader.epoch(epoch), optimizer, scaler, step, schedule, config=config,
-                                      model_config=model_config, device=device, dtype=dtype, dist=dist,
-                                      desc=f"{plan.name} epoch {epoch + 1}/{epochs}", progress=progress)
+        train, done.step = train_one_epoch(net, loader.epoch(epoch), optimizer, scaler, done.step, schedule,
+                                           config=config, model_config=model_config, device=device, dtype=dtype,
+                                           dist=dist, desc=f"{plan.name} epoch {epoch + 1}/{epochs}",
+                                           progress=progress)
         val = validate(model, plan.val, config, rows, seed=seed, device=device, dist=dist,
                        desc=f"{plan.name} validation", progress=progress)[0] if plan.val else {}
-        groups = optimizer.param_groups
-        row = {"epoch": epoch + 1, "train_loss": train["train_loss"], "lr": groups[0]["lr"],
-               "backbone_lr": groups[1]["lr"] if len(groups) > 1 else math.nan,
-               "train_videos": train["train_videos"], "skipped_videos": train["skipped_videos"],
-               **{f"val_{k}": val.get(k, math.nan) for k in ("n",) + METRIC_KEYS + ("loss",)},
-               "selected": False, "seconds": 0.0}
-        history.append(row)
-        improved = row["selected"] = select_epoch(history) == epoch + 1  # the selection so far
+        row = _epoch_row(epoch, train, val, optimizer)
+        done.history.append(row)
+        improved = row["selected"] = select_epoch(done.history) == epoch + 1  # the selection so far
         if improved:
-            best_epoch, best_val = epoch, val
+            done.best_epoch, done.best_val = epoch, val
         log.info("%s epoch %d: loss %.4f, val SROCC %.4f PLCC %.4f loss %.4f%s", plan.name, epoch + 1,
                  row["train_loss"], row["val_srocc"], row["val_plcc"], row["val_loss"],
                  " (selected so far)" if improved else "")
         rng = _gather_rng(dist)
         row["seconds"] = round(time.time() - t_start, 3)
         metrics_log.append(row)
-        state = {"epoch": epoch, "step": step, "best_epoch": best_epoch, "best_val": best_val,
-                 "scaler": scaler.state_dict() if scaler.is_enabled() else None, "processes": dist.world}
-        saver.save(epoch + 1, {"val": val}, improved=improved, optimizer=optimizer, train_state=state, rng=rng)
+        done.epochs = epoch + 1
+        saver.save(epoch + 1, {"val": val}, improved=improved, optimizer=optimizer,
+                   train_state=done.train_state(scaler, dist), rng=rng)
         dist.barrier()
-        start = epoch + 1
 
     warning = small_validation_warning(len(plan.val), len(plan.train))
-    selection = explain_selection(history, epochs, warning) if history else None
-    if start < epochs:
-        return SplitResult(plan.name, best_epoch + 1, best_val, None, start, False, selection)
+    selection = explain_selection(done.history, epochs, warning) if done.history else None
+    if done.epochs < epochs:
+        return SplitResult(plan.name, done.best_epoch + 1, done.best_val, None, done.epochs, False, selection)
     saver.load_best()
     train_metrics, score_mapping, test_metrics = _score_selected(model, plan, config, rows, out, seed=seed,
                                                                  device=device, dist=dist, progress=progress)
-    result = SplitResult(plan.name, best_epoch + 1, best_val, test_metrics, start, True, selection)
-    saver.finish({"metrics": {"val": best_val, "test": test_metrics, "train": train_metrics},
+    result = SplitResult(plan.name, done.best_epoch + 1, done.best_val, test_metrics, done.epochs, True, selection)
+    saver.finish({"metrics": {"val": done.best_val, "test": test_metrics, "train": train_metrics},
                   "score_mapping": score_mapping, "selection": selection})
     if dist.main:
         (out / "result.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n", encoding="utf-8")
     dist.barrier()
     return result
+
+
+@dataclass
+class _Progress:
+    """Where a split's training stands (saved in ``last/`` as the train state)."""
+
+    epochs: int = 0  # epochs done
+    step: int = 0  # optimizer steps taken
+    best_epoch: int = -1  # the selection so far (0-based; -1: none)
+    best_val: dict[str, Any] = field(default_factory=dict)  # its validation metrics
+    history: list[dict[str, Any]] = field(default_factory=list)  # the metric rows of the epochs done
+
+    def train_state(self, scaler: torch.amp.GradScaler, dist: Dist) -> dict[str, Any]:
+        return {"epoch": self.epochs - 1, "step": self.step, "best_epoch": self.best_epoch, "best_val": self.best_val,
+                "scaler": scaler.state_dict() if scaler.is_enabled() else None, "processes": dist.world}
+
+    @classmethod
+    def resume(cls, saver: ckpt.CheckpointSaver, metrics_log: MetricsLog, optimizer: torch.optim.Optimizer,
+               scaler: torch.amp.GradScaler, seed: int, dist: Dist) -> _Progress | None:
+        """Bring back the state of ``last/`` (model, optimizer, RNGs, scaler) and drop metric rows
+        written after it; None when there is nothing to resume."""
+        state = saver.resume(optimizer, rank=dist.rank)
+        if state is None:
+            return None
+        epochs = state["epoch"] + 1
+        if dist.rank >= state.get("processes", 1):  # the interrupted run had fewer processes
+            torch.manual_seed(rank_seed(seed, dist.rank) + epochs)
+        if state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        metrics_log.truncate(epochs)
+        dist.barrier()  # rank 0 has truncated before the others read
+        return cls(epochs, state["step"], state["best_epoch"], state["best_val"], metrics_log.rows())
+
+
+def _build_training(
+    model_config: ClifVQAConfig, config: RunConfig, seed: int, dist: Dist, device: torch.device
+) -> tuple[ClifVQA, torch.optim.Optimizer, torch.amp.GradScaler, torch.dtype | None]:
+    """The model (the same initial weights in every process), AdamW, the loss scaler and the
+    autocast dtype of a split."""
+    torch.manual_seed(seed)
+    model = build_model(model_config, checkpoint_grad=config.optim.grad_checkpoint).to(device)
+    if dist.rank:  # its own dropout and drop-path draws (rank 0 goes on as a single process does)
+        torch.manual_seed(rank_seed(seed, dist.rank))
+    optimizer = torch.optim.AdamW(_param_groups(model, config.optim), lr=config.optim.lr,
+                                  weight_decay=config.optim.weight_decay)
+    dtype = amp_dtype(config.optim, device)
+    return model, optimizer, torch.amp.GradScaler("cuda", enabled=dtype == torch.float16), dtype
+
+
+def _epoch_row(epoch: int, train: Mapping[str, Any], val: Mapping[str, Any],
+               optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """The metric row of epoch ``epoch`` (0-based); ``selected`` and ``seconds`` are set after."""
+    groups = optimizer.param_groups
+    return {"epoch": epoch + 1, "train_loss": train["train_loss"], "lr": groups[0]["lr"],
+            "backbone_lr": groups[1]["lr"] if len(groups) > 1 else math.nan,
+            "train_videos": train["train_videos"], "skipped_videos": train["skipped_videos"],
+            **{f"val_{k}": val.get(k, math.nan) for k in ("n",) + METRIC_KEYS + ("loss",)},
+            "selected": False, "seconds": 0.0}
 
 
 def _distributed(model: ClifVQA, dist: Dist, device: torch.device) -> torch.nn.Module:
@@ -687,8 +742,14 @@ def run_training(
             features = load_semantic_features(data.stores, keys, config.model.t0, video_root=data.videos,
                                               allow_stale=data.allow_stale, progress=progress and dist.main)
         model_config = build_model_config(features, config.model)
+        initialised_from = None
+        if config.init.checkpoint or config.init.spatial:
+            part = "all" if config.init.checkpoint else "spatial"
+            initialised_from = ckpt.check_init(config.init.checkpoint or config.init.spatial, part, model_config,
+                                               features.fingerprint if features else None)
         derived = {
             "model_config": model_config.to_dict(),
+            "initialised_from": initialised_from,
             "plans": [p.to_dict() for p in plans],
             "store": {"fingerprint": features.fingerprint if features else None,
                       "paths": features.stores if features else []},
@@ -701,7 +762,8 @@ def run_training(
             atomic_write_text(out / "run.json", json.dumps(derived, indent=2) + "\n")
         dist.barrier()
         if not plans[0].val:
-            log.warning("warning: no validation videos (val_fraction=%s): the last epoch is selected", data.val_fraction)
+            log.warning("warning: no validation videos (val_fraction=%s): the last epoch is selected",
+                        data.val_fraction)
         small = min(plans, key=lambda p: len(p.val))
         warning = small_validation_warning(len(small.val), len(small.train))
         if warning:
@@ -709,8 +771,9 @@ def run_training(
         results = []
         for i, plan in enumerate(plans):
             folder = out if len(plans) == 1 else out / plan.name
-            results.append(train_split(plan, model_config, config, features, folder, split_index=i, resume=resume,
-                                       stop_after=stop_after, progress=progress, dist=dist, device=device))
+            results.append(train_split(plan, model_config, config, features, folder, split_index=i,
+                                       initialised_from=initialised_from, resume=resume, stop_after=stop_after,
+                                       progress=progress, dist=dist, device=device))
             if not results[-1].finished:
                 break
         return _summarize_run(results, out, len(plans), dist)
