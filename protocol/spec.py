@@ -283,8 +283,11 @@ class _Reader:
         return float(value)
 
     def texts(self, value: Any, key: str) -> tuple[str, ...]:
-        items = value if isinstance(value, list) else [value]
-        return tuple(self.text(v, key) for v in items)
+        return tuple(self.text(v, where) for v, where in self.items(value, key))
+
+    def items(self, value: Any, key: str) -> list[tuple[Any, str]]:
+        """``(item, key path)`` of a list (``KEY[i]``, the line of each item) or of one value."""
+        return [(v, f"{key}[{i}]") for i, v in enumerate(value)] if isinstance(value, list) else [(value, key)]
 
     def substitute(self, text: str, key: str) -> str:
         def one(match: re.Match) -> str:
@@ -435,14 +438,14 @@ class _Reader:
         else:
             if "data" not in body:
                 raise self.fail(key, "missing key 'data' (the sets to fine-tune on, each split at random)")
-            fields_["data"] = tuple(self.set_ref(v, f"{key}.data") for v in self.texts(body["data"], f"{key}.data"))
+            fields_["data"] = tuple(self.set_ref(v, where) for v, where in self.items(body["data"], f"{key}.data"))
             fields_["splits"] = self.integer(body.get("splits", 10), f"{key}.splits")
             fields_["test_fraction"] = self.fraction(body.get("test_fraction", 0.2), f"{key}.test_fraction", False)
             fields_["split_seed"] = self.integer(body.get("split_seed", 0), f"{key}.split_seed", 0)
             if kind == "ablation" and "settings" not in body:
                 raise self.fail(key, "an ablation stage needs `settings` (a list, or a product of overrides)")
         if "test" in body:
-            fields_["test"] = tuple(self.set_ref(v, f"{key}.test") for v in self.texts(body["test"], f"{key}.test"))
+            fields_["test"] = tuple(self.set_ref(v, where) for v, where in self.items(body["test"], f"{key}.test"))
         if "val" in body:
             val = body["val"]
             if isinstance(val, str):
@@ -460,9 +463,9 @@ class _Reader:
         if "settings" in body:
             fields_["settings"] = self.settings(body["settings"], f"{key}.settings")
         if "report" in body:
-            reports = body["report"] if isinstance(body["report"], list) else [body["report"]]
-            where = f"{key}.report"
-            fields_["reports"] = tuple(self.report(r, where, fields_.get("settings", ()), kind) for r in reports)
+            settings = fields_.get("settings", ())
+            fields_["reports"] = tuple(self.report(r, where, settings, kind)
+                                       for r, where in self.items(body["report"], f"{key}.report"))
         return Stage(**fields_)
 
     def init(self, body: Any, key: str) -> Init:
@@ -480,7 +483,7 @@ class _Reader:
         if isinstance(body, list):
             out = []
             for i, item in enumerate(body):
-                where = f"{key}.{i}"
+                where = f"{key}[{i}]"
                 item = self.mapping(item, where, {"name", "set"})
                 if "name" not in item:
                     raise self.fail(where, "missing key 'name' (the setting's table row)")

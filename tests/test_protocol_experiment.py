@@ -107,7 +107,17 @@ def test_errors_name_line_and_key_path(manifests):
     bad = text.replace("    test: [big.test, little.all]", "    test: [big.test, little.none]")
     line = bad.splitlines().index("    test: [big.test, little.none]") + 1
     with pytest.raises(ExperimentError,
-                       match=rf"x.yaml:{line}: stages.pretrain.test: dataset little has no set 'none'"):
+                       match=rf"x.yaml:{line}: stages.pretrain.test\[1\]: dataset little has no set 'none'"):
+        load_experiment(_file(manifests, bad))
+    bad = text.replace("    test: [big.test, little.all]", "    test:\n      - big.test\n      - little.none")
+    line = bad.splitlines().index("      - little.none") + 1
+    with pytest.raises(ExperimentError, match=rf"x.yaml:{line}: stages.pretrain.test\[1\]: dataset little has no set"):
+        load_experiment(_file(manifests, bad))
+    bad = text.replace("      product:\n", "      - {set: {model.branches: spatial}}\n      product:\n")
+    bad = bad.replace("      product:\n        model.branches: {Semantic: semantic, Both: both}\n"
+                      "        model.regression_head: {\"\": false, Regression: true}\n", "")
+    line = bad.splitlines().index("      - {set: {model.branches: spatial}}") + 1
+    with pytest.raises(ExperimentError, match=rf"x.yaml:{line}: stages.ablation.settings\[0\]: missing key 'name'"):
         load_experiment(_file(manifests, bad))
     bad = text.replace("    splits: 3\n    val: 0.25", "    splits: 3\n    val: 0.25\n    epochs: 3")
     with pytest.raises(ExperimentError, match=r"stages.finetune.epochs: unknown key 'epochs'"):
