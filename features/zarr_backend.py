@@ -190,11 +190,6 @@ class ZarrFeatureStore(FeatureStore):
     def _array_shape(self, path: str) -> tuple[int, ...]:
         return tuple(self._group[path].shape)
 
-    def array_chunks_initialized(self, path: str) -> tuple[int, int]:
-        """(chunks written, chunks expected) of the array at ``path``."""
-        arr = self._group[path]
-        return arr.nchunks_initialized, arr.nchunks
-
     def _read_array(self, path: str) -> np.ndarray:
         return np.asarray(self._group[path][...])
 
