@@ -9,6 +9,8 @@ Tree (both backends; ``docs/FORMAT.md`` is the reference for outside readers)::
     /videos/<key>/embeddings float16 [T, m*n, D]      (optional)
     /videos/<key>            attrs source, ..., pooled_sha256, complete=true (written last)
     /failures/<key>          attrs error, source, time
+    /                        attr summary (counts, written by finalize)
+    /videos                  attr change (Zarr: a token every writer replaces after each change)
 
 ``<key>`` is the manifest's video path (checked by the path rule) stored as nested groups. An
 entry is a group with attributes; intermediate folders have none. Each video and each failure
@@ -20,6 +22,11 @@ refuse a store whose fingerprint does not match its provenance, and a video whos
 its checksum, whose rows are not finite or do not hash to ``pooled_sha256``
 (:class:`CorruptFeaturesError`, naming the key). ``store verify`` reads the raw arrays instead,
 to report every problem rather than stop at the first.
+
+``store info`` in O(1): :meth:`FeatureStore.finalize` writes the counts into the root attribute
+``summary`` together with the ``change`` token it found on ``/videos``; every Zarr write replaces
+that token, so :meth:`FeatureStore.summary` knows, from two small reads, whether the summary
+(and the consolidated metadata written with it) still describes the store.
 """
 
 from __future__ import annotations
@@ -53,6 +60,11 @@ ARRAY_DTYPES: dict[str, str] = {
     "pooled": "float32", "maps": "float16", "frames": "int32", "embeddings": "float16",
 }
 """Every array a video entry may hold, with its on-disk dtype."""
+
+SUMMARY_ATTR = "summary"
+"""Root attribute written by ``finalize``: ``{complete, incomplete, failed, frames, bytes, change}``."""
+CHANGE_ATTR = "change"
+"""Attribute of the ``videos`` group (Zarr) that every change replaces with a new random token."""
 
 FRAMES_FILL = -1
 """Fill value of ``frames`` (float arrays use NaN): a lost chunk reads back as impossible data."""
@@ -191,6 +203,7 @@ class FeatureStore(abc.ABC):
         self.format_version: int = int(version)
         self.provenance: dict[str, Any] = dict(root_attrs["provenance"])
         self.stored_fingerprint: str = str(root_attrs.get("fingerprint", ""))
+        self._stored_summary: Any = root_attrs.get(SUMMARY_ATTR)
         try:
             # A format-1 root holding the format-2 fingerprint is an upgrade cut short between
             # its two attribute writes: still consistent, and `store upgrade` finishes it.
@@ -252,8 +265,9 @@ class FeatureStore(abc.ABC):
     def close(self) -> None:
         """Release the file handles."""
 
-    def size_bytes(self) -> int | None:
-        """Bytes on disk (local stores), None when unknown (remote)."""
+    def size_bytes(self, summary: dict[str, Any] | None = None) -> int | None:
+        """Bytes on disk (local stores), None when unknown (remote); ``summary``, a current
+        :meth:`summary`, spares a walk through a Zarr directory."""
         return None
 
     def pending_note(self) -> str | None:
@@ -262,7 +276,42 @@ class FeatureStore(abc.ABC):
         return None
 
     def consolidated_state(self) -> str | None:
-        """Zarr only: ``"absent"``, ``"fresh"``, ``"stale: ..."`` or ``"unchecked"``; None for HDF5."""
+        """Zarr only: ``"absent"``, ``"fresh"``, ``"stale: ..."`` or ``"unchecked"``; None for HDF5.
+        Exact: compares every node's metadata with the consolidated copy (a full listing)."""
+        return None
+
+    # ------------------------------------------------------------------ counts
+    def count(self) -> dict[str, int]:
+        """``{complete, incomplete, failed, frames}`` counted by listing every entry (exact; O(videos)).
+        ``frames`` sums the rows of ``pooled`` over the complete videos."""
+        entries = self._entries(VIDEOS)
+        complete = [k for k, a in entries.items() if a.get("complete") is True]
+        frames = 0
+        for key in complete:
+            try:
+                frames += self._array_shape(f"{VIDEOS}/{key}/pooled")[0]
+            except (KeyError, IndexError):  # no pooled array: verify reports the entry
+                pass
+        return {"complete": len(complete), "incomplete": len(entries) - len(complete),
+                "failed": len(self._entries(FAILURES)), "frames": frames}
+
+    def summary(self) -> dict[str, Any] | None:
+        """The counts the last :meth:`finalize` recorded (``{complete, incomplete, failed, frames,
+        bytes, change}``) when they still describe the store, else None (never finalized by a
+        clifvqa that writes them, or changed since). Costs two small reads, whatever the size."""
+        stored = self.recorded_summary
+        return stored if stored is not None and stored.get(CHANGE_ATTR) == self._change_token() else None
+
+    @property
+    def recorded_summary(self) -> dict[str, Any] | None:
+        """The root ``summary`` as the last finalize wrote it, current or not (None when absent)."""
+        stored = self._stored_summary
+        if not isinstance(stored, dict) or not {"complete", "incomplete", "failed", "frames"} <= set(stored):
+            return None
+        return stored
+
+    def _change_token(self) -> str | None:
+        """The current change token (Zarr); None where the store changes only by finalize (HDF5)."""
         return None
 
     # ------------------------------------------------------------------ shape of the features

@@ -8,12 +8,20 @@ are harmless; the root is built in a temporary directory and renamed into place,
 created exactly once. Consolidated metadata is written only by :meth:`finalize`; local stores
 are always opened without it (it may be stale while a run is going on), remote ones with it
 (plain HTTP cannot list directories).
+
+Opening a local Zarr v3 store reads only the head of the root ``zarr.json`` (its ``attributes``
+come first; the consolidated metadata after them grows by about 3.5 KB per video), so opening
+costs the same for 50 videos or 50,000. Each change replaces the ``change`` token of the
+``videos`` group (atomically, after the change), which is how :meth:`FeatureStore.summary`
+knows whether the counts written by :meth:`ZarrFeatureStore.finalize` are still current.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
+import re
 import shutil
 import uuid
 import warnings
@@ -25,9 +33,20 @@ import numcodecs
 import numpy as np
 import zarr
 from zarr.codecs import ZstdCodec
-from zarr.storage import FsspecStore, LocalStore, ZipStore
+from zarr.core.buffer import default_buffer_prototype
+from zarr.core.group import AsyncGroup
+from zarr.core.sync import sync
+from zarr.storage import FsspecStore, LocalStore, StorePath, ZipStore
 
-from clifvqa.features.store import FRAMES_FILL, FeatureStore, StoreError
+from clifvqa.features.store import (
+    CHANGE_ATTR,
+    FAILURES,
+    FRAMES_FILL,
+    SUMMARY_ATTR,
+    VIDEOS,
+    FeatureStore,
+    StoreError,
+)
 
 # fsspec protocol -> the package that implements it (what users must install to read it).
 FSSPEC_PACKAGES: dict[str, str] = {
@@ -53,6 +72,42 @@ def _fill_value(dtype: np.dtype) -> float | int:
 
 def _is_zarr_root(path: Path) -> bool:
     return (path / "zarr.json").is_file() or (path / ".zgroup").is_file()
+
+
+_HEAD = re.compile(r'\s*\{\s*"attributes"\s*:\s*')
+_AFTER_ATTRS = re.compile(r'\s*,\s*"zarr_format"\s*:\s*3\s*,')
+_TAIL = re.compile(r'"node_type"\s*:\s*"group"\s*\}\s*$')
+
+
+def root_attributes_v3(path: Path) -> dict[str, Any] | None:
+    """The attributes of the Zarr v3 root group at ``path``, parsed from the head of its
+    ``zarr.json`` only (zarr-python writes ``attributes`` first, the consolidated metadata
+    later); None when the document is laid out otherwise (then open it whole)."""
+    doc = path / "zarr.json"
+    try:
+        with open(doc, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            f.seek(max(0, size - 64))
+            if not _TAIL.search(f.read().decode("utf-8", "ignore")):
+                return None
+            f.seek(0)
+            head, want = b"", 1 << 16
+            while True:
+                head += f.read(want - len(head))
+                text = head.decode("utf-8", "ignore")
+                start = _HEAD.match(text)
+                if start is None:
+                    return None
+                try:
+                    attrs, end = json.JSONDecoder().raw_decode(text, start.end())
+                except json.JSONDecodeError:
+                    if len(head) >= size:
+                        return None
+                    want *= 4
+                    continue
+                return attrs if isinstance(attrs, dict) and _AFTER_ATTRS.match(text, end) else None
+    except OSError:
+        return None
 
 
 def fsspec_store(url: str) -> FsspecStore:
@@ -87,6 +142,11 @@ class ZarrFeatureStore(FeatureStore):
     @classmethod
     def open_local(cls, path: Path, *, writable: bool) -> ZarrFeatureStore:
         store = LocalStore(path, read_only=not writable)
+        attrs = root_attributes_v3(path)
+        if attrs is not None:  # the group zarr would make, without parsing the consolidated metadata
+            group = zarr.Group(AsyncGroup.from_dict(StorePath(store), {
+                "attributes": attrs, "zarr_format": 3, "node_type": "group"}))
+            return cls(str(path), store, group, writable=writable)
         try:
             group = zarr.open_group(store, mode="r+" if writable else "r", use_consolidated=False)
         except (FileNotFoundError, ValueError) as exc:
@@ -195,6 +255,7 @@ class ZarrFeatureStore(FeatureStore):
 
     def _write_group(self, path: str, attrs: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
         self._check_writable()
+        self._mark_changed()  # also before: a writer killed half-way has changed the store
         if self._node(path)[0] is not None:
             del self._group[path]
         group = self._group.create_group(path, attributes=attrs)
@@ -202,30 +263,83 @@ class ZarrFeatureStore(FeatureStore):
         for name, data in arrays.items():
             group.create_array(name, data=data, chunks=tuple(max(1, s) for s in data.shape),
                                fill_value=_fill_value(data.dtype), **codecs)
+        self._mark_changed()
 
     def _set_attr(self, path: str, name: str, value: Any) -> None:
         self._group[path].update_attributes({name: value})
+        self._mark_changed()
 
     def _delete(self, path: str) -> None:
         del self._group[path]
+        self._mark_changed()
+
+    def _marker_key(self) -> str:
+        return f"{VIDEOS}/zarr.json" if self.zarr_format == 3 else f"{VIDEOS}/.zattrs"
+
+    def _mark_changed(self) -> None:
+        """Give the ``videos`` group a new change token (after a change, so that a finalize
+        running meanwhile records the old token and the summary reads as stale). Concurrent
+        writers may overwrite each other's tokens: any new token differs from the recorded one."""
+        root = Path(self.path)
+        doc = root / self._marker_key()
+        try:
+            meta = json.loads(doc.read_bytes())
+        except (OSError, ValueError):
+            meta = {"attributes": {}, "zarr_format": 3, "node_type": "group"} if self.zarr_format == 3 else {}
+        attrs = meta.setdefault("attributes", {}) if self.zarr_format == 3 else meta
+        attrs[CHANGE_ATTR] = uuid.uuid4().hex
+        # The temporary file lives beside the store: inside it, a listing could meet it.
+        tmp = root.parent / f".{root.name}.change-{uuid.uuid4().hex}"
+        try:
+            tmp.write_text(json.dumps(meta, indent=2))
+        except OSError:  # a parent folder we may not write: next to the document then
+            tmp = doc.with_name(f".change-{uuid.uuid4().hex}")
+            tmp.write_text(json.dumps(meta, indent=2))
+        os.replace(tmp, doc)
+
+    def _change_token(self) -> str | None:
+        raw = sync(self._store.get(self._marker_key(), prototype=default_buffer_prototype()))
+        try:
+            attrs = json.loads(raw.to_bytes()) if raw is not None else {}
+        except ValueError:
+            return None
+        token = (attrs.get("attributes", {}) if self.zarr_format == 3 else attrs).get(CHANGE_ATTR)
+        return token if isinstance(token, str) else None
 
     def finalize(self) -> None:
-        """Write consolidated metadata (call from one process, after all writers finished)."""
+        """Write consolidated metadata, then the root ``summary`` counted from it (call from one
+        process, after all writers finished)."""
         self._check_writable()
+        token = self._change_token()  # before the listing: a change made meanwhile reads as stale
         with warnings.catch_warnings():
             # "consolidated metadata is not part of the v3 spec": known; readers use it.
             warnings.simplefilter("ignore")
-            zarr.consolidate_metadata(self._store)
+            consolidated = zarr.consolidate_metadata(self._store)
+            view = ZarrFeatureStore(self.path, self._store, consolidated, writable=False)
+            summary = {**view.count(), "bytes": self._tree_bytes(), CHANGE_ATTR: token}
+            consolidated.update_attributes({SUMMARY_ATTR: summary})
+        self._stored_summary = summary
 
     def close(self) -> None:
         self._store.close()
 
-    def size_bytes(self) -> int | None:
+    def size_bytes(self, summary: dict[str, Any] | None = None) -> int | None:
+        """Bytes on disk; for a directory, given a current :meth:`summary`, its ``bytes`` plus
+        the root's own files (no walk through the tree)."""
         if isinstance(self._store, ZipStore):
             return os.path.getsize(self.path)
         if isinstance(self._store, LocalStore):
+            if summary is not None and isinstance(summary.get("bytes"), int):
+                return summary["bytes"] + sum(f.stat().st_size for f in Path(self.path).iterdir() if f.is_file())
             return sum(f.stat().st_size for f in Path(self.path).rglob("*") if f.is_file())
         return None
+
+    def _tree_bytes(self) -> int | None:
+        """Bytes of everything below the root's own files (what the summary records)."""
+        if not isinstance(self._store, LocalStore):
+            return None
+        return sum(f.stat().st_size for top in (VIDEOS, FAILURES)
+                   for f in (Path(self.path) / top).rglob("*") if f.is_file())
 
     # ------------------------------------------------------------------ consolidated metadata
     def consolidated_state(self) -> str:
