@@ -20,8 +20,15 @@ object. Use :func:`open_store` to read and :func:`create_or_open_store` to write
 Reading features is checked: :meth:`FeatureStore.read_pooled` and :meth:`~FeatureStore.read_video`
 refuse a store whose fingerprint does not match its provenance, and a video whose chunk fails
 its checksum, whose rows are not finite or do not hash to ``pooled_sha256``
-(:class:`CorruptFeaturesError`, naming the key). ``store verify`` reads the raw arrays instead,
-to report every problem rather than stop at the first.
+(:class:`CorruptFeaturesError`, naming the key). ``store verify`` reads the raw arrays instead
+(:meth:`FeatureStore.read_entries`), to report every problem rather than stop at the first.
+
+Many videos are read concurrently by :meth:`FeatureStore.read_pooled_many` (training,
+evaluation, prediction) and :meth:`FeatureStore.read_entries` (verify): Zarr stores, local or
+remote, fetch the metadata and chunk of every video at once on zarr's event loop, ``workers``
+videos at a time; HDF5 reads through its one handle (h5py serialises calls, threads gain
+nothing). Every read of a single video goes through the same code, so one video read alone or
+among thousands gives the same array or the same error.
 
 ``store info`` in O(1): :meth:`FeatureStore.finalize` writes the counts into the root attribute
 ``summary`` together with the ``change`` token it found on ``/videos``; every Zarr write replaces
@@ -34,7 +41,7 @@ from __future__ import annotations
 import abc
 import hashlib
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,6 +72,9 @@ SUMMARY_ATTR = "summary"
 """Root attribute written by ``finalize``: ``{complete, incomplete, failed, frames, bytes, change}``."""
 CHANGE_ATTR = "change"
 """Attribute of the ``videos`` group (Zarr) that every change replaces with a new random token."""
+
+DEFAULT_READERS = 32
+"""Videos read at once by the ``*_many`` readers (enough to hide 20-50 ms of object-storage latency)."""
 
 FRAMES_FILL = -1
 """Fill value of ``frames`` (float arrays use NaN): a lost chunk reads back as impossible data."""
@@ -111,6 +121,39 @@ class VideoFeatures:
     maps: np.ndarray | None = None
     embeddings: np.ndarray | None = None
     attrs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Fetched:
+    """What a backend's :meth:`FeatureStore._fetch` found for one video (no checks applied).
+
+    Attributes:
+        kind: ``"group"``, ``"array"`` or None (nothing at the key).
+        attrs: the entry's attributes.
+        arrays: per requested array name that exists, the array or the exception reading it raised.
+        error: an exception reading the entry itself raised (its metadata is unreadable), else None.
+    """
+
+    kind: str | None
+    attrs: dict[str, Any] = field(default_factory=dict)
+    arrays: dict[str, np.ndarray | BaseException] = field(default_factory=dict)
+    error: BaseException | None = None
+
+
+@dataclass
+class EntryRead:
+    """One complete video as :meth:`FeatureStore.read_entries` read it, unchecked beyond decoding.
+
+    Attributes:
+        key: the video's key.
+        attrs: the entry's attributes.
+        arrays: per array the video has (of those asked for), the array as stored, or the
+            :class:`CorruptFeaturesError` saying why it cannot be read (damaged chunk).
+    """
+
+    key: str
+    attrs: dict[str, Any]
+    arrays: dict[str, np.ndarray | CorruptFeaturesError]
 
 
 def pooled_sha256(pooled: np.ndarray) -> str:
@@ -357,6 +400,41 @@ class FeatureStore(abc.ABC):
             raise KeyError(f"no video {key!r} in {self.path}")
         return attrs
 
+    def _fetch(self, keys: Sequence[str], names: tuple[str, ...], workers: int) -> Iterator[Fetched]:
+        """What is stored for each of ``keys`` (checked keys, in order): the entry and, when it is
+        complete, the arrays of ``names`` it has. This default reads one video after another
+        through the node primitives; backends that can read concurrently override it."""
+        for key in keys:
+            path = f"{VIDEOS}/{key}"
+            try:
+                kind, attrs = self._node(path)
+            except Exception as exc:  # noqa: BLE001 - unreadable metadata is reported per video
+                yield Fetched(None, error=exc)
+                continue
+            found = Fetched(kind, attrs)
+            if kind == "group" and attrs.get("complete") is True:
+                for name in names:
+                    try:
+                        found.arrays[name] = self._read_array(f"{path}/{name}")
+                    except KeyError:
+                        pass
+                    except Exception as exc:  # noqa: BLE001 - codecs raise anything on a damaged chunk
+                        found.arrays[name] = exc
+            yield found
+
+    def _fetch_complete(self, keys: Iterable[str], names: tuple[str, ...],
+                        workers: int) -> Iterator[tuple[str, Fetched]]:
+        """``(key, fetched)`` of complete videos; KeyError (or the entry's own read error) at the
+        first key that is not a complete video, in order."""
+        checked = [check_key(k) for k in keys]
+        for key, found in zip(checked, self._fetch(checked, names, max(1, int(workers)))):
+            if found.error is not None:
+                raise found.error
+            if found.kind != "group" or found.attrs.get("complete") is not True:
+                state = "is incomplete (its extraction did not finish)" if found.attrs else "is not in it"
+                raise KeyError(f"video {key!r} {state}: {self.path}")
+            yield key, found
+
     def _complete_path(self, key: str) -> str:
         path = f"{VIDEOS}/{check_key(key)}"
         kind, attrs = self._node(path)
@@ -368,8 +446,34 @@ class FeatureStore(abc.ABC):
     def read_pooled(self, key: str) -> np.ndarray:
         """float32 [T, 2r] pooled features of a complete video, checked (KeyError when the
         video is not complete; :class:`CorruptFeaturesError` when a check fails)."""
-        path = self._complete_path(key)
-        return self._checked_pooled(key, path, self._node(path)[1])
+        for _, pooled in self.read_pooled_many([key], workers=1):
+            if isinstance(pooled, CorruptFeaturesError):
+                raise pooled
+            return pooled
+        raise AssertionError("unreachable")
+
+    def read_pooled_many(self, keys: Iterable[str], *, workers: int = DEFAULT_READERS
+                         ) -> Iterator[tuple[str, np.ndarray | CorruptFeaturesError]]:
+        """``(key, pooled)`` for each of ``keys`` in order, read ``workers`` videos at a time.
+
+        ``pooled`` is what :meth:`read_pooled` returns for the key, or, for a video that fails
+        its checks, the :class:`CorruptFeaturesError` it raises (same message), so that callers
+        can list every bad video. Raises the store-level :class:`CorruptFeaturesError`
+        (fingerprint) before reading anything, and KeyError at a key that is not complete.
+        Arrays are held only for videos in flight: iterate to keep memory bounded.
+        """
+        self.check_fingerprint()
+        for key, found in self._fetch_complete(keys, ("pooled",), workers):
+            yield key, self._checked_pooled(key, found)
+
+    def read_entries(self, keys: Iterable[str], names: Sequence[str] = tuple(ARRAY_DTYPES), *,
+                     workers: int = DEFAULT_READERS) -> Iterator[EntryRead]:
+        """The attributes and raw arrays (of ``names`` that each has) of complete videos, in the
+        order of ``keys``, read ``workers`` at a time; for verification, so nothing is checked
+        but the chunk checksums, and an unreadable array is its :class:`CorruptFeaturesError`.
+        Raises KeyError at a key that is not complete."""
+        for key, found in self._fetch_complete(keys, tuple(names), workers):
+            yield EntryRead(key, found.attrs, {n: self._decoded(key, n, found) for n in found.arrays})
 
     def array_names(self, key: str) -> list[str]:
         """Names of the arrays a complete video holds (of ``ARRAY_DTYPES``, in that order)."""
@@ -379,7 +483,12 @@ class FeatureStore(abc.ABC):
     def read_array(self, key: str, name: str) -> np.ndarray:
         """One array (``pooled``, ``maps``, ``frames`` or ``embeddings``) of a complete video,
         as stored (only the chunk checksum is checked: :class:`CorruptFeaturesError`)."""
-        return self._decoded(key, f"{self._complete_path(key)}/{name}")
+        for key, found in self._fetch_complete([key], (name,), 1):
+            got = self._decoded(key, name, found)
+            if isinstance(got, CorruptFeaturesError):
+                raise got
+            return got
+        raise AssertionError("unreachable")
 
     def array_shape(self, key: str, name: str) -> tuple[int, ...]:
         """Shape of one array of a complete video, without reading its data."""
@@ -388,29 +497,32 @@ class FeatureStore(abc.ABC):
     def read_video(self, key: str) -> VideoFeatures:
         """Every array and the attributes of a complete video, ``pooled`` checked as in
         :meth:`read_pooled` (KeyError when not complete, :class:`CorruptFeaturesError`)."""
-        path = self._complete_path(key)
-        attrs = self._node(path)[1]
-        names = set(self._array_names(path))
-        if "frames" not in names:
-            raise CorruptFeaturesError(self.path, key, "marked complete but has no frames array")
-        arrays = {n: self._decoded(key, f"{path}/{n}") for n in ARRAY_DTYPES
-                  if n in names and n != "pooled"}
-        pooled = self._checked_pooled(key, path, attrs)
-        return VideoFeatures(key=check_key(key), attrs=attrs, pooled=pooled, **arrays)
-
-    def _decoded(self, key: str, path: str) -> np.ndarray:
-        name = path.rsplit("/", 1)[-1]
-        try:
-            return self._read_array(path)
-        except KeyError:
-            raise CorruptFeaturesError(self.path, key, f"marked complete but has no {name} array") from None
-        except Exception as exc:  # noqa: BLE001 - codecs raise anything on a damaged chunk
-            raise CorruptFeaturesError(self.path, key, f"{name} cannot be read, its chunk is damaged "
-                                       f"({type(exc).__name__}: {_first_line(exc)})") from None
-
-    def _checked_pooled(self, key: str, path: str, attrs: Mapping[str, Any]) -> np.ndarray:
         self.check_fingerprint()
-        pooled = self._decoded(key, f"{path}/pooled")
+        for key, found in self._fetch_complete([key], tuple(ARRAY_DTYPES), 1):
+            if "frames" not in found.arrays:
+                raise CorruptFeaturesError(self.path, key, "marked complete but has no frames array")
+            arrays = {}
+            for name in [*(n for n in ARRAY_DTYPES if n != "pooled" and n in found.arrays), "pooled"]:
+                got = self._checked_pooled(key, found) if name == "pooled" else self._decoded(key, name, found)
+                if isinstance(got, CorruptFeaturesError):
+                    raise got
+                arrays[name] = got
+            return VideoFeatures(key=key, attrs=found.attrs, **arrays)
+        raise AssertionError("unreachable")
+
+    def _decoded(self, key: str, name: str, found: Fetched) -> np.ndarray | CorruptFeaturesError:
+        got = found.arrays.get(name)
+        if got is None:
+            return CorruptFeaturesError(self.path, key, f"marked complete but has no {name} array")
+        if isinstance(got, BaseException):
+            return CorruptFeaturesError(self.path, key, f"{name} cannot be read, its chunk is damaged "
+                                        f"({type(got).__name__}: {_first_line(got)})")
+        return got
+
+    def _checked_pooled(self, key: str, found: Fetched) -> np.ndarray | CorruptFeaturesError:
+        pooled = self._decoded(key, "pooled", found)
+        if isinstance(pooled, CorruptFeaturesError):
+            return pooled
         width = 2 * self.num_prompts
         problem = None
         if pooled.dtype != np.float32 or pooled.ndim != 2 or pooled.shape[1:] != (width,):
@@ -418,11 +530,9 @@ class FeatureStore(abc.ABC):
         elif not np.isfinite(pooled).all():
             bad = int(pooled.size - np.count_nonzero(np.isfinite(pooled)))
             problem = f"pooled holds {bad} non-finite values (a lost chunk reads back as NaN)"
-        elif attrs.get("pooled_sha256") not in (None, pooled_sha256(pooled)):
+        elif found.attrs.get("pooled_sha256") not in (None, pooled_sha256(pooled)):
             problem = "pooled does not hash to its pooled_sha256 attribute"
-        if problem:
-            raise CorruptFeaturesError(self.path, key, problem)
-        return pooled
+        return CorruptFeaturesError(self.path, key, problem) if problem else pooled
 
     def failures(self) -> dict[str, dict[str, Any]]:
         """``{key: {"error", "source", "time"}}`` of the recorded failures."""
