@@ -18,14 +18,19 @@ knows whether the counts written by :meth:`ZarrFeatureStore.finalize` are still 
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import json
+import math
 import os
 import re
 import shutil
 import uuid
 import warnings
 import zipfile
+from collections import deque
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +39,7 @@ import numpy as np
 import zarr
 from zarr.codecs import ZstdCodec
 from zarr.core.buffer import default_buffer_prototype
+from zarr.core.array import AsyncArray
 from zarr.core.group import AsyncGroup
 from zarr.core.sync import sync
 from zarr.storage import FsspecStore, LocalStore, StorePath, ZipStore
@@ -45,8 +51,12 @@ from clifvqa.features.store import (
     SUMMARY_ATTR,
     VIDEOS,
     FeatureStore,
+    Fetched,
     StoreError,
 )
+
+NDIM: dict[str, int] = {"pooled": 2, "maps": 4, "frames": 1, "embeddings": 3}
+"""Dimensions of each array of an entry: where its one chunk is, before its metadata is read."""
 
 # fsspec protocol -> the package that implements it (what users must install to read it).
 FSSPEC_PACKAGES: dict[str, str] = {
@@ -134,6 +144,7 @@ class ZarrFeatureStore(FeatureStore):
         self._store = store
         self._group = group
         self._listable = True  # False over HTTP: consolidated metadata only
+        self._local = Path(path) if isinstance(store, LocalStore) else None  # read files directly
         self.backend = backend
         self.zarr_format = group.metadata.zarr_format
         super().__init__(path, dict(group.attrs), writable=writable)
@@ -341,6 +352,84 @@ class ZarrFeatureStore(FeatureStore):
         return sum(f.stat().st_size for top in (VIDEOS, FAILURES)
                    for f in (Path(self.path) / top).rglob("*") if f.is_file())
 
+    # ------------------------------------------------------------------ concurrent reads
+    def _fetch(self, keys: Sequence[str], names: tuple[str, ...], workers: int) -> Iterator[Fetched]:
+        """Batches of ``workers`` videos run on zarr's event loop, two batches in flight; within a
+        video, its metadata documents and (guessed) chunk keys are fetched at once, so a remote
+        video costs one round trip."""
+        batches = [list(keys[i:i + workers]) for i in range(0, len(keys), workers)]
+        if len(batches) <= 1:
+            for batch in batches:
+                yield from sync(self._fetch_batch(batch, names))
+            return
+        with ThreadPoolExecutor(2, thread_name_prefix="clifvqa-read") as pool:
+            pending: deque[Future[list[Fetched]]] = deque()
+            rest = iter(batches)
+            for batch in rest:
+                pending.append(pool.submit(sync, self._fetch_batch(batch, names)))
+                if len(pending) == 2:
+                    break
+            while pending:
+                done = pending.popleft().result()
+                following = next(rest, None)
+                if following is not None:
+                    pending.append(pool.submit(sync, self._fetch_batch(following, names)))
+                yield from done
+
+    async def _fetch_batch(self, keys: list[str], names: tuple[str, ...]) -> list[Fetched]:
+        return list(await asyncio.gather(*(self._fetch_one(k, names) for k in keys)))
+
+    async def _get(self, key: str) -> bytes | None:
+        if self._local is not None:
+            # A local file read takes microseconds from the page cache: directly, rather than
+            # through zarr's thread hand-off per file (which costs more than the read).
+            try:
+                return (self._local / key).read_bytes()
+            except (FileNotFoundError, NotADirectoryError):
+                return None
+        raw = await self._store.get(key, prototype=default_buffer_prototype())
+        return None if raw is None else raw.to_bytes()
+
+    async def _fetch_one(self, key: str, names: tuple[str, ...]) -> Fetched:
+        base = f"{VIDEOS}/{key}"
+        v3 = self.zarr_format == 3
+        node_docs = ["zarr.json"] if v3 else [".zgroup", ".zattrs", ".zarray"]
+        array_doc = "zarr.json" if v3 else ".zarray"
+        wanted = [f"{base}/{d}" for d in node_docs]
+        wanted += [f"{base}/{n}/{array_doc}" for n in names]
+        wanted += [f"{base}/{n}/{_chunk_key(v3, NDIM.get(n, 1), '/' if v3 else '.')}" for n in names]
+        try:
+            got = dict(zip(wanted, await asyncio.gather(*(self._get(k) for k in wanted))))
+            found = _node_of(v3, [got[f"{base}/{d}"] for d in node_docs])
+        except Exception as exc:  # noqa: BLE001 - unreadable metadata is reported per video
+            return Fetched(None, error=exc)
+        if found.kind != "group" or found.attrs.get("complete") is not True:
+            return found
+        for name in names:
+            doc = got[f"{base}/{name}/{array_doc}"]
+            if doc is None:
+                continue
+            try:
+                found.arrays[name] = await self._decode(f"{base}/{name}", doc, got)
+            except Exception as exc:  # noqa: BLE001 - codecs raise anything on a damaged chunk
+                found.arrays[name] = exc
+        return found
+
+    async def _decode(self, path: str, doc: bytes, got: dict[str, bytes | None]) -> np.ndarray:
+        """The array at ``path`` from its metadata ``doc``; its one chunk decoded here when the
+        layout is the one clifvqa writes, else read by zarr."""
+        layout = _Layout.parse(json.loads(doc), self.zarr_format)
+        if layout is None:  # another layout (several chunks, other codecs): zarr reads it
+            array = await AsyncArray.open(StorePath(self._store, path), zarr_format=self.zarr_format)
+            return np.asarray(await array.getitem(...))
+        if 0 in layout.shape:
+            return np.empty(layout.shape, layout.dtype)
+        key = f"{path}/{layout.chunk_key}"
+        raw = got[key] if key in got else await self._get(key)
+        if raw is None:  # never written, or lost: the fill value, as zarr reads it
+            return np.full(layout.shape, layout.fill, layout.dtype)
+        return layout.decode(raw)
+
     # ------------------------------------------------------------------ consolidated metadata
     def consolidated_state(self) -> str:
         """``"absent"``, ``"fresh"``, ``"stale: <what differs>"`` or ``"unchecked"`` (the store
@@ -359,6 +448,98 @@ class ZarrFeatureStore(FeatureStore):
         if not differ:
             return "fresh"
         return f"stale: {len(differ)} node(s) differ from the listing, e.g. {differ[0]!r}"
+
+
+def _chunk_key(v3: bool, ndim: int, separator: str) -> str:
+    """The key of chunk (0, ..., 0) under an array: ``c/0/0`` (v3 default) or ``0.0`` (v2)."""
+    zeros = separator.join(["0"] * ndim)
+    if v3:
+        return f"c{separator}{zeros}" if ndim else "c"
+    return zeros or "0"
+
+
+def _node_of(v3: bool, docs: list[bytes | None]) -> Fetched:
+    """kind and attributes of a node from its metadata documents (v3: zarr.json; v2: .zgroup,
+    .zattrs, .zarray), as zarr would see them."""
+    if v3:
+        if docs[0] is None:
+            return Fetched(None)
+        meta = json.loads(docs[0])
+        kind = {"group": "group", "array": "array"}.get(meta.get("node_type"))
+        return Fetched(kind, dict(meta.get("attributes") or {}) if kind == "group" else {})
+    zgroup, zattrs, zarray = docs
+    if zarray is not None:
+        return Fetched("array")
+    if zgroup is None:
+        return Fetched(None)
+    return Fetched("group", dict(json.loads(zattrs)) if zattrs is not None else {})
+
+
+_FILLS = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+
+
+class _Layout:
+    """An array stored as one chunk with codecs numcodecs decodes alone: what clifvqa writes
+    (v3: bytes + zstd; v2: a compressor and filters, C order)."""
+
+    def __init__(self, shape: tuple[int, ...], dtype: np.dtype, stored: np.dtype, fill: Any,
+                 chunk_key: str, codecs: list[Any]) -> None:
+        self.shape, self.dtype, self.stored, self.fill = shape, dtype, stored, fill
+        self.chunk_key, self.codecs = chunk_key, codecs
+
+    @classmethod
+    def parse(cls, meta: dict[str, Any], zarr_format: int | None) -> _Layout | None:
+        """The layout of an array's metadata, or None when zarr must read the array itself."""
+        try:
+            shape = tuple(int(s) for s in meta["shape"])
+            fill = _FILLS.get(meta.get("fill_value"), meta.get("fill_value"))
+            if zarr_format == 3:
+                return cls._parse_v3(meta, shape, fill)
+            return cls._parse_v2(meta, shape, fill)
+        except (KeyError, TypeError, ValueError):
+            return None
+
+    @classmethod
+    def _parse_v3(cls, meta: dict[str, Any], shape: tuple[int, ...], fill: Any) -> _Layout | None:
+        grid, encoding = meta["chunk_grid"], meta["chunk_key_encoding"]
+        codecs = meta["codecs"]
+        if meta.get("node_type") != "array" or meta.get("storage_transformers") or \
+                grid["name"] != "regular" or encoding["name"] != "default" or not isinstance(fill, (int, float)):
+            return None
+        chunks = tuple(grid["configuration"]["chunk_shape"])
+        if chunks != shape and 0 not in shape:
+            return None
+        first, rest = codecs[0], codecs[1:]
+        if first["name"] != "bytes" or any(c["name"] != "zstd" for c in rest):
+            return None
+        endian = (first.get("configuration") or {}).get("endian", "little")
+        dtype = np.dtype(meta["data_type"])
+        if dtype.kind not in "biuf":
+            return None
+        stored = dtype.newbyteorder("<" if endian == "little" else ">")
+        separator = (encoding.get("configuration") or {}).get("separator", "/")
+        return cls(shape, dtype, stored, fill, _chunk_key(True, len(shape), separator),
+                   [numcodecs.Zstd() for _ in rest])
+
+    @classmethod
+    def _parse_v2(cls, meta: dict[str, Any], shape: tuple[int, ...], fill: Any) -> _Layout | None:
+        if meta.get("order", "C") != "C" or tuple(meta["chunks"]) != shape and 0 not in shape:
+            return None
+        stored = np.dtype(meta["dtype"])
+        if stored.kind not in "biuf" or not isinstance(fill, (int, float)):
+            return None
+        # zarr decodes with the compressor, then the filters in reverse order.
+        configs = ([meta["compressor"]] if meta.get("compressor") else []) + list(reversed(meta.get("filters") or []))
+        return cls(shape, stored.newbyteorder("="), stored, fill,
+                   _chunk_key(False, len(shape), meta.get("dimension_separator", ".")),
+                   [numcodecs.get_codec(dict(c)) for c in configs])
+
+    def decode(self, raw: bytes) -> np.ndarray:
+        data: Any = raw
+        for codec in self.codecs:
+            data = codec.decode(data)
+        flat = np.frombuffer(memoryview(data).cast("B"), dtype=self.stored)
+        return flat.reshape(self.shape).astype(self.dtype, copy=True)  # native and writable
 
 
 def _snapshot(group: zarr.Group) -> dict[str, Any]:
