@@ -147,13 +147,16 @@ class EntryRead:
     Attributes:
         key: the video's key.
         attrs: the entry's attributes.
-        arrays: per array the video has (of those asked for), the array as stored, or the
-            :class:`CorruptFeaturesError` saying why it cannot be read (damaged chunk).
+        arrays: per array the video has (of those asked for, in their order), the array as
+            stored, or the :class:`CorruptFeaturesError` saying why it cannot be read (damaged chunk).
+        error: why the entry itself could not be read (KeyError: not a complete video; or what
+            reading its metadata raised), else None.
     """
 
     key: str
     attrs: dict[str, Any]
     arrays: dict[str, np.ndarray | CorruptFeaturesError]
+    error: BaseException | None = None
 
 
 def pooled_sha256(pooled: np.ndarray) -> str:
@@ -422,17 +425,17 @@ class FeatureStore(abc.ABC):
                         found.arrays[name] = exc
             yield found
 
-    def _fetch_complete(self, keys: Iterable[str], names: tuple[str, ...],
-                        workers: int) -> Iterator[tuple[str, Fetched]]:
-        """``(key, fetched)`` of complete videos; KeyError (or the entry's own read error) at the
-        first key that is not a complete video, in order."""
+    def _fetch_complete(self, keys: Iterable[str], names: tuple[str, ...], workers: int, *,
+                        strict: bool = True) -> Iterator[tuple[str, Fetched]]:
+        """``(key, fetched)`` in order. A key that is not a complete video raises KeyError (or the
+        entry's own read error) when ``strict``; otherwise that error is the fetched ``error``."""
         checked = [check_key(k) for k in keys]
         for key, found in zip(checked, self._fetch(checked, names, max(1, int(workers)))):
-            if found.error is not None:
-                raise found.error
-            if found.kind != "group" or found.attrs.get("complete") is not True:
+            if found.error is None and (found.kind != "group" or found.attrs.get("complete") is not True):
                 state = "is incomplete (its extraction did not finish)" if found.attrs else "is not in it"
-                raise KeyError(f"video {key!r} {state}: {self.path}")
+                found = Fetched(found.kind, found.attrs, error=KeyError(f"video {key!r} {state}: {self.path}"))
+            if found.error is not None and strict:
+                raise found.error
             yield key, found
 
     def _complete_path(self, key: str) -> str:
@@ -469,11 +472,12 @@ class FeatureStore(abc.ABC):
     def read_entries(self, keys: Iterable[str], names: Sequence[str] = tuple(ARRAY_DTYPES), *,
                      workers: int = DEFAULT_READERS) -> Iterator[EntryRead]:
         """The attributes and raw arrays (of ``names`` that each has) of complete videos, in the
-        order of ``keys``, read ``workers`` at a time; for verification, so nothing is checked
-        but the chunk checksums, and an unreadable array is its :class:`CorruptFeaturesError`.
-        Raises KeyError at a key that is not complete."""
-        for key, found in self._fetch_complete(keys, tuple(names), workers):
-            yield EntryRead(key, found.attrs, {n: self._decoded(key, n, found) for n in found.arrays})
+        order of ``keys``, read ``workers`` at a time. For verification: nothing is checked but
+        the chunk checksums, an unreadable array is its :class:`CorruptFeaturesError`, and a key
+        that is not a complete video (or whose metadata cannot be read) has ``error`` set."""
+        for key, found in self._fetch_complete(keys, tuple(names), workers, strict=False):
+            yield EntryRead(key, found.attrs, {n: self._decoded(key, n, found) for n in found.arrays},
+                            found.error)
 
     def array_names(self, key: str) -> list[str]:
         """Names of the arrays a complete video holds (of ``ARRAY_DTYPES``, in that order)."""

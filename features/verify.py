@@ -22,7 +22,7 @@ import numpy as np
 
 from clifvqa.features.provenance import check_provenance, fingerprint
 from clifvqa.features.sources import stale_reason
-from clifvqa.features.store import FeatureStore, open_store, pooled_sha256
+from clifvqa.features.store import CorruptFeaturesError, EntryRead, FeatureStore, open_store, pooled_sha256
 
 STORE_KEY = "(store)"
 """``Problem.key`` of problems that concern the whole store rather than one video."""
@@ -91,8 +91,13 @@ def _verify(store: FeatureStore, manifest: Any, videos: str | os.PathLike[str] |
     except Exception as exc:  # noqa: BLE001 - a corrupt listing is a finding, not a crash
         return problems + [Problem(STORE_KEY, f"cannot list videos: {type(exc).__name__}: {exc}")]
     checker = _VideoChecker(prov)
-    for key in tqdm(entries, desc="verify", unit="video", disable=not progress, dynamic_ncols=True):
-        problems.extend(Problem(key, msg) for msg in checker.check(store, key))
+    # Videos are read concurrently (FeatureStore.read_entries) while this thread checks them;
+    # the bar shows videos/s.
+    reads = store.read_entries(list(entries))
+    for read in tqdm(reads, total=len(entries), desc="verify", unit="video", disable=not progress,
+                     dynamic_ncols=True):
+        key = read.key
+        problems.extend(Problem(key, msg) for msg in checker.check(read))
         if videos is not None and (why := stale_reason(entries[key], Path(videos) / key, hash=True)):
             problems.append(Problem(key, f"stale: {why}; `clifvqa extract --check-sources` extracts it again"))
     if manifest is not None:
@@ -115,22 +120,20 @@ class _VideoChecker:
         else:
             self.sum_sets = [(None, list(range(self.r)))]
 
-    def check(self, store: FeatureStore, key: str) -> list[str]:
-        try:
-            attrs = store.video_attrs(key)
-            names = store.array_names(key)
-        except Exception as exc:  # noqa: BLE001
-            return [f"cannot read the entry: {type(exc).__name__}: {exc}"]
+    def check(self, read: EntryRead) -> list[str]:
+        if read.error is not None:
+            return [f"cannot read the entry: {type(read.error).__name__}: {read.error}"]
+        attrs, names = read.attrs, list(read.arrays)
         out: list[str] = []
         missing = [a for a in REQUIRED_ATTRS if a not in attrs]
         if missing:
             out.append(f"missing attributes: {', '.join(missing)}")
         arrays: dict[str, np.ndarray] = {}
-        for name in names:
-            try:
-                arrays[name] = store.read_array(key, name)
-            except Exception as exc:  # noqa: BLE001 - checksum / decode errors of a corrupt chunk
-                out.append(f"cannot read {name}: {exc}")
+        for name, got in read.arrays.items():
+            if isinstance(got, CorruptFeaturesError):  # checksum / decode errors of a corrupt chunk
+                out.append(f"cannot read {name}: {got}")
+            else:
+                arrays[name] = got
         for name in ("pooled", "frames"):
             if name not in names:
                 out.append(f"has no {name} array")
