@@ -269,8 +269,9 @@ class FeatureStore(abc.ABC):
 
     # ------------------------------------------------------------------ backend primitives
     @abc.abstractmethod
-    def _node(self, path: str) -> tuple[str | None, dict[str, Any]]:
-        """``("group"|"array"|None, attrs)`` of the node at ``path`` (relative to the root)."""
+    def _node(self, path: str, attrs: tuple[str, ...] | None = None) -> tuple[str | None, dict[str, Any]]:
+        """``("group"|"array"|None, attrs)`` of the node at ``path`` (relative to the root); with
+        ``attrs``, backends where reading each attribute costs may read only those."""
 
     @abc.abstractmethod
     def _entries(self, top: str) -> dict[str, dict[str, Any]]:
@@ -403,19 +404,21 @@ class FeatureStore(abc.ABC):
             raise KeyError(f"no video {key!r} in {self.path}")
         return attrs
 
-    def _fetch(self, keys: Sequence[str], names: tuple[str, ...], workers: int) -> Iterator[Fetched]:
-        """What is stored for each of ``keys`` (checked keys, in order): the entry and, when it is
-        complete, the arrays of ``names`` it has. This default reads one video after another
-        through the node primitives; backends that can read concurrently override it."""
+    def _fetch(self, keys: Sequence[str], names: tuple[str, ...], workers: int,
+               attrs: tuple[str, ...] | None = None) -> Iterator[Fetched]:
+        """What is stored for each of ``keys`` (checked keys, in order): the entry (its attributes,
+        at least those named in ``attrs`` when given) and, when it is complete, the arrays of
+        ``names`` it has. This default reads one video after another through the node
+        primitives; backends that can read concurrently override it."""
         for key in keys:
             path = f"{VIDEOS}/{key}"
             try:
-                kind, attrs = self._node(path)
+                kind, attrs_found = self._node(path, attrs)
             except Exception as exc:  # noqa: BLE001 - unreadable metadata is reported per video
                 yield Fetched(None, error=exc)
                 continue
-            found = Fetched(kind, attrs)
-            if kind == "group" and attrs.get("complete") is True:
+            found = Fetched(kind, attrs_found)
+            if kind == "group" and attrs_found.get("complete") is True:
                 for name in names:
                     try:
                         found.arrays[name] = self._read_array(f"{path}/{name}")
@@ -426,11 +429,11 @@ class FeatureStore(abc.ABC):
             yield found
 
     def _fetch_complete(self, keys: Iterable[str], names: tuple[str, ...], workers: int, *,
-                        strict: bool = True) -> Iterator[tuple[str, Fetched]]:
+                        strict: bool = True, attrs: tuple[str, ...] | None = None) -> Iterator[tuple[str, Fetched]]:
         """``(key, fetched)`` in order. A key that is not a complete video raises KeyError (or the
         entry's own read error) when ``strict``; otherwise that error is the fetched ``error``."""
         checked = [check_key(k) for k in keys]
-        for key, found in zip(checked, self._fetch(checked, names, max(1, int(workers)))):
+        for key, found in zip(checked, self._fetch(checked, names, max(1, int(workers)), attrs)):
             if found.error is None and (found.kind != "group" or found.attrs.get("complete") is not True):
                 state = "is incomplete (its extraction did not finish)" if found.attrs else "is not in it"
                 found = Fetched(found.kind, found.attrs, error=KeyError(f"video {key!r} {state}: {self.path}"))
@@ -466,7 +469,7 @@ class FeatureStore(abc.ABC):
         Arrays are held only for videos in flight: iterate to keep memory bounded.
         """
         self.check_fingerprint()
-        for key, found in self._fetch_complete(keys, ("pooled",), workers):
+        for key, found in self._fetch_complete(keys, ("pooled",), workers, attrs=("complete", "pooled_sha256")):
             yield key, self._checked_pooled(key, found)
 
     def read_entries(self, keys: Iterable[str], names: Sequence[str] = tuple(ARRAY_DTYPES), *,

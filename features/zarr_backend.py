@@ -223,7 +223,7 @@ class ZarrFeatureStore(FeatureStore):
                                  f"store ({exc.strerror}); choose another path") from exc
 
     # ------------------------------------------------------------------ primitives
-    def _node(self, path: str) -> tuple[str | None, dict[str, Any]]:
+    def _node(self, path: str, attrs: tuple[str, ...] | None = None) -> tuple[str | None, dict[str, Any]]:
         try:
             node = self._group[path]
         except KeyError:
@@ -353,7 +353,8 @@ class ZarrFeatureStore(FeatureStore):
                    for f in (Path(self.path) / top).rglob("*") if f.is_file())
 
     # ------------------------------------------------------------------ concurrent reads
-    def _fetch(self, keys: Sequence[str], names: tuple[str, ...], workers: int) -> Iterator[Fetched]:
+    def _fetch(self, keys: Sequence[str], names: tuple[str, ...], workers: int,
+               attrs: tuple[str, ...] | None = None) -> Iterator[Fetched]:
         """Batches of ``workers`` videos run on zarr's event loop, two batches in flight; within a
         video, its metadata documents and (guessed) chunk keys are fetched at once, so a remote
         video costs one round trip."""
