@@ -327,6 +327,12 @@ class FeatureStore(abc.ABC):
         Exact: compares every node's metadata with the consolidated copy (a full listing)."""
         return None
 
+    def consolidated_entries(self) -> dict[str, dict[str, Any]] | None:
+        """Zarr, where the store can be listed: what its consolidated metadata records, from the
+        raw document (no zarr objects): ``{"videos": {key: attrs}, "arrays": {key: {name:
+        shape}}, "failures": {key: attrs}}``; None when there is none (and for HDF5)."""
+        return None
+
     # ------------------------------------------------------------------ counts
     def count(self) -> dict[str, int]:
         """``{complete, incomplete, failed, frames}`` counted by listing every entry (exact; O(videos)).
@@ -380,7 +386,11 @@ class FeatureStore(abc.ABC):
 
     def entries(self) -> dict[str, dict[str, Any]]:
         """``{key: attrs}`` of the complete videos, sorted by key (one listing, no extra reads)."""
-        return {k: a for k, a in sorted(self._entries(VIDEOS).items()) if a.get("complete") is True}
+        return {k: a for k, a in self.all_entries().items() if a.get("complete") is True}
+
+    def all_entries(self) -> dict[str, dict[str, Any]]:
+        """``{key: attrs}`` of every video entry, complete or not, sorted by key (one listing)."""
+        return dict(sorted(self._entries(VIDEOS).items()))
 
     def incomplete_keys(self) -> list[str]:
         """Sorted keys of entries a crash left without ``complete`` (a rerun replaces them)."""

@@ -1,7 +1,8 @@
 """``store verify``: check a (copied, merged, downloaded) store against its own claims.
 
 Store level: the fingerprint recomputed from the provenance, the provenance's structure and,
-for Zarr, whether consolidated metadata still matches the listing. Per complete video: required
+for Zarr, whether consolidated metadata still matches the listing (entries, their arrays and
+shapes, failure records; compared with the raw document, against what the video reads found). Per complete video: required
 attributes, readable arrays (a chunk that fails its checksum or does not decode is a problem,
 never a crash), shapes and dtypes against r, m, n, ``pooled_sha256``, finite values, frame
 indices, and with maps: per-crop probabilities summing to 1 (per prompt group when
@@ -22,7 +23,14 @@ import numpy as np
 
 from clifvqa.features.provenance import check_provenance, fingerprint
 from clifvqa.features.sources import stale_reason
-from clifvqa.features.store import CorruptFeaturesError, EntryRead, FeatureStore, open_store, pooled_sha256
+from clifvqa.features.store import (
+    ARRAY_DTYPES,
+    CorruptFeaturesError,
+    EntryRead,
+    FeatureStore,
+    open_store,
+    pooled_sha256,
+)
 
 STORE_KEY = "(store)"
 """``Problem.key`` of problems that concern the whole store rather than one video."""
@@ -81,28 +89,52 @@ def _verify(store: FeatureStore, manifest: Any, videos: str | os.PathLike[str] |
         problems.append(Problem(STORE_KEY, f"fingerprint attribute {store.stored_fingerprint!r} does "
                                            f"not match the provenance (which hashes to {recomputed}); "
                                            "one of them was edited or corrupted"))
-    state = store.consolidated_state()
-    if state is not None and state.startswith("stale"):
-        problems.append(Problem(STORE_KEY, f"consolidated metadata is {state}; remote readers "
-                                           "would see old contents: refresh it with "
-                                           "`clifvqa store finalize STORE`"))
     try:
-        entries = store.entries()
+        everything = store.all_entries()
+        recorded = store.consolidated_entries()
     except Exception as exc:  # noqa: BLE001 - a corrupt listing is a finding, not a crash
         return problems + [Problem(STORE_KEY, f"cannot list videos: {type(exc).__name__}: {exc}")]
+    entries = {k: a for k, a in everything.items() if a.get("complete") is True}
     checker = _VideoChecker(prov)
+    found: list[Problem] = []
+    arrays: dict[str, dict[str, tuple[int, ...] | None]] = {}  # per video: shape of each array (None: unreadable)
     # Videos are read concurrently (FeatureStore.read_entries) while this thread checks them;
     # the bar shows videos/s.
     reads = store.read_entries(list(entries))
     for read in tqdm(reads, total=len(entries), desc="verify", unit="video", disable=not progress,
                      dynamic_ncols=True):
         key = read.key
-        problems.extend(Problem(key, msg) for msg in checker.check(read))
+        found.extend(Problem(key, msg) for msg in checker.check(read))
+        arrays[key] = {n: a.shape if isinstance(a, np.ndarray) else None for n, a in read.arrays.items()}
         if videos is not None and (why := stale_reason(entries[key], Path(videos) / key, hash=True)):
-            problems.append(Problem(key, f"stale: {why}; `clifvqa extract --check-sources` extracts it again"))
+            found.append(Problem(key, f"stale: {why}; `clifvqa extract --check-sources` extracts it again"))
+    if recorded is not None:
+        differ = _consolidated_differences(recorded, everything, arrays, store.failures())
+        if differ:
+            problems.append(Problem(STORE_KEY, f"consolidated metadata is stale: {len(differ)} node(s) "
+                                               f"differ from the listing, e.g. {differ[0]!r}; remote readers "
+                                               "would see old contents: refresh it with "
+                                               "`clifvqa store finalize STORE`"))
+    problems.extend(found)
     if manifest is not None:
         problems.extend(_missing_from_manifest(store, manifest, set(entries)))
     return problems
+
+
+def _consolidated_differences(recorded: dict[str, dict[str, Any]], entries: dict[str, dict[str, Any]],
+                              arrays: dict[str, dict[str, tuple[int, ...] | None]],
+                              failures: dict[str, dict[str, Any]]) -> list[str]:
+    """Paths whose consolidated record differs from the store: entry attributes, the arrays (and
+    their shapes) of the videos that were read, failure records."""
+    differ = [f"videos/{k}" for k in sorted(set(entries) | set(recorded["videos"]))
+              if entries.get(k) != recorded["videos"].get(k)]
+    for key, live in arrays.items():
+        kept = {n: s for n, s in recorded["arrays"].get(key, {}).items() if n in ARRAY_DTYPES}
+        differ += [f"videos/{key}/{n}" for n in sorted(set(live) | set(kept))
+                   if n not in live or n not in kept or (live[n] is not None and tuple(kept[n]) != live[n])]
+    differ += [f"failures/{k}" for k in sorted(set(failures) | set(recorded["failures"]))
+               if failures.get(k) != recorded["failures"].get(k)]
+    return differ
 
 
 class _VideoChecker:

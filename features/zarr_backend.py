@@ -432,6 +432,28 @@ class ZarrFeatureStore(FeatureStore):
         return layout.decode(raw)
 
     # ------------------------------------------------------------------ consolidated metadata
+    def consolidated_entries(self) -> dict[str, dict[str, Any]] | None:
+        if not self._listable:
+            return None
+        raw = sync(self._store.get("zarr.json" if self.zarr_format == 3 else ".zmetadata",
+                                   prototype=default_buffer_prototype()))
+        nodes = None if raw is None else _recorded_nodes(json.loads(raw.to_bytes()), self.zarr_format)
+        if nodes is None:
+            return None
+        out: dict[str, dict[str, Any]] = {"videos": {}, "arrays": {}, "failures": {}}
+        for path in sorted(nodes):  # parents before children
+            kind, value = nodes[path]
+            top, _, rest = path.partition("/")
+            if top not in (VIDEOS, FAILURES) or not rest:
+                continue
+            parent, _, name = rest.rpartition("/")
+            if kind == "array":
+                if top == VIDEOS and parent in out["videos"]:
+                    out["arrays"].setdefault(parent, {})[name] = value
+            elif value and not _prefixes(rest, out[top]):
+                out[top][rest] = value
+        return out
+
     def consolidated_state(self) -> str:
         """``"absent"``, ``"fresh"``, ``"stale: <what differs>"`` or ``"unchecked"`` (the store
         cannot be listed, e.g. over plain HTTP)."""
@@ -449,6 +471,12 @@ class ZarrFeatureStore(FeatureStore):
         if not differ:
             return "fresh"
         return f"stale: {len(differ)} node(s) differ from the listing, e.g. {differ[0]!r}"
+
+
+def _prefixes(path: str, entries: dict[str, Any]) -> list[str]:
+    """The entries among the ancestors of ``path`` (an entry is never also a folder)."""
+    parts = path.split("/")
+    return [p for p in ("/".join(parts[:i]) for i in range(1, len(parts))) if p in entries]
 
 
 def _chunk_key(v3: bool, ndim: int, separator: str) -> str:
@@ -541,6 +569,35 @@ class _Layout:
             data = codec.decode(data)
         flat = np.frombuffer(memoryview(data).cast("B"), dtype=self.stored)
         return flat.reshape(self.shape).astype(self.dtype, copy=True)  # native and writable
+
+
+def _recorded_nodes(doc: dict[str, Any], zarr_format: int | None) -> dict[str, tuple[str, Any]] | None:
+    """``{path: ("group", attrs) | ("array", shape)}`` of a raw consolidated-metadata document
+    (v3: the root zarr.json; v2: .zmetadata); None when it holds none."""
+    nodes: dict[str, tuple[str, Any]] = {}
+    if zarr_format == 3:
+        consolidated = doc.get("consolidated_metadata")
+        if not isinstance(consolidated, dict):
+            return None
+        for path, meta in (consolidated.get("metadata") or {}).items():
+            if meta.get("node_type") == "array":
+                nodes[path] = ("array", [int(x) for x in meta["shape"]])
+            else:
+                nodes[path] = ("group", dict(meta.get("attributes") or {}))
+        return nodes
+    attrs: dict[str, Any] = {}
+    for name, meta in (doc.get("metadata") or {}).items():
+        path, _, kind = name.rpartition("/.")
+        if kind == "zarray":
+            nodes[path] = ("array", [int(x) for x in meta["shape"]])
+        elif kind == "zgroup" and path:
+            nodes.setdefault(path, ("group", {}))
+        elif kind == "zattrs" and path:
+            attrs[path] = dict(meta)
+    for path, values in attrs.items():
+        if nodes.get(path, ("group",))[0] == "group":
+            nodes[path] = ("group", values)
+    return nodes
 
 
 def _snapshot(group: zarr.Group) -> dict[str, Any]:
