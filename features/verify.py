@@ -230,17 +230,27 @@ class _VideoChecker:
 
     def _maps(self, maps: np.ndarray, pooled: np.ndarray | None) -> list[str]:
         out = []
-        m32 = maps.astype(np.float32)
-        for group, idx in self.sum_sets:
-            err = float(np.max(np.abs(m32[:, idx].sum(axis=1) - 1.0), initial=0.0))
+        t = maps.shape[0]
+        crops = maps.astype(np.float32).reshape(t, self.r, -1)  # [T, r, m*n]
+        # Sums, means and maxima over 9 crops: as matrix products and pairwise maxima, which
+        # numpy does ~10x faster than reductions over short trailing axes (verify's hot loop).
+        member = np.zeros((len(self.sum_sets), self.r), np.float32)
+        for g, (_, idx) in enumerate(self.sum_sets):
+            member[g, idx] = 1.0
+        sums = np.matmul(member, crops)  # [T, groups, m*n]
+        for g, (group, idx) in enumerate(self.sum_sets):
+            err = float(np.max(np.abs(sums[:, g] - 1.0), initial=0.0))
             if err > SUM_TOLERANCE_PER_PROMPT * len(idx):
                 which = "" if group is None else f" of group {group!r}"
                 out.append(f"maps: crop probabilities{which} do not sum to 1 (off by {err:.3g})")
         if pooled is not None and len(maps):
             r = self.r
+            maxima = crops[..., 0].copy()
+            for i in range(1, crops.shape[-1]):
+                np.maximum(maxima, crops[..., i], out=maxima)
             for label, pooled_block, from_maps in (
-                    ("average", pooled[:, :r], m32.mean(axis=(2, 3))),
-                    ("max", pooled[:, r:], m32.max(axis=(2, 3)))):
+                    ("average", pooled[:, :r], crops @ np.full(crops.shape[-1], 1 / crops.shape[-1], np.float32)),
+                    ("max", pooled[:, r:], maxima)):
                 err = float(np.max(np.abs(pooled_block - from_maps)))
                 if err > POOL_TOLERANCE:
                     out.append(f"pooled {label} block disagrees with the maps (off by {err:.3g})")
