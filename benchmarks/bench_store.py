@@ -174,8 +174,11 @@ def serve(folder: Path, latency_s: float) -> http.server.ThreadingHTTPServer:
         def log_message(self, *args: Any) -> None:
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(SlowStatic, directory=str(folder)))
-    server.daemon_threads = True
+    class Server(http.server.ThreadingHTTPServer):
+        daemon_threads = True
+        request_queue_size = 1024  # the default backlog of 5 drops concurrent connections (1 s retries)
+
+    server = Server(("127.0.0.1", 0), functools.partial(SlowStatic, directory=str(folder)))
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server
 

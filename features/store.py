@@ -73,7 +73,7 @@ SUMMARY_ATTR = "summary"
 CHANGE_ATTR = "change"
 """Attribute of the ``videos`` group (Zarr) that every change replaces with a new random token."""
 
-DEFAULT_READERS = 32
+DEFAULT_READERS = 64
 """Videos read at once by the ``*_many`` readers (enough to hide 20-50 ms of object-storage latency)."""
 
 FRAMES_FILL = -1

@@ -40,7 +40,7 @@ import zarr
 from zarr.codecs import ZstdCodec
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.array import AsyncArray
-from zarr.core.group import AsyncGroup
+from zarr.core.group import AsyncGroup, GroupMetadata
 from zarr.core.sync import sync
 from zarr.storage import FsspecStore, LocalStore, StorePath, ZipStore
 
@@ -145,6 +145,9 @@ class ZarrFeatureStore(FeatureStore):
         self._group = group
         self._listable = True  # False over HTTP: consolidated metadata only
         self._local = Path(path) if isinstance(store, LocalStore) else None  # read files directly
+        consolidated = group.metadata.consolidated_metadata
+        # Remote stores are read through their consolidated metadata (as zarr does): one request per array.
+        self._recorded = None if self._local is not None or consolidated is None else consolidated.flattened_metadata
         self.backend = backend
         self.zarr_format = group.metadata.zarr_format
         super().__init__(path, dict(group.attrs), writable=writable)
@@ -396,18 +399,22 @@ class ZarrFeatureStore(FeatureStore):
         v3 = self.zarr_format == 3
         node_docs = ["zarr.json"] if v3 else [".zgroup", ".zattrs", ".zarray"]
         array_doc = "zarr.json" if v3 else ".zarray"
-        wanted = [f"{base}/{d}" for d in node_docs]
-        wanted += [f"{base}/{n}/{array_doc}" for n in names]
-        wanted += [f"{base}/{n}/{_chunk_key(v3, NDIM.get(n, 1), '/' if v3 else '.')}" for n in names]
+        chunks = [f"{base}/{n}/{_chunk_key(v3, NDIM.get(n, 1), '/' if v3 else '.')}" for n in names]
         try:
-            got = dict(zip(wanted, await asyncio.gather(*(self._get(k) for k in wanted))))
-            found = _node_of(v3, [got[f"{base}/{d}"] for d in node_docs])
+            if self._recorded is not None:  # remote: the consolidated metadata is the listing
+                found, got = self._recorded_node(base, names, array_doc)
+                chunks = [c for n, c in zip(names, chunks) if f"{base}/{n}/{array_doc}" in got]
+                got.update(zip(chunks, await asyncio.gather(*(self._get(k) for k in chunks))))
+            else:
+                wanted = [f"{base}/{d}" for d in node_docs] + [f"{base}/{n}/{array_doc}" for n in names] + chunks
+                got = dict(zip(wanted, await asyncio.gather(*(self._get(k) for k in wanted))))
+                found = _node_of(v3, [got[f"{base}/{d}"] for d in node_docs])
         except Exception as exc:  # noqa: BLE001 - unreadable metadata is reported per video
             return Fetched(None, error=exc)
         if found.kind != "group" or found.attrs.get("complete") is not True:
             return found
         for name in names:
-            doc = got[f"{base}/{name}/{array_doc}"]
+            doc = got.get(f"{base}/{name}/{array_doc}")
             if doc is None:
                 continue
             try:
@@ -415,6 +422,23 @@ class ZarrFeatureStore(FeatureStore):
             except Exception as exc:  # noqa: BLE001 - codecs raise anything on a damaged chunk
                 found.arrays[name] = exc
         return found
+
+    def _recorded_node(self, base: str, names: tuple[str, ...],
+                       array_doc: str) -> tuple[Fetched, dict[str, bytes | None]]:
+        """The entry at ``base`` and the metadata documents of its arrays, from the consolidated
+        metadata (each array's exactly as zarr writes it)."""
+        recorded = self._recorded or {}
+        node = recorded.get(base)
+        if node is None:
+            return Fetched(None), {}
+        if not isinstance(node, GroupMetadata):
+            return Fetched("array"), {}
+        docs: dict[str, bytes | None] = {}
+        for name in names:
+            meta = recorded.get(f"{base}/{name}")
+            if meta is not None and not isinstance(meta, GroupMetadata):
+                docs[f"{base}/{name}/{array_doc}"] = meta.to_buffer_dict(default_buffer_prototype())[array_doc].to_bytes()
+        return Fetched("group", dict(node.attributes)), docs
 
     async def _decode(self, path: str, doc: bytes, got: dict[str, bytes | None]) -> np.ndarray:
         """The array at ``path`` from its metadata ``doc``; its one chunk decoded here when the
