@@ -41,7 +41,7 @@ from __future__ import annotations
 import abc
 import hashlib
 import os
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -132,12 +132,22 @@ class Fetched:
         attrs: the entry's attributes.
         arrays: per requested array name that exists, the array or the exception reading it raised.
         error: an exception reading the entry itself raised (its metadata is unreadable), else None.
+        result: what the ``finish`` given to ``_fetch`` returned for it.
     """
 
     kind: str | None
     attrs: dict[str, Any] = field(default_factory=dict)
     arrays: dict[str, np.ndarray | BaseException] = field(default_factory=dict)
     error: BaseException | None = None
+    result: Any = None
+
+    @property
+    def complete(self) -> bool:
+        return self.error is None and self.kind == "group" and self.attrs.get("complete") is True
+
+
+Finish = Callable[[str, Fetched], Any]
+"""Work done on each fetched video where it was read (``FeatureStore._fetch``)."""
 
 
 @dataclass
@@ -151,12 +161,14 @@ class EntryRead:
             stored, or the :class:`CorruptFeaturesError` saying why it cannot be read (damaged chunk).
         error: why the entry itself could not be read (KeyError: not a complete video; or what
             reading its metadata raised), else None.
+        checked: what the ``check`` given to :meth:`FeatureStore.read_entries` returned for it.
     """
 
     key: str
     attrs: dict[str, Any]
     arrays: dict[str, np.ndarray | CorruptFeaturesError]
     error: BaseException | None = None
+    checked: Any = None
 
 
 def pooled_sha256(pooled: np.ndarray) -> str:
@@ -415,11 +427,20 @@ class FeatureStore(abc.ABC):
         return attrs
 
     def _fetch(self, keys: Sequence[str], names: tuple[str, ...], workers: int,
-               attrs: tuple[str, ...] | None = None) -> Iterator[Fetched]:
+               attrs: tuple[str, ...] | None = None, finish: Finish | None = None) -> Iterator[Fetched]:
         """What is stored for each of ``keys`` (checked keys, in order): the entry (its attributes,
         at least those named in ``attrs`` when given) and, when it is complete, the arrays of
-        ``names`` it has. This default reads one video after another through the node
-        primitives; backends that can read concurrently override it."""
+        ``names`` it has; ``finish(key, fetched)`` (checks) becomes its ``result``, computed
+        where the backend reads (in parallel where it reads concurrently). This default reads
+        one video after another through the node primitives; backends that can read
+        concurrently override it."""
+        for key, found in zip(keys, self._fetch_sequential(keys, names, attrs)):
+            if finish is not None:
+                found.result = finish(key, found)
+            yield found
+
+    def _fetch_sequential(self, keys: Sequence[str], names: tuple[str, ...],
+                          attrs: tuple[str, ...] | None) -> Iterator[Fetched]:
         for key in keys:
             path = f"{VIDEOS}/{key}"
             try:
@@ -439,11 +460,12 @@ class FeatureStore(abc.ABC):
             yield found
 
     def _fetch_complete(self, keys: Iterable[str], names: tuple[str, ...], workers: int, *,
-                        strict: bool = True, attrs: tuple[str, ...] | None = None) -> Iterator[tuple[str, Fetched]]:
+                        strict: bool = True, attrs: tuple[str, ...] | None = None,
+                        finish: Finish | None = None) -> Iterator[tuple[str, Fetched]]:
         """``(key, fetched)`` in order. A key that is not a complete video raises KeyError (or the
         entry's own read error) when ``strict``; otherwise that error is the fetched ``error``."""
         checked = [check_key(k) for k in keys]
-        for key, found in zip(checked, self._fetch(checked, names, max(1, int(workers)), attrs)):
+        for key, found in zip(checked, self._fetch(checked, names, max(1, int(workers)), attrs, finish)):
             if found.error is None and (found.kind != "group" or found.attrs.get("complete") is not True):
                 state = "is incomplete (its extraction did not finish)" if found.attrs else "is not in it"
                 found = Fetched(found.kind, found.attrs, error=KeyError(f"video {key!r} {state}: {self.path}"))
@@ -479,18 +501,28 @@ class FeatureStore(abc.ABC):
         Arrays are held only for videos in flight: iterate to keep memory bounded.
         """
         self.check_fingerprint()
-        for key, found in self._fetch_complete(keys, ("pooled",), workers, attrs=("complete", "pooled_sha256")):
-            yield key, self._checked_pooled(key, found)
+        for key, found in self._fetch_complete(keys, ("pooled",), workers, attrs=("complete", "pooled_sha256"),
+                                               finish=self._checked_pooled_if_complete):
+            yield key, found.result
 
     def read_entries(self, keys: Iterable[str], names: Sequence[str] = tuple(ARRAY_DTYPES), *,
-                     workers: int = DEFAULT_READERS) -> Iterator[EntryRead]:
+                     workers: int = DEFAULT_READERS, check: Callable[[EntryRead], Any] | None = None
+                     ) -> Iterator[EntryRead]:
         """The attributes and raw arrays (of ``names`` that each has) of complete videos, in the
         order of ``keys``, read ``workers`` at a time. For verification: nothing is checked but
         the chunk checksums, an unreadable array is its :class:`CorruptFeaturesError`, and a key
-        that is not a complete video (or whose metadata cannot be read) has ``error`` set."""
-        for key, found in self._fetch_complete(keys, tuple(names), workers, strict=False):
-            yield EntryRead(key, found.attrs, {n: self._decoded(key, n, found) for n in found.arrays},
-                            found.error)
+        that is not a complete video (or whose metadata cannot be read) has ``error`` set.
+        ``check(read)``, when given, runs on each readable entry in the reading threads (while
+        the next videos are read); what it returns is the read's ``checked``."""
+        def finish(key: str, found: Fetched) -> EntryRead | None:
+            if not found.complete:
+                return None
+            read = EntryRead(key, found.attrs, {n: self._decoded(key, n, found) for n in found.arrays})
+            read.checked = None if check is None else check(read)
+            return read
+
+        for key, found in self._fetch_complete(keys, tuple(names), workers, strict=False, finish=finish):
+            yield found.result if found.result is not None else EntryRead(key, found.attrs, {}, found.error)
 
     def array_names(self, key: str) -> list[str]:
         """Names of the arrays a complete video holds (of ``ARRAY_DTYPES``, in that order)."""
@@ -535,6 +567,9 @@ class FeatureStore(abc.ABC):
             return CorruptFeaturesError(self.path, key, f"{name} cannot be read, its chunk is damaged "
                                         f"({type(got).__name__}: {_first_line(got)})")
         return got
+
+    def _checked_pooled_if_complete(self, key: str, found: Fetched) -> np.ndarray | CorruptFeaturesError | None:
+        return self._checked_pooled(key, found) if found.complete else None
 
     def _checked_pooled(self, key: str, found: Fetched) -> np.ndarray | CorruptFeaturesError:
         pooled = self._decoded(key, "pooled", found)

@@ -98,13 +98,13 @@ def _verify(store: FeatureStore, manifest: Any, videos: str | os.PathLike[str] |
     checker = _VideoChecker(prov)
     found: list[Problem] = []
     arrays: dict[str, dict[str, tuple[int, ...] | None]] = {}  # per video: shape of each array (None: unreadable)
-    # Videos are read concurrently (FeatureStore.read_entries) while this thread checks them;
+    # Videos are read concurrently and checked in the reading threads (FeatureStore.read_entries);
     # the bar shows videos/s.
-    reads = store.read_entries(list(entries))
+    reads = store.read_entries(list(entries), check=checker.check)
     for read in tqdm(reads, total=len(entries), desc="verify", unit="video", disable=not progress,
                      dynamic_ncols=True):
         key = read.key
-        found.extend(Problem(key, msg) for msg in checker.check(read))
+        found.extend(Problem(key, msg) for msg in (read.checked if read.error is None else checker.check(read)))
         arrays[key] = {n: a.shape if isinstance(a, np.ndarray) else None for n, a in read.arrays.items()}
         if videos is not None and (why := stale_reason(entries[key], Path(videos) / key, hash=True)):
             found.append(Problem(key, f"stale: {why}; `clifvqa extract --check-sources` extracts it again"))
