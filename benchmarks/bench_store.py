@@ -30,14 +30,11 @@ clifvqa's ``store info``, whose cost does not grow with it (its N/small ratio is
 from __future__ import annotations
 
 import argparse
-import functools
-import http.server
 import json
 import os
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -161,26 +158,39 @@ def cli_info_seconds(location: str) -> float:
 # ---------------------------------------------------------------- loopback object storage
 
 
-def serve(folder: Path, latency_s: float) -> http.server.ThreadingHTTPServer:
-    class SlowStatic(http.server.SimpleHTTPRequestHandler):
-        def list_directory(self, path: str) -> None:  # type: ignore[override]
-            self.send_error(404, "directory listing disabled")
-            return None
+SERVER = """
+import functools, http.server, sys, time
 
-        def send_head(self):  # type: ignore[no-untyped-def]
-            time.sleep(latency_s)  # the round trip of object storage
-            return super().send_head()
+class SlowStatic(http.server.SimpleHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # persistent connections, as object storage keeps them
+    disable_nagle_algorithm = True  # else Nagle + delayed ACKs add 40 ms to kept-alive requests
 
-        def log_message(self, *args: Any) -> None:
-            pass
+    def list_directory(self, path):
+        self.send_error(404, "directory listing disabled")
 
-    class Server(http.server.ThreadingHTTPServer):
-        daemon_threads = True
-        request_queue_size = 1024  # the default backlog of 5 drops concurrent connections (1 s retries)
+    def send_head(self):
+        time.sleep(float(sys.argv[2]))  # the round trip of object storage
+        return super().send_head()
 
-    server = Server(("127.0.0.1", 0), functools.partial(SlowStatic, directory=str(folder)))
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server
+    def log_message(self, *args):
+        pass
+
+class Server(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 1024  # the default backlog of 5 drops concurrent connections (1 s retries)
+
+server = Server(("127.0.0.1", 0), functools.partial(SlowStatic, directory=sys.argv[1]))
+print(server.server_address[1], flush=True)
+server.serve_forever()
+"""
+
+
+def serve(folder: Path, latency_s: float) -> tuple[subprocess.Popen, int]:
+    """A static file server (no directory listing) in its own process, like a remote object
+    store: its work does not compete with the reader for this interpreter. (process, port)."""
+    server = subprocess.Popen([sys.executable, "-c", SERVER, str(folder), str(latency_s)],
+                              stdout=subprocess.PIPE, text=True)
+    return server, int(server.stdout.readline())
 
 
 # ---------------------------------------------------------------- report
@@ -256,8 +266,8 @@ def main() -> None:
         best(lambda: plain_read(str(zipped), keys, ("pooled",))))
 
     sample = keys[: args.http_sample]
-    server = serve(args.out, args.latency_ms / 1000)
-    url = f"http://127.0.0.1:{server.server_address[1]}/{big.name}"
+    server, port = serve(args.out, args.latency_ms / 1000)
+    url = f"http://127.0.0.1:{port}/{big.name}"
     try:
         row(f"HTTP +{args.latency_ms:g} ms: store info", best(lambda: clifvqa_info(url)), best(lambda: plain_info(url)))
         open_plain = best(lambda: plain_root(url))
@@ -268,8 +278,8 @@ def main() -> None:
         row(f"HTTP +{args.latency_ms:g} ms: store verify", best(lambda: clifvqa_verify(url)),
             open_plain + read_plain * n / len(sample))
     finally:
-        server.shutdown()
-        server.server_close()
+        server.terminate()
+        server.wait()
 
     print(f"\n{'operation (' + str(n) + ' videos)':<36}{'clifvqa':>11}{'plain loop':>12}{'speed-up':>10}"
           f"{'clifvqa 39k':>13}{'plain 39k':>12}")
