@@ -254,7 +254,8 @@ def main() -> None:
     row("open + keys()", best(lambda: clifvqa_keys(str(big)), 2), best(lambda: plain_keys(plain_root(str(big)))))
     load = (best(lambda: clifvqa_load(str(big), keys), 2), best(lambda: plain_read(str(big), keys, ("pooled",))))
     row("training's feature load", *load)
-    verify = (best(lambda: clifvqa_verify(str(big))), best(lambda: plain_read(str(big), keys, ("pooled", "maps", "frames"))))
+    verify = (best(lambda: clifvqa_verify(str(big))),
+              best(lambda: plain_read(str(big), keys, ("pooled", "maps", "frames"))))
     row("store verify", *verify)
 
     from clifvqa.features.zarr_backend import zip_directory

@@ -47,7 +47,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from clifvqa.errors import ClifvqaError
 from clifvqa.features.provenance import (
     FORMAT_VERSION,
@@ -60,6 +59,7 @@ from clifvqa.features.provenance import (
     to_plain,
 )
 from clifvqa.manifests.paths import UnsafePathError, validate_video_path
+
 VIDEOS = "videos"
 FAILURES = "failures"
 
@@ -532,8 +532,8 @@ class FeatureStore(abc.ABC):
     def read_array(self, key: str, name: str) -> np.ndarray:
         """One array (``pooled``, ``maps``, ``frames`` or ``embeddings``) of a complete video,
         as stored (only the chunk checksum is checked: :class:`CorruptFeaturesError`)."""
-        for key, found in self._fetch_complete([key], (name,), 1):
-            got = self._decoded(key, name, found)
+        for checked, found in self._fetch_complete([key], (name,), 1):
+            got = self._decoded(checked, name, found)
             if isinstance(got, CorruptFeaturesError):
                 raise got
             return got
@@ -547,16 +547,17 @@ class FeatureStore(abc.ABC):
         """Every array and the attributes of a complete video, ``pooled`` checked as in
         :meth:`read_pooled` (KeyError when not complete, :class:`CorruptFeaturesError`)."""
         self.check_fingerprint()
-        for key, found in self._fetch_complete([key], tuple(ARRAY_DTYPES), 1):
+        for checked, found in self._fetch_complete([key], tuple(ARRAY_DTYPES), 1):
             if "frames" not in found.arrays:
-                raise CorruptFeaturesError(self.path, key, "marked complete but has no frames array")
+                raise CorruptFeaturesError(self.path, checked, "marked complete but has no frames array")
             arrays = {}
             for name in [*(n for n in ARRAY_DTYPES if n != "pooled" and n in found.arrays), "pooled"]:
-                got = self._checked_pooled(key, found) if name == "pooled" else self._decoded(key, name, found)
+                got = (self._checked_pooled(checked, found) if name == "pooled"
+                       else self._decoded(checked, name, found))
                 if isinstance(got, CorruptFeaturesError):
                     raise got
                 arrays[name] = got
-            return VideoFeatures(key=key, attrs=found.attrs, **arrays)
+            return VideoFeatures(key=checked, attrs=found.attrs, **arrays)
         raise AssertionError("unreachable")
 
     def _decoded(self, key: str, name: str, found: Fetched) -> np.ndarray | CorruptFeaturesError:

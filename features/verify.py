@@ -2,7 +2,7 @@
 
 Store level: the fingerprint recomputed from the provenance, the provenance's structure and,
 for Zarr, whether consolidated metadata still matches the listing (entries, their arrays and
-shapes, failure records; compared with the raw document, against what the video reads found). Per complete video: required
+shapes, failure records; the raw document compared with what the video reads found). Per complete video: required
 attributes, readable arrays (a chunk that fails its checksum or does not decode is a problem,
 never a crash), shapes and dtypes against r, m, n, ``pooled_sha256``, finite values, frame
 indices, and with maps: per-crop probabilities summing to 1 (per prompt group when
@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from clifvqa.features.provenance import check_provenance, fingerprint
 from clifvqa.features.sources import stale_reason
 from clifvqa.features.store import (

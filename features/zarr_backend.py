@@ -37,13 +37,6 @@ from typing import Any
 import numcodecs
 import numpy as np
 import zarr
-from zarr.codecs import ZstdCodec
-from zarr.core.buffer import default_buffer_prototype
-from zarr.core.array import AsyncArray
-from zarr.core.group import AsyncGroup, GroupMetadata
-from zarr.core.sync import sync
-from zarr.storage import FsspecStore, LocalStore, StorePath, ZipStore
-
 from clifvqa.features.store import (
     CHANGE_ATTR,
     FAILURES,
@@ -55,9 +48,17 @@ from clifvqa.features.store import (
     Finish,
     StoreError,
 )
+from zarr.codecs import ZstdCodec
+from zarr.core.array import AsyncArray
+from zarr.core.buffer import default_buffer_prototype
+from zarr.core.group import AsyncGroup, GroupMetadata
+from zarr.core.sync import sync
+from zarr.storage import FsspecStore, LocalStore, StorePath, ZipStore
 
 NDIM: dict[str, int] = {"pooled": 2, "maps": 4, "frames": 1, "embeddings": 3}
 """Dimensions of each array of an entry: where its one chunk is, before its metadata is read."""
+NODE_DOCS: dict[bool, tuple[str, ...]] = {True: ("zarr.json",), False: (".zgroup", ".zattrs", ".zarray")}
+"""The metadata documents of a node, Zarr v3 (True) and v2."""
 
 # fsspec protocol -> the package that implements it (what users must install to read it).
 FSSPEC_PACKAGES: dict[str, str] = {
@@ -271,7 +272,7 @@ class ZarrFeatureStore(FeatureStore):
                 return
             for name in children:
                 child = folder / name
-                docs = [self._read_doc(child / d) for d in (("zarr.json",) if v3 else (".zgroup", ".zattrs", ".zarray"))]
+                docs = [self._read_doc(child / d) for d in NODE_DOCS[v3]]
                 node = _node_of(v3, docs)
                 if node.kind == "group":
                     if node.attrs:
@@ -279,8 +280,7 @@ class ZarrFeatureStore(FeatureStore):
                     else:
                         walk(child, f"{prefix}{name}/")
 
-        if _node_of(v3, [self._read_doc(self._local / top / d) for d in
-                         (("zarr.json",) if v3 else (".zgroup", ".zattrs", ".zarray"))]).kind == "group":
+        if _node_of(v3, [self._read_doc(self._local / top / d) for d in NODE_DOCS[v3]]).kind == "group":
             walk(self._local / top, "")
         return out
 
@@ -438,8 +438,7 @@ class ZarrFeatureStore(FeatureStore):
         base = self._local / VIDEOS / key
         v3 = self.zarr_format == 3
         try:
-            found = _node_of(v3, [self._read_doc(base / d) for d in
-                                  (("zarr.json",) if v3 else (".zgroup", ".zattrs", ".zarray"))])
+            found = _node_of(v3, [self._read_doc(base / d) for d in NODE_DOCS[v3]])
         except Exception as exc:  # noqa: BLE001 - unreadable metadata is reported per video
             return Fetched(None, error=exc)
         if found.kind != "group" or found.attrs.get("complete") is not True:
@@ -468,7 +467,7 @@ class ZarrFeatureStore(FeatureStore):
     async def _fetch_one(self, key: str, names: tuple[str, ...]) -> Fetched:
         base = f"{VIDEOS}/{key}"
         v3 = self.zarr_format == 3
-        node_docs = ["zarr.json"] if v3 else [".zgroup", ".zattrs", ".zarray"]
+        node_docs = NODE_DOCS[v3]
         array_doc = "zarr.json" if v3 else ".zarray"
         chunks = [f"{base}/{n}/{_chunk_key(v3, NDIM.get(n, 1), '/' if v3 else '.')}" for n in names]
         try:
@@ -519,7 +518,8 @@ class ZarrFeatureStore(FeatureStore):
         for name in names:
             meta = recorded.get(f"{base}/{name}")
             if meta is not None and not isinstance(meta, GroupMetadata):
-                docs[f"{base}/{name}/{array_doc}"] = meta.to_buffer_dict(default_buffer_prototype())[array_doc].to_bytes()
+                written = meta.to_buffer_dict(default_buffer_prototype())[array_doc]
+                docs[f"{base}/{name}/{array_doc}"] = written.to_bytes()
         return Fetched("group", dict(node.attributes)), docs
 
     async def _decode(self, path: str, doc: bytes, got: dict[str, bytes | None]) -> np.ndarray:

@@ -10,9 +10,13 @@ import h5py
 import numpy as np
 import pytest
 import zarr
-
 from clifvqa.features.merge import convert_store
-from clifvqa.features.store import ARRAY_DTYPES, CorruptFeaturesError, create_or_open_store, open_store
+from clifvqa.features.store import (
+    ARRAY_DTYPES,
+    CorruptFeaturesError,
+    create_or_open_store,
+    open_store,
+)
 from clifvqa.testing.stores import synthetic_provenance, synthetic_video
 from clifvqa.train.data import DataError, load_semantic_features
 
@@ -194,8 +198,8 @@ def test_training_load_keeps_the_order_over_several_stores(tmp_path):
     loaded = load_semantic_features([a, tmp_path / "b.h5"], keys, t0=4, progress=False)
     assert list(loaded.rows) == keys
     with open_store(tmp_path / "b.h5") as b:
-        from clifvqa.train.model import resample_time
         import torch
+        from clifvqa.train.model import resample_time
 
         want = resample_time(torch.from_numpy(b.read_pooled("B/x.mp4")).t().contiguous(), 4)
     assert torch.equal(loaded.rows["B/x.mp4"], want)
