@@ -373,14 +373,16 @@ def store() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("--failures", "all_failures", is_flag=True,
               help="List every failed video, not only the reasons.")
-def store_info_cmd(path: str, as_json: bool, all_failures: bool) -> None:
+@click.option("--recount", is_flag=True,
+              help="Count by listing every entry instead of reading the summary the last finalize wrote.")
+def store_info_cmd(path: str, as_json: bool, all_failures: bool, recount: bool) -> None:
     """Show how the store at PATH (or URL) was made, what it holds and why videos failed
     (grouped by reason with a few examples; --failures lists every one)."""
     import json
 
     from clifvqa.features.info import store_info
 
-    info = store_info(path)
+    info = store_info(path, recount=recount)
     if as_json:
         click.echo(json.dumps(info, indent=2))
         return

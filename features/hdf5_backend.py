@@ -60,8 +60,7 @@ from typing import Any
 
 import h5py
 import numpy as np
-
-from clifvqa.features.store import FRAMES_FILL, FeatureStore, StoreError
+from clifvqa.features.store import FRAMES_FILL, SUMMARY_ATTR, FeatureStore, StoreError
 
 SPOOL_SUFFIX = ".spool"
 """The writer's sidecar folder is the store's path plus this suffix (``x.h5.spool``)."""
@@ -132,8 +131,8 @@ def _fsync(path: Path) -> None:
 
 def _root_digest(attrs: dict[str, Any]) -> str:
     """What identifies a store across its rewrites: its root attributes (the provenance, with its
-    ``created`` time, and the fingerprint)."""
-    root = json.dumps({k: str(v) for k, v in attrs.items()}, sort_keys=True)
+    ``created`` time, and the fingerprint; not the ``summary`` each finalize rewrites)."""
+    root = json.dumps({k: str(v) for k, v in attrs.items() if k != SUMMARY_ATTR}, sort_keys=True)
     return hashlib.sha256(root.encode("utf-8")).hexdigest()
 
 
@@ -312,8 +311,9 @@ class HDF5FeatureStore(FeatureStore):
         self._mutex = threading.RLock()
         root = read_attrs(file)
         self._digest = _root_digest(root)
-        if isinstance(root.get("provenance"), str):
-            root["provenance"] = json.loads(root["provenance"])
+        for name in ("provenance", SUMMARY_ATTR):  # JSON strings: HDF5 attributes hold no dicts
+            if isinstance(root.get(name), str):
+                root[name] = json.loads(root[name])
         super().__init__(str(path), root, writable=writable)
 
     @classmethod
@@ -394,12 +394,14 @@ class HDF5FeatureStore(FeatureStore):
         return cls.open(path, writable=True)
 
     # ------------------------------------------------------------------ primitives
-    def _node(self, path: str) -> tuple[str | None, dict[str, Any]]:
+    def _node(self, path: str, attrs: tuple[str, ...] | None = None) -> tuple[str | None, dict[str, Any]]:
         node = self._file.get(path)
         if node is None:
             return None, {}
         if isinstance(node, h5py.Dataset):
             return "array", {}
+        if attrs is not None:  # each attribute read costs ~0.1 ms: only those asked for
+            return "group", {n: _from_h5(node.attrs[n]) for n in attrs if n in node.attrs}
         return "group", read_attrs(node)
 
     def _entries(self, top: str) -> dict[str, dict[str, Any]]:
@@ -486,12 +488,17 @@ class HDF5FeatureStore(FeatureStore):
             self._digest = after
 
     def finalize(self) -> None:
-        """Fold this run's changes into the store file: the working copy replaces it whole."""
+        """Fold this run's changes into the store file: the working copy, with its root ``summary``
+        recounted, replaces it whole (so the summary of the store file is always current)."""
         with self._mutex:
             self._check_writable()
             if self._broken:
                 raise StoreError(f"an earlier write to {self.path} failed half-way; the store file keeps its "
                                  "state before this run and the log keeps the changes (reopen to resume)")
+            summary = {**self.count(), "bytes": None, "change": None}
+            if summary != self._stored_summary:
+                self._set_attr("/", SUMMARY_ATTR, json.dumps(summary, sort_keys=True))
+                self._stored_summary = summary
             if not self._working:
                 return
             self._broken = True  # until the store file is open again: the log stays the record
@@ -534,8 +541,13 @@ class HDF5FeatureStore(FeatureStore):
         return (f"{logged} from a run that was interrupted; the next writer folds them in: rerun the "
                 f"extraction, or `clifvqa store finalize {self.path}`")
 
-    def size_bytes(self) -> int | None:
+    def size_bytes(self, summary: dict[str, Any] | None = None) -> int | None:
         return os.path.getsize(self.path)
+
+    def _change_token(self) -> str | None:
+        # The store file changes only by finalize, which rewrites the summary; a writer's working
+        # copy holds changes the summary does not count yet.
+        return "uncommitted" if self._working else None
 
     def __reduce__(self) -> tuple[Any, tuple[str, str]]:
         if self.writable:

@@ -9,7 +9,7 @@ from typing import Any
 from clifvqa.features.store import FeatureStore, open_store
 
 
-def store_info(store: str | os.PathLike[str] | FeatureStore) -> dict[str, Any]:
+def store_info(store: str | os.PathLike[str] | FeatureStore, *, recount: bool = False) -> dict[str, Any]:
     """Summary of a store (path, URL or open store) as a JSON-ready dict.
 
     Keys: ``path``, ``backend`` (zarr / zarr.zip / hdf5), ``zarr_format`` (None for HDF5),
@@ -18,13 +18,29 @@ def store_info(store: str | os.PathLike[str] | FeatureStore) -> dict[str, Any]:
     (rows over complete videos), ``size_bytes`` (None when remote), ``consolidated``
     (Zarr: absent / fresh / stale: ... / unchecked; None for HDF5), ``pending`` (HDF5: a line
     about videos a running or killed writer logged beside the file, else None), ``failures``
-    (list of {key, source, error, time}, sorted by key) and ``failure_reasons`` (the failures
-    grouped by :func:`failure_reasons`).
+    (list of {key, source, error, time}, sorted by key), ``failure_reasons`` (the failures
+    grouped by :func:`failure_reasons`) and ``counted`` (``"summary"`` or ``"listing"``).
+
+    The counts come from the summary the last finalize wrote (:meth:`FeatureStore.summary`),
+    which costs the same for any number of videos; when there is none or the store changed
+    since, or with ``recount``, every entry is listed, and ``recount`` also compares the
+    consolidated metadata with the listing node by node. Failure records are always listed
+    (only the ``failures`` folder).
     """
     if not isinstance(store, FeatureStore):
         with open_store(store) as opened:
-            return store_info(opened)
-    keys = store.keys()
+            return store_info(opened, recount=recount)
+    summary = None if recount else store.summary()
+    if summary is not None:
+        counts: dict[str, int] = summary
+        consolidated = None if store.zarr_format is None else "fresh"  # written with the summary
+    else:
+        counts = store.count()
+        if not recount and store.zarr_format is not None and store.recorded_summary is not None:
+            # The change token says the store moved on: cheaper than comparing every node.
+            consolidated = "stale: the store changed after its last finalize"
+        else:
+            consolidated = store.consolidated_state()
     failures = store.failures()
     return {
         "path": store.path,
@@ -34,15 +50,15 @@ def store_info(store: str | os.PathLike[str] | FeatureStore) -> dict[str, Any]:
         "fingerprint": store.stored_fingerprint,
         "fingerprint_ok": store.fingerprint_ok,
         "provenance": store.provenance,
-        "counts": {"complete": len(keys), "incomplete": len(store.incomplete_keys()),
-                   "failed": len(failures)},
-        "total_frames": sum(store.array_shape(k, "pooled")[0] for k in keys),
-        "size_bytes": store.size_bytes(),
-        "consolidated": store.consolidated_state(),
+        "counts": {name: counts[name] for name in ("complete", "incomplete", "failed")},
+        "total_frames": counts["frames"],
+        "size_bytes": store.size_bytes(summary),
+        "consolidated": consolidated,
         "pending": store.pending_note(),
         "failures": [{"key": k, "source": rec.get("source"), "error": rec.get("error"),
                       "time": rec.get("time")} for k, rec in sorted(failures.items())],
         "failure_reasons": failure_reasons(failures),
+        "counted": "listing" if summary is None else "summary",
     }
 
 

@@ -9,6 +9,8 @@ Tree (both backends; ``docs/FORMAT.md`` is the reference for outside readers)::
     /videos/<key>/embeddings float16 [T, m*n, D]      (optional)
     /videos/<key>            attrs source, ..., pooled_sha256, complete=true (written last)
     /failures/<key>          attrs error, source, time
+    /                        attr summary (counts, written by finalize)
+    /videos                  attr change (Zarr: a token every writer replaces after each change)
 
 ``<key>`` is the manifest's video path (checked by the path rule) stored as nested groups. An
 entry is a group with attributes; intermediate folders have none. Each video and each failure
@@ -18,8 +20,20 @@ object. Use :func:`open_store` to read and :func:`create_or_open_store` to write
 Reading features is checked: :meth:`FeatureStore.read_pooled` and :meth:`~FeatureStore.read_video`
 refuse a store whose fingerprint does not match its provenance, and a video whose chunk fails
 its checksum, whose rows are not finite or do not hash to ``pooled_sha256``
-(:class:`CorruptFeaturesError`, naming the key). ``store verify`` reads the raw arrays instead,
-to report every problem rather than stop at the first.
+(:class:`CorruptFeaturesError`, naming the key). ``store verify`` reads the raw arrays instead
+(:meth:`FeatureStore.read_entries`), to report every problem rather than stop at the first.
+
+Many videos are read concurrently by :meth:`FeatureStore.read_pooled_many` (training,
+evaluation, prediction) and :meth:`FeatureStore.read_entries` (verify): Zarr stores, local or
+remote, fetch the metadata and chunk of every video at once on zarr's event loop, ``workers``
+videos at a time; HDF5 reads through its one handle (h5py serialises calls, threads gain
+nothing). Every read of a single video goes through the same code, so one video read alone or
+among thousands gives the same array or the same error.
+
+``store info`` in O(1): :meth:`FeatureStore.finalize` writes the counts into the root attribute
+``summary`` together with the ``change`` token it found on ``/videos``; every Zarr write replaces
+that token, so :meth:`FeatureStore.summary` knows, from two small reads, whether the summary
+(and the consolidated metadata written with it) still describes the store.
 """
 
 from __future__ import annotations
@@ -27,13 +41,12 @@ from __future__ import annotations
 import abc
 import hashlib
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from clifvqa.errors import ClifvqaError
 from clifvqa.features.provenance import (
     FORMAT_VERSION,
@@ -46,6 +59,7 @@ from clifvqa.features.provenance import (
     to_plain,
 )
 from clifvqa.manifests.paths import UnsafePathError, validate_video_path
+
 VIDEOS = "videos"
 FAILURES = "failures"
 
@@ -53,6 +67,14 @@ ARRAY_DTYPES: dict[str, str] = {
     "pooled": "float32", "maps": "float16", "frames": "int32", "embeddings": "float16",
 }
 """Every array a video entry may hold, with its on-disk dtype."""
+
+SUMMARY_ATTR = "summary"
+"""Root attribute written by ``finalize``: ``{complete, incomplete, failed, frames, bytes, change}``."""
+CHANGE_ATTR = "change"
+"""Attribute of the ``videos`` group (Zarr) that every change replaces with a new random token."""
+
+DEFAULT_READERS = 64
+"""Videos read at once by the ``*_many`` readers (enough to hide 20-50 ms of object-storage latency)."""
 
 FRAMES_FILL = -1
 """Fill value of ``frames`` (float arrays use NaN): a lost chunk reads back as impossible data."""
@@ -99,6 +121,54 @@ class VideoFeatures:
     maps: np.ndarray | None = None
     embeddings: np.ndarray | None = None
     attrs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Fetched:
+    """What a backend's :meth:`FeatureStore._fetch` found for one video (no checks applied).
+
+    Attributes:
+        kind: ``"group"``, ``"array"`` or None (nothing at the key).
+        attrs: the entry's attributes.
+        arrays: per requested array name that exists, the array or the exception reading it raised.
+        error: an exception reading the entry itself raised (its metadata is unreadable), else None.
+        result: what the ``finish`` given to ``_fetch`` returned for it.
+    """
+
+    kind: str | None
+    attrs: dict[str, Any] = field(default_factory=dict)
+    arrays: dict[str, np.ndarray | BaseException] = field(default_factory=dict)
+    error: BaseException | None = None
+    result: Any = None
+
+    @property
+    def complete(self) -> bool:
+        return self.error is None and self.kind == "group" and self.attrs.get("complete") is True
+
+
+Finish = Callable[[str, Fetched], Any]
+"""Work done on each fetched video where it was read (``FeatureStore._fetch``)."""
+
+
+@dataclass
+class EntryRead:
+    """One complete video as :meth:`FeatureStore.read_entries` read it, unchecked beyond decoding.
+
+    Attributes:
+        key: the video's key.
+        attrs: the entry's attributes.
+        arrays: per array the video has (of those asked for, in their order), the array as
+            stored, or the :class:`CorruptFeaturesError` saying why it cannot be read (damaged chunk).
+        error: why the entry itself could not be read (KeyError: not a complete video; or what
+            reading its metadata raised), else None.
+        checked: what the ``check`` given to :meth:`FeatureStore.read_entries` returned for it.
+    """
+
+    key: str
+    attrs: dict[str, Any]
+    arrays: dict[str, np.ndarray | CorruptFeaturesError]
+    error: BaseException | None = None
+    checked: Any = None
 
 
 def pooled_sha256(pooled: np.ndarray) -> str:
@@ -191,6 +261,7 @@ class FeatureStore(abc.ABC):
         self.format_version: int = int(version)
         self.provenance: dict[str, Any] = dict(root_attrs["provenance"])
         self.stored_fingerprint: str = str(root_attrs.get("fingerprint", ""))
+        self._stored_summary: Any = root_attrs.get(SUMMARY_ATTR)
         try:
             # A format-1 root holding the format-2 fingerprint is an upgrade cut short between
             # its two attribute writes: still consistent, and `store upgrade` finishes it.
@@ -210,8 +281,9 @@ class FeatureStore(abc.ABC):
 
     # ------------------------------------------------------------------ backend primitives
     @abc.abstractmethod
-    def _node(self, path: str) -> tuple[str | None, dict[str, Any]]:
-        """``("group"|"array"|None, attrs)`` of the node at ``path`` (relative to the root)."""
+    def _node(self, path: str, attrs: tuple[str, ...] | None = None) -> tuple[str | None, dict[str, Any]]:
+        """``("group"|"array"|None, attrs)`` of the node at ``path`` (relative to the root); with
+        ``attrs``, backends where reading each attribute costs may read only those."""
 
     @abc.abstractmethod
     def _entries(self, top: str) -> dict[str, dict[str, Any]]:
@@ -252,8 +324,9 @@ class FeatureStore(abc.ABC):
     def close(self) -> None:
         """Release the file handles."""
 
-    def size_bytes(self) -> int | None:
-        """Bytes on disk (local stores), None when unknown (remote)."""
+    def size_bytes(self, summary: dict[str, Any] | None = None) -> int | None:
+        """Bytes on disk (local stores), None when unknown (remote); ``summary``, a current
+        :meth:`summary`, spares a walk through a Zarr directory."""
         return None
 
     def pending_note(self) -> str | None:
@@ -262,7 +335,48 @@ class FeatureStore(abc.ABC):
         return None
 
     def consolidated_state(self) -> str | None:
-        """Zarr only: ``"absent"``, ``"fresh"``, ``"stale: ..."`` or ``"unchecked"``; None for HDF5."""
+        """Zarr only: ``"absent"``, ``"fresh"``, ``"stale: ..."`` or ``"unchecked"``; None for HDF5.
+        Exact: compares every node's metadata with the consolidated copy (a full listing)."""
+        return None
+
+    def consolidated_entries(self) -> dict[str, dict[str, Any]] | None:
+        """Zarr, where the store can be listed: what its consolidated metadata records, from the
+        raw document (no zarr objects): ``{"videos": {key: attrs}, "arrays": {key: {name:
+        shape}}, "failures": {key: attrs}}``; None when there is none (and for HDF5)."""
+        return None
+
+    # ------------------------------------------------------------------ counts
+    def count(self) -> dict[str, int]:
+        """``{complete, incomplete, failed, frames}`` counted by listing every entry (exact; O(videos)).
+        ``frames`` sums the rows of ``pooled`` over the complete videos."""
+        entries = self._entries(VIDEOS)
+        complete = [k for k, a in entries.items() if a.get("complete") is True]
+        frames = 0
+        for key in complete:
+            try:
+                frames += self._array_shape(f"{VIDEOS}/{key}/pooled")[0]
+            except (KeyError, IndexError):  # no pooled array: verify reports the entry
+                pass
+        return {"complete": len(complete), "incomplete": len(entries) - len(complete),
+                "failed": len(self._entries(FAILURES)), "frames": frames}
+
+    def summary(self) -> dict[str, Any] | None:
+        """The counts the last :meth:`finalize` recorded (``{complete, incomplete, failed, frames,
+        bytes, change}``) when they still describe the store, else None (never finalized by a
+        clifvqa that writes them, or changed since). Costs two small reads, whatever the size."""
+        stored = self.recorded_summary
+        return stored if stored is not None and stored.get(CHANGE_ATTR) == self._change_token() else None
+
+    @property
+    def recorded_summary(self) -> dict[str, Any] | None:
+        """The root ``summary`` as the last finalize wrote it, current or not (None when absent)."""
+        stored = self._stored_summary
+        if not isinstance(stored, dict) or not {"complete", "incomplete", "failed", "frames"} <= set(stored):
+            return None
+        return stored
+
+    def _change_token(self) -> str | None:
+        """The current change token (Zarr); None where the store changes only by finalize (HDF5)."""
         return None
 
     # ------------------------------------------------------------------ shape of the features
@@ -284,7 +398,11 @@ class FeatureStore(abc.ABC):
 
     def entries(self) -> dict[str, dict[str, Any]]:
         """``{key: attrs}`` of the complete videos, sorted by key (one listing, no extra reads)."""
-        return {k: a for k, a in sorted(self._entries(VIDEOS).items()) if a.get("complete") is True}
+        return {k: a for k, a in self.all_entries().items() if a.get("complete") is True}
+
+    def all_entries(self) -> dict[str, dict[str, Any]]:
+        """``{key: attrs}`` of every video entry, complete or not, sorted by key (one listing)."""
+        return dict(sorted(self._entries(VIDEOS).items()))
 
     def incomplete_keys(self) -> list[str]:
         """Sorted keys of entries a crash left without ``complete`` (a rerun replaces them)."""
@@ -308,6 +426,53 @@ class FeatureStore(abc.ABC):
             raise KeyError(f"no video {key!r} in {self.path}")
         return attrs
 
+    def _fetch(self, keys: Sequence[str], names: tuple[str, ...], workers: int,
+               attrs: tuple[str, ...] | None = None, finish: Finish | None = None) -> Iterator[Fetched]:
+        """What is stored for each of ``keys`` (checked keys, in order): the entry (its attributes,
+        at least those named in ``attrs`` when given) and, when it is complete, the arrays of
+        ``names`` it has; ``finish(key, fetched)`` (checks) becomes its ``result``, computed
+        where the backend reads (in parallel where it reads concurrently). This default reads
+        one video after another through the node primitives; backends that can read
+        concurrently override it."""
+        for key, found in zip(keys, self._fetch_sequential(keys, names, attrs)):
+            if finish is not None:
+                found.result = finish(key, found)
+            yield found
+
+    def _fetch_sequential(self, keys: Sequence[str], names: tuple[str, ...],
+                          attrs: tuple[str, ...] | None) -> Iterator[Fetched]:
+        for key in keys:
+            path = f"{VIDEOS}/{key}"
+            try:
+                kind, attrs_found = self._node(path, attrs)
+            except Exception as exc:  # noqa: BLE001 - unreadable metadata is reported per video
+                yield Fetched(None, error=exc)
+                continue
+            found = Fetched(kind, attrs_found)
+            if kind == "group" and attrs_found.get("complete") is True:
+                for name in names:
+                    try:
+                        found.arrays[name] = self._read_array(f"{path}/{name}")
+                    except KeyError:
+                        pass
+                    except Exception as exc:  # noqa: BLE001 - codecs raise anything on a damaged chunk
+                        found.arrays[name] = exc
+            yield found
+
+    def _fetch_complete(self, keys: Iterable[str], names: tuple[str, ...], workers: int, *,
+                        strict: bool = True, attrs: tuple[str, ...] | None = None,
+                        finish: Finish | None = None) -> Iterator[tuple[str, Fetched]]:
+        """``(key, fetched)`` in order. A key that is not a complete video raises KeyError (or the
+        entry's own read error) when ``strict``; otherwise that error is the fetched ``error``."""
+        checked = [check_key(k) for k in keys]
+        for key, found in zip(checked, self._fetch(checked, names, max(1, int(workers)), attrs, finish)):
+            if found.error is None and (found.kind != "group" or found.attrs.get("complete") is not True):
+                state = "is incomplete (its extraction did not finish)" if found.attrs else "is not in it"
+                found = Fetched(found.kind, found.attrs, error=KeyError(f"video {key!r} {state}: {self.path}"))
+            if found.error is not None and strict:
+                raise found.error
+            yield key, found
+
     def _complete_path(self, key: str) -> str:
         path = f"{VIDEOS}/{check_key(key)}"
         kind, attrs = self._node(path)
@@ -319,8 +484,45 @@ class FeatureStore(abc.ABC):
     def read_pooled(self, key: str) -> np.ndarray:
         """float32 [T, 2r] pooled features of a complete video, checked (KeyError when the
         video is not complete; :class:`CorruptFeaturesError` when a check fails)."""
-        path = self._complete_path(key)
-        return self._checked_pooled(key, path, self._node(path)[1])
+        for _, pooled in self.read_pooled_many([key], workers=1):
+            if isinstance(pooled, CorruptFeaturesError):
+                raise pooled
+            return pooled
+        raise AssertionError("unreachable")
+
+    def read_pooled_many(self, keys: Iterable[str], *, workers: int = DEFAULT_READERS
+                         ) -> Iterator[tuple[str, np.ndarray | CorruptFeaturesError]]:
+        """``(key, pooled)`` for each of ``keys`` in order, read ``workers`` videos at a time.
+
+        ``pooled`` is what :meth:`read_pooled` returns for the key, or, for a video that fails
+        its checks, the :class:`CorruptFeaturesError` it raises (same message), so that callers
+        can list every bad video. Raises the store-level :class:`CorruptFeaturesError`
+        (fingerprint) before reading anything, and KeyError at a key that is not complete.
+        Arrays are held only for videos in flight: iterate to keep memory bounded.
+        """
+        self.check_fingerprint()
+        for key, found in self._fetch_complete(keys, ("pooled",), workers, attrs=("complete", "pooled_sha256"),
+                                               finish=self._checked_pooled_if_complete):
+            yield key, found.result
+
+    def read_entries(self, keys: Iterable[str], names: Sequence[str] = tuple(ARRAY_DTYPES), *,
+                     workers: int = DEFAULT_READERS, check: Callable[[EntryRead], Any] | None = None
+                     ) -> Iterator[EntryRead]:
+        """The attributes and raw arrays (of ``names`` that each has) of complete videos, in the
+        order of ``keys``, read ``workers`` at a time. For verification: nothing is checked but
+        the chunk checksums, an unreadable array is its :class:`CorruptFeaturesError`, and a key
+        that is not a complete video (or whose metadata cannot be read) has ``error`` set.
+        ``check(read)``, when given, runs on each readable entry in the reading threads (while
+        the next videos are read); what it returns is the read's ``checked``."""
+        def finish(key: str, found: Fetched) -> EntryRead | None:
+            if not found.complete:
+                return None
+            read = EntryRead(key, found.attrs, {n: self._decoded(key, n, found) for n in found.arrays})
+            read.checked = None if check is None else check(read)
+            return read
+
+        for key, found in self._fetch_complete(keys, tuple(names), workers, strict=False, finish=finish):
+            yield found.result if found.result is not None else EntryRead(key, found.attrs, {}, found.error)
 
     def array_names(self, key: str) -> list[str]:
         """Names of the arrays a complete video holds (of ``ARRAY_DTYPES``, in that order)."""
@@ -330,7 +532,12 @@ class FeatureStore(abc.ABC):
     def read_array(self, key: str, name: str) -> np.ndarray:
         """One array (``pooled``, ``maps``, ``frames`` or ``embeddings``) of a complete video,
         as stored (only the chunk checksum is checked: :class:`CorruptFeaturesError`)."""
-        return self._decoded(key, f"{self._complete_path(key)}/{name}")
+        for checked, found in self._fetch_complete([key], (name,), 1):
+            got = self._decoded(checked, name, found)
+            if isinstance(got, CorruptFeaturesError):
+                raise got
+            return got
+        raise AssertionError("unreachable")
 
     def array_shape(self, key: str, name: str) -> tuple[int, ...]:
         """Shape of one array of a complete video, without reading its data."""
@@ -339,29 +546,36 @@ class FeatureStore(abc.ABC):
     def read_video(self, key: str) -> VideoFeatures:
         """Every array and the attributes of a complete video, ``pooled`` checked as in
         :meth:`read_pooled` (KeyError when not complete, :class:`CorruptFeaturesError`)."""
-        path = self._complete_path(key)
-        attrs = self._node(path)[1]
-        names = set(self._array_names(path))
-        if "frames" not in names:
-            raise CorruptFeaturesError(self.path, key, "marked complete but has no frames array")
-        arrays = {n: self._decoded(key, f"{path}/{n}") for n in ARRAY_DTYPES
-                  if n in names and n != "pooled"}
-        pooled = self._checked_pooled(key, path, attrs)
-        return VideoFeatures(key=check_key(key), attrs=attrs, pooled=pooled, **arrays)
-
-    def _decoded(self, key: str, path: str) -> np.ndarray:
-        name = path.rsplit("/", 1)[-1]
-        try:
-            return self._read_array(path)
-        except KeyError:
-            raise CorruptFeaturesError(self.path, key, f"marked complete but has no {name} array") from None
-        except Exception as exc:  # noqa: BLE001 - codecs raise anything on a damaged chunk
-            raise CorruptFeaturesError(self.path, key, f"{name} cannot be read, its chunk is damaged "
-                                       f"({type(exc).__name__}: {_first_line(exc)})") from None
-
-    def _checked_pooled(self, key: str, path: str, attrs: Mapping[str, Any]) -> np.ndarray:
         self.check_fingerprint()
-        pooled = self._decoded(key, f"{path}/pooled")
+        for checked, found in self._fetch_complete([key], tuple(ARRAY_DTYPES), 1):
+            if "frames" not in found.arrays:
+                raise CorruptFeaturesError(self.path, checked, "marked complete but has no frames array")
+            arrays = {}
+            for name in [*(n for n in ARRAY_DTYPES if n != "pooled" and n in found.arrays), "pooled"]:
+                got = (self._checked_pooled(checked, found) if name == "pooled"
+                       else self._decoded(checked, name, found))
+                if isinstance(got, CorruptFeaturesError):
+                    raise got
+                arrays[name] = got
+            return VideoFeatures(key=checked, attrs=found.attrs, **arrays)
+        raise AssertionError("unreachable")
+
+    def _decoded(self, key: str, name: str, found: Fetched) -> np.ndarray | CorruptFeaturesError:
+        got = found.arrays.get(name)
+        if got is None:
+            return CorruptFeaturesError(self.path, key, f"marked complete but has no {name} array")
+        if isinstance(got, BaseException):
+            return CorruptFeaturesError(self.path, key, f"{name} cannot be read, its chunk is damaged "
+                                        f"({type(got).__name__}: {_first_line(got)})")
+        return got
+
+    def _checked_pooled_if_complete(self, key: str, found: Fetched) -> np.ndarray | CorruptFeaturesError | None:
+        return self._checked_pooled(key, found) if found.complete else None
+
+    def _checked_pooled(self, key: str, found: Fetched) -> np.ndarray | CorruptFeaturesError:
+        pooled = self._decoded(key, "pooled", found)
+        if isinstance(pooled, CorruptFeaturesError):
+            return pooled
         width = 2 * self.num_prompts
         problem = None
         if pooled.dtype != np.float32 or pooled.ndim != 2 or pooled.shape[1:] != (width,):
@@ -369,11 +583,9 @@ class FeatureStore(abc.ABC):
         elif not np.isfinite(pooled).all():
             bad = int(pooled.size - np.count_nonzero(np.isfinite(pooled)))
             problem = f"pooled holds {bad} non-finite values (a lost chunk reads back as NaN)"
-        elif attrs.get("pooled_sha256") not in (None, pooled_sha256(pooled)):
+        elif found.attrs.get("pooled_sha256") not in (None, pooled_sha256(pooled)):
             problem = "pooled does not hash to its pooled_sha256 attribute"
-        if problem:
-            raise CorruptFeaturesError(self.path, key, problem)
-        return pooled
+        return CorruptFeaturesError(self.path, key, problem) if problem else pooled
 
     def failures(self) -> dict[str, dict[str, Any]]:
         """``{key: {"error", "source", "time"}}`` of the recorded failures."""

@@ -211,7 +211,7 @@ def test_debug_adds_the_traceback_to_the_one_line(tmp_path, monkeypatch):
 
 
 def test_a_bug_is_not_dressed_up_as_a_user_error(monkeypatch, tmp_path):
-    def broken(path):
+    def broken(path, **options):
         raise AttributeError("internal bug")
 
     monkeypatch.setattr("clifvqa.features.info.store_info", broken)

@@ -217,3 +217,36 @@ def test_cli_finalize_refreshes_stale_metadata(copy_zarr):
     result = CliRunner().invoke(main, ["store", "finalize", str(copy_zarr)])
     assert result.exit_code == 0, result.output
     assert CliRunner().invoke(main, ["store", "verify", str(copy_zarr)]).exit_code == 0
+
+
+@pytest.mark.parametrize("zarr_format", [3, 2])
+@pytest.mark.parametrize("change", ["none", "write", "delete_dir", "edit_attr", "failure", "reshape"])
+def test_consolidated_check_agrees_with_the_full_comparison(tmp_path, clean_zarr, zarr_format, change):
+    """verify compares the raw consolidated document with what it read (no listing of every
+    node); its verdict is the exact node-by-node comparison's, also for changes made without
+    clifvqa (which the change token cannot see)."""
+    from clifvqa.features.merge import convert_store
+    from clifvqa.features.store import open_store
+
+    path = tmp_path / "s.zarr"
+    convert_store(clean_zarr, path, zarr_format=zarr_format, progress=False)
+    prov = synthetic_provenance(r=4, grid=(2, 3))
+    root = zarr.open_group(str(path), mode="r+", use_consolidated=False)
+    if change == "write":
+        with create_or_open_store(path, prov) as store:
+            store.write_video("late.mp4", **synthetic_video(prov, seed=9))
+    elif change == "delete_dir":
+        shutil.rmtree(path / "videos" / "v2.mp4")
+    elif change == "edit_attr":
+        root["videos/K/v1.mp4"].update_attributes({"fps": 12.5})
+    elif change == "failure":
+        with create_or_open_store(path, prov) as store:
+            store.record_failure("bad.mp4", "boom", "bad.mp4")
+    elif change == "reshape":
+        pooled = root["videos/K/v1.mp4/pooled"][...]
+        del root["videos/K/v1.mp4/pooled"]
+        root["videos/K/v1.mp4"].create_array("pooled", data=pooled[:2], chunks=(2, 8), fill_value=float("nan"))
+    with open_store(path) as store:
+        exact = store.consolidated_state()
+    stale = [p for p in verify_store(path) if p.key == STORE_KEY and "consolidated metadata is stale" in p.message]
+    assert exact.startswith("stale") == bool(stale) == (change != "none"), (exact, stale)

@@ -268,20 +268,23 @@ def load_semantic_features(
                                     "files), or pass --allow-stale to use the old features")
                 warnings.warn(f"{text}; using their old features (--allow-stale)", stacklevel=2)
         rows: dict[str, torch.Tensor] = {}
-        bad: list[str] = []
         from tqdm import tqdm
 
-        for key in tqdm(keys, desc="semantic features", unit="video", disable=not progress, leave=False):
-            store = where[key][0]
-            try:
-                pooled = store.read_pooled(key)
-            except CorruptFeaturesError as exc:
-                bad.append(f"{key} ({exc.reason})")
-                continue
-            if pooled.shape[0] < 1:
-                bad.append(f"{key} (no frame)")
-                continue
-            rows[key] = resample_time(torch.from_numpy(pooled).t().contiguous(), t0).contiguous()
+        # Each store reads its videos concurrently (read_pooled_many applies read_pooled's checks);
+        # the bar stays, with the videos/s it reached.
+        problems: dict[str, str] = {}
+        with tqdm(total=len(keys), desc="semantic features", unit="video", disable=not progress) as bar:
+            for store in opened:
+                for key, pooled in store.read_pooled_many([k for k in keys if where[k][0] is store]):
+                    bar.update()
+                    if isinstance(pooled, CorruptFeaturesError):
+                        problems[key] = pooled.reason
+                    elif pooled.shape[0] < 1:
+                        problems[key] = "no frame"
+                    else:
+                        rows[key] = resample_time(torch.from_numpy(pooled).t().contiguous(), t0).contiguous()
+        rows = {k: rows[k] for k in keys if k in rows}  # the order of keys, whichever store held them
+        bad = [f"{k} ({problems[k]})" for k in keys if k in problems]
         if bad:
             raise DataError(f"{len(bad)} videos have unusable semantic features in {', '.join(str(s.path) for s in opened)}: "
                             f"{listing(bad, 5)}; run clifvqa store verify, then re-extract them with `clifvqa extract ... --check-sources` "
