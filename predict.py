@@ -260,7 +260,7 @@ def _semantic_features(
     from clifvqa.extract.pipeline import VideoTask
     from clifvqa.extract.sfe import VideoResult
     from clifvqa.features.sources import sha256_file
-    from clifvqa.features.store import CorruptFeaturesError, open_store
+    from clifvqa.features.store import open_store
 
     bar = dict(unit="video", disable=not progress, leave=False, dynamic_ncols=True)
 
@@ -273,22 +273,29 @@ def _semantic_features(
             except OSError as exc:
                 preds[i].error = f"cannot read: {exc}"
         for path in stores:
+            if not by_digest:
+                break
             with open_store(path) as store:
-                for key in store.keys():
+                # every entry's attributes, read concurrently: the recorded sha256 finds the inputs
+                matched: dict[str, list[int]] = {}
+                for entry in store.read_entries(store.keys(), ()):
+                    hits = by_digest.pop(entry.attrs.get("source_sha256"), None) if entry.error is None else None
+                    if hits:
+                        matched[entry.key] = hits
                     if not by_digest:
                         break
-                    hits = by_digest.pop(store.video_attrs(key).get("source_sha256"), None)
-                    if not hits:
-                        continue
-                    try:  # checked rows: a corrupt entry fails these videos, it is never scored
-                        rows, frames = store.read_pooled(key), np.asarray(store.read_array(key, "frames"))
-                    except CorruptFeaturesError as exc:
-                        for i in hits:
-                            preds[i].error = str(exc)
-                        continue
-                    for i in hits:
-                        pooled[i] = (rows, frames)
-                        preds[i].features = f"store {store.path} key {key}"
+                frames = {e.key: e.arrays.get("frames", e.error)
+                          for e in store.read_entries(list(matched), ("frames",))}
+                # checked rows: a corrupt entry fails these videos, it is never scored
+                for key, rows in store.read_pooled_many(list(matched)):
+                    got = frames[key]
+                    error = next((x for x in (rows, got) if isinstance(x, Exception)), None)
+                    for i in matched[key]:
+                        if error is not None:
+                            preds[i].error = str(error)
+                        else:
+                            pooled[i] = (rows, np.asarray(got))
+                            preds[i].features = f"store {store.path} key {key}"
     missing = [i for i in todo if i not in pooled and preds[i].error is None]
     if not missing:
         return
