@@ -17,7 +17,9 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 
 venv: $(VENV)/.installed
 
+# ruff first (pyproject.toml [tool.ruff]): a lint failure stops before the suite runs
 test: venv
+	$(PY) -m ruff check .
 	$(PY) -m pytest -q
 
 demo: venv

@@ -24,10 +24,10 @@ import queue
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from clifvqa.errors import ClifvqaError
 from clifvqa.extract.config import ExtractConfig

@@ -60,6 +60,7 @@ from typing import Any
 
 import h5py
 import numpy as np
+
 from clifvqa.features.store import FRAMES_FILL, SUMMARY_ATTR, FeatureStore, StoreError
 
 SPOOL_SUFFIX = ".spool"

@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+
 def sha256_file(path: str | os.PathLike[str]) -> str:
     """Streaming sha256 of a file (4 MiB blocks; hashlib releases the GIL on large blocks)."""
     digest = hashlib.sha256()

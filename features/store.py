@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from clifvqa.errors import ClifvqaError
 from clifvqa.features.provenance import (
     FORMAT_VERSION,
@@ -321,7 +322,7 @@ class FeatureStore(abc.ABC):
     def finalize(self) -> None:
         """End of a writing run: flush, and for Zarr write consolidated metadata (one process)."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - a hook: a backend holding no handle has nothing to do
         """Release the file handles."""
 
     def size_bytes(self, summary: dict[str, Any] | None = None) -> int | None:

@@ -2,12 +2,12 @@
 read-only ``.zarr.zip`` files and read-only fsspec URLs.
 
 Concurrency (zarr v3 is process-safe only when processes write different chunks): several
-processes may write one local store as long as each writes only its own videos. Every video and failure record is its own group;
-intermediate groups are created with zarr's exclusive ``set_if_not_exists`` so racing creators
-are harmless; the root is built in a temporary directory and renamed into place, so it is
-created exactly once. Consolidated metadata is written only by :meth:`finalize`; local stores
-are always opened without it (it may be stale while a run is going on), remote ones with it
-(plain HTTP cannot list directories).
+processes may write one local store as long as each writes only its own videos. Every video and
+failure record is its own group; intermediate groups are created with zarr's exclusive
+``set_if_not_exists`` so racing creators are harmless; the root is built in a temporary
+directory and renamed into place, so it is created exactly once. Consolidated metadata is
+written only by :meth:`finalize`; local stores are always opened without it (it may be stale
+while a run is going on), remote ones with it (plain HTTP cannot list directories).
 
 Opening a local Zarr v3 store reads only the head of the root ``zarr.json`` (its ``attributes``
 come first; the consolidated metadata after them grows by about 3.5 KB per video), so opening
@@ -37,6 +37,13 @@ from typing import Any
 import numcodecs
 import numpy as np
 import zarr
+from zarr.codecs import ZstdCodec
+from zarr.core.array import AsyncArray
+from zarr.core.buffer import default_buffer_prototype
+from zarr.core.group import AsyncGroup, GroupMetadata
+from zarr.core.sync import sync
+from zarr.storage import FsspecStore, LocalStore, StorePath, ZipStore
+
 from clifvqa.features.store import (
     CHANGE_ATTR,
     FAILURES,
@@ -48,12 +55,6 @@ from clifvqa.features.store import (
     Finish,
     StoreError,
 )
-from zarr.codecs import ZstdCodec
-from zarr.core.array import AsyncArray
-from zarr.core.buffer import default_buffer_prototype
-from zarr.core.group import AsyncGroup, GroupMetadata
-from zarr.core.sync import sync
-from zarr.storage import FsspecStore, LocalStore, StorePath, ZipStore
 
 NDIM: dict[str, int] = {"pooled": 2, "maps": 4, "frames": 1, "embeddings": 3}
 """Dimensions of each array of an entry: where its one chunk is, before its metadata is read."""

@@ -123,7 +123,9 @@ def make_train_set(make_video):
         for i, key in enumerate(keys):
             lines.append(f"{key},{mos[i]}" + (f",{split[i]}" if split else ""))
         (root / "manifest.csv").write_text("\n".join(lines) + "\n")
-        return SimpleNamespace(manifest=root / "manifest.csv", videos=root / "videos", store=root / store, keys=keys, mos=mos)
+        return SimpleNamespace(
+            manifest=root / "manifest.csv", videos=root / "videos", store=root / store, keys=keys, mos=mos
+        )
 
     return make
 

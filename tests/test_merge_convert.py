@@ -15,8 +15,8 @@ from clifvqa.cli import main
 from clifvqa.features.merge import MergeConflict, convert_store, merge_stores
 from clifvqa.features.provenance import FingerprintMismatch
 from clifvqa.features.store import StoreError, create_or_open_store, open_store
-from clifvqa.testing.stores import synthetic_provenance, synthetic_video
 from clifvqa.features.verify import verify_store
+from clifvqa.testing.stores import synthetic_provenance, synthetic_video
 
 PROV = synthetic_provenance(r=4, grid=(2, 3))
 ALL = [f"K/v{i}.mp4" for i in range(5)]

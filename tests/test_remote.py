@@ -10,8 +10,8 @@ import pytest
 
 from clifvqa.features.info import store_info
 from clifvqa.features.store import StoreError, create_or_open_store, open_store
-from clifvqa.testing.stores import synthetic_provenance, synthetic_video
 from clifvqa.features.verify import verify_store
+from clifvqa.testing.stores import synthetic_provenance, synthetic_video
 
 PROV = synthetic_provenance(r=4, grid=(2, 3))
 

@@ -13,8 +13,8 @@ import zarr
 
 from clifvqa.features.provenance import FingerprintMismatch, fingerprint
 from clifvqa.features.store import StoreError, create_or_open_store, open_store
-from clifvqa.testing.stores import synthetic_provenance, synthetic_video
 from clifvqa.manifests.paths import UnsafePathError
+from clifvqa.testing.stores import synthetic_provenance, synthetic_video
 
 BACKENDS = ["s.zarr", "s.h5"]
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import multiprocessing as mp
 
 from clifvqa.features.store import create_or_open_store, open_store
-from clifvqa.testing.stores import synthetic_provenance, synthetic_video
 from clifvqa.features.verify import verify_store
+from clifvqa.testing.stores import synthetic_provenance, synthetic_video
 
 
 def _shard(path: str, shard: int, barrier) -> None:

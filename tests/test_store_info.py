@@ -6,6 +6,7 @@ import json
 
 import pytest
 from click.testing import CliRunner
+
 from clifvqa.cli import main
 from clifvqa.features.info import failure_reasons, store_info
 from clifvqa.features.provenance import fingerprint
@@ -183,6 +184,7 @@ def test_summary_after_merge_convert_and_remote(store_path, tmp_path):
     import uuid
 
     import fsspec
+
     from clifvqa.features.merge import convert_store, merge_stores
 
     merge_stores([store_path], tmp_path / "merged.zarr", progress=False)

@@ -10,6 +10,7 @@ import h5py
 import numpy as np
 import pytest
 import zarr
+
 from clifvqa.features.merge import convert_store
 from clifvqa.features.store import (
     ARRAY_DTYPES,
@@ -199,6 +200,7 @@ def test_training_load_keeps_the_order_over_several_stores(tmp_path):
     assert list(loaded.rows) == keys
     with open_store(tmp_path / "b.h5") as b:
         import torch
+
         from clifvqa.train.model import resample_time
 
         want = resample_time(torch.from_numpy(b.read_pooled("B/x.mp4")).t().contiguous(), 4)

@@ -19,8 +19,28 @@ def env() -> dict[str, str]:
 
 
 def train_args(data, store, out, *extra) -> list[str]:
-    return ["train", "--manifest", str(data.manifest), "--videos", str(data.videos), "--store", str(store), "--out", str(out),
-            "--tiny", "--epochs", "1", "--batch-size", "2", "--workers", "0", "--num-clips-test", "2", "--quiet", *extra]
+    return [
+        "train",
+        "--manifest",
+        str(data.manifest),
+        "--videos",
+        str(data.videos),
+        "--store",
+        str(store),
+        "--out",
+        str(out),
+        "--tiny",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "2",
+        "--workers",
+        "0",
+        "--num-clips-test",
+        "2",
+        "--quiet",
+        *extra,
+    ]
 
 
 def test_training_never_imports_or_loads_clip(tmp_path, make_train_set, tiny_clip):
@@ -30,7 +50,13 @@ def test_training_never_imports_or_loads_clip(tmp_path, make_train_set, tiny_cli
     data = make_train_set(tmp_path / "data", split=TAGS)
     clip = shutil.copytree(tiny_clip, tmp_path / "clip")
     store = tmp_path / "clip-features.zarr"
-    summary = extract_dataset(data.videos, store, data.manifest, ExtractConfig(clip_model=str(clip), device="cpu", workers=1, batch_size=64), progress=False)
+    summary = extract_dataset(
+        data.videos,
+        store,
+        data.manifest,
+        ExtractConfig(clip_model=str(clip), device="cpu", workers=1, batch_size=64),
+        progress=False,
+    )
     assert summary.ok and summary.done == 6
     shutil.rmtree(clip)  # training must not need it
 
@@ -40,7 +66,8 @@ def test_training_never_imports_or_loads_clip(tmp_path, make_train_set, tiny_cli
         "try:\n"
         f"    main({train_args(data, store, tmp_path / 'run')!r}, standalone_mode=False)\n"
         "finally:\n"
-        "    print('LOADED', sorted(m for m in sys.modules if m.startswith(('clifvqa.extract', 'transformers', 'open_clip'))))\n"
+        "    print('LOADED', sorted(m for m in sys.modules if m.startswith(('clifvqa.extract', 'transformers', "
+        "'open_clip'))))\n"
     )
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env(), timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -59,9 +86,25 @@ def test_cli_refuses_bad_input_before_training(tmp_path, make_train_set):
     data = make_train_set(tmp_path / "data", split=TAGS)
     os.remove(data.videos / data.keys[2])
     result = CliRunner().invoke(main, train_args(data, data.store, tmp_path / "run"))
-    assert result.exit_code == 2 and "1 videos of the manifest are not files" in result.output and data.keys[2] in result.output
+    assert (
+        result.exit_code == 2
+        and "1 videos of the manifest are not files" in result.output
+        and data.keys[2] in result.output
+    )
     assert not (tmp_path / "run").exists()
-    result = CliRunner().invoke(main, train_args(data, data.store, tmp_path / "run", "--branches", "semantic", "--prompt-groups", "objective", "--no-regression-head"))
+    result = CliRunner().invoke(
+        main,
+        train_args(
+            data,
+            data.store,
+            tmp_path / "run",
+            "--branches",
+            "semantic",
+            "--prompt-groups",
+            "objective",
+            "--no-regression-head",
+        ),
+    )
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "run" / "run.json").read_text())["model_config"]["regression_head"] is False
 

@@ -7,9 +7,18 @@ import torch
 
 from clifvqa.features.provenance import FingerprintMismatch
 from clifvqa.features.store import create_or_open_store
-from clifvqa.testing.stores import synthetic_provenance, synthetic_video
 from clifvqa.manifests.io import Manifest, ManifestRow
-from clifvqa.train.data import DataError, VideoDataset, VideoItem, check_video_files, collate, item_seed, load_semantic_features, plan_splits
+from clifvqa.testing.stores import synthetic_provenance, synthetic_video
+from clifvqa.train.data import (
+    DataError,
+    VideoDataset,
+    VideoItem,
+    check_video_files,
+    collate,
+    item_seed,
+    load_semantic_features,
+    plan_splits,
+)
 from clifvqa.train.model import TINY_FRAGMENTS, resample_time
 
 

@@ -27,8 +27,8 @@ from clifvqa.features.store import (
     open_store,
     upgrade_store,
 )
-from clifvqa.testing.stores import synthetic_provenance, synthetic_video
 from clifvqa.features.verify import verify_store
+from clifvqa.testing.stores import synthetic_provenance, synthetic_video
 from clifvqa.train.data import DataError, load_semantic_features
 
 KEY = "K/v1.mp4"
@@ -61,12 +61,16 @@ def test_deleted_pooled_chunk_is_refused_by_every_reader(tmp_path, prov):
     (store_path / "videos" / KEY / "pooled" / "c" / "0" / "0").unlink()  # reads back as NaN
     with open_store(store_path) as store:
         assert store.read_pooled("K/v0.mp4").shape == (4, 8)  # the others stay readable
-        with pytest.raises(CorruptFeaturesError, match=r"s\.zarr: video 'K/v1\.mp4': pooled holds 40 non-finite") as info:
+        with pytest.raises(
+            CorruptFeaturesError, match=r"s\.zarr: video 'K/v1\.mp4': pooled holds 40 non-finite"
+        ) as info:
             store.read_pooled(KEY)
         assert info.value.key == KEY
         with pytest.raises(CorruptFeaturesError, match="non-finite"):
             store.read_video(KEY)
-    with pytest.raises(DataError, match=r"1 videos have unusable semantic features.*K/v1\.mp4 \(pooled holds 40 non-finite"):
+    with pytest.raises(
+        DataError, match=r"1 videos have unusable semantic features.*K/v1\.mp4 \(pooled holds 40 non-finite"
+    ):
         load_semantic_features([store_path], ["K/v0.mp4", KEY], t0=8, progress=False)
     with pytest.raises(CorruptFeaturesError, match="K/v1.mp4"):
         merge_stores([store_path], tmp_path / "merged.zarr")
@@ -84,7 +88,9 @@ def test_flipped_byte_is_a_one_line_refusal_not_a_codec_traceback(tmp_path, prov
         data[offset + 4] ^= 0xFF
         store_path.write_bytes(bytes(data))
     with open_store(store_path) as store:
-        with pytest.raises(CorruptFeaturesError, match=r"video 'K/v1\.mp4': pooled cannot be read, its chunk is damaged") as info:
+        with pytest.raises(
+            CorruptFeaturesError, match=r"video 'K/v1\.mp4': pooled cannot be read, its chunk is damaged"
+        ) as info:
             store.read_pooled(KEY)
     assert "\n" not in str(info.value)
     with pytest.raises(DataError, match=r"K/v1\.mp4 \(pooled cannot be read"):
@@ -95,7 +101,10 @@ def test_rows_that_do_not_hash_to_pooled_sha256_are_refused(tmp_path, prov):
     store_path = write_store(tmp_path / "s.zarr", prov)
     zarr.open_group(str(store_path), mode="r+", use_consolidated=False)[f"videos/{KEY}"].update_attributes(
         {"pooled_sha256": "0" * 64})
-    with open_store(store_path) as store, pytest.raises(CorruptFeaturesError, match="does not hash to its pooled_sha256"):
+    with (
+        open_store(store_path) as store,
+        pytest.raises(CorruptFeaturesError, match="does not hash to its pooled_sha256"),
+    ):
         store.read_pooled(KEY)
 
 
@@ -180,7 +189,9 @@ def test_upgrade_cut_short_between_its_two_writes_is_consistent_and_finishes(tmp
 def test_upgrade_refuses_an_edited_store(tmp_path, prov):
     store_path = write_store(tmp_path / "s.zarr", prov)
     make_v1(store_path)
-    zarr.open_group(str(store_path), mode="r+", use_consolidated=False).update_attributes({"fingerprint": "sha256:" + "1" * 64})
+    zarr.open_group(str(store_path), mode="r+", use_consolidated=False).update_attributes(
+        {"fingerprint": "sha256:" + "1" * 64}
+    )
     with pytest.raises(CorruptFeaturesError, match="does not match its provenance"):
         upgrade_store(store_path)
 
@@ -234,7 +245,9 @@ def test_swapped_video_is_re_extracted_flagged_and_refused(tmp_path, tiny_clip, 
     with pytest.raises(DataError, match=r"1 videos changed since their features were extracted.*b\.mp4.*--allow-stale"):
         load_semantic_features([store_path], ["a.mp4", "b.mp4"], t0=4, video_root=root, progress=False)
     with pytest.warns(UserWarning, match="using their old features"):
-        load_semantic_features([store_path], ["a.mp4", "b.mp4"], t0=4, video_root=root, allow_stale=True, progress=False)
+        load_semantic_features(
+            [store_path], ["a.mp4", "b.mp4"], t0=4, video_root=root, allow_stale=True, progress=False
+        )
 
     summary = extract_dataset(root, store_path, config=config, progress=False)
     assert (summary.done, summary.skipped, [k for k, _ in summary.stale]) == (1, 1, ["b.mp4"])
@@ -307,8 +320,20 @@ def test_train_evaluate_predict_refuse_a_deleted_chunk_in_one_line(tmp_path, mak
                                    str(data.manifest), "--videos", str(data.videos), "--store", str(data.store),
                                    "--device", "cpu", "--quiet"])
     assert ev.exit_code == 2 and f"{data.keys[1]} (pooled holds" in ev.output
-    pr = CliRunner().invoke(main, ["predict", str(data.videos / data.keys[1]), "--checkpoint", str(tmp_path / "run" / "best"),
-                                   "--store", str(data.store), "--device", "cpu", "--quiet"])
+    pr = CliRunner().invoke(
+        main,
+        [
+            "predict",
+            str(data.videos / data.keys[1]),
+            "--checkpoint",
+            str(tmp_path / "run" / "best"),
+            "--store",
+            str(data.store),
+            "--device",
+            "cpu",
+            "--quiet",
+        ],
+    )
     row = next(line for line in pr.output.splitlines() if line.startswith(str(data.videos)))
     assert pr.exit_code == 1 and row.split(",")[1:3] == ["", ""]  # no score, no raw: an error, never nan
     assert "pooled holds" in row

@@ -12,8 +12,8 @@ from click.testing import CliRunner
 
 from clifvqa.cli import main
 from clifvqa.features.store import create_or_open_store, finalize_store, pooled_sha256
-from clifvqa.testing.stores import synthetic_provenance, synthetic_video
 from clifvqa.features.verify import STORE_KEY, Problem, verify_store
+from clifvqa.testing.stores import synthetic_provenance, synthetic_video
 
 KEYS = ["K/v0.mp4", "K/v1.mp4", "v2.mp4"]
 

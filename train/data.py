@@ -92,13 +92,17 @@ class SplitPlan:
         return [item.key for item in self.train + self.val + self.test]
 
     def to_dict(self) -> dict[str, Any]:
-        return {part: [item.key for item in getattr(self, part)] for part in ("train", "val", "test")} | {"name": self.name}
+        return {part: [item.key for item in getattr(self, part)] for part in ("train", "val", "test")} | {
+            "name": self.name
+        }
 
 
 def _items(rows: Sequence[ManifestRow], where: str) -> list[VideoItem]:
     unlabelled = [row.video for row in rows if row.mos is None]
     if unlabelled:
-        raise DataError(f"{where}: {len(unlabelled)} videos have no MOS, so they cannot be trained or scored: {listing(unlabelled)}")
+        raise DataError(
+            f"{where}: {len(unlabelled)} videos have no MOS, so they cannot be trained or scored: {listing(unlabelled)}"
+        )
     return [VideoItem(row.video, float(row.mos)) for row in rows]
 
 
@@ -136,7 +140,9 @@ def plan_splits(
         test_m = test_manifest if isinstance(test_manifest, Manifest) else read_manifest(test_manifest)
         own_test = [row.video for row in manifest.rows if row.split == "test"]
         if own_test:
-            raise DataError(f"{where} tags {len(own_test)} videos as test but --test-manifest was given too: {listing(own_test)}")
+            raise DataError(
+                f"{where} tags {len(own_test)} videos as test but --test-manifest was given too: {listing(own_test)}"
+            )
         overlap = sorted(set(manifest.videos) & set(test_m.videos))
         if overlap:
             raise DataError(f"{len(overlap)} videos are both in {where} and the test manifest: {listing(overlap)}")
@@ -145,10 +151,16 @@ def plan_splits(
         plans = [SplitPlan("main", train, val, _items(test_m.rows, str(test_m.path or "test manifest")))]
     elif tagged:
         if splits:
-            raise DataError(f"{where} has a split column, which defines train/val/test; --splits would draw other ones: drop --splits or the column")
+            raise DataError(
+                f"{where} has a split column, which defines train/val/test; --splits would draw other ones: drop "
+                "--splits or the column"
+            )
         untagged = [row.video for row in manifest.rows if row.split is None]
         if untagged:
-            raise DataError(f"{where} has a split column but {len(untagged)} rows have no split (tag them train/val/test): {listing(untagged)}")
+            raise DataError(
+                f"{where} has a split column but {len(untagged)} rows have no split (tag them train/val/test): "
+                f"{listing(untagged)}"
+            )
         parts = {s: _items([r for r in manifest.rows if r.split == s], where) for s in ("train", "val", "test")}
         plans = [SplitPlan("main", parts["train"], parts["val"], parts["test"])]
     elif splits:
@@ -156,7 +168,12 @@ def plan_splits(
         drawn = random_splits(manifest, seeds=splits, test_fraction=test_fraction, seed=seed)
         width = max(2, len(str(splits - 1)))
         plans = [
-            SplitPlan(f"split_{i:0{width}d}", _items([r for r in m.rows if r.split == "train"], where), [], _items([r for r in m.rows if r.split == "test"], where))
+            SplitPlan(
+                f"split_{i:0{width}d}",
+                _items([r for r in m.rows if r.split == "train"], where),
+                [],
+                _items([r for r in m.rows if r.split == "test"], where),
+            )
             for i, m in enumerate(drawn)
         ]
     else:
@@ -235,9 +252,13 @@ def load_semantic_features(
             store.check_fingerprint()
         first = opened[0]
         for other in opened[1:]:
-            require_same_features(first.provenance, other.provenance,
-                                  fingerprints=(first.fingerprint, other.fingerprint), problem=f"feature stores {first.path} and {other.path} were made with different "
-                                  "settings", remedy="use stores of one extraction setting")
+            require_same_features(
+                first.provenance,
+                other.provenance,
+                fingerprints=(first.fingerprint, other.fingerprint),
+                problem=f"feature stores {first.path} and {other.path} were made with different settings",
+                remedy="use stores of one extraction setting",
+            )
         r = first.num_prompts
         if expected_r is not None and r != expected_r:
             raise DataError(f"store {first.path} has r={r} prompts but the model expects r={expected_r}")
@@ -251,7 +272,8 @@ def load_semantic_features(
             bad_inc = [k for k in missing if k in incomplete]
             note = f" ({len(bad_inc)} of them have an incomplete entry: rerun clifvqa extract)" if bad_inc else ""
             raise DataError(
-                f"{len(missing)} videos are not complete in the feature store(s) {', '.join(str(s.path) for s in opened)}{note}: "
+                f"{len(missing)} videos are not complete in the feature store(s) "
+                f"{', '.join(str(s.path) for s in opened)}{note}: "
                 f"{listing(missing)}. Extract them first, or remove them from the manifest"
             )
         keys = list(dict.fromkeys(keys))
@@ -286,11 +308,16 @@ def load_semantic_features(
         rows = {k: rows[k] for k in keys if k in rows}  # the order of keys, whichever store held them
         bad = [f"{k} ({problems[k]})" for k in keys if k in problems]
         if bad:
-            raise DataError(f"{len(bad)} videos have unusable semantic features in {', '.join(str(s.path) for s in opened)}: "
-                            f"{listing(bad, 5)}; run clifvqa store verify, then re-extract them with `clifvqa extract ... --check-sources` "
-                            "(it replaces corrupt entries), or drop them from the manifest")
+            raise DataError(
+                f"{len(bad)} videos have unusable semantic features in {', '.join(str(s.path) for s in opened)}: "
+                f"{listing(bad, 5)}; run clifvqa store verify, then re-extract them with `clifvqa extract ... "
+                "--check-sources` "
+                "(it replaces corrupt entries), or drop them from the manifest"
+            )
         groups = tuple(first.provenance.get("prompts", {}).get("groups", ()))
-        return SemanticFeatures(rows, r, groups, first.fingerprint, dict(first.provenance), [str(s.path) for s in opened])
+        return SemanticFeatures(
+            rows, r, groups, first.fingerprint, dict(first.provenance), [str(s.path) for s in opened]
+        )
     finally:
         for store in opened:
             store.close()
