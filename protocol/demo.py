@@ -27,13 +27,13 @@ import os
 import time
 from pathlib import Path
 
-SCENES_A = 4
+SCENES_A = 8
 SCENES_B = 6
 FRAMES = 16
 STYLE_A = (dict(blur=0, noise=0.0, crf=18), dict(blur=0, noise=8.0, crf=20), dict(blur=1, noise=16.0, crf=22),
            dict(blur=1, noise=24.0, crf=24), dict(blur=2, noise=32.0, crf=26), dict(blur=2, noise=40.0, crf=28))
 STYLE_B = (dict(crf=18), dict(crf=30), dict(crf=40), dict(crf=48))
-SIZE_A = (192, 128)
+SIZE_A = (128, 128)
 SIZES_B = ((128, 128), (192, 160))
 GRIDS = {"1": (1, 1), "2": (1, 2)}
 """Store name -> crop grid of the mini datasets' two stores."""
