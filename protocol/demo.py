@@ -4,9 +4,12 @@ Two small generated datasets with different distortion styles stand in for LSVQ 
 fine-tuning dataset:
 
 - **synth-a** ("pre-training"): :data:`SCENES_A` scenes × 6 levels of blur + noise + compression
-  together (the ``clifvqa demo`` distortions), 192×128 (wider than a crop once scaled to a
-  224-pixel short side, so that the 1×2 grid sees two different crops); split ``test`` when
-  ``(scene + level) % 4 == 3``, else ``train``.
+  together (the ``clifvqa demo`` distortions), 128×128 like ``clifvqa demo``'s clips: the tiny
+  FAST-VQA's 4×4 patches of 32 px then tile the frame at fixed places, and it learns the levels
+  from random weights (``clifvqa demo`` did not learn at 160×128, where every epoch shows other,
+  randomly placed patches). Split ``test`` when ``(scene + level) % 4 == 3``,
+  else ``train``: 36 clips to train and validate on, 12 to test. Being square, its 1×2 CLIP crops
+  are the same crop twice, so Table 5's settings differ only on synth-b's 192×160 clips.
 - **synth-b** ("cross-dataset test and fine-tuning"): :data:`SCENES_B` scenes × 4 levels of
   compression only (x264 CRF 18 → 48), half at 128×128 and half at 192×160, with ``width`` and
   ``height`` columns so that resolution groups can be selected like LIVE-VQC's.
@@ -27,13 +30,13 @@ import os
 import time
 from pathlib import Path
 
-SCENES_A = 4
+SCENES_A = 8
 SCENES_B = 6
 FRAMES = 16
 STYLE_A = (dict(blur=0, noise=0.0, crf=18), dict(blur=0, noise=8.0, crf=20), dict(blur=1, noise=16.0, crf=22),
            dict(blur=1, noise=24.0, crf=24), dict(blur=2, noise=32.0, crf=26), dict(blur=2, noise=40.0, crf=28))
 STYLE_B = (dict(crf=18), dict(crf=30), dict(crf=40), dict(crf=48))
-SIZE_A = (192, 128)
+SIZE_A = (128, 128)
 SIZES_B = ((128, 128), (192, 160))
 GRIDS = {"1": (1, 1), "2": (1, 2)}
 """Store name -> crop grid of the mini datasets' two stores."""

@@ -295,14 +295,14 @@ def test_array_tasks_write_one_folder(mini_data, tmp_path):
 
 
 def test_mini_experiment_end_to_end(mini_data, tmp_path):
-    """experiments/mini.yaml as `make protocol-demo` runs it, with 1 epoch and 2 splits."""
+    """experiments/mini.yaml as `make protocol-demo` runs it, with 1 epoch per stage and 2 splits."""
     from clifvqa.protocol.demo import MINI_FILE
     from clifvqa.protocol.tables import experiment_tables
     from clifvqa.train.config import load_run_config
 
     out = tmp_path / "mini"
-    result = run_experiment(MINI_FILE, out, variables={"data": str(mini_data), "epochs": "1", "splits": "2"},
-                            use_tiny=True, progress=False, echo=lambda *_: None)
+    variables = {"data": str(mini_data), "pretrain_epochs": "1", "epochs": "1", "splits": "2"}
+    result = run_experiment(MINI_FILE, out, variables=variables, use_tiny=True, progress=False, echo=lambda *_: None)
     assert len(result.ran) == 2 + 2 + 2 + 4 * 2 + 3 * 2
     text = experiment_tables(out)
     titles = [line for line in text.splitlines() if line.startswith("### ")]

@@ -259,7 +259,7 @@ def explain_selection(
     """Which epoch :func:`select_epoch` keeps and why, as recorded in result.json and the summary."""
     best_epoch, tied, close = _selection(history)
     best = next(r for r in history if int(r["epoch"]) == best_epoch)
-    n = int(best.get("val_n", 0) or 0)
+    n = int(v) if (v := best.get("val_n")) and not math.isnan(v) else 0  # NaN in history rows without validation
     score = _val_score(best)
     if n == 0:
         why = "no validation videos, so the last epoch"
