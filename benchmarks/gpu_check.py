@@ -1000,9 +1000,10 @@ def main(argv: list[str] | None = None) -> int:
     work = args.work or args.out / "work"
     ctx = Context(device, args.quick, work)
     sections = [s for s in SECTIONS if not args.only or s.name in args.only]
-    if args.quick and device == "cpu":
-        import torch
+    import torch
 
+    threads = torch.get_num_threads()  # given back at the end: main() may run inside another program
+    if args.quick and device == "cpu":
         torch.set_num_threads(1)  # tiny models on a few shared cores: no OpenMP contention
     # Training's warnings (too few validation videos for these small sets) say nothing here.
     logging.getLogger("clifvqa.train").setLevel(logging.ERROR)
@@ -1011,6 +1012,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         results = run_sections(sections, ctx, budget, args.quick)
     finally:
+        torch.set_num_threads(threads)
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)
     report = make_report(results, command=command, device=device, quick=args.quick, budget=budget,

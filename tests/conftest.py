@@ -140,3 +140,16 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True)
+def _torch_threads_kept():
+    """Every test ends with torch's intra-op thread count it started with: float sums depend on
+    it, and tests compare numbers across runs (a library entry point such as the GPU check's
+    ``main`` or the demos may change it while it runs)."""
+    import torch
+
+    before = torch.get_num_threads()
+    yield
+    if torch.get_num_threads() != before:
+        torch.set_num_threads(before)

@@ -227,11 +227,13 @@ stages:
     assert all(int(r.video.split("scene")[1][:2]) % 2 == 0 for r in tests["bare.small"])
 
 
-def _cli(*args, **kwargs):
+def _cli(*args, threads: int | None = None, **kwargs):
     import clifvqa
 
     package_root = str(Path(clifvqa.__file__).resolve().parent.parent)  # the clifvqa under test
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([package_root] + sys.path))
+    if threads is not None:  # float sums depend on torch's thread count: pin it to compare runs
+        env["OMP_NUM_THREADS"] = str(threads)
     return subprocess.Popen([sys.executable, "-m", "clifvqa.cli", *args], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, **kwargs)
 
@@ -285,9 +287,12 @@ def test_array_tasks_write_one_folder(mini_data, tmp_path):
     on the pre-training here): every run is done once and results.csv equals a sequential run's."""
     path = tmp_path / "array.yaml"
     path.write_text(KILL.format(data=mini_data))
-    run_experiment(path, tmp_path / "sequential", use_tiny=True, progress=False, echo=lambda *_: None)
+    # the reference is a process of its own too, with the same torch thread count as the tasks
+    sequential = _cli("experiment", "run", str(path), "--out", str(tmp_path / "sequential"), "--tiny", "-q", threads=1)
+    log = sequential.communicate()[0]
+    assert sequential.returncode == 0, log
     args = ["experiment", "run", str(path), "--out", str(tmp_path / "array"), "--tiny", "-q", "--run-index"]
-    procs = [_cli(*args, str(i)) for i in range(4)]
+    procs = [_cli(*args, str(i), threads=1) for i in range(4)]
     outputs = [p.communicate()[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0, 0, 0], outputs
     assert all("1 run finished now" in o for o in outputs)
