@@ -149,12 +149,7 @@ def evaluate(
     model, meta = load_checkpoint(checkpoint, dev)
     config = model.config
     manifest = manifest if isinstance(manifest, Manifest) else read_manifest(manifest)
-    rows = manifest.rows if split is None else manifest.subset(split).rows
-    where = f"{manifest.path or 'manifest'}" + (f" (split {split})" if split else "")
-    items = [VideoItem(r.video, float(r.mos)) for r in rows if r.mos is not None]
-    unlabelled = [r.video for r in rows if r.mos is None]
-    if not items:
-        raise DataError(f"{where}: no video with a MOS to evaluate ({len(unlabelled)} without MOS)")
+    items, unlabelled, where = _labelled_items(manifest, split)
     out = Path(out_dir) if out_dir is not None else None
     if out is not None and not overwrite:
         existing = [out / n for n in (PREDICTIONS_FILE, METRICS_FILE, PLOT_FILE) if (out / n).exists()]
@@ -211,15 +206,31 @@ def evaluate(
         text = json.dumps(info, indent=2, allow_nan=True) + "\n"
         result.files["metrics"] = atomic_write_text(out / METRICS_FILE, text)
     if plot:
-        if out is None:
-            result.plot_note = "no scatter plot: pass an output folder (--out) to write one"
-        else:
-            written = write_scatter(out / PLOT_FILE, preds, mos, fitted, metrics)
-            if written is None:
-                result.plot_note = PLOT_MISSING_NOTE
-            else:
-                result.files["plot"] = written
+        _plot(result, out)
     return result
+
+
+def _labelled_items(manifest: Manifest, split: str | None) -> tuple[list[VideoItem], list[str], str]:
+    """The rows to score (with a MOS), the videos without one, and how to name the selection."""
+    rows = manifest.rows if split is None else manifest.subset(split).rows
+    where = f"{manifest.path or 'manifest'}" + (f" (split {split})" if split else "")
+    items = [VideoItem(r.video, float(r.mos)) for r in rows if r.mos is not None]
+    unlabelled = [r.video for r in rows if r.mos is None]
+    if not items:
+        raise DataError(f"{where}: no video with a MOS to evaluate ({len(unlabelled)} without MOS)")
+    return items, unlabelled, where
+
+
+def _plot(result: EvalResult, out: Path | None) -> None:
+    """scatter.png in ``out``, or the note saying why there is none."""
+    if out is None:
+        result.plot_note = "no scatter plot: pass an output folder (--out) to write one"
+        return
+    written = write_scatter(out / PLOT_FILE, result.predictions, result.mos, result.fitted, result.metrics)
+    if written is None:
+        result.plot_note = PLOT_MISSING_NOTE
+    else:
+        result.files["plot"] = written
 
 
 def write_scatter(
