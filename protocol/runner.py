@@ -24,7 +24,6 @@ every finished run and the file after each run, under a lock, so the tasks of a 
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import logging
 import os
@@ -37,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from clifvqa._atomic import atomic_write_text
+from clifvqa.features.sources import sha256_file
 from clifvqa.manifests.io import Manifest, ManifestRow, write_manifest
 from clifvqa.protocol import ExperimentError
 from clifvqa.protocol.plan import RUN_MANIFEST, Plan, Run, plan_experiment, stores_of
@@ -83,7 +83,7 @@ class ExperimentRun:
 
 
 def _sha256(path: Path) -> str | None:
-    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+    return sha256_file(path) if path.is_file() else None
 
 
 def record_of(run: Run, out: Path) -> dict[str, Any]:
