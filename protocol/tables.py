@@ -32,6 +32,7 @@ import numpy as np
 
 from clifvqa.protocol import ExperimentError
 from clifvqa.protocol.results import LOWER_IS_BETTER, METRICS, Placement, ResultRow
+from clifvqa.train.metrics import summarize
 
 FORMATS = ("md", "csv", "latex")
 DEFAULT_METRICS = ("srocc", "plcc")
@@ -92,11 +93,8 @@ def build_tables(results: Sequence[ResultRow], placements: Sequence[Placement],
     for (key, row, column), splits in values.items():
         table = tables[key]
         for m in metrics:
-            per_split = [_finite_mean(v[m]) for v in splits.values()]
-            finite = np.array([v for v in per_split if math.isfinite(v)], np.float64)
-            cell = Cell(float(finite.mean()), float(finite.std()), int(finite.size)) if finite.size else \
-                Cell(math.nan, math.nan, 0)
-            table.cells[(row, column, m)] = cell
+            stats = summarize([{m: _finite_mean(v[m])} for v in splits.values()], (m,))[m]
+            table.cells[(row, column, m)] = Cell(stats["mean"], stats["std"], int(stats["count"]))
     for table in tables.values():
         _mark_best(table)
     return list(tables.values())
