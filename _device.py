@@ -59,6 +59,20 @@ def no_autocast(device_type: str) -> Any:
 
 
 @contextmanager
+def torch_threads_at_most(limit: int) -> Iterator[None]:
+    """At most ``limit`` intra-op torch threads inside, the previous count restored after (the
+    demos' tiny tensors: more threads only add OpenMP overhead)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(min(before, limit))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@contextmanager
 def float32_math() -> Iterator[None]:
     """CUDA convolutions and matrix products in true float32 inside (no TF32), the previous
     settings restored after.

@@ -167,8 +167,7 @@ def run_demo(
     ``out_dir`` must not exist or be empty (nothing is overwritten). ``log`` receives one line
     per step. Returns the :class:`DemoResult`; its ``summary()`` is what the CLI prints.
     """
-    import torch
-
+    from clifvqa._device import torch_threads_at_most
     from clifvqa.extract.config import ExtractConfig
     from clifvqa.extract.runner import extract_dataset
     from clifvqa.manifests.io import write_manifest
@@ -212,12 +211,8 @@ def run_demo(
     log(f"[4/5] training --tiny for {config.train.optim.epochs} epochs into {run}")
     data = replace(config.train.data, manifest=str(manifest_path), videos=str(videos), stores=(str(store),))
     train_config = replace(config.train, seed=config.seed, data=data)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(min(threads, 2))  # tiny tensors: more threads only add overhead
-    try:
+    with torch_threads_at_most(2):
         result = run_training(train_config, run, progress=progress)
-    finally:
-        torch.set_num_threads(threads)
     seconds["train"] = time.perf_counter() - t
 
     t = time.perf_counter()

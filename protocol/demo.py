@@ -94,20 +94,15 @@ def run_protocol_demo(out: str | os.PathLike[str] = "protocol-demo", *, progress
     """Make the mini datasets in ``out/data``, run ``experiments/mini.yaml`` with ``--tiny`` into
     ``out/experiment`` (resumable: a rerun skips finished runs) and return its tables (Markdown)
     followed by the wall time."""
-    import torch
-
+    from clifvqa._device import torch_threads_at_most
     from clifvqa.protocol.runner import run_experiment
     from clifvqa.protocol.tables import experiment_tables
 
     start = time.perf_counter()
     out = Path(out)
     data = make_mini_data(out / "data", progress=progress, log=log)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(min(threads, 2))  # tiny tensors: more threads only add overhead
-    try:
+    with torch_threads_at_most(2):
         result = run_experiment(MINI_FILE, out / "experiment", variables={"data": str(data)}, use_tiny=True,
                                 progress=progress, echo=log)
-    finally:
-        torch.set_num_threads(threads)
     tables = experiment_tables(out / "experiment")
     return f"{tables}\n{result.summary()}; demo wall time {time.perf_counter() - start:.0f} s"
