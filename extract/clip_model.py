@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from clifvqa._device import resolve_device
+from clifvqa._safetensors import safetensors_problem
 from clifvqa.errors import ClifvqaError
 
 WEIGHT_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
@@ -211,42 +212,6 @@ def _model_file(folder: Path | None, model: str, name: str, fetch: bool = False)
             return Path(hf_hub_download(model, name))
         except (OSError, EntryNotFoundError):  # absent from the repo, or unreachable
             return None
-    return None
-
-
-# A safetensors file starts with an 8-byte little-endian header length, then that many bytes of
-# JSON whose tensors' data_offsets cover the rest of the file exactly.
-_MAX_SAFETENSORS_HEADER = 100 << 20  # the safetensors library's own limit
-
-
-def safetensors_problem(path: Path) -> str | None:
-    """What is wrong with the safetensors file ``path``, judged from its header alone (nothing is
-    loaded or executed), or None when its header and size agree."""
-    size = path.stat().st_size
-    with open(path, "rb") as fh:
-        head = fh.read(8)
-        if size == 0:
-            return "it is empty (0 bytes)"
-        if head.startswith(b"\x80"):  # pickle protocol 2+ opcode
-            return "it holds pickle data (a renamed PyTorch .bin checkpoint?), not safetensors; not unpickled"
-        if head.startswith(b"PK\x03\x04"):
-            return "it is a zip archive (a renamed torch.save checkpoint?), not safetensors"
-        if size < 8:
-            return f"it is only {size} bytes, too short for a safetensors file"
-        length = int.from_bytes(head, "little")
-        if length > min(size - 8, _MAX_SAFETENSORS_HEADER):
-            return (f"it is not safetensors: its first 8 bytes {head!r} do not give a header length that "
-                    f"fits its {size} bytes")
-        header = fh.read(length)
-    try:
-        tensors = {k: v for k, v in json.loads(header).items() if k != "__metadata__"}
-        end = 8 + length + max((int(v["data_offsets"][1]) for v in tensors.values()), default=0)
-    except (ValueError, TypeError, KeyError, IndexError, AttributeError):
-        return "it is not safetensors: its header is not the JSON tensor table safetensors begins with"
-    if end > size:
-        return f"it is truncated: its header describes {end} bytes, the file has {size} (an interrupted copy?)"
-    if end < size:
-        return f"it has {size - end} bytes beyond the {end} its header describes (a damaged copy?)"
     return None
 
 

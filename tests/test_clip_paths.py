@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from clifvqa._safetensors import safetensors_problem
 from clifvqa.cli import main
 from clifvqa.extract.clip_model import (
     ClipLoadError,
     load_clip,
     load_recorded_clip,
     looks_like_hub_id,
-    safetensors_problem,
 )
 
 

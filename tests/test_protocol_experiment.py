@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from clifvqa.errors import ClifvqaError
 from clifvqa.manifests.io import Manifest, ManifestRow, write_manifest
 from clifvqa.protocol import ExperimentError
 from clifvqa.protocol.plan import plan_experiment, run_cost
@@ -133,6 +134,11 @@ def test_errors_name_line_and_key_path(manifests):
         load_experiment(_file(manifests, text.replace("  optim.epochs: 2", "  data.stores: [x]")))
     with pytest.raises(ExperimentError, match=r"--var nope is not a variable"):
         load_experiment(_file(manifests, text), {"nope": "1"})
+    bad = text.replace("    splits: 3\n", "    splits: 3\n    splits: 5\n", 1)
+    first = bad.splitlines().index("    splits: 3") + 1
+    with pytest.raises(ClifvqaError, match=rf"x.yaml:{first + 1}: stages.finetune.splits: written twice "
+                                           rf"\(lines {first} and {first + 1}\)"):
+        load_experiment(_file(manifests, bad))
 
 
 def test_run_index_partitions_cover_every_run_once(manifests):

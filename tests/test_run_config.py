@@ -70,6 +70,8 @@ def test_cli_flags_override_the_file_and_tiny_sets_the_tree(tmp_path):
     ("optim: 3\n", "run.yaml:1: optim: expected a section (OptimConfig: keys epochs,"),
     ("optim:\n  grad_clip: yes please\n", "run.yaml:2: optim.grad_clip: expected a number or null, got 'yes please'"),
     ("optim: [\n", "run.yaml:2: not valid YAML"),
+    ("optim:\n  epochs: 3\n  batch_size: 2\n  epochs: 5\n",
+     "run.yaml:4: optim.epochs: written twice (lines 2 and 4); keep one of them"),
 ])
 def test_refusals_name_file_line_and_key_path(tmp_path, yaml_text, message):
     path = tmp_path / "run.yaml"

@@ -107,3 +107,30 @@ def test_init_refusals_name_what_differs(tmp_path, pretrained, make_train_set):
     result = CliRunner().invoke(main, ["train", "--print-config", "--init", str(best), "--fastvqa-init", __file__])
     assert result.exit_code == 2
     assert "init: checkpoint gives every weight: it cannot be combined with fastvqa" in result.output
+
+
+def test_a_checkpoint_whose_weights_are_a_pickle_is_one_line_for_every_command(tmp_path, pretrained):
+    """A `model.safetensors` that is a pickle: never unpickled, and evaluate, predict and
+    train --init each say so in one line naming the file (exit 2), not a SafetensorError traceback."""
+    import pickle
+
+    data, best = pretrained
+    weights = best / ckpt.MODEL_FILE
+    weights.write_bytes(pickle.dumps({"weights": [1.0, 2.0]}, protocol=4))
+    common = ["--device", "cpu", "--quiet"]
+    commands = {
+        "evaluate": ["evaluate", "--checkpoint", str(best), "--manifest", str(data.manifest), "--videos",
+                     str(data.videos), "--store", str(data.store), *common],
+        "predict": ["predict", str(data.videos / data.keys[0]), "--checkpoint", str(best), "--store",
+                    str(data.store), *common],
+        "train --init": ["train", "--tiny", "--epochs", "1", "--batch-size", "2", "--workers", "0", "--manifest",
+                         str(data.manifest), "--videos", str(data.videos), "--store", str(data.store), "--init",
+                         str(best), "--out", str(tmp_path / "ft"), *common],
+    }
+    for name, args in commands.items():
+        result = CliRunner().invoke(main, args)
+        lines = result.output.strip().splitlines()
+        assert result.exit_code == 2 and len(lines) == 1, (name, result.output)
+        assert lines[0] == (f"error: {weights}: cannot be loaded: it holds pickle data (a renamed PyTorch .bin "
+                            "checkpoint?), not safetensors; not unpickled; this checkpoint is damaged or was not "
+                            "written by clifvqa; copy it again or retrain"), name

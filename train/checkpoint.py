@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from clifvqa._safetensors import load_safetensors
 from clifvqa.errors import ClifvqaError
 from clifvqa.train.metrics import ScoreMapping
 from clifvqa.train.model import ClifVQA, ClifVQAConfig, build_model
@@ -150,8 +151,6 @@ def read_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
 def load_checkpoint(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> tuple[ClifVQA, dict[str, Any]]:
     """Rebuild the model of a checkpoint directory, load its weights (strict) and return it in
     eval mode with its metadata. Weights holding NaN or inf are refused (:class:`NonFiniteWeights`)."""
-    from safetensors.torch import load_file
-
     path = Path(path)
     meta = read_meta(path)
     config = ClifVQAConfig.from_dict(meta["model_config"])
@@ -159,7 +158,7 @@ def load_checkpoint(path: str | os.PathLike[str], device: str | torch.device = "
     weights = path / MODEL_FILE
     if not weights.is_file():
         raise CheckpointError(f"{path}: {MODEL_FILE} is missing")
-    state = load_file(str(weights), device="cpu")
+    state = _load_tensors(weights, "cpu")
     _check_finite(state, str(weights))  # checkpoints saved before saving checked
     result = model.load_state_dict(state, strict=False)
     if result.missing_keys or result.unexpected_keys:
@@ -168,6 +167,12 @@ def load_checkpoint(path: str | os.PathLike[str], device: str | torch.device = "
             f"({len(result.missing_keys)}), unexpected {result.unexpected_keys[:5]} ({len(result.unexpected_keys)})"
         )
     return model.to(device).eval(), meta
+
+
+def _load_tensors(path: Path, device: str) -> dict[str, torch.Tensor]:
+    """A checkpoint's safetensors file; one CheckpointError line when it is not intact safetensors."""
+    return load_safetensors(path, device, CheckpointError,
+                            "this checkpoint is damaged or was not written by clifvqa; copy it again or retrain")
 
 
 def update_meta(path: str | os.PathLike[str], fields: Mapping[str, Any]) -> dict[str, Any]:
@@ -202,12 +207,10 @@ def load_training_state(
     """Restore the optimizer and the RNG states that the process of ``rank`` saved with a
     checkpoint; return its train state. A rank with no saved state (the run had fewer
     processes) keeps its RNG states as they are."""
-    from safetensors.torch import load_file
-
     path = Path(path)
     if not has_training_state(path):
         raise CheckpointError(f"{path} holds no resume state ({OPTIM_FILE} and {STATE_FILE}); it cannot be resumed")
-    tensors = load_file(str(path / OPTIM_FILE), device="cpu")
+    tensors = _load_tensors(path / OPTIM_FILE, "cpu")
     saved = json.loads((path / STATE_FILE).read_text(encoding="utf-8"))
     state: dict[int, dict[str, Any]] = {}
     for name, value in tensors.items():
@@ -286,14 +289,12 @@ def check_init(
 def init_weights(model: ClifVQA, record: Mapping[str, Any]) -> None:
     """Load the weights a :func:`check_init` record names into ``model`` (every weight, or the
     FAST-VQA branch), strictly; refused when the file changed since it was checked."""
-    from safetensors.torch import load_file
-
     from clifvqa.features.sources import sha256_file
 
     weights = Path(record["path"]) / MODEL_FILE
     if sha256_file(weights) != record["sha256"]:
         raise CheckpointError(f"{weights} changed since the run was set up (sha256 differs); start the run again")
-    state = load_file(str(weights), device=str(next(model.parameters()).device))
+    state = _load_tensors(weights, str(next(model.parameters()).device))
     _check_finite(state, str(weights))
     if record["part"] == "spatial":
         state = {k.removeprefix("fastvqa."): v for k, v in state.items() if k.startswith("fastvqa.")}
@@ -365,10 +366,8 @@ class CheckpointSaver:
             update_meta(self.best, fields)
 
     def _load_weights(self, path: Path) -> None:
-        from safetensors.torch import load_file
-
         device = next(self.model.parameters()).device
-        self.model.load_state_dict(load_file(str(path / MODEL_FILE), device=str(device)))
+        self.model.load_state_dict(_load_tensors(path / MODEL_FILE, str(device)))
 
 
 def _save_optimizer(folder: Path, optimizer: torch.optim.Optimizer, train_state: Mapping[str, Any],

@@ -81,7 +81,7 @@ def parse_yaml(text: str, name: str = "<string>") -> YamlDocument:
         raise ConfigError(f"{name}{line}: not valid YAML ({problem})") from exc
     lines: dict[str, int] = {"": 1}
     if node is not None:
-        _key_lines(node, "", lines)
+        _key_lines(node, "", lines, name)
     return YamlDocument(name, data, lines)
 
 
@@ -95,16 +95,22 @@ def load_yaml(path: str | os.PathLike[str]) -> YamlDocument:
     return parse_yaml(text, str(path))
 
 
-def _key_lines(node: yaml.Node, prefix: str, lines: dict[str, int]) -> None:
+def _key_lines(node: yaml.Node, prefix: str, lines: dict[str, int], name: str) -> None:
+    """Record the line of every key path under ``node``; a key written twice in one mapping is
+    refused (PyYAML would silently keep the last value)."""
     if isinstance(node, yaml.MappingNode):
         for key, value in node.value:
             path = f"{prefix}.{key.value}" if prefix else str(key.value)
-            lines[path] = key.start_mark.line + 1
-            _key_lines(value, path, lines)
+            line = key.start_mark.line + 1
+            if path in lines:
+                raise ConfigError(f"{name}:{line}: {path}: written twice (lines {lines[path]} and {line}); "
+                                  "keep one of them")
+            lines[path] = line
+            _key_lines(value, path, lines, name)
     elif isinstance(node, yaml.SequenceNode):  # list items as PATH[i]
         for i, item in enumerate(node.value):
             lines[f"{prefix}[{i}]"] = item.start_mark.line + 1
-            _key_lines(item, f"{prefix}[{i}]", lines)
+            _key_lines(item, f"{prefix}[{i}]", lines, name)
 
 
 # ------------------------------------------------------------------------------ data -> config
