@@ -30,6 +30,9 @@ import numpy as np
 from clifvqa.errors import ClifvqaError
 
 MAX_WARNINGS = 20  # per video; a badly damaged file can log thousands of identical lines
+# FFmpeg demuxers of single images and text: such a file opens as a one-frame "video" at a made-up
+# 25 fps (a .png renamed .mp4). Animated GIFs are videos and stay readable.
+_IMAGE_FORMATS = frozenset({"image2", "tty"})
 MIN_SKIP = 16  # a seek (decoder flush + restart) is only worth it when it skips more frames than this
 
 
@@ -72,6 +75,11 @@ def _open(path: Path):
     if not container.streams.video:
         container.close()
         raise VideoDecodeError(path, "has no video stream")
+    kind = container.format.name
+    if kind in _IMAGE_FORMATS or kind.endswith("_pipe"):  # png_pipe, jpeg_pipe, bmp_pipe, webp_pipe, ...
+        container.close()
+        raise VideoDecodeError(path, f"not a video: FFmpeg reads it as a still image ({kind}); "
+                                     "remove it from the dataset or the manifest")
     return container
 
 

@@ -53,3 +53,26 @@ def test_one_error_class_for_both_stages():
     import clifvqa.train.fragments as fragments
 
     assert pipeline.VideoDecodeError is fragments.VideoDecodeError is VideoDecodeError
+
+
+def _still_image(codec: str, pix_fmt: str) -> bytes:
+    """One 64×48 image encoded by FFmpeg's ``codec`` (a PNG, JPEG or BMP file's bytes)."""
+    import av
+
+    ctx = av.CodecContext.create(codec, "w")
+    ctx.width, ctx.height, ctx.pix_fmt = 64, 48, pix_fmt
+    frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), 90, np.uint8), format="rgb24").reformat(format=pix_fmt)
+    return b"".join(bytes(p) for p in [*ctx.encode(frame), *ctx.encode(None)])
+
+
+@pytest.mark.parametrize(("codec", "pix_fmt", "demuxer"),
+                         [("png", "rgb24", "png_pipe"), ("mjpeg", "yuvj420p", "jpeg_pipe"), ("bmp", "bgr24", "bmp_pipe")])
+def test_an_image_renamed_mp4_is_not_a_video(tmp_path, codec, pix_fmt, demuxer):
+    """FFmpeg would read it as a one-frame 25 fps video; every reader refuses it instead."""
+    path = tmp_path / "photo.mp4"
+    path.write_bytes(_still_image(codec, pix_fmt))
+    for read in (VideoReader, count_frames, lambda p: decode_frames(p, [0])):
+        with pytest.raises(VideoDecodeError) as info:
+            read(path)
+        assert str(info.value) == (f"{path}: not a video: FFmpeg reads it as a still image ({demuxer}); "
+                                   "remove it from the dataset or the manifest")
