@@ -65,8 +65,9 @@ def _still_image(codec: str, pix_fmt: str) -> bytes:
     return b"".join(bytes(p) for p in [*ctx.encode(frame), *ctx.encode(None)])
 
 
-@pytest.mark.parametrize(("codec", "pix_fmt", "demuxer"),
-                         [("png", "rgb24", "png_pipe"), ("mjpeg", "yuvj420p", "jpeg_pipe"), ("bmp", "bgr24", "bmp_pipe")])
+@pytest.mark.parametrize(("codec", "pix_fmt", "demuxer"), [
+    ("png", "rgb24", "png_pipe"), ("mjpeg", "yuvj420p", "jpeg_pipe"), ("bmp", "bgr24", "bmp_pipe"),
+])
 def test_an_image_renamed_mp4_is_not_a_video(tmp_path, codec, pix_fmt, demuxer):
     """FFmpeg would read it as a one-frame 25 fps video; every reader refuses it instead."""
     path = tmp_path / "photo.mp4"
