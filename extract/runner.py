@@ -44,7 +44,8 @@ class RunSummary:
     Attributes:
         total: videos this run was asked to cover.
         done: written by this run.
-        skipped: already complete in the store (and still their files').
+        skipped: already complete in the store (and still their files'), or completed meanwhile by
+            another run writing the same store.
         failed: failed in this run (recorded in the store).
         frames: frames processed by this run.
         elapsed: seconds of work after setup.
@@ -411,6 +412,8 @@ def extract_dataset(
                                             or (config.check_sources and _corrupt_reason(store, key)))
                 if not reason:
                     summary.skipped += 1
+                    if key in failed_before:  # recorded by a run that met this one's entry (before the fix)
+                        store.clear_failure(key)
                     continue
                 summary.stale.append((key, reason))
             elif key in missing:
@@ -513,7 +516,9 @@ class _StoreWriter:
                 key, result = item
                 if isinstance(result, VideoResult):
                     result = _write(self.store, key, result, key in self.replace)
-                if isinstance(result, VideoResult):
+                if result is None:  # another run completed it meanwhile: its entry holds the same features
+                    summary.skipped += 1
+                elif isinstance(result, VideoResult):
                     summary.done += 1
                     summary.frames += len(result.frames)
                 else:
@@ -527,10 +532,13 @@ class _StoreWriter:
             self._error = exc
 
 
-def _write(store, key: str, result: VideoResult, replace: bool) -> VideoResult | str:
-    """Write one video (``replace``: over its complete, stale entry); a key the store refuses
+def _write(store, key: str, result: VideoResult, replace: bool) -> VideoResult | str | None:
+    """Write one video (``replace``: over its complete, stale entry); None when another run (an
+    unsharded extract into the same Zarr store) completed it first; a key the store refuses
     (e.g. a video that is also a folder of videos) becomes that video's failure text instead of
     stopping the run."""
+    from clifvqa.features.store import EntryCompleteError
+
     try:
         store.write_video(
             key,
@@ -541,6 +549,8 @@ def _write(store, key: str, result: VideoResult, replace: bool) -> VideoResult |
             embeddings=result.embeddings,
             replace=replace,
         )
+    except EntryCompleteError:
+        return None
     except ValueError as exc:
         return f"cannot store {key}: {exc}"
     return result

@@ -85,6 +85,11 @@ class StoreError(ClifvqaError):
     """A store that cannot be opened or written as asked; the message says which and why."""
 
 
+class EntryCompleteError(StoreError):
+    """A write of a video whose entry is already complete (without ``replace``): the entry is kept.
+    Concurrent extraction runs meet it when another run completed the video first."""
+
+
 class CorruptFeaturesError(StoreError):
     """Stored features that fail their checks (checksum, finiteness, ``pooled_sha256``, or a
     fingerprint that does not match the provenance); never consumed.
@@ -609,7 +614,8 @@ class FeatureStore(abc.ABC):
 
         Raises:
             ValueError: wrong shapes/dtypes (naming the key), a key colliding with another
-                entry, a complete entry without ``replace``, a mismatching ``pooled_sha256``.
+                entry, a mismatching ``pooled_sha256``.
+            EntryCompleteError: a complete entry of ``key`` without ``replace``.
             UnsafePathError: the key breaks the path rule.
         """
         self._check_writable()
@@ -679,8 +685,8 @@ class FeatureStore(abc.ABC):
             raise ValueError(f"cannot store video {key!r}: it is a folder of other videos in "
                              f"{self.path}")
         if attrs.get("complete") is True and not replace:
-            raise ValueError(f"video {key!r} is already complete in {self.path}; pass "
-                             "replace=True to overwrite it")
+            raise EntryCompleteError(f"video {key!r} is already complete in {self.path} (another run wrote it "
+                                     "meanwhile?); the stored entry is kept")
 
     def record_failure(self, key: str, error: str, source: str, *, time: str | None = None) -> None:
         """Record that ``key`` failed (``error`` says why; ``source`` is the file tried).

@@ -288,3 +288,32 @@ def test_killed_run_resumes_to_identical_features(tmp_path, tiny_clip, make_vide
     with open_store(tmp_path / "killed.zarr") as store:
         assert store.keys() == keys and store.incomplete_keys() == [] and store.failures() == {}
     assert_same_features(read_all(tmp_path / "killed.zarr"), read_all(tmp_path / "fresh.zarr"))
+
+
+def test_a_video_another_run_completes_meanwhile_is_skipped_not_failed(tmp_path, tiny_clip, make_video):
+    """Two unsharded runs into one Zarr store: the one that finds a video already complete when it
+    writes keeps the other's entry (the same features) and records no failure."""
+    from clifvqa.extract.sfe import SemanticFeatureExtractor
+    from clifvqa.features.store import create_or_open_store
+
+    keys = make_dataset(tmp_path / "ds", make_video, 3)
+    config = ExtractConfig(clip_model=str(tiny_clip), grid=(1, 2), batch_size=8, workers=1)
+    real = SemanticFeatureExtractor.from_config(config)
+    path = tmp_path / "shared.zarr"
+
+    class OtherRunFirst:  # the other run writes the first video just before this run does
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+        def extract_many(self, tasks, **kw):
+            for n, (task, result) in enumerate(real.extract_many(tasks, **kw)):
+                if n == 0:
+                    with create_or_open_store(path, real.provenance()) as other:
+                        other.write_video(task.key, pooled=result.pooled, frames=result.frames,
+                                          attrs=result.attrs, maps=result.maps)
+                yield task, result
+
+    summary = extract_dataset(tmp_path / "ds", path, config=config, progress=False, extractor=OtherRunFirst())
+    assert (summary.done, summary.skipped, summary.failed) == (2, 1, 0)
+    with open_store(path) as store:
+        assert store.keys() == keys and store.failures() == {}
