@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from clifvqa._atomic import remove_abandoned, temporary_sibling
 from clifvqa.errors import ClifvqaError
 from clifvqa.features.provenance import require_same_features
 from clifvqa.features.store import (
@@ -30,6 +30,7 @@ from clifvqa.features.store import (
 )
 
 PREFER_CHOICES = ("first", "last")
+BUILDING = "building"  # the label of an output's temporary sibling while it is written
 
 
 class MergeConflict(ClifvqaError):
@@ -53,6 +54,7 @@ class MergeReport:
         failures: failure records written.
         failures_dropped: failure records not carried because the video is complete somewhere.
         incomplete_skipped: incomplete entries (left by crashed runs) not copied.
+        leftovers_removed: half-built outputs of killed merges/conversions to ``out`` (removed).
     """
 
     out: str
@@ -63,6 +65,7 @@ class MergeReport:
     failures: int = 0
     failures_dropped: int = 0
     incomplete_skipped: int = 0
+    leftovers_removed: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         """One line per fact, for the CLI."""
@@ -77,6 +80,9 @@ class MergeReport:
             lines.append(f"{self.failures_dropped} failure records dropped (video complete elsewhere)")
         if self.incomplete_skipped:
             lines.append(f"{self.incomplete_skipped} incomplete entries skipped")
+        if self.leftovers_removed:
+            lines.append(f"removed {len(self.leftovers_removed)} half-built output(s) of killed runs: "
+                         + ", ".join(self.leftovers_removed[:10]))
         return "\n".join(lines)
 
 
@@ -121,12 +127,15 @@ def _copy_stores(sources: list[str | os.PathLike[str]], out: str | os.PathLike[s
     if out_path.exists():
         raise FileExistsError(f"{out_path} exists; merge and convert write a new store: choose "
                               "another output path or delete it first")
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    leftovers = remove_abandoned(out_path, BUILDING)
     opened: list[FeatureStore] = []
     try:
         for src in sources:
             opened.append(open_store(src))
         _check_fingerprints(opened)
-        report = MergeReport(out=str(out_path), sources=[s.path for s in opened])
+        report = MergeReport(out=str(out_path), sources=[s.path for s in opened],
+                             leftovers_removed=[str(p) for p in leftovers])
         plan = _plan_videos(opened, prefer, report)
         failures = _plan_failures(opened, set(plan), prefer, report)
         _write_output(opened, plan, failures, out_path, kind, zarr_format, report,
@@ -207,10 +216,8 @@ def _write_output(stores: list[FeatureStore], plan: dict[str, int], failures: di
                   progress: bool, verb: str) -> None:
     from tqdm.auto import tqdm
 
-    tag = f".tmp-{uuid.uuid4().hex[:12]}-{out_path.name}"
-    build = out_path.parent / (tag + ".zarr" if kind == "zarr.zip" else tag)
-    final_tmp = out_path.parent / tag
-    out_path.parent.mkdir(parents=True, exist_ok=True)
+    final_tmp = temporary_sibling(out_path, BUILDING)
+    build = temporary_sibling(out_path, BUILDING, ".zarr") if kind == "zarr.zip" else final_tmp
     try:
         with (create_or_open_store(build, stores[0].provenance, zarr_format=zarr_format) as dst,
               tqdm(plan.items(), desc=verb, unit="video", disable=not progress, dynamic_ncols=True) as bar):

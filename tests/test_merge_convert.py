@@ -4,6 +4,7 @@ lossless, and every refusal leaves no output behind."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import numpy as np
@@ -206,3 +207,47 @@ def test_merge_and_convert_show_progress_on_stderr_unless_quiet(tmp_path):
     assert "convert: 100%" in converted.stderr and "2/2" in converted.stderr
     quiet = CliRunner().invoke(main, ["store", "convert", "-q", str(a), "-o", str(tmp_path / "q.h5")])
     assert quiet.exit_code == 0 and quiet.stderr == ""
+
+
+KILLED_CONVERT = """
+import sys, time
+from clifvqa.features import store
+write = store.FeatureStore.write_video
+def slow(self, *a, **k):  # long enough to be killed while the output is half built
+    write(self, *a, **k)
+    time.sleep(60)
+store.FeatureStore.write_video = slow
+from clifvqa.features.merge import convert_store
+convert_store(sys.argv[1], sys.argv[2], progress=False)
+"""
+
+
+@pytest.mark.parametrize("out_name", ["out.h5", "out.zarr", "out.zarr.zip"])
+def test_the_next_run_removes_what_a_killed_convert_left(tmp_path, out_name):
+    """kill -9 during `store convert`: the half-built output stays hidden, and the next run
+    (here another convert to the same path) removes it and says so; a running one's is kept."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    src = build(tmp_path / "src.zarr", [0, 1, 2])
+    out = tmp_path / out_name
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_CONVERT, str(src), str(out)])
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]:
+            time.sleep(0.05)
+        time.sleep(0.5)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    left = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("."))
+    assert left and all(n.startswith(".building-") and out_name in n for n in left), left
+    running = tmp_path / f".building-{left[0].split('-')[1]}-{os.getpid()}-0123abcd.{out_name}"
+    running.mkdir()  # a live process's build (this test's own pid): never touched
+    result = CliRunner().invoke(main, ["store", "convert", str(src), "-o", str(out), "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert f"removed {len(left)} half-built output(s) of killed runs: {tmp_path / left[0]}" in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([running.name, "src.zarr", out_name])
+    assert snapshot(out)["videos"] == snapshot(src)["videos"]
