@@ -1,0 +1,488 @@
+"""A corpus of hostile feature stores: what a careful user may be sent instead of a real store.
+
+Every case starts from one intact store (synthetic features tied to real clips, so training and
+evaluation accept it) and changes one thing the way an attacker or a broken copy would: chunks
+that inflate to gigabytes, shapes edited in the metadata, links out of the store, special files,
+archives with entries outside their root, garbage and truncated metadata, absurd attributes,
+deep nesting, many tiny entries. ``tests/test_hostile_stores.py`` runs each against every
+command that reads stores; ``benchmarks/hostile_matrix.py`` prints the table of exit codes,
+peak memory and time per case and command.
+
+Nothing here writes outside the folder it is given, and no case needs more than a few MB on disk.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import struct
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+VICTIM = "clips/v1.mp4"  # the video every case damages
+NUM_VIDEOS = 8
+ROWS = 12
+
+
+@dataclass(frozen=True)
+class Base:
+    """The intact material every case is made from."""
+
+    root: Path
+    videos: Path
+    manifest: Path
+    zarr: Path  # an intact directory store
+    checkpoint: Path | None  # a tiny trained checkpoint (None when built without one)
+
+
+def build_base(root: str | os.PathLike[str], checkpoint: bool = True) -> Base:
+    """Clips, a manifest, an intact Zarr store of synthetic features tied to the clips, and
+    (``checkpoint``) a checkpoint trained one tiny epoch on them."""
+    from clifvqa.features.sources import sha256_file, source_identity
+    from clifvqa.features.store import create_or_open_store
+    from clifvqa.testing.stores import synthetic_provenance, synthetic_video
+    from clifvqa.testing.videos import write_clip
+
+    root = Path(root)
+    videos = root / "videos"
+    keys = [f"clips/v{i}.mp4" for i in range(NUM_VIDEOS)]
+    for i, key in enumerate(keys):
+        write_clip(videos / key, num_frames=16, width=192, height=144, seed=i % 4, blur=i % 3)
+    prov = synthetic_provenance(r=4, grid=(2, 2))
+    store = root / "intact.zarr"
+    with create_or_open_store(store, prov) as st:
+        for i, key in enumerate(keys):
+            video = synthetic_video(prov, seed=i, num_rows=ROWS, source=key)
+            video["attrs"].update(source_identity(videos / key), source_sha256=sha256_file(videos / key))
+            st.write_video(key, **video)
+        st.finalize()
+    manifest = root / "manifest.csv"
+    tags = ["train"] * (NUM_VIDEOS - 2) + ["val", "test"]
+    manifest.write_text("video,mos,split\n" + "".join(f"{k},{1 + 0.5 * i},{tags[i]}\n" for i, k in enumerate(keys)))
+    ckpt = None
+    if checkpoint:
+        from clifvqa.train import trainer
+        from clifvqa.train.config import RunConfig, set_options, tiny
+
+        config = set_options(tiny(RunConfig()), epochs=1, batch_size=2, workers=0, num_clips_test=1,
+                             val_fraction=0.0, manifest=manifest, videos=videos, stores=[store], device="cpu")
+        trainer.run_training(config, root / "run", progress=False)
+        ckpt = root / "run" / "best"
+    return Base(root, videos, manifest, store, ckpt)
+
+
+# ------------------------------------------------------------------------------ building blocks
+
+
+def zstd_rle_frame(size: int, *, declared: int | None = None, block: int = 128 << 10) -> bytes:
+    """A valid zstd frame that inflates to ``size`` zero bytes from 4 bytes per 128 KiB (RLE
+    blocks): 8 GB in 256 KB. ``declared`` is the Frame_Content_Size the header claims (default
+    ``size``; -1 leaves it out, as streaming compressors do)."""
+    declared = size if declared is None else declared
+    out = bytearray(struct.pack("<I", 0xFD2FB528))
+    if declared < 0:
+        out += bytes([0x00, 0x38])  # no content size; window 128 KiB
+    else:
+        out += bytes([0xC0, 0x38]) + struct.pack("<Q", declared)  # 8-byte content size; window 128 KiB
+    left = size
+    while True:
+        n = min(block, left)
+        left -= n
+        last = left == 0
+        out += (int(last) | (1 << 1) | (n << 3)).to_bytes(3, "little") + b"\x00"  # RLE block of n zeros
+        if last:
+            return bytes(out)
+
+
+_CHUNK_KEYS = {"pooled": "c/0/0", "maps": "c/0/0/0/0", "frames": "c/0"}  # one chunk per array
+
+
+def _chunk(store: Path, key: str, array: str) -> Path:
+    return store / "videos" / key / array / _CHUNK_KEYS[array]
+
+
+def _edit_json(path: Path, edit: Callable[[dict], None]) -> None:
+    data = json.loads(path.read_text())
+    edit(data)
+    path.write_text(json.dumps(data))
+
+
+def _edit_array_meta(store: Path, key: str, array: str, edit: Callable[[dict], None]) -> None:
+    """Edit an array's metadata both in its zarr.json and in the root's consolidated copy."""
+    _edit_json(store / "videos" / key / array / "zarr.json", edit)
+
+    def consolidated(root: dict) -> None:
+        meta = root.get("consolidated_metadata", {}).get("metadata", {})
+        if f"videos/{key}/{array}" in meta:
+            edit(meta[f"videos/{key}/{array}"])
+    _edit_json(store / "zarr.json", consolidated)
+
+
+def _set_video_attrs(store: Path, key: str, **attrs: object) -> None:
+    def edit(meta: dict) -> None:
+        meta["attributes"].update(attrs)
+    _edit_json(store / "videos" / key / "zarr.json", edit)
+
+    def consolidated(root: dict) -> None:
+        meta = root.get("consolidated_metadata", {}).get("metadata", {})
+        if f"videos/{key}" in meta:
+            meta[f"videos/{key}"]["attributes"].update(attrs)
+    _edit_json(store / "zarr.json", consolidated)
+
+
+def _zip(src: Path, dst: Path, extra: dict[str, bytes] | None = None,
+         replace: dict[str, bytes] | None = None, deflate: set[str] | None = None) -> Path:
+    """``src`` as a ``.zarr.zip``, plus ``extra`` entries (any names, '..' and absolute ones
+    included), with ``replace``d contents and ``deflate``d (compressed) entries."""
+    replace, deflate = replace or {}, deflate or set()
+    with zipfile.ZipFile(dst, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+        for file in sorted(p for p in src.rglob("*") if p.is_file()):
+            name = file.relative_to(src).as_posix()
+            data = replace.get(name, file.read_bytes())
+            zf.writestr(zipfile.ZipInfo(name), data,
+                        compress_type=zipfile.ZIP_DEFLATED if name in deflate else zipfile.ZIP_STORED)
+        for name, data in (extra or {}).items():
+            zf.writestr(zipfile.ZipInfo(name), data)
+    return dst
+
+
+def _h5_from(src: Path, dst: Path) -> Path:
+    from clifvqa.features.merge import convert_store
+
+    convert_store(src, dst, progress=False)
+    return dst
+
+
+# ------------------------------------------------------------------------------ the cases
+# Each case: (intact store, a fresh work folder) -> the hostile store to open (under work).
+
+Case = Callable[[Path, Path], Path]
+CASES: dict[str, Case] = {}
+
+
+def case(name: str) -> Callable[[Case], Case]:
+    def register(fn: Case) -> Case:
+        CASES[name] = fn
+        return fn
+    return register
+
+
+def _copy(intact: Path, work: Path, name: str = "s.zarr") -> Path:
+    dst = work / name
+    shutil.copytree(intact, dst, symlinks=True)
+    return dst
+
+
+@case("zstd-bomb")
+def _(intact: Path, work: Path) -> Path:
+    """One pooled chunk replaced by a 256 KB zstd frame that inflates to 8 GB (header says so)."""
+    s = _copy(intact, work)
+    _chunk(s, VICTIM, "pooled").write_bytes(zstd_rle_frame(8 << 30))
+    return s
+
+
+@case("zstd-bomb-no-size")
+def _(intact: Path, work: Path) -> Path:
+    """The same bomb with no content size in its header (a streaming frame)."""
+    s = _copy(intact, work)
+    _chunk(s, VICTIM, "pooled").write_bytes(zstd_rle_frame(8 << 30, declared=-1))
+    return s
+
+
+@case("zstd-bomb-lying-size")
+def _(intact: Path, work: Path) -> Path:
+    """A frame whose header claims the expected size but whose blocks inflate to 8 GB."""
+    s = _copy(intact, work)
+    _chunk(s, VICTIM, "pooled").write_bytes(zstd_rle_frame(8 << 30, declared=ROWS * 8 * 4))
+    return s
+
+
+@case("maps-bomb")
+def _(intact: Path, work: Path) -> Path:
+    """The maps chunk inflates to 8 GB."""
+    s = _copy(intact, work)
+    _chunk(s, VICTIM, "maps").write_bytes(zstd_rle_frame(8 << 30))
+    return s
+
+
+@case("pooled-shape-huge")
+def _(intact: Path, work: Path) -> Path:
+    """pooled's shape edited to [100000000, 8] (zarr.json and consolidated); the chunk unchanged."""
+    s = _copy(intact, work)
+
+    def edit(meta: dict) -> None:
+        meta["shape"] = [100_000_000, 8]
+    _edit_array_meta(s, VICTIM, "pooled", edit)
+    return s
+
+
+@case("maps-shape-huge")
+def _(intact: Path, work: Path) -> Path:
+    """maps' shape edited to [100000000, 4, 2, 2]."""
+    s = _copy(intact, work)
+
+    def edit(meta: dict) -> None:
+        meta["shape"] = [100_000_000, 4, 2, 2]
+    _edit_array_meta(s, VICTIM, "maps", edit)
+    return s
+
+
+@case("chunk-shape-huge")
+def _(intact: Path, work: Path) -> Path:
+    """pooled's chunk shape edited to [100000000, 8] (one chunk that big would be allocated)."""
+    s = _copy(intact, work)
+
+    def edit(meta: dict) -> None:
+        meta["chunk_grid"]["configuration"]["chunk_shape"] = [100_000_000, 8]
+    _edit_array_meta(s, VICTIM, "pooled", edit)
+    return s
+
+
+@case("dtype-edited")
+def _(intact: Path, work: Path) -> Path:
+    """pooled's data type edited to float64 (the chunk now decodes to half the rows)."""
+    s = _copy(intact, work)
+
+    def edit(meta: dict) -> None:
+        meta["data_type"] = "float64"
+    _edit_array_meta(s, VICTIM, "pooled", edit)
+    return s
+
+
+@case("codec-edited")
+def _(intact: Path, work: Path) -> Path:
+    """pooled's codecs edited to gzip (the zstd chunk is then garbage to the decoder)."""
+    s = _copy(intact, work)
+
+    def edit(meta: dict) -> None:
+        meta["codecs"] = [{"name": "bytes", "configuration": {"endian": "little"}},
+                          {"name": "gzip", "configuration": {"level": 1}}]
+    _edit_array_meta(s, VICTIM, "pooled", edit)
+    return s
+
+
+@case("symlink-dev-zero")
+def _(intact: Path, work: Path) -> Path:
+    """A chunk that is a symlink to /dev/zero (endless zeros)."""
+    s = _copy(intact, work)
+    chunk = _chunk(s, VICTIM, "pooled")
+    chunk.unlink()
+    chunk.symlink_to("/dev/zero")
+    return s
+
+
+@case("symlink-outside")
+def _(intact: Path, work: Path) -> Path:
+    """A chunk that is a symlink to a valid chunk outside the store."""
+    s = _copy(intact, work)
+    outside = work / "outside-chunk"
+    chunk = _chunk(s, VICTIM, "pooled")
+    shutil.copyfile(chunk, outside)
+    chunk.unlink()
+    chunk.symlink_to(outside)
+    return s
+
+
+@case("fifo-chunk")
+def _(intact: Path, work: Path) -> Path:
+    """A chunk that is a FIFO (opening it for reading blocks forever)."""
+    s = _copy(intact, work)
+    chunk = _chunk(s, VICTIM, "pooled")
+    chunk.unlink()
+    os.mkfifo(chunk)
+    return s
+
+
+@case("video-folder-deleted")
+def _(intact: Path, work: Path) -> Path:
+    """One video's folder deleted; the root summary (and consolidated metadata) kept."""
+    s = _copy(intact, work)
+    shutil.rmtree(s / "videos" / VICTIM)
+    return s
+
+
+@case("root-metadata-garbage")
+def _(intact: Path, work: Path) -> Path:
+    """The root zarr.json replaced by random bytes."""
+    s = _copy(intact, work)
+    (s / "zarr.json").write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    return s
+
+
+@case("root-metadata-truncated")
+def _(intact: Path, work: Path) -> Path:
+    """The root zarr.json cut in the middle (an interrupted copy)."""
+    s = _copy(intact, work)
+    text = (s / "zarr.json").read_bytes()
+    (s / "zarr.json").write_bytes(text[: len(text) // 2])
+    return s
+
+
+@case("array-metadata-garbage")
+def _(intact: Path, work: Path) -> Path:
+    """The victim's pooled zarr.json is not JSON (and its consolidated copy removed)."""
+    s = _copy(intact, work)
+    (s / "videos" / VICTIM / "pooled" / "zarr.json").write_bytes(b"\xff\xfe{not json")
+
+    def drop(root: dict) -> None:
+        root.pop("consolidated_metadata", None)
+    _edit_json(s / "zarr.json", drop)
+    return s
+
+
+@case("attrs-absurd")
+def _(intact: Path, work: Path) -> Path:
+    """num_frames 1e300, fps NaN, width -5 on the victim."""
+    s = _copy(intact, work)
+    _set_video_attrs(s, VICTIM, num_frames=1e300, fps=float("nan"), width=-5)
+    return s
+
+
+@case("attrs-huge-string")
+def _(intact: Path, work: Path) -> Path:
+    """A 50 MB string attribute on the victim (metadata that is itself a bomb)."""
+    s = _copy(intact, work)
+    _set_video_attrs(s, VICTIM, source="x" * (50 << 20))
+    return s
+
+
+@case("deep-nesting")
+def _(intact: Path, work: Path) -> Path:
+    """An extra entry nested 400 groups deep under videos/."""
+    s = _copy(intact, work)
+    node = s / "videos"
+    for i in range(400):
+        node = node / f"d{i}"
+        node.mkdir()
+        (node / "zarr.json").write_text('{"zarr_format": 3, "node_type": "group", "attributes": {}}')
+    return s
+
+
+@case("many-tiny-entries")
+def _(intact: Path, work: Path) -> Path:
+    """20,000 empty groups under videos/ (a store that is mostly listing)."""
+    s = _copy(intact, work)
+    meta = '{"zarr_format": 3, "node_type": "group", "attributes": {}}'
+    for i in range(20_000):
+        g = s / "videos" / "junk" / f"g{i:05d}"
+        g.mkdir(parents=True)
+        (g / "zarr.json").write_text(meta)
+    return s
+
+
+@case("zip-escape")
+def _(intact: Path, work: Path) -> Path:
+    """A .zarr.zip with entries outside its root: '../../x', a whole video group under '../',
+    and an absolute path."""
+    extra = {"videos/../../x": b"escaped", "/etc/clifvqa-absolute": b"absolute"}
+    victim = intact / "videos" / VICTIM
+    for file in victim.rglob("*"):
+        if file.is_file():
+            extra[f"../escaped/{file.relative_to(intact).as_posix()}"] = file.read_bytes()
+    return _zip(intact, work / "s.zarr.zip", extra=extra)
+
+
+@case("zip-zstd-bomb")
+def _(intact: Path, work: Path) -> Path:
+    """A .zarr.zip whose victim pooled chunk is the 8 GB zstd bomb."""
+    name = _chunk(Path(""), VICTIM, "pooled").as_posix()
+    return _zip(intact, work / "s.zarr.zip", replace={name: zstd_rle_frame(8 << 30)})
+
+
+@case("zip-deflate-bomb")
+def _(intact: Path, work: Path) -> Path:
+    """A .zarr.zip whose victim pooled chunk entry is a 1 GB deflate bomb (zip compression)."""
+    name = _chunk(Path(""), VICTIM, "pooled").as_posix()
+    return _zip(intact, work / "s.zarr.zip", replace={name: bytes(1 << 30)}, deflate={name})
+
+
+@case("h5-shape-huge")
+def _(intact: Path, work: Path) -> Path:
+    """An HDF5 store whose victim pooled dataset declares [100000000, 8] (chunked, compressed,
+    nothing written: a few KB on disk, 3.2 GB when read)."""
+    import h5py
+
+    s = _h5_from(intact, work / "s.h5")
+    with h5py.File(s, "r+") as f:
+        group = f["videos/" + VICTIM]
+        attrs = dict(group["pooled"].attrs)
+        del group["pooled"]
+        ds = group.create_dataset("pooled", shape=(100_000_000, 8), dtype="f4", chunks=(1_000_000, 8),
+                                  compression="gzip")
+        ds.attrs.update(attrs)
+    return s
+
+
+@case("h5-gzip-bomb")
+def _(intact: Path, work: Path) -> Path:
+    """An HDF5 store whose victim pooled dataset is [12, 8] as declared but whose maps dataset is
+    a chunked gzip bomb [4000000, 4, 2, 2] of zeros (~100 KB on disk, 256 MB decoded)."""
+    import h5py
+
+    s = _h5_from(intact, work / "s.h5")
+    with h5py.File(s, "r+") as f:
+        group = f["videos/" + VICTIM]
+        del group["maps"]
+        ds = group.create_dataset("maps", shape=(4_000_000, 4, 2, 2), dtype="f4", chunks=(1_000_000, 4, 2, 2),
+                                  compression="gzip", compression_opts=9)
+        for i in range(4):
+            ds[i * 1_000_000:(i + 1) * 1_000_000] = 0.0
+    return s
+
+
+@case("h5-truncated")
+def _(intact: Path, work: Path) -> Path:
+    """An HDF5 store cut to 60% (an interrupted copy)."""
+    s = _h5_from(intact, work / "s.h5")
+    data = s.read_bytes()
+    s.write_bytes(data[: int(len(data) * 0.6)])
+    return s
+
+
+# Cases a command may pass (exit 0) because it never reads what they damage: `store info` reads
+# the root's summary only (O(1)); train/evaluate/predict read only the manifest's videos, so extra
+# junk entries do not concern them (verify reports those, merge and convert refuse them).
+ROOT_LEVEL = {"root-metadata-garbage", "root-metadata-truncated", "zip-escape", "h5-truncated"}
+EXTRA_ENTRIES = {"deep-nesting", "many-tiny-entries"}
+
+
+def may_pass(name: str, command: str) -> bool:
+    """Whether exit 0 is a right answer of ``command`` on case ``name``."""
+    if command == "info":
+        return name not in ROOT_LEVEL
+    return name in EXTRA_ENTRIES and command in ("train", "evaluate", "predict")
+
+
+def make_case(name: str, intact: Path, work: str | os.PathLike[str]) -> Path:
+    """Build case ``name`` from the ``intact`` store in the (new or empty) folder ``work``."""
+    work = Path(work)
+    work.mkdir(parents=True, exist_ok=True)
+    return CASES[name](intact, work)
+
+
+# ------------------------------------------------------------------------------ the commands
+
+
+def commands(base: Base, store: Path, out: Path) -> dict[str, list[str]]:
+    """Every command that reads a store, as CLI arguments, against ``store``; outputs under ``out``."""
+    data = ["--manifest", str(base.manifest), "--videos", str(base.videos), "--store", str(store)]
+    cmds = {
+        "info": ["store", "info", str(store)],
+        "info --recount": ["store", "info", str(store), "--recount"],
+        "verify": ["store", "verify", str(store)],
+        "merge": ["store", "merge", str(store), "-o", str(out / "merged.zarr"), "--quiet"],
+        "convert": ["store", "convert", str(store), "-o", str(out / "converted.h5"), "--quiet"],
+        "train": ["train", "--tiny", "--epochs", "1", "--batch-size", "2", "--workers", "0", "--val-fraction", "0",
+                  "--num-clips-test", "1", *data, "--out", str(out / "run"), "--device", "cpu", "--quiet"],
+    }
+    if base.checkpoint is not None:
+        cmds["evaluate"] = ["evaluate", "--checkpoint", str(base.checkpoint), *data, "-o", str(out / "eval"),
+                            "--device", "cpu", "--quiet"]
+        cmds["predict"] = ["predict", str(base.videos / VICTIM), "--checkpoint", str(base.checkpoint), "--store",
+                           str(store), "--device", "cpu", "--quiet"]
+    return cmds
