@@ -76,7 +76,8 @@ def verdict(name: str, command: str, result: dict) -> str:
     if result["exit"] not in (1, 2):
         return "killed"
     errors = [line for line in out.splitlines() if line.startswith("error:")]
-    if len(errors) == 1 or (command == "verify" and VICTIM in out):
+    # verify lists problems, predict reports a failed video per line; both name the video
+    if len(errors) == 1 or (command in ("verify", "predict") and VICTIM in out):
         return "refused"
     return "unclear"
 
