@@ -15,75 +15,25 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-from clifvqa.testing.hostile import CASES, VICTIM, build_base, commands, make_case, may_pass
+from clifvqa.testing.hostile import CASES, acceptable, build_base, commands, make_case, run_limited, verdict
 
 LIMIT_AS = 8 << 30  # bytes of address space per command: a bomb fails here, not in the kernel's OOM killer
 TIMEOUT = 60.0
 CLI = "import sys; from clifvqa.cli import main; sys.argv[0] = 'clifvqa'; main()"
-
-
-# Peak RSS of a child as seen by its parent includes the parent's own high-water mark at fork
-# time (Linux keeps it across exec), so each command is started by a small launcher process
-# (no numpy, no torch) that reports its child's peak RSS and exit status as JSON.
-LAUNCHER = """
-import json, os, resource, subprocess, sys, time
-limit, timeout, log = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
-with open(log, "wb") as out:
-    proc = subprocess.Popen(["prlimit", f"--as={limit}", *sys.argv[4:]], stdout=out, stderr=subprocess.STDOUT,
-                            stdin=subprocess.DEVNULL)
-    try:
-        code = proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-        code = "hang"
-print(json.dumps([code, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss]))
-"""
+ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
 
 
 def run(python: str, args: list[str], limit: int = LIMIT_AS, timeout: float = TIMEOUT) -> dict:
     """Run ``clifvqa ARGS`` in a child process; its exit code, peak RSS, time and output."""
-    import tempfile
-
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     start = time.perf_counter()
-    with tempfile.NamedTemporaryFile() as log:
-        done = subprocess.run([sys.executable, "-S", "-c", LAUNCHER, str(limit), str(timeout), log.name, python,
-                               "-c", CLI, *args], capture_output=True, text=True, env=env, check=True)
-        exit_code, peak_kb = json.loads(done.stdout)
-        text = Path(log.name).read_text("utf-8", "replace")
-    return {"exit": exit_code, "seconds": round(time.perf_counter() - start, 1), "peak_mb": round(peak_kb / 1024),
+    exit_code, peak_mb, text = run_limited([python, "-c", CLI, *args], limit, timeout, ENV)
+    return {"exit": exit_code, "seconds": round(time.perf_counter() - start, 1), "peak_mb": round(peak_mb),
             "output": text}
-
-
-def verdict(name: str, command: str, result: dict) -> str:
-    """``refused`` (one ``error:`` line, or verify's list of problems naming the victim, exit 1/2),
-    ``passed`` (exit 0), ``traceback``, ``killed`` (e.g. out of memory) or ``hang``."""
-    out = result["output"]
-    if result["exit"] == "hang":
-        return "hang"
-    if "Traceback" in out or "MemoryError" in out:
-        return "traceback"
-    if result["exit"] == 0:
-        return "passed"
-    if result["exit"] not in (1, 2):
-        return "killed"
-    errors = [line for line in out.splitlines() if line.startswith("error:")]
-    # verify lists problems, predict reports a failed video per line; both name the video
-    if len(errors) == 1 or (command in ("verify", "predict") and VICTIM in out):
-        return "refused"
-    return "unclear"
-
-
-def acceptable(name: str, command: str, outcome: str) -> bool:
-    return outcome == "refused" or (outcome == "passed" and may_pass(name, command))
 
 
 def main() -> None:
@@ -115,7 +65,7 @@ def main() -> None:
             r = run(args.python, commands(base, store, work / "out")[cmd])
             after = sorted(p for p in base.root.rglob("*"))
             escaped = Path("/etc/clifvqa-absolute").exists() or (args.out / "escaped").exists() or before != after
-            outcome = verdict(name, cmd, r)
+            outcome = verdict(cmd, r["exit"], r["output"])
             ok = acceptable(name, cmd, outcome) and not escaped and r["peak_mb"] <= 1.5 * intact[cmd]["peak_mb"]
             last = (r["output"].strip().splitlines() or [""])[-1][:150]
             rows.append({"case": name, "command": cmd, **{k: r[k] for k in ("exit", "peak_mb", "seconds")},

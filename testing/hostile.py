@@ -464,6 +464,29 @@ def may_pass(name: str, command: str) -> bool:
     return name in EXTRA_ENTRIES and command in ("train", "evaluate", "predict")
 
 
+def verdict(command: str, exit_code: int | str, output: str) -> str:
+    """``refused`` (exit 1/2 with one ``error:`` line, or verify's problem list / predict's
+    failed line naming the victim), ``passed`` (exit 0), ``traceback`` (a traceback or a
+    MemoryError shown), ``killed`` (another exit, e.g. a signal), ``hang`` or ``unclear``."""
+    if exit_code == "hang":
+        return "hang"
+    if "Traceback" in output or "MemoryError" in output:
+        return "traceback"
+    if exit_code == 0:
+        return "passed"
+    if exit_code not in (1, 2):
+        return "killed"
+    errors = [line for line in output.splitlines() if line.startswith("error:")]
+    if len(errors) == 1 or (command in ("verify", "predict") and VICTIM in output):
+        return "refused"
+    return "unclear"
+
+
+def acceptable(name: str, command: str, outcome: str) -> bool:
+    """A refusal, or a pass where the command never reads what case ``name`` damages."""
+    return outcome == "refused" or (outcome == "passed" and may_pass(name, command))
+
+
 def make_case(name: str, intact: Path, work: str | os.PathLike[str]) -> Path:
     """Build case ``name`` from the ``intact`` store in the (new or empty) folder ``work``."""
     work = Path(work)
@@ -492,3 +515,126 @@ def commands(base: Base, store: Path, out: Path) -> dict[str, list[str]]:
         cmds["predict"] = ["predict", str(base.videos / VICTIM), "--checkpoint", str(base.checkpoint), "--store",
                            str(store), "--device", "cpu", "--quiet"]
     return cmds
+
+
+# ------------------------------------------------------------------------------ running them
+
+# The peak RSS a parent sees for its child includes the parent's own high-water mark at fork time
+# (Linux keeps it across exec), so commands are started by a small launcher (no numpy, no torch)
+# that reports its child's exit status and peak RSS.
+_LAUNCHER = """
+import json, resource, subprocess, sys
+limit, timeout, log = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
+with open(log, "wb") as out:
+    proc = subprocess.Popen(["prlimit", f"--as={limit}", *sys.argv[4:]], stdout=out, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL)
+    try:
+        code = proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        code = "hang"
+print(json.dumps([code, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss]))
+"""
+
+
+def run_limited(argv: list[str], limit: int, timeout: float,
+                env: dict[str, str] | None = None) -> tuple[int | str, float, str]:
+    """Run ``argv`` with at most ``limit`` bytes of address space (so a bomb fails in the process,
+    not in the kernel's OOM killer) for at most ``timeout`` seconds: ``(exit code or "hang",
+    peak RSS in MB, stdout and stderr)``."""
+    import subprocess
+    import sys
+    import tempfile
+
+    with tempfile.NamedTemporaryFile() as log:
+        done = subprocess.run([sys.executable, "-S", "-c", _LAUNCHER, str(limit), str(timeout), log.name, *argv],
+                              capture_output=True, text=True, env={**os.environ, **(env or {})}, check=True)
+        code, peak_kb = json.loads(done.stdout)
+        return code, peak_kb / 1024, Path(log.name).read_text("utf-8", "replace")
+
+
+# ------------------------------------------------------------------------------ the fuzzer
+
+
+def fuzz(folder: str | os.PathLike[str], seed: int = 0, rounds: int = 200, per_round: float = 20.0) -> dict:
+    """Mutate a small store ``rounds`` times (one of: flip bytes, truncate, delete, rename, swap
+    two files, on a file chosen at random) and read each mutant the ways consumers do: open it,
+    read every video's pooled features, ``store verify`` and ``store info --recount`` through the
+    CLI. Counts how each ended; ``crashed`` lists mutations that raised anything but a clifvqa
+    error or OSError, ``hung`` those that took more than ``per_round`` seconds (SIGALRM)."""
+    import random
+    import signal
+
+    from click.testing import CliRunner
+
+    from clifvqa.cli import main
+    from clifvqa.errors import ClifvqaError
+    from clifvqa.features.store import create_or_open_store, open_store
+    from clifvqa.testing.stores import synthetic_provenance, synthetic_video
+
+    folder = Path(folder)
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    intact = folder / "intact.zarr"
+    prov = synthetic_provenance(r=4, grid=(2, 2))
+    with create_or_open_store(intact, prov) as st:
+        for i in range(3):
+            st.write_video(f"k/v{i}.mp4", **synthetic_video(prov, seed=i, num_rows=5 + i))
+        st.finalize()
+    rng = random.Random(seed)
+    counts: dict = {"rounds": 0, "read": 0, "refused": 0, "crashed": [], "hung": []}
+
+    class Hung(Exception):
+        pass
+
+    def alarm(*_: object) -> None:
+        raise Hung
+
+    signal.signal(signal.SIGALRM, alarm)
+    for n in range(rounds):
+        store = folder / "mutant.zarr"
+        shutil.rmtree(store, ignore_errors=True)
+        shutil.copytree(intact, store)
+        files = sorted(p for p in store.rglob("*") if p.is_file())
+        target = rng.choice(files)
+        kind = rng.choice(["flip", "flip", "truncate", "delete", "rename", "swap"])
+        data = target.read_bytes()
+        if kind == "flip" and data:
+            buf = bytearray(data)
+            for _ in range(rng.randint(1, 8)):
+                buf[rng.randrange(len(buf))] ^= 1 << rng.randrange(8)
+            target.write_bytes(bytes(buf))
+        elif kind == "truncate":
+            target.write_bytes(data[: rng.randrange(max(len(data), 1))])
+        elif kind == "delete":
+            target.unlink()
+        elif kind == "rename":
+            target.rename(target.with_name(target.name + rng.choice(["~", ".bak", "0"])))
+        elif kind == "swap":
+            other = rng.choice([f for f in files if f != target])
+            tmp = target.with_name(".swap")
+            target.rename(tmp)
+            other.rename(target)
+            tmp.rename(other)
+        what = f"round {n}: {kind} {target.relative_to(store)}"
+        signal.alarm(int(per_round))
+        try:
+            try:
+                with open_store(store) as st:
+                    bad = [v for _, v in st.read_pooled_many(st.keys()) if isinstance(v, Exception)]
+                counts["refused" if bad else "read"] += 1
+            except (ClifvqaError, OSError):
+                counts["refused"] += 1
+            for args in (["store", "verify", str(store)], ["store", "info", str(store), "--recount"]):
+                r = CliRunner().invoke(main, args)
+                if r.exception is not None and not isinstance(r.exception, SystemExit):
+                    counts["crashed"].append(f"{what}: {' '.join(args[:2])}: {r.exception!r}")
+        except Hung:
+            counts["hung"].append(what)
+        except Exception as exc:  # the point: anything else is a finding
+            counts["crashed"].append(f"{what}: {exc!r}")
+        finally:
+            signal.alarm(0)
+        counts["rounds"] += 1
+    return counts

@@ -1,0 +1,95 @@
+"""Stores someone sent you (clifvqa.testing.hostile): every case against every command that reads
+stores, each case in its own process under an address-space limit, so that a regression fails
+here instead of exhausting the machine; plus a seeded fuzzer of byte flips, truncations and renames.
+
+The same corpus, one process per command with its peak RSS: benchmarks/hostile_matrix.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import pytest
+
+from clifvqa.testing.hostile import CASES, acceptable, build_base, commands, make_case, run_limited, verdict
+
+LIMIT = 3 << 30  # address space per case process; the intact store's commands need < 1.5 GB
+TIMEOUT = 60.0 * 2  # all commands of a case together; each needs a few seconds
+STORE_COMMANDS = ("info", "info --recount", "verify", "merge", "convert")
+MODEL_COMMANDS = ("train", "evaluate", "predict")
+# Model commands load torch and a checkpoint (seconds each): run them on the cases that reach
+# their read path in different ways; the benchmark runs them on every case.
+MODEL_CASES = ("zstd-bomb", "zstd-bomb-no-size", "pooled-shape-huge", "symlink-dev-zero", "fifo-chunk",
+               "video-folder-deleted", "h5-shape-huge")
+
+RUNNER = """
+import json, sys, time
+from click.testing import CliRunner
+from clifvqa.cli import main
+out = {}
+for name, args in json.loads(sys.argv[1]).items():
+    start = time.perf_counter()
+    r = CliRunner().invoke(main, args)
+    unexpected = r.exception is not None and not isinstance(r.exception, SystemExit)
+    out[name] = [r.exit_code, r.output + (f"Traceback: {r.exception!r}" if unexpected else ""),
+                 time.perf_counter() - start]
+print("RESULTS " + json.dumps(out))
+"""
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    return build_base(tmp_path_factory.mktemp("hostile"))
+
+
+def run_case(base, store, out, names):
+    wanted = {k: v for k, v in commands(base, store, out).items() if k in names}
+    code, peak_mb, text = run_limited([sys.executable, "-c", RUNNER, json.dumps(wanted)], LIMIT, TIMEOUT,
+                                      {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"})
+    assert code == 0 and "RESULTS " in text, f"the case process ended with {code}: {text[-2000:]}"
+    return json.loads(text.split("RESULTS ", 1)[1]), peak_mb
+
+
+@pytest.fixture(scope="module")
+def intact_peak(base, tmp_path_factory):
+    out = tmp_path_factory.mktemp("intact")
+    results, peak = run_case(base, base.zarr, out, STORE_COMMANDS + MODEL_COMMANDS)
+    assert all(r[0] == 0 for r in results.values()), results
+    return peak
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_every_command_refuses_in_one_line_within_bounded_memory(name, base, intact_peak, tmp_path):
+    store = make_case(name, base.zarr, tmp_path / "in")
+    outside = {p.name for p in tmp_path.iterdir()}
+    names = STORE_COMMANDS + (MODEL_COMMANDS if name in MODEL_CASES else ())
+    results, peak = run_case(base, store, tmp_path / "out", names)
+    wrong = {cmd: (verdict(cmd, code, output), code, output.strip().splitlines()[-3:])
+             for cmd, (code, output, _) in results.items()
+             if not acceptable(name, cmd, verdict(cmd, code, output))}
+    assert wrong == {}
+    assert max(seconds for _, _, seconds in results.values()) < 60
+    assert peak <= 1.5 * intact_peak, f"peak RSS {peak:.0f} MB, intact {intact_peak:.0f} MB"
+    # nothing written beside the case's input and output folders (zip entries with '..' included)
+    assert {p.name for p in tmp_path.iterdir()} <= {*outside, "out"}
+    assert not (tmp_path.parent / "x").exists() and not os.path.exists("/etc/clifvqa-absolute")
+
+
+FUZZER = """
+import json, sys
+from clifvqa.testing.hostile import fuzz
+print("RESULTS " + json.dumps(fuzz(sys.argv[1], seed=int(sys.argv[2]), rounds=int(sys.argv[3]))))
+"""
+
+
+def test_fuzzed_stores_never_crash_hang_or_exhaust_memory(base, tmp_path):
+    """200 seeded mutations of a small store (byte flips, truncations, renames, deletions, swaps):
+    every read and `store verify` ends in a result or a one-line error, none in a traceback."""
+    code, peak_mb, text = run_limited([sys.executable, "-c", FUZZER, str(tmp_path / "fuzz"), "0", "200"], LIMIT,
+                                      300, {"OMP_NUM_THREADS": "1"})
+    assert code == 0 and "RESULTS " in text, text[-3000:]
+    counts = json.loads(text.split("RESULTS ", 1)[1])
+    assert counts["rounds"] == 200 and counts["crashed"] == [] and counts["hung"] == []
+    assert counts["refused"] > 50  # most mutations are caught, not read as features
