@@ -1,25 +1,55 @@
-"""Replace a file whole or not at all: write a temporary sibling, then rename it onto the target.
+"""Write files and folders whole or not at all: build a temporary sibling, then rename it into place.
 
-Readers never see a half-written manifest, metrics file or plot, and an error while writing
-leaves the old file (if any) untouched and no temporary file behind.
+Readers never see a half-written manifest, metrics file, plot or checkpoint, and a kill at any
+moment leaves either the old or the new version (after :func:`recover` for a folder).
+
+A file is replaced by one rename (:func:`atomic_path`, :func:`replace_file`). A folder cannot be
+renamed onto an existing one, so :func:`atomic_dir` replaces ``NAME`` in steps that a kill can
+interrupt anywhere::
+
+    .NAME.tmp-ID    being built: incomplete until renamed
+    .NAME.new-ID    complete (the commit point: from here the new folder wins)
+    .NAME.old-ID    the previous NAME moved away; then .NAME.new-ID -> NAME; then .NAME.old-ID removed
+
+:func:`recover` finishes a committed replace (moves ``.NAME.new-*`` into place), brings back a
+folder that a kill left only under ``.NAME.old-*`` (clifvqa before the commit point did so), and
+removes every other leftover: temporary folders and files, old folders. Every :func:`atomic_dir`
+recovers its destination first; a writer that resumes calls it before reading.
+
+Files and folders are synced to disk before they are renamed into place, and the folder after,
+so a power cut does not leave empty files under the final names.
 """
 
 from __future__ import annotations
 
+import glob
+import logging
 import os
 import re
 import shutil
 import socket
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+log = logging.getLogger("clifvqa")
+
+before_step: Callable[[str, Path], None] | None = None
+"""Fault injection for tests: called with (step, path) before each step that changes the disk
+(``replace``, ``build``, ``commit``, ``move-away``, ``install``, ``remove``, ``roll-back``,
+``clean``), so that a test can kill the writer there."""
+
+
+def _step(step: str, path: Path) -> None:
+    if before_step is not None:
+        before_step(step, path)
 
 
 @contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a fresh temporary path next to ``path``; when the block ends without an error it is
-    renamed onto ``path`` (``os.replace``: atomic on one filesystem), otherwise removed.
+    renamed onto ``path`` (:func:`replace_file`), otherwise removed.
 
     The temporary name keeps ``path``'s suffix (``.x.png`` stays a ``.png``), so writers that
     pick a format from the name still do. Parent folders are created.
@@ -29,15 +59,16 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     tmp = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:12]}.tmp{path.suffix}")
     try:
         yield tmp
-        os.replace(tmp, path)
+        replace_file(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
-    """Write ``text`` (UTF-8) to ``path`` atomically (see :func:`atomic_path`); returns the path."""
+    """Write ``text`` (UTF-8, exactly: no newline translation) to ``path`` atomically (see
+    :func:`atomic_path`); returns the path."""
     with atomic_path(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
+        tmp.write_text(text, encoding="utf-8", newline="")
     return Path(path)
 
 
@@ -87,3 +118,138 @@ def _alive(pid: int) -> bool:
     except PermissionError:  # another user's process
         return True
     return True
+
+
+def replace_file(src: str | os.PathLike[str], dest: str | os.PathLike[str]) -> None:
+    """Rename the written file ``src`` onto ``dest`` (same filesystem), synced before and after."""
+    src, dest = Path(src), Path(dest)
+    _fsync(src)
+    _step("replace", dest)
+    os.replace(src, dest)
+    _fsync(dest.parent)
+
+
+@contextmanager
+def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a fresh empty folder ``.NAME.tmp-ID`` next to ``path``; when the block ends without
+    an error it replaces ``path`` (created when missing) through the steps of the module
+    docstring, otherwise it is removed and ``path`` stays as it was. Parent folders are created."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    recover(path)
+    tmp = _sibling(path, "tmp")
+    _step("build", tmp)
+    tmp.mkdir()
+    try:
+        yield tmp
+        for file in tmp.rglob("*"):
+            _fsync(file)
+        _fsync(tmp)
+        new = _sibling(path, "new")
+        _step("commit", new)
+        os.rename(tmp, new)
+        _install(new, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def recover(path: str | os.PathLike[str]) -> None:
+    """Finish or roll back what a kill interrupted at ``path`` (a file or folder written by this
+    module) and remove the leftovers; nothing happens when there are none. Only the writer of
+    ``path`` may call it: a replace in flight in another process would be taken for a leftover."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        return
+    new, old = _siblings(path, "new"), _siblings(path, "old")
+    if new:
+        log.info("%s: completing the save that a kill interrupted (%s)", path, new[0].name)
+        _install(new.pop(0), path)
+    elif old and not os.path.lexists(path):
+        # Only clifvqa before the commit point left a folder thus: killed between its two renames,
+        # with the new folder (complete or not) still under .NAME.tmp-*. The old one is whole.
+        back = max(old, key=lambda p: p.stat().st_mtime)
+        log.info("%s: bringing back the previous version that a kill left as %s", path, back.name)
+        _step("roll-back", path)
+        os.rename(back, path)
+        old.remove(back)
+    stem = glob.escape(path.stem)
+    leftovers = [*_siblings(path, "tmp"), *new, *old,
+                 *path.parent.glob(f".{stem}.{'?' * 12}.tmp{glob.escape(path.suffix)}")]
+    for leftover in leftovers:
+        _step("clean", leftover)
+        _remove(leftover)
+    if leftovers:
+        log.info("%s: removed %d leftover%s of an interrupted write", path, len(leftovers), "s" * (len(leftovers) > 1))
+
+
+def install_new(src: str | os.PathLike[str], dest: str | os.PathLike[str]) -> None:
+    """Move the finished file or folder ``src`` to ``dest`` only when nothing is there: atomic,
+    so of writers racing to create ``dest`` exactly one wins (a hard link for a file; for a
+    folder a rename, which fails on a non-empty folder). Raises FileExistsError when ``dest``
+    exists (an existing empty folder is replaced); ``src`` is then left for the caller."""
+    src, dest = Path(src), Path(dest)
+    _fsync(src)
+    _step("install", dest)
+    if src.is_dir():
+        try:
+            os.rename(src, dest)
+        except OSError as exc:
+            if os.path.lexists(dest):
+                raise FileExistsError(f"{dest} exists") from exc
+            raise
+    else:
+        try:
+            os.link(src, dest)
+        except OSError as exc:
+            if isinstance(exc, FileExistsError) or os.path.lexists(dest):
+                raise FileExistsError(f"{dest} exists") from exc
+            os.replace(src, dest)  # no hard links on this filesystem: no atomic create-if-absent either
+        else:
+            src.unlink()
+    _fsync(dest.parent)
+
+
+def _install(new: Path, path: Path) -> None:
+    """The steps after the commit: the old ``path`` moved away, ``new`` into place, the old removed."""
+    old = None
+    if os.path.lexists(path):
+        old = _sibling(path, "old")
+        _step("move-away", path)
+        os.rename(path, old)
+    _step("install", path)
+    os.rename(new, path)
+    _fsync(path.parent)
+    if old is not None:
+        _step("remove", old)
+        _remove(old)
+
+
+def _sibling(path: Path, kind: str) -> Path:
+    return path.with_name(f".{path.name}.{kind}-{uuid.uuid4().hex[:8]}")
+
+
+def _siblings(path: Path, kind: str) -> list[Path]:
+    return sorted(path.parent.glob(f".{glob.escape(path.name)}.{kind}-*"))
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _fsync(path: Path) -> None:
+    """Flush ``path`` (a file, or a folder's entries) to disk; folders that cannot be opened for
+    it (some filesystems, Windows) are left to the OS."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

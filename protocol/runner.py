@@ -188,13 +188,12 @@ def _evaluate_tests(run: Run, plan: Plan, checkpoint: Path, folder: Path, progre
 
 def _train(run: Run, folder: Path, progress: bool) -> int:
     """Train (or resume, or find finished) the run's model; returns the selected epoch."""
+    from clifvqa.train.run_folder import RunFolder
     from clifvqa.train.trainer import run_training
 
     train_dir = folder / "train"
-    summary_path = train_dir / "summary.json"
-    if summary_path.is_file() and json.loads(summary_path.read_text(encoding="utf-8")).get("finished"):
-        summary = json.loads(summary_path.read_text(encoding="utf-8"))
-    else:
+    summary = RunFolder(train_dir).read_summary()
+    if not (summary and summary.get("finished")):
         _write_rows([ManifestRow(r.video, r.mos, "train") for r in run.train]
                     + [ManifestRow(r.video, r.mos, "val") for r in run.val], folder / RUN_MANIFEST)
         resume = train_dir.is_dir() and any(train_dir.iterdir())

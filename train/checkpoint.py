@@ -17,8 +17,9 @@ A checkpoint is a directory::
     train_state.json       (resume state only) optimizer param groups, step, epoch, RNG scalars
                            (``rng``; ``rng_ranks``: those of ranks 1, 2, ...)
 
-A directory is written next to its destination and renamed into place, so an interrupted save
-leaves the previous checkpoint intact. Weights holding NaN or inf are never saved or loaded.
+A directory is written next to its destination and renamed into place
+(:func:`clifvqa._atomic.atomic_dir`), so a save killed at any point leaves the previous
+checkpoint or the new one (after :func:`clifvqa._atomic.recover`). Weights holding NaN or inf are never saved or loaded.
 
 In training, :class:`CheckpointSaver` is the only reader and writer of a run's ``best/`` and
 ``last/``; :func:`check_init` and :func:`init_weights` read another run's checkpoint to start
@@ -30,19 +31,21 @@ from __future__ import annotations
 import json
 import os
 import random
-import shutil
-import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
+from clifvqa._atomic import atomic_dir, atomic_write_text
 from clifvqa._safetensors import load_safetensors
 from clifvqa.errors import ClifvqaError
 from clifvqa.train.metrics import ScoreMapping
 from clifvqa.train.model import ClifVQA, ClifVQAConfig, build_model
+
+if TYPE_CHECKING:
+    from clifvqa.train.run_folder import RunFolder
 
 FORMAT = "clifvqa-checkpoint"
 FORMAT_VERSION = 1
@@ -105,10 +108,7 @@ def save_checkpoint(
     path = Path(path)
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     _check_finite(state, f"not saving checkpoint {path}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    tmp.mkdir()
-    try:
+    with atomic_dir(path) as tmp:
         from safetensors.torch import save_file
 
         save_file(state, str(tmp / MODEL_FILE), metadata={"format": FORMAT})
@@ -122,10 +122,6 @@ def save_checkpoint(
         _write_json(tmp / META_FILE, meta)
         if optimizer is not None:
             _save_optimizer(tmp, optimizer, train_state or {}, rng or [capture_rng()])
-        _replace_dir(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return path
 
 
@@ -177,8 +173,6 @@ def _load_tensors(path: Path, device: str) -> dict[str, torch.Tensor]:
 
 def update_meta(path: str | os.PathLike[str], fields: Mapping[str, Any]) -> dict[str, Any]:
     """Set ``fields`` in a checkpoint's ``meta.json`` (replaced atomically) and return the new meta."""
-    from clifvqa._atomic import atomic_write_text
-
     meta = {**read_meta(path), **dict(fields)}
     text = json.dumps(meta, indent=2, sort_keys=True, allow_nan=True) + "\n"
     atomic_write_text(Path(path) / META_FILE, text)
@@ -310,31 +304,22 @@ class CheckpointSaver:
     After each epoch :meth:`save` writes ``last/`` with the resume state and, when the epoch is the
     selection so far, ``best/``; :meth:`resume` brings ``last/`` back into the model, optimizer and
     RNGs; :meth:`load_best` puts the selected weights into the model for the final passes and
-    :meth:`finish` adds their results to ``best/meta.json``. With ``write=False`` (processes of
-    rank > 0 under torchrun) nothing is written, and everything is read.
+    :meth:`finish` adds their results to ``best/meta.json``. A folder that does not write
+    (processes of rank > 0 under torchrun) writes nothing here either, and everything is read.
 
     Args:
-        folder: the split's folder (holds ``best/`` and ``last/``).
+        folder: the split's folder (its ``best/`` and ``last/``).
         model: the model trained (its weights are saved and loaded in place).
         store_provenance, fingerprint: of the feature store (empty for the spatial-only model).
         extra: JSON-ready fields of every ``meta.json`` (run config, split name).
     """
 
-    def __init__(self, folder: str | os.PathLike[str], model: ClifVQA, store_provenance: Mapping[str, Any],
-                 fingerprint: str, extra: Mapping[str, Any], *, write: bool = True) -> None:
-        self.folder = Path(folder)
+    def __init__(self, folder: RunFolder, model: ClifVQA, store_provenance: Mapping[str, Any],
+                 fingerprint: str, extra: Mapping[str, Any]) -> None:
+        self.best, self.last, self.write = folder.best, folder.last, folder.write
         self.model = model
         self.store = (dict(store_provenance), fingerprint)
         self.extra = dict(extra)
-        self.write = write
-
-    @property
-    def best(self) -> Path:
-        return self.folder / "best"
-
-    @property
-    def last(self) -> Path:
-        return self.folder / "last"
 
     def resume(self, optimizer: torch.optim.Optimizer, rank: int = 0) -> dict[str, Any] | None:
         """Load ``last/`` (weights, optimizer, this rank's RNG states) and return its train state,
@@ -347,7 +332,7 @@ class CheckpointSaver:
     def save(self, epoch: int, metrics: Mapping[str, Any], *, improved: bool, optimizer: torch.optim.Optimizer,
              train_state: Mapping[str, Any], rng: Sequence[RngState]) -> None:
         """Checkpoint epoch ``epoch`` (1-based): ``best/`` when ``improved``, then ``last/`` with the
-        resume state (an interruption between the two resumes from the previous ``last/``)."""
+        resume state (a kill before ``last/`` is complete resumes from the previous one)."""
         if not self.write:
             return
         extra = {**self.extra, "epoch": epoch, "metrics": dict(metrics)}
@@ -420,13 +405,3 @@ def _restore_rng(tensors: Mapping[str, torch.Tensor], saved: Mapping[str, Any]) 
 def _write_json(path: Path, data: Any) -> None:
     path.write_text(json.dumps(data, indent=2, sort_keys=True, allow_nan=True) + "\n", encoding="utf-8")
 
-
-def _replace_dir(new: Path, dest: Path) -> None:
-    """Move ``new`` to ``dest``; an existing ``dest`` is kept until the new one is in place."""
-    if dest.exists():
-        old = dest.with_name(f".{dest.name}.old-{uuid.uuid4().hex[:8]}")
-        os.replace(dest, old)
-        os.replace(new, dest)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(new, dest)

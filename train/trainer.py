@@ -2,7 +2,8 @@
 
 :func:`run_training` is what ``clifvqa train`` calls: it plans the splits
 (:func:`clifvqa.train.data.plan_splits`), checks every video and the stores before anything is
-trained, trains one model per split (:func:`train_split`) and writes::
+trained, trains one model per split (:func:`train_split`) and writes the run folder
+(:class:`~clifvqa.train.run_folder.RunFolder`, which writes every file of it atomically)::
 
     OUT/run.yaml                 the resolved run config (:class:`~clifvqa.train.config.RunConfig`)
     OUT/run.json                 what follows from it and the data: splits, store, built model, init
@@ -17,8 +18,8 @@ trained, trains one model per split (:func:`train_split`) and writes::
 
 One epoch (:func:`train_split`'s loop, timm's shape): :func:`train_one_epoch` (the steps,
 :func:`train_step` each), :func:`validate` (the scoring loop of ``evaluate``), the metric row
-(:class:`MetricsLog`), the selection so far, and :class:`~clifvqa.train.checkpoint.CheckpointSaver`,
-the only reader and writer of ``best/`` and ``last/``.
+(:meth:`~clifvqa.train.run_folder.RunFolder.append_metrics`), the selection so far, and
+:class:`~clifvqa.train.checkpoint.CheckpointSaver`, the only reader and writer of ``best/`` and ``last/``.
 
 Recipe (paper §5.1): AdamW (weight decay 0.05 on every parameter, as FAST-VQA), lr 7.5e-5 for
 the Video Swin backbone and 7.5e-4 for everything else, batch 12; per-step schedule: linear
@@ -39,7 +40,8 @@ before the epoch is saved; checkpoints never hold non-finite weights.
 Resume (``resume=True``): model, AdamW moments, step, epoch, best-so-far and the RNG states come
 back from ``last/`` (under torchrun each process's own RNG states); training data order and
 fragment draws are functions of (seed, epoch, item), so a resumed run ends where an
-uninterrupted one would.
+uninterrupted one would. A run killed at any point, a checkpoint save included, resumes from its
+last complete epoch (:meth:`~clifvqa.train.run_folder.RunFolder.recover`).
 
 Several GPUs / machines: run the same command under ``torchrun``; the trainer then uses
 DistributedDataParallel (nccl on GPU, gloo on CPU) with a DistributedSampler, evaluates a shard
@@ -50,7 +52,6 @@ of its LOCAL_RANK (``--device cuda:N`` is refused there).
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import math
@@ -65,10 +66,9 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
-from clifvqa._atomic import atomic_write_text
 from clifvqa.errors import ClifvqaError
 from clifvqa.train import checkpoint as ckpt
-from clifvqa.train.config import RESUMABLE_CHANGES, InitConfig, OptimConfig, RunConfig, load_run_config
+from clifvqa.train.config import RESUMABLE_CHANGES, InitConfig, OptimConfig, RunConfig
 from clifvqa.train.config_io import diff, format_diff
 from clifvqa.train.data import (
     DataError,
@@ -87,10 +87,9 @@ from clifvqa.train.inference import predict_items, progress_bar, to_device
 from clifvqa.train.loss import clifvqa_loss
 from clifvqa.train.metrics import METRIC_KEYS, compute_metrics, fit_score_mapping, format_table, summarize
 from clifvqa.train.model import ClifVQA, ClifVQAConfig, ModelConfig, build_model
+from clifvqa.train.run_folder import RunFolder
 
 log = logging.getLogger("clifvqa.train")
-
-RUN_CONFIG_FILE = "run.yaml"
 
 
 class NonFiniteLoss(ClifvqaError):
@@ -318,46 +317,6 @@ def _init_weights(model: ClifVQA, init: InitConfig, initialised_from: Mapping[st
         log.info("initialised FAST-VQA from %s (%s layout, %d tensors)", path, report.layout, report.loaded)
 
 
-class MetricsLog:
-    """A split's per-epoch rows: ``metrics.jsonl`` and ``metrics.csv`` (written by rank 0 only)."""
-
-    def __init__(self, folder: Path, *, write: bool = True) -> None:
-        self.jsonl, self.csv, self.write = folder / "metrics.jsonl", folder / "metrics.csv", write
-
-    def rows(self) -> list[dict[str, Any]]:
-        if not self.jsonl.exists():
-            return []
-        return [json.loads(line) for line in self.jsonl.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-    def append(self, row: Mapping[str, Any]) -> None:
-        if not self.write:
-            return
-        row = {k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()}
-        with open(self.jsonl, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(row, allow_nan=True) + "\n")
-        new = not self.csv.exists()
-        with open(self.csv, "a", newline="", encoding="utf-8") as fh:
-            writer = csv.DictWriter(fh, fieldnames=list(row))
-            if new:
-                writer.writeheader()
-            writer.writerow(row)
-
-    def truncate(self, last_epoch: int) -> None:
-        """Drop the rows of epochs (1-based) after ``last_epoch``: written, then not checkpointed
-        (an interruption between the two)."""
-        rows = self.rows()
-        keep = [r for r in rows if r["epoch"] <= last_epoch]
-        if self.write and len(keep) < len(rows):
-            self.clear()
-            for row in keep:
-                self.append(row)
-
-    def clear(self) -> None:
-        if self.write:
-            self.jsonl.unlink(missing_ok=True)
-            self.csv.unlink(missing_ok=True)
-
-
 class TrainLoader:
     """The training videos of a split, in an order and with fragment draws that are functions of
     (seed, epoch, item): a resumed run sees the epochs an uninterrupted one would."""
@@ -492,23 +451,22 @@ def train_split(
     ``stop_after`` ends this call after that many epochs of the split have been done (as if the
     job were interrupted; resume it later with ``resume=True``).
     """
-    out = Path(out)
-    if dist.main:
-        out.mkdir(parents=True, exist_ok=True)
-    if resume and (out / "result.json").exists():
-        done = json.loads((out / "result.json").read_text(encoding="utf-8"))
-        log.info("%s: already finished (best epoch %d), skipped", plan.name, done["best_epoch"])
-        return SplitResult(**done)
+    folder = RunFolder(out, write=dist.main)
+    folder.recover()
+    dist.barrier()  # rank 0 has recovered the folder before the others read it
+    finished = folder.read_result() if resume else None
+    if finished is not None:
+        log.info("%s: already finished (best epoch %d), skipped", plan.name, finished["best_epoch"])
+        return SplitResult(**finished)
     seed = config.seed + split_index
     model, optimizer, scaler, dtype = _build_training(model_config, config, seed, dist, device)
     store = (features.provenance, features.fingerprint) if features is not None else ({}, "")
     extra = {"run_config": config.to_dict(), "split": plan.name, "initialised_from": initialised_from}
-    saver = ckpt.CheckpointSaver(out, model, *store, extra, write=dist.main)
-    metrics_log = MetricsLog(out, write=dist.main)
-    done = _Progress.resume(saver, metrics_log, optimizer, scaler, seed, dist) if resume else None
+    saver = ckpt.CheckpointSaver(folder, model, *store, extra)
+    done = _Progress.resume(saver, folder, optimizer, scaler, seed, dist) if resume else None
     if done is None:
         _init_weights(model, config.init, initialised_from)
-        metrics_log.clear()
+        folder.clear_metrics()
         done = _Progress()
     else:
         log.info("%s: resumed after epoch %d", plan.name, done.epochs)
@@ -536,7 +494,7 @@ def train_split(
                  " (selected so far)" if improved else "")
         rng = _gather_rng(dist)
         row["seconds"] = round(time.time() - t_start, 3)
-        metrics_log.append(row)
+        folder.append_metrics(row)
         done.epochs = epoch + 1
         saver.save(epoch + 1, {"val": val}, improved=improved, optimizer=optimizer,
                    train_state=done.train_state(scaler, dist), rng=rng)
@@ -547,13 +505,12 @@ def train_split(
     if done.epochs < epochs:
         return SplitResult(plan.name, done.best_epoch + 1, done.best_val, None, done.epochs, False, selection)
     saver.load_best()
-    train_metrics, score_mapping, test_metrics = _score_selected(model, plan, config, rows, out, seed=seed,
+    train_metrics, score_mapping, test_metrics = _score_selected(model, plan, config, rows, folder, seed=seed,
                                                                  device=device, dist=dist, progress=progress)
     result = SplitResult(plan.name, done.best_epoch + 1, done.best_val, test_metrics, done.epochs, True, selection)
     saver.finish({"metrics": {"val": done.best_val, "test": test_metrics, "train": train_metrics},
                   "score_mapping": score_mapping, "selection": selection})
-    if dist.main:
-        (out / "result.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n", encoding="utf-8")
+    folder.write_result(result.to_dict())
     dist.barrier()
     return result
 
@@ -573,7 +530,7 @@ class _Progress:
                 "scaler": scaler.state_dict() if scaler.is_enabled() else None, "processes": dist.world}
 
     @classmethod
-    def resume(cls, saver: ckpt.CheckpointSaver, metrics_log: MetricsLog, optimizer: torch.optim.Optimizer,
+    def resume(cls, saver: ckpt.CheckpointSaver, folder: RunFolder, optimizer: torch.optim.Optimizer,
                scaler: torch.amp.GradScaler, seed: int, dist: Dist) -> _Progress | None:
         """Bring back the state of ``last/`` (model, optimizer, RNGs, scaler) and drop metric rows
         written after it; None when there is nothing to resume."""
@@ -585,9 +542,9 @@ class _Progress:
             torch.manual_seed(rank_seed(seed, dist.rank) + epochs)
         if state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
-        metrics_log.truncate(epochs)
-        dist.barrier()  # rank 0 has truncated before the others read
-        return cls(epochs, state["step"], state["best_epoch"], state["best_val"], metrics_log.rows())
+        history = folder.resume_metrics(epochs)
+        dist.barrier()  # rank 0 has rewritten the metrics before the others go on
+        return cls(epochs, state["step"], state["best_epoch"], state["best_val"], history)
 
 
 def _build_training(
@@ -636,7 +593,7 @@ def _gather_rng(dist: Dist) -> list[ckpt.RngState]:
 
 
 def _score_selected(
-    model: ClifVQA, plan: SplitPlan, config: RunConfig, rows: Sequence[int] | None, out: Path, *,
+    model: ClifVQA, plan: SplitPlan, config: RunConfig, rows: Sequence[int] | None, folder: RunFolder, *,
     seed: int, device: torch.device, dist: Dist, progress: bool,
 ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any] | None]:
     """The selected model's passes after training: its raw outputs on the training videos fix the
@@ -657,11 +614,7 @@ def _score_selected(
     if not plan.test:
         return train_metrics, score_mapping, None
     test_metrics, (keys, preds, mos) = score(plan.test, "test")
-    if dist.main:
-        with open(out / "test_predictions.csv", "w", newline="", encoding="utf-8") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(["video", "mos", "prediction", "score"])
-            writer.writerows(zip(keys, mos, preds, mapping.apply(preds).tolist()))
+    folder.write_test_predictions(list(zip(keys, mos, preds, mapping.apply(preds).tolist())))
     return train_metrics, score_mapping, test_metrics
 
 
@@ -754,12 +707,12 @@ def run_training(
             "store": {"fingerprint": features.fingerprint if features else None,
                       "paths": features.stores if features else []},
         }
-        _check_run_dir(out, config, derived, resume)
+        folder = RunFolder(out, write=dist.main)
+        folder.recover()
+        dist.barrier()  # rank 0 has recovered the folder before the others read it
+        _check_run_dir(folder, config, derived, resume)
         dist.barrier()  # every process has checked before rank 0 writes run.yaml
-        if dist.main:
-            out.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(out / RUN_CONFIG_FILE, config.to_yaml())
-            atomic_write_text(out / "run.json", json.dumps(derived, indent=2) + "\n")
+        folder.write_config(config, derived)
         dist.barrier()
         if not plans[0].val:
             log.warning("warning: no validation videos (val_fraction=%s): the last epoch is selected",
@@ -770,44 +723,46 @@ def run_training(
             log.warning("warning: %s", warning)
         results = []
         for i, plan in enumerate(plans):
-            folder = out if len(plans) == 1 else out / plan.name
-            results.append(train_split(plan, model_config, config, features, folder, split_index=i,
+            results.append(train_split(plan, model_config, config, features,
+                                       folder.split(plan.name, alone=len(plans) == 1).path, split_index=i,
                                        initialised_from=initialised_from, resume=resume, stop_after=stop_after,
                                        progress=progress, dist=dist, device=device))
             if not results[-1].finished:
                 break
-        return _summarize_run(results, out, len(plans), dist)
+        return _summarize_run(results, folder, len(plans))
     finally:
         if started:
             torch.distributed.destroy_process_group()
 
 
-def _check_run_dir(out: Path, config: RunConfig, derived: Mapping[str, Any], resume: bool) -> None:
+def _check_run_dir(folder: RunFolder, config: RunConfig, derived: Mapping[str, Any], resume: bool) -> None:
     """Refuse a folder holding another run (without ``resume``), or a resume whose config or derived
     facts (splits, store, built model) differ from the interrupted run's, naming the fields."""
-    previous = out / RUN_CONFIG_FILE
-    if not previous.exists():
-        if resume and (out / "run.json").exists():
-            raise DataError(f"{out} holds a run of an older clifvqa (run.json, no {RUN_CONFIG_FILE}): this version "
-                            "cannot resume it; train into a new --out")
+    out, previous = folder.path, folder.path / RunFolder.CONFIG
+    old = folder.read_config()
+    if old is None:
+        if resume and (out / RunFolder.DERIVED).exists():
+            raise DataError(f"{out} holds a run of an older clifvqa ({RunFolder.DERIVED}, no {RunFolder.CONFIG}): "
+                            "this version cannot resume it; train into a new --out")
         if out.exists() and any(out.iterdir()) and not resume:
             raise DataError(f"{out} exists and is not empty: choose a new --out (nothing there is overwritten)")
         return
     if not resume:
         raise DataError(f"{out} already holds a run: pass --resume to continue it, or choose a new --out")
-    old = load_run_config(previous)
     changed = {k: v for k, v in diff(old, config).items() if k not in RESUMABLE_CHANGES}
     if changed:
         raise DataError(f"{out}: --resume with a config that differs from the interrupted run's ({previous}) in "
                         f"{format_diff(changed)}; use the same settings or a new --out")
-    saved = json.loads((out / "run.json").read_text(encoding="utf-8"))
+    saved = folder.read_derived()
+    if saved is None:  # killed between writing run.yaml and run.json, before training began
+        return
     differing = sorted(k for k in set(saved) | set(derived) if saved.get(k) != json.loads(json.dumps(derived.get(k))))
     if differing:
         raise DataError(f"{out}: --resume where the {', '.join(differing)} differ from the interrupted run's "
-                        f"(see {out / 'run.json'}: the manifest or stores changed); use a new --out")
+                        f"(see {out / RunFolder.DERIVED}: the manifest or stores changed); use a new --out")
 
 
-def _summarize_run(results: list[SplitResult], out: Path, num_plans: int, dist: Dist) -> dict[str, Any]:
+def _summarize_run(results: list[SplitResult], folder: RunFolder, num_plans: int) -> dict[str, Any]:
     on = "test" if all(r.test is not None for r in results) and results else "val"
     rows = [(r.name, (r.test if on == "test" else r.val) or {}) for r in results]
     summary_stats = summarize([m for _, m in rows])
@@ -816,7 +771,7 @@ def _summarize_run(results: list[SplitResult], out: Path, num_plans: int, dist: 
         "splits": [r.to_dict() for r in results],
         "summary": summary_stats,
         "finished": len(results) == num_plans and all(r.finished for r in results),
-        "out": str(out),
+        "out": str(folder.path),
     }
     table = format_table(rows, summary_stats if len(rows) > 1 else None)
     chosen = [f"{r.name}: {r.selection['reason']}" for r in results if r.selection]
@@ -824,7 +779,5 @@ def _summarize_run(results: list[SplitResult], out: Path, num_plans: int, dist: 
                            if r.selection and r.selection["warning"])
     lines = [f"{on} metrics (selected epoch per split)", table, "selected:", *chosen, *warned]
     summary["table"] = "\n".join(lines)
-    if dist.main:
-        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-        (out / "summary.txt").write_text(summary["table"] + "\n", encoding="utf-8")
+    folder.write_summary(summary)
     return summary
