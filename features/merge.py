@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from clifvqa._atomic import remove_abandoned, temporary_sibling
+from clifvqa._atomic import install_new, remove_abandoned, temporary_sibling
 from clifvqa.errors import ClifvqaError
 from clifvqa.features.provenance import require_same_features
 from clifvqa.features.store import (
@@ -237,9 +237,10 @@ def _write_output(stores: list[FeatureStore], plan: dict[str, int], failures: di
             from clifvqa.features.zarr_backend import zip_directory
 
             zip_directory(build, final_tmp)
-        if out_path.exists():
-            raise FileExistsError(f"{out_path} appeared while the merge ran; nothing was written")
-        os.rename(final_tmp, out_path)
+        try:
+            install_new(final_tmp, out_path)
+        except FileExistsError:
+            raise FileExistsError(f"{out_path} appeared while the merge ran; nothing was written") from None
     except BaseException:
         _remove(final_tmp)
         raise
