@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from clifvqa.config_io import ConfigError, with_overrides
 from clifvqa.manifests.io import Manifest, ManifestRow, read_manifest
 from clifvqa.manifests.split import random_splits
 from clifvqa.protocol import ExperimentError
@@ -36,7 +37,6 @@ from clifvqa.protocol.spec import (
     select_rows,
 )
 from clifvqa.train.config import RunConfig, tiny
-from clifvqa.train.config_io import ConfigError, with_overrides
 
 RUNS_DIR = "runs"
 RUN_MANIFEST = "manifest.csv"

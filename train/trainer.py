@@ -66,10 +66,10 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
 from clifvqa._atomic import atomic_write_text
+from clifvqa.config_io import diff, format_diff
 from clifvqa.errors import ClifvqaError
 from clifvqa.train import checkpoint as ckpt
 from clifvqa.train.config import RESUMABLE_CHANGES, InitConfig, OptimConfig, RunConfig, load_run_config
-from clifvqa.train.config_io import diff, format_diff
 from clifvqa.train.data import (
     DataError,
     SemanticFeatures,
