@@ -1,13 +1,31 @@
 """Typed configs: nested frozen dataclasses <-> plain data, YAML, JSON, overrides and diffs.
 
-A config is a frozen dataclass whose fields are typed: ``int``, ``float``, ``bool``, ``str``,
-``X | None``, ``Literal[...]`` (a choice), ``tuple[X, ...]`` / ``tuple[X, X, X]`` (lists in the
-file) and other config dataclasses (sections), like transformers' ``CLIPConfig`` holds a typed
-``CLIPVisionConfig``. Every way in goes through :func:`from_data`, which checks each value
-against its field's type and refuses unknown keys, naming the key path and, for YAML read with
-:func:`load_yaml`, the file and line::
+One reader for every config file of the package: run configs (:mod:`clifvqa.train.config`) and
+experiment files (:mod:`clifvqa.protocol.spec`). A config is a dataclass whose fields are typed,
+like transformers' ``CLIPConfig`` holds a typed ``CLIPVisionConfig``. Every way in goes through
+:func:`from_data`, which checks each value against its field's type and refuses unknown keys,
+naming the key path and, for YAML read with :func:`load_yaml`, the file and line::
 
     run.yaml:12: model.fastvqa.window_size: expected 3 integers, got [8, 7]
+
+Field types: ``int``, ``float``, ``bool``, ``str`` (a number written in the file is read as its
+text), ``Path``, ``Literal[...]`` (a choice), ``tuple[X, ...]`` / ``tuple[X, X, X]`` (lists in
+the file), ``Mapping[K, V]`` (``None`` is empty), other config dataclasses (sections), ``Any``
+(taken as written), ``X | None``, and unions of several types, chosen by the value's shape (a
+mapping, a list, or a scalar of the member's kind; sections by the ``Literal`` field they
+differ in, e.g. ``kind``). ``Annotated[X, check, ...]`` runs each ``check`` on the value read: it
+returns the value (maybe normalised) or raises ``ValueError`` (blamed on the value's key) or
+:class:`FieldError` (blamed on a key below it); with :class:`ReadAs` ``(Y)`` among the checks
+the file holds a ``Y`` that the checks turn into the field's ``X`` (e.g. one item or a list).
+
+Field metadata: ``help`` (:func:`dump_yaml` writes it as the line's comment, a missing key's
+message ends with it), ``key`` (the key in the file when it is not the field's name, e.g.
+``from``), ``mapping_key`` (the field holds the key its section sits under in a mapping; it is
+not written in the file).
+
+Variables: with ``variables`` (:func:`from_data`), ``${name}`` in a string takes the variable's
+value; a string that is exactly one ``${name}`` read where text is not expected (a number, a
+list, a choice, an ``Any`` value) takes the value read as YAML (``${epochs}`` is the number 3).
 
 Typical use::
 
@@ -17,8 +35,7 @@ Typical use::
     text = dump_yaml(config)                           # load -> dump of this text is identical
     diff(config, other)                                # {"optim.epochs": (3, 30)}
 
-Fields may carry ``metadata={"help": "..."}``: :func:`dump_yaml` writes it as the line's comment
-(and a section's class docstring summary as the section's comment).
+A section's class docstring summary is its comment in :func:`dump_yaml`.
 """
 
 from __future__ import annotations
@@ -32,7 +49,7 @@ import types
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, is_dataclass
 from pathlib import Path
-from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
+from typing import Annotated, Any, Literal, NamedTuple, TypeVar, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
@@ -44,6 +61,29 @@ C = TypeVar("C")
 class ConfigError(ClifvqaError):
     """A config value, key or file that cannot be read; the message names the key path (and the
     file and line when read from YAML)."""
+
+
+class FieldError(ConfigError):
+    """Raised by a check or a dataclass's ``__post_init__`` to blame ``key``, a key path below the
+    value being read (``"stores"`` in a dataset section), instead of the value's own key."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"{key}: {message}")
+        self.key, self.message = key, message
+
+
+@dataclass(frozen=True)
+class ReadAs:
+    """``Annotated`` metadata: the file holds a value of type ``tp``, which the checks after it
+    turn into the annotated type (``Annotated[tuple[str, ...], ReadAs(str | tuple[str, ...]),
+    one_or_more]``: one string or a list of them)."""
+
+    tp: Any
+
+
+def one_or_more(value: Any) -> tuple[Any, ...]:
+    """A check for ``ReadAs(X | tuple[X, ...])``: one value stands for a list of one."""
+    return value if isinstance(value, tuple) else (value,)
 
 
 @dataclass(frozen=True)
@@ -63,10 +103,9 @@ class YamlDocument:
 
     def where(self, key_path: str) -> str:
         """``FILE:LINE`` of ``key_path``, or of its nearest enclosing key written in the file."""
-        parts = key_path.split(".") if key_path else []
-        while parts and ".".join(parts) not in self.lines:
-            parts.pop()
-        return f"{self.name}:{self.lines.get('.'.join(parts), 1)}"
+        while key_path and key_path not in self.lines:
+            key_path = key_path[:key_path.rindex("[")] if key_path.endswith("]") else key_path.rpartition(".")[0]
+        return f"{self.name}:{self.lines.get(key_path, 1)}"
 
 
 def parse_yaml(text: str, name: str = "<string>") -> YamlDocument:
@@ -116,61 +155,114 @@ def _key_lines(node: yaml.Node, prefix: str, lines: dict[str, int], name: str) -
 # ------------------------------------------------------------------------------ data -> config
 
 
-def from_data(cls: type[C], data: Any, *, doc: YamlDocument | None = None, key_path: str = "") -> C:
-    """Build config dataclass ``cls`` from plain data (a mapping, e.g. parsed YAML or JSON).
+def from_data(cls: type[C], data: Any, *, doc: YamlDocument | None = None, key_path: str = "",
+              variables: Mapping[str, str] | None = None) -> C:
+    """Read ``data`` (plain data: parsed YAML or JSON) as type ``cls``, usually a config dataclass.
 
     Lists become tuples, numbers are checked (an integer is a valid float; ``1e-4``, which YAML
     1.1 reads as a string, is read as the number), choices (``Literal``) are checked, sections
     become their dataclass; keys absent from ``data`` keep their defaults. ``doc`` (from
-    :func:`load_yaml`) adds the file and line to messages; ``key_path`` is where ``data`` sits.
+    :func:`load_yaml`) adds the file and line to messages; ``key_path`` is where ``data`` sits;
+    ``variables`` are the values of ``${name}`` in strings (none: strings are taken as written).
 
     Raises:
         ConfigError: an unknown key (the known ones listed), a missing required key, a value
-            of the wrong type, or one its dataclass refuses (``__post_init__``).
+            of the wrong type, one a check or its dataclass refuses (``__post_init__``), or an
+            unknown variable.
     """
-    return _convert(cls, data, key_path, doc)
+    return _convert(cls, data, key_path, _Reading(doc, variables))
 
 
-def _fail(doc: YamlDocument | None, key_path: str, message: str) -> ConfigError:
-    where = f"{doc.where(key_path)}: " if doc is not None else ""
+class _Reading(NamedTuple):
+    doc: YamlDocument | None
+    variables: Mapping[str, str] | None
+
+
+def _fail(reading: _Reading, key_path: str, message: str) -> ConfigError:
+    where = f"{reading.doc.where(key_path)}: " if reading.doc is not None else ""
     return ConfigError(f"{where}{key_path or '(top level)'}: {message}")
 
 
-def _convert(tp: Any, value: Any, key_path: str, doc: YamlDocument | None) -> Any:
+def _join(key_path: str, key: Any) -> str:
+    return f"{key_path}.{key}" if key_path else str(key)
+
+
+_VAR = re.compile(r"\$\{([^}]*)\}")
+
+
+def _substitute(value: str, key_path: str, reading: _Reading, text: bool) -> Any:
+    variables = reading.variables or {}
+
+    def one(match: re.Match) -> str:
+        if match.group(1) not in variables:
+            raise _fail(reading, key_path, f"unknown variable ${{{match.group(1)}}} (defined: "
+                                           f"{', '.join(variables) or 'none'}; define it under `variables` or pass "
+                                           "--var NAME=VALUE)")
+        return variables[match.group(1)]
+
+    substituted = _VAR.sub(one, value)
+    if not text and _VAR.fullmatch(value.strip()):
+        return yaml.safe_load(substituted)
+    return substituted
+
+
+def _convert(tp: Any, value: Any, key_path: str, reading: _Reading, name: Any = None) -> Any:
+    """``value`` read as ``tp``; ``name`` is the mapping key a section sits under (``mapping_key``)."""
     origin, args = get_origin(tp), get_args(tp)
+    if origin is Annotated:
+        return _checked(tp, value, key_path, reading, name)
+    if isinstance(value, str) and reading.variables is not None:
+        value = _substitute(value, key_path, reading, text=_takes_text(tp))
+        reading = reading._replace(variables=None)  # one substitution: a value is not substituted again
     if tp is Any:
-        return value
+        return _any(value, key_path, reading)
     if origin in (Union, types.UnionType):
         if value is None and type(None) in args:
             return None
         options = [a for a in args if a is not type(None)]
-        if len(options) == 1:
-            try:
-                return _convert(options[0], value, key_path, doc)
-            except ConfigError:
-                if type(None) not in args or is_dataclass(options[0]):
-                    raise
-                raise _fail(doc, key_path, f"expected {describe(tp)}, got {value!r}") from None
-        raise TypeError(f"{key_path}: unions of several types are not supported in configs")
+        if len(options) > 1:
+            return _convert_union(tp, options, value, key_path, reading, name)
+        try:
+            return _convert(options[0], value, key_path, reading, name)
+        except ConfigError:
+            if type(None) not in args or not _plain_scalar(options[0]):
+                raise
+            raise _fail(reading, key_path, f"expected {describe(tp)}, got {value!r}") from None
     if is_dataclass(tp):
-        return _convert_dataclass(tp, value, key_path, doc)
+        return _convert_dataclass(tp, value, key_path, reading, name)
+    if origin in (dict, Mapping):
+        if value is None:
+            return {}
+        if not isinstance(value, Mapping):
+            raise _fail(reading, key_path, f"expected {describe(tp)}, got {value!r}")
+        key_tp, value_tp = args or (Any, Any)
+        out = {}
+        for k, v in value.items():
+            key = _convert(key_tp, k, _join(key_path, k), reading)
+            out[key] = _convert(value_tp, v, _join(key_path, k), reading, name=key)
+        return out
     if origin is Literal:
         if any(value == a and type(value) is type(a) for a in args):
             return value
-        raise _fail(doc, key_path, f"expected {describe(tp)}, got {value!r}")
+        raise _fail(reading, key_path, f"expected {describe(tp)}, got {value!r}")
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
-            raise _fail(doc, key_path, f"expected {describe(tp)}, got {value!r}")
+            raise _fail(reading, key_path, f"expected {describe(tp)}, got {value!r}")
         if len(args) == 2 and args[1] is Ellipsis:
             kinds = [args[0]] * len(value)
         elif len(args) != len(value):
-            raise _fail(doc, key_path, f"expected {describe(tp)}, got {list(value)!r}")
+            raise _fail(reading, key_path, f"expected {describe(tp)}, got {list(value)!r}")
         else:
             kinds = list(args)
-        try:
-            return tuple(_convert(k, v, f"{key_path}[{i}]", None) for i, (k, v) in enumerate(zip(kinds, value)))
-        except ConfigError:
-            raise _fail(doc, key_path, f"expected {describe(tp)}, got {list(value)!r}") from None
+        items = []
+        for i, (kind, item) in enumerate(zip(kinds, value)):
+            try:
+                items.append(_convert(kind, item, f"{key_path}[{i}]", reading))
+            except ConfigError:
+                if not _plain_scalar(kind):  # a section or checked item says what is wrong with it
+                    raise
+                raise _fail(reading, key_path, f"expected {describe(tp)}, got {list(value)!r}") from None
+        return tuple(items)
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -182,64 +274,200 @@ def _convert(tp: Any, value: Any, key_path: str, doc: YamlDocument | None) -> An
             return float(value)
         if isinstance(value, str) and re.fullmatch(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?", value.strip()):
             return float(value)  # YAML 1.1 reads 1e-4 (no dot) as a string
-    elif tp is str:
+    elif tp is str or tp is Path:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = str(value)  # a name or label written as a number (`table: 1`, `short_side: 720`)
         if isinstance(value, str):
-            return value
+            return value if tp is str else Path(value)
     else:
         raise TypeError(f"{key_path}: fields of type {tp!r} are not supported in configs")
-    raise _fail(doc, key_path, f"expected {describe(tp)}, got {value!r}")
+    raise _fail(reading, key_path, f"expected {describe(tp)}, got {value!r}")
 
 
-def _convert_dataclass(cls: Any, value: Any, key_path: str, doc: YamlDocument | None) -> Any:
+def _checked(tp: Any, value: Any, key_path: str, reading: _Reading, name: Any) -> Any:
+    """An ``Annotated`` value: read as its :class:`ReadAs` type (else its own), then checked."""
+    checks = tp.__metadata__
+    out = _convert(_read_type(tp), value, key_path, reading, name)
+    for check in checks:
+        if isinstance(check, ReadAs) or not callable(check):
+            continue
+        try:
+            out = check(out)
+        except FieldError as exc:
+            raise _fail(reading, _join(key_path, exc.key), exc.message) from None
+        except ConfigError:
+            raise
+        except ValueError as exc:
+            raise _fail(reading, key_path, str(exc)) from None
+    return out
+
+
+def _read_type(tp: Any) -> Any:
+    """What the file holds for ``tp``: an ``Annotated`` type's :class:`ReadAs` type, else ``tp`` itself."""
+    if get_origin(tp) is not Annotated:
+        return tp
+    return next((m.tp for m in tp.__metadata__ if isinstance(m, ReadAs)), get_args(tp)[0])
+
+
+def _takes_text(tp: Any) -> bool:
+    """Whether a string read as ``tp`` is text (a ``${var}`` in it is replaced, never read as YAML)."""
+    tp = _read_type(tp)
+    if get_origin(tp) in (Union, types.UnionType):
+        return any(_takes_text(a) for a in get_args(tp))
+    return tp is str or tp is Path
+
+
+def _plain_scalar(tp: Any) -> bool:
+    return tp in (bool, int, float, str, Path) or get_origin(tp) is Literal
+
+
+def _any(value: Any, key_path: str, reading: _Reading) -> Any:
+    """A value taken as written, with variables substituted in its strings (keys stay as written)."""
+    if reading.variables is None:
+        return value
+    if isinstance(value, Mapping):
+        return {k: _convert(Any, v, _join(key_path, k), reading) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_convert(Any, v, f"{key_path}[{i}]", reading) for i, v in enumerate(value)]
+    return value
+
+
+def _shapes(tp: Any) -> set[str]:
+    """The shapes of data a value of ``tp`` is read from: ``mapping``, ``list``, ``scalar``."""
+    tp = _read_type(tp)
+    if get_origin(tp) in (Union, types.UnionType):
+        return set().union(*(_shapes(a) for a in get_args(tp)))
+    if is_dataclass(tp) or get_origin(tp) in (dict, Mapping):
+        return {"mapping"}
+    return {"list"} if get_origin(tp) is tuple else {"scalar"}
+
+
+def _native(tp: Any, value: Any) -> bool:
+    """Whether scalar ``value`` is of ``tp``'s own kind (no reading a number as text, or text as a number)."""
+    tp = _read_type(tp)
+    if get_origin(tp) in (Union, types.UnionType):
+        return any(_native(a, value) for a in get_args(tp))
+    if get_origin(tp) is Literal:
+        return any(value == a and type(value) is type(a) for a in get_args(tp))
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return {bool: isinstance(value, bool), int: number and isinstance(value, int), float: number,
+            str: isinstance(value, str), Path: isinstance(value, str), type(None): value is None}.get(tp, False)
+
+
+def _convert_union(tp: Any, options: list[Any], value: Any, key_path: str, reading: _Reading, name: Any) -> Any:
+    """A union of several types: the members of the value's shape (sections told apart by their
+    ``Literal`` field, scalars of the value's own kind first); the one that reads it."""
+    shape = "mapping" if isinstance(value, Mapping) else "list" if isinstance(value, (list, tuple)) else "scalar"
+    fits = [o for o in options if shape in _shapes(o)]
+    if shape == "scalar":
+        fits = [o for o in fits if _native(o, value)] or fits
+    elif shape == "mapping" and len(fits) > 1:
+        fits = [_tagged(fits, value, key_path, reading)]
+    if len(fits) == 1:  # the one candidate's own message says best what is wrong
+        return _convert(fits[0], value, key_path, reading, name)
+    for option in fits:
+        try:
+            return _convert(option, value, key_path, reading, name)
+        except ConfigError:
+            continue
+    raise _fail(reading, key_path, f"expected {describe(tp)}, got {value!r}")
+
+
+def _tagged(classes: list[Any], value: Mapping[str, Any], key_path: str, reading: _Reading) -> Any:
+    """The section of ``classes`` whose ``Literal`` tag field (e.g. ``kind``) holds ``value``'s tag."""
+    hints = [get_type_hints(_read_type(c)) for c in classes]
+    tag = next((f for f in fields(_read_type(classes[0])) if all(get_origin(h.get(f.name)) is Literal for h in hints)),
+               None)
+    if tag is None:
+        raise TypeError(f"{key_path}: sections in a union need a Literal field that tells them apart")
+    choices = [get_args(h[tag.name]) for h in hints]
+    given = _convert(Literal[tuple(c for cs in choices for c in cs)], value.get(_key(tag)),
+                     _join(key_path, _key(tag)), reading)
+    return next(cls for cls, cs in zip(classes, choices) if given in cs)
+
+
+def _convert_dataclass(cls: Any, value: Any, key_path: str, reading: _Reading, name: Any) -> Any:
     if isinstance(value, cls):
         return value
+    keys = _written(cls)
     if not isinstance(value, Mapping):
-        raise _fail(doc, key_path, f"expected a section ({cls.__name__}: keys {', '.join(_names(cls))}), got {value!r}")
-    hints = get_type_hints(cls)
-    known = _names(cls)
-    prefix = f"{key_path}." if key_path else ""
-    unknown = [str(k) for k in value if k not in known]
+        raise _fail(reading, key_path, f"expected a section ({cls.__name__}: keys {', '.join(keys)}), got {value!r}")
+    unknown = [str(k) for k in value if k not in keys]
     if unknown:
-        raise _fail(doc, f"{prefix}{unknown[0]}",
-                    f"unknown {cls.__name__} fields {unknown} (known: {', '.join(known)})")
-    missing = [f.name for f in fields(cls) if f.init and f.name not in value
+        raise _fail(reading, _join(key_path, unknown[0]), _unknown_keys(cls, unknown, list(keys)))
+    missing = [k for k, f in keys.items() if k not in value
                and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
     if missing:
-        raise _fail(doc, key_path, f"missing key{'s' * (len(missing) > 1)} {', '.join(missing)}")
-    kwargs = {k: _convert(hints[k], v, f"{prefix}{k}", doc) for k, v in value.items()}
+        hint = keys[missing[0]].metadata.get("help")
+        raise _fail(reading, key_path, f"missing key {missing[0]!r}" + (f" ({hint})" if hint else "")
+                    if len(missing) == 1 else f"missing keys {', '.join(map(repr, missing))}")
+    hints = get_type_hints(cls, include_extras=True)
+    kwargs = {keys[k].name: _convert(hints[keys[k].name], v, _join(key_path, k), reading) for k, v in value.items()}
+    if name is not None:
+        kwargs.update({f.name: name for f in fields(cls) if f.metadata.get("mapping_key")})
     try:
         return cls(**kwargs)
+    except FieldError as exc:
+        raise _fail(reading, _join(key_path, exc.key), exc.message) from None
     except ConfigError:
         raise
     except (ValueError, TypeError) as exc:  # the dataclass's own checks (__post_init__)
-        raise _fail(doc, key_path, str(exc)) from exc
+        raise _fail(reading, key_path, str(exc)) from exc
 
 
-def _names(cls: Any) -> list[str]:
-    return [f.name for f in fields(cls) if f.init]
+def _key(f: dataclasses.Field) -> str:
+    """A field's key in the file: its ``key`` metadata (``from``, a Python keyword), else its name."""
+    return f.metadata.get("key", f.name)
 
 
-_PLURAL = {int: "integers", float: "numbers", bool: "booleans (true/false)", str: "strings"}
-_SINGULAR = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+def _written(cls: Any) -> dict[str, dataclasses.Field]:
+    """The fields of dataclass ``cls`` that a file writes, by their key in the file."""
+    return {_key(f): f for f in fields(cls) if f.init and not f.metadata.get("mapping_key")}
+
+
+def _unknown_keys(cls: Any, unknown: list[str], known: list[str]) -> str:
+    if issubclass(cls, JsonConfig):  # named by class: the same message serves checkpoints of other versions
+        return f"unknown {cls.__name__} fields {unknown} (known: {', '.join(known)})"
+    return f"unknown key {unknown[0]!r} (known: {', '.join(sorted(known))})"
+
+
+_PLURAL = {int: "integers", float: "numbers", bool: "booleans (true/false)", str: "strings", Path: "paths",
+           type(None): "nulls"}
+_SINGULAR = {int: "an integer", float: "a number", bool: "true or false", str: "a string", Path: "a path",
+             Any: "any value"}
 
 
 def describe(tp: Any) -> str:
     """What a value of type ``tp`` must be, in words (``"3 integers"``, ``"one of 'a', 'b'"``)."""
+    tp = _read_type(tp)
     origin, args = get_origin(tp), get_args(tp)
     if origin in (Union, types.UnionType):
-        options = [describe(a) for a in args if a is not type(None)]
+        sections = [a.__name__ for a in args if is_dataclass(a)]
+        options = ([f"a section ({' or '.join(sections)})"] if sections else []) + [
+            describe(a) for a in args if a is not type(None) and not is_dataclass(a)]
         return " or ".join(options) + (" or null" if type(None) in args else "")
     if origin is Literal:
         return "one of " + ", ".join(json.dumps(a) if isinstance(a, str) else str(a) for a in args)
     if origin is tuple:
         if len(args) == 2 and args[1] is Ellipsis:
-            return f"a list of {_PLURAL.get(args[0], str(args[0]))}"
+            return f"a list of {_plural(args[0])}"
         if len(set(args)) == 1:
-            return f"{len(args)} {_PLURAL.get(args[0], str(args[0]))}"
+            return f"{len(args)} {_plural(args[0])}"
         return f"a list of {len(args)} values"
+    if origin in (dict, Mapping):
+        return "a mapping"
     if is_dataclass(tp):
         return f"a section ({tp.__name__})"
     return _SINGULAR.get(tp, str(tp))
+
+
+def _plural(tp: Any) -> str:
+    tp = _read_type(tp)
+    if get_origin(tp) in (Union, types.UnionType):
+        return " or ".join(_plural(a) for a in get_args(tp))
+    if is_dataclass(tp):
+        return f"sections ({tp.__name__})"
+    return _PLURAL.get(tp) or describe(tp)
 
 
 # ------------------------------------------------------------------------------ config -> data
@@ -253,7 +481,7 @@ def to_data(config: Any) -> dict[str, Any]:
 
 def _plain(value: Any) -> Any:
     if is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _plain(getattr(value, f.name)) for f in fields(value)}
+        return {k: _plain(getattr(value, f.name)) for k, f in _written(value).items()}
     if isinstance(value, (tuple, list)):
         return [_plain(v) for v in value]
     if isinstance(value, Mapping):
@@ -329,15 +557,15 @@ def _summary(cls: type) -> str:
 
 def _emit(config: Any, indent: int, lines: list[str]) -> None:
     pad = " " * indent
-    for f in fields(config):
+    for key, f in _written(config).items():
         value = getattr(config, f.name)
         comment = f.metadata.get("help", "")
         if is_dataclass(value):
             comment = comment or _summary(type(value))
-            lines.append(f"{pad}{f.name}:" + (f"  # {comment}" if comment else ""))
+            lines.append(f"{pad}{key}:" + (f"  # {comment}" if comment else ""))
             _emit(value, indent + 2, lines)
         else:
-            lines.append(f"{pad}{f.name}: {_scalar(value)}" + (f"  # {comment}" if comment else ""))
+            lines.append(f"{pad}{key}: {_scalar(value)}" + (f"  # {comment}" if comment else ""))
 
 
 _PLAIN_STR = re.compile(r"[A-Za-z_/.][A-Za-z0-9_./+\-]*")
@@ -390,6 +618,6 @@ class JsonConfig:
 
 
 __all__ = [
-    "ConfigError", "YamlDocument", "parse_yaml", "load_yaml", "from_data", "describe", "to_data", "flatten", "diff",
-    "format_diff", "with_overrides", "dump_yaml", "JsonConfig",
+    "ConfigError", "FieldError", "ReadAs", "one_or_more", "YamlDocument", "parse_yaml", "load_yaml", "from_data",
+    "describe", "to_data", "flatten", "diff", "format_diff", "with_overrides", "dump_yaml", "JsonConfig",
 ]

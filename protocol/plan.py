@@ -31,9 +31,13 @@ from clifvqa.protocol import ExperimentError
 from clifvqa.protocol.spec import (
     DEFAULT_STORE,
     STORE_KEY,
+    EvaluateStage,
     Experiment,
+    FinetuneStage,
+    PretrainStage,
     Setting,
     Stage,
+    TrainingStage,
     select_rows,
 )
 from clifvqa.train.config import RunConfig, tiny
@@ -167,11 +171,11 @@ class _Planner:
         done: set[str] = set()
         for name in self._stage_order():
             stage = self.x.stages[name]
-            if stage.kind == "evaluate":
+            if isinstance(stage, EvaluateStage):
                 self.evaluate_stage(stage)
             else:
                 for setting in stage.settings or (BASE_SETTING,):
-                    if stage.kind == "pretrain":
+                    if isinstance(stage, PretrainStage):
                         self.pretrain_runs(stage, setting)
                     else:
                         self.finetune_runs(stage, setting)
@@ -199,7 +203,7 @@ class _Planner:
     def tests_of(self, stage: Stage) -> dict[str, tuple[ManifestRow, ...]]:
         return {ref: tuple(self.rows(ref)) for ref in stage.test}
 
-    def init_of(self, stage: Stage, setting: str, data: str, split: str) -> tuple[str, str] | None:
+    def init_of(self, stage: TrainingStage, setting: str, data: str, split: str) -> tuple[str, str] | None:
         if stage.init is None:
             return None
         init, key = stage.init, f"stages.{stage.name}.init"
@@ -233,7 +237,7 @@ class _Planner:
             values[INIT_KEYS[init[1]]] = str(self.out / RUNS_DIR / init[0] / "train" / "best")
         return values
 
-    def pretrain_runs(self, stage: Stage, setting: Setting) -> None:
+    def pretrain_runs(self, stage: PretrainStage, setting: Setting) -> None:
         dataset = stage.train.split(".", 1)[0]
         train = self.rows(stage.train)
         val: list[ManifestRow] = []
@@ -269,7 +273,7 @@ class _Planner:
                 "data.stores": list(stores_of(self.x, dataset, store, f"stages.{stage.name}")),
                 "data.val_fraction": float(val_fraction)}
 
-    def finetune_runs(self, stage: Stage, setting: Setting) -> None:
+    def finetune_runs(self, stage: FinetuneStage, setting: Setting) -> None:
         base, _ = self.config(stage, setting, {})
         for pool_ref in stage.data:
             dataset = pool_ref.split(".", 1)[0]
@@ -293,7 +297,7 @@ class _Planner:
                          config=config, store=store, dataset=dataset, train=train, tests=tests, init=init,
                          depends=(init[0],) if init else ())
 
-    def evaluate_stage(self, stage: Stage) -> None:
+    def evaluate_stage(self, stage: EvaluateStage) -> None:
         tests = self.tests_of(stage)
         if stage.checkpoint is not None:
             config, store = self.config(stage, BASE_SETTING, {"device": self.device} if self.device else {})
@@ -302,7 +306,7 @@ class _Planner:
                 stores_of(self.x, ref.split(".", 1)[0], store, f"stages.{stage.name}")
             self.add(stage=stage.name, kind="evaluate", setting=BASE_SETTING.name, data="checkpoint", split="main",
                      config=config, store=store, dataset=next(iter(tests)).split(".", 1)[0], tests=tests,
-                     checkpoint=stage.checkpoint)
+                     checkpoint=str(stage.checkpoint))
             return
         for source in [r for r in self.runs if r.stage == stage.source and r.kind == "train"]:
             store = stage.store or source.store
