@@ -178,9 +178,17 @@ class _Reading(NamedTuple):
     variables: Mapping[str, str] | None
 
 
-def _fail(reading: _Reading, key_path: str, message: str) -> ConfigError:
+def _fail(reading: _Reading, key_path: str, message: str, kind: type[ConfigError] = ConfigError) -> ConfigError:
     where = f"{reading.doc.where(key_path)}: " if reading.doc is not None else ""
-    return ConfigError(f"{where}{key_path or '(top level)'}: {message}")
+    return kind(f"{where}{key_path or '(top level)'}: {message}")
+
+
+class _Mismatch(ConfigError):
+    """A value not of its type's shape or kind (which a list or an optional value may rephrase)."""
+
+
+def _mismatch(reading: _Reading, key_path: str, tp: Any, value: Any) -> ConfigError:
+    return _fail(reading, key_path, f"expected {describe(tp)}, got {value!r}", _Mismatch)
 
 
 def _join(key_path: str, key: Any) -> str:
@@ -224,17 +232,17 @@ def _convert(tp: Any, value: Any, key_path: str, reading: _Reading, name: Any = 
             return _convert_union(tp, options, value, key_path, reading, name)
         try:
             return _convert(options[0], value, key_path, reading, name)
-        except ConfigError:
+        except _Mismatch:
             if type(None) not in args or not _plain_scalar(options[0]):
                 raise
-            raise _fail(reading, key_path, f"expected {describe(tp)}, got {value!r}") from None
+            raise _mismatch(reading, key_path, tp, value) from None
     if is_dataclass(tp):
         return _convert_dataclass(tp, value, key_path, reading, name)
     if origin in (dict, Mapping):
         if value is None:
             return {}
         if not isinstance(value, Mapping):
-            raise _fail(reading, key_path, f"expected {describe(tp)}, got {value!r}")
+            raise _mismatch(reading, key_path, tp, value)
         key_tp, value_tp = args or (Any, Any)
         out = {}
         for k, v in value.items():
@@ -244,24 +252,24 @@ def _convert(tp: Any, value: Any, key_path: str, reading: _Reading, name: Any = 
     if origin is Literal:
         if any(value == a and type(value) is type(a) for a in args):
             return value
-        raise _fail(reading, key_path, f"expected {describe(tp)}, got {value!r}")
+        raise _mismatch(reading, key_path, tp, value)
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
-            raise _fail(reading, key_path, f"expected {describe(tp)}, got {value!r}")
+            raise _mismatch(reading, key_path, tp, value)
         if len(args) == 2 and args[1] is Ellipsis:
             kinds = [args[0]] * len(value)
         elif len(args) != len(value):
-            raise _fail(reading, key_path, f"expected {describe(tp)}, got {list(value)!r}")
+            raise _mismatch(reading, key_path, tp, list(value))
         else:
             kinds = list(args)
         items = []
         for i, (kind, item) in enumerate(zip(kinds, value)):
             try:
                 items.append(_convert(kind, item, f"{key_path}[{i}]", reading))
-            except ConfigError:
+            except _Mismatch:
                 if not _plain_scalar(kind):  # a section or checked item says what is wrong with it
                     raise
-                raise _fail(reading, key_path, f"expected {describe(tp)}, got {list(value)!r}") from None
+                raise _mismatch(reading, key_path, tp, list(value)) from None
         return tuple(items)
     if tp is bool:
         if isinstance(value, bool):
@@ -281,7 +289,7 @@ def _convert(tp: Any, value: Any, key_path: str, reading: _Reading, name: Any = 
             return value if tp is str else Path(value)
     else:
         raise TypeError(f"{key_path}: fields of type {tp!r} are not supported in configs")
-    raise _fail(reading, key_path, f"expected {describe(tp)}, got {value!r}")
+    raise _mismatch(reading, key_path, tp, value)
 
 
 def _checked(tp: Any, value: Any, key_path: str, reading: _Reading, name: Any) -> Any:
@@ -370,7 +378,7 @@ def _convert_union(tp: Any, options: list[Any], value: Any, key_path: str, readi
             return _convert(option, value, key_path, reading, name)
         except ConfigError:
             continue
-    raise _fail(reading, key_path, f"expected {describe(tp)}, got {value!r}")
+    raise _mismatch(reading, key_path, tp, value)
 
 
 def _tagged(classes: list[Any], value: Mapping[str, Any], key_path: str, reading: _Reading) -> Any:

@@ -64,7 +64,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
-from clifvqa.config_io import ConfigError, FieldError, ReadAs, YamlDocument, from_data, load_yaml, one_or_more
+from clifvqa.config_io import (
+    ConfigError,
+    FieldError,
+    ReadAs,
+    YamlDocument,
+    flatten,
+    from_data,
+    load_yaml,
+    one_or_more,
+)
 from clifvqa.protocol import ExperimentError
 
 STORE_KEY = "store"
@@ -128,17 +137,9 @@ def _settable(key: str) -> None:
 
 def _overrides(tree: Mapping[str, Any]) -> dict[str, Any]:
     """Nested or dotted run-config overrides as ``{dotted.key: value}`` (``store`` kept as is)."""
-    flat: dict[str, Any] = {}
-
-    def walk(node: Mapping[str, Any], prefix: str) -> None:
-        for key, value in node.items():
-            dotted = f"{prefix}.{key}" if prefix else str(key)
-            if isinstance(value, Mapping):
-                walk(value, dotted)
-            else:
-                _settable(dotted)
-                flat[dotted] = value
-    walk(tree, "")
+    flat = flatten(dict(tree))
+    for key in flat:
+        _settable(key)
     return flat
 
 
@@ -313,10 +314,6 @@ class PretrainStage(TrainingStage):
     train: SetRef = field(metadata={"help": "the set to train on, e.g. lsvq.train"})
     seeds: Annotated[int, _at_least(1)] = 1
 
-    def set_refs(self) -> dict[str, tuple[str, ...]]:
-        """The sets this stage names, by their key in the file."""
-        return {"train": (self.train,), "test": self.test}
-
 
 @dataclass(frozen=True, kw_only=True)
 class FinetuneStage(TrainingStage):
@@ -332,9 +329,6 @@ class FinetuneStage(TrainingStage):
     def __post_init__(self) -> None:
         if self.kind == "ablation" and not self.settings:
             raise ValueError("an ablation stage needs `settings` (a list, or a product of overrides)")
-
-    def set_refs(self) -> dict[str, tuple[str, ...]]:
-        return {"data": self.data}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -356,9 +350,6 @@ class EvaluateStage(_Stage):
 
     def depends_on(self) -> list[str]:
         return [self.source] if self.source else []
-
-    def set_refs(self) -> dict[str, tuple[str, ...]]:
-        return {"test": self.test}
 
 
 Stage = PretrainStage | FinetuneStage | EvaluateStage
@@ -450,7 +441,7 @@ def _check_links(x: Experiment) -> None:
 
     for name, stage in x.stages.items():
         key = f"stages.{name}"
-        refs = stage.set_refs()
+        refs = {part: one_or_more(getattr(stage, part, ())) for part in ("train", "data", "test")}
         for part, values in refs.items():
             for ref, where in zip(values, items(f"{key}.{part}", len(values))):
                 check_set(ref, where)
