@@ -168,8 +168,7 @@ class _Planner:
         return run
 
     def plan(self) -> list[Run]:
-        done: set[str] = set()
-        for name in self._stage_order():
+        for name in self.x.stage_order():
             stage = self.x.stages[name]
             if isinstance(stage, EvaluateStage):
                 self.evaluate_stage(stage)
@@ -179,26 +178,11 @@ class _Planner:
                         self.pretrain_runs(stage, setting)
                     else:
                         self.finetune_runs(stage, setting)
-            done.add(name)
         ids = [run.id for run in self.runs]
         if len(set(ids)) != len(ids):
             twice = sorted({i for i in ids if ids.count(i) > 1})
             raise self.x.fail("stages", f"two runs would share the folder {twice[0]}; rename a setting or stage")
         return self.runs
-
-    def _stage_order(self) -> list[str]:
-        order: list[str] = []
-
-        def visit(name: str) -> None:
-            if name in order:
-                return
-            for dep in self.x.stages[name].depends_on():
-                visit(dep)
-            order.append(name)
-
-        for name in self.x.stages:
-            visit(name)
-        return order
 
     def tests_of(self, stage: Stage) -> dict[str, tuple[ManifestRow, ...]]:
         return {ref: tuple(self.rows(ref)) for ref in stage.test}

@@ -46,9 +46,9 @@ dataset's named store) and ``report`` (one mapping or a list, one per table: ``t
 for a stage without settings, ``rows`` (setting: label) for one with settings, whose rows are
 otherwise the setting names; ``columns`` (test set: label) or one ``column`` for all). Settings
 are a list of ``{name, set: {overrides}}`` or a ``product`` of override lists or ``label: value``
-mappings (labels joined with ``+``). A string that is exactly one ``${var}`` takes the variable's
-value as YAML (``${epochs}`` is a number). Relative paths are taken from the current directory
-and recorded absolute.
+mappings (labels joined with ``+``). A string that is exactly one ``${var}`` where no text is
+expected (a count, a fraction, an override) takes the variable's value as YAML (``${epochs}`` is a
+number). Relative paths are taken from the current directory and recorded absolute.
 
 The file is read by :mod:`clifvqa.config_io` (the reader of run configs too) into the dataclasses
 below; errors name the file, line and key path (``paper.yaml:42: stages.finetune.init.from: ...``).
@@ -387,6 +387,24 @@ class Experiment:
     def dataset_of(self, set_ref: str) -> Dataset:
         return self.datasets[set_ref.split(".", 1)[0]]
 
+    def stage_order(self) -> list[str]:
+        """The stages in file order, each after the stage it starts from or scores (a cycle is refused)."""
+        order: list[str] = []
+
+        def visit(name: str, trail: list[str]) -> None:
+            if name in order:
+                return
+            if name in trail:
+                cycle = " -> ".join(trail[trail.index(name):] + [name])
+                raise self.fail(f"stages.{name}", f"stages depend on each other in a cycle: {cycle}")
+            for dep in self.stages[name].depends_on():
+                visit(dep, trail + [name])
+            order.append(name)
+
+        for name in self.stages:
+            visit(name, [])
+        return order
+
 
 def load_experiment(path: str | os.PathLike[str], variables: Mapping[str, str] | None = None) -> Experiment:
     """Read and check an experiment file; ``variables`` override its ``variables`` section.
@@ -477,21 +495,7 @@ def _check_links(x: Experiment) -> None:
             for ref in itertools.chain(*refs.values()):
                 if store_name not in x.dataset_of(ref).stores:
                     raise x.fail(key, f"store {store_name!r} is not a store of dataset {ref.split('.')[0]}")
-    state: dict[str, int] = {}
-
-    def visit(name: str, trail: list[str]) -> None:
-        if state.get(name) == 2:
-            return
-        if state.get(name) == 1:
-            cycle = " -> ".join(trail[trail.index(name):] + [name])
-            raise x.fail(f"stages.{name}", f"stages depend on each other in a cycle: {cycle}")
-        state[name] = 1
-        for dep in x.stages[name].depends_on():
-            visit(dep, trail + [name])
-        state[name] = 2
-
-    for name in x.stages:
-        visit(name, [])
+    x.stage_order()
 
 
 def select_rows(experiment: Experiment, set_ref: str, rows: Sequence[Any], columns: Sequence[str],
