@@ -170,7 +170,8 @@ def from_data(cls: type[C], data: Any, *, doc: YamlDocument | None = None, key_p
             of the wrong type, one a check or its dataclass refuses (``__post_init__``), or an
             unknown variable.
     """
-    return _convert(cls, data, key_path, _Reading(doc, variables))
+    config: C = _convert(cls, data, key_path, _Reading(doc, variables))
+    return config
 
 
 class _Reading(NamedTuple):
@@ -201,7 +202,7 @@ _VAR = re.compile(r"\$\{([^}]*)\}")
 def _substitute(value: str, key_path: str, reading: _Reading, text: bool) -> Any:
     variables = reading.variables or {}
 
-    def one(match: re.Match) -> str:
+    def one(match: re.Match[str]) -> str:
         if match.group(1) not in variables:
             raise _fail(reading, key_path, f"unknown variable ${{{match.group(1)}}} (defined: "
                                            f"{', '.join(variables) or 'none'}; define it under `variables` or pass "
@@ -423,12 +424,12 @@ def _convert_dataclass(cls: Any, value: Any, key_path: str, reading: _Reading, n
         raise _fail(reading, key_path, str(exc)) from exc
 
 
-def _key(f: dataclasses.Field) -> str:
+def _key(f: dataclasses.Field[Any]) -> str:
     """A field's key in the file: its ``key`` metadata (``from``, a Python keyword), else its name."""
-    return f.metadata.get("key", f.name)
+    return str(f.metadata.get("key", f.name))
 
 
-def _written(cls: Any) -> dict[str, dataclasses.Field]:
+def _written(cls: Any) -> dict[str, dataclasses.Field[Any]]:
     """The fields of dataclass ``cls`` that a file writes, by their key in the file."""
     return {_key(f): f for f in fields(cls) if f.init and not f.metadata.get("mapping_key")}
 
@@ -450,9 +451,9 @@ def describe(tp: Any) -> str:
     tp = _read_type(tp)
     origin, args = get_origin(tp), get_args(tp)
     if origin in (Union, types.UnionType):
-        sections = [a.__name__ for a in args if is_dataclass(a)]
+        sections = [a.__name__ for a in args if _section(a)]
         options = ([f"a section ({' or '.join(sections)})"] if sections else []) + [
-            describe(a) for a in args if a is not type(None) and not is_dataclass(a)]
+            describe(a) for a in args if a is not type(None) and not _section(a)]
         return " or ".join(options) + (" or null" if type(None) in args else "")
     if origin is Literal:
         return "one of " + ", ".join(json.dumps(a) if isinstance(a, str) else str(a) for a in args)
@@ -464,7 +465,7 @@ def describe(tp: Any) -> str:
         return f"a list of {len(args)} values"
     if origin in (dict, Mapping):
         return "a mapping"
-    if is_dataclass(tp):
+    if _section(tp):
         return f"a section ({tp.__name__})"
     return _SINGULAR.get(tp, str(tp))
 
@@ -473,9 +474,14 @@ def _plural(tp: Any) -> str:
     tp = _read_type(tp)
     if get_origin(tp) in (Union, types.UnionType):
         return " or ".join(_plural(a) for a in get_args(tp))
-    if is_dataclass(tp):
+    if _section(tp):
         return f"sections ({tp.__name__})"
     return _PLURAL.get(tp) or describe(tp)
+
+
+def _section(tp: Any) -> bool:
+    """Whether ``tp`` is a config dataclass (a section of the file)."""
+    return isinstance(tp, type) and is_dataclass(tp)
 
 
 # ------------------------------------------------------------------------------ config -> data
@@ -484,7 +490,8 @@ def _plural(tp: Any) -> str:
 def to_data(config: Any) -> dict[str, Any]:
     """The plain data of a config dataclass (sections as dicts, tuples as lists); inverse of
     :func:`from_data`, JSON- and YAML-ready."""
-    return _plain(config)
+    data: dict[str, Any] = _plain(config)
+    return data
 
 
 def _plain(value: Any) -> Any:
