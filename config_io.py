@@ -211,7 +211,10 @@ def _substitute(value: str, key_path: str, reading: _Reading, text: bool) -> Any
 
     substituted = _VAR.sub(one, value)
     if not text and _VAR.fullmatch(value.strip()):
-        return yaml.safe_load(substituted)
+        try:
+            return yaml.safe_load(substituted)
+        except yaml.YAMLError:  # not YAML (`[a`): its text, which the field's type then judges
+            return substituted
     return substituted
 
 

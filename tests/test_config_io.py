@@ -96,3 +96,5 @@ def test_one_variable_rule():
     with pytest.raises(ConfigError, match=r"^f.yaml:1: tags\[0\]: unknown variable \$\{nope\} \(defined: n, dir,"):
         read("tags: ['${nope}']\n", variables)
     assert read("tags: ['${nope}']\n").tags == ("${nope}",)  # without variables: taken as written
+    with pytest.raises(ConfigError, match=r"^f.yaml:1: counts: expected a list of integers, got '\[1'"):
+        read("counts: '${bad}'\n", {"bad": "[1"})  # a value that is not YAML stays text
