@@ -741,8 +741,8 @@ def demo_cmd(out: str, clips: int, epochs: int | None, seed: int, quiet: bool) -
     with a tiny random-weight CLIP, train --tiny, and print SROCC/PLCC on the held-out clips."""
     import logging
 
+    from clifvqa.config_io import with_overrides
     from clifvqa.demo import DEMO_TRAINING, DemoConfig, run_demo
-    from clifvqa.train.config_io import with_overrides
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     overrides = {"optim.epochs": epochs} if epochs else {}

@@ -24,19 +24,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from clifvqa.config_io import ConfigError, with_overrides
 from clifvqa.manifests.io import Manifest, ManifestRow, read_manifest
 from clifvqa.manifests.split import random_splits
 from clifvqa.protocol import ExperimentError
 from clifvqa.protocol.spec import (
     DEFAULT_STORE,
     STORE_KEY,
+    EvaluateStage,
     Experiment,
+    FinetuneStage,
+    PretrainStage,
     Setting,
     Stage,
+    TrainingStage,
     select_rows,
 )
 from clifvqa.train.config import RunConfig, tiny
-from clifvqa.train.config_io import ConfigError, with_overrides
 
 RUNS_DIR = "runs"
 RUN_MANIFEST = "manifest.csv"
@@ -164,42 +168,26 @@ class _Planner:
         return run
 
     def plan(self) -> list[Run]:
-        done: set[str] = set()
-        for name in self._stage_order():
+        for name in self.x.stage_order():
             stage = self.x.stages[name]
-            if stage.kind == "evaluate":
+            if isinstance(stage, EvaluateStage):
                 self.evaluate_stage(stage)
             else:
                 for setting in stage.settings or (BASE_SETTING,):
-                    if stage.kind == "pretrain":
+                    if isinstance(stage, PretrainStage):
                         self.pretrain_runs(stage, setting)
                     else:
                         self.finetune_runs(stage, setting)
-            done.add(name)
         ids = [run.id for run in self.runs]
         if len(set(ids)) != len(ids):
             twice = sorted({i for i in ids if ids.count(i) > 1})
             raise self.x.fail("stages", f"two runs would share the folder {twice[0]}; rename a setting or stage")
         return self.runs
 
-    def _stage_order(self) -> list[str]:
-        order: list[str] = []
-
-        def visit(name: str) -> None:
-            if name in order:
-                return
-            for dep in self.x.stages[name].depends_on():
-                visit(dep)
-            order.append(name)
-
-        for name in self.x.stages:
-            visit(name)
-        return order
-
     def tests_of(self, stage: Stage) -> dict[str, tuple[ManifestRow, ...]]:
         return {ref: tuple(self.rows(ref)) for ref in stage.test}
 
-    def init_of(self, stage: Stage, setting: str, data: str, split: str) -> tuple[str, str] | None:
+    def init_of(self, stage: TrainingStage, setting: str, data: str, split: str) -> tuple[str, str] | None:
         if stage.init is None:
             return None
         init, key = stage.init, f"stages.{stage.name}.init"
@@ -233,7 +221,7 @@ class _Planner:
             values[INIT_KEYS[init[1]]] = str(self.out / RUNS_DIR / init[0] / "train" / "best")
         return values
 
-    def pretrain_runs(self, stage: Stage, setting: Setting) -> None:
+    def pretrain_runs(self, stage: PretrainStage, setting: Setting) -> None:
         dataset = stage.train.split(".", 1)[0]
         train = self.rows(stage.train)
         val: list[ManifestRow] = []
@@ -269,7 +257,7 @@ class _Planner:
                 "data.stores": list(stores_of(self.x, dataset, store, f"stages.{stage.name}")),
                 "data.val_fraction": float(val_fraction)}
 
-    def finetune_runs(self, stage: Stage, setting: Setting) -> None:
+    def finetune_runs(self, stage: FinetuneStage, setting: Setting) -> None:
         base, _ = self.config(stage, setting, {})
         for pool_ref in stage.data:
             dataset = pool_ref.split(".", 1)[0]
@@ -293,7 +281,7 @@ class _Planner:
                          config=config, store=store, dataset=dataset, train=train, tests=tests, init=init,
                          depends=(init[0],) if init else ())
 
-    def evaluate_stage(self, stage: Stage) -> None:
+    def evaluate_stage(self, stage: EvaluateStage) -> None:
         tests = self.tests_of(stage)
         if stage.checkpoint is not None:
             config, store = self.config(stage, BASE_SETTING, {"device": self.device} if self.device else {})
@@ -302,7 +290,7 @@ class _Planner:
                 stores_of(self.x, ref.split(".", 1)[0], store, f"stages.{stage.name}")
             self.add(stage=stage.name, kind="evaluate", setting=BASE_SETTING.name, data="checkpoint", split="main",
                      config=config, store=store, dataset=next(iter(tests)).split(".", 1)[0], tests=tests,
-                     checkpoint=stage.checkpoint)
+                     checkpoint=str(stage.checkpoint))
             return
         for source in [r for r in self.runs if r.stage == stage.source and r.kind == "train"]:
             store = stage.store or source.store

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from clifvqa._atomic import atomic_write_text
+from clifvqa.config_io import diff, format_diff, to_data
 from clifvqa.features.sources import sha256_file
 from clifvqa.manifests.io import Manifest, ManifestRow, write_manifest
 from clifvqa.protocol import ExperimentError
@@ -44,7 +45,6 @@ from clifvqa.protocol.results import METRICS, Placement, ResultRow, write_placem
 from clifvqa.protocol.spec import load_experiment
 from clifvqa.train.checkpoint import MODEL_FILE
 from clifvqa.train.config import RESUMABLE_CHANGES
-from clifvqa.train.config_io import diff, format_diff, to_data
 
 RECORD_FILE = "protocol.json"
 DONE_FILE = "done.json"

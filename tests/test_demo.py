@@ -7,8 +7,8 @@ import csv
 import pytest
 import torch
 
+from clifvqa.config_io import with_overrides
 from clifvqa.demo import DEMO_TRAINING, DISTORTIONS, LEVELS, RANDOM_CLIP_NOTE, DemoConfig, demo_manifest, run_demo
-from clifvqa.train.config_io import with_overrides
 
 SMALL = DemoConfig(clips=12, frames=8, width=160, height=128, grid=(1, 1),
                    train=with_overrides(DEMO_TRAINING, {"optim.epochs": 1, "optim.batch_size": 4,

@@ -9,8 +9,8 @@ import pytest
 from click.testing import CliRunner
 
 from clifvqa.cli import main
+from clifvqa.config_io import ConfigError, diff, dump_yaml, from_data, parse_yaml, to_data, with_overrides
 from clifvqa.train.config import PAPER_CONFIG, RunConfig, load_run_config, set_options, tiny
-from clifvqa.train.config_io import ConfigError, diff, dump_yaml, from_data, parse_yaml, to_data, with_overrides
 from clifvqa.train.fastvqa import VARIANTS, FastVQAConfig
 from clifvqa.train.fragments import FragmentConfig
 from clifvqa.train.model import TINY_FRAGMENTS, ClifVQAConfig

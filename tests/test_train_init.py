@@ -9,12 +9,12 @@ from click.testing import CliRunner
 from safetensors.torch import load_file
 
 from clifvqa.cli import main
+from clifvqa.config_io import ConfigError
 from clifvqa.features.sources import sha256_file
 from clifvqa.testing.stores import synthetic_provenance
 from clifvqa.train import checkpoint as ckpt
 from clifvqa.train import trainer
 from clifvqa.train.config import RunConfig, set_options, tiny
-from clifvqa.train.config_io import ConfigError
 
 TAGS = ["train", "train", "train", "train", "val", "test"]
 

@@ -253,8 +253,8 @@ def check_init(
             values); for ``all``, another store fingerprint (the semantic features would not mean
             the same thing; the FAST-VQA branch alone may come from any store).
     """
+    from clifvqa.config_io import diff, format_diff
     from clifvqa.features.sources import sha256_file
-    from clifvqa.train.config_io import diff, format_diff
 
     path = Path(path)
     meta = read_meta(path)

@@ -14,7 +14,7 @@ Every setting is in exactly one place (e.g. test clips per video only in
 ``model.fragments.num_clips_test``). The defaults are the paper's settings and equal the shipped
 ``configs/clifvqa-b.yaml``; ``clifvqa train`` writes the resolved tree into the run folder
 (``run.yaml``) and every checkpoint, and ``--resume`` compares it. Reading, writing, overrides
-and diffs are :mod:`clifvqa.train.config_io`'s.
+and diffs are :mod:`clifvqa.config_io`'s.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from clifvqa.train.config_io import ConfigError, JsonConfig, dump_yaml, from_data, load_yaml, with_overrides
+from clifvqa.config_io import ConfigError, JsonConfig, dump_yaml, from_data, load_yaml, with_overrides
 from clifvqa.train.model import TINY_MODEL, ModelConfig
 
 PAPER_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "clifvqa-b.yaml"
@@ -148,7 +148,7 @@ class RunConfig(JsonConfig):
             raise ValueError(f"workers must be >= 0, got {self.workers}")
 
     def to_yaml(self) -> str:
-        """The tree as YAML (:func:`~clifvqa.train.config_io.dump_yaml`; :func:`load_run_config` reads it)."""
+        """The tree as YAML (:func:`~clifvqa.config_io.dump_yaml`; :func:`load_run_config` reads it)."""
         return dump_yaml(self)
 
 

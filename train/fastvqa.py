@@ -29,8 +29,8 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from clifvqa._device import no_autocast
+from clifvqa.config_io import JsonConfig
 from clifvqa.errors import ClifvqaError
-from clifvqa.train.config_io import JsonConfig
 
 Size3 = tuple[int, int, int]
 

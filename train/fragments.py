@@ -32,7 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from clifvqa.train.config_io import JsonConfig
+from clifvqa.config_io import JsonConfig
 from clifvqa.video import VideoDecodeError, count_frames, decode_into
 
 

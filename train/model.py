@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from clifvqa._device import no_autocast
-from clifvqa.train.config_io import JsonConfig
+from clifvqa.config_io import JsonConfig
 from clifvqa.train.fastvqa import VARIANTS, FastVQAConfig, build_fastvqa
 from clifvqa.train.fragments import FragmentConfig
 

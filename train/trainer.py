@@ -66,10 +66,10 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
+from clifvqa.config_io import diff, format_diff
 from clifvqa.errors import ClifvqaError
 from clifvqa.train import checkpoint as ckpt
 from clifvqa.train.config import RESUMABLE_CHANGES, InitConfig, OptimConfig, RunConfig
-from clifvqa.train.config_io import diff, format_diff
 from clifvqa.train.data import (
     DataError,
     SemanticFeatures,
