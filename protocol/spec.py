@@ -65,6 +65,7 @@ from pathlib import Path
 from typing import Any
 
 from clifvqa.protocol import ExperimentError
+from clifvqa.train.config import PROTOCOL_KEYS
 from clifvqa.train.config_io import YamlDocument, load_yaml
 
 KINDS = ("pretrain", "finetune", "ablation", "evaluate")
@@ -73,9 +74,6 @@ STORE_KEY = "store"
 """The setting/config key that selects a dataset's named store (not a run-config key)."""
 DEFAULT_STORE = "default"
 ALL_SET = "all"
-PROTOCOL_KEYS = ("data.manifest", "data.videos", "data.stores", "data.test_manifest", "data.splits",
-                 "data.test_fraction", "data.val_fraction")
-"""Run-config keys the experiment sets itself (from datasets and stages); the file may not override them."""
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+=-]*")
 _VAR = re.compile(r"\$\{([^}]*)\}")

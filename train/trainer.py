@@ -66,6 +66,7 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
 from clifvqa._atomic import atomic_write_text
+from clifvqa._device import default_workers
 from clifvqa.errors import ClifvqaError
 from clifvqa.train import checkpoint as ckpt
 from clifvqa.train.config import RESUMABLE_CHANGES, InitConfig, OptimConfig, RunConfig, load_run_config
@@ -95,17 +96,6 @@ RUN_CONFIG_FILE = "run.yaml"
 
 class NonFiniteLoss(ClifvqaError):
     """The training loss became NaN or inf: training stops before anything of it is saved."""
-
-
-def default_train_workers() -> int:
-    """DataLoader worker processes: ``min(4, usable cores - 1)``, at least 0 (0 decodes in the
-    main process). The main process needs a core for the model step, and torch warns (and can
-    stall) when there are more workers than usable cores."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        cores = os.cpu_count() or 1
-    return max(0, min(4, cores - 1))
 
 
 def lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
@@ -703,8 +693,8 @@ def build_model_config(features: SemanticFeatures | None, model: ModelConfig) ->
 
 
 def resolve_workers(config: RunConfig) -> int:
-    """DataLoader workers of a run: ``config.workers``, or :func:`default_train_workers` when unset."""
-    return default_train_workers() if config.workers is None else config.workers
+    """DataLoader workers of a run: ``config.workers``, or :func:`~clifvqa._device.default_workers` when unset."""
+    return default_workers("processes") if config.workers is None else config.workers
 
 
 def run_training(
