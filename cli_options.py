@@ -214,7 +214,8 @@ def setting_help(setting: Setting, keyed: bool = True) -> str:
 def setting_params(setting: Setting, keyed: bool = True) -> list[click.Parameter]:
     """The option of one run-config setting (a :class:`clifvqa.train.config.Setting`), made from
     its field: ``bool`` a ``--x/--no-x`` pair, ``Literal`` a choice, ``tuple`` repeatable, a
-    ``path`` checked to exist; not given, it is None. Then the hidden options of its old spellings."""
+    ``path`` checked to exist, a ``min`` a range; not given, it is None. Then the hidden options
+    of its old spellings."""
     tp = setting.type
     if get_origin(tp) in (Union, types.UnionType):  # X | None: None is "not given"
         tp = next(a for a in get_args(tp) if a is not type(None))
@@ -229,6 +230,8 @@ def setting_params(setting: Setting, keyed: bool = True) -> list[click.Parameter
         kwargs["type"] = click.Choice([str(a) for a in get_args(tp)])
     elif setting.path:
         kwargs["type"] = click.Path(exists=True, **_PATHS[setting.path])
+    elif setting.min is not None:
+        kwargs["type"] = (click.IntRange if tp is int else click.FloatRange)(min=setting.min)
     else:
         kwargs["type"] = tp
     hidden = _old_names(setting.old, None)

@@ -248,5 +248,5 @@ def test_default_workers_follow_the_machine(monkeypatch):
         assert trainer.resolve_workers(RunConfig()) == processes
     for command in ("train", "evaluate"):  # one --workers: DataLoader processes, one default
         help_text = " ".join(CliRunner().invoke(main, [command, "--help"]).output.split())
-        assert "--workers INTEGER DataLoader processes decoding videos; null (not given): min(4, usable cores - 1)" \
-            in help_text
+        assert "--workers INTEGER RANGE DataLoader processes decoding videos; null (not given): min(4, usable cores " \
+            "- 1)" in help_text and "[x>=0]" in help_text

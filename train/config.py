@@ -31,6 +31,8 @@ type and ``metadata`` (see :func:`settings`):
     former spellings of the option, which still work with one deprecation warning;
 ``path``
     ``"file"`` or ``"dir"``: the option checks that the path exists;
+``min``
+    the smallest number the option takes (refused before anything runs);
 ``resumable``
     the setting may differ when a run is resumed (:data:`RESUMABLE_CHANGES`);
 ``protocol``
@@ -184,7 +186,7 @@ class RunConfig(JsonConfig):
     device: str = field(default="auto", metadata={"help": DEVICE_HELP, "option": "--device", "resumable": True})
     workers: int | None = field(default=None, metadata={
         "help": "DataLoader processes decoding videos; null (not given): min(4, usable cores - 1)",
-        "option": "--workers", "resumable": True})
+        "option": "--workers", "min": 0, "resumable": True})
 
     def __post_init__(self) -> None:
         if self.workers is not None and self.workers < 0:
@@ -227,6 +229,7 @@ class Setting:
     """The option's Python name, as :func:`set_options` takes it (``stores``, ``batch_size``)."""
     old: tuple[str, ...] = ()
     path: str | None = None
+    min: float | None = None
     resumable: bool = False
     protocol: bool = False
 
@@ -240,7 +243,8 @@ class Setting:
         named = [d for d in decls if not d.startswith("-")]
         name = named[0] if named else max(option, key=len, default="").lstrip("-").replace("-", "_")
         return cls(key, tp, metadata.get("help", ""), option, name, tuple(metadata.get("old", ())),
-                   metadata.get("path"), bool(metadata.get("resumable")), bool(metadata.get("protocol")))
+                   metadata.get("path"), metadata.get("min"), bool(metadata.get("resumable")),
+                   bool(metadata.get("protocol")))
 
 
 def settings(cls: type = RunConfig, prefix: str = "") -> tuple[Setting, ...]:
