@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
-from typing import Any
+from typing import Any, Literal
 
 from clifvqa.errors import ClifvqaError
 
 _CUDA = re.compile(r"cuda(?::(\d+))?")
 _CHOICES = "auto, cpu, cuda, cuda:N or mps"
+DEVICE_HELP = f"auto (cuda when torch sees a GPU, else cpu), {_CHOICES.removeprefix('auto, ')}"
+"""The one help text of every ``--device`` option (and of the run config's ``device``)."""
 
 
 class DeviceError(ClifvqaError):
@@ -47,6 +50,25 @@ def resolve_device(device: str = "auto") -> str:
         raise DeviceError(f"device {device!r} asked for, but this torch sees {count} CUDA GPU(s): "
                          f"cuda:0..cuda:{count - 1}")
     return device
+
+
+def default_workers(kind: Literal["threads", "processes"]) -> int:
+    """How many decoding workers to start beside the main thread or process when the user did
+    not say: one per spare usable core (CPU affinity, less the main one's core).
+
+    ``"threads"`` (extraction's decoding threads) are at least 1 and at most 8: beyond that the
+    device waits on nothing but more frames are held in flight. ``"processes"`` (DataLoader
+    workers of train, evaluate and experiment runs) are at most 4 and may be 0 (decode in the
+    main process): each holds its own decoder and clips, and torch warns (and can stall) when
+    there are more workers than usable cores.
+    """
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        cores = os.cpu_count() or 1
+    if kind == "threads":
+        return max(1, min(8, cores - 1))
+    return max(0, min(4, cores - 1))
 
 
 def no_autocast(device_type: str) -> Any:

@@ -18,9 +18,10 @@ import click
 
 from clifvqa._version import __version__
 from clifvqa.cli_options import (
-    BATCH_SIZE,
+    BATCH_CROPS,
     GRID,
     SHARD,
+    SettingsCommand,
     device_option,
     force_option,
     out_option,
@@ -29,7 +30,7 @@ from clifvqa.cli_options import (
     store_option,
     videos_option,
 )
-from clifvqa.errors import ClifvqaError
+from clifvqa.errors import MAX_LISTED, ClifvqaError
 from clifvqa.manifests.importers import FORMATS as _IMPORT_FORMATS  # light: csv only
 from clifvqa.manifests.io import SPLITS as _SPLITS
 
@@ -127,10 +128,6 @@ def main(debug: bool) -> None:
     Datasets    clifvqa manifest scan|import|split|check
     Stores      clifvqa store info|verify|merge|convert|rescore|finalize|upgrade
     """
-
-
-MAX_LISTED = 10
-"""Failures (and skipped rows) a command lists one per line before it only counts the rest."""
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
@@ -275,7 +272,7 @@ def manifest_check(manifest_path: Path, root: Path | None, require_mos: bool) ->
               help="CLIP hub id or local folder (save_pretrained layout).")
 @click.option("--grid", type=GRID, default="3x3", show_default=True, metavar="ROWSxCOLS",
               help="Crop grid ROWSxCOLS (paper: 3x3). Time grows with ROWS*COLS (a warning above 100 crops per frame "
-                   "gives the cost); memory stays bounded by --batch-size. A video is refused when a side exceeds "
+                   "gives the cost); memory stays bounded by --batch-crops. A video is refused when a side exceeds "
                    "both 3 and its frames' distinct crop positions (README, 'Crop grid, cost and memory').")
 @click.option("--prompts", "prompts_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Prompt file: JSON, or text lines like 'objective: sharp' (README, 'Prompt files'); "
@@ -284,10 +281,10 @@ def manifest_check(manifest_path: Path, root: Path | None, require_mos: bool) ->
               help="Softmax over all prompts, or per group (objective / subjective).")
 @click.option("--frame-stride", type=click.IntRange(min=1), default=1, show_default=True, help="Keep every s-th frame.")
 @device_option()
-@click.option("--batch-size", type=BATCH_SIZE, default="auto", show_default=True, metavar="N|auto",
-              help="Crops per CLIP forward pass, or auto.")
-@click.option("--workers", type=click.IntRange(min=1), default=None,
-              help="Decoding threads [default: cores - 1, at most 8].")
+@renamed_option("--batch-crops", old=["--batch-size"], type=BATCH_CROPS, default="auto", show_default=True,
+                metavar="N|auto", help="Crops per CLIP forward pass, or auto.")
+@renamed_option("--threads", old=["--workers"], type=click.IntRange(min=1), default=None,
+                help="Decoding threads [default: usable cores - 1, at least 1, at most 8].")
 @click.option("--dtype", type=click.Choice(["auto", "float32", "float16", "bfloat16"]), default="auto",
               show_default=True,
               help="Compute dtype (auto: float16 on GPU, float32 on CPU; an existing store continues in its own).")
@@ -304,8 +301,8 @@ def manifest_check(manifest_path: Path, root: Path | None, require_mos: bool) ->
               help="Process shard K of N (K counts from 0), split by a hash of the video key.")
 @quiet_option()
 def extract_cmd(dataset_dir: Path, manifest: Path | None, out: str, clip_model: str, grid: tuple[int, int],
-                prompts_file: Path | None, softmax: str, frame_stride: int, device: str, batch_size: int | str,
-                workers: int | None, dtype: str, save_maps: bool, save_embeddings: bool, retry_failed: bool,
+                prompts_file: Path | None, softmax: str, frame_stride: int, device: str, batch_crops: int | str,
+                threads: int | None, dtype: str, save_maps: bool, save_embeddings: bool, retry_failed: bool,
                 check_sources: bool, allow_missing: bool, shard: tuple[int, int], quiet: bool) -> None:
     """Stage one: score every frame's crop grid with CLIP and write the features to a store.
 
@@ -317,7 +314,8 @@ def extract_cmd(dataset_dir: Path, manifest: Path | None, out: str, clip_model: 
     Exit code 0 when every video of the shard is in the store, 1 when some failed or were
     missing, 2 on a usage error.
     """
-    from clifvqa.extract.config import ExtractConfig, default_workers
+    from clifvqa._device import default_workers
+    from clifvqa.extract.config import ExtractConfig
     from clifvqa.extract.runner import extract_dataset
 
     config = ExtractConfig(
@@ -327,8 +325,8 @@ def extract_cmd(dataset_dir: Path, manifest: Path | None, out: str, clip_model: 
         softmax=softmax,  # type: ignore[arg-type]
         frame_stride=frame_stride,
         device=device,
-        batch_size=batch_size,  # type: ignore[arg-type]
-        workers=workers or default_workers(),
+        batch_size=batch_crops,  # type: ignore[arg-type]
+        workers=threads or default_workers("threads"),
         dtype=dtype,  # type: ignore[arg-type]
         save_maps=save_maps,
         save_embeddings=save_embeddings,
@@ -530,79 +528,27 @@ def store_rescore_cmd(src: str, prompts_file: str, softmax: str, out: str, clip_
 # ---------------------------------------------------------------- train / evaluate / predict / demo (train/)
 
 
-@main.command("train")
+@main.command("train", cls=SettingsCommand, settings="clifvqa.train.config:option_settings")
 @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Run config YAML (e.g. configs/clifvqa-b.yaml); every option below overrides it "
                    "[default: the paper's settings, configs/clifvqa-b.yaml].")
 @click.option("--print-config", is_flag=True, help="Print the resolved run config as YAML and exit.")
-@click.option("--manifest", "manifest_path", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="Training manifest CSV (video, mos[, split]). [data.manifest]")
-@videos_option(required=False, config_key="data.videos")
-@store_option(multiple=True, config_key="data.stores")
 @out_option("Run folder (refused when it holds a run, unless --resume).", required=False, default="runs/clifvqa",
             show_default=True, type=click.Path(file_okay=False))
-@click.option("--val-fraction", type=float, default=None,
-              help="Share of training videos held out for model selection (when the manifest has no val rows). "
-                   "[data.val_fraction]")
-@click.option("--splits", type=int, default=None,
-              help="Draw N random train/test splits and train one model each (paper: 10). [data.splits]")
-@click.option("--test-fraction", type=float, default=None,
-              help="Share of videos in test for --splits. [data.test_fraction]")
-@click.option("--test-manifest", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="Manifest of the test videos (same video root). [data.test_manifest]")
-@click.option("--epochs", type=int, default=None, help="[optim.epochs]")
-@click.option("--batch-size", type=int, default=None,
-              help="Videos per step (per process under torchrun). [optim.batch_size]")
-@click.option("--lr", type=float, default=None, help="Learning rate outside the Video Swin backbone. [optim.lr]")
-@click.option("--backbone-lr", type=float, default=None, help="[optim.backbone_lr]")
-@click.option("--weight-decay", type=float, default=None, help="[optim.weight_decay]")
-@click.option("--warmup-epochs", type=float, default=None, help="[optim.warmup_epochs]")
-@click.option("--grad-clip", type=float, default=None,
-              help="Clip the global gradient norm (off by default). [optim.grad_clip]")
-@click.option("--alpha", type=float, default=None, help="Weight of the monotonicity loss (Eq. 16). [loss.alpha]")
-@click.option("--beta", type=float, default=None, help="Weight of the linearity loss (Eq. 16). [loss.beta]")
-@click.option("--num-clips-test", type=int, default=None,
-              help="Fragment clips per video at validation/test. [model.fragments.num_clips_test]")
-@click.option("--fastvqa-init", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="Start the spatial branch from a FAST-VQA checkpoint (e.g. FAST_VQA_B_1_4.pth). [init.fastvqa]")
-@click.option("--swin-k400-init", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="Start the backbone from the Kinetics-400 Video Swin-T checkpoint. [init.swin_k400]")
-@click.option("--init", type=click.Path(exists=True, file_okay=False), default=None,
-              help="Fine-tune: start every weight from a clifvqa checkpoint (e.g. runs/lsvq/best; the stores must "
-                   "have its fingerprint). [init.checkpoint]")
-@click.option("--init-spatial", type=click.Path(exists=True, file_okay=False), default=None,
-              help="Start only the FAST-VQA branch from a clifvqa checkpoint (CLiF-VQA*; any store). [init.spatial]")
 @click.option("--resume", is_flag=True,
               help="Continue the interrupted run in --out (its run.yaml is the config unless --config is given; "
-                   "only device, workers and grad checkpointing may change).")
-@device_option(config_key="device")
-@click.option("--seed", type=int, default=None, help="[seed]")
+                   "only the settings marked 'may change on resume' may differ).")
 @click.option("--tiny", is_flag=True,
               help="Tiny FAST-VQA and 16x128x128 fragments (sets model.fastvqa, model.fragments, t0 and the hidden "
                    "widths): the same code, for tests and demos.")
-@click.option("--workers", default=None, type=click.IntRange(min=0),
-              help="DataLoader processes decoding videos [default: min(4, usable cores - 1), at least 0]. [workers]")
-@click.option("--branches", type=click.Choice(["both", "semantic", "spatial"]), default=None,
-              help="Ablation: which branches (paper Table 3). [model.branches]")
-@click.option("--regression-head/--no-regression-head", default=None,
-              help="Ablation: --no-regression-head uses each branch's own readout instead of FC3/FC4. "
-                   "[model.regression_head]")
-@click.option("--prompt-groups", type=click.Choice(["all", "objective", "subjective"]), default=None,
-              help="Ablation: prompts used (paper Table 4). [model.prompt_groups]")
-@click.option("--amp/--no-amp", default=None, help="Mixed precision on GPU (--no-amp: full precision). [optim.amp]")
-@click.option("--grad-checkpoint/--no-grad-checkpoint", default=None,
-              help="Recompute activations in the backward pass (less GPU memory). [optim.grad_checkpoint]")
-@click.option("--allow-stale/--no-allow-stale", default=None,
-              help="Use store entries whose video files changed since extraction, with a warning (refused otherwise: "
-                   "re-extract them). [data.allow_stale]")
 @quiet_option()
 def train_cmd(config_path: str | None, print_config: bool, out: str, resume: bool, tiny: bool, quiet: bool,
-              manifest_path: str | None, videos: str | None, stores: tuple[str, ...], **flags) -> None:
+              **settings: object) -> None:
     """Train CLiF-VQA on cached semantic features (CLIP is never loaded) and FAST-VQA fragments.
 
     Settings come from --config (default: the paper's, configs/clifvqa-b.yaml; with --resume:
-    OUT/run.yaml), then --tiny, then the options given (each names its key in the config);
-    --print-config shows the result.
+    OUT/run.yaml), then --tiny, then the options given (each names its key in the config, and
+    --print-config shows its help as the key's comment); --print-config shows the result.
     Writes OUT/run.yaml (the resolved config), metrics.csv, best/ and last/ checkpoints,
     summary.json and summary.txt (per split with --splits). Under torchrun the same command
     trains with DistributedDataParallel.
@@ -623,7 +569,7 @@ def train_cmd(config_path: str | None, print_config: bool, out: str, resume: boo
     config = load_run_config(config_path) if config_path else RunConfig()
     if tiny:
         config = tiny_model(config)
-    config = set_options(config, manifest=manifest_path, videos=videos, stores=stores or None, **flags)
+    config = set_options(config, **{name: value for name, value in settings.items() if value != ()})
     if print_config:
         click.echo(config.to_yaml(), nl=False)
         return
@@ -640,7 +586,8 @@ def train_cmd(config_path: str | None, print_config: bool, out: str, resume: boo
         click.echo(f"run folder: {summary['out']} (run.yaml, summary.json, metrics.csv, best/ checkpoint)")
 
 
-@main.command("evaluate")
+@main.command("evaluate", cls=SettingsCommand, settings="clifvqa.train.config:option_settings",
+              keys=("device", "workers", "data.allow_stale"), keyed=False)
 @click.option("--checkpoint", required=True, type=click.Path(exists=True, file_okay=False),
               help="Checkpoint directory (e.g. runs/NAME/best).")
 @click.option("--manifest", "manifest_path", required=True, type=click.Path(exists=True, dir_okay=False),
@@ -651,24 +598,20 @@ def train_cmd(config_path: str | None, print_config: bool, out: str, resume: boo
             type=click.Path(file_okay=False))
 @click.option("--split", type=click.Choice(["train", "val", "test"]), default=None,
               help="Score only the rows with this split tag.")
-@device_option()
-@click.option("--workers", default=0, show_default=True, type=click.IntRange(min=0),
-              help="DataLoader processes decoding videos.")
 @click.option("--no-plot", is_flag=True, help="Do not write scatter.png.")
 @force_option()
-@click.option("--allow-stale", is_flag=True, help="Use store entries whose video files changed since extraction, "
-              "with a warning (refused otherwise: re-extract them).")
 @quiet_option()
 def evaluate_cmd(checkpoint: str, manifest_path: str, videos: str, stores: tuple[str, ...], out: str | None,
-                 split: str | None, device: str, workers: int, no_plot: bool, force: bool, allow_stale: bool,
-                 quiet: bool) -> None:
+                 split: str | None, no_plot: bool, force: bool, quiet: bool, device: str | None, workers: int | None,
+                 allow_stale: bool | None) -> None:
     """Score every labelled manifest video with a checkpoint: SROCC, PLCC (raw and after the
     4-parameter logistic fit), KROCC, RMSE, and the RMSE of predict's MOS-scale `score` when the
     checkpoint has a score mapping. Exit code 1 when some videos could not be decoded."""
     from clifvqa.train.evaluate import evaluate
 
-    result = evaluate(checkpoint, manifest_path, videos, list(stores), out, device, plot=not no_plot, split=split,
-                      workers=workers, overwrite=force, progress=not quiet, allow_stale=allow_stale)
+    result = evaluate(checkpoint, manifest_path, videos, list(stores), out, device or "auto", plot=not no_plot,
+                      split=split, workers=workers, overwrite=force, progress=not quiet,
+                      allow_stale=bool(allow_stale))
     click.echo(result.summary())
     if result.failures:
         sys.exit(1)
@@ -784,7 +727,8 @@ def _variables(pairs: tuple[str, ...]) -> dict[str, str]:
     return out
 
 
-@experiment_group.command("run")
+@experiment_group.command("run", cls=SettingsCommand, settings="clifvqa.train.config:option_settings",
+                          keys=("device",))
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @out_option("Experiment folder (runs/, results.csv, tables.csv); shared by every task of a SLURM array.",
             type=click.Path(file_okay=False, path_type=Path))
@@ -792,7 +736,6 @@ def _variables(pairs: tuple[str, ...]) -> dict[str, str]:
               help="Set a variable of the file (repeatable).")
 @click.option("--only", multiple=True, metavar="STAGE", help="Only the runs of this stage (repeatable).")
 @click.option("--tiny", is_flag=True, help="Tiny model for every run (tests, the mini demo).")
-@device_option(config_key="device")
 @click.option("--dry-run", is_flag=True,
               help="List every run with its video counts and frames to decode; run nothing.")
 @click.option("--rate", type=click.FloatRange(min=0, min_open=True), metavar="FRAMES_PER_S",
@@ -804,8 +747,8 @@ def _variables(pairs: tuple[str, ...]) -> dict[str, str]:
               help="Run again (moving the old folder to OUT/replaced/) runs whose config changed.")
 @quiet_option()
 def experiment_run_cmd(file: Path, out: Path, variables: tuple[str, ...], only: tuple[str, ...], tiny: bool,
-                       device: str | None, dry_run: bool, rate: float | None, list_runs: bool, run_index: int | None,
-                       redo_changed: bool, quiet: bool) -> None:
+                       dry_run: bool, rate: float | None, list_runs: bool, run_index: int | None,
+                       redo_changed: bool, quiet: bool, device: str | None) -> None:
     """Run every training and evaluation experiment FILE implies, in dependency order; a rerun skips
     finished runs and resumes an interrupted one (docs/PROTOCOL.md)."""
     import logging

@@ -1,5 +1,6 @@
-"""The CLI's shared vocabulary: click types for grid, shard and batch size, and one decorator per
-option that several commands take, so that a concept has one spelling and one help text.
+"""The CLI's shared vocabulary: click types for grid, shard and crops per batch, one decorator per
+option that several commands take, so that a concept has one spelling and one help text, and
+the options made from the run config's fields (:class:`SettingsCommand`).
 
 | concept | option | decorator |
 |---|---|---|
@@ -14,18 +15,27 @@ A value a type refuses is a click usage error naming the option (``Invalid value
 ...``); ``cli._ClifvqaGroup`` prints every usage error as one ``error:`` line, exit status 2.
 Renamed options keep their old spelling working, hidden from ``--help``, with one ``warning:``
 line naming the new one (:func:`renamed_option`).
+
+``clifvqa train``'s setting options are not written here or in ``cli.py``: each is made from its
+run-config field (:func:`clifvqa.train.config.settings`: option name, type, choices, help), so a
+new setting is one field.
 """
 
 from __future__ import annotations
 
 import importlib
+import types
 from collections.abc import Callable, Sequence
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, Union, get_args, get_origin
 
 import click
 from click.core import ParameterSource
 
+from clifvqa._device import DEVICE_HELP
 from clifvqa.errors import ClifvqaError
+
+if TYPE_CHECKING:  # the run config imports torch: the CLI loads it only when a command needs it
+    from clifvqa.train.config import Setting
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -62,10 +72,10 @@ class ShardType(_ParsedType):
     parser = "clifvqa.extract.runner:parse_shard"
 
 
-class BatchSizeType(click.ParamType):
-    """``auto`` or a positive integer (``ExtractConfig.batch_size``)."""
+class BatchCropsType(click.ParamType):
+    """``auto`` or a positive integer: crops per CLIP forward pass (``ExtractConfig.batch_size``)."""
 
-    name = "batch_size"
+    name = "batch_crops"
 
     def convert(self, value: Any, param: click.Parameter | None,
                 ctx: click.Context | None) -> int | Literal["auto"]:
@@ -78,7 +88,7 @@ class BatchSizeType(click.ParamType):
 
 GRID = GridType()
 SHARD = ShardType()
-BATCH_SIZE = BatchSizeType()
+BATCH_CROPS = BatchCropsType()
 
 # ---------------------------------------------------------------- renamed options
 
@@ -115,12 +125,19 @@ class _HiddenArgument(click.Argument):
 
 # ---------------------------------------------------------------- shared options
 
-DEVICE_HELP = "auto (cuda when torch sees a GPU, else cpu), cpu, cuda, cuda:N or mps."
 QUIET_HELP = "No progress bars."
 FORCE_HELP = "Replace existing output files (-o/--out)."
 VIDEOS_HELP = "Dataset folder the video paths (manifest rows, store keys) are relative to."
 STORE_HELP = "Feature store to read."
-STORES_HELP = "Feature store to read (repeatable; all must share one fingerprint)."
+STORES_HELP = "Feature stores to read (repeatable; all must share one fingerprint)."
+
+
+def _old_names(old: Sequence[str], old_positional: str | None) -> list[tuple[str, str]]:
+    """(hidden parameter name, spelling shown in the warning) of each former spelling."""
+    hidden = [(spelling.lstrip("-").replace("-", "_") + "_old", spelling) for spelling in old]
+    if old_positional:
+        hidden.append((old_positional.lower() + "_old", f"the positional {old_positional}"))
+    return hidden
 
 
 def renamed_option(*decls: str, old: Sequence[str] = (), old_positional: str | None = None,
@@ -128,9 +145,7 @@ def renamed_option(*decls: str, old: Sequence[str] = (), old_positional: str | N
     """``click.option(*decls, **kwargs)`` that also takes its former spellings ``old``
     (``--output``) and a former positional argument ``old_positional`` (``DST``), hidden from
     ``--help``, each with one warning line (:class:`RenamedOption`)."""
-    hidden = [(spelling.lstrip("-").replace("-", "_") + "_old", spelling) for spelling in old]
-    if old_positional:
-        hidden.append((old_positional.lower() + "_old", f"the positional {old_positional}"))
+    hidden = _old_names(old, old_positional)
 
     def decorate(f: F) -> F:
         f = click.option(*decls, cls=RenamedOption, old=hidden, **kwargs)(f)
@@ -156,30 +171,20 @@ def out_option(help: str, *, required: bool = True, default: str | None = None, 
                           type=type, metavar=None if type else "PATH", show_default=show_default, help=help, **given)
 
 
-def _keyed(help: str, config_key: str | None) -> str:
-    """``help`` with the run-config key an option overrides (``train``), e.g. ``[data.videos]``."""
-    return f"{help} [{config_key}]" if config_key else help
-
-
-def videos_option(required: bool = True, config_key: str | None = None) -> Callable[[F], F]:
+def videos_option(required: bool = True) -> Callable[[F], F]:
     """``--videos DIR``: the dataset folder (an existing directory)."""
-    return click.option("--videos", required=required, help=_keyed(VIDEOS_HELP, config_key),
-                        type=click.Path(exists=True, file_okay=False))
+    return click.option("--videos", required=required, help=VIDEOS_HELP, type=click.Path(exists=True, file_okay=False))
 
 
-def store_option(multiple: bool = False, required: bool = False, config_key: str | None = None) -> Callable[[F], F]:
+def store_option(multiple: bool = False, required: bool = False) -> Callable[[F], F]:
     """``-s/--store``: a feature store to read; with ``multiple``, repeatable into ``stores``."""
     if multiple:
-        return click.option("-s", "--store", "stores", multiple=True, required=required,
-                            help=_keyed(STORES_HELP, config_key))
-    return click.option("-s", "--store", "store", required=required, help=_keyed(STORE_HELP, config_key))
+        return click.option("-s", "--store", "stores", multiple=True, required=required, help=STORES_HELP)
+    return click.option("-s", "--store", "store", required=required, help=STORE_HELP)
 
 
-def device_option(config_key: str | None = None) -> Callable[[F], F]:
-    """``--device``, checked by ``clifvqa._device.resolve_device`` when used; default ``auto``,
-    or none with ``config_key`` (the run config then holds it)."""
-    if config_key:
-        return click.option("--device", default=None, help=_keyed(DEVICE_HELP, config_key))
+def device_option() -> Callable[[F], F]:
+    """``--device`` (default ``auto``), checked by ``clifvqa._device.resolve_device`` when used."""
     return click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
 
 
@@ -191,3 +196,90 @@ def quiet_option() -> Callable[[F], F]:
 def force_option() -> Callable[[F], F]:
     """``--force``: replace what the output location already holds."""
     return click.option("--force", is_flag=True, help=FORCE_HELP)
+
+
+# ---------------------------------------------------------------- run-config settings
+
+_PATHS = {"file": {"dir_okay": False}, "dir": {"file_okay": False}}
+
+
+def setting_help(setting: Setting, keyed: bool = True) -> str:
+    """The help of a setting's option: the field's help, then (``keyed``: a command that sets a
+    run config) the key it sets and whether ``--resume`` lets it change (``... [optim.epochs]``)."""
+    if not keyed:
+        return setting.help
+    return f"{setting.help} [{setting.key}{'; may change on resume' if setting.resumable else ''}]"
+
+
+def setting_params(setting: Setting, keyed: bool = True) -> list[click.Parameter]:
+    """The option of one run-config setting (a :class:`clifvqa.train.config.Setting`), made from
+    its field: ``bool`` a ``--x/--no-x`` pair, ``Literal`` a choice, ``tuple`` repeatable, a
+    ``path`` checked to exist, a ``min`` a range; not given, it is None. Then the hidden options
+    of its old spellings."""
+    tp = setting.type
+    if get_origin(tp) in (Union, types.UnionType):  # X | None: None is "not given"
+        tp = next(a for a in get_args(tp) if a is not type(None))
+    kwargs: dict[str, Any] = {}
+    if get_origin(tp) is tuple:
+        kwargs["multiple"] = True
+        tp = get_args(tp)[0]
+    decls = list(setting.option)
+    if tp is bool:
+        decls = [f"{d}/--no-{d[2:]}" if d.startswith("--") else d for d in decls]
+    elif get_origin(tp) is Literal:
+        kwargs["type"] = click.Choice([str(a) for a in get_args(tp)])
+    elif setting.path:
+        kwargs["type"] = click.Path(exists=True, **_PATHS[setting.path])
+    elif setting.min is not None:
+        kwargs["type"] = (click.IntRange if tp is int else click.FloatRange)(min=setting.min)
+    else:
+        kwargs["type"] = tp
+    hidden = _old_names(setting.old, None)
+    params: list[click.Parameter] = [RenamedOption([*decls, setting.name], old=hidden, default=None,
+                                                   help=setting_help(setting, keyed), **kwargs)]
+    params += [click.Option([spelling, name], hidden=True, expose_value=False)
+               for (name, _), spelling in zip(hidden, setting.old)]
+    return params
+
+
+class SettingsCommand(click.Command):
+    """A command that also takes one option per run-config setting, after its own options.
+
+    ``settings`` returns the settings (``"module:function"``, imported the first time the
+    options are needed, so that ``clifvqa --help`` does not import torch); ``keys`` keeps only
+    those keys, in that order; ``keyed``: the helps name the run-config key (a command that
+    sets a run config; ``evaluate`` takes the same options without one). The callback gets each
+    as its :attr:`Setting.name` (None, or an empty tuple for a repeatable one, when not given).
+    """
+
+    def __init__(self, *args: Any, settings: str | Callable[[], Sequence[Setting]],
+                 keys: Sequence[str] | None = None, keyed: bool = True, **kwargs: Any) -> None:
+        self._settings_source = settings
+        self._keys = keys
+        self._keyed = keyed
+        self._made = False
+        super().__init__(*args, **kwargs)
+
+    @property
+    def params(self) -> list[click.Parameter]:
+        if not self._made:
+            made = [param for setting in self.settings() for param in setting_params(setting, self._keyed)]
+            self._params.extend(made)
+            self._made = True
+        return self._params
+
+    @params.setter
+    def params(self, value: list[click.Parameter]) -> None:
+        self._params = value
+
+    def settings(self) -> list[Setting]:
+        """The settings this command takes, in option order."""
+        source = self._settings_source
+        if isinstance(source, str):
+            module, function = source.split(":")
+            source = getattr(importlib.import_module(module), function)
+        found = list(source())
+        if self._keys is None:
+            return found
+        by_key = {s.key: s for s in found}
+        return [by_key[key] for key in self._keys]

@@ -1,7 +1,11 @@
-"""The one base class of clifvqa's user-facing errors.
+"""The one base class of clifvqa's user-facing errors, and how long their lists get.
 
 A leaf module: it imports nothing, so every layer (``manifests/`` included) may import it.
 """
+
+MAX_LISTED = 10
+"""Items (videos, failures, skipped rows, manifest problems) a message or a command lists before
+it only counts the rest (``... and 15 more``)."""
 
 
 class ClifvqaError(ValueError):

@@ -429,9 +429,9 @@ def memory_check(args, results: dict) -> None:
 
 
 def default_workers() -> int:
-    from clifvqa.extract.config import default_workers as config_default
+    from clifvqa._device import default_workers as threads
 
-    return config_default()
+    return threads("threads")
 
 
 def main() -> None:

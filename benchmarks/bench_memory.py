@@ -137,7 +137,7 @@ def main() -> None:
         rows, cols = (int(v) for v in grid.split("x"))
         store = work / f"store-{grid}-{time.time_ns()}.zarr"
         argv = ["extract", str(videos), "-o", str(store), "--clip-model", str(clip), "--grid", grid,
-                "--device", "cpu", "--batch-size", args.batch_size, "--workers", str(args.workers), "--quiet"]
+                "--device", "cpu", "--batch-crops", args.batch_size, "--threads", str(args.workers), "--quiet"]
         argv += ["--save-embeddings"] if args.save_embeddings else []
         peak, sec, status = measure("clifvqa.cli", argv, cap, env, work)
         print(f"{grid:>9} {rows * cols:>11} {peak / 2**20:>7.0f} MB {sec:>8.1f}  {status}", flush=True)

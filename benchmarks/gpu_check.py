@@ -839,9 +839,9 @@ def sec_speed_extract(ctx: Context, res: dict) -> None:
     """bench_extract's (a)-(d) per model and resolution, in this process; decode sweep per resolution."""
     import bench_extract
 
-    from clifvqa.extract.config import default_workers
+    from clifvqa._device import default_workers
 
-    workers = default_workers()
+    workers = default_workers("threads")
     if ctx.quick:
         models, frames, sweep_counts, naive_s = [("tiny", 8.0)], 4, [1, workers], 5.0
     else:

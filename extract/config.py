@@ -2,17 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Literal
 
+from clifvqa._device import default_workers
 from clifvqa.errors import ClifvqaError
-
-
-def default_workers() -> int:
-    """Decoding threads: one per spare core, at least 1, at most 8 (beyond that the device waits
-    on nothing but more memory is held in flight)."""
-    return max(1, min(8, (os.cpu_count() or 2) - 1))
 
 
 @dataclass(frozen=True)
@@ -60,7 +54,7 @@ class ExtractConfig:
     frame_stride: int = 1
     device: str = "auto"
     batch_size: int | Literal["auto"] = "auto"
-    workers: int = default_workers()
+    workers: int = default_workers("threads")
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     save_maps: bool = True
     save_embeddings: bool = False

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from clifvqa._atomic import atomic_path
-from clifvqa.errors import ClifvqaError
+from clifvqa.errors import MAX_LISTED, ClifvqaError
 from clifvqa.manifests.paths import UnsafePathError, validate_video_path
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
@@ -28,8 +28,6 @@ EXPECTED_HEADER = (
     "line 1 must be a header naming the video path column 'video' (any case), e.g. 'video,mos' or "
     "'video,mos,split'; for another table use `clifvqa manifest import --format csv --video-col NAME`"
 )
-# How many problems a ManifestError message lists before summarising the rest.
-MAX_LISTED_PROBLEMS = 20
 
 
 @dataclass
@@ -104,9 +102,9 @@ class ManifestError(ClifvqaError):
     def __init__(self, path: str | Path, problems: list[Problem]) -> None:
         self.path = Path(path)
         self.problems = problems
-        lines = [f"{self.path.name} line {p.line}: {p.message}" for p in problems[:MAX_LISTED_PROBLEMS]]
-        if len(problems) > MAX_LISTED_PROBLEMS:
-            lines.append(f"... and {len(problems) - MAX_LISTED_PROBLEMS} more problems")
+        lines = [f"{self.path.name} line {p.line}: {p.message}" for p in problems[:MAX_LISTED]]
+        if len(problems) > MAX_LISTED:
+            lines.append(f"... and {len(problems) - MAX_LISTED} more problems")
         summary = f"{self.path}: {len(problems)} problem{'s' if len(problems) != 1 else ''}"
         super().__init__(summary + "\n" + "\n".join(lines))
 

@@ -180,7 +180,7 @@ def _evaluate_tests(run: Run, plan: Plan, checkpoint: Path, folder: Path, progre
         config = run.config
         result = evaluate(checkpoint, manifest, dataset.videos, list(stores) if config.model.uses_semantic else [],
                           folder / "eval" / ref, device=config.device, plot=False, seed=config.seed,
-                          workers=config.workers or 0, overwrite=True, progress=progress,
+                          workers=config.workers, overwrite=True, progress=progress,
                           allow_stale=config.data.allow_stale)
         tests[ref] = {k: result.metrics[k] for k in ("n", *METRICS)}
     return tests

@@ -75,14 +75,12 @@ from clifvqa.config_io import (
     one_or_more,
 )
 from clifvqa.protocol import ExperimentError
+from clifvqa.train.config import PROTOCOL_KEYS
 
 STORE_KEY = "store"
 """The setting/config key that selects a dataset's named store (not a run-config key)."""
 DEFAULT_STORE = "default"
 ALL_SET = "all"
-PROTOCOL_KEYS = ("data.manifest", "data.videos", "data.stores", "data.test_manifest", "data.splits",
-                 "data.test_fraction", "data.val_fraction")
-"""Run-config keys the experiment sets itself (from datasets and stages); the file may not override them."""
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+=-]*")
 _DERIVED = {"short_side": min, "long_side": max}

@@ -240,10 +240,10 @@ def test_os_errors_name_the_file(tmp_path, make_video):
     (["extract", "DS", "--shard", "1of4"],
      "error: Invalid value for '--shard': shard '1of4' is not of the form K/N, e.g. 0/4 (shards count from 0) "
      "(see: clifvqa extract --help)"),
-    (["extract", "DS", "--batch-size", "0"],
-     "error: Invalid value for '--batch-size': '0' is not a positive integer or auto (see: clifvqa extract --help)"),
-    (["extract", "DS", "--batch-size", "many"],
-     "error: Invalid value for '--batch-size': 'many' is not a positive integer or auto "
+    (["extract", "DS", "--batch-crops", "0"],
+     "error: Invalid value for '--batch-crops': '0' is not a positive integer or auto (see: clifvqa extract --help)"),
+    (["extract", "DS", "--batch-crops", "many"],
+     "error: Invalid value for '--batch-crops': 'many' is not a positive integer or auto "
      "(see: clifvqa extract --help)"),
     (["store", "convert"], "error: Missing argument 'SRC'. (see: clifvqa store convert --help)"),
     (["store", "merge", "a.zarr"], "error: Missing option '-o' / '--out'. (see: clifvqa store merge --help)"),
@@ -282,28 +282,24 @@ def _commands(group=main, path=()):
             yield (*path, name), command
 
 
-# train, evaluate, predict and demo are rewritten by other branches; their options move to the
-# shared decorators when those land (then this set goes).
-_PENDING = set()
-
-
 def _one_text(help: str, text: str) -> bool:
-    """``help`` is ``text``, or ``text`` with the run-config key the option overrides (train)."""
-    return re.fullmatch(re.escape(text) + r"( \[[\w.]+\])?", help) is not None
+    """``help`` says ``text`` (case of the first letter and a final period aside), maybe followed
+    by what the command adds (train: ``; not needed with ...``) and the run-config key it sets."""
+    def bare(t: str) -> str:
+        return re.sub(r" \[[\w.;\- ]+\]$", "", t).rstrip(".").lower()
+    return bare(help).startswith(bare(text))
 
 
 def test_every_command_spells_a_concept_one_way():
     from clifvqa.cli_options import DEVICE_HELP, FORCE_HELP, QUIET_HELP, STORE_HELP, STORES_HELP, VIDEOS_HELP
 
-    seen = set()
+    seen, helps = set(), {}
     for path, command in _commands():
-        if path in _PENDING:
-            continue
         for param in command.params:
             if getattr(param, "hidden", False):  # an old spelling, kept with a warning
                 continue
             spelled = set(param.opts) | set(getattr(param, "secondary_opts", []))
-            assert not spelled & {"--output", "--output-dir"}, path
+            assert not spelled & {"--output", "--output-dir", "--fastvqa-init", "--swin-k400-init"}, path
             if "--device" in spelled:
                 assert _one_text(param.help, DEVICE_HELP), path
             if "--quiet" in spelled:
@@ -317,21 +313,31 @@ def test_every_command_spells_a_concept_one_way():
             if "--store" in spelled:  # a store read; extract's (written) store is -o/--out
                 assert param.opts == ["-s", "--store"], path
                 assert _one_text(param.help, STORES_HELP if param.multiple else STORE_HELP), path
+            if "--allow-stale" in spelled:  # one form: the pair, also where the default is off
+                assert param.secondary_opts == ["--no-allow-stale"], path
+            if any(o.startswith("--init") or o.endswith("-init") for o in spelled):  # every init is --init*
+                assert all(o.startswith("--init") for o in param.opts), path
+            for option in ("--workers", "--allow-stale"):  # same concept, same text (train names its key)
+                if option in spelled:
+                    helps.setdefault(option, set()).add(re.sub(r" \[[^]]*\]$", "", param.help))
             seen |= spelled
-    assert {"--device", "--quiet", "--force", "--videos", "--out"} <= seen
+    assert {"--device", "--quiet", "--force", "--videos", "--out", "--threads", "--batch-crops"} <= seen
+    assert {option: len(texts) for option, texts in helps.items()} == {"--workers": 1, "--allow-stale": 1}
+    shown = {o for p in main.commands["extract"].params if not getattr(p, "hidden", False) for o in p.opts}
+    assert not {"--workers", "--batch-size"} & shown  # threads and crops there, not processes and videos
 
 
-def test_grid_shard_and_batch_size_types():
-    from clifvqa.cli_options import BATCH_SIZE, GRID, SHARD
+def test_grid_shard_and_batch_crops_types():
+    from clifvqa.cli_options import BATCH_CROPS, GRID, SHARD
 
     assert GRID.convert("3x3", None, None) == (3, 3) and GRID.convert("2×4", None, None) == (2, 4)
     assert GRID.convert((1, 2), None, None) == (1, 2)
     assert SHARD.convert("3/4", None, None) == (3, 4) and SHARD.convert((0, 1), None, None) == (0, 1)
-    assert BATCH_SIZE.convert("auto", None, None) == "auto" and BATCH_SIZE.convert("16", None, None) == 16
-    assert BATCH_SIZE.convert(8, None, None) == 8
+    assert BATCH_CROPS.convert("auto", None, None) == "auto" and BATCH_CROPS.convert("16", None, None) == 16
+    assert BATCH_CROPS.convert(8, None, None) == 8
     for bad in ["0", "-1", "1.5", "", "AUTO"]:
         with pytest.raises(click.BadParameter, match="positive integer or auto"):
-            BATCH_SIZE.convert(bad, None, None)
+            BATCH_CROPS.convert(bad, None, None)
     with pytest.raises(click.BadParameter, match="needs at least one row"):
         GRID.convert("0x3", None, None)
 
@@ -387,7 +393,7 @@ def test_manifest_old_spellings(tmp_path, make_video):
 def test_extract_old_store_spelling(tmp_path, tiny_clip, make_video):
     make_video("a.mp4", root=tmp_path / "ds", num_frames=4, width=64, height=64)
     result = run("extract", tmp_path / "ds", "--store", tmp_path / "s.zarr", "--clip-model", tiny_clip,
-                 "--grid", "1x1", "--workers", 1, "-q")
+                 "--grid", "1x1", "--threads", 1, "-q")
     assert result.exit_code == 0, result.output
     assert result.stderr == "warning: --store is deprecated, use -o/--out\n"
     with open_store(tmp_path / "s.zarr") as store:

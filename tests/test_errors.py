@@ -112,7 +112,7 @@ def _cases(tmp: Path) -> dict[str, list[str]]:
     return {
         "extract: grid": ["extract", tmp / "ds", "--grid", "3y3"],
         "extract: shard": ["extract", tmp / "ds", "--shard", "4/4"],
-        "extract: batch size": ["extract", tmp / "ds", "--batch-size", "0"],
+        "extract: batch size": ["extract", tmp / "ds", "--batch-crops", "0"],
         "features: not a store": ["store", "info", tmp / "notstore"],
         "manifests: seeds": ["manifest", "split", tmp / "m.csv", "-o", tmp / "splits", "--seeds", "0"],
         "manifests: not UTF-8": ["manifest", "check", tmp / "latin1.csv"],

@@ -35,7 +35,7 @@ def run_cli(*args: str):
 
 
 def base_args(dataset: Path, store: Path, clip: Path, *extra: str) -> list[str]:
-    return [dataset, "-o", store, "--clip-model", clip, "--grid", "1x2", "--batch-size", "8", "--workers", "2",
+    return [dataset, "-o", store, "--clip-model", clip, "--grid", "1x2", "--batch-crops", "8", "--threads", "2",
             "--quiet", *extra]
 
 
@@ -147,7 +147,7 @@ def test_usage_errors_exit_2_with_one_message(tmp_path, tiny_clip, make_video):
         ("--clip-model", str(tmp_path / "no" / "clip")): "CLIP model folder",
         ("--grid", "3by3"): "not of the form ROWSxCOLS",
         ("--shard", "2/2"): "out of range",
-        ("--batch-size", "0"): "Invalid value for '--batch-size': '0' is not a positive integer or auto",
+        ("--batch-crops", "0"): "Invalid value for '--batch-crops': '0' is not a positive integer or auto",
     }
     for extra, message in cases.items():
         args = base_args(tmp_path / "ds", tmp_path / "f.zarr", tiny_clip)
@@ -257,7 +257,7 @@ sys.exit(main())
 
 def test_killed_run_resumes_to_identical_features(tmp_path, tiny_clip, make_video):
     keys = make_dataset(tmp_path / "ds", make_video, 6)
-    args = base_args(tmp_path / "ds", tmp_path / "killed.zarr", tiny_clip, "--workers", "1", "--batch-size", "6")
+    args = base_args(tmp_path / "ds", tmp_path / "killed.zarr", tiny_clip, "--threads", "1", "--batch-crops", "6")
     script = tmp_path / "slow_cli.py"
     script.write_text(SLOW_CLI)
     proc = subprocess.Popen([sys.executable, str(script), "extract", *map(str, args)], env=_env(),

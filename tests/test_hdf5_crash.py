@@ -316,7 +316,7 @@ def slow_extract(tmp_path: Path, dataset, store: Path, tiny_clip) -> subprocess.
     """``clifvqa extract`` in a process of its own, slowed down enough to be killed part-way."""
     script = tmp_path / "slow_cli.py"
     script.write_text(SLOW_CLI)
-    args = base_args(dataset[0], store, tiny_clip, "--workers", "1", "--batch-size", "6")
+    args = base_args(dataset[0], store, tiny_clip, "--threads", "1", "--batch-crops", "6")
     return subprocess.Popen([sys.executable, str(script), "extract", *map(str, args)], env=_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -361,7 +361,7 @@ def test_hdf5_extract_sigterm_then_kill9_then_resume_equals_uninterrupted(tmp_pa
                                                                          monkeypatch):
     ds, keys, fresh = dataset
     store = tmp_path / "x.h5"
-    slow_args = base_args(ds, store, tiny_clip, "--workers", "1", "--batch-size", "6")
+    slow_args = base_args(ds, store, tiny_clip, "--threads", "1", "--batch-crops", "6")
     # SIGTERM (SLURM's time limit): the extracted videos are written and folded in, exit 143.
     with monkeypatch.context() as patch:
         sigterm_at_batch(patch, 8)  # of 16
@@ -393,7 +393,7 @@ def test_hdf5_extract_sigterm_then_kill9_then_resume_equals_uninterrupted(tmp_pa
 def test_zarr_extract_sigterm_exits_cleanly_and_resumes(tmp_path, dataset, tiny_clip, monkeypatch):
     ds, keys, fresh = dataset
     store = tmp_path / "x.zarr"
-    slow_args = base_args(ds, store, tiny_clip, "--workers", "1", "--batch-size", "6")
+    slow_args = base_args(ds, store, tiny_clip, "--threads", "1", "--batch-crops", "6")
     with monkeypatch.context() as patch:
         sigterm_at_batch(patch, 10)
         result = CliRunner().invoke(main, ["extract", *map(str, slow_args)])

@@ -156,15 +156,15 @@ def test_read_reports_every_problem_with_file_and_line(tmp_path):
     assert "7 problems" in message
 
 
-def test_read_error_lists_first_twenty_then_counts(tmp_path):
+def test_read_error_lists_the_first_ten_then_counts(tmp_path):
     src = tmp_path / "m.csv"
     src.write_text("video,mos\n" + "".join(f"../v{i}.mp4,1\n" for i in range(25)))
     with pytest.raises(ManifestError) as info:
         read_manifest(src)
     assert len(info.value.problems) == 25
     message = str(info.value)
-    assert "line 21:" in message and "line 22:" not in message
-    assert "... and 5 more problems" in message
+    assert "line 11:" in message and "line 12:" not in message  # errors.MAX_LISTED
+    assert "... and 15 more problems" in message
 
 
 def test_line_numbers_count_physical_lines_across_quoted_newlines(tmp_path):

@@ -2,7 +2,7 @@
 
 - A frame with more crops than a batch is split across forward passes and gives the bits of
   batches that hold whole frames (tiny CLIP, float32 CPU: ``np.array_equal``).
-- ``--batch-size auto`` stays crops per pass: a frame much larger than the target is split.
+- ``--batch-crops auto`` stays crops per pass: a frame much larger than the target is split.
 - The decode queue is bounded in crops, a large frame is cut one piece at a time.
 - The prompt scores of many crops are computed in chunks with the same bits.
 - Absurd grids: refused per video when a side exceeds the frame's distinct crop positions
@@ -216,7 +216,7 @@ def test_grid_20x20_on_1080p_stays_under_the_bound(tiny_clip, make_video, tmp_pa
         "runpy.run_module('clifvqa.cli', run_name='__main__', alter_sys=True)\n"
     )
     argv = [sys.executable, "-c", code, "extract", str(videos), "-o", str(tmp_path / "f.zarr"),
-            "--clip-model", str(tiny_clip), "--grid", "20x20", "--device", "cpu", "--workers", "1", "--quiet"]
+            "--clip-model", str(tiny_clip), "--grid", "20x20", "--device", "cpu", "--threads", "1", "--quiet"]
     proc = subprocess.run(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     assert proc.returncode == 0, proc.stderr
     peak = int(peak_file.read_text()) * 1024

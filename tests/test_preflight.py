@@ -36,7 +36,7 @@ def konvid_like(tmp_path: Path, make_video, present: int, rows: int = 30) -> tup
 
 def extract_args(ds, manifest, store, clip, *extra):
     return ["extract", ds, "--manifest", manifest, "-o", store, "--clip-model", clip,
-            "--grid", "1x1", "--workers", "1", "--quiet", *extra]
+            "--grid", "1x1", "--threads", "1", "--quiet", *extra]
 
 
 def test_missing_files_refuse_the_run_before_clip_is_loaded(tmp_path, make_video):

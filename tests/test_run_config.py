@@ -1,16 +1,31 @@
 """The typed run config: YAML round trips, CLI defaults = the shipped paper file, override
-precedence, refusals naming file, line and key path, overrides and diffs."""
+precedence, refusals naming file, line and key path, overrides and diffs; each setting defined
+once (its field makes its option, help, resume and protocol rules)."""
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 
 import pytest
 from click.testing import CliRunner
 
+from clifvqa._device import default_workers
 from clifvqa.cli import main
+from clifvqa.cli_options import SettingsCommand, setting_help
 from clifvqa.config_io import ConfigError, diff, dump_yaml, from_data, parse_yaml, to_data, with_overrides
-from clifvqa.train.config import PAPER_CONFIG, RunConfig, load_run_config, set_options, tiny
+from clifvqa.train import trainer
+from clifvqa.train.config import (
+    PAPER_CONFIG,
+    PROTOCOL_KEYS,
+    RESUMABLE_CHANGES,
+    OptimConfig,
+    RunConfig,
+    load_run_config,
+    option_settings,
+    set_options,
+    settings,
+    tiny,
+)
 from clifvqa.train.fastvqa import VARIANTS, FastVQAConfig
 from clifvqa.train.fragments import FragmentConfig
 from clifvqa.train.model import TINY_FRAGMENTS, ClifVQAConfig
@@ -130,3 +145,108 @@ def test_model_configs_of_old_checkpoints_with_mappings_still_load():
     assert config.fastvqa == VARIANTS["tiny"] and config.fragments == TINY_FRAGMENTS
     data = to_data(config)
     assert ClifVQAConfig.from_dict(data) == config and ClifVQAConfig.of(config.model, 2) == config
+
+
+# ------------------------------------------------------------------------- one definition per setting
+
+ARCHITECTURE = ("model.t0", "model.semantic_hidden", "model.head_hidden", "model.fastvqa.", "model.fragments.")
+"""The leaves --tiny sets: config-file only (no option), except the test clips."""
+
+
+def comments(yaml_text: str) -> dict[str, str]:
+    """The comment of every leaf key of ``dump_yaml`` text, by dotted key path."""
+    out, path = {}, []
+    for line in yaml_text.splitlines():
+        if line.startswith("#"):
+            continue
+        depth = (len(line) - len(line.lstrip())) // 2
+        key, _, rest = line.strip().partition(":")
+        path[depth:] = [key]
+        value, _, comment = rest.partition("  # ")
+        if value.strip():
+            out[".".join(path)] = comment
+    return out
+
+
+def test_every_setting_has_one_option_with_its_fields_help():
+    command = main.commands["train"]
+    options = [p for p in command.params if not p.hidden]
+    for setting in settings():
+        if setting.key.startswith(ARCHITECTURE) and setting.key != "model.fragments.num_clips_test":
+            assert not setting.option, setting.key
+            continue
+        made = [p for p in options if p.name == setting.name]
+        assert len(made) == 1 and made[0].opts == list(setting.option), setting.key
+        assert made[0].help == setting_help(setting) and setting.help, setting.key
+    names = [p.name for p in options]
+    assert len(names) == len(set(names))
+    assert {s.name for s in option_settings()} == set(names) - {"config_path", "print_config", "out", "resume",
+                                                                  "tiny", "quiet", "help"}
+
+
+def test_print_config_and_help_agree():
+    shown = comments(print_config())
+    text = "".join(CliRunner().invoke(main, ["train", "--help"]).output.split())
+    for setting in option_settings():
+        assert shown[setting.key] == setting.help, setting.key
+        assert "".join(setting_help(setting).split()) in text, setting.key
+
+
+def test_resume_and_protocol_rules_come_from_the_fields():
+    assert set(RESUMABLE_CHANGES) == {"device", "workers", "optim.grad_checkpoint"}
+    assert set(PROTOCOL_KEYS) == {"data.manifest", "data.videos", "data.stores", "data.test_manifest",
+                                  "data.splits", "data.test_fraction", "data.val_fraction"}
+    help_text = " ".join(CliRunner().invoke(main, ["train", "--help"]).output.split())
+    assert help_text.count("may change on resume]") == len(RESUMABLE_CHANGES)
+
+
+@dataclass(frozen=True)
+class _Optim(OptimConfig):
+    ema: float | None = field(default=None, metadata={"help": "decay of a moving average of the weights",
+                                                      "option": "--ema", "resumable": True})
+
+
+@dataclass(frozen=True)
+class _Run(RunConfig):
+    optim: _Optim = field(default_factory=_Optim)
+
+
+def test_a_new_field_is_a_new_setting_everywhere():
+    got = {}
+    command = SettingsCommand("train", callback=lambda **kw: got.update(kw), settings=lambda: option_settings(_Run))
+    result = CliRunner().invoke(command, ["--ema", "0.9", "--epochs", "2"])
+    assert result.exit_code == 0, result.output
+    config = set_options(_Run(), **got)
+    assert (config.optim.ema, config.optim.epochs) == (0.9, 2)
+    help_text = " ".join(CliRunner().invoke(command, ["--help"]).output.split())
+    assert "--ema FLOAT decay of a moving average of the weights [optim.ema; may change on resume]" in help_text
+    assert "  ema: 0.9  # decay of a moving average of the weights" in config.to_yaml()
+    assert [s.key for s in settings(_Run) if s.resumable] == ["optim.grad_checkpoint", "optim.ema", "device",
+                                                               "workers"]
+
+
+def test_old_option_spellings_work_with_one_warning():
+    result = CliRunner().invoke(main, ["train", "--print-config", "--fastvqa-init", __file__,
+                                       "--swin-k400-init", __file__])
+    assert result.exit_code == 0, result.output
+    assert result.stderr == ("warning: --fastvqa-init is deprecated, use --init-fastvqa\n"
+                             "warning: --swin-k400-init is deprecated, use --init-swin-k400\n")
+    shown = from_data(RunConfig, parse_yaml(result.stdout).data)
+    assert shown.init.fastvqa == shown.init.swin_k400 == __file__
+    for old, new, error in [("--workers", "--threads", "0 is not in the range x>=1."),
+                            ("--batch-size", "--batch-crops", "'0' is not a positive integer or auto")]:
+        result = CliRunner().invoke(main, ["extract", ".", old, "0"])  # converted by the new option
+        assert result.exit_code == 2
+        assert result.stderr == (f"warning: {old} is deprecated, use {new}\n"
+                                 f"error: Invalid value for '{new}': {error} (see: clifvqa extract --help)\n")
+
+
+def test_default_workers_follow_the_machine(monkeypatch):
+    for cores, processes, threads in ((1, 0, 1), (2, 1, 1), (3, 2, 2), (64, 4, 8)):
+        monkeypatch.setattr("os.sched_getaffinity", lambda pid, n=cores: set(range(n)), raising=False)
+        assert (default_workers("processes"), default_workers("threads")) == (processes, threads)
+        assert trainer.resolve_workers(RunConfig()) == processes
+    for command in ("train", "evaluate"):  # one --workers: DataLoader processes, one default
+        help_text = " ".join(CliRunner().invoke(main, [command, "--help"]).output.split())
+        assert "--workers INTEGER RANGE DataLoader processes decoding videos; null (not given): min(4, usable cores " \
+            "- 1)" in help_text and "[x>=0]" in help_text

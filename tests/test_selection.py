@@ -14,12 +14,10 @@ from math import nan
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
 from clifvqa.features.store import create_or_open_store
 from clifvqa.testing.stores import synthetic_provenance
 from clifvqa.train import checkpoint as ckpt
-from clifvqa.train import trainer
 from clifvqa.train.config import RunConfig, set_options, tiny
 from clifvqa.train.trainer import (
     MIN_VAL_VIDEOS,
@@ -119,14 +117,3 @@ def test_two_validation_videos_tied_at_srocc_one_no_longer_keep_epoch_one(tmp_pa
     assert (out / "summary.txt").read_text() == summary["table"] + "\n"
     assert json.loads((out / "summary.json").read_text())["splits"][0]["selection"] == selection
 
-
-def test_default_workers_follow_the_machine(monkeypatch):
-    from clifvqa.cli import main
-
-    for cores, want in ((1, 0), (2, 1), (3, 2), (64, 4)):
-        monkeypatch.setattr(trainer.os, "sched_getaffinity", lambda pid, n=cores: set(range(n)),
-                            raising=False)
-        assert trainer.default_train_workers() == want
-        assert trainer.resolve_workers(RunConfig()) == want
-    help_text = " ".join(CliRunner().invoke(main, ["train", "--help"]).output.split())
-    assert "[default: min(4, usable cores - 1), at least 0]" in help_text

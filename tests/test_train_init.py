@@ -104,7 +104,7 @@ def test_init_refusals_name_what_differs(tmp_path, pretrained, make_train_set):
 
     with pytest.raises(ConfigError, match=r"^init: checkpoint gives every weight: it cannot be combined with spatial"):
         config(data, init=best, init_spatial=best)
-    result = CliRunner().invoke(main, ["train", "--print-config", "--init", str(best), "--fastvqa-init", __file__])
+    result = CliRunner().invoke(main, ["train", "--print-config", "--init", str(best), "--init-fastvqa", __file__])
     assert result.exit_code == 2
     assert "init: checkpoint gives every weight: it cannot be combined with fastvqa" in result.output
 

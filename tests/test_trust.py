@@ -267,7 +267,7 @@ def two_video_extraction(tmp_path: Path, tiny_clip: Path, make_video) -> tuple[P
     make_video("b.mp4", root=root, num_frames=6, seed=1)
     store = tmp_path / "f.zarr"
     return root, store, ["extract", str(root), "-o", str(store), "--clip-model", str(tiny_clip), "--device",
-                         "cpu", "--workers", "1", "--batch-size", "16", "--quiet"]
+                         "cpu", "--threads", "1", "--batch-crops", "16", "--quiet"]
 
 
 def test_cli_upgrade_verify_videos_and_check_sources(tmp_path, prov, tiny_clip, make_video):

@@ -48,13 +48,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from clifvqa.errors import ClifvqaError
+from clifvqa.errors import MAX_LISTED, ClifvqaError
 from clifvqa.manifests.io import Manifest, ManifestRow, read_manifest
 from clifvqa.manifests.split import random_splits
 from clifvqa.train.fragments import FragmentConfig, sample_fragments
 from clifvqa.train.model import resample_time
-
-MAX_LISTED = 20
 
 
 class DataError(ClifvqaError):

@@ -28,7 +28,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -39,12 +38,12 @@ import numpy as np
 import torch
 
 from clifvqa._atomic import atomic_path, atomic_write_text
-from clifvqa._device import resolve_device
+from clifvqa._device import default_workers, resolve_device
 from clifvqa.manifests.io import Manifest, read_manifest
 from clifvqa.train.checkpoint import load_checkpoint, score_mapping_of
 from clifvqa.train.data import DataError, VideoItem, check_video_files, listing, load_semantic_features
 from clifvqa.train.inference import check_checkpoint_stores, predict_items
-from clifvqa.train.metrics import compute_metrics, fit_logistic
+from clifvqa.train.metrics import compute_metrics, fit_logistic, format_metric
 
 PREDICTIONS_FILE = "predictions.csv"
 METRICS_FILE = "metrics.json"
@@ -85,13 +84,13 @@ class EvalResult:
         """A few lines for the terminal: the metrics, then anything left out or written."""
         m = self.metrics
         lines = [
-            f"{m['n']} videos: SROCC {_fmt(m['srocc'])}  PLCC {_fmt(m['plcc'])} "
-            f"(after {m['fit']} fit {_fmt(m['plcc_fit'])})"
-            f"  KROCC {_fmt(m['krocc'])}  RMSE {_fmt(m['rmse'])} (raw {_fmt(m['rmse_raw'])})"
+            f"{m['n']} videos: SROCC {format_metric(m['srocc'])}  PLCC {format_metric(m['plcc'])} "
+            f"(after {m['fit']} fit {format_metric(m['plcc_fit'])})"
+            f"  KROCC {format_metric(m['krocc'])}  RMSE {format_metric(m['rmse'])} (raw {format_metric(m['rmse_raw'])})"
         ]
         if "score_rmse" in m:
             lines.append(f"RMSE of `score` (the checkpoint's map onto its training MOS scale) "
-                         f"{_fmt(m['score_rmse'])}")
+                         f"{format_metric(m['score_rmse'])}")
         if self.unlabelled:
             lines.append(f"left out {len(self.unlabelled)} videos without MOS: {listing(self.unlabelled, 5)}")
         for video, error in self.failures:
@@ -114,7 +113,7 @@ def evaluate(
     *,
     split: str | None = None,
     seed: int = 0,
-    workers: int = 0,
+    workers: int | None = 0,
     overwrite: bool = False,
     progress: bool = False,
     allow_stale: bool = False,
@@ -133,7 +132,8 @@ def evaluate(
         split: score only the rows tagged ``train``/``val``/``test``; None scores every row.
         seed: patch offsets of the test-time fragment sampling (the trainer's test set of
             split i of a run seeded s uses s + i).
-        workers: DataLoader processes decoding videos (0: in this process).
+        workers: DataLoader processes decoding videos (0: in this process; None: the default count,
+            :func:`~clifvqa._device.default_workers`, as for training).
         overwrite: replace result files already in ``out_dir`` (refused otherwise, before scoring).
         progress: show progress bars (stderr) while reading features and scoring.
         allow_stale: use (with a warning) store entries whose video files changed since
@@ -172,7 +172,8 @@ def evaluate(
         semantic = features.rows
     fragments = config.fragments if config.uses_spatial else None
     done, preds, _, failed = predict_items(
-        model, items, videos_dir, semantic, fragments, device=dev, batch_size=1, workers=workers, seed=seed,
+        model, items, videos_dir, semantic, fragments, device=dev, batch_size=1,
+        workers=default_workers("processes") if workers is None else workers, seed=seed,
         progress=progress, desc="scoring videos",
     )
     label = {item.key: item.mos for item in items}
@@ -260,7 +261,8 @@ def write_scatter(
     ax.plot(x[order], np.asarray(fitted, np.float64)[order], color="C3", lw=1.5, label=f"{metrics['fit']} fit")
     ax.set_xlabel("prediction")
     ax.set_ylabel("MOS")
-    title = f"n={metrics['n']}  SROCC {_fmt(metrics['srocc'])}  PLCC {_fmt(metrics['plcc_fit'])} (fitted)"
+    title = (f"n={metrics['n']}  SROCC {format_metric(metrics['srocc'])}  "
+             f"PLCC {format_metric(metrics['plcc_fit'])} (fitted)")
     ax.set_title(title, fontsize=9)
     ax.grid(True, alpha=0.3)
     ax.legend(loc="best", fontsize=8)
@@ -280,6 +282,3 @@ def _write_predictions(path: Path, result: EvalResult) -> Path:
                      for v, m, p, f, s in columns)
     return atomic_write_text(path, text.getvalue())
 
-
-def _fmt(value: Any) -> str:
-    return "nan" if value is None or not math.isfinite(float(value)) else f"{float(value):.4f}"

@@ -25,7 +25,7 @@ Decoding (only the frames needed, seeking over long gaps) is :mod:`clifvqa.video
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -61,7 +61,8 @@ class FragmentConfig(JsonConfig):
     clip_len: int = 32
     frame_interval: int = 2
     num_clips_train: int = 1
-    num_clips_test: int = 4
+    num_clips_test: int = field(default=4, metadata={
+        "help": "fragment clips per video at validation and test", "option": "--num-clips-test"})
     mean: tuple[float, float, float] = (123.675, 116.28, 103.53)
     std: tuple[float, float, float] = (58.395, 57.12, 57.375)
     grid_before_upsample: bool = True

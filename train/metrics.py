@@ -197,17 +197,17 @@ def format_table(
     head = f"{'':<{width}}  " + "  ".join(f"{k.upper():>15}" for k in keys)
     lines = [head]
     for label, metrics in rows:
-        lines.append(f"{label:<{width}}  " + "  ".join(f"{_fmt(metrics.get(k)):>15}" for k in keys))
+        lines.append(f"{label:<{width}}  " + "  ".join(f"{format_metric(metrics.get(k)):>15}" for k in keys))
     if summary:
         lines.append(
             f"{'mean ± std':<{width}}  "
-            + "  ".join(f"{_fmt(summary[k]['mean']) + ' ± ' + _fmt(summary[k]['std']):>15}" for k in keys)
+            + "  ".join(f"{format_metric(summary[k]['mean']) + ' ± ' + format_metric(summary[k]['std']):>15}"
+                        for k in keys)
         )
-        lines.append(f"{'median':<{width}}  " + "  ".join(f"{_fmt(summary[k]['median']):>15}" for k in keys))
+        lines.append(f"{'median':<{width}}  " + "  ".join(f"{format_metric(summary[k]['median']):>15}" for k in keys))
     return "\n".join(lines)
 
 
-def _fmt(value) -> str:
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "nan"
-    return f"{float(value):.4f}"
+def format_metric(value: float | None) -> str:
+    """A metric as printed in tables and summaries: 4 decimals, ``nan`` for None or non-finite."""
+    return "nan" if value is None or not math.isfinite(float(value)) else f"{float(value):.4f}"

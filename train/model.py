@@ -66,11 +66,14 @@ class ModelConfig(JsonConfig):
     (:class:`ClifVQAConfig` adds them).
     """
 
-    branches: Branches = field(default="both", metadata={"help": "both, semantic or spatial (paper Table 3)"})
-    regression_head: bool = field(
-        default=True, metadata={"help": "FC3/FC4 (Eqs. 12-13); false: each branch's own readout (paper Table 3)"})
-    prompt_groups: PromptGroups = field(
-        default="all", metadata={"help": "prompts of the semantic branch: all, objective, subjective (paper Table 4)"})
+    branches: Branches = field(default="both", metadata={
+        "help": "both, semantic or spatial (paper Table 3)", "option": "--branches"})
+    regression_head: bool = field(default=True, metadata={
+        "help": "FC3/FC4 (Eqs. 12-13); false: each branch's own readout (paper Table 3)",
+        "option": "--regression-head"})
+    prompt_groups: PromptGroups = field(default="all", metadata={
+        "help": "prompts of the semantic branch: all, objective, subjective (paper Table 4)",
+        "option": "--prompt-groups"})
     t0: int = field(default=32, metadata={"help": "samples per row after resampling in time (Eq. 8: FC1 input)"})
     semantic_hidden: int = field(default=64, metadata={"help": "FC1 output width (Eq. 8)"})
     head_hidden: int = field(default=128, metadata={"help": "FC3 output width (the paper does not give it)"})

@@ -66,6 +66,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
+from clifvqa._device import default_workers
 from clifvqa.config_io import diff, format_diff
 from clifvqa.errors import ClifvqaError
 from clifvqa.train import checkpoint as ckpt
@@ -94,17 +95,6 @@ log = logging.getLogger("clifvqa.train")
 
 class NonFiniteLoss(ClifvqaError):
     """The training loss became NaN or inf: training stops before anything of it is saved."""
-
-
-def default_train_workers() -> int:
-    """DataLoader worker processes: ``min(4, usable cores - 1)``, at least 0 (0 decodes in the
-    main process). The main process needs a core for the model step, and torch warns (and can
-    stall) when there are more workers than usable cores."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        cores = os.cpu_count() or 1
-    return max(0, min(4, cores - 1))
 
 
 def lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
@@ -656,8 +646,8 @@ def build_model_config(features: SemanticFeatures | None, model: ModelConfig) ->
 
 
 def resolve_workers(config: RunConfig) -> int:
-    """DataLoader workers of a run: ``config.workers``, or :func:`default_train_workers` when unset."""
-    return default_train_workers() if config.workers is None else config.workers
+    """DataLoader workers of a run: ``config.workers``, or :func:`~clifvqa._device.default_workers` when unset."""
+    return default_workers("processes") if config.workers is None else config.workers
 
 
 def run_training(
