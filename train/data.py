@@ -38,8 +38,8 @@ carries no gradient (see :mod:`clifvqa.train.loss`).
 ``fork``. A forked child inherits the parent's FFmpeg state without the threads behind it: PyAV
 19 keeps one swscale context per thread (``VideoFrame.reformat``), threaded by default, so a
 process that converted one frame to RGB and then forks workers leaves them waiting forever on
-slice threads that do not exist in the child (Python 3.12 with av 19; av 18 made a context per
-frame). A forkserver that imported this module and never decoded starts each worker about as
+slice threads that do not exist in the child (av 19, what Python 3.12 installs; av 18 made a
+context per frame). A forkserver that imported this module and never decoded starts each worker about as
 fast as fork (benchmarks/bench_workers.py).
 """
 
