@@ -85,10 +85,9 @@ def measure(
     """Per-step seconds of data, semantic fetch and compute (best and mean over ``steps`` after a
     warm-up step), then a pipelined DataLoader run with the recommended number of workers."""
     import torch
-    from torch.utils.data import DataLoader
 
     from clifvqa.train.config import RunConfig, set_options
-    from clifvqa.train.data import VideoDataset, VideoItem, collate, load_semantic_features
+    from clifvqa.train.data import VideoDataset, VideoItem, collate, load_semantic_features, video_loader
     from clifvqa.train.model import build_model
     from clifvqa.train.trainer import amp_dtype, train_step
 
@@ -147,9 +146,9 @@ def measure(
     pipelined = None
     if mean["data"] > mean["compute"] or step_serial < PIPELINE_CHECK_BELOW_S:
         # A compute-bound multi-second step (the full model on a CPU) needs no check: one worker hides decoding.
-        loader = DataLoader(dataset, batch_size=batch, shuffle=True, num_workers=used, collate_fn=collate,
-                            generator=torch.Generator().manual_seed(0), persistent_workers=used > 0,
-                            pin_memory=pin)
+        # the trainer's loader (workers from a forkserver: this process has decoded above)
+        loader = video_loader(dataset, workers=used, batch_size=batch, shuffle=True,
+                              generator=torch.Generator().manual_seed(0), persistent_workers=used > 0, pin_memory=pin)
         stamps = []
         it = iter(loader)
         for _ in range(steps + 1):

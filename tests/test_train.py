@@ -20,6 +20,7 @@ from clifvqa.train.data import DataError, VideoItem, load_semantic_features
 from clifvqa.train.inference import predict_items
 from clifvqa.train.model import tiny_config
 from clifvqa.train.trainer import lr_factor, run_training
+from clifvqa.video import decode_frames
 
 TAGS = ["train", "train", "train", "train", "val", "test"]
 
@@ -107,6 +108,23 @@ def test_resume_ends_where_an_uninterrupted_run_ends(tmp_path, make_train_set):
     assert jsonl(tmp_path / "a" / "metrics.jsonl") == jsonl(tmp_path / "b" / "metrics.jsonl")
     ra, rb = (json.loads((tmp_path / x / "result.json").read_text()) for x in "ab")
     assert ra == rb
+
+
+@pytest.mark.timeout(180)  # a hang fails here, with the stacks, instead of at CI's limit
+def test_workers_started_after_this_process_decoded_train_as_in_process_decoding(tmp_path, make_train_set):
+    # A notebook, or ``experiment run`` (evaluations in-process, then a training with workers):
+    # this process converts frames to RGB itself (PyAV 19 keeps a threaded scaler per thread),
+    # then starts 2 decode workers. Forked, they hung forever in FFmpeg's slice threads.
+    data = make_train_set(tmp_path / "data", split=TAGS)
+    frames, _ = decode_frames(data.videos / data.keys[0], range(5))
+    assert frames.shape == (5, 144, 192, 3)
+    here = run_training(config(data, epochs=1), tmp_path / "here", progress=False)
+    workers = run_training(config(data, epochs=1, workers=2), tmp_path / "workers", progress=False)
+    assert jsonl(tmp_path / "workers" / "metrics.jsonl") == jsonl(tmp_path / "here" / "metrics.jsonl")
+    (row,) = jsonl(tmp_path / "workers" / "metrics.jsonl")
+    assert row["train_videos"] == 4 and row["skipped_videos"] == 0
+    # the one test video's prediction, through the validation/test loaders' workers
+    assert workers["splits"][0]["test"]["rmse_raw"] == here["splits"][0]["test"]["rmse_raw"] > 0
 
 
 def test_corrupt_video_is_skipped_for_the_epoch_with_a_warning(tmp_path, make_train_set, caplog):

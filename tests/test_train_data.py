@@ -18,6 +18,7 @@ from clifvqa.train.data import (
     item_seed,
     load_semantic_features,
     plan_splits,
+    video_loader,
 )
 from clifvqa.train.model import TINY_FRAGMENTS, resample_time
 
@@ -137,3 +138,16 @@ def test_dataset_seeds_fragments_per_epoch_and_item_and_collate_drops_failures(t
     assert torch.equal(test_ds[0]["fragments"], test_ds[0]["fragments"])
     empty = collate([ds[1]])
     assert empty["keys"] == [] and empty["semantic"] is None and empty["mos"].numel() == 0
+
+
+@pytest.mark.timeout(180)
+def test_loader_workers_are_not_forked_and_receive_every_semantic_row(tmp_path):
+    # more rows than a forkserver passes file descriptors (256): the dataset sends them as one tensor
+    items = [VideoItem(f"v{i:03d}.mp4", float(i)) for i in range(300)]
+    sem = {item.key: torch.full((6, 4), float(i)) for i, item in enumerate(items)}
+    loader = video_loader(VideoDataset(items, tmp_path, sem, None, train=True), workers=2, batch_size=64)
+    assert loader.multiprocessing_context.get_start_method() in ("forkserver", "spawn")
+    batches = list(loader)
+    assert [key for batch in batches for key in batch["keys"]] == [item.key for item in items]
+    assert torch.equal(torch.cat([batch["semantic"] for batch in batches]), torch.stack(list(sem.values())))
+    assert torch.cat([batch["mos"] for batch in batches]).tolist() == [float(i) for i in range(300)]

@@ -32,11 +32,21 @@ item) so a resumed run samples exactly what an uninterrupted one would, and fixe
 A video that fails to decode is reported by key and skipped for that batch (the collate drops
 it; the trainer counts and warns); a batch left with no item is skipped, a batch of one item
 carries no gradient (see :mod:`clifvqa.train.loss`).
+
+**Loaders** (:func:`video_loader`, every DataLoader that decodes: training, validation, test,
+``evaluate``, ``predict``) start their worker processes with :func:`worker_context`, never by
+``fork``. A forked child inherits the parent's FFmpeg state without the threads behind it: PyAV
+19 keeps one swscale context per thread (``VideoFrame.reformat``), threaded by default, so a
+process that converted one frame to RGB and then forks workers leaves them waiting forever on
+slice threads that do not exist in the child (av 19, what Python 3.12 installs; av 18 made a
+context per frame). A forkserver that imported this module and never decoded starts each worker about as
+fast as fork (benchmarks/bench_workers.py).
 """
 
 from __future__ import annotations
 
 import math
+import multiprocessing
 import os
 import warnings
 from collections.abc import Mapping, Sequence
@@ -46,7 +56,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
 from clifvqa.errors import MAX_LISTED, ClifvqaError
 from clifvqa.manifests.io import Manifest, ManifestRow, read_manifest
@@ -345,7 +355,10 @@ class VideoDataset(Dataset):
     ) -> None:
         self.items = list(items)
         self.video_root = Path(video_root)
-        self.semantic = semantic
+        # One tensor, not the caller's dict: workers get the dataset pickled, one shared-memory
+        # file descriptor per tensor, and a forkserver passes at most 256 of them.
+        self.semantic = (torch.stack([semantic[item.key] for item in self.items])
+                         if semantic is not None and self.items else None)
         self.fragments = fragments
         self.train = train
         self.seed = seed
@@ -361,7 +374,7 @@ class VideoDataset(Dataset):
         item = self.items[index]
         out: dict[str, Any] = {"key": item.key, "mos": item.mos, "semantic": None, "fragments": None}
         if self.semantic is not None:
-            out["semantic"] = self.semantic[item.key]
+            out["semantic"] = self.semantic[index]
         if self.fragments is not None:
             seed = item_seed(self.seed, self.epoch, index) if self.train else self.seed
             try:
@@ -383,3 +396,26 @@ def collate(batch: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         "failed": [(b["key"], b["error"]) for b in batch if "error" in b],
     }
     return out
+
+
+def worker_context() -> multiprocessing.context.BaseContext:
+    """How processes that decode video start: a ``forkserver`` that preloads this module (``spawn``
+    where there is none, on Windows); never ``fork`` (see the module docstring).
+
+    The forkserver is started once per process, by the first loader that needs it (~3 s to import
+    torch there); each worker after that is forked from it. As with ``spawn``, a script that
+    starts loaders with workers must keep its top-level code under ``if __name__ == "__main__":``.
+    """
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([__name__])  # not "__main__": a script's top level may decode
+    return context
+
+
+def video_loader(dataset: VideoDataset, *, workers: int, **options: Any) -> DataLoader:
+    """A DataLoader of ``dataset`` batched by :func:`collate`, decoding in ``workers`` processes
+    started by :func:`worker_context` (0: in this process). ``options`` go to the DataLoader."""
+    if workers > 0:
+        options.setdefault("multiprocessing_context", worker_context())
+    return DataLoader(dataset, num_workers=workers, collate_fn=collate, **options)

@@ -14,12 +14,11 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader
 
 from clifvqa._device import float32_math
 from clifvqa.errors import ClifvqaError
 from clifvqa.features.provenance import fingerprint, require_same_features
-from clifvqa.train.data import VideoDataset, VideoItem, collate, listing
+from clifvqa.train.data import VideoDataset, VideoItem, listing, video_loader
 from clifvqa.train.distributed import Dist
 from clifvqa.train.fragments import FragmentConfig
 from clifvqa.train.model import ClifVQA
@@ -72,8 +71,8 @@ def predict_items(
     shard = list(items)[dist.rank :: dist.world]
     ds = VideoDataset(shard, video_root, semantic, fragments, train=False, seed=seed)
     # own generator: evaluating must not advance the global RNG that dropout draws from
-    loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=collate,
-                        generator=torch.Generator().manual_seed(seed))
+    loader = video_loader(ds, workers=workers, batch_size=batch_size, shuffle=False,
+                          generator=torch.Generator().manual_seed(seed))
     out: list[tuple[str, float, float]] = []
     failed: list[tuple[str, str]] = []
     for batch in progress_bar(loader, desc, progress and dist.main, unit="batch"):

@@ -78,10 +78,10 @@ from clifvqa.train.data import (
     VideoDataset,
     VideoItem,
     check_video_files,
-    collate,
     listing,
     load_semantic_features,
     plan_splits,
+    video_loader,
 )
 from clifvqa.train.distributed import Dist, rank_seed, setup_dist
 from clifvqa.train.inference import predict_items, progress_bar, to_device
@@ -320,9 +320,8 @@ class TrainLoader:
         self.sampler = DistributedSampler(self.dataset, num_replicas=dist.world, rank=dist.rank, shuffle=True,
                                           seed=seed)
         self.generator = torch.Generator()
-        self.loader = DataLoader(self.dataset, batch_size=config.optim.batch_size, sampler=self.sampler,
-                                 num_workers=resolve_workers(config), collate_fn=collate, generator=self.generator,
-                                 pin_memory=device.type == "cuda")
+        self.loader = video_loader(self.dataset, workers=resolve_workers(config), batch_size=config.optim.batch_size,
+                                   sampler=self.sampler, generator=self.generator, pin_memory=device.type == "cuda")
 
     def __len__(self) -> int:
         return len(self.loader)
