@@ -47,7 +47,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from clifvqa._device import resolve_device
+from clifvqa._device import float32_math, resolve_device
 from clifvqa.errors import ClifvqaError
 from clifvqa.extract.clip_model import ClipBundle, load_clip
 from clifvqa.extract.grid import WARN_CROPS_PER_FRAME
@@ -382,7 +382,9 @@ class SemanticFeatureExtractor:
     def _embed(self, crops):
         """L2-normalised float32 embeddings ``[N, D]`` of ``[N, c, c, 3]`` crops, on the device.
         The pixels are normalised in place in one float copy of the batch (the largest host
-        buffer of a CPU forward pass), with the values of ``(x / 255 - mean) / std``."""
+        buffer of a CPU forward pass), with the values of ``(x / 255 - mean) / std``. In
+        float32 the forward is float32 on a GPU too (no TF32: cuDNN's default for the patch
+        embedding would keep 10 mantissa bits while the store says float32)."""
         import torch
         import torch.nn.functional as F
 
@@ -390,7 +392,7 @@ class SemanticFeatureExtractor:
             x = crops.to(self.device, non_blocking=True).permute(0, 3, 1, 2).to(torch.float32, copy=True)
             x.div_(255).sub_(self._mean).div_(self._std)
             half = self.dtype != "float32"
-            with torch.autocast(self.device.type, dtype=getattr(torch, self.dtype), enabled=half):
+            with float32_math(), torch.autocast(self.device.type, dtype=getattr(torch, self.dtype), enabled=half):
                 feats = self.bundle.model.get_image_features(pixel_values=x).pooler_output
             del x
             return F.normalize(feats.float(), dim=-1)
