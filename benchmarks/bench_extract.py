@@ -31,6 +31,16 @@ per-crop loop slows down most when other processes compete for the cores); (c) d
     python benchmarks/bench_extract.py                 # = make bench; ~3 min on 2 CPU cores
     python benchmarks/bench_extract.py --device cuda --workers-sweep 8
     python benchmarks/bench_extract.py --clip-model DIR   # also time a local CLIP folder
+    python benchmarks/bench_extract.py --batching-cost --baseline REV   # this tree against REV's code
+
+``--batching-cost`` answers one question instead: what scoring each video in passes of its
+own (so that its features do not depend on what else is extracted; docs/FORMAT.md,
+"Exactness") costs against filling passes across videos. It runs (d) on six short videos of
+5 to 17 frames (the worst case: many video ends per crop) with the tiny and the ViT-B/32-sized
+CLIP, for this tree and, with ``--baseline REV``, for the package as it was at git revision
+REV (extracted with ``git archive`` and put first on the child's ``PYTHONPATH``), alternating
+the two ``--repeats`` times; it prints crops/s (best run), the forward passes and their mean
+fill, and the pass counts of typical datasets at the CPU and GPU batch sizes.
 """
 
 from __future__ import annotations
@@ -58,6 +68,7 @@ DATASETS = {"KoNViD-1k": (1_200, 290_000), "LSVQ": (39_000, 9_000_000)}
 CPU_TARGETS = {"d/a": 1.5, "d/min(b,c)": 0.85}
 GPU_TARGETS = {"d/a": 20.0, "d/b": 0.8, "d/min(b,c)": 0.85}
 MEMORY_TARGET = 1.2  # peak RSS of a 2-minute clip over that of a 10-second one
+BATCHING_CLIPS = (5, 7, 9, 11, 13, 17)  # frames of the --batching-cost videos (256x240: 3x3 crops at native size)
 
 
 # ---------------------------------------------------------------------------- inputs (cached)
@@ -112,6 +123,34 @@ def scrolling_clip(out: Path, seconds: int, fps: int) -> Path:
                 container.mux(packet)
 
     return cached(out / "clips" / f"1080p-{seconds}s-{fps}fps-scroll.mp4", make)
+
+
+def batching_dataset(out: Path) -> Path:
+    """The ``--batching-cost`` videos: :data:`BATCHING_CLIPS` frames each, different scenes."""
+    from clifvqa.testing.videos import write_clip
+
+    folder = out / "datasets" / "batching"
+    for i, frames in enumerate(BATCHING_CLIPS):
+        cached(folder / f"v{i}-{frames}f.mp4", lambda tmp, i=i, n=frames: write_clip(tmp, n, 256, 240, FPS, seed=i))
+    return folder
+
+
+def baseline_tree(out: Path, rev: str) -> Path:
+    """A folder holding the package ``clifvqa`` as it was at git revision ``rev`` (for ``PYTHONPATH``)."""
+    repo = Path(__file__).resolve().parents[1]
+    sha = subprocess.run(["git", "-C", str(repo), "rev-parse", "--verify", f"{rev}^{{commit}}"],
+                         capture_output=True, text=True)
+    if sha.returncode:
+        raise SystemExit(f"--baseline {rev}: not a commit of {repo} ({sha.stderr.strip()})")
+    folder = out / "baselines" / sha.stdout.strip()[:12]
+
+    def make(tmp: Path) -> None:
+        (tmp / "clifvqa").mkdir(parents=True)
+        archive = subprocess.run(["git", "-C", str(repo), "archive", sha.stdout.strip()], capture_output=True,
+                                 check=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(tmp / "clifvqa")], input=archive, check=True)
+
+    return cached(folder, make)
 
 
 def dataset_of(out: Path, clip: Path, copies: int) -> Path:
@@ -248,6 +287,9 @@ def measure(spec: dict) -> dict:
     sfe.score_frames(torch.zeros(warm, sfe.crop, sfe.crop, 3, dtype=torch.uint8))
     synchronize(sfe.device)
     warmup = time.perf_counter() - start
+    passes: list[int] = []  # crops of every forward pass of (d)
+    embed = sfe._embed
+    sfe._embed = lambda crops: passes.append(len(crops)) or embed(crops)
     rss_setup = current_rss_mib()
     shutil.rmtree(spec["store"], ignore_errors=True)
     summary = extract_dataset(spec["dataset"], spec["store"], config=config, progress=False, extractor=sfe)
@@ -257,7 +299,7 @@ def measure(spec: dict) -> dict:
         "frames": summary.frames, "seconds": summary.elapsed, "load": load, "warmup": warmup,
         "store_setup": summary.setup, "batch_size": sfe.batch_size, "dtype": sfe.dtype, "device": str(sfe.device),
         "workers": config.workers, "threads": torch.get_num_threads(), "rss_setup_mib": rss_setup,
-        "peak_rss_mib": peak_rss_mib(),
+        "peak_rss_mib": peak_rss_mib(), "passes": passes,
     }
     if spec["limits"]:
         result["compute"] = compute_limit(sfe, spec["clip"], spec["frames"])
@@ -292,9 +334,14 @@ def measure_decode(clip: Path, crop: int, grid: tuple[int, int], workers: int, r
     return {"workers": workers, "frames": frames, "rgb_fps": max(rgb), "grid_fps": max(grid_runs)}
 
 
-def run_child(spec: dict) -> dict:
-    """:func:`measure` in a fresh Python process (its own peak RSS; process start not timed)."""
-    proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True)
+def run_child(spec: dict, package: Path | None = None) -> dict:
+    """:func:`measure` in a fresh Python process (its own peak RSS; process start not timed),
+    importing ``clifvqa`` from the folder ``package`` when given (a :func:`baseline_tree`)."""
+    env = None
+    if package is not None:
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(package), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True,
+                          env=env)
     if proc.returncode:
         raise SystemExit(f"benchmark child failed ({spec['dataset']}):\n{proc.stderr[-4000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -428,6 +475,83 @@ def memory_check(args, results: dict) -> None:
     results["memory"] = {"runs": runs, "ratio": ratio}
 
 
+def max_pooled_diff(a: Path, b: Path) -> float:
+    """Largest |pooled difference| between two stores of the same videos."""
+    import numpy as np
+
+    from clifvqa.features.store import open_store
+
+    with open_store(a) as sa, open_store(b) as sb:
+        return max(float(np.abs(sa.read_pooled(k) - sb.read_pooled(k)).max()) for k in sa.keys())
+
+
+def pass_counts(frames: list[int], per_frame: int, batch: int) -> tuple[int, int]:
+    """Forward passes for videos of ``frames`` frames at ``batch`` crops per pass (whole frames
+    per pass when one fits): filled across videos, and per video."""
+    size = batch // per_frame * per_frame or batch
+    crops = [n * per_frame for n in frames]
+    return math.ceil(sum(crops) / size), sum(math.ceil(c / size) for c in crops)
+
+
+def batching_cost(args) -> None:
+    """``--batching-cost``: (d) on short videos, this tree against ``--baseline``, alternating."""
+    from clifvqa.extract.sfe import CPU_BATCH_SIZE, GPU_MAX_BATCH_SIZE
+
+    per_frame = args.grid[0] * args.grid[1]
+    workers = args.workers or default_workers()
+    dataset = batching_dataset(args.out)
+    trees = {"this tree": None}  # name -> folder holding the package (None: the installed one)
+    if args.baseline:
+        trees = {f"baseline {args.baseline}": baseline_tree(args.out, args.baseline), **trees}
+    models = [("tiny", random_model(args.out, "tiny"))]
+    models += [] if args.no_random else [("random-ViT-B/32", random_model(args.out, "vit-b-32"))]
+    models += [(p.name, p) for p in args.clip_model]
+    print(f"\nbatching cost: (d) on {len(BATCHING_CLIPS)} videos of {'/'.join(map(str, BATCHING_CLIPS))} frames "
+          f"(256x240, grid {args.grid[0]}x{args.grid[1]}), {workers} decode workers, best of {args.repeats} "
+          "alternating runs")
+    results: dict = {}
+    for label, model in models:
+        runs: dict = {name: [] for name in trees}
+        stores = {name: args.out / "stores" / f"batching-{label.replace('/', '-')}-{k}.zarr"
+                  for k, name in enumerate(trees)}
+        for _ in range(args.repeats):
+            for name, package in trees.items():
+                spec = {
+                    "model": str(model), "grid": list(args.grid), "device": args.device, "dtype": args.dtype,
+                    "batch_size": args.batch_size, "threads": args.threads, "workers": workers, "stride": 1,
+                    "limits": False, "dataset": str(dataset), "store": str(stores[name]),
+                }
+                runs[name].append(run_child(spec, package))
+        if "machine" not in results:
+            results["machine"] = machine_line(runs["this tree"][0])
+            print(results["machine"])
+        print(f"\n  model {label}: batch {runs['this tree'][0]['batch_size']} crops ({args.batch_size})"
+              f"{'':<6}crops/s   passes  crops/pass")
+        rates = {}
+        for name, done in runs.items():
+            each = [d["frames"] * per_frame / d["seconds"] for d in done]
+            rates[name], passes = max(each), done[0]["passes"]
+            print(f"    {name:<40} {rates[name]:>9.1f} {len(passes):>8} {sum(passes) / len(passes):>10.1f}"
+                  f"   (runs: {', '.join(f'{r:.1f}' for r in each)})")
+            results.setdefault(label, {})[name] = {"crops_per_s": each, "passes": passes}
+        if len(trees) == 2:
+            before, after = rates.values()
+            print(f"    this tree / baseline = {after / before:.3f}; pooled max |diff| between the two stores "
+                  f"{max_pooled_diff(*stores.values()):.2g} (other pass shapes: float32 rounding)")
+    print("\n  forward passes, filled across videos -> per video (a video's last pass is shorter):")
+    typical = {"these videos": list(BATCHING_CLIPS), "KoNViD-1k-like (1,200 x 240 frames)": [240] * 1200,
+               "LSVQ-like (39,000 x 230 frames)": [230] * 39000}
+    for batch, where in ((CPU_BATCH_SIZE, "CPU auto"), (GPU_MAX_BATCH_SIZE, "GPU auto, ViT-B/32")):
+        size = batch // per_frame * per_frame or batch
+        for name, frames in typical.items():
+            across, own = pass_counts(frames, per_frame, batch)
+            crops = sum(frames) * per_frame
+            print(f"    {where} ({size} crops), {name}: {across:,} -> {own:,} passes "
+                  f"(mean fill {crops / (across * size):.0%} -> {crops / (own * size):.0%})")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
+
+
 def default_workers() -> int:
     from clifvqa._device import default_workers as threads
 
@@ -463,6 +587,11 @@ def main() -> None:
     parser.add_argument("--memory-stride", type=int, default=5, help="--frame-stride of the memory-check runs")
     parser.add_argument("--no-memory", action="store_true", help="skip the memory check")
     parser.add_argument("--no-random", action="store_true", help="skip the random ViT-B/32 (time --clip-model only)")
+    parser.add_argument("--batching-cost", action="store_true",
+                        help="instead of the above: passes per video against passes across videos (see below)")
+    parser.add_argument("--baseline", metavar="REV", default=None,
+                        help="--batching-cost: also run the package as it was at this git revision")
+    parser.add_argument("--repeats", type=int, default=2, help="--batching-cost: alternating runs per tree")
     parser.add_argument("--json", type=Path, default=None, help="also write every number to this JSON file")
     parser.add_argument("--child", help=argparse.SUPPRESS)  # internal: one child measurement
     args = parser.parse_args()
@@ -480,6 +609,10 @@ def main() -> None:
     gpu = args.device.startswith("cuda")
     if args.batch_size != "auto":
         args.batch_size = int(args.batch_size)
+    if args.batching_cost:
+        batching_cost(args)
+        print(f"\ntotal {time.perf_counter() - started:.0f} s; load average now {_machine.load_average()}")
+        return
     seconds = args.seconds or (10 if gpu else 3)
     args.frames = args.frames or (seconds * FPS if gpu else 2 * (CPU_BATCH_SIZE // (args.grid[0] * args.grid[1])))
     args.naive_frames = min(args.frames, args.naive_frames or (args.frames if gpu else args.frames // 2))

@@ -19,7 +19,7 @@ extract_precision          the same frames extracted in fp32 on the CPU and in f
 extract_overlap            stores written by the overlapped path (pinned staging, late
                            collection, writer thread) and by the plain path, and a second
                            overlapped run: same stored bytes
-batch_auto_1080p           ``--batch-size auto``: the batch chosen from free memory and a 1080p
+batch_auto_1080p           ``--batch-size auto``: the batch chosen from total memory and a 1080p
                            extraction with it (no out-of-memory), peak device memory
 train_amp                  a few AMP steps on one fixed batch: finite and falling loss
 grad_checkpoint            the same step with and without gradient checkpointing: same loss

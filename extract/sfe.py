@@ -5,13 +5,27 @@ with the frozen CLIP image tower, score it against the r prompts
 (``softmax(logit_scale.exp() * img @ txt.T)``), lay the scores out as maps ``[r, m, n]`` and pool
 them into ``f_t = concat(mean over (m, n), max over (m, n))`` of length 2r.
 
-Speed: crops of many frames (and many videos) go through CLIP in one forward pass of
-``batch_size`` crops; normalisation, softmax and pooling run on the device; only the per-frame
-results (a few hundred bytes per frame) come back. Memory is bounded by the batch, in crops,
-whatever the grid: a frame with more crops than a batch is split across forward passes (its
-embeddings wait on the device until the frame is whole), and the decode queue is bounded in
-crops too. What does grow is a video's outputs (maps, embeddings), which stay in memory until
-the video is written: a video whose outputs would pass ``max_video_bytes`` is refused up front.
+Speed: crops of many frames go through CLIP in one forward pass of ``batch_size`` crops;
+normalisation, softmax and pooling run on the device; only the per-frame results (a few hundred
+bytes per frame) come back.
+
+Exactness: a float32 matrix product's rows depend on the shape of the whole product (BLAS and
+cuBLAS pick kernels and split the work by shape and thread count), so a crop's numbers depend
+on the pass it is in. Passes are therefore cut from each video alone: a video's crops, in
+order from its first, fill passes of exactly ``batch_size`` crops, and its last pass holds the
+rest. Which crops share a pass, and its shape, are then a function of the video and the batch
+size only, never of the other videos, the decode workers, the shard or where a run resumed:
+on one machine, at one thread count and batch size, a video's features are the same bits
+however the work was cut (docs/FORMAT.md, "Exactness"). No pass is padded: the last one is
+simply shorter. The cost is the cross-video batching (a video's last pass is not filled up
+with the next video's crops): ``benchmarks/bench_extract.py --batching-cost`` measures it.
+
+Memory is bounded by the batch, in crops, whatever the grid: a frame with more crops than a
+batch is split across forward passes (its embeddings wait on the device until the frame is
+whole); the decode queue is bounded in crops, and each video being decoded holds at most one
+pass that is still filling. What does grow is a video's outputs (maps, embeddings), which stay
+in memory until the video is written: a video whose outputs would pass ``max_video_bytes`` is
+refused up front.
 Decoding runs ahead in threads (:func:`clifvqa.extract.pipeline.decode_crops`). On a GPU the
 device never waits for the host: each batch's crops are staged in a reused pinned buffer (an
 asynchronous upload), and a batch's results are collected only after the next batch has been
@@ -33,7 +47,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from clifvqa._device import resolve_device
+from clifvqa._device import float32_math, resolve_device
 from clifvqa.errors import ClifvqaError
 from clifvqa.extract.clip_model import ClipBundle, load_clip
 from clifvqa.extract.grid import WARN_CROPS_PER_FRAME
@@ -94,24 +108,27 @@ class FrameScores:
 
 @dataclass
 class _Pending:
-    """Rows collected so far for one video that is still being decoded or scored."""
+    """One video that is still being decoded or scored: its pass being filled and its rows so far."""
 
     pooled: list = field(default_factory=list)
     maps: list = field(default_factory=list)
     embeddings: list = field(default_factory=list)
     frames: list = field(default_factory=list)
-    queued: int = 0  # frames (or pieces) waiting in the batch being filled
-    last_batch: int = -1  # number of the last launched batch holding one of its frames
+    batch: list = field(default_factory=list)  # frames (or pieces) of its next pass
+    filled: int = 0  # crops in batch
+    parts: list = field(default_factory=list)  # embeddings of a frame split across passes, until it is whole
+    last_batch: int = -1  # number of its last launched pass
     done: VideoDone | None = None
 
 
 @dataclass
 class _Launched:
-    """A launched batch whose rows have not been handed to their videos yet."""
+    """A launched pass whose rows have not been handed to their video yet."""
 
     scores: FrameScores | None  # on the host, read only after ``ready`` has passed; None: no frame completed
     ready: Any  # torch.cuda.Event recorded after the copies to the host, or None (already there)
-    rows: list[tuple[_Pending, list[int], list[int]]]  # per video: its frames' rows in scores, their indices
+    video: _Pending  # the one video the pass holds crops of
+    frames: list[int]  # indices of the frames it completes, in order: the rows of scores
     buffer: Any  # host buffer the crops were staged in (free again once ``ready`` has passed), or None
 
 
@@ -126,14 +143,19 @@ def resolve_dtype(dtype: str, device: str) -> str:
 
 
 def auto_batch_size(bundle: ClipBundle, device: str, grid: tuple[int, int]) -> int:
-    """Crops per forward pass for ``--batch-size auto``.
+    """Crops per forward pass for ``--batch-crops auto``.
 
     The target is, on a CPU, 64 crops (larger batches gain nothing on a few cores); on a GPU,
-    half of the free device memory divided by an estimate of one crop's peak activations in a
+    0.4 x the device's total memory divided by an estimate of one crop's peak activations in a
     half-precision forward (4 x the widest per-layer tensors: MLP hidden, attention scores and
     residual stream, of ``tokens = (c / patch)^2 + 1`` tokens), capped at 1024 crops. The batch
     is the target rounded down to whole frames, at least one frame while a frame is at most
     twice the target; larger frames are split across passes of exactly the target.
+
+    Total, not free, memory: the batch size changes the numbers in the last bits (see the
+    module's "Exactness"), so ``auto`` must give the same batch on the same machine whatever
+    else runs on it. A GPU shared with other jobs may then run out of memory; the error says
+    to pass a smaller ``--batch-crops``.
     """
     import torch
 
@@ -141,12 +163,12 @@ def auto_batch_size(bundle: ClipBundle, device: str, grid: tuple[int, int]) -> i
     if not device.startswith("cuda"):
         target = CPU_BATCH_SIZE
     else:
-        free, _ = torch.cuda.mem_get_info(torch.device(device))
+        total = torch.cuda.get_device_properties(torch.device(device)).total_memory
         vision = bundle.model.config.vision_config
         tokens = (vision.image_size // vision.patch_size) ** 2 + 1
         widest = vision.intermediate_size + vision.num_attention_heads * tokens + 4 * vision.hidden_size
         per_crop = 4 * 2 * tokens * widest + 2 * 4 * 3 * bundle.image_size**2
-        target = min(GPU_MAX_BATCH_SIZE, int(0.5 * free / per_crop))
+        target = min(GPU_MAX_BATCH_SIZE, int(0.4 * total / per_crop))
     if per_frame > 2 * target:
         return target
     return max(per_frame, target // per_frame * per_frame)
@@ -167,7 +189,8 @@ class SemanticFeatureExtractor:
             embeddings, logits and softmax are always float32.
         batch_size: crops per forward pass, or ``"auto"`` (:func:`auto_batch_size`); rounded
             down to whole frames when it holds at least one frame, else frames are split
-            across passes of exactly ``batch_size`` crops (same numbers, bounded memory).
+            across passes of ``batch_size`` crops (bounded memory). Each video's crops fill
+            passes of their own from its first crop (see the module's "Exactness").
         save_maps: return the ``[T, r, m, n]`` maps too (``r * m * n * 2`` bytes per frame).
         save_embeddings: return the ``[T, m*n, D]`` crop embeddings too (``m * n * D * 2``
             bytes per frame).
@@ -359,7 +382,9 @@ class SemanticFeatureExtractor:
     def _embed(self, crops):
         """L2-normalised float32 embeddings ``[N, D]`` of ``[N, c, c, 3]`` crops, on the device.
         The pixels are normalised in place in one float copy of the batch (the largest host
-        buffer of a CPU forward pass), with the values of ``(x / 255 - mean) / std``."""
+        buffer of a CPU forward pass), with the values of ``(x / 255 - mean) / std``. In
+        float32 the forward is float32 on a GPU too (no TF32: cuDNN's default for the patch
+        embedding would keep 10 mantissa bits while the store says float32)."""
         import torch
         import torch.nn.functional as F
 
@@ -367,7 +392,7 @@ class SemanticFeatureExtractor:
             x = crops.to(self.device, non_blocking=True).permute(0, 3, 1, 2).to(torch.float32, copy=True)
             x.div_(255).sub_(self._mean).div_(self._std)
             half = self.dtype != "float32"
-            with torch.autocast(self.device.type, dtype=getattr(torch, self.dtype), enabled=half):
+            with float32_math(), torch.autocast(self.device.type, dtype=getattr(torch, self.dtype), enabled=half):
                 feats = self.bundle.model.get_image_features(pixel_values=x).pooler_output
             del x
             return F.normalize(feats.float(), dim=-1)
@@ -382,23 +407,23 @@ class SemanticFeatureExtractor:
             embeddings=emb.view(maps.shape[0], k, -1).half() if self.save_embeddings else None,
         )
 
-    def _score_pieces(self, crops, pieces: list[FrameCrops], partial: dict) -> FrameScores | None:
-        """Score a batch of frame pieces: embed ``crops`` (the pieces back to back), add each
-        piece's embeddings to its frame's in ``partial`` (``{(task, index): [tensors]}`` on the
-        device), and score the frames this batch completes, in the order their last pieces
-        come; None when it completes none."""
+    def _score_pieces(self, crops, pieces: list[FrameCrops], parts: list) -> FrameScores | None:
+        """Score a pass of one video's frame pieces: embed ``crops`` (the pieces back to back),
+        add each piece's embeddings to ``parts`` (the device tensors of the video's frame being
+        completed), and score the frames this pass completes, in order; None when it completes
+        none."""
         import torch
 
         emb, offset, whole = self._embed(crops), 0, []
         for fc in pieces:
-            parts = partial.setdefault((fc.task, fc.index), [])
             parts.append(emb[offset : offset + len(fc.crops)])
             offset += len(fc.crops)
             if fc.stop == self.grid[0] * self.grid[1]:
-                whole.extend(partial.pop((fc.task, fc.index)))
+                whole.extend(parts)
+                parts.clear()
         return self._frame_scores(torch.cat(whole)) if whole else None
 
-    def _launch(self, crops, pieces: list[FrameCrops], partial: dict) -> tuple[FrameScores | None, Any]:
+    def _launch(self, crops, pieces: list[FrameCrops], parts: list) -> tuple[FrameScores | None, Any]:
         """Start scoring ``crops``; returns ``(scores on the host, ready)``: on CUDA the copies to
         (pinned) host memory are queued behind the forward pass and ``ready`` is the event to
         wait for before reading them; elsewhere ``ready`` is None. Batches of whole frames go
@@ -410,9 +435,9 @@ class SemanticFeatureExtractor:
         if self.device.type != "cuda":
             if not split:
                 return self.score_frames(crops), None
-            scores = self._score_pieces(crops, pieces, partial)
+            scores = self._score_pieces(crops, pieces, parts)
             return (None if scores is None else _to_host(scores, non_blocking=False)), None
-        scores = self._score_pieces(crops, pieces, partial) if split else self._score_on_device(crops)
+        scores = self._score_pieces(crops, pieces, parts) if split else self._score_on_device(crops)
         if scores is None:
             return None, None
         scores = _to_host(scores, non_blocking=True)
@@ -486,10 +511,12 @@ class SemanticFeatureExtractor:
         as each finishes (not in task order).
 
         ``workers`` threads decode ahead into a queue of ``queue_crops`` crops (default two
-        batches, plus a frame or piece per worker); crops of different frames and videos share
-        forward passes, and a frame larger than a batch is cut and scored in pieces. On CUDA a
-        batch's results are collected after the next batch is launched; videos still come out
-        in the order, and with the values, of collecting every batch at once.
+        batches, plus a frame or piece per worker). Each video's crops fill forward passes of
+        their own, ``batch_size`` crops each from its first crop, its last pass holding the
+        rest (so its numbers do not depend on the other videos; see the module's
+        "Exactness"); a frame larger than a batch is cut and scored in pieces. On CUDA a pass's
+        results are collected after the next pass is launched; videos still come out in the
+        order, and with the values, of collecting every pass at once.
         """
         import torch
 
@@ -500,76 +527,59 @@ class SemanticFeatureExtractor:
         piece = min(per_frame, self.batch_size)
         queue_crops = queue_crops or 2 * self.batch_size + workers * piece
         live: dict[VideoTask, _Pending] = {}
-        batch: list[FrameCrops] = []  # frames (or pieces of frames) waiting for the next pass
-        filled = 0  # crops in batch
-        partial: dict = {}  # embeddings of frames split across passes, until the frame is whole
         flight: deque[_Launched] = deque()  # launched, not yet collected, oldest first
         out: deque[tuple[VideoTask, _Pending | str]] = deque()  # finished videos and failures, in order
         free: list = []  # staging buffers not in use
         launched = collected = 0
 
-        def finished() -> None:
-            for task in [t for t, acc in live.items() if acc.done is not None and acc.queued == 0]:
-                out.append((task, live.pop(task)))
-
-        def launch() -> None:
-            """Start scoring the waiting frames; videos with no frames left to launch are finished."""
-            nonlocal launched, filled
-            if batch:
-                for fc in batch:
-                    live[fc.task].queued -= 1
-                    live[fc.task].last_batch = launched
-                # A frame's row in the scores: the order in which the batch completes frames.
-                complete = [fc for fc in batch if fc.stop == per_frame]
-                rows: dict[VideoTask, list[int]] = {}
-                for row, fc in enumerate(complete):
-                    rows.setdefault(fc.task, []).append(row)
-                entries = [(live[task], idx, [complete[i].index for i in idx]) for task, idx in rows.items()]
-                crops, buffer = self._stage(batch, free)
-                try:
-                    scores, ready = self._launch(crops, batch, partial)
-                except torch.cuda.OutOfMemoryError as exc:
-                    raise DeviceMemoryError(
-                        f"out of {self.device} memory scoring {crops.shape[0]} crops at once; "
-                        f"pass a smaller --batch-size (now {self.batch_size})"
-                    ) from exc
-                flight.append(_Launched(scores, ready, entries, buffer))
-                launched += 1
-                batch.clear()
-                filled = 0
-            finished()
+        def launch(video: _Pending) -> None:
+            """Start scoring the video's waiting crops as one pass, then collect the passes
+            that may be collected."""
+            nonlocal launched
+            batch = video.batch
+            crops, buffer = self._stage(batch, free)
+            try:
+                scores, ready = self._launch(crops, batch, video.parts)
+            except torch.cuda.OutOfMemoryError as exc:
+                raise DeviceMemoryError(
+                    f"out of {self.device} memory scoring {crops.shape[0]} crops at once; "
+                    f"pass a smaller --batch-crops (now {self.batch_size})"
+                ) from exc
+            complete = [fc.index for fc in batch if fc.stop == per_frame]
+            flight.append(_Launched(scores, ready, video, complete, buffer))
+            video.last_batch = launched
+            launched += 1
+            video.batch, video.filled = [], 0
+            collect(self._in_flight)
 
         def add(piece: FrameCrops) -> None:
-            """Put a frame (piece) in the batch, launching each time the batch is full; a piece
-            that does not fit is split, its rest opening the next batch."""
-            nonlocal filled
+            """Put a frame (piece) in its video's pass, launching the pass each time it is full;
+            a piece that does not fit is split, its rest opening the video's next pass."""
+            video = live.setdefault(piece.task, _Pending())
             rest: FrameCrops | None = piece
             while rest is not None:
-                room = self.batch_size - filled
+                room = self.batch_size - video.filled
                 head, rest = (rest, None) if len(rest.crops) <= room else _split(rest, room)
-                live.setdefault(head.task, _Pending()).queued += 1
-                batch.append(head)
-                filled += len(head.crops)
-                if filled >= self.batch_size:
-                    launch()
-                    collect(self._in_flight)
+                video.batch.append(head)
+                video.filled += len(head.crops)
+                if video.filled == self.batch_size:
+                    launch(video)
 
         def collect(keep: int) -> None:
-            """Hand the rows of all but the newest ``keep`` launched batches to their videos."""
+            """Hand the rows of all but the newest ``keep`` launched passes to their videos."""
             nonlocal collected
             while len(flight) > keep:
                 done = flight.popleft()
                 if done.ready is not None:
-                    done.ready.synchronize()  # this batch's copies only; later batches keep running
-                scores = done.scores
-                for acc, idx, frames in done.rows:  # none when scores is None
-                    sel = torch.tensor(idx)
-                    acc.pooled.append(scores.pooled[sel])
+                    done.ready.synchronize()  # this pass's copies only; later passes keep running
+                if done.scores is not None:
+                    video, scores = done.video, done.scores
+                    video.pooled.append(scores.pooled)
                     if scores.maps is not None:
-                        acc.maps.append(scores.maps[sel])
+                        video.maps.append(scores.maps)
                     if scores.embeddings is not None:
-                        acc.embeddings.append(scores.embeddings[sel])
-                    acc.frames.extend(frames)
+                        video.embeddings.append(scores.embeddings)
+                    video.frames.extend(done.frames)
                 if done.buffer is not None:
                     free.append(done.buffer)
                 collected += 1
@@ -598,17 +608,15 @@ class SemanticFeatureExtractor:
                 if isinstance(event, FrameCrops):
                     add(event)
                 elif isinstance(event, VideoDone):
-                    live.setdefault(event.task, _Pending()).done = event
-                    finished()  # when none of its frames still wait for a batch
+                    video = live.pop(event.task, None) or _Pending()
+                    video.done = event
+                    if video.batch:  # its last pass: the rest of its crops
+                        launch(video)
+                    out.append((event.task, video))
                 elif isinstance(event, VideoFailed):
-                    live.pop(event.task, None)
-                    batch[:] = [fc for fc in batch if fc.task != event.task]
-                    filled = sum(len(fc.crops) for fc in batch)
-                    for key in [key for key in partial if key[0] == event.task]:
-                        del partial[key]
+                    live.pop(event.task, None)  # its waiting crops and any launched rows are dropped
                     out.append((event.task, event.error))
                 yield from emit()
-            launch()
             collect(0)
             yield from emit()
         finally:

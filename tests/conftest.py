@@ -153,3 +153,14 @@ def _torch_threads_kept():
     yield
     if torch.get_num_threads() != before:
         torch.set_num_threads(before)
+
+
+@pytest.fixture(params=[1, 2, 4], ids=lambda n: f"threads{n}")
+def torch_threads(request) -> int:
+    """Runs the test at 1, 2 and 4 intra-op torch threads (4 also on a 2-core machine: what
+    changes the numbers is how the work is partitioned, not the cores); the autouse fixture
+    above gives the count back."""
+    import torch
+
+    torch.set_num_threads(request.param)
+    return request.param

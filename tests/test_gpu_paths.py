@@ -217,6 +217,18 @@ def test_predict_and_evaluation_score_without_tf32(tmp_path, make_train_set, mon
     assert set(during) == {("ieee", "ieee", "ieee")} and _tf32_settings()[0] == "tf32"
 
 
+def test_float32_extraction_embeds_without_tf32(tiny_clip):
+    """A float32 store is float32 on a GPU too: the image tower runs inside float32_math."""
+    from clifvqa.extract.clip_model import load_clip
+    from clifvqa.extract.sfe import SemanticFeatureExtractor
+
+    sfe = SemanticFeatureExtractor(load_clip(str(tiny_clip), "cpu"), grid=(1, 1), device="cpu", dtype="float32")
+    during: list[tuple] = []
+    sfe.bundle.model.vision_model.register_forward_hook(lambda *args: during.append(_tf32_settings()))
+    sfe.score_frames(torch.zeros(2, 224, 224, 3, dtype=torch.uint8))
+    assert during == [("ieee", "ieee", "ieee")] and _tf32_settings()[0] == "tf32"
+
+
 # ---------------------------------------------------------------- 8: no buffer broadcast
 
 

@@ -27,17 +27,17 @@ GRID = (1, 2)  # 2 crops per frame
 NATIVE = dict(width=256, height=224)  # uint8 crops
 SMALL = dict(width=160, height=96)  # scaled up: float32 crops
 
-# Task order, with workers=1 also the decode order. Batches of 3 frames:
-#   b0 = A0 A1 A2 | b1 = A3 A4 A5 | b2 = A6 A7 B0 | b3 = B1 C0 C1 | b4 = D0 D1 (the last flush)
-# A spans three batches, X fails to open (between B's end and C), b3 mixes uint8 and float crops.
+# Task order, with workers=1 also the decode order. Passes of at most 3 frames, each of one video:
+#   b0 = A0 A1 A2 | b1 = A3 A4 A5 | b2 = A6 A7 | b3 = B0 B1 | b4 = C0 C1 | b5 = D0 D1
+# A spans three passes, its last one shorter; X fails to open (after B); b4 holds float crops.
 VIDEOS = {"A": dict(num_frames=8, seed=1, **NATIVE), "B": dict(num_frames=2, seed=2, **NATIVE),
           "X": None, "C": dict(num_frames=2, seed=3, **SMALL), "D": dict(num_frames=2, seed=4, **NATIVE)}
-ORDER = ["A", "X", "B", "C", "D"]
-# Batches launched when each video of ORDER comes out.
-# Collected at once: A when b2 is launched, X as it fails, B when b3 is, C at its end, D at the flush.
-# One batch in flight: A (and X behind it) when b2 is collected, i.e. once b3 is launched; the rest
-# at the flush. Two in flight: everything at the flush.
-CALLS_AT_YIELD = {0: [3, 3, 4, 4, 5], 1: [4, 4, 5, 5, 5], 2: [5, 5, 5, 5, 5]}
+ORDER = ["A", "B", "X", "C", "D"]
+# Passes launched when each video of ORDER comes out.
+# Collected at once: each video as its last pass is launched, X as it fails.
+# One pass in flight: a video once the pass after its last is launched (X behind B), D at the end.
+# Two in flight: A once b4 is launched (b2 collected), B and X once b5 is, C and D at the end.
+CALLS_AT_YIELD = {0: [3, 4, 4, 5, 6], 1: [4, 5, 5, 6, 6], 2: [5, 6, 6, 6, 6]}
 
 
 @pytest.fixture(scope="module")
@@ -109,31 +109,33 @@ def test_deferred_collection_keeps_order_and_bits(bundle, tasks, in_flight, stag
     got, calls, batches = run(extractor(bundle, 6, in_flight, staged), tasks)
     assert calls == CALLS_AT_YIELD[in_flight]  # collected that many batches late, flushed at the end
     assert_same_results(got, want)
-    assert [tuple(b.shape[:1]) for b in batches] == [(6,)] * 4 + [(4,)]
-    assert [b.dtype for b in batches] == [torch.uint8] * 3 + [torch.float32, torch.uint8]
+    assert [tuple(b.shape[:1]) for b in batches] == [(6,)] * 2 + [(4,)] * 4
+    assert [b.dtype for b in batches] == [torch.uint8] * 4 + [torch.float32, torch.uint8]
 
 
 def test_staging_buffers_are_reused_only_after_collection(bundle, tasks):
-    """One batch in flight: two uint8 buffers take turns, b3 needs a float32 one, and no batch
-    is staged in the buffer of a batch still in flight."""
+    """One pass in flight: two uint8 buffers take turns, b4 needs a float32 one, and no pass
+    is staged in the buffer of a pass still in flight."""
     _, _, batches = run(extractor(bundle, 6, 1, True), tasks)
     ptr = [b.data_ptr() for b in batches]
-    assert ptr[2] == ptr[0] and ptr[4] == ptr[1]  # b0's buffer again once b0 was collected, ...
-    assert len({ptr[0], ptr[1], ptr[3]}) == 3  # ... never while its batch is in flight
+    assert ptr[2] == ptr[0] and ptr[3] == ptr[1] and ptr[5] == ptr[0]  # b0's buffer again once b0 was collected, ...
+    assert len({ptr[0], ptr[1], ptr[4]}) == 3  # ... never while its pass is in flight
     assert all(b.is_contiguous() for b in batches)
 
 
-def test_many_tiny_videos_share_one_last_batch(bundle, tmp_path, make_video):
-    """Five 2-frame videos fill one batch of 10 frames: each gets its own rows back, in order,
-    with the bits of extracting it alone."""
+@pytest.mark.numerics
+def test_tiny_videos_get_passes_of_their_own(bundle, tmp_path, make_video, torch_threads):
+    """Five 2-frame videos and room for 10 frames per pass: each video is scored in a pass of
+    its own, comes out in order, with the bits of extracting it alone."""
     tasks = [VideoTask(f"v{i}", make_video(f"v{i}.mp4", root=tmp_path, num_frames=2, seed=10 + i, **NATIVE))
              for i in range(5)]
     want, want_calls, _ = run(extractor(bundle, 20, 0, False), tasks)
     got, calls, batches = run(extractor(bundle, 20, 1, True), tasks)
-    assert want_calls == calls == [1] * 5 and len(batches) == 1
+    assert (want_calls, calls) == ([1, 2, 3, 4, 5], [2, 3, 4, 5, 5])
+    assert [len(b) for b in batches] == [4] * 5
     assert [k for k, _ in got] == [t.key for t in tasks]
     assert_same_results(got, want)
-    alone = extractor(bundle, 4, 0, False)
+    alone = extractor(bundle, 20, 0, False)
     for task, (key, result) in zip(tasks, got):
         own = alone.extract_video(task.path, key=key)
         assert np.array_equal(result.pooled, own.pooled) and np.array_equal(result.embeddings, own.embeddings)

@@ -100,8 +100,9 @@ def test_rescore_equals_fresh_extraction(data, tmp_path):
     assert verify_store(tmp_path / "dst.zarr") == []
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("softmax", ["all", "group"])
-def test_scoring_float32_embeddings_is_exact_in_any_grouping(data, bundle, softmax):
+def test_scoring_float32_embeddings_is_exact_in_any_grouping(data, bundle, softmax, torch_threads):
     """The function rescoring uses gives extraction's bits when given its float32 embeddings."""
     sfe = extractor(bundle, NEW, softmax=softmax, save_embeddings=False)
     calls = []
