@@ -1,26 +1,41 @@
 # One command each, from a fresh clone: `make test`, `make demo`, `make bench`.
 # A local .venv is created on first use. torch comes from TORCH_SPEC unless the interpreter
-# already has one: the default pins the CPU build that lies on this kind of machine's disk.
-# GPU users elsewhere: make test TORCH_SPEC="torch --index-url https://download.pytorch.org/whl/cu128"
+# already has one. The default pin takes the CPU wheel that lies on this kind of machine's disk
+# (Python 3.11); elsewhere the same pin downloads PyPI's default Linux wheel, the CUDA build.
+# CPU only, anywhere: make test TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu"
+# Another CUDA:       make test TORCH_SPEC="torch --index-url https://download.pytorch.org/whl/cu128"
+# Another Python:     make test PYTHON=python3.12 VENV=.venv3.12
 PYTHON ?= python3
 TORCH_SPEC ?= torch==2.13.0
 VENV ?= .venv
+# --system-site-packages lets a GPU image's preinstalled torch serve; `VENV_ARGS=` makes an isolated venv
+VENV_ARGS ?= --system-site-packages
+# a pip constraints file applied to every install, e.g. .ci/constraints-lowest.txt (the lower bounds CI tests)
+CONSTRAINTS ?=
+# test arguments, e.g. PYTEST_ARGS="-m numerics"
+PYTEST_ARGS ?=
 PY := $(VENV)/bin/python
+PIP_INSTALL := $(PY) -m pip install -q $(if $(CONSTRAINTS),-c $(CONSTRAINTS))
 
 .PHONY: venv test demo protocol-demo bench gpu-check clean
 
-$(VENV)/.installed: setup.cfg pyproject.toml
-	test -x $(PY) || $(PYTHON) -m venv --system-site-packages $(VENV)
-	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q $(TORCH_SPEC)
-	$(PY) -m pip install -q -e ".[test]"
+$(VENV)/.installed: setup.cfg pyproject.toml $(CONSTRAINTS)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV_ARGS) $(VENV)
+	$(PY) -c "import torch" 2>/dev/null || $(PIP_INSTALL) $(TORCH_SPEC)
+	$(PIP_INSTALL) -e ".[test]"
 	touch $@
 
+# An existing venv made by another Python would silently test that Python instead.
 venv: $(VENV)/.installed
+	@want=$$($(PYTHON) -c 'import sys; print(*sys.version_info[:2], sep=".")'); \
+	have=$$($(PY) -c 'import sys; print(*sys.version_info[:2], sep=".")'); \
+	test "$$want" = "$$have" || { echo "error: $(VENV) is Python $$have but PYTHON=$(PYTHON) is $$want;" \
+	  "pass a VENV of its own (e.g. VENV=.venv$$want) or run make clean" >&2; exit 2; }
 
 # ruff first (pyproject.toml [tool.ruff]): a lint failure stops before the suite runs
 test: venv
 	$(PY) -m ruff check .
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 demo: venv
 	rm -rf demo-run

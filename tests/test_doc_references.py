@@ -7,14 +7,18 @@ import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SKIP = {".venv", ".git", "wheelhouse", "clifvqa.egg-info", "demo-run", "runs"}
+# and every hidden folder: .git, .venv and the venvs of other Pythons and of CI's legs (.venv3.12, .venv-lowest)
+SKIP = {"wheelhouse", "clifvqa.egg-info", "demo-run", "runs"}
 # repository paths named in prose (docs, benchmarks, configs, experiments folders)
 NAMED = re.compile(r"(?<![\w/.-])((?:docs|benchmarks|configs|experiments)/[\w.-]+\.(?:md|py|yaml|csv))")
 LINK = re.compile(r"\]\(([^)#\s]+)(?:#[^)]*)?\)")
 
 
 def _sources() -> list[Path]:
-    return [p for p in ROOT.rglob("*") if p.suffix in (".py", ".md") and not SKIP & set(p.relative_to(ROOT).parts)]
+    def skipped(parts: tuple[str, ...]) -> bool:
+        return bool(SKIP & set(parts)) or any(part.startswith(".") for part in parts)
+
+    return [p for p in ROOT.rglob("*") if p.suffix in (".py", ".md") and not skipped(p.relative_to(ROOT).parts)]
 
 
 def test_named_repository_files_exist():
