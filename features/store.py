@@ -25,10 +25,11 @@ its checksum, whose rows are not finite or do not hash to ``pooled_sha256``
 
 Many videos are read concurrently by :meth:`FeatureStore.read_pooled_many` (training,
 evaluation, prediction) and :meth:`FeatureStore.read_entries` (verify): Zarr stores, local or
-remote, fetch the metadata and chunk of every video at once on zarr's event loop, ``workers``
-videos at a time; HDF5 reads through its one handle (h5py serialises calls, threads gain
-nothing). Every read of a single video goes through the same code, so one video read alone or
-among thousands gives the same array or the same error.
+remote, fetch the metadata and chunk of every video at once (remote ones through zarr's public
+``Store.get`` on clifvqa's own event loop), ``workers`` videos at a time; HDF5 reads through
+its one handle (h5py serialises calls, threads gain nothing). Every read of a single video
+goes through the same code, so one video read alone or among thousands gives the same array
+or the same error.
 
 ``store info`` in O(1): :meth:`FeatureStore.finalize` writes the counts into the root attribute
 ``summary`` together with the ``change`` token it found on ``/videos``; every Zarr write replaces

@@ -14,6 +14,12 @@ come first; the consolidated metadata after them grows by about 3.5 KB per video
 costs the same for 50 videos or 50,000. Each change replaces the ``change`` token of the
 ``videos`` group (atomically, after the change), which is how :meth:`FeatureStore.summary`
 knows whether the counts written by :meth:`ZarrFeatureStore.finalize` are still current.
+
+Only zarr's public API is used (``zarr``, ``zarr.api.asynchronous``, ``zarr.storage``,
+``zarr.codecs``, ``zarr.buffer``; ``tests/test_zarr_public_api.py`` keeps it so), with zarr 3.1
+to 3.4. Many videos of a remote store are read concurrently through the public ``Store.get``
+on this module's own event loop (:data:`_LOOP`), through a second store object made on that
+loop (its network session belongs there); zarr's synchronous API keeps its own loop for the rest.
 """
 
 from __future__ import annotations
@@ -25,24 +31,23 @@ import math
 import os
 import re
 import shutil
+import threading
 import uuid
 import warnings
 import zipfile
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Coroutine, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numcodecs
 import numpy as np
 import zarr
+import zarr.api.asynchronous
+from zarr.buffer import default_buffer_prototype
 from zarr.codecs import ZstdCodec
-from zarr.core.array import AsyncArray
-from zarr.core.buffer import default_buffer_prototype
-from zarr.core.group import AsyncGroup, GroupMetadata
-from zarr.core.sync import sync
-from zarr.storage import FsspecStore, LocalStore, StorePath, ZipStore
+from zarr.storage import FsspecStore, LocalStore, ZipStore
 
 from clifvqa.features.store import (
     CHANGE_ATTR,
@@ -55,6 +60,8 @@ from clifvqa.features.store import (
     Finish,
     StoreError,
 )
+
+T = TypeVar("T")
 
 NDIM: dict[str, int] = {"pooled": 2, "maps": 4, "frames": 1, "embeddings": 3}
 """Dimensions of each array of an entry: where its one chunk is, before its metadata is read."""
@@ -123,6 +130,29 @@ def root_attributes_v3(path: Path) -> dict[str, Any] | None:
         return None
 
 
+class _EventLoop:
+    """An asyncio event loop in a daemon thread, where this process awaits remote reads: an
+    fsspec network session belongs to the loop it was made in, so every read through one store
+    object must run on one loop (zarr's own is private to it). A forked child makes its own."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._pid = 0
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run ``coro`` on the loop and wait for its result (never call it from the loop itself)."""
+        with self._lock:
+            if self._loop is None or self._pid != os.getpid():
+                self._loop, self._pid = asyncio.new_event_loop(), os.getpid()
+                threading.Thread(target=self._loop.run_forever, name="clifvqa-reads", daemon=True).start()
+            loop = self._loop
+        return asyncio.run_coroutine_threadsafe(coro, loop).result()
+
+
+_LOOP = _EventLoop()
+
+
 def fsspec_store(url: str) -> FsspecStore:
     """A read-only zarr ``FsspecStore`` for ``url``; ImportError naming the package to install."""
     scheme = url.split("://", 1)[0].lower()
@@ -142,28 +172,39 @@ class ZarrFeatureStore(FeatureStore):
 
     backend = "zarr"
 
-    def __init__(self, path: str, store: Any, group: zarr.Group, *, writable: bool,
-                 backend: str = "zarr") -> None:
+    def __init__(self, path: str, store: Any, group: zarr.Group | None, *, writable: bool,
+                 backend: str = "zarr", head: dict[str, Any] | None = None, reader: Any = None) -> None:
+        """``group``: the root as zarr opened it, or None for a local Zarr v3 store whose root
+        attributes ``head`` were read from the head of its ``zarr.json`` (then zarr opens the
+        root on first use). ``reader``: the store that concurrent reads go through on
+        :data:`_LOOP` (default ``store``; a remote store's own-session twin)."""
         self._store = store
-        self._group = group
+        self._reader = store if reader is None else reader
+        self._opened = group
         self._listable = True  # False over HTTP: consolidated metadata only
         # Local directories are read file by file directly: a read from the page cache takes
         # microseconds, less than zarr's hand-off of each file to a thread.
         self._local = Path(path) if isinstance(store, LocalStore) else None
-        self._flattened: dict[str, Any] | None = None
+        self._flattened: dict[str, tuple[str, Any]] | None = None
         self.backend = backend
-        self.zarr_format = group.metadata.zarr_format
-        super().__init__(path, dict(group.attrs), writable=writable)
+        self.zarr_format = 3 if group is None else group.metadata.zarr_format
+        super().__init__(path, dict(group.attrs) if group is not None else head or {}, writable=writable)
+
+    @property
+    def _group(self) -> zarr.Group:
+        """The root group (a local store's is opened on first use, reading its whole zarr.json)."""
+        if self._opened is None:
+            self._opened = zarr.open_group(self._store, mode="r+" if self.writable else "r",
+                                           use_consolidated=False)
+        return self._opened
 
     # ------------------------------------------------------------------ opening
     @classmethod
     def open_local(cls, path: Path, *, writable: bool) -> ZarrFeatureStore:
         store = LocalStore(path, read_only=not writable)
         attrs = root_attributes_v3(path)
-        if attrs is not None:  # the group zarr would make, without parsing the consolidated metadata
-            group = zarr.Group(AsyncGroup.from_dict(StorePath(store), {
-                "attributes": attrs, "zarr_format": 3, "node_type": "group"}))
-            return cls(str(path), store, group, writable=writable)
+        if attrs is not None:  # the consolidated metadata is parsed only if zarr opens the root
+            return cls(str(path), store, None, writable=writable, head=attrs)
         try:
             group = zarr.open_group(store, mode="r+" if writable else "r", use_consolidated=False)
         except (FileNotFoundError, ValueError) as exc:
@@ -200,7 +241,12 @@ class ZarrFeatureStore(FeatureStore):
             raise StoreError(f"no Zarr feature store at {url} ({exc})") from exc
         except FileNotFoundError as exc:
             raise StoreError(f"no Zarr feature store at {url} ({exc})") from exc
-        opened = cls(url, store, group, writable=False)
+        async def twin() -> FsspecStore:
+            # Made in the loop's thread: fsspec keeps one asynchronous filesystem (and network
+            # session) per URL and thread, so this one is the loop's, kept for the process.
+            return fsspec_store(url)
+
+        opened = cls(url, store, group, writable=False, reader=_LOOP.run(twin()))
         opened._listable = not http
         return opened
 
@@ -349,9 +395,9 @@ class ZarrFeatureStore(FeatureStore):
         os.replace(tmp, doc)
 
     def _change_token(self) -> str | None:
-        raw = sync(self._store.get(self._marker_key(), prototype=default_buffer_prototype()))
+        raw = self._read_key(self._marker_key())
         try:
-            attrs = json.loads(raw.to_bytes()) if raw is not None else {}
+            attrs = json.loads(raw) if raw is not None else {}
         except ValueError:
             return None
         token = (attrs.get("attributes", {}) if self.zarr_format == 3 else attrs).get(CHANGE_ATTR)
@@ -373,6 +419,8 @@ class ZarrFeatureStore(FeatureStore):
 
     def close(self) -> None:
         self._store.close()
+        if self._reader is not self._store:
+            self._reader.close()
 
     def size_bytes(self, summary: dict[str, Any] | None = None) -> int | None:
         """Bytes on disk; for a directory, given a current :meth:`summary`, its ``bytes`` plus
@@ -398,13 +446,15 @@ class ZarrFeatureStore(FeatureStore):
         """Batches of ``workers`` videos, two batches in flight, each in its own thread, finished
         (checked) there as soon as it is read. Local directories are read there directly (file
         reads, zstd and hashing release the GIL, so the two threads share the cores); other
-        stores on zarr's event loop, each video's metadata and chunks fetched at once (a remote
+        stores on :data:`_LOOP`, each video's metadata and chunks fetched at once (a remote
         video costs one round trip)."""
+        recorded = self._recorded  # read here: never from the loop
+
         def batch_job(batch: list[str]) -> list[Fetched]:
             if self._local is not None:
                 found = [self._fetch_local(key, names) for key in batch]
             else:
-                found = sync(self._fetch_batch(batch, names))
+                found = _LOOP.run(self._fetch_batch(batch, names, recorded))
             if finish is not None:
                 for key, one in zip(batch, found):
                     one.result = finish(key, one)
@@ -431,7 +481,7 @@ class ZarrFeatureStore(FeatureStore):
                 yield from done
         finally:
             # Never wait here: an abandoned generator may be closed by the garbage collector on
-            # any thread, zarr's event loop thread included, which the batch in flight needs.
+            # any thread, the event loop's included, which the batch in flight needs.
             pool.shutdown(wait=False, cancel_futures=True)
 
     def _fetch_local(self, key: str, names: tuple[str, ...]) -> Fetched:
@@ -458,22 +508,30 @@ class ZarrFeatureStore(FeatureStore):
                 found.arrays[name] = exc
         return found
 
-    async def _fetch_batch(self, keys: list[str], names: tuple[str, ...]) -> list[Fetched]:
-        return list(await asyncio.gather(*(self._fetch_one(k, names) for k in keys)))
+    async def _fetch_batch(self, keys: list[str], names: tuple[str, ...],
+                           recorded: dict[str, tuple[str, Any]] | None) -> list[Fetched]:
+        return list(await asyncio.gather(*(self._fetch_one(k, names, recorded) for k in keys)))
 
     async def _get(self, key: str) -> bytes | None:
-        raw = await self._store.get(key, prototype=default_buffer_prototype())
+        raw = await self._reader.get(key, prototype=default_buffer_prototype())
         return None if raw is None else raw.to_bytes()
 
-    async def _fetch_one(self, key: str, names: tuple[str, ...]) -> Fetched:
+    def _read_key(self, key: str) -> bytes | None:
+        """The bytes stored under ``key`` (None when absent)."""
+        if self._local is not None:
+            return self._read_doc(self._local / key)
+        return _LOOP.run(self._get(key))
+
+    async def _fetch_one(self, key: str, names: tuple[str, ...],
+                         recorded: dict[str, tuple[str, Any]] | None) -> Fetched:
         base = f"{VIDEOS}/{key}"
         v3 = self.zarr_format == 3
         node_docs = NODE_DOCS[v3]
         array_doc = "zarr.json" if v3 else ".zarray"
         chunks = [f"{base}/{n}/{_chunk_key(v3, NDIM.get(n, 1), '/' if v3 else '.')}" for n in names]
         try:
-            if self._recorded is not None:  # remote: the consolidated metadata is the listing
-                found, got = self._recorded_node(base, names, array_doc)
+            if recorded is not None:  # remote: the consolidated metadata is the listing
+                found, got = _recorded_node(recorded, base, names, array_doc)
                 chunks = [c for n, c in zip(names, chunks) if f"{base}/{n}/{array_doc}" in got]
                 got.update(zip(chunks, await asyncio.gather(*(self._get(k) for k in chunks))))
             else:
@@ -495,40 +553,24 @@ class ZarrFeatureStore(FeatureStore):
         return found
 
     @property
-    def _recorded(self) -> dict[str, Any] | None:
-        """``{path: metadata}`` of the consolidated metadata zarr opened a remote or zipped store
-        with (read through it, as zarr does: one request per array), else None."""
-        consolidated = self._group.metadata.consolidated_metadata
-        if self._local is not None or consolidated is None:
+    def _recorded(self) -> dict[str, tuple[str, Any]] | None:
+        """``{path: ("group", attrs) | ("array", metadata)}`` from the consolidated metadata of a
+        remote or zipped store (which zarr opened it with), else None; reads go through it, as
+        zarr's do: one request per array."""
+        if self._local is not None:
             return None
         if self._flattened is None:
-            self._flattened = consolidated.flattened_metadata
-        return self._flattened
+            raw = self._read_key("zarr.json" if self.zarr_format == 3 else ".zmetadata")
+            self._flattened = (raw is not None and _recorded_nodes(json.loads(raw), self.zarr_format)) or {}
+        return self._flattened or None
 
-    def _recorded_node(self, base: str, names: tuple[str, ...],
-                       array_doc: str) -> tuple[Fetched, dict[str, bytes | None]]:
-        """The entry at ``base`` and the metadata documents of its arrays, from the consolidated
-        metadata (each array's exactly as zarr writes it)."""
-        recorded = self._recorded or {}
-        node = recorded.get(base)
-        if node is None:
-            return Fetched(None), {}
-        if not isinstance(node, GroupMetadata):
-            return Fetched("array"), {}
-        docs: dict[str, bytes | None] = {}
-        for name in names:
-            meta = recorded.get(f"{base}/{name}")
-            if meta is not None and not isinstance(meta, GroupMetadata):
-                written = meta.to_buffer_dict(default_buffer_prototype())[array_doc]
-                docs[f"{base}/{name}/{array_doc}"] = written.to_bytes()
-        return Fetched("group", dict(node.attributes)), docs
-
-    async def _decode(self, path: str, doc: bytes, got: dict[str, bytes | None]) -> np.ndarray:
-        """The array at ``path`` from its metadata ``doc``; its one chunk decoded here when the
-        layout is the one clifvqa writes, else read by zarr."""
-        layout = _Layout.parse(json.loads(doc), self.zarr_format)
+    async def _decode(self, path: str, doc: bytes | dict[str, Any], got: dict[str, Any]) -> np.ndarray:
+        """The array at ``path`` from its metadata ``doc`` (raw or parsed); its one chunk decoded
+        here when the layout is the one clifvqa writes, else read by zarr."""
+        layout = _Layout.parse(doc if isinstance(doc, dict) else json.loads(doc), self.zarr_format)
         if layout is None:  # another layout (several chunks, other codecs): zarr reads it
-            array = await AsyncArray.open(StorePath(self._store, path), zarr_format=self.zarr_format)
+            array = await zarr.api.asynchronous.open_array(store=self._reader, path=path, mode="r",
+                                                           zarr_format=self.zarr_format)
             return np.asarray(await array.getitem(...))
         if 0 in layout.shape:
             return layout.read(None)
@@ -539,9 +581,8 @@ class ZarrFeatureStore(FeatureStore):
     def consolidated_entries(self) -> dict[str, dict[str, Any]] | None:
         if not self._listable:
             return None
-        raw = sync(self._store.get("zarr.json" if self.zarr_format == 3 else ".zmetadata",
-                                   prototype=default_buffer_prototype()))
-        nodes = None if raw is None else _recorded_nodes(json.loads(raw.to_bytes()), self.zarr_format)
+        raw = self._read_key("zarr.json" if self.zarr_format == 3 else ".zmetadata")
+        nodes = None if raw is None else _recorded_nodes(json.loads(raw), self.zarr_format)
         if nodes is None:
             return None
         out: dict[str, dict[str, Any]] = {"videos": {}, "arrays": {}, "failures": {}}
@@ -553,7 +594,7 @@ class ZarrFeatureStore(FeatureStore):
             parent, _, name = rest.rpartition("/")
             if kind == "array":
                 if top == VIDEOS and parent in out["videos"]:
-                    out["arrays"].setdefault(parent, {})[name] = value
+                    out["arrays"].setdefault(parent, {})[name] = [int(x) for x in value["shape"]]
             elif value and not _prefixes(rest, out[top]):
                 out[top][rest] = value
         return out
@@ -683,8 +724,20 @@ class _Layout:
         return flat.reshape(self.shape).astype(self.dtype, copy=True)  # native and writable
 
 
+def _recorded_node(recorded: dict[str, tuple[str, Any]], base: str, names: tuple[str, ...],
+                   array_doc: str) -> tuple[Fetched, dict[str, Any]]:
+    """The entry at ``base`` and the metadata of its arrays (keyed like their documents), from
+    the consolidated metadata (each array's exactly as zarr wrote it)."""
+    kind, value = recorded.get(base, (None, None))
+    if kind != "group":
+        return Fetched(kind), {}
+    docs = {f"{base}/{n}/{array_doc}": recorded[f"{base}/{n}"][1] for n in names
+            if recorded.get(f"{base}/{n}", ("",))[0] == "array"}
+    return Fetched("group", dict(value)), docs
+
+
 def _recorded_nodes(doc: dict[str, Any], zarr_format: int | None) -> dict[str, tuple[str, Any]] | None:
-    """``{path: ("group", attrs) | ("array", shape)}`` of a raw consolidated-metadata document
+    """``{path: ("group", attrs) | ("array", metadata)}`` of a raw consolidated-metadata document
     (v3: the root zarr.json; v2: .zmetadata); None when it holds none."""
     nodes: dict[str, tuple[str, Any]] = {}
     if zarr_format == 3:
@@ -693,7 +746,7 @@ def _recorded_nodes(doc: dict[str, Any], zarr_format: int | None) -> dict[str, t
             return None
         for path, meta in (consolidated.get("metadata") or {}).items():
             if meta.get("node_type") == "array":
-                nodes[path] = ("array", [int(x) for x in meta["shape"]])
+                nodes[path] = ("array", meta)
             else:
                 nodes[path] = ("group", dict(meta.get("attributes") or {}))
         return nodes
@@ -701,7 +754,7 @@ def _recorded_nodes(doc: dict[str, Any], zarr_format: int | None) -> dict[str, t
     for name, meta in (doc.get("metadata") or {}).items():
         path, _, kind = name.rpartition("/.")
         if kind == "zarray":
-            nodes[path] = ("array", [int(x) for x in meta["shape"]])
+            nodes[path] = ("array", meta)
         elif kind == "zgroup" and path:
             nodes.setdefault(path, ("group", {}))
         elif kind == "zattrs" and path:
