@@ -49,11 +49,12 @@ import contextlib
 import glob
 import hashlib
 import json
+import math
 import os
 import shutil
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,7 +62,20 @@ from typing import Any
 import h5py
 import numpy as np
 
-from clifvqa.features.store import FRAMES_FILL, SUMMARY_ATTR, FeatureStore, StoreError
+from clifvqa.features.bounded import UnsafeStoreError, decode_bounded, nbytes, unshuffle
+from clifvqa.features.store import (
+    FRAMES_FILL,
+    SUMMARY_ATTR,
+    VIDEOS,
+    FeatureStore,
+    Fetched,
+    Finish,
+    StoreError,
+)
+
+_FILTERS = {h5py.h5z.FILTER_SHUFFLE: "shuffle", h5py.h5z.FILTER_DEFLATE: "deflate",
+            h5py.h5z.FILTER_FLETCHER32: "fletcher32"}
+"""The HDF5 filters clifvqa reads (what it writes), with their bounded decoders."""
 
 SPOOL_SUFFIX = ".spool"
 """The writer's sidecar folder is the store's path plus this suffix (``x.h5.spool``)."""
@@ -395,8 +409,25 @@ class HDF5FeatureStore(FeatureStore):
         return cls.open(path, writable=True)
 
     # ------------------------------------------------------------------ primitives
+    def _get(self, path: str) -> h5py.Group | h5py.Dataset | None:
+        """The object at ``path`` reached through hard links only, None when there is none: an
+        external link would open another file, a soft link lead anywhere in this one."""
+        node: Any = self._file
+        for part in path.strip("/").split("/"):
+            if not part:
+                continue
+            link = node.get(part, getlink=True) if isinstance(node, h5py.Group) else None
+            if link is None:
+                return None
+            if not isinstance(link, h5py.HardLink):
+                kind = "an external" if isinstance(link, h5py.ExternalLink) else "a soft"
+                raise UnsafeStoreError(f"{self.path}: {path} is reached through {kind} link; clifvqa never "
+                                       "follows links in a store (an HDF5 store it wrote has none)")
+            node = node[part]
+        return node
+
     def _node(self, path: str, attrs: tuple[str, ...] | None = None) -> tuple[str | None, dict[str, Any]]:
-        node = self._file.get(path)
+        node = self._get(path)
         if node is None:
             return None, {}
         if isinstance(node, h5py.Dataset):
@@ -406,7 +437,7 @@ class HDF5FeatureStore(FeatureStore):
         return "group", read_attrs(node)
 
     def _entries(self, top: str) -> dict[str, dict[str, Any]]:
-        group = self._file.get(top)
+        group = self._get(top)
         if not isinstance(group, h5py.Group):
             return {}
         out: dict[str, dict[str, Any]] = {}
@@ -419,16 +450,98 @@ class HDF5FeatureStore(FeatureStore):
         return out
 
     def _has_children(self, path: str) -> bool:
-        return len(self._file[path]) > 0
+        return len(self._group(path)) > 0
 
     def _array_names(self, path: str) -> list[str]:
-        return [k for k, v in self._file[path].items() if isinstance(v, h5py.Dataset)]
+        group = self._group(path)
+        return [k for k in group if isinstance(group.get(k, getlink=True), h5py.HardLink)
+                and isinstance(group[k], h5py.Dataset)]
 
-    def _array_shape(self, path: str) -> tuple[int, ...]:
-        return tuple(self._file[path].shape)
+    def _group(self, path: str) -> h5py.Group:
+        node = self._get(path)
+        if not isinstance(node, h5py.Group):
+            raise KeyError(f"no group {path!r} in {self.path}")
+        return node
 
-    def _read_array(self, path: str) -> np.ndarray:
-        return self._file[path][()]
+    def _array_declared(self, path: str) -> tuple[tuple[int, ...], np.dtype]:
+        node = self._get(path)
+        if not isinstance(node, h5py.Dataset):
+            raise KeyError(f"no array {path!r} in {self.path}")
+        return tuple(node.shape), node.dtype
+
+    def _fetch(self, keys: Sequence[str], names: tuple[str, ...], workers: int,
+               attrs: tuple[str, ...] | None = None, finish: Finish | None = None) -> Iterator[Fetched]:
+        """One video after another through the one handle (h5py serialises calls: threads gain
+        nothing), each array read by :meth:`_read_bounded`."""
+        for key in keys:
+            path = f"{VIDEOS}/{key}"
+            try:
+                kind, found_attrs = self._node(path, attrs)
+            except Exception as exc:  # noqa: BLE001 - unreadable metadata is reported per video
+                found = Fetched(None, error=exc)
+            else:
+                found = Fetched(kind, found_attrs)
+            if found.complete:
+                for name in names:
+                    try:
+                        array = self._read_bounded(f"{path}/{name}", name, found.attrs)
+                    except Exception as exc:  # noqa: BLE001 - filters raise anything on a damaged chunk
+                        found.arrays[name] = exc
+                    else:
+                        if array is not None:
+                            found.arrays[name] = array
+            if finish is not None:
+                found.result = finish(key, found)
+            yield found
+
+    def _read_bounded(self, path: str, name: str, attrs: dict[str, Any]) -> np.ndarray | None:
+        """Array ``name`` of an entry (None when it has none), its declared shape and dtype
+        checked first; data only from inside this file; a compressed chunk inflated by
+        :func:`~clifvqa.features.bounded.decode_bounded` into the array's size, never by HDF5's
+        own deflate filter (which inflates a whole stream, however long)."""
+        ds = self._get(path)
+        if ds is None:
+            return None
+        if not isinstance(ds, h5py.Dataset):
+            raise UnsafeStoreError(f"{name} is a group, not an array")
+        shape, dtype = tuple(ds.shape), ds.dtype
+        self._check_declared(name, shape, dtype, attrs)
+        plist = ds.id.get_create_plist()
+        if plist.get_layout() == h5py.h5d.VIRTUAL or plist.get_external_count():
+            raise UnsafeStoreError(f"{name} keeps its data in other files (a virtual or external dataset); "
+                                   "clifvqa reads only data inside the store")
+        filters = [plist.get_filter(i)[0] for i in range(plist.get_nfilters())]
+        unknown = sorted(set(filters) - set(_FILTERS))
+        if unknown:
+            raise UnsafeStoreError(f"{name} is stored with HDF5 filter(s) {unknown}, which clifvqa does not decode "
+                                   "with a bound (it writes gzip, shuffle and fletcher32)")
+        if ds.chunks is not None and any(c > max(1, n) for c, n in zip(ds.chunks, shape)):
+            raise UnsafeStoreError(f"{name} declares chunks {list(ds.chunks)} larger than its shape {list(shape)}")
+        if h5py.h5z.FILTER_DEFLATE not in filters:  # at most its declared (checked) size, nothing inflated
+            return np.asarray(ds[()]).astype(dtype.newbyteorder("="), copy=False)
+        if ds.chunks != shape:
+            raise UnsafeStoreError(f"{name} is compressed in chunks {list(ds.chunks)} of its shape {list(shape)}; "
+                                   "clifvqa reads compressed HDF5 arrays stored as one chunk, as it writes them")
+        origin = (0,) * len(shape)
+        size = nbytes(shape, dtype)
+        where = ds.id.get_chunk_info_by_coord(origin)
+        if where.byte_offset is None:  # never written: the fill value, as HDF5 reads it
+            return np.full(shape, ds.fillvalue, dtype.newbyteorder("="))
+        if where.size > size + size // 64 + 4096:
+            raise UnsafeStoreError(f"{name}'s chunk holds {where.size} bytes, more than an array of {size} "
+                                   "compresses to; not read")
+        mask, data = ds.id.read_direct_chunk(origin)
+        for i in reversed(range(len(filters))):
+            if not mask & (1 << i):  # a set bit: the filter was skipped for this chunk
+                codec = _FILTERS[filters[i]]
+                if codec == "shuffle":
+                    data = unshuffle(data, dtype.itemsize)
+                else:
+                    data = decode_bounded(codec, data, size if codec == "deflate" else len(data) - 4)
+        flat = np.frombuffer(memoryview(data).cast("B"), dtype)
+        if flat.size != math.prod(shape):
+            raise UnsafeStoreError(f"{name}'s chunk decodes to {flat.nbytes} bytes, expected {size}")
+        return flat.reshape(shape).astype(dtype.newbyteorder("="))
 
     def _write_group(self, path: str, attrs: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
         def write(op: h5py.File) -> None:

@@ -25,10 +25,11 @@ its checksum, whose rows are not finite or do not hash to ``pooled_sha256``
 
 Many videos are read concurrently by :meth:`FeatureStore.read_pooled_many` (training,
 evaluation, prediction) and :meth:`FeatureStore.read_entries` (verify): Zarr stores, local or
-remote, fetch the metadata and chunk of every video at once on zarr's event loop, ``workers``
-videos at a time; HDF5 reads through its one handle (h5py serialises calls, threads gain
-nothing). Every read of a single video goes through the same code, so one video read alone or
-among thousands gives the same array or the same error.
+remote, fetch the metadata and chunk of every video at once (remote ones through zarr's public
+``Store.get`` on clifvqa's own event loop), ``workers`` videos at a time; HDF5 reads through
+its one handle (h5py serialises calls, threads gain nothing). Every read of a single video
+goes through the same code, so one video read alone or among thousands gives the same array
+or the same error.
 
 ``store info`` in O(1): :meth:`FeatureStore.finalize` writes the counts into the root attribute
 ``summary`` together with the ``change`` token it found on ``/videos``; every Zarr write replaces
@@ -49,6 +50,7 @@ from typing import Any
 import numpy as np
 
 from clifvqa.errors import ClifvqaError
+from clifvqa.features.bounded import ARRAY_DTYPES, ShapeRule, UnsafeStoreError
 from clifvqa.features.provenance import (
     FORMAT_VERSION,
     READABLE_FORMATS,
@@ -63,11 +65,6 @@ from clifvqa.manifests.paths import UnsafePathError, validate_video_path
 
 VIDEOS = "videos"
 FAILURES = "failures"
-
-ARRAY_DTYPES: dict[str, str] = {
-    "pooled": "float32", "maps": "float16", "frames": "int32", "embeddings": "float16",
-}
-"""Every array a video entry may hold, with its on-disk dtype."""
 
 SUMMARY_ATTR = "summary"
 """Root attribute written by ``finalize``: ``{complete, incomplete, failed, frames, bytes, change}``."""
@@ -304,12 +301,8 @@ class FeatureStore(abc.ABC):
         """Names of the arrays directly in the group at ``path``."""
 
     @abc.abstractmethod
-    def _array_shape(self, path: str) -> tuple[int, ...]:
-        """Shape of the array at ``path`` (metadata only)."""
-
-    @abc.abstractmethod
-    def _read_array(self, path: str) -> np.ndarray:
-        """The whole array at ``path``; decode/checksum errors propagate."""
+    def _array_declared(self, path: str) -> tuple[tuple[int, ...], np.dtype]:
+        """Shape and dtype the array at ``path`` declares (metadata only; KeyError when none)."""
 
     @abc.abstractmethod
     def _write_group(self, path: str, attrs: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
@@ -360,9 +353,13 @@ class FeatureStore(abc.ABC):
         frames = 0
         for key in complete:
             try:
-                frames += self._array_shape(f"{VIDEOS}/{key}/pooled")[0]
-            except (KeyError, IndexError):  # no pooled array: verify reports the entry
-                pass
+                shape, dtype = self._array_declared(f"{VIDEOS}/{key}/pooled")
+                self._check_declared("pooled", shape, dtype, entries[key])
+            except KeyError:  # no pooled array: verify reports the entry
+                continue
+            except UnsafeStoreError as exc:
+                raise self._refused(key, "pooled", exc) from None
+            frames += shape[0]
         return {"complete": len(complete), "incomplete": len(entries) - len(complete),
                 "failed": len(self._entries(FAILURES)), "frames": frames}
 
@@ -396,6 +393,15 @@ class FeatureStore(abc.ABC):
         """(m, n), the crop grid rows and columns."""
         m, n = self.provenance["grid"]
         return int(m), int(n)
+
+    def _check_declared(self, name: str, shape: tuple[int, ...], dtype: np.dtype, attrs: dict[str, Any]) -> None:
+        """Raise :class:`~clifvqa.features.bounded.UnsafeStoreError` unless array ``name`` of an
+        entry with ``attrs`` may declare ``shape`` and ``dtype`` (before anything is allocated)."""
+        rule = ShapeRule.of(self.provenance)
+        if rule is None:
+            raise UnsafeStoreError(f"{name} is not read: the store's provenance does not say the prompts and "
+                                   "grid its arrays follow")
+        rule.check(name, shape, dtype, attrs)
 
     # ------------------------------------------------------------------ reading
     def keys(self) -> list[str]:
@@ -432,38 +438,16 @@ class FeatureStore(abc.ABC):
             raise KeyError(f"no video {key!r} in {self.path}")
         return attrs
 
+    @abc.abstractmethod
     def _fetch(self, keys: Sequence[str], names: tuple[str, ...], workers: int,
                attrs: tuple[str, ...] | None = None, finish: Finish | None = None) -> Iterator[Fetched]:
         """What is stored for each of ``keys`` (checked keys, in order): the entry (its attributes,
         at least those named in ``attrs`` when given) and, when it is complete, the arrays of
         ``names`` it has; ``finish(key, fetched)`` (checks) becomes its ``result``, computed
-        where the backend reads (in parallel where it reads concurrently). This default reads
-        one video after another through the node primitives; backends that can read
-        concurrently override it."""
-        for key, found in zip(keys, self._fetch_sequential(keys, names, attrs)):
-            if finish is not None:
-                found.result = finish(key, found)
-            yield found
-
-    def _fetch_sequential(self, keys: Sequence[str], names: tuple[str, ...],
-                          attrs: tuple[str, ...] | None) -> Iterator[Fetched]:
-        for key in keys:
-            path = f"{VIDEOS}/{key}"
-            try:
-                kind, attrs_found = self._node(path, attrs)
-            except Exception as exc:  # noqa: BLE001 - unreadable metadata is reported per video
-                yield Fetched(None, error=exc)
-                continue
-            found = Fetched(kind, attrs_found)
-            if kind == "group" and attrs_found.get("complete") is True:
-                for name in names:
-                    try:
-                        found.arrays[name] = self._read_array(f"{path}/{name}")
-                    except KeyError:
-                        pass
-                    except Exception as exc:  # noqa: BLE001 - codecs raise anything on a damaged chunk
-                        found.arrays[name] = exc
-            yield found
+        where the backend reads (in parallel where it reads concurrently). Every array goes
+        through the bounded read path (:mod:`clifvqa.features.bounded`): its declared shape and
+        dtype checked with :meth:`_check_declared` before anything is allocated, its chunks
+        decoded with a bound; a refusal is the array's :class:`UnsafeStoreError`."""
 
     def _fetch_complete(self, keys: Iterable[str], names: tuple[str, ...], workers: int, *,
                         strict: bool = True, attrs: tuple[str, ...] | None = None,
@@ -507,7 +491,8 @@ class FeatureStore(abc.ABC):
         Arrays are held only for videos in flight: iterate to keep memory bounded.
         """
         self.check_fingerprint()
-        for key, found in self._fetch_complete(keys, ("pooled",), workers, attrs=("complete", "pooled_sha256"),
+        for key, found in self._fetch_complete(keys, ("pooled",), workers,
+                                               attrs=("complete", "pooled_sha256", "num_frames"),
                                                finish=self._checked_pooled_if_complete):
             yield key, found.result
 
@@ -547,7 +532,7 @@ class FeatureStore(abc.ABC):
 
     def array_shape(self, key: str, name: str) -> tuple[int, ...]:
         """Shape of one array of a complete video, without reading its data."""
-        return self._array_shape(f"{self._complete_path(key)}/{name}")
+        return self._array_declared(f"{self._complete_path(key)}/{name}")[0]
 
     def read_video(self, key: str) -> VideoFeatures:
         """Every array and the attributes of a complete video, ``pooled`` checked as in
@@ -570,10 +555,17 @@ class FeatureStore(abc.ABC):
         got = found.arrays.get(name)
         if got is None:
             return CorruptFeaturesError(self.path, key, f"marked complete but has no {name} array")
+        if isinstance(got, UnsafeStoreError):  # refused by the bounded read path, before allocating
+            return self._refused(key, name, got)
         if isinstance(got, BaseException):
             return CorruptFeaturesError(self.path, key, f"{name} cannot be read, its chunk is damaged "
                                         f"({type(got).__name__}: {_first_line(got)})")
         return got
+
+    def _refused(self, key: str, name: str, exc: UnsafeStoreError) -> CorruptFeaturesError:
+        """The refusal ``exc`` of array ``name`` of video ``key``, naming the store and the video once."""
+        text = str(exc).removeprefix(f"{self.path}: ")
+        return CorruptFeaturesError(self.path, key, text if text.startswith(name) else f"{name}: {text}")
 
     def _checked_pooled_if_complete(self, key: str, found: Fetched) -> np.ndarray | CorruptFeaturesError | None:
         return self._checked_pooled(key, found) if found.complete else None

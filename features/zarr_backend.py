@@ -11,9 +11,18 @@ while a run is going on), remote ones with it (plain HTTP cannot list directorie
 
 Opening a local Zarr v3 store reads only the head of the root ``zarr.json`` (its ``attributes``
 come first; the consolidated metadata after them grows by about 3.5 KB per video), so opening
-costs the same for 50 videos or 50,000. Each change replaces the ``change`` token of the
+costs the same for 50 videos or 50,000. Local stores (folders and ``.zarr.zip``) are read by
+clifvqa itself, remote ones through zarr's ``Store.get``, always along the bounded read path of
+:mod:`clifvqa.features.bounded`: declared shapes checked before allocating, chunks decoded into
+their expected size, no link followed. Each change replaces the ``change`` token of the
 ``videos`` group (atomically, after the change), which is how :meth:`FeatureStore.summary`
 knows whether the counts written by :meth:`ZarrFeatureStore.finalize` are still current.
+
+Only zarr's public API is used (``zarr``, ``zarr.api.asynchronous``, ``zarr.storage``,
+``zarr.codecs``, ``zarr.buffer``; ``tests/test_zarr_public_api.py`` keeps it so), with zarr 3.1
+to 3.4. Many videos of a remote store are read concurrently through the public ``Store.get``
+on this module's own event loop (:data:`_LOOP`), through a second store object made on that
+loop (its network session belongs there); zarr's synchronous API keeps its own loop for the rest.
 """
 
 from __future__ import annotations
@@ -25,25 +34,36 @@ import math
 import os
 import re
 import shutil
+import threading
 import uuid
 import warnings
 import zipfile
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Coroutine, Generator, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numcodecs
 import numpy as np
 import zarr
+from zarr.abc.store import RangeByteRequest
+from zarr.buffer import default_buffer_prototype
 from zarr.codecs import ZstdCodec
-from zarr.core.array import AsyncArray
-from zarr.core.buffer import default_buffer_prototype
-from zarr.core.group import AsyncGroup, GroupMetadata
-from zarr.core.sync import sync
-from zarr.storage import FsspecStore, LocalStore, StorePath, ZipStore
+from zarr.storage import FsspecStore, LocalStore, ZipStore
 
+from clifvqa.features.bounded import (
+    FLETCHER32_BYTES,
+    MAX_CHUNKS,
+    MAX_DOC_BYTES,
+    MAX_ROOT_DOC_BYTES,
+    LocalTree,
+    UnsafeStoreError,
+    ZipTree,
+    decode_bounded,
+    nbytes,
+    too_big,
+)
 from clifvqa.features.store import (
     CHANGE_ATTR,
     FAILURES,
@@ -56,8 +76,8 @@ from clifvqa.features.store import (
     StoreError,
 )
 
-NDIM: dict[str, int] = {"pooled": 2, "maps": 4, "frames": 1, "embeddings": 3}
-"""Dimensions of each array of an entry: where its one chunk is, before its metadata is read."""
+T = TypeVar("T")
+
 NODE_DOCS: dict[bool, tuple[str, ...]] = {True: ("zarr.json",), False: (".zgroup", ".zattrs", ".zarray")}
 """The metadata documents of a node, Zarr v3 (True) and v2."""
 
@@ -91,36 +111,81 @@ _HEAD = re.compile(r'\s*\{\s*"attributes"\s*:\s*')
 _AFTER_ATTRS = re.compile(r'\s*,\s*"zarr_format"\s*:\s*3\s*,')
 _TAIL = re.compile(r'"node_type"\s*:\s*"group"\s*\}\s*$')
 
+Tree = LocalTree | ZipTree
+"""The files of a local store (a folder or a ``.zarr.zip``), read by clifvqa itself with bounds."""
+Requests = list[tuple[str, int]]
+"""Keys to read, each with the most bytes it may hold."""
+Replies = list[Any]
+"""What each request gave: bytes, None (absent) or the exception reading it raised."""
 
-def root_attributes_v3(path: Path) -> dict[str, Any] | None:
-    """The attributes of the Zarr v3 root group at ``path``, parsed from the head of its
-    ``zarr.json`` only (zarr-python writes ``attributes`` first, the consolidated metadata
-    later); None when the document is laid out otherwise (then open it whole)."""
-    doc = path / "zarr.json"
-    try:
-        with open(doc, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            f.seek(max(0, size - 64))
-            if not _TAIL.search(f.read().decode("utf-8", "ignore")):
-                return None
-            f.seek(0)
-            head, want = b"", 1 << 16
-            while True:
-                head += f.read(want - len(head))
-                text = head.decode("utf-8", "ignore")
-                start = _HEAD.match(text)
-                if start is None:
-                    return None
-                try:
-                    attrs, end = json.JSONDecoder().raw_decode(text, start.end())
-                except json.JSONDecodeError:
-                    if len(head) >= size:
-                        return None
-                    want *= 4
-                    continue
-                return attrs if isinstance(attrs, dict) and _AFTER_ATTRS.match(text, end) else None
-    except OSError:
+
+def root_attributes(tree: Tree) -> tuple[int, dict[str, Any]] | None:
+    """``(zarr_format, attributes)`` of the root group of ``tree``, None when it has none. Only
+    the head of a v3 ``zarr.json`` is parsed when zarr-python laid it out (``attributes`` first,
+    the consolidated metadata after them), so opening costs the same for any number of videos."""
+    head = _head_attributes(tree)
+    if head is not None:
+        return 3, head
+    doc = tree.read("zarr.json", MAX_ROOT_DOC_BYTES)
+    if doc is not None:
+        meta = json.loads(doc)
+        return (3, dict(meta.get("attributes") or {})) if meta.get("node_type") == "group" else None
+    if tree.read(".zgroup", MAX_DOC_BYTES) is not None:
+        attrs = tree.read(".zattrs", MAX_ROOT_DOC_BYTES)
+        return 2, dict(json.loads(attrs)) if attrs is not None else {}
+    return None
+
+
+def _head_attributes(tree: Tree) -> dict[str, Any] | None:
+    """The attributes of a v3 root ``zarr.json`` from the head of the document, None when it
+    is absent or laid out otherwise."""
+    opened = tree.open("zarr.json", MAX_ROOT_DOC_BYTES)
+    if opened is None:
         return None
+    f, size = opened
+    with f:
+        f.seek(max(0, size - 64))
+        if not _TAIL.search(f.read().decode("utf-8", "ignore")):
+            return None
+        f.seek(0)
+        head, want = b"", 1 << 16
+        while True:
+            head += f.read(want - len(head))
+            text = head.decode("utf-8", "ignore")
+            start = _HEAD.match(text)
+            if start is None:
+                return None
+            try:
+                attrs, end = json.JSONDecoder().raw_decode(text, start.end())
+            except json.JSONDecodeError:
+                if len(head) >= size:
+                    return None
+                want *= 4
+                continue
+            return attrs if isinstance(attrs, dict) and _AFTER_ATTRS.match(text, end) else None
+
+
+class _EventLoop:
+    """An asyncio event loop in a daemon thread, where this process awaits remote reads: an
+    fsspec network session belongs to the loop it was made in, so every read through one store
+    object must run on one loop (zarr's own is private to it). A forked child makes its own."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._pid = 0
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run ``coro`` on the loop and wait for its result (never call it from the loop itself)."""
+        with self._lock:
+            if self._loop is None or self._pid != os.getpid():
+                self._loop, self._pid = asyncio.new_event_loop(), os.getpid()
+                threading.Thread(target=self._loop.run_forever, name="clifvqa-reads", daemon=True).start()
+            loop = self._loop
+        return asyncio.run_coroutine_threadsafe(coro, loop).result()
+
+
+_LOOP = _EventLoop()
 
 
 def fsspec_store(url: str) -> FsspecStore:
@@ -138,52 +203,78 @@ def fsspec_store(url: str) -> FsspecStore:
 
 
 class ZarrFeatureStore(FeatureStore):
-    """A feature store kept in Zarr (see :mod:`clifvqa.features.store` for the interface)."""
+    """A feature store kept in Zarr (see :mod:`clifvqa.features.store` for the interface).
+
+    A local store (a folder or a ``.zarr.zip``) is read by clifvqa itself through its
+    :data:`Tree`, with the bounds of :mod:`clifvqa.features.bounded`; zarr opens its root only
+    to write, to consolidate metadata and to compare it (after :meth:`LocalTree.check_all`). A
+    remote store is listed through zarr and read through the public ``Store.get``, each request
+    with a byte range."""
 
     backend = "zarr"
 
-    def __init__(self, path: str, store: Any, group: zarr.Group, *, writable: bool,
-                 backend: str = "zarr") -> None:
+    def __init__(self, path: str, store: Any, *, zarr_format: int, attrs: dict[str, Any], writable: bool,
+                 backend: str = "zarr", tree: Tree | None = None, group: zarr.Group | None = None,
+                 reader: Any = None) -> None:
+        """``store``: zarr's store (None for a ``.zarr.zip``: made on first use; zarr cannot close a
+        ZipStore it never opened); ``tree``: a local store's files; ``group``: the root as zarr
+        opened it (zarr opens it on first use when None); ``reader``: a remote store's twin, which
+        its concurrent reads go through on :data:`_LOOP`."""
         self._store = store
-        self._group = group
+        self._tree = tree
+        self._opened = group
+        self._reader = reader
         self._listable = True  # False over HTTP: consolidated metadata only
-        # Local directories are read file by file directly: a read from the page cache takes
-        # microseconds, less than zarr's hand-off of each file to a thread.
-        self._local = Path(path) if isinstance(store, LocalStore) else None
-        self._flattened: dict[str, Any] | None = None
+        self._flattened: dict[str, tuple[str, Any]] | None = None
         self.backend = backend
-        self.zarr_format = group.metadata.zarr_format
-        super().__init__(path, dict(group.attrs), writable=writable)
+        self.zarr_format = zarr_format
+        super().__init__(path, attrs, writable=writable)
+
+    @property
+    def _zarr_store(self) -> Any:
+        if self._store is None:
+            self._store = ZipStore(self.path, mode="r")
+        return self._store
+
+    @property
+    def _group(self) -> zarr.Group:
+        """The root group as zarr opens it (a local directory's without consolidated metadata)."""
+        if self._opened is None:
+            self._opened = zarr.open_group(self._zarr_store, mode="r+" if self.writable else "r",
+                                           use_consolidated=False if isinstance(self._store, LocalStore) else None)
+        return self._opened
 
     # ------------------------------------------------------------------ opening
     @classmethod
-    def open_local(cls, path: Path, *, writable: bool) -> ZarrFeatureStore:
-        store = LocalStore(path, read_only=not writable)
-        attrs = root_attributes_v3(path)
-        if attrs is not None:  # the group zarr would make, without parsing the consolidated metadata
-            group = zarr.Group(AsyncGroup.from_dict(StorePath(store), {
-                "attributes": attrs, "zarr_format": 3, "node_type": "group"}))
-            return cls(str(path), store, group, writable=writable)
+    def _open_tree(cls, path: Path, store: Any, tree: Tree, *, writable: bool, backend: str) -> ZarrFeatureStore:
         try:
-            group = zarr.open_group(store, mode="r+" if writable else "r", use_consolidated=False)
-        except (FileNotFoundError, ValueError) as exc:
-            raise StoreError(f"{path} is not a Zarr feature store ({exc})") from exc
-        return cls(str(path), store, group, writable=writable)
+            root = root_attributes(tree)
+        except UnsafeStoreError:
+            raise
+        except (ValueError, TypeError) as exc:
+            raise StoreError(f"{path} is not a Zarr feature store: its root metadata cannot be read ({exc})") from exc
+        if root is None:
+            raise StoreError(f"{path} is not a Zarr feature store (no zarr.json or .zgroup at its root)")
+        return cls(str(path), store, zarr_format=root[0], attrs=root[1], writable=writable, backend=backend,
+                   tree=tree)
+
+    @classmethod
+    def open_local(cls, path: Path, *, writable: bool) -> ZarrFeatureStore:
+        return cls._open_tree(path, LocalStore(path, read_only=not writable), LocalTree(path), writable=writable,
+                              backend="zarr")
 
     @classmethod
     def open_zip(cls, path: Path) -> ZarrFeatureStore:
-        try:  # checked here: zarr's ZipStore cannot even be closed after failing to open a file
-            zipfile.ZipFile(path).close()
+        try:
+            tree = ZipTree(path)
         except (zipfile.BadZipFile, OSError) as exc:
             raise StoreError(f"{path} is not a .zarr.zip feature store: not a readable zip file "
                              f"({exc}); a truncated copy? copy it again") from exc
-        store = ZipStore(path, mode="r")
         try:
-            group = zarr.open_group(store, mode="r")
-        except (FileNotFoundError, ValueError, zipfile.BadZipFile) as exc:
-            store.close()
-            raise StoreError(f"{path} is not a .zarr.zip feature store ({exc})") from exc
-        return cls(str(path), store, group, writable=False, backend="zarr.zip")
+            return cls._open_tree(path, None, tree, writable=False, backend="zarr.zip")
+        except BaseException:
+            tree.close()
+            raise
 
     @classmethod
     def open_url(cls, url: str) -> ZarrFeatureStore:
@@ -200,7 +291,14 @@ class ZarrFeatureStore(FeatureStore):
             raise StoreError(f"no Zarr feature store at {url} ({exc})") from exc
         except FileNotFoundError as exc:
             raise StoreError(f"no Zarr feature store at {url} ({exc})") from exc
-        opened = cls(url, store, group, writable=False)
+
+        async def twin() -> FsspecStore:
+            # Made in the loop's thread: fsspec keeps one asynchronous filesystem (and network
+            # session) per URL and thread, so this one is the loop's, kept for the process.
+            return fsspec_store(url)
+
+        opened = cls(url, store, zarr_format=group.metadata.zarr_format, attrs=dict(group.attrs), writable=False,
+                     group=group, reader=_LOOP.run(twin()))
         opened._listable = not http
         return opened
 
@@ -229,7 +327,15 @@ class ZarrFeatureStore(FeatureStore):
                                  f"store ({exc.strerror}); choose another path") from exc
 
     # ------------------------------------------------------------------ primitives
+    def _tree_node(self, path: str) -> Fetched:
+        """Kind and attributes of the node at ``path`` of a local store, from its documents."""
+        v3 = self.zarr_format == 3
+        return _node_of(v3, [self._tree.read(f"{path}/{d}".lstrip("/"), MAX_DOC_BYTES) for d in NODE_DOCS[v3]])
+
     def _node(self, path: str, attrs: tuple[str, ...] | None = None) -> tuple[str | None, dict[str, Any]]:
+        if self._tree is not None:
+            found = self._tree_node(path)
+            return found.kind, found.attrs if found.kind == "group" else {}
         try:
             node = self._group[path]
         except KeyError:
@@ -239,8 +345,8 @@ class ZarrFeatureStore(FeatureStore):
         return "group", dict(node.attrs)
 
     def _entries(self, top: str) -> dict[str, dict[str, Any]]:
-        if self._local is not None:
-            return self._local_entries(top)
+        if self._tree is not None:
+            return self._tree_entries(top)
         kind, _ = self._node(top)
         if kind != "group":
             return {}
@@ -260,49 +366,44 @@ class ZarrFeatureStore(FeatureStore):
         walk(self._group[top], "")
         return out
 
-    def _local_entries(self, top: str) -> dict[str, dict[str, Any]]:
-        """``_entries`` of a local directory: its folders walked and each group's metadata document
+    def _tree_entries(self, top: str) -> dict[str, dict[str, Any]]:
+        """``_entries`` of a local store: its folders walked and each group's metadata document
         read directly (zarr's members() builds every node's objects; 5x slower)."""
         out: dict[str, dict[str, Any]] = {}
-        v3 = self.zarr_format == 3
 
-        def walk(folder: Path, prefix: str) -> None:
-            try:
-                children = sorted(e.name for e in os.scandir(folder) if e.is_dir())
-            except (FileNotFoundError, NotADirectoryError):
-                return
-            for name in children:
-                child = folder / name
-                docs = [self._read_doc(child / d) for d in NODE_DOCS[v3]]
-                node = _node_of(v3, docs)
+        def walk(folder: str, prefix: str) -> None:
+            for name in self._tree.folders(folder):
+                node = self._tree_node(f"{folder}/{name}")
                 if node.kind == "group":
                     if node.attrs:
                         out[prefix + name] = node.attrs
                     else:
-                        walk(child, f"{prefix}{name}/")
+                        walk(f"{folder}/{name}", f"{prefix}{name}/")
 
-        if _node_of(v3, [self._read_doc(self._local / top / d) for d in NODE_DOCS[v3]]).kind == "group":
-            walk(self._local / top, "")
+        if self._tree_node(top).kind == "group":
+            walk(top, "")
         return out
 
-    @staticmethod
-    def _read_doc(path: Path) -> bytes | None:
-        try:
-            return path.read_bytes()
-        except (FileNotFoundError, NotADirectoryError):
-            return None
-
     def _has_children(self, path: str) -> bool:
+        if self._tree is not None:
+            return bool(self._tree.folders(path))
         return next(iter(self._group[path].keys()), None) is not None
 
     def _array_names(self, path: str) -> list[str]:
+        if self._tree is not None:
+            return [n for n in self._tree.folders(path) if self._tree_node(f"{path}/{n}").kind == "array"]
         return list(self._group[path].array_keys())
 
-    def _array_shape(self, path: str) -> tuple[int, ...]:
-        return tuple(self._group[path].shape)
-
-    def _read_array(self, path: str) -> np.ndarray:
-        return np.asarray(self._group[path][...])
+    def _array_declared(self, path: str) -> tuple[tuple[int, ...], np.dtype]:
+        if self._tree is None:
+            node = self._group[path]
+            if not isinstance(node, zarr.Array):
+                raise KeyError(f"no array {path!r} in {self.path}")
+            return tuple(node.shape), np.dtype(node.dtype)
+        doc = self._tree.read(f"{path}/{'zarr.json' if self.zarr_format == 3 else '.zarray'}", MAX_DOC_BYTES)
+        if doc is None:
+            raise KeyError(f"no array {path!r} in {self.path}")
+        return _declared(json.loads(doc), self.zarr_format)
 
     def _write_group(self, path: str, attrs: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
         self._check_writable()
@@ -349,35 +450,46 @@ class ZarrFeatureStore(FeatureStore):
         os.replace(tmp, doc)
 
     def _change_token(self) -> str | None:
-        raw = sync(self._store.get(self._marker_key(), prototype=default_buffer_prototype()))
         try:
-            attrs = json.loads(raw.to_bytes()) if raw is not None else {}
-        except ValueError:
+            raw = self._read_key(self._marker_key(), MAX_DOC_BYTES)
+            attrs = json.loads(raw) if raw is not None else {}
+        except ValueError:  # unreadable or refused: no current token
             return None
         token = (attrs.get("attributes", {}) if self.zarr_format == 3 else attrs).get(CHANGE_ATTR)
         return token if isinstance(token, str) else None
 
+    def _check_whole_tree(self) -> None:
+        """Before zarr reads every document of a local store (it follows links): refuse links
+        and special files anywhere in it."""
+        if self._tree is not None:
+            self._tree.check_all()
+
     def finalize(self) -> None:
-        """Write consolidated metadata, then the root ``summary`` counted from it (call from one
-        process, after all writers finished)."""
+        """Write consolidated metadata, then the root ``summary`` counted from the listing (call
+        from one process, after all writers finished)."""
         self._check_writable()
+        self._check_whole_tree()
         token = self._change_token()  # before the listing: a change made meanwhile reads as stale
+        summary = {**self.count(), "bytes": self._tree_bytes(), CHANGE_ATTR: token}
         with warnings.catch_warnings():
             # "consolidated metadata is not part of the v3 spec": known; readers use it.
             warnings.simplefilter("ignore")
-            consolidated = zarr.consolidate_metadata(self._store)
-            view = ZarrFeatureStore(self.path, self._store, consolidated, writable=False)
-            summary = {**view.count(), "bytes": self._tree_bytes(), CHANGE_ATTR: token}
+            consolidated = zarr.consolidate_metadata(self._zarr_store)
             consolidated.update_attributes({SUMMARY_ATTR: summary})
         self._stored_summary = summary
 
     def close(self) -> None:
-        self._store.close()
+        if self._store is not None:
+            self._store.close()
+        if self._reader is not None:
+            self._reader.close()
+        if isinstance(self._tree, ZipTree):
+            self._tree.close()
 
     def size_bytes(self, summary: dict[str, Any] | None = None) -> int | None:
         """Bytes on disk; for a directory, given a current :meth:`summary`, its ``bytes`` plus
         the root's own files (no walk through the tree)."""
-        if isinstance(self._store, ZipStore):
+        if isinstance(self._tree, ZipTree):
             return os.path.getsize(self.path)
         if isinstance(self._store, LocalStore):
             if summary is not None and isinstance(summary.get("bytes"), int):
@@ -396,15 +508,17 @@ class ZarrFeatureStore(FeatureStore):
     def _fetch(self, keys: Sequence[str], names: tuple[str, ...], workers: int,
                attrs: tuple[str, ...] | None = None, finish: Finish | None = None) -> Iterator[Fetched]:
         """Batches of ``workers`` videos, two batches in flight, each in its own thread, finished
-        (checked) there as soon as it is read. Local directories are read there directly (file
-        reads, zstd and hashing release the GIL, so the two threads share the cores); other
-        stores on zarr's event loop, each video's metadata and chunks fetched at once (a remote
-        video costs one round trip)."""
+        (checked) there as soon as it is read. A local store is read there directly, one file
+        after another (file reads, zstd and hashing release the GIL, so the two threads share the
+        cores); a remote one on :data:`_LOOP`, the requests of all videos of a batch at once (a
+        batch costs two round trips: metadata, then chunks; one with consolidated metadata)."""
+        recorded = self._recorded  # read here: never from the loop
+
         def batch_job(batch: list[str]) -> list[Fetched]:
-            if self._local is not None:
-                found = [self._fetch_local(key, names) for key in batch]
+            if self._tree is not None:
+                found = [_drive(self._plan(key, names, None), self._read_tree) for key in batch]
             else:
-                found = sync(self._fetch_batch(batch, names))
+                found = _LOOP.run(self._fetch_batch(batch, names, recorded))
             if finish is not None:
                 for key, one in zip(batch, found):
                     one.result = finish(key, one)
@@ -431,117 +545,119 @@ class ZarrFeatureStore(FeatureStore):
                 yield from done
         finally:
             # Never wait here: an abandoned generator may be closed by the garbage collector on
-            # any thread, zarr's event loop thread included, which the batch in flight needs.
+            # any thread, the event loop's included, which the batch in flight needs.
             pool.shutdown(wait=False, cancel_futures=True)
 
-    def _fetch_local(self, key: str, names: tuple[str, ...]) -> Fetched:
-        """One video of a local directory, read one file after another (no file it does not need)."""
-        base = self._local / VIDEOS / key
-        v3 = self.zarr_format == 3
-        try:
-            found = _node_of(v3, [self._read_doc(base / d) for d in NODE_DOCS[v3]])
-        except Exception as exc:  # noqa: BLE001 - unreadable metadata is reported per video
-            return Fetched(None, error=exc)
-        if found.kind != "group" or found.attrs.get("complete") is not True:
-            return found
-        for name in names:
-            doc = self._read_doc(base / name / ("zarr.json" if v3 else ".zarray"))
-            if doc is None:
-                continue
-            try:
-                layout = _Layout.parse(json.loads(doc), self.zarr_format)
-                if layout is None:  # another layout (several chunks, other codecs): zarr reads it
-                    found.arrays[name] = np.asarray(self._group[f"{VIDEOS}/{key}/{name}"][...])
-                else:
-                    found.arrays[name] = layout.read(self._read_doc(base / name / layout.chunk_key))
-            except Exception as exc:  # noqa: BLE001 - codecs raise anything on a damaged chunk
-                found.arrays[name] = exc
-        return found
-
-    async def _fetch_batch(self, keys: list[str], names: tuple[str, ...]) -> list[Fetched]:
-        return list(await asyncio.gather(*(self._fetch_one(k, names) for k in keys)))
-
-    async def _get(self, key: str) -> bytes | None:
-        raw = await self._store.get(key, prototype=default_buffer_prototype())
-        return None if raw is None else raw.to_bytes()
-
-    async def _fetch_one(self, key: str, names: tuple[str, ...]) -> Fetched:
+    def _plan(self, key: str, names: tuple[str, ...],
+              recorded: dict[str, tuple[str, Any]] | None) -> Generator[Requests, Replies, Fetched]:
+        """How one video is read, as the reads it asks for (each with the most bytes it may hold):
+        its metadata documents (none when ``recorded``, a remote store's consolidated metadata,
+        has them), then the chunks of the arrays whose declared shape and dtype passed
+        :meth:`_check_declared`; each array decoded with a bound (:class:`_Layout`). Run by
+        :func:`_drive` (local) or :meth:`_fetch_batch` (remote)."""
         base = f"{VIDEOS}/{key}"
         v3 = self.zarr_format == 3
-        node_docs = NODE_DOCS[v3]
-        array_doc = "zarr.json" if v3 else ".zarray"
-        chunks = [f"{base}/{n}/{_chunk_key(v3, NDIM.get(n, 1), '/' if v3 else '.')}" for n in names]
-        try:
-            if self._recorded is not None:  # remote: the consolidated metadata is the listing
-                found, got = self._recorded_node(base, names, array_doc)
-                chunks = [c for n, c in zip(names, chunks) if f"{base}/{n}/{array_doc}" in got]
-                got.update(zip(chunks, await asyncio.gather(*(self._get(k) for k in chunks))))
-            else:
-                wanted = [f"{base}/{d}" for d in node_docs] + [f"{base}/{n}/{array_doc}" for n in names] + chunks
-                got = dict(zip(wanted, await asyncio.gather(*(self._get(k) for k in wanted))))
-                found = _node_of(v3, [got[f"{base}/{d}"] for d in node_docs])
-        except Exception as exc:  # noqa: BLE001 - unreadable metadata is reported per video
-            return Fetched(None, error=exc)
-        if found.kind != "group" or found.attrs.get("complete") is not True:
-            return found
-        for name in names:
-            doc = got.get(f"{base}/{name}/{array_doc}")
-            if doc is None:
-                continue
+        if recorded is not None:  # remote: the consolidated metadata is the listing
+            found, docs = _recorded_node(recorded, base, names)
+        else:
+            node_docs = [f"{base}/{d}" for d in NODE_DOCS[v3]]
+            array_docs = [f"{base}/{n}/{'zarr.json' if v3 else '.zarray'}" for n in names]
+            got = yield [(k, MAX_DOC_BYTES) for k in node_docs + array_docs]
             try:
-                found.arrays[name] = await self._decode(f"{base}/{name}", doc, got)
+                found = _node_of(v3, _raised(got[:len(node_docs)]))
+            except Exception as exc:  # noqa: BLE001 - unreadable metadata is reported per video
+                return Fetched(None, error=exc)
+            docs = {n: doc for n, doc in zip(names, got[len(node_docs):]) if doc is not None}
+        if not found.complete:
+            return found
+        layouts: dict[str, _Layout] = {}
+        for name, doc in docs.items():
+            try:
+                meta = doc if isinstance(doc, dict) else json.loads(_raised([doc])[0])
+                self._check_declared(name, *_declared(meta, self.zarr_format), found.attrs)
+                layouts[name] = _Layout.parse(meta, self.zarr_format)
+            except Exception as exc:  # noqa: BLE001 - refused or unreadable: the array's error
+                found.arrays[name] = exc
+        requests = [(f"{base}/{name}/{k}", layout.chunk_limit) for name, layout in layouts.items()
+                    for k in layout.keys]
+        chunks = iter((yield requests) if requests else [])
+        for name, layout in layouts.items():
+            try:
+                found.arrays[name] = layout.assemble([next(chunks) for _ in layout.keys])
             except Exception as exc:  # noqa: BLE001 - codecs raise anything on a damaged chunk
                 found.arrays[name] = exc
         return found
 
+    def _read_tree(self, requests: Requests) -> Replies:
+        out: Replies = []
+        for key, limit in requests:
+            try:
+                out.append(self._tree.read(key, limit))
+            except Exception as exc:  # noqa: BLE001 - the plan reports it for its video
+                out.append(exc)
+        return out
+
+    async def _fetch_batch(self, keys: list[str], names: tuple[str, ...],
+                           recorded: dict[str, tuple[str, Any]] | None) -> list[Fetched]:
+        """The videos ``keys`` of a remote store: each round, the reads every video's plan asks
+        for, all at once."""
+        results: list[Fetched] = [Fetched(None)] * len(keys)
+        pending: list[tuple[int, Generator[Requests, Replies, Fetched], Requests]] = []
+        for i, key in enumerate(keys):
+            plan = self._plan(key, names, recorded)
+            try:
+                pending.append((i, plan, next(plan)))
+            except StopIteration as stop:
+                results[i] = stop.value
+        while pending:
+            replies = await asyncio.gather(*(asyncio.gather(*(self._get(k, limit) for k, limit in requests),
+                                                            return_exceptions=True)
+                                             for _, _, requests in pending))
+            following = []
+            for (i, plan, _), reply in zip(pending, replies):
+                try:
+                    following.append((i, plan, plan.send(list(reply))))
+                except StopIteration as stop:
+                    results[i] = stop.value
+            pending = following
+        return results
+
+    async def _get(self, key: str, limit: int) -> bytes | None:
+        """The bytes under ``key`` of a remote store (None when absent); at most ``limit`` + 1
+        are asked for (an HTTP range request), more than ``limit`` is refused."""
+        raw = await self._reader.get(key, prototype=default_buffer_prototype(),
+                                     byte_range=RangeByteRequest(0, limit + 1))
+        if raw is None:
+            return None
+        data = raw.to_bytes()
+        if len(data) > limit:
+            raise too_big(f"{self.path}: {key}", len(data), limit)
+        return data
+
+    def _read_key(self, key: str, limit: int) -> bytes | None:
+        """The bytes stored under ``key`` (None when absent), at most ``limit``."""
+        if self._tree is not None:
+            return self._tree.read(key, limit)
+        return _LOOP.run(self._get(key, limit))
+
     @property
-    def _recorded(self) -> dict[str, Any] | None:
-        """``{path: metadata}`` of the consolidated metadata zarr opened a remote or zipped store
-        with (read through it, as zarr does: one request per array), else None."""
-        consolidated = self._group.metadata.consolidated_metadata
-        if self._local is not None or consolidated is None:
+    def _recorded(self) -> dict[str, tuple[str, Any]] | None:
+        """``{path: ("group", attrs) | ("array", metadata)}`` from the consolidated metadata of a
+        remote store (which zarr opened it with), else None; reads go through it, as zarr's do:
+        one request per array."""
+        if self._tree is not None:
             return None
         if self._flattened is None:
-            self._flattened = consolidated.flattened_metadata
-        return self._flattened
-
-    def _recorded_node(self, base: str, names: tuple[str, ...],
-                       array_doc: str) -> tuple[Fetched, dict[str, bytes | None]]:
-        """The entry at ``base`` and the metadata documents of its arrays, from the consolidated
-        metadata (each array's exactly as zarr writes it)."""
-        recorded = self._recorded or {}
-        node = recorded.get(base)
-        if node is None:
-            return Fetched(None), {}
-        if not isinstance(node, GroupMetadata):
-            return Fetched("array"), {}
-        docs: dict[str, bytes | None] = {}
-        for name in names:
-            meta = recorded.get(f"{base}/{name}")
-            if meta is not None and not isinstance(meta, GroupMetadata):
-                written = meta.to_buffer_dict(default_buffer_prototype())[array_doc]
-                docs[f"{base}/{name}/{array_doc}"] = written.to_bytes()
-        return Fetched("group", dict(node.attributes)), docs
-
-    async def _decode(self, path: str, doc: bytes, got: dict[str, bytes | None]) -> np.ndarray:
-        """The array at ``path`` from its metadata ``doc``; its one chunk decoded here when the
-        layout is the one clifvqa writes, else read by zarr."""
-        layout = _Layout.parse(json.loads(doc), self.zarr_format)
-        if layout is None:  # another layout (several chunks, other codecs): zarr reads it
-            array = await AsyncArray.open(StorePath(self._store, path), zarr_format=self.zarr_format)
-            return np.asarray(await array.getitem(...))
-        if 0 in layout.shape:
-            return layout.read(None)
-        key = f"{path}/{layout.chunk_key}"
-        return layout.read(got[key] if key in got else await self._get(key))
+            raw = self._read_key("zarr.json" if self.zarr_format == 3 else ".zmetadata", MAX_ROOT_DOC_BYTES)
+            self._flattened = (raw is not None and _recorded_nodes(json.loads(raw), self.zarr_format)) or {}
+        return self._flattened or None
 
     # ------------------------------------------------------------------ consolidated metadata
     def consolidated_entries(self) -> dict[str, dict[str, Any]] | None:
         if not self._listable:
             return None
-        raw = sync(self._store.get("zarr.json" if self.zarr_format == 3 else ".zmetadata",
-                                   prototype=default_buffer_prototype()))
-        nodes = None if raw is None else _recorded_nodes(json.loads(raw.to_bytes()), self.zarr_format)
+        raw = self._read_key("zarr.json" if self.zarr_format == 3 else ".zmetadata", MAX_ROOT_DOC_BYTES)
+        nodes = None if raw is None else _recorded_nodes(json.loads(raw), self.zarr_format)
         if nodes is None:
             return None
         out: dict[str, dict[str, Any]] = {"videos": {}, "arrays": {}, "failures": {}}
@@ -553,7 +669,7 @@ class ZarrFeatureStore(FeatureStore):
             parent, _, name = rest.rpartition("/")
             if kind == "array":
                 if top == VIDEOS and parent in out["videos"]:
-                    out["arrays"].setdefault(parent, {})[name] = value
+                    out["arrays"].setdefault(parent, {})[name] = [int(x) for x in value["shape"]]
             elif value and not _prefixes(rest, out[top]):
                 out[top][rest] = value
         return out
@@ -561,15 +677,16 @@ class ZarrFeatureStore(FeatureStore):
     def consolidated_state(self) -> str:
         """``"absent"``, ``"fresh"``, ``"stale: <what differs>"`` or ``"unchecked"`` (the store
         cannot be listed, e.g. over plain HTTP)."""
+        self._check_whole_tree()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             try:
-                consolidated = zarr.open_group(self._store, mode="r", use_consolidated=True)
+                consolidated = zarr.open_group(self._zarr_store, mode="r", use_consolidated=True)
             except ValueError:
                 return "absent"
             if not self._listable:
                 return "unchecked"
-            actual = _snapshot(zarr.open_group(self._store, mode="r", use_consolidated=False))
+            actual = _snapshot(zarr.open_group(self._zarr_store, mode="r", use_consolidated=False))
             recorded = _snapshot(consolidated)
         differ = sorted(k for k in set(actual) | set(recorded) if actual.get(k) != recorded.get(k))
         if not differ:
@@ -577,18 +694,28 @@ class ZarrFeatureStore(FeatureStore):
         return f"stale: {len(differ)} node(s) differ from the listing, e.g. {differ[0]!r}"
 
 
+def _drive(plan: Generator[Requests, Replies, Fetched], read: Callable[[Requests], Replies]) -> Fetched:
+    """Run one video's :meth:`ZarrFeatureStore._plan`, answering its reads with ``read``."""
+    try:
+        requests = next(plan)
+        while True:
+            requests = plan.send(read(requests))
+    except StopIteration as stop:
+        return stop.value
+
+
+def _raised(replies: Replies) -> Replies:
+    """``replies``, unless one is an exception: then that is raised."""
+    for reply in replies:
+        if isinstance(reply, BaseException):
+            raise reply
+    return replies
+
+
 def _prefixes(path: str, entries: dict[str, Any]) -> list[str]:
     """The entries among the ancestors of ``path`` (an entry is never also a folder)."""
     parts = path.split("/")
     return [p for p in ("/".join(parts[:i]) for i in range(1, len(parts))) if p in entries]
-
-
-def _chunk_key(v3: bool, ndim: int, separator: str) -> str:
-    """The key of chunk (0, ..., 0) under an array: ``c/0/0`` (v3 default) or ``0.0`` (v2)."""
-    zeros = separator.join(["0"] * ndim)
-    if v3:
-        return f"c{separator}{zeros}" if ndim else "c"
-    return zeros or "0"
 
 
 def _node_of(v3: bool, docs: list[bytes | None]) -> Fetched:
@@ -609,82 +736,157 @@ def _node_of(v3: bool, docs: list[bytes | None]) -> Fetched:
 
 
 _FILLS = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+_V3_COMPRESSORS = {"zstd": "zstd", "gzip": "deflate", "blosc": "blosc"}
+_V2_COMPRESSORS = {"zstd": "zstd", "gzip": "deflate", "zlib": "deflate", "blosc": "blosc"}
+
+
+def _declared(meta: dict[str, Any], zarr_format: int | None) -> tuple[tuple[int, ...], np.dtype]:
+    """Shape and (logical, native byte order) dtype an array's metadata declares."""
+    name = meta["data_type"] if zarr_format == 3 else meta["dtype"]
+    if not isinstance(name, str):
+        raise UnsafeStoreError(f"data type {name!r} is not one clifvqa reads")
+    shape = tuple(int(s) for s in meta["shape"])
+    if any(s < 0 for s in shape):
+        raise UnsafeStoreError(f"negative shape {list(shape)}")
+    dtype = np.dtype(name)
+    if dtype.kind not in "biuf":
+        raise UnsafeStoreError(f"data type {name!r} is not one clifvqa reads")
+    return shape, dtype.newbyteorder("=")
 
 
 class _Layout:
-    """An array stored as one chunk with codecs numcodecs decodes alone: what clifvqa writes
-    (v3: bytes + zstd; v2: a compressor and filters, C order)."""
+    """How an array's chunks are stored (from its Zarr v3 or v2 metadata), and its chunks decoded
+    with a bound (:func:`~clifvqa.features.bounded.decode_bounded`): a regular grid of chunks in C
+    order, at most one compressor (zstd, blosc, gzip or zlib) and, in v2, Fletcher32 filters:
+    what clifvqa writes (one chunk, zstd or Blosc-zstd) and zarr's defaults. Anything else is
+    refused rather than given to a decoder without a bound."""
 
-    def __init__(self, shape: tuple[int, ...], dtype: np.dtype, stored: np.dtype, fill: Any,
-                 chunk_key: str, codecs: list[Any]) -> None:
-        self.shape, self.dtype, self.stored, self.fill = shape, dtype, stored, fill
-        self.chunk_key, self.codecs = chunk_key, codecs
+    def __init__(self, shape: tuple[int, ...], dtype: np.dtype, stored: np.dtype, chunks: tuple[int, ...],
+                 fill: Any, keys: list[str], steps: list[tuple[str, int]]) -> None:
+        self.shape, self.dtype, self.stored, self.chunks, self.fill = shape, dtype, stored, chunks, fill
+        self.keys, self.steps = keys, steps  # chunk keys in C order; (codec, bytes it gives) in decoding order
+
+    @property
+    def chunk_limit(self) -> int:
+        """The most bytes one stored chunk may hold (its data plus what compression can add)."""
+        codec, size = self.steps[0] if self.steps else ("", nbytes(self.chunks, self.stored))
+        size += FLETCHER32_BYTES if codec == "fletcher32" else 0
+        return size + size // 64 + 4096
 
     @classmethod
-    def parse(cls, meta: dict[str, Any], zarr_format: int | None) -> _Layout | None:
-        """The layout of an array's metadata, or None when zarr must read the array itself."""
+    def parse(cls, meta: dict[str, Any], zarr_format: int | None) -> _Layout:
+        """The layout of an array's metadata; UnsafeStoreError for one clifvqa does not read."""
         try:
-            shape = tuple(int(s) for s in meta["shape"])
+            shape, dtype = _declared(meta, zarr_format)
             fill = _FILLS.get(meta.get("fill_value"), meta.get("fill_value"))
+            if fill is None:
+                fill = 0
+            if not isinstance(fill, (int, float)):
+                raise UnsafeStoreError(f"fill value {fill!r} is not one clifvqa reads")
             if zarr_format == 3:
-                return cls._parse_v3(meta, shape, fill)
-            return cls._parse_v2(meta, shape, fill)
-        except (KeyError, TypeError, ValueError):
-            return None
+                chunks, stored, key_of, steps = cls._v3(meta, dtype)
+            else:
+                chunks, stored, key_of, steps = cls._v2(meta, dtype)
+        except UnsafeStoreError:
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise UnsafeStoreError(f"its metadata cannot be read ({type(exc).__name__}: {exc})") from None
+        if len(chunks) != len(shape) or any(c < 1 or c > max(1, s) for c, s in zip(chunks, shape)):
+            raise UnsafeStoreError(f"chunks {list(chunks)} do not fit its shape {list(shape)}")
+        grid = tuple(-(-s // c) for s, c in zip(shape, chunks))
+        if math.prod(grid) > MAX_CHUNKS:
+            raise UnsafeStoreError(f"{math.prod(grid)} chunks, more than the {MAX_CHUNKS} clifvqa reads per array")
+        size = nbytes(chunks, stored)
+        for i in reversed(range(len(steps))):  # each step gives what the next one decodes
+            steps[i] = (steps[i][0], size)
+            size += FLETCHER32_BYTES if steps[i][0] == "fletcher32" else 0
+        return cls(shape, dtype, stored, chunks, fill, [key_of(i) for i in np.ndindex(*grid)], steps)
 
-    @classmethod
-    def _parse_v3(cls, meta: dict[str, Any], shape: tuple[int, ...], fill: Any) -> _Layout | None:
+    @staticmethod
+    def _v3(meta: dict[str, Any], dtype: np.dtype) -> tuple[tuple[int, ...], np.dtype, Any, list[tuple[str, int]]]:
         grid, encoding = meta["chunk_grid"], meta["chunk_key_encoding"]
-        codecs = meta["codecs"]
-        if meta.get("node_type") != "array" or meta.get("storage_transformers") or \
-                grid["name"] != "regular" or encoding["name"] != "default" or not isinstance(fill, (int, float)):
-            return None
-        chunks = tuple(grid["configuration"]["chunk_shape"])
-        if chunks != shape and 0 not in shape:
-            return None
+        if meta.get("node_type") != "array" or meta.get("storage_transformers") or grid["name"] != "regular":
+            raise UnsafeStoreError("a chunk grid or storage transformer clifvqa does not read")
+        codecs = [c if isinstance(c, dict) else {"name": c} for c in meta["codecs"]]
         first, rest = codecs[0], codecs[1:]
-        if first["name"] != "bytes" or any(c["name"] != "zstd" for c in rest):
-            return None
+        if first["name"] != "bytes" or len(rest) > 1 or any(c["name"] not in _V3_COMPRESSORS for c in rest):
+            raise UnsafeStoreError(f"codecs {[c['name'] for c in codecs]}: clifvqa reads bytes with at most one "
+                                   f"of {', '.join(_V3_COMPRESSORS)}")
         endian = (first.get("configuration") or {}).get("endian", "little")
-        dtype = np.dtype(meta["data_type"])
-        if dtype.kind not in "biuf":
-            return None
         stored = dtype.newbyteorder("<" if endian == "little" else ">")
-        separator = (encoding.get("configuration") or {}).get("separator", "/")
-        return cls(shape, dtype, stored, fill, _chunk_key(True, len(shape), separator),
-                   [numcodecs.Zstd() for _ in rest])
+        default = "/" if encoding["name"] == "default" else "."
+        separator = (encoding.get("configuration") or {}).get("separator", default)
+        if encoding["name"] == "default":
+            def key_of(index: tuple[int, ...]) -> str:
+                return "c" + "".join(f"{separator}{i}" for i in index)
+        elif encoding["name"] == "v2":
+            def key_of(index: tuple[int, ...]) -> str:
+                return separator.join(map(str, index)) or "0"
+        else:
+            raise UnsafeStoreError(f"chunk key encoding {encoding['name']!r} is not one clifvqa reads")
+        chunks = tuple(int(c) for c in grid["configuration"]["chunk_shape"])
+        return chunks, stored, key_of, [(_V3_COMPRESSORS[c["name"]], 0) for c in rest]
 
-    @classmethod
-    def _parse_v2(cls, meta: dict[str, Any], shape: tuple[int, ...], fill: Any) -> _Layout | None:
-        if meta.get("order", "C") != "C" or tuple(meta["chunks"]) != shape and 0 not in shape:
-            return None
-        stored = np.dtype(meta["dtype"])
-        if stored.kind not in "biuf" or not isinstance(fill, (int, float)):
-            return None
+    @staticmethod
+    def _v2(meta: dict[str, Any], dtype: np.dtype) -> tuple[tuple[int, ...], np.dtype, Any, list[tuple[str, int]]]:
+        if meta.get("order", "C") != "C":
+            raise UnsafeStoreError("Fortran-ordered chunks are not read by clifvqa")
+        compressor = meta.get("compressor")
+        filters = meta.get("filters") or []
+        if (compressor is not None and compressor.get("id") not in _V2_COMPRESSORS) or \
+                any(f.get("id") != "fletcher32" for f in filters):
+            raise UnsafeStoreError(f"compressor {compressor and compressor.get('id')!r} with filters "
+                                   f"{[f.get('id') for f in filters]}: clifvqa reads zstd, blosc, gzip or zlib "
+                                   "with fletcher32 filters")
+        separator = meta.get("dimension_separator") or "."
+
+        def key_of(index: tuple[int, ...]) -> str:
+            return separator.join(map(str, index)) or "0"
+
         # zarr decodes with the compressor, then the filters in reverse order.
-        configs = ([meta["compressor"]] if meta.get("compressor") else []) + list(reversed(meta.get("filters") or []))
-        return cls(shape, stored.newbyteorder("="), stored, fill,
-                   _chunk_key(False, len(shape), meta.get("dimension_separator", ".")),
-                   [numcodecs.get_codec(dict(c)) for c in configs])
+        steps = ([(_V2_COMPRESSORS[compressor["id"]], 0)] if compressor else []) + [("fletcher32", 0) for _ in filters]
+        return tuple(int(c) for c in meta["chunks"]), np.dtype(meta["dtype"]), key_of, steps
 
-    def read(self, raw: bytes | None) -> np.ndarray:
-        """The array from its chunk's bytes (None: no chunk, read as the fill value, as zarr does)."""
+    def assemble(self, chunks: Replies) -> np.ndarray:
+        """The array from the bytes of its chunks (in the order of :attr:`keys`; None: never
+        written, read as the fill value, as zarr does)."""
         if 0 in self.shape:
             return np.empty(self.shape, self.dtype)
-        if raw is None:  # never written, or lost
-            return np.full(self.shape, self.fill, self.dtype)
-        return self.decode(raw)
+        if self.chunks == self.shape:  # one chunk: what clifvqa writes
+            raw = _raised(chunks)[0]
+            return np.full(self.shape, self.fill, self.dtype) if raw is None else self._decode(raw)
+        out = np.full(self.shape, self.fill, self.dtype)
+        grid = tuple(-(-s // c) for s, c in zip(self.shape, self.chunks))
+        for index, raw in zip(np.ndindex(*grid), _raised(chunks)):
+            if raw is not None:
+                region = tuple(slice(i * c, min((i + 1) * c, s)) for i, c, s in zip(index, self.chunks, self.shape))
+                out[region] = self._decode(raw)[tuple(slice(0, r.stop - r.start) for r in region)]
+        return out
 
-    def decode(self, raw: bytes) -> np.ndarray:
+    def _decode(self, raw: bytes) -> np.ndarray:
         data: Any = raw
-        for codec in self.codecs:
-            data = codec.decode(data)
+        for codec, size in self.steps:
+            data = decode_bounded(codec, data, size)
         flat = np.frombuffer(memoryview(data).cast("B"), dtype=self.stored)
-        return flat.reshape(self.shape).astype(self.dtype, copy=True)  # native and writable
+        if flat.size != math.prod(self.chunks):
+            raise UnsafeStoreError(f"a chunk holds {flat.nbytes} bytes where {nbytes(self.chunks, self.stored)} "
+                                   "were expected")
+        return flat.reshape(self.chunks).astype(self.dtype, copy=True)  # native and writable
+
+
+def _recorded_node(recorded: dict[str, tuple[str, Any]], base: str,
+                   names: tuple[str, ...]) -> tuple[Fetched, dict[str, Any]]:
+    """The entry at ``base`` and the metadata of its arrays of ``names``, from the consolidated
+    metadata (each array's exactly as zarr wrote it)."""
+    kind, value = recorded.get(base, (None, None))
+    if kind != "group":
+        return Fetched(kind), {}
+    docs = {n: recorded[f"{base}/{n}"][1] for n in names if recorded.get(f"{base}/{n}", ("",))[0] == "array"}
+    return Fetched("group", dict(value)), docs
 
 
 def _recorded_nodes(doc: dict[str, Any], zarr_format: int | None) -> dict[str, tuple[str, Any]] | None:
-    """``{path: ("group", attrs) | ("array", shape)}`` of a raw consolidated-metadata document
+    """``{path: ("group", attrs) | ("array", metadata)}`` of a raw consolidated-metadata document
     (v3: the root zarr.json; v2: .zmetadata); None when it holds none."""
     nodes: dict[str, tuple[str, Any]] = {}
     if zarr_format == 3:
@@ -693,7 +895,7 @@ def _recorded_nodes(doc: dict[str, Any], zarr_format: int | None) -> dict[str, t
             return None
         for path, meta in (consolidated.get("metadata") or {}).items():
             if meta.get("node_type") == "array":
-                nodes[path] = ("array", [int(x) for x in meta["shape"]])
+                nodes[path] = ("array", meta)
             else:
                 nodes[path] = ("group", dict(meta.get("attributes") or {}))
         return nodes
@@ -701,7 +903,7 @@ def _recorded_nodes(doc: dict[str, Any], zarr_format: int | None) -> dict[str, t
     for name, meta in (doc.get("metadata") or {}).items():
         path, _, kind = name.rpartition("/.")
         if kind == "zarray":
-            nodes[path] = ("array", [int(x) for x in meta["shape"]])
+            nodes[path] = ("array", meta)
         elif kind == "zgroup" and path:
             nodes.setdefault(path, ("group", {}))
         elif kind == "zattrs" and path:

@@ -165,8 +165,9 @@ def test_missing_and_incomplete_keys_raise_in_order(tmp_path):
         assert isinstance(read.error, KeyError) and read.arrays == {}
 
 
-def test_other_zarr_layouts_are_read_by_zarr(tmp_path):
-    """An array laid out otherwise (several chunks, gzip) is read by zarr itself, same values."""
+def test_other_zarr_layouts_are_read_with_the_same_bounds(tmp_path):
+    """An array laid out otherwise (several chunks, gzip: what plain zarr may write) is decoded by
+    the bounded read path too, to the same values."""
     path = build(tmp_path / "s.zarr")
     with open_store(path) as store:
         want = store.read_pooled("K/v6.mp4")

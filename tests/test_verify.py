@@ -178,7 +178,9 @@ def test_wrong_shapes_frames_and_attrs(tmp_path):
     assert Problem("order.mp4", "frames is not strictly increasing") in problems
     shape = [p.message for p in problems if p.key == "shape.mp4"]
     assert shape[0].startswith("missing attributes: source, source_size")
-    assert shape[1] == "pooled is float64 [6, 8], expected float32 [6, 8] (r=4, grid 2x3)"
+    # refused before anything was allocated for it (features/bounded.py)
+    refusal = "pooled declares float64 [6, 8], but this store's provenance (r=4, grid 2x3) says float32 [T, 8]"
+    assert shape[1].startswith("cannot read pooled: ") and refusal in shape[1]
 
 
 def test_store_level_problems(copy_zarr):
