@@ -40,7 +40,9 @@ own (so that its features do not depend on what else is extracted; docs/FORMAT.m
 CLIP, for this tree and, with ``--baseline REV``, for the package as it was at git revision
 REV (extracted with ``git archive`` and put first on the child's ``PYTHONPATH``), alternating
 the two ``--repeats`` times; it prints crops/s (best run), the forward passes and their mean
-fill, and the pass counts of typical datasets at the CPU and GPU batch sizes.
+fill, then times the bare forward (as in (b)) over each tree's passes, alternating in one
+process (the compute difference without the decode and the noise of separate processes), and
+the pass counts of typical datasets at the CPU and GPU batch sizes.
 """
 
 from __future__ import annotations
@@ -308,6 +310,31 @@ def measure(spec: dict) -> dict:
     return result
 
 
+def time_passes(spec: dict) -> dict:
+    """Child process: the bare forward (as (b)) over each of ``spec["pass_lists"]`` (name ->
+    crops of every pass), alternating ``spec["repeats"]`` times; the best seconds per name."""
+    import torch
+
+    from clifvqa.extract.clip_model import load_clip
+
+    if spec["threads"]:
+        torch.set_num_threads(spec["threads"])
+    bundle = load_clip(spec["model"], "cpu")
+    crops = max(max(p) for p in spec["pass_lists"].values())
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(crops, 3, bundle.image_size, bundle.image_size, generator=gen)
+    best = dict.fromkeys(spec["pass_lists"], math.inf)
+    with torch.inference_mode():
+        bundle.model.get_image_features(pixel_values=x[:1])  # warm-up
+        for _ in range(spec["repeats"]):
+            for name, passes in spec["pass_lists"].items():
+                start = time.perf_counter()
+                for n in passes:
+                    bundle.model.get_image_features(pixel_values=x[:n])
+                best[name] = min(best[name], time.perf_counter() - start)
+    return best
+
+
 def measure_decode(clip: Path, crop: int, grid: tuple[int, int], workers: int, repeats: int = 2) -> dict:
     """(c) Best of ``repeats``, ``workers`` threads each decoding its own pass over ``clip``:
     PyAV decode to RGB alone (VideoReader), and decode + crop grid through the pipeline's
@@ -538,6 +565,16 @@ def batching_cost(args) -> None:
             before, after = rates.values()
             print(f"    this tree / baseline = {after / before:.3f}; pooled max |diff| between the two stores "
                   f"{max_pooled_diff(*stores.values()):.2g} (other pass shapes: float32 rounding)")
+            # The compute alone, on both trees' passes in one process: far less noisy than (d).
+            lists = {name: done[0]["passes"] for name, done in runs.items()}
+            best = run_child({"model": str(model), "threads": args.threads, "repeats": args.repeats + 1,
+                              "pass_lists": lists})
+            seconds = list(best.values())
+            crops = sum(next(iter(lists.values())))
+            print("    bare forward over each tree's passes, alternating in one process: "
+                  + ", ".join(f"{name} {crops / t:.1f} crops/s" for name, t in best.items())
+                  + f"; this tree / baseline = {seconds[0] / seconds[1]:.3f}")
+            results[label]["forward_seconds"] = best
     print("\n  forward passes, filled across videos -> per video (a video's last pass is shorter):")
     typical = {"these videos": list(BATCHING_CLIPS), "KoNViD-1k-like (1,200 x 240 frames)": [240] * 1200,
                "LSVQ-like (39,000 x 230 frames)": [230] * 39000}
@@ -596,7 +633,8 @@ def main() -> None:
     parser.add_argument("--child", help=argparse.SUPPRESS)  # internal: one child measurement
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(measure(json.loads(args.child))))
+        spec = json.loads(args.child)
+        print(json.dumps(time_passes(spec) if "pass_lists" in spec else measure(spec)))
         return
 
     from clifvqa._device import resolve_device
