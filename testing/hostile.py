@@ -526,7 +526,7 @@ _LAUNCHER = """
 import json, resource, subprocess, sys
 limit, timeout, log = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
 with open(log, "wb") as out:
-    proc = subprocess.Popen(["prlimit", f"--as={limit}", *sys.argv[4:]], stdout=out, stderr=subprocess.STDOUT,
+    proc = subprocess.Popen(["prlimit", f"--data={limit}", *sys.argv[4:]], stdout=out, stderr=subprocess.STDOUT,
                             stdin=subprocess.DEVNULL)
     try:
         code = proc.wait(timeout)
@@ -540,7 +540,8 @@ print(json.dumps([code, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss])
 
 def run_limited(argv: list[str], limit: int, timeout: float,
                 env: dict[str, str] | None = None) -> tuple[int | str, float, str]:
-    """Run ``argv`` with at most ``limit`` bytes of address space (so a bomb fails in the process,
+    """Run ``argv`` with at most ``limit`` bytes of data segment and anonymous memory (RLIMIT_DATA:
+    shared libraries such as a CUDA build of torch do not count; a bomb does and fails in the process,
     not in the kernel's OOM killer) for at most ``timeout`` seconds: ``(exit code or "hang",
     peak RSS in MB, stdout and stderr)``."""
     import subprocess

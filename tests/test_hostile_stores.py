@@ -15,7 +15,7 @@ import pytest
 
 from clifvqa.testing.hostile import CASES, acceptable, build_base, commands, make_case, run_limited, verdict
 
-LIMIT = 3 << 30  # address space per case process; the intact store's commands need < 1.5 GB
+LIMIT = 3 << 30  # RLIMIT_DATA per case process (anonymous memory); the intact store's commands need < 1 GB
 TIMEOUT = 60.0 * 2  # all commands of a case together; each needs a few seconds
 STORE_COMMANDS = ("info", "info --recount", "verify", "merge", "convert")
 MODEL_COMMANDS = ("train", "evaluate", "predict")

@@ -305,6 +305,7 @@ def test_array_tasks_write_one_folder(mini_data, tmp_path):
     assert (tmp_path / "array" / "results.csv").read_text() == (tmp_path / "sequential" / "results.csv").read_text()
 
 
+@pytest.mark.timeout(900)  # 29 tiny runs: about a minute on an idle 2-core machine, minutes on a crowded one
 def test_mini_experiment_end_to_end(mini_data, tmp_path):
     """experiments/mini.yaml as `make protocol-demo` runs it, with 1 epoch per stage and 2 splits."""
     from clifvqa.protocol.demo import MINI_FILE
