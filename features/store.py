@@ -40,6 +40,7 @@ that token, so :meth:`FeatureStore.summary` knows, from two small reads, whether
 from __future__ import annotations
 
 import abc
+import functools
 import hashlib
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -389,10 +390,14 @@ class FeatureStore(abc.ABC):
         m, n = self.provenance["grid"]
         return int(m), int(n)
 
+    @functools.cached_property
+    def _shape_rule(self) -> ShapeRule | None:
+        return ShapeRule.of(self.provenance)
+
     def _check_declared(self, name: str, shape: tuple[int, ...], dtype: np.dtype, attrs: dict[str, Any]) -> None:
         """Raise :class:`~clifvqa.features.bounded.UnsafeStoreError` unless array ``name`` of an
         entry with ``attrs`` may declare ``shape`` and ``dtype`` (before anything is allocated)."""
-        rule = ShapeRule.of(self.provenance)
+        rule = self._shape_rule
         if rule is None:
             raise UnsafeStoreError(f"{name} is not read: the store's provenance does not say the prompts and "
                                    "grid its arrays follow")

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import itertools
 import json
 import math
 import os
@@ -800,7 +801,7 @@ class _Layout:
         for i in reversed(range(len(steps))):  # each step gives what the next one decodes
             steps[i] = (steps[i][0], size)
             size += FLETCHER32_BYTES if steps[i][0] == "fletcher32" else 0
-        return cls(shape, dtype, stored, chunks, fill, [key_of(i) for i in np.ndindex(*grid)], steps)
+        return cls(shape, dtype, stored, chunks, fill, [key_of(i) for i in itertools.product(*map(range, grid))], steps)
 
     @staticmethod
     def _v3(meta: dict[str, Any], dtype: np.dtype) -> tuple[tuple[int, ...], np.dtype, Any, list[tuple[str, int]]]:
@@ -857,7 +858,7 @@ class _Layout:
             return np.full(self.shape, self.fill, self.dtype) if raw is None else self._decode(raw)
         out = np.full(self.shape, self.fill, self.dtype)
         grid = tuple(-(-s // c) for s, c in zip(self.shape, self.chunks))
-        for index, raw in zip(np.ndindex(*grid), _raised(chunks)):
+        for index, raw in zip(itertools.product(*map(range, grid)), _raised(chunks)):
             if raw is not None:
                 region = tuple(slice(i * c, min((i + 1) * c, s)) for i, c, s in zip(index, self.chunks, self.shape))
                 out[region] = self._decode(raw)[tuple(slice(0, r.stop - r.start) for r in region)]
