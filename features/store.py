@@ -22,6 +22,9 @@ refuse a store whose fingerprint does not match its provenance, and a video whos
 its checksum, whose rows are not finite or do not hash to ``pooled_sha256``
 (:class:`CorruptFeaturesError`, naming the key). ``store verify`` reads the raw arrays instead
 (:meth:`FeatureStore.read_entries`), to report every problem rather than stop at the first.
+Every read, checked or raw, follows the bounded read path (:mod:`clifvqa.features.bounded`):
+a store from someone else cannot make a reader allocate more than its arrays imply, inflate a
+chunk past its array's size, or follow a link out of the store.
 
 Many videos are read concurrently by :meth:`FeatureStore.read_pooled_many` (training,
 evaluation, prediction) and :meth:`FeatureStore.read_entries` (verify): Zarr stores, local or

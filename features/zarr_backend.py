@@ -6,23 +6,22 @@ processes may write one local store as long as each writes only its own videos. 
 failure record is its own group; intermediate groups are created with zarr's exclusive
 ``set_if_not_exists`` so racing creators are harmless; the root is built in a temporary
 directory and renamed into place, so it is created exactly once. Consolidated metadata is
-written only by :meth:`finalize`; local stores are always opened without it (it may be stale
-while a run is going on), remote ones with it (plain HTTP cannot list directories).
+written only by :meth:`finalize`; local stores are read without it (it may be stale while a run
+is going on), remote ones with it (plain HTTP cannot list directories).
 
 Opening a local Zarr v3 store reads only the head of the root ``zarr.json`` (its ``attributes``
 come first; the consolidated metadata after them grows by about 3.5 KB per video), so opening
-costs the same for 50 videos or 50,000. Local stores (folders and ``.zarr.zip``) are read by
-clifvqa itself, remote ones through zarr's ``Store.get``, always along the bounded read path of
-:mod:`clifvqa.features.bounded`: declared shapes checked before allocating, chunks decoded into
-their expected size, no link followed. Each change replaces the ``change`` token of the
+costs the same for 50 videos or 50,000. Each change replaces the ``change`` token of the
 ``videos`` group (atomically, after the change), which is how :meth:`FeatureStore.summary`
 knows whether the counts written by :meth:`ZarrFeatureStore.finalize` are still current.
 
-Only zarr's public API is used (``zarr``, ``zarr.api.asynchronous``, ``zarr.storage``,
-``zarr.codecs``, ``zarr.buffer``; ``tests/test_zarr_public_api.py`` keeps it so), with zarr 3.1
-to 3.4. Many videos of a remote store are read concurrently through the public ``Store.get``
-on this module's own event loop (:data:`_LOOP`), through a second store object made on that
-loop (its network session belongs there); zarr's synchronous API keeps its own loop for the rest.
+Reading follows the bounded read path of :mod:`clifvqa.features.bounded` (declared shapes
+checked before allocating, chunks decoded into their expected size, no link followed): local
+stores (folders and ``.zarr.zip``) are read by clifvqa itself, remote ones through zarr's public
+``Store.get``, many videos at once on this module's own event loop (:data:`_LOOP`) through a
+second store object made on that loop (its network session belongs there). Only zarr's public
+API is used (``zarr``, ``zarr.storage``, ``zarr.abc.store``, ``zarr.codecs``, ``zarr.buffer``;
+``tests/test_zarr_public_api.py`` keeps it so), with zarr 3.1 to 3.4.
 """
 
 from __future__ import annotations
