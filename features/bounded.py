@@ -201,12 +201,6 @@ def decode_bounded(codec: str, raw: bytes, size: int) -> bytes | np.ndarray:
     raise UnsafeStoreError(f"codec {codec!r} is not one clifvqa decodes with a bound")
 
 
-def unshuffle(data: bytes | np.ndarray, itemsize: int) -> np.ndarray:
-    """Undo the HDF5/blosc byte shuffle of ``data`` (items of ``itemsize`` bytes)."""
-    raw = np.frombuffer(memoryview(data).cast("B"), np.uint8)
-    return raw.reshape(itemsize, -1).T.reshape(-1) if itemsize > 1 else raw
-
-
 # ---------------------------------------------------------------------- files that stay inside
 
 
@@ -217,18 +211,22 @@ class LocalTree:
 
     def __init__(self, root: Path) -> None:
         self.root = root
+        self._prefix = os.path.join(root, "")  # paths as strings: pathlib costs more than the syscalls
         self._folders: set[str] = {""}  # checked: real folders (relative paths)
 
     def _folders_ok(self, rel: str) -> bool:
         """Whether each folder on the way to ``rel`` exists (False: then ``rel`` does not);
         a link among them is refused."""
-        parts = rel.split("/")[:-1]
+        parent = rel.rpartition("/")[0]
+        if parent in self._folders:  # checked, and so were the folders above it
+            return True
+        parts = parent.split("/")
         for i in range(1, len(parts) + 1):
             folder = "/".join(parts[:i])
             if folder in self._folders:
                 continue
             try:
-                mode = os.lstat(self.root / folder).st_mode
+                mode = os.lstat(self._prefix + folder).st_mode
             except (FileNotFoundError, NotADirectoryError):
                 return False
             if stat.S_ISLNK(mode):
@@ -238,10 +236,8 @@ class LocalTree:
             self._folders.add(folder)  # a set's add is atomic: reading threads share it
         return True
 
-    def open(self, rel: str, limit: int) -> tuple[BinaryIO, int] | None:
-        """``(file, size)`` of the regular file ``rel`` (POSIX, relative to the root) when it holds at
-        most ``limit`` bytes; None when there is none. The caller closes the file."""
-        path = self.root / rel
+    def _open_fd(self, rel: str, limit: int) -> tuple[int, int] | None:
+        path = self._prefix + rel
         try:
             if not self._folders_ok(rel):
                 return None
@@ -255,19 +251,36 @@ class LocalTree:
             fd = os.open(path, os.O_RDONLY | _NOFOLLOW | _NONBLOCK)
         except (FileNotFoundError, NotADirectoryError):
             return None
-        f = os.fdopen(fd, "rb")
         info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):  # replaced meanwhile
-            f.close()
-            raise refuse_special(f"{self.root}: {rel}")
-        if info.st_size > limit:
-            f.close()
-            raise too_big(f"{self.root}: {rel}", info.st_size, limit)
-        return f, info.st_size
+        if not stat.S_ISREG(info.st_mode) or info.st_size > limit:  # the first: replaced meanwhile
+            os.close(fd)
+            raise (refuse_special(f"{self.root}: {rel}") if not stat.S_ISREG(info.st_mode)
+                   else too_big(f"{self.root}: {rel}", info.st_size, limit))
+        return fd, info.st_size
+
+    def open(self, rel: str, limit: int) -> tuple[BinaryIO, int] | None:
+        """``(file, size)`` of the regular file ``rel`` (POSIX, relative to the root) when it holds at
+        most ``limit`` bytes; None when there is none. The caller closes the file."""
+        opened = self._open_fd(rel, limit)
+        return None if opened is None else (os.fdopen(opened[0], "rb"), opened[1])
 
     def read(self, rel: str, limit: int) -> bytes | None:
         """The bytes of the file ``rel`` when it holds at most ``limit``; None when there is none."""
-        return _read_whole(self.open(rel, limit), f"{self.root}: {rel}", limit)
+        opened = self._open_fd(rel, limit)
+        if opened is None:
+            return None
+        fd, size = opened
+        try:  # the size it had when checked, never more (one read, as a rule)
+            parts, got = [], 0
+            while got < size:
+                part = os.read(fd, size - got)
+                if not part:
+                    break
+                parts.append(part)
+                got += len(part)
+        finally:
+            os.close(fd)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def folders(self, rel: str) -> list[str]:
         """Sorted names of the folders directly in ``rel`` (empty when it is none); a link there
@@ -302,17 +315,6 @@ def unsafe_member(name: str) -> bool:
     parts = name.rstrip("/").split("/")
     return (not name or name.startswith("/") or "\\" in name or ":" in parts[0]
             or any(p in ("", ".", "..") for p in parts) or any(ord(c) < 32 for c in name))
-
-
-def _read_whole(opened: tuple[BinaryIO, int] | None, where: str, limit: int) -> bytes | None:
-    if opened is None:
-        return None
-    f, size = opened
-    with f:
-        data = f.read(size + 1)  # a file that grew since is caught, never read past the limit
-    if len(data) > limit:
-        raise too_big(where, len(data), limit)
-    return data
 
 
 class ZipTree:
@@ -357,7 +359,14 @@ class ZipTree:
         return self.zip.open(info), info.file_size
 
     def read(self, rel: str, limit: int) -> bytes | None:
-        return _read_whole(self.open(rel, limit), f"{self.path}: {rel}", limit)
+        opened = self.open(rel, limit)
+        if opened is None:
+            return None
+        with opened[0] as f:
+            data = f.read(opened[1] + 1)  # one byte past the size it declares
+        if len(data) > limit:
+            raise too_big(f"{self.path}: {rel}", len(data), limit)
+        return data
 
     def folders(self, rel: str) -> list[str]:
         return sorted(self._folders.get(rel, ()))

@@ -60,9 +60,10 @@ from pathlib import Path
 from typing import Any
 
 import h5py
+import numcodecs
 import numpy as np
 
-from clifvqa.features.bounded import UnsafeStoreError, decode_bounded, nbytes, unshuffle
+from clifvqa.features.bounded import UnsafeStoreError, decode_bounded, nbytes
 from clifvqa.features.store import (
     FRAMES_FILL,
     SUMMARY_ATTR,
@@ -320,6 +321,7 @@ class HDF5FeatureStore(FeatureStore):
     def __init__(self, path: Path, file: h5py.File, *, writable: bool, spool: _Spool | None = None) -> None:
         self._file = file
         self._spool = spool
+        self._parents: dict[str, h5py.Group] = {}  # see _get
         self._working = file.mode == "r+"  # reading and writing the working copy, not the store file
         self._broken = False  # an op failed half-applied: the working copy must not replace the store
         # A run's writer thread may still be applying a change when an interrupted run closes the store.
@@ -409,32 +411,53 @@ class HDF5FeatureStore(FeatureStore):
         return cls.open(path, writable=True)
 
     # ------------------------------------------------------------------ primitives
-    def _get(self, path: str) -> h5py.Group | h5py.Dataset | None:
-        """The object at ``path`` reached through hard links only, None when there is none: an
-        external link would open another file, a soft link lead anywhere in this one."""
-        node: Any = self._file
-        for part in path.strip("/").split("/"):
+    def _get(self, path: str, start: h5py.Group | None = None) -> h5py.Group | h5py.Dataset | None:
+        """The object at ``path`` (below ``start``, default the root) reached through hard links
+        only, None when there is none: an external link would open another file, a soft link
+        lead anywhere in this one. (h5py's low-level calls: its high-level ones cost 3x; a
+        read-only store keeps the folder groups it checked, which all its videos share.)"""
+        node: Any = self._file if start is None else start
+        parent, _, last = path.strip("/").rpartition("/")
+        cache = self._parents if start is None and self._spool is None else None
+        if cache is not None and parent in cache:
+            node, parts = cache[parent], [last]
+        else:
+            parts = path.strip("/").split("/")
+        for i, part in enumerate(parts):
             if not part:
                 continue
-            link = node.get(part, getlink=True) if isinstance(node, h5py.Group) else None
-            if link is None:
+            if cache is not None and i == len(parts) - 1 and isinstance(node, h5py.Group):
+                cache[parent] = node
+            name = part.encode("utf-8")
+            if not isinstance(node, h5py.Group) or not node.id.links.exists(name):
                 return None
-            if not isinstance(link, h5py.HardLink):
-                kind = "an external" if isinstance(link, h5py.ExternalLink) else "a soft"
-                raise UnsafeStoreError(f"{self.path}: {path} is reached through {kind} link; clifvqa never "
-                                       "follows links in a store (an HDF5 store it wrote has none)")
-            node = node[part]
+            kind = node.id.links.get_info(name).type
+            if kind != h5py.h5l.TYPE_HARD:
+                what = "an external" if kind == h5py.h5l.TYPE_EXTERNAL else "a soft"
+                raise UnsafeStoreError(f"{self.path}: {node.name.lstrip('/')}/{part} is {what} link; clifvqa "
+                                       "never follows links in a store (an HDF5 store it wrote has none)")
+            oid = h5py.h5o.open(node.id, name)
+            node = h5py.Dataset(oid) if isinstance(oid, h5py.h5d.DatasetID) else h5py.Group(oid)
         return node
 
     def _node(self, path: str, attrs: tuple[str, ...] | None = None) -> tuple[str | None, dict[str, Any]]:
-        node = self._get(path)
+        return self._kind_attrs(self._get(path), attrs)
+
+    @staticmethod
+    def _kind_attrs(node: Any, attrs: tuple[str, ...] | None) -> tuple[str | None, dict[str, Any]]:
         if node is None:
             return None, {}
         if isinstance(node, h5py.Dataset):
             return "array", {}
-        if attrs is not None:  # each attribute read costs ~0.1 ms: only those asked for
-            return "group", {n: _from_h5(node.attrs[n]) for n in attrs if n in node.attrs}
-        return "group", read_attrs(node)
+        if attrs is None:
+            return "group", read_attrs(node)
+        found = {}
+        for name in attrs:  # each attribute read costs ~0.05 ms: only those asked for
+            try:
+                found[name] = _from_h5(node.attrs[name])
+            except KeyError:
+                pass
+        return "group", found
 
     def _entries(self, top: str) -> dict[str, dict[str, Any]]:
         group = self._get(top)
@@ -474,17 +497,15 @@ class HDF5FeatureStore(FeatureStore):
         """One video after another through the one handle (h5py serialises calls: threads gain
         nothing), each array read by :meth:`_read_bounded`."""
         for key in keys:
-            path = f"{VIDEOS}/{key}"
             try:
-                kind, found_attrs = self._node(path, attrs)
+                entry = self._get(f"{VIDEOS}/{key}")
+                found = Fetched(*self._kind_attrs(entry, attrs))
             except Exception as exc:  # noqa: BLE001 - unreadable metadata is reported per video
                 found = Fetched(None, error=exc)
-            else:
-                found = Fetched(kind, found_attrs)
             if found.complete:
                 for name in names:
                     try:
-                        array = self._read_bounded(f"{path}/{name}", name, found.attrs)
+                        array = self._read_bounded(entry, name, found.attrs)
                     except Exception as exc:  # noqa: BLE001 - filters raise anything on a damaged chunk
                         found.arrays[name] = exc
                     else:
@@ -494,20 +515,21 @@ class HDF5FeatureStore(FeatureStore):
                 found.result = finish(key, found)
             yield found
 
-    def _read_bounded(self, path: str, name: str, attrs: dict[str, Any]) -> np.ndarray | None:
-        """Array ``name`` of an entry (None when it has none), its declared shape and dtype
+    def _read_bounded(self, entry: h5py.Group, name: str, attrs: dict[str, Any]) -> np.ndarray | None:
+        """Array ``name`` of ``entry`` (None when it has none), its declared shape and dtype
         checked first; data only from inside this file; a compressed chunk inflated by
         :func:`~clifvqa.features.bounded.decode_bounded` into the array's size, never by HDF5's
         own deflate filter (which inflates a whole stream, however long)."""
-        ds = self._get(path)
+        ds = self._get(name, entry)
         if ds is None:
             return None
         if not isinstance(ds, h5py.Dataset):
             raise UnsafeStoreError(f"{name} is a group, not an array")
-        shape, dtype = tuple(ds.shape), ds.dtype
+        shape, dtype = ds.id.shape, ds.id.dtype
         self._check_declared(name, shape, dtype, attrs)
         plist = ds.id.get_create_plist()
-        if plist.get_layout() == h5py.h5d.VIRTUAL or plist.get_external_count():
+        layout = plist.get_layout()
+        if layout == h5py.h5d.VIRTUAL or plist.get_external_count():
             raise UnsafeStoreError(f"{name} keeps its data in other files (a virtual or external dataset); "
                                    "clifvqa reads only data inside the store")
         filters = [plist.get_filter(i)[0] for i in range(plist.get_nfilters())]
@@ -515,12 +537,13 @@ class HDF5FeatureStore(FeatureStore):
         if unknown:
             raise UnsafeStoreError(f"{name} is stored with HDF5 filter(s) {unknown}, which clifvqa does not decode "
                                    "with a bound (it writes gzip, shuffle and fletcher32)")
-        if ds.chunks is not None and any(c > max(1, n) for c, n in zip(ds.chunks, shape)):
-            raise UnsafeStoreError(f"{name} declares chunks {list(ds.chunks)} larger than its shape {list(shape)}")
+        chunks = plist.get_chunk() if layout == h5py.h5d.CHUNKED else None
+        if chunks is not None and any(c > max(1, n) for c, n in zip(chunks, shape)):
+            raise UnsafeStoreError(f"{name} declares chunks {list(chunks)} larger than its shape {list(shape)}")
         if h5py.h5z.FILTER_DEFLATE not in filters:  # at most its declared (checked) size, nothing inflated
             return np.asarray(ds[()]).astype(dtype.newbyteorder("="), copy=False)
-        if ds.chunks != shape:
-            raise UnsafeStoreError(f"{name} is compressed in chunks {list(ds.chunks)} of its shape {list(shape)}; "
+        if chunks != shape:
+            raise UnsafeStoreError(f"{name} is compressed in chunks {list(chunks)} of its shape {list(shape)}; "
                                    "clifvqa reads compressed HDF5 arrays stored as one chunk, as it writes them")
         origin = (0,) * len(shape)
         size = nbytes(shape, dtype)
@@ -534,14 +557,14 @@ class HDF5FeatureStore(FeatureStore):
         for i in reversed(range(len(filters))):
             if not mask & (1 << i):  # a set bit: the filter was skipped for this chunk
                 codec = _FILTERS[filters[i]]
-                if codec == "shuffle":
-                    data = unshuffle(data, dtype.itemsize)
+                if codec == "shuffle":  # HDF5's byte shuffle; same size
+                    data = numcodecs.Shuffle(elementsize=dtype.itemsize).decode(data)
                 else:
                     data = decode_bounded(codec, data, size if codec == "deflate" else len(data) - 4)
         flat = np.frombuffer(memoryview(data).cast("B"), dtype)
         if flat.size != math.prod(shape):
             raise UnsafeStoreError(f"{name}'s chunk decodes to {flat.nbytes} bytes, expected {size}")
-        return flat.reshape(shape).astype(dtype.newbyteorder("="))
+        return flat.reshape(shape).astype(dtype.newbyteorder("="), copy=not flat.flags.writeable)
 
     def _write_group(self, path: str, attrs: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
         def write(op: h5py.File) -> None:

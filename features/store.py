@@ -22,6 +22,9 @@ refuse a store whose fingerprint does not match its provenance, and a video whos
 its checksum, whose rows are not finite or do not hash to ``pooled_sha256``
 (:class:`CorruptFeaturesError`, naming the key). ``store verify`` reads the raw arrays instead
 (:meth:`FeatureStore.read_entries`), to report every problem rather than stop at the first.
+Every read, checked or raw, follows the bounded read path (:mod:`clifvqa.features.bounded`):
+a store from someone else cannot make a reader allocate more than its arrays imply, inflate a
+chunk past its array's size, or follow a link out of the store.
 
 Many videos are read concurrently by :meth:`FeatureStore.read_pooled_many` (training,
 evaluation, prediction) and :meth:`FeatureStore.read_entries` (verify): Zarr stores, local or
@@ -40,6 +43,7 @@ that token, so :meth:`FeatureStore.summary` knows, from two small reads, whether
 from __future__ import annotations
 
 import abc
+import functools
 import hashlib
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -394,10 +398,14 @@ class FeatureStore(abc.ABC):
         m, n = self.provenance["grid"]
         return int(m), int(n)
 
+    @functools.cached_property
+    def _shape_rule(self) -> ShapeRule | None:
+        return ShapeRule.of(self.provenance)
+
     def _check_declared(self, name: str, shape: tuple[int, ...], dtype: np.dtype, attrs: dict[str, Any]) -> None:
         """Raise :class:`~clifvqa.features.bounded.UnsafeStoreError` unless array ``name`` of an
         entry with ``attrs`` may declare ``shape`` and ``dtype`` (before anything is allocated)."""
-        rule = ShapeRule.of(self.provenance)
+        rule = self._shape_rule
         if rule is None:
             raise UnsafeStoreError(f"{name} is not read: the store's provenance does not say the prompts and "
                                    "grid its arrays follow")

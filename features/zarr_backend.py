@@ -6,29 +6,29 @@ processes may write one local store as long as each writes only its own videos. 
 failure record is its own group; intermediate groups are created with zarr's exclusive
 ``set_if_not_exists`` so racing creators are harmless; the root is built in a temporary
 directory and renamed into place, so it is created exactly once. Consolidated metadata is
-written only by :meth:`finalize`; local stores are always opened without it (it may be stale
-while a run is going on), remote ones with it (plain HTTP cannot list directories).
+written only by :meth:`finalize`; local stores are read without it (it may be stale while a run
+is going on), remote ones with it (plain HTTP cannot list directories).
 
 Opening a local Zarr v3 store reads only the head of the root ``zarr.json`` (its ``attributes``
 come first; the consolidated metadata after them grows by about 3.5 KB per video), so opening
-costs the same for 50 videos or 50,000. Local stores (folders and ``.zarr.zip``) are read by
-clifvqa itself, remote ones through zarr's ``Store.get``, always along the bounded read path of
-:mod:`clifvqa.features.bounded`: declared shapes checked before allocating, chunks decoded into
-their expected size, no link followed. Each change replaces the ``change`` token of the
+costs the same for 50 videos or 50,000. Each change replaces the ``change`` token of the
 ``videos`` group (atomically, after the change), which is how :meth:`FeatureStore.summary`
 knows whether the counts written by :meth:`ZarrFeatureStore.finalize` are still current.
 
-Only zarr's public API is used (``zarr``, ``zarr.api.asynchronous``, ``zarr.storage``,
-``zarr.codecs``, ``zarr.buffer``; ``tests/test_zarr_public_api.py`` keeps it so), with zarr 3.1
-to 3.4. Many videos of a remote store are read concurrently through the public ``Store.get``
-on this module's own event loop (:data:`_LOOP`), through a second store object made on that
-loop (its network session belongs there); zarr's synchronous API keeps its own loop for the rest.
+Reading follows the bounded read path of :mod:`clifvqa.features.bounded` (declared shapes
+checked before allocating, chunks decoded into their expected size, no link followed): local
+stores (folders and ``.zarr.zip``) are read by clifvqa itself, remote ones through zarr's public
+``Store.get``, many videos at once on this module's own event loop (:data:`_LOOP`) through a
+second store object made on that loop (its network session belongs there). Only zarr's public
+API is used (``zarr``, ``zarr.storage``, ``zarr.abc.store``, ``zarr.codecs``, ``zarr.buffer``;
+``tests/test_zarr_public_api.py`` keeps it so), with zarr 3.1 to 3.4.
 """
 
 from __future__ import annotations
 
 import asyncio
 import importlib.util
+import itertools
 import json
 import math
 import os
@@ -238,10 +238,12 @@ class ZarrFeatureStore(FeatureStore):
 
     @property
     def _group(self) -> zarr.Group:
-        """The root group as zarr opens it (a local directory's without consolidated metadata)."""
+        """The root group as zarr opens it (a local directory's without consolidated metadata, one
+        over plain HTTP with it), on first use."""
         if self._opened is None:
+            local = isinstance(self._store, LocalStore)
             self._opened = zarr.open_group(self._zarr_store, mode="r+" if self.writable else "r",
-                                           use_consolidated=False if isinstance(self._store, LocalStore) else None)
+                                           use_consolidated=False if local else True if not self._listable else None)
         return self._opened
 
     # ------------------------------------------------------------------ opening
@@ -278,28 +280,31 @@ class ZarrFeatureStore(FeatureStore):
 
     @classmethod
     def open_url(cls, url: str) -> ZarrFeatureStore:
-        store = fsspec_store(url)
+        store = fsspec_store(url)  # for zarr, when it must list the store
         # Plain HTTP cannot list directories: there the consolidated metadata is the listing.
         http = url.split("://", 1)[0].lower() in ("http", "https")
+
+        async def open_on_loop() -> tuple[FsspecStore, tuple[int, dict[str, Any], Any] | None]:
+            # The reader is made in the loop's thread: fsspec keeps one asynchronous filesystem
+            # (and network session) per URL and thread, so this one is the loop's.
+            reader = fsspec_store(url)
+            return reader, await _remote_root(reader, url)
+
         try:
-            group = zarr.open_group(store, mode="r", use_consolidated=True if http else None)
-        except ValueError as exc:
-            if http and "onsolidated" in str(exc):
-                raise StoreError(f"{url} has no consolidated metadata, which reading a store over "
-                                 "HTTP needs (servers do not list directories): finalize the store "
-                                 "before publishing it (clifvqa.features.store.finalize_store)") from exc
-            raise StoreError(f"no Zarr feature store at {url} ({exc})") from exc
-        except FileNotFoundError as exc:
-            raise StoreError(f"no Zarr feature store at {url} ({exc})") from exc
-
-        async def twin() -> FsspecStore:
-            # Made in the loop's thread: fsspec keeps one asynchronous filesystem (and network
-            # session) per URL and thread, so this one is the loop's, kept for the process.
-            return fsspec_store(url)
-
-        opened = cls(url, store, zarr_format=group.metadata.zarr_format, attrs=dict(group.attrs), writable=False,
-                     group=group, reader=_LOOP.run(twin()))
-        opened._listable = not http
+            reader, root = _LOOP.run(open_on_loop())
+        except UnsafeStoreError:
+            raise
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise StoreError(f"no Zarr feature store at {url}: its root metadata cannot be read ({exc})") from exc
+        if root is None:
+            raise StoreError(f"no Zarr feature store at {url} (no zarr.json or .zgroup there)")
+        zarr_format, attrs, recorded = root
+        if http and recorded is None:
+            raise StoreError(f"{url} has no consolidated metadata, which reading a store over "
+                             "HTTP needs (servers do not list directories): finalize the store "
+                             "before publishing it (clifvqa.features.store.finalize_store)")
+        opened = cls(url, store, zarr_format=zarr_format, attrs=attrs, writable=False, reader=reader)
+        opened._listable, opened._flattened = not http, recorded or {}
         return opened
 
     @classmethod
@@ -336,6 +341,9 @@ class ZarrFeatureStore(FeatureStore):
         if self._tree is not None:
             found = self._tree_node(path)
             return found.kind, found.attrs if found.kind == "group" else {}
+        if self._recorded is not None:  # remote, with consolidated metadata: zarr would read it too
+            kind, value = self._recorded.get(path.strip("/"), (None, None))
+            return kind, dict(value) if kind == "group" else {}
         try:
             node = self._group[path]
         except KeyError:
@@ -347,6 +355,8 @@ class ZarrFeatureStore(FeatureStore):
     def _entries(self, top: str) -> dict[str, dict[str, Any]]:
         if self._tree is not None:
             return self._tree_entries(top)
+        if self._recorded is not None:
+            return _recorded_entries(self._recorded, top)
         kind, _ = self._node(top)
         if kind != "group":
             return {}
@@ -395,6 +405,11 @@ class ZarrFeatureStore(FeatureStore):
         return list(self._group[path].array_keys())
 
     def _array_declared(self, path: str) -> tuple[tuple[int, ...], np.dtype]:
+        if self._tree is None and self._recorded is not None:
+            kind, meta = self._recorded.get(path, (None, None))
+            if kind != "array":
+                raise KeyError(f"no array {path!r} in {self.path}")
+            return _declared(meta, self.zarr_format)
         if self._tree is None:
             node = self._group[path]
             if not isinstance(node, zarr.Array):
@@ -623,16 +638,7 @@ class ZarrFeatureStore(FeatureStore):
         return results
 
     async def _get(self, key: str, limit: int) -> bytes | None:
-        """The bytes under ``key`` of a remote store (None when absent); at most ``limit`` + 1
-        are asked for (an HTTP range request), more than ``limit`` is refused."""
-        raw = await self._reader.get(key, prototype=default_buffer_prototype(),
-                                     byte_range=RangeByteRequest(0, limit + 1))
-        if raw is None:
-            return None
-        data = raw.to_bytes()
-        if len(data) > limit:
-            raise too_big(f"{self.path}: {key}", len(data), limit)
-        return data
+        return await _get_bytes(self._reader, self.path, key, limit)
 
     def _read_key(self, key: str, limit: int) -> bytes | None:
         """The bytes stored under ``key`` (None when absent), at most ``limit``."""
@@ -643,13 +649,8 @@ class ZarrFeatureStore(FeatureStore):
     @property
     def _recorded(self) -> dict[str, tuple[str, Any]] | None:
         """``{path: ("group", attrs) | ("array", metadata)}`` from the consolidated metadata of a
-        remote store (which zarr opened it with), else None; reads go through it, as zarr's do:
-        one request per array."""
-        if self._tree is not None:
-            return None
-        if self._flattened is None:
-            raw = self._read_key("zarr.json" if self.zarr_format == 3 else ".zmetadata", MAX_ROOT_DOC_BYTES)
-            self._flattened = (raw is not None and _recorded_nodes(json.loads(raw), self.zarr_format)) or {}
+        remote store (read when it was opened), else None: the listing and the array metadata
+        then come from it, as zarr's would; one request per chunk."""
         return self._flattened or None
 
     # ------------------------------------------------------------------ consolidated metadata
@@ -660,18 +661,13 @@ class ZarrFeatureStore(FeatureStore):
         nodes = None if raw is None else _recorded_nodes(json.loads(raw), self.zarr_format)
         if nodes is None:
             return None
-        out: dict[str, dict[str, Any]] = {"videos": {}, "arrays": {}, "failures": {}}
-        for path in sorted(nodes):  # parents before children
-            kind, value = nodes[path]
-            top, _, rest = path.partition("/")
-            if top not in (VIDEOS, FAILURES) or not rest:
-                continue
-            parent, _, name = rest.rpartition("/")
-            if kind == "array":
-                if top == VIDEOS and parent in out["videos"]:
-                    out["arrays"].setdefault(parent, {})[name] = [int(x) for x in value["shape"]]
-            elif value and not _prefixes(rest, out[top]):
-                out[top][rest] = value
+        out: dict[str, dict[str, Any]] = {"videos": _recorded_entries(nodes, VIDEOS), "arrays": {},
+                                          "failures": _recorded_entries(nodes, FAILURES)}
+        for path, (kind, value) in nodes.items():
+            parent, _, name = path.rpartition("/")
+            key = parent.partition("/")[2]
+            if kind == "array" and parent.startswith(f"{VIDEOS}/") and key in out["videos"]:
+                out["arrays"].setdefault(key, {})[name] = [int(x) for x in value["shape"]]
         return out
 
     def consolidated_state(self) -> str:
@@ -710,6 +706,47 @@ def _raised(replies: Replies) -> Replies:
         if isinstance(reply, BaseException):
             raise reply
     return replies
+
+
+async def _get_bytes(store: Any, where: str, key: str, limit: int) -> bytes | None:
+    """The bytes under ``key`` of a remote ``store`` (at ``where``; None when absent): at most
+    ``limit`` + 1 are asked for (an HTTP range request), more than ``limit`` is refused."""
+    raw = await store.get(key, prototype=default_buffer_prototype(), byte_range=RangeByteRequest(0, limit + 1))
+    if raw is None:
+        return None
+    data = raw.to_bytes()
+    if len(data) > limit:
+        raise too_big(f"{where}: {key}", len(data), limit)
+    return data
+
+
+async def _remote_root(store: Any, where: str) -> tuple[int, dict[str, Any], Any] | None:
+    """``(zarr_format, root attributes, consolidated nodes or None)`` of the remote store at
+    ``where``, from its root documents (one request for Zarr v3); None when it has no root group."""
+    doc = await _get_bytes(store, where, "zarr.json", MAX_ROOT_DOC_BYTES)
+    if doc is not None:
+        meta = json.loads(doc)
+        if meta.get("node_type") != "group":
+            return None
+        return 3, dict(meta.get("attributes") or {}), _recorded_nodes(meta, 3)
+    if await _get_bytes(store, where, ".zgroup", MAX_DOC_BYTES) is None:
+        return None
+    attrs, consolidated = await asyncio.gather(_get_bytes(store, where, ".zattrs", MAX_ROOT_DOC_BYTES),
+                                               _get_bytes(store, where, ".zmetadata", MAX_ROOT_DOC_BYTES))
+    return (2, dict(json.loads(attrs)) if attrs is not None else {},
+            None if consolidated is None else _recorded_nodes(json.loads(consolidated), 2))
+
+
+def _recorded_entries(nodes: dict[str, tuple[str, Any]], top: str) -> dict[str, dict[str, Any]]:
+    """``_entries(top)`` from consolidated metadata: the groups with attributes below ``top``
+    that are not below another one."""
+    out: dict[str, dict[str, Any]] = {}
+    for path in sorted(nodes):  # parents before children
+        kind, value = nodes[path]
+        rest = path[len(top) + 1:] if path.startswith(f"{top}/") else ""
+        if rest and kind == "group" and value and not _prefixes(rest, out):
+            out[rest] = value
+    return out
 
 
 def _prefixes(path: str, entries: dict[str, Any]) -> list[str]:
@@ -800,7 +837,7 @@ class _Layout:
         for i in reversed(range(len(steps))):  # each step gives what the next one decodes
             steps[i] = (steps[i][0], size)
             size += FLETCHER32_BYTES if steps[i][0] == "fletcher32" else 0
-        return cls(shape, dtype, stored, chunks, fill, [key_of(i) for i in np.ndindex(*grid)], steps)
+        return cls(shape, dtype, stored, chunks, fill, [key_of(i) for i in itertools.product(*map(range, grid))], steps)
 
     @staticmethod
     def _v3(meta: dict[str, Any], dtype: np.dtype) -> tuple[tuple[int, ...], np.dtype, Any, list[tuple[str, int]]]:
@@ -857,7 +894,7 @@ class _Layout:
             return np.full(self.shape, self.fill, self.dtype) if raw is None else self._decode(raw)
         out = np.full(self.shape, self.fill, self.dtype)
         grid = tuple(-(-s // c) for s, c in zip(self.shape, self.chunks))
-        for index, raw in zip(np.ndindex(*grid), _raised(chunks)):
+        for index, raw in zip(itertools.product(*map(range, grid)), _raised(chunks)):
             if raw is not None:
                 region = tuple(slice(i * c, min((i + 1) * c, s)) for i, c, s in zip(index, self.chunks, self.shape))
                 out[region] = self._decode(raw)[tuple(slice(0, r.stop - r.start) for r in region)]

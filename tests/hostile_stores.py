@@ -360,7 +360,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("bench-out/hostile"))
     parser.add_argument("--limit-gb", type=float, default=3.0)
     parser.add_argument("--timeout", type=float, default=60.0)
-    parser.add_argument("--cases", default="", help="comma-separated case names (default: all)")
+    parser.add_argument("--cases", default="", help="case names separated by semicolons (default: all)")
     parser.add_argument("--commands", default="", help="comma-separated command names (default: all)")
     parser.add_argument("--probe", nargs=2, metavar=("STORE", "KEY"),
                         help="print what every library reader does with STORE as JSON (see probe), and exit")
@@ -377,7 +377,7 @@ def main() -> None:
         setup = build_intact(args.out / "intact")
         setup_file.write_text(json.dumps({k: str(v) for k, v in setup.items()}))
     cases = all_cases(setup["key"].as_posix())
-    chosen = [c for c in cases if not args.cases or c in args.cases.split(",")]
+    chosen = [c for c in cases if not args.cases or c in args.cases.split(";")]
     rows = []
     for case in chosen:
         kind, damage = cases[case]
