@@ -64,7 +64,7 @@ WHEELHOUSE ?= wheelhouse
 WHEEL_PY ?= 3.12
 WHEEL_PLATFORMS ?= manylinux_2_28_x86_64
 WHEEL_EXTRA ?=
-WHEEL_PROVIDED ?= torch==2.11.0 transformers==5.0.0 numpy==2.0.0 scipy==1.11.0
+WHEEL_PROVIDED ?= torch==2.11.0 transformers==5.0.0 numpy==2.0.0 scipy==1.11.1
 WHEEL_MAX_MB ?= 60
 
 .PHONY: wheelhouse

@@ -54,7 +54,7 @@ PINNED = (
     "fsspec==2026.9.0",
 )
 # What the target image must already have: the lowest versions clifvqa and the pins accept.
-PROVIDED = ("torch==2.11.0", "transformers==5.0.0", "numpy==2.0.0", "scipy==1.11.0")
+PROVIDED = ("torch==2.11.0", "transformers==5.0.0", "numpy==2.0.0", "scipy==1.11.1")
 LOWEST_MANYLINUX = 17  # manylinux_2_17 == manylinux2014, the oldest tag current wheels carry
 
 
