@@ -230,5 +230,5 @@ def informative_defaults() -> dict[str, Any]:
             software[name] = __import__(name).__version__
         except ImportError:  # pragma: no cover - both are dependencies
             pass
-    return {"created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    return {"created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
             "software": software}
