@@ -12,7 +12,7 @@ import os
 import sys
 import warnings
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import click
 
@@ -53,7 +53,7 @@ def is_user_error(exc: BaseException) -> bool:
 def error_line(exc: BaseException) -> str:
     """``exc`` as one line: an OSError as ``FILE: reason``, line breaks joined with ``; ``."""
     named = isinstance(exc, OSError) and exc.strerror and exc.filename
-    text = f"{exc.filename}: {exc.strerror}" if named else str(exc)
+    text = f"{exc.filename}: {exc.strerror}" if isinstance(exc, OSError) and named else str(exc)
     return "; ".join(line.strip() for line in text.splitlines() if line.strip()) or type(exc).__name__
 
 
@@ -77,9 +77,9 @@ class _ClifvqaGroup(click.Group):
     ``--debug`` (or ``CLIFVQA_DEBUG=1``) prints the traceback of user errors too."""
 
     def make_context(self, info_name: str | None, args: list[str], parent: click.Context | None = None,
-                     **extra: object) -> click.Context:
+                     **extra: Any) -> click.Context:
         try:  # the group's own options (`clifvqa --bogus`); a command's are parsed inside invoke
-            return super().make_context(info_name, args, parent=parent, **extra)  # type: ignore[arg-type]
+            return super().make_context(info_name, args, parent=parent, **extra)
         except click.UsageError as exc:
             if isinstance(exc, _NO_ARGS_IS_HELP):
                 raise
@@ -335,8 +335,11 @@ def extract_cmd(dataset_dir: Path, manifest: Path | None, out: str, clip_model: 
         allow_missing=allow_missing,
         shard=shard,
     )
-    summary = extract_dataset(dataset_dir, out, manifest=manifest, config=config, progress=not quiet,
-                              log=lambda line: quiet or click.echo(line, err=True))
+    def log(line: str) -> None:
+        if not quiet:
+            click.echo(line, err=True)
+
+    summary = extract_dataset(dataset_dir, out, manifest=manifest, config=config, progress=not quiet, log=log)
     if summary.total == 0:
         click.echo(f"warning: no videos to extract{' in this shard' if shard != (0, 1) else ''}", err=True)
     _echo_failures(summary.failures, out)
