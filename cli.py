@@ -322,12 +322,12 @@ def extract_cmd(dataset_dir: Path, manifest: Path | None, out: str, clip_model: 
         clip_model=clip_model,
         grid=grid,
         prompts_file=str(prompts_file) if prompts_file else None,
-        softmax=softmax,  # type: ignore[arg-type]
+        softmax=softmax,  # type: ignore[arg-type]  # a click.Choice of the Literal's values
         frame_stride=frame_stride,
         device=device,
-        batch_size=batch_crops,  # type: ignore[arg-type]
+        batch_size=batch_crops,  # type: ignore[arg-type]  # BatchSizeType: 'auto' or an int
         workers=threads or default_workers("threads"),
-        dtype=dtype,  # type: ignore[arg-type]
+        dtype=dtype,  # type: ignore[arg-type]  # a click.Choice of the Literal's values
         save_maps=save_maps,
         save_embeddings=save_embeddings,
         retry_failed=retry_failed,
@@ -520,6 +520,7 @@ def store_rescore_cmd(src: str, prompts_file: str, softmax: str, out: str, clip_
     """
     from clifvqa.extract.rescore import rescore_store
 
+    # softmax: a click.Choice of the Literal's values
     summary = rescore_store(src, out, prompts_file, softmax=softmax, clip_model=clip_model,  # type: ignore[arg-type]
                             device=device, save_maps=save_maps, copy_embeddings=copy_embeddings, progress=not quiet)
     _echo_failures(summary.failures, out)

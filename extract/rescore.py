@@ -213,7 +213,7 @@ def _rescoring_extractor(
         bundle,
         prompts,
         grid=(int(m), int(n)),
-        softmax=softmax,  # type: ignore[arg-type]
+        softmax=softmax,  # type: ignore[arg-type]  # checked against ('all', 'group') above
         frame_stride=int(prov["frame_stride"]),
         device=device,
         dtype=prov["dtype"],
