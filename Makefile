@@ -32,9 +32,13 @@ venv: $(VENV)/.installed
 	test "$$want" = "$$have" || { echo "error: $(VENV) is Python $$have but PYTHON=$(PYTHON) is $$want;" \
 	  "pass a VENV of its own (e.g. VENV=.venv$$want) or run make clean" >&2; exit 2; }
 
-# ruff first (pyproject.toml [tool.ruff]): a lint failure stops before the suite runs
+# Cheapest first, each failure stopping the rest: ruff, mypy (both in pyproject.toml), the suite.
+# The root is installed as clifvqa through setuptools' editable finder, which mypy cannot follow:
+# it checks the package through the link $(VENV)/mypy-path/clifvqa -> the root (its cache there too).
 test: venv
 	$(PY) -m ruff check .
+	mkdir -p $(VENV)/mypy-path && ln -sfn $(CURDIR) $(VENV)/mypy-path/clifvqa
+	cd $(VENV)/mypy-path && $(abspath $(PY)) -m mypy --config-file $(CURDIR)/pyproject.toml -p clifvqa
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 demo: venv

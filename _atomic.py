@@ -91,7 +91,7 @@ def remove_abandoned(path: str | os.PathLike[str], label: str) -> list[Path]:
     path = Path(path)
     pattern = re.compile(rf"\.{re.escape(label)}-{re.escape(_HOST)}-(\d+)-[0-9a-f]{{8}}\.{re.escape(path.name)}"
                          r"(\.[A-Za-z0-9.]+)?\Z")
-    removed = []
+    removed: list[Path] = []
     try:
         siblings = list(path.parent.iterdir())
     except OSError:

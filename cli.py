@@ -12,7 +12,7 @@ import os
 import sys
 import warnings
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import click
 
@@ -53,7 +53,7 @@ def is_user_error(exc: BaseException) -> bool:
 def error_line(exc: BaseException) -> str:
     """``exc`` as one line: an OSError as ``FILE: reason``, line breaks joined with ``; ``."""
     named = isinstance(exc, OSError) and exc.strerror and exc.filename
-    text = f"{exc.filename}: {exc.strerror}" if named else str(exc)
+    text = f"{exc.filename}: {exc.strerror}" if isinstance(exc, OSError) and named else str(exc)
     return "; ".join(line.strip() for line in text.splitlines() if line.strip()) or type(exc).__name__
 
 
@@ -77,9 +77,9 @@ class _ClifvqaGroup(click.Group):
     ``--debug`` (or ``CLIFVQA_DEBUG=1``) prints the traceback of user errors too."""
 
     def make_context(self, info_name: str | None, args: list[str], parent: click.Context | None = None,
-                     **extra: object) -> click.Context:
+                     **extra: Any) -> click.Context:
         try:  # the group's own options (`clifvqa --bogus`); a command's are parsed inside invoke
-            return super().make_context(info_name, args, parent=parent, **extra)  # type: ignore[arg-type]
+            return super().make_context(info_name, args, parent=parent, **extra)
         except click.UsageError as exc:
             if isinstance(exc, _NO_ARGS_IS_HELP):
                 raise
@@ -322,12 +322,12 @@ def extract_cmd(dataset_dir: Path, manifest: Path | None, out: str, clip_model: 
         clip_model=clip_model,
         grid=grid,
         prompts_file=str(prompts_file) if prompts_file else None,
-        softmax=softmax,  # type: ignore[arg-type]
+        softmax=softmax,  # type: ignore[arg-type]  # a click.Choice of the Literal's values
         frame_stride=frame_stride,
         device=device,
-        batch_size=batch_crops,  # type: ignore[arg-type]
+        batch_size=batch_crops,  # type: ignore[arg-type]  # BatchSizeType: 'auto' or an int
         workers=threads or default_workers("threads"),
-        dtype=dtype,  # type: ignore[arg-type]
+        dtype=dtype,  # type: ignore[arg-type]  # a click.Choice of the Literal's values
         save_maps=save_maps,
         save_embeddings=save_embeddings,
         retry_failed=retry_failed,
@@ -335,8 +335,11 @@ def extract_cmd(dataset_dir: Path, manifest: Path | None, out: str, clip_model: 
         allow_missing=allow_missing,
         shard=shard,
     )
-    summary = extract_dataset(dataset_dir, out, manifest=manifest, config=config, progress=not quiet,
-                              log=lambda line: quiet or click.echo(line, err=True))
+    def log(line: str) -> None:
+        if not quiet:
+            click.echo(line, err=True)
+
+    summary = extract_dataset(dataset_dir, out, manifest=manifest, config=config, progress=not quiet, log=log)
     if summary.total == 0:
         click.echo(f"warning: no videos to extract{' in this shard' if shard != (0, 1) else ''}", err=True)
     _echo_failures(summary.failures, out)
@@ -517,6 +520,7 @@ def store_rescore_cmd(src: str, prompts_file: str, softmax: str, out: str, clip_
     """
     from clifvqa.extract.rescore import rescore_store
 
+    # softmax: a click.Choice of the Literal's values
     summary = rescore_store(src, out, prompts_file, softmax=softmax, clip_model=clip_model,  # type: ignore[arg-type]
                             device=device, save_maps=save_maps, copy_embeddings=copy_embeddings, progress=not quiet)
     _echo_failures(summary.failures, out)

@@ -200,7 +200,7 @@ def force_option() -> Callable[[F], F]:
 
 # ---------------------------------------------------------------- run-config settings
 
-_PATHS = {"file": {"dir_okay": False}, "dir": {"file_okay": False}}
+_PATHS: dict[str, dict[str, Any]] = {"file": {"dir_okay": False}, "dir": {"file_okay": False}}
 
 
 def setting_help(setting: Setting, keyed: bool = True) -> str:
@@ -231,7 +231,7 @@ def setting_params(setting: Setting, keyed: bool = True) -> list[click.Parameter
     elif setting.path:
         kwargs["type"] = click.Path(exists=True, **_PATHS[setting.path])
     elif setting.min is not None:
-        kwargs["type"] = (click.IntRange if tp is int else click.FloatRange)(min=setting.min)
+        kwargs["type"] = click.IntRange(min=int(setting.min)) if tp is int else click.FloatRange(min=setting.min)
     else:
         kwargs["type"] = tp
     hidden = _old_names(setting.old, None)

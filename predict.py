@@ -52,7 +52,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -279,7 +279,7 @@ def _semantic_features(
                 # every entry's attributes, read concurrently: the recorded sha256 finds the inputs
                 matched: dict[str, list[int]] = {}
                 for entry in store.read_entries(store.keys(), ()):
-                    hits = by_digest.pop(entry.attrs.get("source_sha256"), None) if entry.error is None else None
+                    hits = by_digest.pop(entry.attrs.get("source_sha256", ""), None) if entry.error is None else None
                     if hits:
                         matched[entry.key] = hits
                     if not by_digest:
@@ -294,13 +294,14 @@ def _semantic_features(
                         if error is not None:
                             preds[i].error = str(error)
                         else:
-                            pooled[i] = (rows, np.asarray(got))
+                            pooled[i] = (cast(np.ndarray, rows), np.asarray(got))  # not an error, tested above
                             preds[i].features = f"store {store.path} key {key}"
     missing = [i for i in todo if i not in pooled and preds[i].error is None]
     if not missing:
         return
     extractor = extractor_for_checkpoint(meta["store"]["provenance"], clip_model, device)
-    tasks = {VideoTask(f"input-{i}", entries[i][1]): i for i in missing}
+    # an input without a file has its error already, so it is not missing
+    tasks = {VideoTask(f"input-{i}", cast(Path, entries[i][1])): i for i in missing}
     results = extractor.extract_many(list(tasks), workers=max(1, workers))
     for task, result in tqdm(results, total=len(tasks), desc="extracting semantic features", **bar):
         i = tasks[task]

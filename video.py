@@ -140,13 +140,14 @@ class VideoReader:
             raise ValueError(f"stride must be >= 1, got {stride}")
         # Error-level messages only: they are what marks a damaged file, and being rare they
         # cost nothing on healthy ones. Captured per thread below, never printed.
-        if av.logging.get_level() is None or av.logging.get_level() > av.logging.ERROR:
+        level = av.logging.get_level()
+        if level is None or level > av.logging.ERROR:
             av.logging.set_level(av.logging.ERROR)
         self.path = Path(path)
         self.stride = stride
         self.info = VideoInfo()
         self._container = None
-        self._logs = av.logging.Capture(local=True)
+        self._logs: av.logging.Capture | None = av.logging.Capture(local=True)
         self._logs.__enter__()
         try:
             self._container = _open(self.path)
@@ -164,6 +165,7 @@ class VideoReader:
         import av
 
         info, decoded, packet_errors = self.info, 0, []
+        assert self._container is not None and self._logs is not None  # open until close()
         try:
             for packet in self._container.demux(self._stream):
                 try:
@@ -276,9 +278,11 @@ class _Timeline:
         self.start = stream.start_time or 0
 
     def index(self, pts: int) -> int:
+        assert self.rate is not None and self.time_base is not None  # callers check usable
         return round((pts - self.start) * self.time_base * self.rate)
 
     def pts(self, index: int) -> int:
+        assert self.rate is not None and self.time_base is not None  # callers check usable
         return self.start + round(Fraction(index) / self.rate / self.time_base)
 
 

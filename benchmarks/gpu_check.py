@@ -93,7 +93,7 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -993,7 +993,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from clifvqa._device import resolve_device
 
-    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    started = datetime.now(UTC).isoformat(timespec="seconds")
     t0 = time.monotonic()
     device = resolve_device(args.device)
     budget = args.budget or (QUICK_BUDGET_S if args.quick else BUDGET_S)

@@ -90,7 +90,7 @@ def load_clip(model: str, device: str = "auto") -> ClipBundle:
             neither cached nor reachable; one line that says how to provide the model.
     """
     import torch
-    from safetensors import SafetensorError
+    from safetensors import SafetensorError  # type: ignore[attr-defined, unused-ignore]  # not in the stubs of safetensors < 0.5
     from transformers import CLIPModel, CLIPTokenizer
     from transformers.utils import logging as hf_logging
 
@@ -189,7 +189,8 @@ def _normalisation(
         mean, std = data.get("image_mean", mean), data.get("image_std", std)
     if len(mean) != 3 or len(std) != 3:
         raise ClipLoadError(f"CLIP model {model!r}: image_mean/image_std must have 3 values, got {mean} / {std}")
-    return tuple(float(v) for v in mean), tuple(float(v) for v in std)  # type: ignore[return-value]
+    m, s = [float(v) for v in mean], [float(v) for v in std]
+    return (m[0], m[1], m[2]), (s[0], s[1], s[2])
 
 
 def _model_file(folder: Path | None, model: str, name: str, fetch: bool = False) -> Path | None:

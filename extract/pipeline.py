@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 
@@ -25,6 +26,9 @@ from clifvqa.errors import ClifvqaError
 from clifvqa.extract.grid import GridError, check_grid_fits, crop_origins, upscaled_size
 from clifvqa.features.sources import sha256_file, source_identity
 from clifvqa.video import VideoDecodeError, VideoInfo, VideoReader
+
+if TYPE_CHECKING:  # importing this module needs no torch
+    import torch
 
 
 @dataclass(frozen=True)
@@ -43,13 +47,13 @@ class FrameCrops:
 
     task: VideoTask
     index: int
-    crops: object  # torch.Tensor; typed loosely so that importing this module needs no torch
+    crops: torch.Tensor
     start: int = 0
 
     @property
     def stop(self) -> int:
         """One past the grid position of the last crop held."""
-        return self.start + len(self.crops)  # type: ignore[arg-type]
+        return self.start + len(self.crops)
 
 
 @dataclass
@@ -71,7 +75,7 @@ class VideoFailed:
     error: str
 
 
-def cut_crops(rgb: np.ndarray, crop: int, rows: int, cols: int):
+def cut_crops(rgb: np.ndarray, crop: int, rows: int, cols: int) -> torch.Tensor:
     """Cut the ``rows x cols`` grid of ``crop``-sized crops from one ``(H, W, 3)`` uint8 frame.
 
     Frames with a side shorter than ``crop`` are first scaled up (:func:`upscaled_size`) with
@@ -84,7 +88,7 @@ def cut_crops(rgb: np.ndarray, crop: int, rows: int, cols: int):
     return next(_pieces(rgb, crop, rows, cols, rows * cols))[1]
 
 
-def _pieces(rgb: np.ndarray, crop: int, rows: int, cols: int, piece: int) -> Iterator[tuple[int, object]]:
+def _pieces(rgb: np.ndarray, crop: int, rows: int, cols: int, piece: int) -> Iterator[tuple[int, torch.Tensor]]:
     """:func:`cut_crops` in pieces: ``(start, crops)`` for grid positions ``start`` to
     ``start + piece - 1`` (fewer in the last piece), each cut only when asked for."""
     import torch
@@ -92,6 +96,7 @@ def _pieces(rgb: np.ndarray, crop: int, rows: int, cols: int, piece: int) -> Ite
 
     height, width = rgb.shape[:2]
     size = upscaled_size(height, width, crop)
+    frame: np.ndarray | torch.Tensor
     if size == (height, width):
         frame, stack = rgb, lambda parts: torch.from_numpy(np.stack(parts))
     else:
@@ -195,7 +200,7 @@ def decode_crops(
     queue_crops: int = 1024,
     queue_frames: int | None = None,
     limit: OutputLimit | None = None,
-) -> Iterator[FrameCrops | VideoDone | VideoFailed]:
+) -> Generator[FrameCrops | VideoDone | VideoFailed, None, None]:
     """Decode ``tasks`` in ``workers`` threads and yield their crops as they come.
 
     Each video's events arrive in order (its frames, then :class:`VideoDone`, or
@@ -273,7 +278,7 @@ def decode_crops(
                     running -= 1
                     continue
                 stray_logs.clear()
-                yield event
+                yield cast("FrameCrops | VideoDone | VideoFailed", event)  # anything but `finished`
         finally:
             stop.set()
             for thread in threads:

@@ -123,7 +123,7 @@ def rescore_store(
         raise ValueError(f"softmax must be 'all' or 'group', got {softmax!r}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1 frame, got {batch_size}")
-    prompts = prompts if isinstance(prompts, PromptSet) else load_prompts(prompts, softmax)
+    prompts = prompts if isinstance(prompts, PromptSet) else load_prompts(os.fspath(prompts), softmax)
     if not is_url(src) and not is_url(dst) and local_path(dst).resolve() == local_path(src).resolve():
         raise RescoreError(f"the destination {dst} is the source store; write the rescored features to a new path")
     summary = RescoreSummary(store=os.fspath(dst))
@@ -213,7 +213,7 @@ def _rescoring_extractor(
         bundle,
         prompts,
         grid=(int(m), int(n)),
-        softmax=softmax,  # type: ignore[arg-type]
+        softmax=softmax,  # type: ignore[arg-type]  # checked against ('all', 'group') above
         frame_stride=int(prov["frame_stride"]),
         device=device,
         dtype=prov["dtype"],

@@ -41,7 +41,7 @@ import os
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -331,7 +331,7 @@ class SemanticFeatureExtractor:
                 "transformers": transformers.__version__,
                 "av": av.__version__,
             },
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
         }
         if self.save_embeddings:
             # What the stored embeddings depend on: the image side of the fields above.

@@ -34,7 +34,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import IO, Any, BinaryIO, cast
 
 import numcodecs
 import numpy as np
@@ -177,7 +177,7 @@ def decode_bounded(codec: str, raw: bytes, size: int) -> bytes | np.ndarray:
         if declared is not None and declared != size:
             raise UnsafeStoreError(f"a zstd chunk declares {declared} decoded bytes where its array takes "
                                    f"{size} (a decompression bomb?); not inflated")
-        return numcodecs.Zstd().decode(raw, out=np.empty(size, np.uint8))  # raises past `size`
+        return cast(np.ndarray, numcodecs.Zstd().decode(raw, out=np.empty(size, np.uint8)))  # raises past `size`
     if codec == "blosc":
         if len(raw) < BLOSC_HEADER.size:
             raise UnsafeStoreError("a blosc chunk is shorter than its header")
@@ -185,7 +185,7 @@ def decode_bounded(codec: str, raw: bytes, size: int) -> bytes | np.ndarray:
         if declared != size or stored != len(raw):
             raise UnsafeStoreError(f"a blosc chunk declares {declared} decoded bytes ({stored} stored) where "
                                    f"its array takes {size} ({len(raw)} stored); not decoded")
-        return numcodecs.Blosc().decode(raw, out=np.empty(size, np.uint8))
+        return cast(np.ndarray, numcodecs.Blosc().decode(raw, out=np.empty(size, np.uint8)))
     if codec == "deflate":
         inflater = zlib.decompressobj(wbits=47)  # zlib or gzip framing, as the header says
         out = inflater.decompress(raw, size + 1)
@@ -197,7 +197,7 @@ def decode_bounded(codec: str, raw: bytes, size: int) -> bytes | np.ndarray:
     if codec == "fletcher32":
         if len(raw) != size + FLETCHER32_BYTES:
             raise UnsafeStoreError(f"a Fletcher32-checked chunk holds {len(raw)} bytes, expected {size} + 4")
-        return numcodecs.Fletcher32().decode(raw)
+        return cast(np.ndarray, numcodecs.Fletcher32().decode(raw))
     raise UnsafeStoreError(f"codec {codec!r} is not one clifvqa decodes with a bound")
 
 
@@ -346,7 +346,7 @@ class ZipTree:
             self.zip.close()
             raise
 
-    def open(self, rel: str, limit: int) -> tuple[BinaryIO, int] | None:
+    def open(self, rel: str, limit: int) -> tuple[IO[bytes], int] | None:
         """``(file, size)`` of member ``rel`` when it declares at most ``limit`` bytes, else None."""
         try:
             info = self.zip.getinfo(rel)

@@ -543,7 +543,7 @@ class HDF5FeatureStore(FeatureStore):
         if h5py.h5z.FILTER_DEFLATE not in filters:  # at most its declared (checked) size, nothing inflated
             return np.asarray(ds[()]).astype(dtype.newbyteorder("="), copy=False)
         if chunks != shape:
-            raise UnsafeStoreError(f"{name} is compressed in chunks {list(chunks)} of its shape {list(shape)}; "
+            raise UnsafeStoreError(f"{name} is compressed in chunks {list(chunks or ())} of its shape {list(shape)}; "
                                    "clifvqa reads compressed HDF5 arrays stored as one chunk, as it writes them")
         origin = (0,) * len(shape)
         size = nbytes(shape, dtype)
@@ -605,6 +605,7 @@ class HDF5FeatureStore(FeatureStore):
             if self._broken:
                 raise StoreError(f"an earlier write to {self.path} failed half-way; close the store and open "
                                  "it again (its log keeps every change made before)")
+            assert self._spool is not None  # writable
             if not self._working:
                 shutil.copyfile(self.path, self._spool.work)
                 work = _open_file(self._spool.work, "r+")
@@ -640,6 +641,7 @@ class HDF5FeatureStore(FeatureStore):
                 return
             self._broken = True  # until the store file is open again: the log stays the record
             self._file.close()
+            assert self._spool is not None  # writable
             if self._spool.pending():
                 _fsync(self._spool.work)
                 os.replace(self._spool.work, self.path)

@@ -13,6 +13,7 @@ import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -200,8 +201,8 @@ def _same_video(a: FeatureStore, b: FeatureStore, key: str) -> bool:
 
 
 def _plan_failures(stores: list[FeatureStore], complete: set[str], prefer: str | None,
-                   report: MergeReport) -> dict[str, dict]:
-    out: dict[str, dict] = {}
+                   report: MergeReport) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
     for store in stores:
         for key, record in store.failures().items():
             if key in complete:
@@ -211,7 +212,7 @@ def _plan_failures(stores: list[FeatureStore], complete: set[str], prefer: str |
     return out
 
 
-def _write_output(stores: list[FeatureStore], plan: dict[str, int], failures: dict[str, dict],
+def _write_output(stores: list[FeatureStore], plan: dict[str, int], failures: dict[str, dict[str, Any]],
                   out_path: Path, kind: str, zarr_format: int, report: MergeReport, *,
                   progress: bool, verb: str) -> None:
     from tqdm.auto import tqdm

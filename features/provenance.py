@@ -89,7 +89,7 @@ def determining(provenance: Mapping[str, Any], version: int = FORMAT_VERSION) ->
                          f"a store's provenance needs all of {', '.join(DETERMINING_FIELDS)}")
     if version not in READABLE_FORMATS:
         raise ValueError(f"clifvqa_format {version!r} is not one of {list(READABLE_FORMATS)}")
-    out = to_plain({k: provenance[k] for k in DETERMINING_FIELDS})
+    out: dict[str, Any] = to_plain({k: provenance[k] for k in DETERMINING_FIELDS})
     if version >= 2 and isinstance(out["clip"], dict):
         out["clip"] = {k: v for k, v in out["clip"].items() if k not in INFORMATIVE_CLIP_FIELDS}
     return out
@@ -172,7 +172,7 @@ def check_provenance(provenance: Mapping[str, Any]) -> dict[str, Any]:
     ``std`` three finite numbers; ``resize``, ``dtype`` and ``prompts.softmax`` str. Raises
     ``ValueError`` naming the field.
     """
-    prov = to_plain(dict(provenance))
+    prov: dict[str, Any] = to_plain(dict(provenance))
     canonical_json(prov)  # presence of every determining field, strict JSON numbers
 
     def need(cond: bool, field: str, what: str) -> None:
@@ -230,5 +230,5 @@ def informative_defaults() -> dict[str, Any]:
             software[name] = __import__(name).__version__
         except ImportError:  # pragma: no cover - both are dependencies
             pass
-    return {"created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    return {"created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
             "software": software}

@@ -795,11 +795,13 @@ def create_or_open_store(path: str | os.PathLike[str], provenance: Mapping[str, 
     fp = fingerprint(prov)
     root_attrs = {"clifvqa_format": FORMAT_VERSION, "fingerprint": fp, "provenance": prov}
     local = local_path(text)
+    store: FeatureStore
     if kind == "hdf5":
-        from clifvqa.features.hdf5_backend import HDF5FeatureStore as Backend
+        from clifvqa.features.hdf5_backend import HDF5FeatureStore
+        store = HDF5FeatureStore.create_or_open(local, root_attrs, zarr_format=zarr_format)
     else:
-        from clifvqa.features.zarr_backend import ZarrFeatureStore as Backend  # type: ignore[assignment]
-    store = Backend.create_or_open(local, root_attrs, zarr_format=zarr_format)
+        from clifvqa.features.zarr_backend import ZarrFeatureStore
+        store = ZarrFeatureStore.create_or_open(local, root_attrs, zarr_format=zarr_format)
     if not store.fingerprint_ok:  # edited or damaged: its provenance says nothing reliable
         store.close()
         raise CorruptFeaturesError(str(local), None, "its fingerprint attribute does not match its provenance "

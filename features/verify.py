@@ -21,10 +21,10 @@ from typing import Any
 
 import numpy as np
 
+from clifvqa.features.bounded import ARRAY_DTYPES
 from clifvqa.features.provenance import check_provenance, fingerprint
 from clifvqa.features.sources import stale_reason
 from clifvqa.features.store import (
-    ARRAY_DTYPES,
     CorruptFeaturesError,
     EntryRead,
     FeatureStore,

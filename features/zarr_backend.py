@@ -42,7 +42,7 @@ from collections import deque
 from collections.abc import Callable, Coroutine, Generator, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar, cast
 
 import numcodecs
 import numpy as np
@@ -319,7 +319,8 @@ class ZarrFeatureStore(FeatureStore):
     def _create_root(path: Path, root_attrs: dict[str, Any], zarr_format: int) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.parent / f".{path.name}.creating-{uuid.uuid4().hex}"
-        root = zarr.create_group(LocalStore(tmp), zarr_format=zarr_format, attributes=root_attrs)
+        root = zarr.create_group(LocalStore(tmp), zarr_format=cast(Literal[2, 3], zarr_format),  # checked by the caller
+                                 attributes=root_attrs)
         root.create_group("videos")
         root.create_group("failures")
         try:
@@ -335,6 +336,7 @@ class ZarrFeatureStore(FeatureStore):
     def _tree_node(self, path: str) -> Fetched:
         """Kind and attributes of the node at ``path`` of a local store, from its documents."""
         v3 = self.zarr_format == 3
+        assert self._tree is not None  # callers check
         return _node_of(v3, [self._tree.read(f"{path}/{d}".lstrip("/"), MAX_DOC_BYTES) for d in NODE_DOCS[v3]])
 
     def _node(self, path: str, attrs: tuple[str, ...] | None = None) -> tuple[str | None, dict[str, Any]]:
@@ -342,7 +344,7 @@ class ZarrFeatureStore(FeatureStore):
             found = self._tree_node(path)
             return found.kind, found.attrs if found.kind == "group" else {}
         if self._recorded is not None:  # remote, with consolidated metadata: zarr would read it too
-            kind, value = self._recorded.get(path.strip("/"), (None, None))
+            kind, value = self._recorded.get(path.strip("/"), (None, {}))
             return kind, dict(value) if kind == "group" else {}
         try:
             node = self._group[path]
@@ -373,16 +375,18 @@ class ZarrFeatureStore(FeatureStore):
                     else:
                         walk(node, f"{prefix}{name}/")
 
-        walk(self._group[top], "")
+        walk(cast(zarr.Group, self._group[top]), "")  # a group: checked above
         return out
 
     def _tree_entries(self, top: str) -> dict[str, dict[str, Any]]:
         """``_entries`` of a local store: its folders walked and each group's metadata document
         read directly (zarr's members() builds every node's objects; 5x slower)."""
         out: dict[str, dict[str, Any]] = {}
+        tree = self._tree
+        assert tree is not None  # callers check
 
         def walk(folder: str, prefix: str) -> None:
-            for name in self._tree.folders(folder):
+            for name in tree.folders(folder):
                 node = self._tree_node(f"{folder}/{name}")
                 if node.kind == "group":
                     if node.attrs:
@@ -397,16 +401,16 @@ class ZarrFeatureStore(FeatureStore):
     def _has_children(self, path: str) -> bool:
         if self._tree is not None:
             return bool(self._tree.folders(path))
-        return next(iter(self._group[path].keys()), None) is not None
+        return next(iter(cast(zarr.Group, self._group[path]).keys()), None) is not None  # asked of groups only
 
     def _array_names(self, path: str) -> list[str]:
         if self._tree is not None:
             return [n for n in self._tree.folders(path) if self._tree_node(f"{path}/{n}").kind == "array"]
-        return list(self._group[path].array_keys())
+        return list(cast(zarr.Group, self._group[path]).array_keys())  # asked of groups only
 
     def _array_declared(self, path: str) -> tuple[tuple[int, ...], np.dtype]:
         if self._tree is None and self._recorded is not None:
-            kind, meta = self._recorded.get(path, (None, None))
+            kind, meta = self._recorded.get(path, (None, {}))
             if kind != "array":
                 raise KeyError(f"no array {path!r} in {self.path}")
             return _declared(meta, self.zarr_format)
@@ -508,7 +512,7 @@ class ZarrFeatureStore(FeatureStore):
             return os.path.getsize(self.path)
         if isinstance(self._store, LocalStore):
             if summary is not None and isinstance(summary.get("bytes"), int):
-                return summary["bytes"] + sum(f.stat().st_size for f in Path(self.path).iterdir() if f.is_file())
+                return int(summary["bytes"]) + sum(f.stat().st_size for f in Path(self.path).iterdir() if f.is_file())
             return sum(f.stat().st_size for f in Path(self.path).rglob("*") if f.is_file())
         return None
 
@@ -605,6 +609,7 @@ class ZarrFeatureStore(FeatureStore):
 
     def _read_tree(self, requests: Requests) -> Replies:
         out: Replies = []
+        assert self._tree is not None  # a local store's reads
         for key, limit in requests:
             try:
                 out.append(self._tree.read(key, limit))
@@ -697,7 +702,8 @@ def _drive(plan: Generator[Requests, Replies, Fetched], read: Callable[[Requests
         while True:
             requests = plan.send(read(requests))
     except StopIteration as stop:
-        return stop.value
+        fetched: Fetched = stop.value
+        return fetched
 
 
 def _raised(replies: Replies) -> Replies:
@@ -714,7 +720,7 @@ async def _get_bytes(store: Any, where: str, key: str, limit: int) -> bytes | No
     raw = await store.get(key, prototype=default_buffer_prototype(), byte_range=RangeByteRequest(0, limit + 1))
     if raw is None:
         return None
-    data = raw.to_bytes()
+    data: bytes = raw.to_bytes()
     if len(data) > limit:
         raise too_big(f"{where}: {key}", len(data), limit)
     return data
@@ -772,7 +778,7 @@ def _node_of(v3: bool, docs: list[bytes | None]) -> Fetched:
     return Fetched("group", dict(json.loads(zattrs)) if zattrs is not None else {})
 
 
-_FILLS = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+_FILLS: dict[Any, float] = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
 _V3_COMPRESSORS = {"zstd": "zstd", "gzip": "deflate", "blosc": "blosc"}
 _V2_COMPRESSORS = {"zstd": "zstd", "gzip": "deflate", "zlib": "deflate", "blosc": "blosc"}
 
@@ -915,7 +921,7 @@ def _recorded_node(recorded: dict[str, tuple[str, Any]], base: str,
                    names: tuple[str, ...]) -> tuple[Fetched, dict[str, Any]]:
     """The entry at ``base`` and the metadata of its arrays of ``names``, from the consolidated
     metadata (each array's exactly as zarr wrote it)."""
-    kind, value = recorded.get(base, (None, None))
+    kind, value = recorded.get(base, (None, {}))
     if kind != "group":
         return Fetched(kind), {}
     docs = {n: recorded[f"{base}/{n}"][1] for n in names if recorded.get(f"{base}/{n}", ("",))[0] == "array"}

@@ -29,6 +29,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 SCENES_A = 8
 SCENES_B = 6
@@ -60,7 +61,7 @@ def make_mini_data(root: str | os.PathLike[str], *, progress: bool = False, log=
 
         hf_logging.disable_progress_bar()
         save_random_clip(clip, preset="tiny", seed=0)
-    specs = {
+    specs: dict[str, list[tuple[int, int, dict[str, Any], tuple[int, int], str | None]]] = {
         "a": [(s, lvl, STYLE_A[lvl], SIZE_A, "test" if (s + lvl) % 4 == 3 else "train")
               for s in range(SCENES_A) for lvl in range(len(STYLE_A))],
         "b": [(s, lvl, STYLE_B[lvl], SIZES_B[s % 2], None) for s in range(SCENES_B) for lvl in range(len(STYLE_B))],

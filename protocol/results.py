@@ -25,6 +25,7 @@ import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Any
 
 from clifvqa._atomic import atomic_write_text
 from clifvqa.protocol import ExperimentError
@@ -100,10 +101,12 @@ def read_results(path: str | os.PathLike[str]) -> list[ResultRow]:
     rows = []
     for line, record in _records(path, RESULT_COLUMNS):
         try:
+            texts: dict[str, Any] = {k: record[k] or "" for k in ("stage", "setting", "split", "test_set")}
+            scores: dict[str, Any] = {k: float(record[k]) if record[k] else math.nan for k in METRICS}
             rows.append(ResultRow(
-                **{k: record[k] or "" for k in ("stage", "setting", "split", "test_set")},
+                **texts,
                 n=int(record["n"]),
-                **{k: float(record[k]) if record[k] else math.nan for k in METRICS},
+                **scores,
                 epoch=int(record["epoch"]) if record["epoch"] else None,
             ))
         except (TypeError, ValueError) as exc:

@@ -137,8 +137,9 @@ def collect_results(plan: Plan) -> list[ResultRow]:
         result = json.loads(done.read_text(encoding="utf-8"))
         for ref in run.tests:
             metrics = result["tests"][ref]
-            rows.append(ResultRow(run.stage, run.setting, run.split, ref, int(metrics["n"]),
-                                  *(float(metrics[m]) for m in METRICS), epoch=result.get("epoch")))
+            scores: dict[str, Any] = {m: float(metrics[m]) for m in METRICS}
+            rows.append(ResultRow(run.stage, run.setting, run.split, ref, int(metrics["n"]), **scores,
+                                  epoch=result.get("epoch")))
     return rows
 
 
@@ -212,6 +213,7 @@ def execute_run(run: Run, plan: Plan, *, progress: bool = True) -> dict[str, Any
     elif run.checkpoint is not None:
         checkpoint, epoch = Path(run.checkpoint), None
     else:
+        assert run.source is not None  # a scoring run names a checkpoint or the run that trains it
         source = plan_run(plan, run.source)
         checkpoint = source.folder(plan.out) / "train" / "best"
         epoch = json.loads((source.folder(plan.out) / DONE_FILE).read_text(encoding="utf-8")).get("epoch")

@@ -488,8 +488,9 @@ def _check_links(x: Experiment) -> None:
             if not x.stages[source].trains:
                 raise x.fail(where, f"stage {source} only evaluates: it has no checkpoint")
         store = stage.store if isinstance(stage, EvaluateStage) else None
-        for store_name in filter(None, [store] if store else [*(s.overrides.get(STORE_KEY) for s in stage.settings),
-                                                              stage.config.get(STORE_KEY)]):
+        named: list[str | None] = [store] if store else [*(s.overrides.get(STORE_KEY) for s in stage.settings),
+                                                         stage.config.get(STORE_KEY)]
+        for store_name in filter(None, named):
             for ref in itertools.chain(*refs.values()):
                 if store_name not in x.dataset_of(ref).stores:
                     raise x.fail(key, f"store {store_name!r} is not a store of dataset {ref.split('.')[0]}")
@@ -529,11 +530,10 @@ def select_rows(experiment: Experiment, set_ref: str, rows: Sequence[Any], colum
 
     def cell(row: Any, column: str) -> str | None:
         if column in _DERIVED:
-            if probed is not None:
-                sides = list(probed[row.video])
-            else:
-                sides = [_number(row.extra.get(c)) for c in ("width", "height")]
-            return None if None in sides else repr(float(_DERIVED[column](sides)))
+            given = (probed[row.video] if probed is not None
+                     else [_number(row.extra.get(c)) for c in ("width", "height")])
+            sides = [s for s in given if s is not None]
+            return repr(float(_DERIVED[column](sides))) if len(sides) == 2 else None
         if column == "split":
             return row.split or ""
         if column == "mos":
@@ -553,7 +553,7 @@ def _matches(test: Range | tuple[str, ...], cell: str | None) -> bool:
 
 def _number(text: str | None) -> float | None:
     try:
-        return float(text) if text not in (None, "") else None
+        return float(text) if text else None
     except ValueError:
         return None
 

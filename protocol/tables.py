@@ -196,8 +196,7 @@ def _entries(table: Table, row: str, reference: Reference | None, bold) -> list[
             if reference is not None:
                 ref = reference.get((table.key, row, column, m))
                 out.append("-" if ref is None else f"{ref:.3f}")
-                usable = ref is not None and cell is not None and cell.n
-                out.append(f"{cell.mean - ref:+.3f}" if usable else "-")
+                out.append(f"{cell.mean - ref:+.3f}" if ref is not None and cell is not None and cell.n else "-")
     return out
 
 

@@ -8,6 +8,7 @@ loaded through exactly the ``from_pretrained`` path that real hub ids and local 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, cast
 
 PRESETS: dict[str, dict] = {
     # 2-layer towers, ~0.2M parameters: fast enough for unit tests.
@@ -44,7 +45,8 @@ def _byte_level_tokenizer():
         vocab.setdefault(a + b, len(vocab))
     for special in ("<|startoftext|>", "<|endoftext|>"):
         vocab[special] = len(vocab)
-    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)
+    # merges as pairs, which the tokenizer takes although transformers annotates them as str
+    return CLIPTokenizer(vocab=vocab, merges=cast(Any, merges), model_max_length=77)
 
 
 def save_random_clip(folder: str | Path, preset: str = "tiny", seed: int = 0) -> Path:

@@ -7,6 +7,7 @@ frames differ, and the distortions below change what CLIP and FAST-VQA see.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
@@ -34,7 +35,7 @@ def box_blur(img: np.ndarray, radius: int) -> np.ndarray:
     if radius <= 0:
         return img
     k = 2 * radius + 1
-    out = img.astype(np.float32)
+    out: np.ndarray = img.astype(np.float32)
     for axis in (0, 1):
         pad = [(0, 0)] * 3
         pad[axis] = (radius, radius)
@@ -77,7 +78,7 @@ def write_clip(
     path.parent.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed + 1)
     with av.open(str(path), "w") as container:
-        stream = container.add_stream(codec, rate=fps)
+        stream = cast("av.video.stream.VideoStream", container.add_stream(codec, rate=fps))  # a video codec
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         if codec == "libx264":
             stream.options = {"crf": str(crf), "preset": "veryfast"}

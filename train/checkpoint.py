@@ -292,6 +292,7 @@ def init_weights(model: ClifVQA, record: Mapping[str, Any]) -> None:
     _check_finite(state, str(weights))
     if record["part"] == "spatial":
         state = {k.removeprefix("fastvqa."): v for k, v in state.items() if k.startswith("fastvqa.")}
+        assert model.fastvqa is not None  # check_init refused a spatial init of a model without the branch
         model.fastvqa.load_state_dict(state)
     else:
         model.load_state_dict(state)

@@ -111,7 +111,7 @@ def _items(rows: Sequence[ManifestRow], where: str) -> list[VideoItem]:
         raise DataError(
             f"{where}: {len(unlabelled)} videos have no MOS, so they cannot be trained or scored: {listing(unlabelled)}"
         )
-    return [VideoItem(row.video, float(row.mos)) for row in rows]
+    return [VideoItem(row.video, float(row.mos)) for row in rows if row.mos is not None]  # all of them
 
 
 def _carve_val(train: list[VideoItem], val_fraction: float, seed: int) -> tuple[list[VideoItem], list[VideoItem]]:
@@ -137,7 +137,7 @@ def plan_splits(
     seed: int = 0,
 ) -> list[SplitPlan]:
     """The train/val/test plans of a run (see the module docstring for the rules)."""
-    manifest = manifest if isinstance(manifest, Manifest) else read_manifest(manifest)
+    manifest = manifest if isinstance(manifest, Manifest) else read_manifest(os.fspath(manifest))
     where = str(manifest.path or "manifest")
     if not 0 <= val_fraction < 1:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
@@ -145,7 +145,7 @@ def plan_splits(
     if test_manifest is not None:
         if splits:
             raise DataError("--test-manifest and --splits both choose the test set; pass one of them")
-        test_m = test_manifest if isinstance(test_manifest, Manifest) else read_manifest(test_manifest)
+        test_m = test_manifest if isinstance(test_manifest, Manifest) else read_manifest(os.fspath(test_manifest))
         own_test = [row.video for row in manifest.rows if row.split == "test"]
         if own_test:
             raise DataError(

@@ -148,7 +148,7 @@ def evaluate(
     dev = torch.device(resolve_device(device))
     model, meta = load_checkpoint(checkpoint, dev)
     config = model.config
-    manifest = manifest if isinstance(manifest, Manifest) else read_manifest(manifest)
+    manifest = manifest if isinstance(manifest, Manifest) else read_manifest(os.fspath(manifest))
     items, unlabelled, where = _labelled_items(manifest, split)
     out = Path(out_dir) if out_dir is not None else None
     if out is not None and not overwrite:
@@ -176,7 +176,7 @@ def evaluate(
         workers=default_workers("processes") if workers is None else workers, seed=seed,
         progress=progress, desc="scoring videos",
     )
-    label = {item.key: item.mos for item in items}
+    label = {item.key: item.mos for item in items if item.mos is not None}  # all of them: labelled items
     mos = [label[key] for key in done]  # the manifest's values, not the loader's float32 copies
     if not done:
         why = listing([f"{k} ({e})" for k, e in failed], 5)
@@ -276,7 +276,7 @@ def _write_predictions(path: Path, result: EvalResult) -> Path:
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
     writer.writerow(["video", "mos", "prediction", "fitted_prediction", "score"])
-    scores = result.scores or [None] * len(result.videos)
+    scores: Sequence[float | None] = result.scores or [None] * len(result.videos)
     columns = zip(result.videos, result.mos, result.predictions, result.fitted, scores)
     writer.writerows([v, repr(m), repr(p), repr(f), "" if s is None else repr(s)]
                      for v, m, p, f, s in columns)

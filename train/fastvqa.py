@@ -127,12 +127,13 @@ def effective_window(size: Size3, window: Size3, shift: Size3) -> tuple[Size3, S
     for i in range(3):
         if size[i] <= window[i]:
             win[i], sh[i] = size[i], 0
-    return tuple(win), tuple(sh)
+    return (win[0], win[1], win[2]), (sh[0], sh[1], sh[2])
 
 
-def adaptive_window_size(window: Size3, input_size: Size3, base_size: Size3) -> Size3:
+def adaptive_window_size(window: Size3, input_size: tuple[int, ...], base_size: Size3) -> Size3:
     """Official "AMI": the window scaled by input/base size, e.g. (8,7,7) at 32×224×224 stays (8,7,7)."""
-    return tuple((wi * xi) // bi for wi, xi, bi in zip(window, input_size, base_size))
+    d, h, w = ((wi * xi) // bi for wi, xi, bi in zip(window, input_size, base_size))
+    return d, h, w
 
 
 def _axis_regions(size: int, win: int, shift: int) -> torch.Tensor:
@@ -218,6 +219,8 @@ def _relative_position_index(window: Size3) -> torch.Tensor:
 
 class WindowAttention3D(nn.Module):
     """W-MSA with relative position bias, and with GRPB when ``frag_bias`` (FASTVQA-SPEC §3.3, §3.5)."""
+
+    relative_position_index: torch.Tensor  # a buffer
 
     def __init__(self, dim: int, window: Size3, num_heads: int, frag_bias: bool) -> None:
         super().__init__()
@@ -369,7 +372,7 @@ class BasicLayer(nn.Module):
     ) -> None:
         super().__init__()
         self.window = window
-        self.shift = tuple(i // 2 for i in window)
+        self.shift: Size3 = (window[0] // 2, window[1] // 2, window[2] // 2)
         self.blocks = nn.ModuleList(
             SwinTransformerBlock3D(
                 dim,

@@ -23,6 +23,7 @@ import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -103,7 +104,7 @@ def fit_score_mapping(pred: np.ndarray | Sequence[float], mos: np.ndarray | Sequ
     if pred.size < 2 or np.ptp(pred) == 0:
         return ScoreMapping("none", (float(mos.mean()) if mos.size else math.nan,), int(pred.size), extent)
     p0 = [mos.max(), mos.min(), float(np.mean(pred)), float(np.std(pred)) or 1.0]
-    bounds = (-np.inf, np.inf)
+    bounds: tuple[Any, Any] = (-np.inf, np.inf)  # curve_fit's (lower, upper)
     if bounded:
         margin = ASYMPTOTE_MARGIN * (np.ptp(mos) or 1.0)
         lo, hi = mos.min() - margin, mos.max() + margin

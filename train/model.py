@@ -197,6 +197,8 @@ def resample_time(m_s: torch.Tensor, t0: int) -> torch.Tensor:
 class SemanticBranch(nn.Module):
     """Eq. 8: select rows, resample time to ``t0``, then FC1 → GELU → FC2 on every row."""
 
+    rows: torch.Tensor  # a buffer
+
     def __init__(self, config: ClifVQAConfig) -> None:
         super().__init__()
         self.t0 = config.t0
@@ -255,6 +257,7 @@ class ClifVQA(nn.Module):
         """Scores ``[B, k]`` of every clip (k = 1 for the semantic-only model)."""
         f_s = self._semantic_features(semantic)
         if self.fastvqa is None:
+            assert f_s is not None  # ClifVQAConfig: a model without FAST-VQA has the semantic branch
             score = self.head(f_s) if self.head is not None else f_s.mean(dim=1)
             return score[:, None]
         if fragments is None or fragments.ndim != 6:

@@ -316,9 +316,10 @@ class TrainLoader:
         fragments = model_config.fragments if model_config.uses_spatial else None
         rows = features.rows if features is not None else None
         self.seed = seed
+        assert config.data.videos is not None  # train_run refuses a config without it
         self.dataset = VideoDataset(plan.train, config.data.videos, rows, fragments, train=True, seed=seed)
-        self.sampler = DistributedSampler(self.dataset, num_replicas=dist.world, rank=dist.rank, shuffle=True,
-                                          seed=seed)
+        self.sampler: DistributedSampler[int] = DistributedSampler(
+            self.dataset, num_replicas=dist.world, rank=dist.rank, shuffle=True, seed=seed)
         self.generator = torch.Generator()
         self.loader = video_loader(self.dataset, workers=resolve_workers(config), batch_size=config.optim.batch_size,
                                    sampler=self.sampler, generator=self.generator, pin_memory=device.type == "cuda")
@@ -373,6 +374,7 @@ def train_one_epoch(
         if batch["keys"]:
             value = loss.item()  # the one sync per step there always was (logging needs it)
             if not math.isfinite(value):
+                assert pred is not None  # a batch with videos has predictions
                 raise NonFiniteLoss(_nonfinite_loss_message(value, batch, pred, f"{desc} step {step}"))
             loss_sum += value * len(batch["keys"])
             loss_n += len(batch["keys"])
@@ -392,7 +394,7 @@ def validate(
     model: ClifVQA,
     items: Sequence[VideoItem],
     config: RunConfig,
-    semantic_rows: Sequence[int] | None,
+    semantic_rows: Mapping[str, torch.Tensor] | None,
     *,
     seed: int,
     device: torch.device,
@@ -406,11 +408,12 @@ def validate(
     fragments = model.config.fragments if model.config.uses_spatial else None
     # about as many clips per pass as a training step holds
     batch_size = max(1, config.optim.batch_size // (fragments.num_clips_test if fragments else 1))
+    assert config.data.videos is not None  # train_run refuses a config without it
     keys, preds, mos, failed = predict_items(
         model, items, config.data.videos, semantic_rows, fragments, device=device, batch_size=batch_size,
         workers=resolve_workers(config), seed=seed, dist=dist, progress=progress, desc=desc,
     )
-    metrics = compute_metrics(preds, mos) if keys else {"n": 0}
+    metrics: dict[str, Any] = compute_metrics(preds, mos) if keys else {"n": 0}
     if keys:
         loss = clifvqa_loss(torch.tensor(preds), torch.tensor(mos), config.loss.alpha, config.loss.beta)
         metrics["loss"] = float(loss)
@@ -582,7 +585,7 @@ def _gather_rng(dist: Dist) -> list[ckpt.RngState]:
 
 
 def _score_selected(
-    model: ClifVQA, plan: SplitPlan, config: RunConfig, rows: Sequence[int] | None, folder: RunFolder, *,
+    model: ClifVQA, plan: SplitPlan, config: RunConfig, rows: Mapping[str, torch.Tensor] | None, folder: RunFolder, *,
     seed: int, device: torch.device, dist: Dist, progress: bool,
 ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any] | None]:
     """The selected model's passes after training: its raw outputs on the training videos fix the
@@ -687,7 +690,9 @@ def run_training(
         initialised_from = None
         if config.init.checkpoint or config.init.spatial:
             part = "all" if config.init.checkpoint else "spatial"
-            initialised_from = ckpt.check_init(config.init.checkpoint or config.init.spatial, part, model_config,
+            init = config.init.checkpoint or config.init.spatial
+            assert init is not None  # one of them, tested above
+            initialised_from = ckpt.check_init(init, part, model_config,
                                                features.fingerprint if features else None)
         derived = {
             "model_config": model_config.to_dict(),
