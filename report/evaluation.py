@@ -133,10 +133,9 @@ def evaluation_sections(ev: Evaluation, *, resamples: int = 1000) -> list[Sectio
     out = []
 
     s = Section("Metrics", anchor="metrics")
-    valid = min(ci.valid for ci in intervals.values())
     s.body.append(table(["metric", "value", "95% bootstrap interval"], _metric_cells(m, intervals),
                         table_id="metrics-table",
-                        caption=f"n = {m['n']} videos; intervals: {valid}+ of {resamples} resamples (seed 0)"))
+                        caption=f"n = {m['n']} videos; intervals from {resamples} resamples of the videos (seed 0)"))
     s.body.append(para(f"Fit: {m['fit']}. RMSE's interval holds the fit fixed (the one fitted on all videos)."
                        + (f" {len(ev.info.get('failures') or [])} videos failed to decode and are not scored."
                           if ev.info.get("failures") else ""), "note"))

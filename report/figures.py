@@ -19,26 +19,31 @@ DPI = 100
 COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")
 
 
-def _figure(width: float = WIDTH, height: float = 4.0, rows: int = 1, cols: int = 1):
+def _figure(width: float = WIDTH, height: float = 4.0, rows: int = 1, cols: int = 1, layout: str | None = None):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(width, height), dpi=DPI)
+    fig = Figure(figsize=(width, height), dpi=DPI, layout=layout)
     FigureCanvasAgg(fig)
     axes = fig.subplots(rows, cols, squeeze=False)
     return fig, axes
 
 
 def _png(fig) -> bytes:
-    fig.tight_layout()
+    if fig.get_layout_engine() is None:
+        fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", metadata={"Software": None})  # no URL, smaller file
     return buffer.getvalue()
 
 
-def image_png(rgb: np.ndarray) -> bytes:
-    """An ``(H, W, 3)`` uint8 image as PNG bytes (no axes)."""
+def image_png(rgb: np.ndarray, min_width: int = 0) -> bytes:
+    """An ``(H, W, 3)`` uint8 image as PNG bytes (no axes), enlarged by a whole factor (pixels
+    repeated) to at least ``min_width`` px."""
     from matplotlib.image import imsave
+
+    factor = -(-min_width // rgb.shape[1]) if min_width > rgb.shape[1] else 1
+    rgb = rgb.repeat(factor, axis=0).repeat(factor, axis=1)
 
     buffer = io.BytesIO()
     imsave(buffer, np.ascontiguousarray(rgb), format="png", metadata={"Software": None})
@@ -165,7 +170,8 @@ def crop_maps(thumbnails: Sequence[np.ndarray], maps: Sequence[np.ndarray], fram
               prompt: str) -> bytes:
     """The m×n crop map of one prompt drawn over the frames' thumbnails (one panel per frame)."""
     cols = len(maps)
-    fig, axes = _figure(height=2.4 + 0.2 * cols // 4, cols=cols)
+    h0, w0 = thumbnails[0].shape[:2] if thumbnails[0] is not None else maps[0].shape
+    fig, axes = _figure(height=min(6.0, 0.9 * WIDTH / cols * h0 / w0 + 0.8), cols=cols, layout="constrained")
     top = max(float(np.max(m)) for m in maps) or 1.0
     for ax, thumb, grid, frame in zip(axes[0], thumbnails, maps, frames):
         h, w = (thumb.shape[:2] if thumb is not None else grid.shape)
@@ -180,6 +186,4 @@ def crop_maps(thumbnails: Sequence[np.ndarray], maps: Sequence[np.ndarray], fram
         ax.title.set_fontsize(8)
     fig.suptitle(f"Crop map of {prompt!r} (CLIP score per crop)", fontsize=9)
     fig.colorbar(im, ax=list(axes[0]), shrink=0.8, label="CLIP score")
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", metadata={"Software": None})  # colorbar layout: no tight_layout
-    return buffer.getvalue()
+    return _png(fig)

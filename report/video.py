@@ -165,7 +165,7 @@ def video_section(p: Explained, index: int, base: Path) -> Section:
     if checkpoint and Path(checkpoint).is_dir() and video.is_file():
         mosaic = fragment_mosaic(video, checkpoint)
         if mosaic:
-            s.body.append(figure(figures.image_png(np.concatenate(mosaic, axis=1)),
+            s.body.append(figure(figures.image_png(np.concatenate(mosaic, axis=1), min_width=448),
                                  f"Fragment mosaic of {p.video}: the first frame of each of {len(mosaic)} test clips",
                                  "What the spatial branch saw: a grid of patches cut from the frame."))
     return s

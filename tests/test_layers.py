@@ -19,6 +19,8 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
     # the store format and the manifests are read by both stages and depend on neither
     "features/": ("clifvqa.extract", "clifvqa.train"),
     "manifests/": ("clifvqa.extract", "clifvqa.train"),
+    # pages of what commands wrote: it reads their files, it never extracts, predicts or runs a command
+    "report/": ("clifvqa.extract", "clifvqa.predict", "clifvqa.demo", "clifvqa.cli"),
 }
 """Folder (relative to the package root) -> modules nothing in it may import."""
 
@@ -66,6 +68,7 @@ def test_the_package_keeps_the_import_table():
     ("train/x.py", "import clifvqa.demo\n", ["train/x.py:1 imports clifvqa.demo"]),
     ("features/x.py", "from clifvqa.train.data import y\n", ["features/x.py:1 imports clifvqa.train.data"]),
     ("manifests/x.py", "import clifvqa.extract\n", ["manifests/x.py:1 imports clifvqa.extract"]),
+    ("report/x.py", "from clifvqa.predict import predict\n", ["report/x.py:1 imports clifvqa.predict"]),
     ("extract/x.py", "from clifvqa.testing.videos import write_clip\n",
      ["extract/x.py:1 imports clifvqa.testing.videos"]),
     ("cli.py", "from clifvqa import testing\n", ["cli.py:1 imports clifvqa.testing"]),

@@ -5,8 +5,9 @@ CLIP extracts 8 clips, ``train --tiny`` runs 2 epochs, ``evaluate`` scores every
 --explain`` one; the experiment folder's results.csv and tables.csv are written by the protocol's
 writers over copies of that run. For each page kind Chromium loads the file four times: at
 1280 px with a probe script (figure boxes, page height), as a 1280 px screenshot, in a 390 px wide
-frame (page width) and plain (the DOM it built). Checked: the numbers shown equal the files', every figure has non-blank pixels in its
-box on the screenshot, the document holds no http(s) URL, and at 390 px nothing scrolls sideways.
+frame (page width) and plain (the DOM it built). Checked: the numbers shown equal the files', every
+figure has non-blank pixels in its box on the screenshot, the document holds no http(s) URL, and at
+390 px nothing scrolls sideways.
 
 CI installs chromium when it is missing (.ci/run); these tests fail, not skip, without it.
 """

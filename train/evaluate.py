@@ -20,7 +20,7 @@ honest error in MOS units when both sets share one MOS scale. With ``out_dir`` i
     predictions.csv   video, mos, prediction (raw model output), fitted_prediction (logistic fit on
                       these videos), score (the checkpoint's mapping; empty without one)
     metrics.json      the metrics, the failures and what was scored with what
-    scatter.png       prediction vs MOS with the fitted curve (only with matplotlib: pip install clifvqa[plot])
+    scatter.png       prediction vs MOS with the fitted curve (matplotlib; ``clifvqa report`` draws more)
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ from clifvqa.train.metrics import compute_metrics, fit_logistic, format_metric
 PREDICTIONS_FILE = "predictions.csv"
 METRICS_FILE = "metrics.json"
 PLOT_FILE = "scatter.png"
-PLOT_MISSING_NOTE = "no scatter plot: matplotlib is not installed (pip install 'clifvqa[plot]')"
+PLOT_MISSING_NOTE = "no scatter plot: matplotlib, a dependency of clifvqa, is not installed (pip install matplotlib)"
 
 
 @dataclass
