@@ -532,6 +532,17 @@ def store_rescore_cmd(src: str, prompts_file: str, softmax: str, out: str, clip_
 # ---------------------------------------------------------------- train / evaluate / predict / demo (train/)
 
 
+def report_option(help_text: str):
+    """A plain --report flag (off by default): write report.html beside the command's output."""
+    return click.option("--report", is_flag=True, help=help_text)
+
+
+def _report(path: str | Path, out: str | Path | None = None) -> None:
+    from clifvqa.report import write_report
+
+    click.echo(f"report: {write_report(path, out)}")
+
+
 @main.command("train", cls=SettingsCommand, settings="clifvqa.train.config:option_settings")
 @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Run config YAML (e.g. configs/clifvqa-b.yaml); every option below overrides it "
@@ -603,20 +614,25 @@ def train_cmd(config_path: str | None, print_config: bool, out: str, resume: boo
 @click.option("--split", type=click.Choice(["train", "val", "test"]), default=None,
               help="Score only the rows with this split tag.")
 @click.option("--no-plot", is_flag=True, help="Do not write scatter.png.")
+@report_option("OUT/report.html: metrics with intervals, scatter, residuals, worst videos (needs -o/--out).")
 @force_option()
 @quiet_option()
 def evaluate_cmd(checkpoint: str, manifest_path: str, videos: str, stores: tuple[str, ...], out: str | None,
-                 split: str | None, no_plot: bool, force: bool, quiet: bool, device: str | None, workers: int | None,
-                 allow_stale: bool | None) -> None:
+                 split: str | None, no_plot: bool, report: bool, force: bool, quiet: bool, device: str | None,
+                 workers: int | None, allow_stale: bool | None) -> None:
     """Score every labelled manifest video with a checkpoint: SROCC, PLCC (raw and after the
     4-parameter logistic fit), KROCC, RMSE, and the RMSE of predict's MOS-scale `score` when the
     checkpoint has a score mapping. Exit code 1 when some videos could not be decoded."""
     from clifvqa.train.evaluate import evaluate
 
+    if report and not out:
+        fail("--report writes OUT/report.html: give an output folder with -o/--out")
     result = evaluate(checkpoint, manifest_path, videos, list(stores), out, device or "auto", plot=not no_plot,
                       split=split, workers=workers, overwrite=force, progress=not quiet,
                       allow_stale=bool(allow_stale))
     click.echo(result.summary())
+    if report and out:
+        _report(out)
     if result.failures:
         sys.exit(1)
 
@@ -633,10 +649,12 @@ def evaluate_cmd(checkpoint: str, manifest_path: str, videos: str, stores: tuple
 @click.option("--explain", is_flag=True,
               help="Print each video's top prompts (mean and max CLIP score over the video); with -o/--out "
                    "also write every prompt's per-frame curves (JSON; with CSV in OUT.explain.json).")
+@report_option("With --explain and -o/--out: report.html beside OUT, a page per video (score, prompt curves, "
+               "crop maps, fragments).")
 @device_option()
 @quiet_option()
 def predict_cmd(inputs: tuple[str, ...], checkpoint: str, stores: tuple[str, ...], clip_model: str | None,
-                out: str | None, explain: bool, device: str, quiet: bool) -> None:
+                out: str | None, explain: bool, report: bool, device: str, quiet: bool) -> None:
     """Score the videos INPUTS (files, or folders scanned recursively) with a checkpoint.
 
     \b
@@ -653,6 +671,8 @@ def predict_cmd(inputs: tuple[str, ...], checkpoint: str, stores: tuple[str, ...
     from clifvqa.predict import NO_MAPPING_NOTE, explain_text, predict, predictions_csv, write_predictions
     from clifvqa.train.checkpoint import read_meta, score_mapping_of
 
+    if report and not (explain and out):
+        fail("--report draws the --explain curves: give --explain and -o/--out")
     preds = predict(list(inputs), checkpoint, list(stores), clip_model, device, explain,
                     progress=not quiet)
     no_mapping = score_mapping_of(read_meta(checkpoint)) is None
@@ -665,6 +685,8 @@ def predict_cmd(inputs: tuple[str, ...], checkpoint: str, stores: tuple[str, ...
             click.echo("(per-frame curves of every prompt: pass -o out.json)", err=True)
     elif not out:
         click.echo(predictions_csv(preds), nl=False)
+    if report and out:
+        _report(out)
     if no_mapping:
         click.echo(NO_MAPPING_NOTE.format(checkpoint=checkpoint), err=True)
     failed = [p for p in preds if p.error is not None]
@@ -682,8 +704,10 @@ def predict_cmd(inputs: tuple[str, ...], checkpoint: str, stores: tuple[str, ...
 @click.option("--epochs", default=None, type=click.IntRange(min=1),
               help="Training epochs [default: the demo's tuned value].")
 @click.option("--seed", default=0, show_default=True, type=int, help="Scenes, model init and data order.")
+@click.option("--report/--no-report", default=True, show_default=True,
+              help="Write OUT/report.html: the evaluation's scatter and worst videos, the training curves.")
 @quiet_option()
-def demo_cmd(out: str, clips: int, epochs: int | None, seed: int, quiet: bool) -> None:
+def demo_cmd(out: str, clips: int, epochs: int | None, seed: int, report: bool, quiet: bool) -> None:
     """Run the whole pipeline on a small generated dataset: make graded-distortion clips, extract
     with a tiny random-weight CLIP, train --tiny, and print SROCC/PLCC on the held-out clips."""
     import logging
@@ -696,6 +720,20 @@ def demo_cmd(out: str, clips: int, epochs: int | None, seed: int, quiet: bool) -
     config = DemoConfig(clips=clips, seed=seed, train=with_overrides(DEMO_TRAINING, overrides))
     result = run_demo(out, config, progress=not quiet, log=click.echo)
     click.echo(result.summary())
+    if report:
+        _report(out)
+
+
+@main.command("report")
+@click.argument("path", type=click.Path(exists=True, path_type=Path))
+@out_option("HTML file to write [default: report.html in PATH, or beside it when PATH is a file].",
+            required=False, type=click.Path(dir_okay=False, path_type=Path))
+def report_cmd(path: Path, out: Path | None) -> None:
+    """Write one self-contained HTML page (figures inline, nothing loaded from the network) of
+    what another command wrote in PATH: an evaluation folder (evaluate -o), a training run folder
+    (train -o), an experiment folder (experiment run -o), a demo folder, or a predict --explain
+    output (out.json, or out.csv with out.explain.json)."""
+    _report(path, out)
 
 
 @main.group("experiment")

@@ -80,9 +80,11 @@ class Prediction:
         features: where its semantic features came from: ``"store <path> key <key>"``,
             ``"extracted"``, or None (failed, or a spatial-only model).
         curves: with ``explain``: ``{"frames": [T frame indices], "prompts": [{"text", "group",
-            "video_mean", "video_max", "avg": [T], "max": [T]}, ... r of them]}``: per frame, the
-            mean and max over the crop grid of each prompt's softmax score; over the video, the
-            mean of ``avg`` and the max of ``max``.
+            "video_mean", "video_max", "avg": [T], "max": [T]}, ... r of them], "maps": {"frames":
+            [a few frame indices], "values": [[r][m][n] per frame]} or None, "checkpoint": path}``:
+            per frame, the mean and max over the crop grid of each prompt's softmax score; over the
+            video, the mean of ``avg`` and the max of ``max``; ``maps``: every prompt's score per crop
+            at up to :data:`MAP_FRAMES` evenly spaced frames (None when the store holds no maps).
     """
 
     video: str
@@ -99,6 +101,9 @@ class Prediction:
             out["explain"] = self.curves
         return out
 
+
+MAP_FRAMES = 4
+"""Frames whose crop maps ``--explain`` keeps (evenly spaced over the video)."""
 
 NO_MAPPING_NOTE = (
     "note: checkpoint {checkpoint} has no score mapping (train stores one in best/ at the end of a run; "
@@ -210,10 +215,11 @@ def predict(
     entries = expand_inputs(inputs)
     preds = [Prediction(name, error=error) for name, _, error in entries]
     todo = [i for i, (_, _, error) in enumerate(entries) if error is None]
-    pooled: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # entry -> (pooled [T, 2r], frames [T])
+    # entry -> (pooled [T, 2r], frames [T], maps [T, r, m, n] with explain when there are any)
+    pooled: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray | None]] = {}
     if config.uses_semantic and todo:
         _semantic_features(entries, todo, preds, pooled, list(stores or []), meta, checkpoint, clip_model,
-                           str(dev), workers, progress)
+                           str(dev), workers, progress, explain)
     # the entry's index is the item's key: display names may repeat, and the file is given apart
     items = [VideoItem(str(i), None, entries[i][1]) for i in todo if preds[i].error is None]
     semantic = None
@@ -236,7 +242,7 @@ def predict(
         pred.raw = raw
         pred.score = float(mapping.apply(raw)) if mapping is not None else None
         if explain:
-            pred.curves = _curves(*pooled[i], provenance, config.r)
+            pred.curves = _curves(*pooled[i], provenance, config.r) | {"checkpoint": str(checkpoint)}
     return preds
 
 
@@ -244,7 +250,7 @@ def _semantic_features(
     entries: list[tuple[str, Path | None, str | None]],
     todo: list[int],
     preds: list[Prediction],
-    pooled: dict[int, tuple[np.ndarray, np.ndarray]],
+    pooled: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray | None]],
     stores: list[str | os.PathLike[str]],
     meta: Mapping[str, Any],
     checkpoint: str | os.PathLike[str],
@@ -252,9 +258,11 @@ def _semantic_features(
     device: str,
     workers: int,
     progress: bool = False,
+    maps: bool = False,
 ) -> None:
-    """Fill ``pooled`` for the entries of ``todo``: from the stores by content hash, else extracted;
-    videos that fail get their ``error`` set."""
+    """Fill ``pooled`` for the entries of ``todo``: from the stores by content hash, else extracted
+    (with the crop maps when ``maps``: a store's when it has them); videos that fail get their
+    ``error`` set."""
     from tqdm import tqdm
 
     from clifvqa.extract.pipeline import VideoTask
@@ -284,36 +292,40 @@ def _semantic_features(
                         matched[entry.key] = hits
                     if not by_digest:
                         break
-                frames = {e.key: e.arrays.get("frames", e.error)
-                          for e in store.read_entries(list(matched), ("frames",))}
+                names = ("frames", "maps") if maps else ("frames",)
+                arrays = {e.key: (e.arrays.get("frames", e.error), e.arrays.get("maps"))
+                          for e in store.read_entries(list(matched), names)}
                 # checked rows: a corrupt entry fails these videos, it is never scored
                 for key, rows in store.read_pooled_many(list(matched)):
-                    got = frames[key]
+                    got, got_maps = arrays[key]
                     error = next((x for x in (rows, got) if isinstance(x, Exception)), None)
+                    usable_maps = None if isinstance(got_maps, Exception) else got_maps
                     for i in matched[key]:
                         if error is not None:
                             preds[i].error = str(error)
-                        else:
-                            pooled[i] = (cast(np.ndarray, rows), np.asarray(got))  # not an error, tested above
+                        else:  # not an error, tested above
+                            pooled[i] = (cast(np.ndarray, rows), np.asarray(got), usable_maps)
                             preds[i].features = f"store {store.path} key {key}"
     missing = [i for i in todo if i not in pooled and preds[i].error is None]
     if not missing:
         return
-    extractor = extractor_for_checkpoint(meta["store"]["provenance"], clip_model, device)
+    extractor = extractor_for_checkpoint(meta["store"]["provenance"], clip_model, device, save_maps=maps)
     # an input without a file has its error already, so it is not missing
     tasks = {VideoTask(f"input-{i}", cast(Path, entries[i][1])): i for i in missing}
     results = extractor.extract_many(list(tasks), workers=max(1, workers))
     for task, result in tqdm(results, total=len(tasks), desc="extracting semantic features", **bar):
         i = tasks[task]
         if isinstance(result, VideoResult):
-            pooled[i] = (result.pooled, result.frames)
+            pooled[i] = (result.pooled, result.frames, result.maps)
             preds[i].features = "extracted"
         else:
             preds[i].error = result
 
 
-def _curves(pooled: np.ndarray, frames: np.ndarray, provenance: Mapping[str, Any], r: int) -> dict[str, Any]:
+def _curves(pooled: np.ndarray, frames: np.ndarray, maps: np.ndarray | None, provenance: Mapping[str, Any],
+            r: int) -> dict[str, Any]:
     texts, groups = provenance["prompts"]["texts"], provenance["prompts"]["groups"]
+    at = sorted({int(round(x)) for x in np.linspace(0, len(frames) - 1, min(MAP_FRAMES, len(frames)))})
     return {
         "frames": [int(f) for f in frames],
         "prompts": [
@@ -322,6 +334,8 @@ def _curves(pooled: np.ndarray, frames: np.ndarray, provenance: Mapping[str, Any
              "max": pooled[:, r + j].tolist()}
             for j in range(r)
         ],
+        "maps": None if maps is None else {"frames": [int(frames[t]) for t in at],
+                                           "values": np.asarray(maps, np.float32)[at].tolist()},
     }
 
 

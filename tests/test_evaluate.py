@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import sys
 from dataclasses import replace
 
 import numpy as np
@@ -17,7 +16,7 @@ from clifvqa.features.provenance import FingerprintMismatch
 from clifvqa.features.store import open_store
 from clifvqa.train.checkpoint import save_checkpoint
 from clifvqa.train.data import DataError
-from clifvqa.train.evaluate import PLOT_MISSING_NOTE, evaluate
+from clifvqa.train.evaluate import evaluate
 from clifvqa.train.fragments import sample_fragments
 from clifvqa.train.model import TINY_FRAGMENTS, build_model, resample_time, tiny_config
 
@@ -43,8 +42,7 @@ def read_csv(path):
         return list(csv.DictReader(fh))
 
 
-def test_scores_and_metrics_match_scipy_on_the_written_csv(tmp_path, make_train_set, monkeypatch):
-    monkeypatch.setitem(sys.modules, "matplotlib", None)  # the plot is optional: skipped with a note
+def test_scores_and_metrics_match_scipy_on_the_written_csv(tmp_path, make_train_set):
     data = make_train_set(tmp_path / "data", split=TAGS)
     ckpt, model = tiny_checkpoint(tmp_path / "ckpt", data.store)
     result = evaluate(ckpt, data.manifest, data.videos, [data.store], tmp_path / "eval", device="cpu")
@@ -77,9 +75,9 @@ def test_scores_and_metrics_match_scipy_on_the_written_csv(tmp_path, make_train_
     with torch.no_grad():
         assert pred[3] == pytest.approx(model(semantic, fragments).item(), abs=1e-6)
 
-    assert "plot" not in result.files and result.plot_note == PLOT_MISSING_NOTE
-    assert not (tmp_path / "eval" / "scatter.png").exists()
-    assert sorted(p.name for p in (tmp_path / "eval").iterdir()) == ["metrics.json", "predictions.csv"]
+    assert result.files["plot"] == tmp_path / "eval" / "scatter.png" and result.plot_note is None
+    assert (tmp_path / "eval" / "scatter.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in (tmp_path / "eval").iterdir()) == ["metrics.json", "predictions.csv", "scatter.png"]
 
 
 def test_split_unlabelled_rows_failures_and_existing_output(tmp_path, make_train_set):

@@ -9,6 +9,7 @@ counts as importing ``clifvqa.predict``.
 from __future__ import annotations
 
 import ast
+import configparser
 import re
 from pathlib import Path
 
@@ -109,9 +110,11 @@ def violations(rel: str, source: str, table: dict[str, frozenset[str]]) -> list[
 
 
 def sources() -> list[str]:
-    return sorted(p.relative_to(ROOT).as_posix() for p in ROOT.rglob("*.py")
-                  if not any(part.startswith(".") for part in p.relative_to(ROOT).parts)
-                  and p.relative_to(ROOT).parts[0] not in ("tests", "benchmarks"))
+    """The files the package ships: setup.cfg's packages (not build/, venvs or tests/)."""
+    config = configparser.ConfigParser()
+    config.read(ROOT / "setup.cfg")
+    folders = [ROOT.joinpath(*name.split(".")[1:]) for name in config["options"]["packages"].split()]
+    return sorted(p.relative_to(ROOT).as_posix() for folder in folders for p in folder.glob("*.py"))
 
 
 @pytest.fixture(scope="module")

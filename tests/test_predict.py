@@ -150,6 +150,13 @@ def test_explain_gives_per_prompt_curves_over_time(setup, tmp_path):
     assert np.all(avg <= mx + 1e-7)
     with open_store(setup.store) as store:
         np.testing.assert_array_equal(np.concatenate([avg, mx]).T.astype(np.float32), store.read_pooled("set/v1.mp4"))
+        stored_maps = store.read_array("set/v1.mp4", "maps")  # [T, r, m, n]
+    # the crop maps of 4 evenly spaced frames, as stored (float16 values, exact in float32)
+    assert curves["maps"]["frames"] == [0, 5, 10, 15] and curves["checkpoint"] == str(setup.ckpt)
+    np.testing.assert_array_equal(np.array(curves["maps"]["values"], np.float32),
+                                  stored_maps[[0, 5, 10, 15]].astype(np.float32))
+    (extracted,) = predict([setup.videos[1]], setup.ckpt, device="cpu", explain=True)  # maps from extraction
+    np.testing.assert_allclose(extracted.curves["maps"]["values"], curves["maps"]["values"], atol=2e-3)
 
     as_json = write_predictions([pred], tmp_path / "out.json", explain=True)
     assert json.loads(as_json[0].read_text())[0]["explain"] == curves

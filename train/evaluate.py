@@ -20,7 +20,7 @@ honest error in MOS units when both sets share one MOS scale. With ``out_dir`` i
     predictions.csv   video, mos, prediction (raw model output), fitted_prediction (logistic fit on
                       these videos), score (the checkpoint's mapping; empty without one)
     metrics.json      the metrics, the failures and what was scored with what
-    scatter.png       prediction vs MOS with the fitted curve (only with matplotlib: pip install clifvqa[plot])
+    scatter.png       prediction vs MOS with the fitted curve (matplotlib; ``clifvqa report`` draws more)
 """
 
 from __future__ import annotations
@@ -48,7 +48,6 @@ from clifvqa.train.metrics import compute_metrics, fit_logistic, format_metric
 PREDICTIONS_FILE = "predictions.csv"
 METRICS_FILE = "metrics.json"
 PLOT_FILE = "scatter.png"
-PLOT_MISSING_NOTE = "no scatter plot: matplotlib is not installed (pip install 'clifvqa[plot]')"
 
 
 @dataclass
@@ -128,7 +127,7 @@ def evaluate(
             (may be empty for a spatial-only model).
         out_dir: where to write predictions.csv, metrics.json and scatter.png; None writes nothing.
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:N``.
-        plot: write the scatter plot (needs matplotlib; skipped with a note otherwise).
+        plot: write the scatter plot (``scatter.png``, needs ``out_dir``).
         split: score only the rows tagged ``train``/``val``/``test``; None scores every row.
         seed: patch offsets of the test-time fragment sampling (the trainer's test set of
             split i of a run seeded s uses s + i).
@@ -227,11 +226,8 @@ def _plot(result: EvalResult, out: Path | None) -> None:
     if out is None:
         result.plot_note = "no scatter plot: pass an output folder (--out) to write one"
         return
-    written = write_scatter(out / PLOT_FILE, result.predictions, result.mos, result.fitted, result.metrics)
-    if written is None:
-        result.plot_note = PLOT_MISSING_NOTE
-    else:
-        result.files["plot"] = written
+    result.files["plot"] = write_scatter(out / PLOT_FILE, result.predictions, result.mos, result.fitted,
+                                         result.metrics)
 
 
 def write_scatter(
@@ -240,17 +236,15 @@ def write_scatter(
     mos: Sequence[float],
     fitted: Sequence[float],
     metrics: Mapping[str, Any],
-) -> Path | None:
+) -> Path:
     """Scatter of predictions (x) against MOS (y) with the fitted logistic curve; PNG at ``path``.
 
-    Returns None (writing nothing) when matplotlib is not installed. Uses matplotlib's object API
-    with the Agg canvas, so it changes no global backend and needs no display.
+    Uses matplotlib's object API with the Agg canvas, so it changes no global backend and needs no
+    display; imported here, so that importing this module stays fast.
     """
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError:
-        return None
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     x = np.asarray(predictions, np.float64)
     order = np.argsort(x, kind="stable")
     fig = Figure(figsize=(5, 4.5), dpi=120)
