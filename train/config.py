@@ -12,8 +12,9 @@
 
 Every setting is in exactly one place (e.g. test clips per video only in
 ``model.fragments.num_clips_test``). The defaults are the paper's settings and equal the shipped
-``configs/clifvqa-b.yaml``, which ``make configs`` generates from the fields; ``clifvqa train`` writes the resolved tree into the run folder
-(``run.yaml``) and every checkpoint, and ``--resume`` compares it. Reading, writing, overrides
+``configs/clifvqa-b.yaml``, which ``make configs`` generates from the fields; ``clifvqa train``
+writes the resolved tree into the run folder (``run.yaml``) and every checkpoint, and
+``--resume`` compares it. Reading, writing, overrides
 and diffs are :mod:`clifvqa.config_io`'s.
 
 A setting is defined once, as its field: everything else about it is derived from the field's
