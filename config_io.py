@@ -184,12 +184,12 @@ def _fail(reading: _Reading, key_path: str, message: str, kind: type[ConfigError
     return kind(f"{where}{key_path or '(top level)'}: {message}")
 
 
-class _Mismatch(ConfigError):
+class _MismatchError(ConfigError):
     """A value not of its type's shape or kind (which a list or an optional value may rephrase)."""
 
 
 def _mismatch(reading: _Reading, key_path: str, tp: Any, value: Any) -> ConfigError:
-    return _fail(reading, key_path, f"expected {describe(tp)}, got {value!r}", _Mismatch)
+    return _fail(reading, key_path, f"expected {describe(tp)}, got {value!r}", _MismatchError)
 
 
 def _join(key_path: str, key: Any) -> str:
@@ -236,7 +236,7 @@ def _convert(tp: Any, value: Any, key_path: str, reading: _Reading, name: Any = 
             return _convert_union(tp, options, value, key_path, reading, name)
         try:
             return _convert(options[0], value, key_path, reading, name)
-        except _Mismatch:
+        except _MismatchError:
             if type(None) not in args or not _plain_scalar(options[0]):
                 raise
             raise _mismatch(reading, key_path, tp, value) from None
@@ -270,7 +270,7 @@ def _convert(tp: Any, value: Any, key_path: str, reading: _Reading, name: Any = 
         for i, (kind, item) in enumerate(zip(kinds, value)):
             try:
                 items.append(_convert(kind, item, f"{key_path}[{i}]", reading))
-            except _Mismatch:
+            except _MismatchError:
                 if not _plain_scalar(kind):  # a section or checked item says what is wrong with it
                     raise
                 raise _mismatch(reading, key_path, tp, list(value)) from None

@@ -59,7 +59,7 @@ import torch
 
 from clifvqa._atomic import atomic_write_text
 from clifvqa._device import resolve_device
-from clifvqa.features.provenance import FingerprintMismatch, require_same_features
+from clifvqa.features.provenance import FingerprintMismatchError, require_same_features
 from clifvqa.train.checkpoint import load_checkpoint, score_mapping_of
 from clifvqa.train.data import VideoItem
 from clifvqa.train.inference import check_checkpoint_stores, predict_items
@@ -138,18 +138,18 @@ def extractor_for_checkpoint(
 
     Raises:
         ClipLoadError: the CLIP model cannot be loaded.
-        FingerprintMismatch: the model's weights hash, or any other determining field of the
+        FingerprintMismatchError: the model's weights hash, or any other determining field of the
             extractor's provenance (mean/std, crop size, ...), differs from ``provenance``.
     """
-    from clifvqa.extract.clip_model import ClipWeightsMismatch, load_recorded_clip
+    from clifvqa.extract.clip_model import ClipWeightsMismatchError, load_recorded_clip
     from clifvqa.extract.prompts import PromptSet
     from clifvqa.extract.sfe import SemanticFeatureExtractor
 
     model = clip_model or provenance["clip"]["model"]
     try:
         bundle = load_recorded_clip(provenance["clip"], clip_model, device)
-    except ClipWeightsMismatch as exc:
-        raise FingerprintMismatch(f"{exc}, or give a feature store holding these videos (--store)",
+    except ClipWeightsMismatchError as exc:
+        raise FingerprintMismatchError(f"{exc}, or give a feature store holding these videos (--store)",
                                   ["clip.weights_sha256"]) from exc
     prompts = provenance["prompts"]
     extractor = SemanticFeatureExtractor(
@@ -196,7 +196,7 @@ def predict(
         progress: show progress bars (stderr) while hashing, extracting and scoring.
 
     Raises:
-        CheckpointError, FingerprintMismatch, ClipLoadError: setup problems, raised before any
+        CheckpointError, FingerprintMismatchError, ClipLoadError: setup problems, raised before any
             video is scored. Per-video problems become error entries instead.
     """
     dev = torch.device(resolve_device(device))

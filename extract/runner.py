@@ -368,7 +368,7 @@ def extract_dataset(
     Raises:
         MissingVideosError: files are missing and ``config.allow_missing`` is off.
         ClipLoadError: the model cannot be loaded.
-        FingerprintMismatch: the store holds features made with other settings.
+        FingerprintMismatchError: the store holds features made with other settings.
         NotADirectoryError, ManifestError, UnsafePathError: bad dataset folder or manifest.
         RunInterrupted: SIGINT or SIGTERM (see :class:`SignalStop`), after writing the videos
             already extracted and finalizing the store.

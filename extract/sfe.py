@@ -195,7 +195,7 @@ class SemanticFeatureExtractor:
         save_embeddings: return the ``[T, m*n, D]`` crop embeddings too (``m * n * D * 2``
             bytes per frame).
         max_video_bytes: the most one video's outputs may take in memory; a video with more
-            kept frames is refused (:class:`~clifvqa.extract.pipeline.VideoRefused`) before it
+            kept frames is refused (:class:`~clifvqa.extract.pipeline.VideoRefusedError`) before it
             is extracted. Default :func:`default_max_video_bytes`.
 
     Attributes:

@@ -33,12 +33,15 @@ PREFER_CHOICES = ("first", "last")
 BUILDING = "building"  # the label of an output's temporary sibling while it is written
 
 
-class MergeConflict(ClifvqaError):
+class MergeConflictError(ClifvqaError):
     """Sources hold different features for the same videos (``keys``) and no preference given."""
 
     def __init__(self, message: str, keys: list[str]) -> None:
         super().__init__(message)
         self.keys = keys
+
+
+MergeConflict = MergeConflictError  # deprecated alias: the former name
 
 
 @dataclass
@@ -90,9 +93,9 @@ def merge_stores(sources: Sequence[str | os.PathLike[str]], out: str | os.PathLi
                  prefer: str | None = None, *, zarr_format: int = 3, progress: bool = True) -> MergeReport:
     """Merge ``sources`` (paths or URLs) into the new store ``out``.
 
-    Every source must have the same fingerprint (else ``FingerprintMismatch`` naming the
+    Every source must have the same fingerprint (else ``FingerprintMismatchError`` naming the
     differing provenance fields). A video complete in several sources is taken once when its
-    arrays are identical; differing copies raise ``MergeConflict`` unless ``prefer`` is
+    arrays are identical; differing copies raise ``MergeConflictError`` unless ``prefer`` is
     ``"first"`` or ``"last"`` (source order). Failure records are carried over unless the video
     is complete in some source. The output gets the first source's provenance and consolidated
     metadata; ``out`` must not exist. ``progress`` shows a bar over the videos (stderr).
@@ -179,7 +182,7 @@ def _plan_videos(stores: list[FeatureStore], prefer: str | None,
             report.resolved_conflicts.append(key)
     if conflicts:
         shown = "\n  ".join(lines[:20]) + ("\n  ..." if len(lines) > 20 else "")
-        raise MergeConflict(f"{len(conflicts)} video(s) have different features in different "
+        raise MergeConflictError(f"{len(conflicts)} video(s) have different features in different "
                             f"sources:\n  {shown}\npass prefer='first' or 'last' (--prefer) to "
                             "choose by source order", conflicts)
     return plan

@@ -45,7 +45,7 @@ FINGERPRINT_PREFIX = "sha256:"
 _MISSING = object()  # a field absent on one side of provenance_diff
 
 
-class FingerprintMismatch(ClifvqaError):
+class FingerprintMismatchError(ClifvqaError):
     """Two stores (or a store and a run) were made with different determining settings.
 
     Attributes:
@@ -55,6 +55,9 @@ class FingerprintMismatch(ClifvqaError):
     def __init__(self, message: str, fields: list[str]) -> None:
         super().__init__(message)
         self.fields = fields
+
+
+FingerprintMismatch = FingerprintMismatchError  # deprecated alias: the former name
 
 
 def to_plain(value: Any) -> Any:
@@ -149,14 +152,14 @@ def require_same_features(
     the fields may all agree, and the message says to verify the store).
 
     Raises:
-        FingerprintMismatch: the features differ; ``fields`` names the differing provenance fields.
+        FingerprintMismatchError: the features differ; ``fields`` names the differing provenance fields.
     """
     want, got = fingerprints or (fingerprint(expected), fingerprint(actual))
     if want == got:
         return
     fields = provenance_diff(expected, actual)
     what = ", ".join(fields) or "none: a fingerprint attribute does not match its provenance, run clifvqa store verify"
-    raise FingerprintMismatch(f"{problem} (differing provenance fields: {what}); {remedy}", fields)
+    raise FingerprintMismatchError(f"{problem} (differing provenance fields: {what}); {remedy}", fields)
 
 
 def _plain_or_missing(x: Any) -> Any:

@@ -55,6 +55,30 @@ def test_every_exception_class_is_a_clifvqa_error_or_listed_with_a_reason():
     assert set(NOT_USER_ERRORS) <= names, "an allow-listed class no longer exists: drop it from the list"
 
 
+# Former names of renamed errors, still importable for code that catches them (deprecated).
+OLD_NAMES = {
+    "clifvqa.extract.clip_model.ClipWeightsMismatch": "ClipWeightsMismatchError",
+    "clifvqa.extract.pipeline.VideoRefused": "VideoRefusedError",
+    "clifvqa.features.merge.MergeConflict": "MergeConflictError",
+    "clifvqa.features.provenance.FingerprintMismatch": "FingerprintMismatchError",
+    "clifvqa.features.FingerprintMismatch": "FingerprintMismatchError",
+    "clifvqa.features.MergeConflict": "MergeConflictError",
+    "clifvqa.train.inference.NonFiniteOutput": "NonFiniteOutputError",
+    "clifvqa.train.trainer.NonFiniteLoss": "NonFiniteLossError",
+    "clifvqa.train.checkpoint.NonFiniteWeights": "NonFiniteWeightsError",
+}
+
+
+def test_every_clifvqa_error_is_named_error_and_old_names_still_catch():
+    badly_named = sorted(f"{cls.__module__}.{cls.__qualname__}" for cls in _exception_classes()
+                         if issubclass(cls, ClifvqaError) and not cls.__name__.endswith("Error"))
+    assert badly_named == [], f"name ClifvqaError subclasses *Error: {badly_named}"
+    for old, new in OLD_NAMES.items():
+        module, name = old.rsplit(".", 1)
+        alias = getattr(importlib.import_module(module), name)
+        assert alias.__name__ == new and issubclass(alias, ClifvqaError), old
+
+
 def test_old_bases_are_kept_for_existing_callers():
     from clifvqa.extract.clip_model import ClipLoadError
     from clifvqa.extract.sfe import DeviceMemoryError

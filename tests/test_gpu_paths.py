@@ -304,7 +304,7 @@ def test_dtype_auto_continues_a_store_in_its_recorded_dtype(tmp_path, tiny_clip,
     from clifvqa.extract import sfe
     from clifvqa.extract.config import ExtractConfig
     from clifvqa.extract.runner import extract_dataset
-    from clifvqa.features.provenance import FingerprintMismatch
+    from clifvqa.features.provenance import FingerprintMismatchError
     from clifvqa.features.store import open_store
 
     for i in range(2):
@@ -325,7 +325,7 @@ def test_dtype_auto_continues_a_store_in_its_recorded_dtype(tmp_path, tiny_clip,
         assert st.provenance["dtype"] == "float32" and len(st.keys()) == 2
     explained = ("extracted with dtype float32, this run computes in float16: "
                  "pass --dtype auto .* or --dtype float32")
-    with pytest.raises(FingerprintMismatch, match=explained):
+    with pytest.raises(FingerprintMismatchError, match=explained):
         extract_dataset(tmp_path / "ds", cpu_store, None, replace(config, dtype="float16", retry_failed=True),
                         progress=False)
     monkeypatch.setattr(sfe, "resolve_dtype", real)

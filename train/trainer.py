@@ -34,7 +34,7 @@ validation videos cannot rank epochs. Test metrics are computed once, for the se
 and best/ gets the map from raw outputs onto the training MOS scale (``score_mapping``, fitted on
 the training videos) that ``predict`` reports as ``score``.
 
-A NaN or inf training loss stops the run (:class:`NonFiniteLoss`, naming the batch's videos)
+A NaN or inf training loss stops the run (:class:`NonFiniteLossError`, naming the batch's videos)
 before the epoch is saved; checkpoints never hold non-finite weights.
 
 Resume (``resume=True``): model, AdamW moments, step, epoch, best-so-far and the RNG states come
@@ -93,8 +93,11 @@ from clifvqa.train.run_folder import RunFolder
 log = logging.getLogger("clifvqa.train")
 
 
-class NonFiniteLoss(ClifvqaError):
+class NonFiniteLossError(ClifvqaError):
     """The training loss became NaN or inf: training stops before anything of it is saved."""
+
+
+NonFiniteLoss = NonFiniteLossError  # deprecated alias: the former name
 
 
 def lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
@@ -352,7 +355,7 @@ def train_one_epoch(
 ) -> tuple[dict[str, Any], int]:
     """One pass over ``loader``: per step, the learning rate of step ``step`` (``schedule`` =
     (warm-up steps, total steps), :func:`lr_factor`) and :func:`train_step`. Videos that fail to
-    decode are skipped with a warning; a non-finite loss raises :class:`NonFiniteLoss` naming the
+    decode are skipped with a warning; a non-finite loss raises :class:`NonFiniteLossError` naming the
     batch. Returns the epoch's ``train_loss``, ``train_videos`` and ``skipped_videos`` (summed
     over processes) and the next step."""
     net.train()
@@ -373,7 +376,7 @@ def train_one_epoch(
         if batch["keys"]:
             value = loss.item()  # the one sync per step there always was (logging needs it)
             if not math.isfinite(value):
-                raise NonFiniteLoss(_nonfinite_loss_message(value, batch, pred, f"{desc} step {step}"))
+                raise NonFiniteLossError(_nonfinite_loss_message(value, batch, pred, f"{desc} step {step}"))
             loss_sum += value * len(batch["keys"])
             loss_n += len(batch["keys"])
             if hasattr(bar, "set_postfix"):
