@@ -14,8 +14,8 @@ the file), ``Mapping[K, V]`` (``None`` is empty), other config dataclasses (sect
 (taken as written), ``X | None``, and unions of several types, chosen by the value's shape (a
 mapping, a list, or a scalar of the member's kind; sections by the ``Literal`` field they
 differ in, e.g. ``kind``). ``Annotated[X, check, ...]`` runs each ``check`` on the value read: it
-returns the value (maybe normalised) or raises ``ValueError`` (blamed on the value's key) or
-:class:`FieldError` (blamed on a key below it); with :class:`ReadAs` ``(Y)`` among the checks
+returns the value (maybe normalised) or raises :class:`ConfigError` (blamed on the value's key)
+or :class:`FieldError` (blamed on a key below it); with :class:`ReadAs` ``(Y)`` among the checks
 the file holds a ``Y`` that the checks turn into the field's ``X`` (e.g. one item or a list).
 
 Field metadata: ``help`` (:func:`dump_yaml` writes it as the line's comment, a missing key's
@@ -60,7 +60,14 @@ C = TypeVar("C")
 
 class ConfigError(ClifvqaError):
     """A config value, key or file that cannot be read; the message names the key path (and the
-    file and line when read from YAML)."""
+    file and line when read from YAML).
+
+    A check or a dataclass's ``__post_init__`` raises it with the bare message (``"splits must be
+    at least 1, got 0"``); the reader then puts the key path (file and line) in front.
+    """
+
+    located = False
+    """Whether the message already names where (the reader's own errors); else the reader adds it."""
 
 
 class FieldError(ConfigError):
@@ -181,7 +188,13 @@ class _Reading(NamedTuple):
 
 def _fail(reading: _Reading, key_path: str, message: str, kind: type[ConfigError] = ConfigError) -> ConfigError:
     where = f"{reading.doc.where(key_path)}: " if reading.doc is not None else ""
-    return kind(f"{where}{key_path or '(top level)'}: {message}")
+    error = kind(f"{where}{key_path or '(top level)'}: {message}")
+    error.located = True
+    return error
+
+
+def _located(exc: BaseException) -> bool:
+    return isinstance(exc, ConfigError) and exc.located
 
 
 class _MismatchError(ConfigError):
@@ -307,9 +320,9 @@ def _checked(tp: Any, value: Any, key_path: str, reading: _Reading, name: Any) -
             out = check(out)
         except FieldError as exc:
             raise _fail(reading, _join(key_path, exc.key), exc.message) from None
-        except ConfigError:
-            raise
         except ValueError as exc:
+            if _located(exc):
+                raise
             raise _fail(reading, key_path, str(exc)) from None
     return out
 
@@ -421,9 +434,9 @@ def _convert_dataclass(cls: Any, value: Any, key_path: str, reading: _Reading, n
         return cls(**kwargs)
     except FieldError as exc:
         raise _fail(reading, _join(key_path, exc.key), exc.message) from None
-    except ConfigError:
-        raise
     except (ValueError, TypeError) as exc:  # the dataclass's own checks (__post_init__)
+        if _located(exc):
+            raise
         raise _fail(reading, key_path, str(exc)) from exc
 
 
