@@ -60,7 +60,7 @@ import torch
 from clifvqa._atomic import atomic_write_text
 from clifvqa._device import resolve_device
 from clifvqa.features.provenance import FingerprintMismatchError, require_same_features
-from clifvqa.train.checkpoint import load_checkpoint, score_mapping_of
+from clifvqa.train.checkpoint import CheckpointError, load_checkpoint, score_mapping_of
 from clifvqa.train.data import VideoItem
 from clifvqa.train.inference import check_checkpoint_stores, predict_items
 from clifvqa.train.model import resample_time
@@ -205,8 +205,8 @@ def predict(
     config = model.config
     provenance = meta["store"]["provenance"]
     if explain and not config.uses_semantic:
-        raise ValueError(f"--explain shows the semantic curves, but checkpoint {checkpoint} has no semantic branch "
-                         f"(branches={config.branches})")
+        raise CheckpointError(f"--explain shows the semantic curves, but checkpoint {checkpoint} has no semantic "
+                              f"branch (branches={config.branches})")
     entries = expand_inputs(inputs)
     preds = [Prediction(name, error=error) for name, _, error in entries]
     todo = [i for i, (_, _, error) in enumerate(entries) if error is None]

@@ -52,7 +52,7 @@ from clifvqa.errors import ClifvqaError
 from clifvqa.extract.clip_model import ClipBundle, load_clip
 from clifvqa.extract.grid import WARN_CROPS_PER_FRAME
 from clifvqa.extract.pipeline import FrameCrops, OutputLimit, VideoDone, VideoFailed, VideoTask, decode_crops
-from clifvqa.extract.prompts import PromptSet, default_prompts, load_prompts
+from clifvqa.extract.prompts import PromptError, PromptSet, default_prompts, load_prompts
 
 CPU_BATCH_SIZE = 64
 GPU_MAX_BATCH_SIZE = 1024  # ViT-B/32 in fp16 saturates a large GPU well below this
@@ -353,7 +353,7 @@ class SemanticFeatureExtractor:
         if tok["input_ids"].shape[1] > limit:
             lengths = tok["attention_mask"].sum(1).tolist()
             too_long = [t for t, n in zip(self.prompts.texts, lengths) if n > limit]
-            raise ValueError(f"prompts longer than the text model's {limit} tokens: {too_long}")
+            raise PromptError(f"prompts longer than the text model's {limit} tokens: {too_long}")
         with torch.inference_mode():
             out = self.bundle.model.get_text_features(
                 input_ids=tok["input_ids"].to(self.device), attention_mask=tok["attention_mask"].to(self.device)

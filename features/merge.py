@@ -126,7 +126,7 @@ def _copy_stores(sources: list[str | os.PathLike[str]], out: str | os.PathLike[s
     out_path = local_path(out)
     kind = store_kind(out_path)
     if kind == "hdf5" and zarr_format != 3:
-        raise ValueError(f"zarr_format={zarr_format} applies to Zarr outputs, not {out_path}")
+        raise StoreError(f"zarr_format={zarr_format} applies to Zarr outputs, not {out_path}")
     if out_path.exists():
         raise FileExistsError(f"{out_path} exists; merge and convert write a new store: choose "
                               "another output path or delete it first")

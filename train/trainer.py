@@ -67,7 +67,7 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
 from clifvqa._device import default_workers
-from clifvqa.config_io import diff, format_diff
+from clifvqa.config_io import ConfigError, diff, format_diff
 from clifvqa.errors import ClifvqaError
 from clifvqa.train import checkpoint as ckpt
 from clifvqa.train.config import RESUMABLE_CHANGES, InitConfig, OptimConfig, RunConfig
@@ -292,7 +292,7 @@ def _param_groups(model: ClifVQA, config: OptimConfig) -> list[dict[str, Any]]:
 def _init_weights(model: ClifVQA, init: InitConfig, initialised_from: Mapping[str, Any] | None) -> None:
     """Start from the official files of ``init`` and/or the clifvqa checkpoint ``initialised_from``
     (a :func:`~clifvqa.train.checkpoint.check_init` record)."""
-    from clifvqa.train.fastvqa import load_fastvqa_checkpoint
+    from clifvqa.train.fastvqa import CheckpointMismatchError, load_fastvqa_checkpoint
 
     if initialised_from is not None:
         ckpt.init_weights(model, initialised_from)
@@ -302,11 +302,11 @@ def _init_weights(model: ClifVQA, init: InitConfig, initialised_from: Mapping[st
         if path is None:
             continue
         if model.fastvqa is None:
-            raise ValueError(f"{path}: a FAST-VQA / Video Swin init needs the spatial branch "
-                             "(branches=both or spatial)")
+            raise ConfigError(f"{path}: a FAST-VQA / Video Swin init needs the spatial branch "
+                              "(branches=both or spatial)")
         report = load_fastvqa_checkpoint(model.fastvqa, path)
         if report.layout not in want:
-            raise ValueError(f"{path} is a {report.layout} checkpoint, expected {' or '.join(want)} here")
+            raise CheckpointMismatchError(f"{path} is a {report.layout} checkpoint, expected {' or '.join(want)} here")
         log.info("initialised FAST-VQA from %s (%s layout, %d tensors)", path, report.layout, report.loaded)
 
 
