@@ -562,11 +562,11 @@ def train_cmd(config_path: str | None, print_config: bool, out: str, resume: boo
     """
     from clifvqa.train.config import RunConfig, load_run_config, set_options
     from clifvqa.train.config import tiny as tiny_model
+    from clifvqa.train.run_folder import RunFolder
 
-    saved = Path(out) / "run.yaml"
-    if config_path is None and resume and saved.is_file():
-        config_path = str(saved)  # --resume continues the run as it was configured
-    config = load_run_config(config_path) if config_path else RunConfig()
+    # --resume continues the run as it was configured
+    saved = RunFolder(out).read_config() if resume and config_path is None else None
+    config = saved or (load_run_config(config_path) if config_path else RunConfig())
     if tiny:
         config = tiny_model(config)
     config = set_options(config, **{name: value for name, value in settings.items() if value != ()})

@@ -212,7 +212,7 @@ def predict(
     todo = [i for i, (_, _, error) in enumerate(entries) if error is None]
     pooled: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # entry -> (pooled [T, 2r], frames [T])
     if config.uses_semantic and todo:
-        _semantic_features(entries, todo, preds, pooled, list(stores or []), meta, checkpoint, clip_model,
+        _fill_pooled(entries, todo, preds, pooled, list(stores or []), meta, checkpoint, clip_model,
                            str(dev), workers, progress)
     # the entry's index is the item's key: display names may repeat, and the file is given apart
     items = [VideoItem(str(i), None, entries[i][1]) for i in todo if preds[i].error is None]
@@ -240,7 +240,7 @@ def predict(
     return preds
 
 
-def _semantic_features(
+def _fill_pooled(
     entries: list[tuple[str, Path | None, str | None]],
     todo: list[int],
     preds: list[Prediction],

@@ -129,7 +129,7 @@ def test_predict_never_prints_nan(semantic_checkpoint, monkeypatch):
         return torch.full_like(real(rows, t0), math.nan)
 
     monkeypatch.setattr(predict_module, "resample_time", nan_rows)
-    monkeypatch.setattr(predict_module, "_semantic_features", fake_semantic_features)
+    monkeypatch.setattr(predict_module, "_fill_pooled", fake_fill_pooled)
     video = data.videos / data.keys[0]
     (pred,) = predict_module.predict([video], path, device="cpu")
     assert pred.score is None and pred.raw is None
@@ -141,7 +141,7 @@ def test_predict_never_prints_nan(semantic_checkpoint, monkeypatch):
     assert "nan," not in result.output and f"failed: {video}: the model's output is nan" in result.output
 
 
-def fake_semantic_features(entries, todo, preds, pooled, *args, **kwargs):
+def fake_fill_pooled(entries, todo, preds, pooled, *args, **kwargs):
     import numpy as np
 
     for i in todo:

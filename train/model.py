@@ -253,7 +253,7 @@ class ClifVQA(nn.Module):
 
     def clip_scores(self, semantic: torch.Tensor | None = None, fragments: torch.Tensor | None = None) -> torch.Tensor:
         """Scores ``[B, k]`` of every clip (k = 1 for the semantic-only model)."""
-        f_s = self._semantic_features(semantic)
+        f_s = self._semantic_branch(semantic)
         if self.fastvqa is None:
             score = self.head(f_s) if self.head is not None else f_s.mean(dim=1)
             return score[:, None]
@@ -275,7 +275,7 @@ class ClifVQA(nn.Module):
             f_v = f_f
         return self.head(f_v).view(b, k)
 
-    def _semantic_features(self, semantic: torch.Tensor | None) -> torch.Tensor | None:
+    def _semantic_branch(self, semantic: torch.Tensor | None) -> torch.Tensor | None:
         if self.semantic is None:
             return None
         if semantic is None:
