@@ -325,8 +325,8 @@ def extract_cmd(dataset_dir: Path, manifest: Path | None, out: str, clip_model: 
         softmax=softmax,  # type: ignore[arg-type]
         frame_stride=frame_stride,
         device=device,
-        batch_size=batch_crops,  # type: ignore[arg-type]
-        workers=threads or default_workers("threads"),
+        batch_crops=batch_crops,  # type: ignore[arg-type]
+        threads=threads or default_workers("threads"),
         dtype=dtype,  # type: ignore[arg-type]
         save_maps=save_maps,
         save_embeddings=save_embeddings,

@@ -267,7 +267,7 @@ class SemanticFeatureExtractor:
             frame_stride=config.frame_stride,
             device=device,
             dtype=config.dtype,
-            batch_size=config.batch_size,
+            batch_size=config.batch_crops,
             save_maps=config.save_maps,
             save_embeddings=config.save_embeddings,
             max_video_bytes=config.max_video_bytes,

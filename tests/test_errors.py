@@ -111,7 +111,7 @@ def test_settings_checks_raise_clifvqa_errors():
     from clifvqa.extract.grid import parse_grid
     from clifvqa.extract.runner import parse_shard
 
-    for bad in (lambda: ExtractConfig(workers=0), lambda: ExtractConfig(shard=(3, 2)),
+    for bad in (lambda: ExtractConfig(threads=0), lambda: ExtractConfig(shard=(3, 2)),
                 lambda: parse_grid("3y3"), lambda: parse_shard("4/4"), lambda: resolve_device("gpu")):
         with pytest.raises(ClifvqaError) as info:
             bad()

@@ -61,7 +61,7 @@ def test_extract_resume_refuses_a_store_of_other_settings(tmp_path, tiny_clip, m
     from clifvqa.extract.runner import extract_dataset
 
     make_video("v0.mp4", root=tmp_path / "ds", num_frames=3, width=64, height=48)
-    config = ExtractConfig(clip_model=str(tiny_clip), grid=(1, 1), device="cpu", workers=1)
+    config = ExtractConfig(clip_model=str(tiny_clip), grid=(1, 1), device="cpu", threads=1)
     assert extract_dataset(tmp_path / "ds", tmp_path / "f.zarr", None, config, progress=False).done == 1
     with pytest.raises(FingerprintMismatchError) as info:
         extract_dataset(tmp_path / "ds", tmp_path / "f.zarr", None, replace(config, grid=(2, 2)), progress=False)

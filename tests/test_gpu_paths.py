@@ -309,7 +309,7 @@ def test_dtype_auto_continues_a_store_in_its_recorded_dtype(tmp_path, tiny_clip,
 
     for i in range(2):
         make_video(f"v{i}.mp4", root=tmp_path / "ds", num_frames=3, width=64, height=48, seed=i)
-    config = ExtractConfig(clip_model=str(tiny_clip), grid=(1, 1), device="cpu", workers=1, batch_size=8)
+    config = ExtractConfig(clip_model=str(tiny_clip), grid=(1, 1), device="cpu", threads=1, batch_crops=8)
     cpu_store, half_store = tmp_path / "cpu.zarr", tmp_path / "half.zarr"
     manifest = tmp_path / "one.csv"
     manifest.write_text("video\nv0.mp4\n")
@@ -434,7 +434,7 @@ def test_gpu_continues_a_cpu_started_store(tmp_path, tiny_clip, make_video):
         make_video(f"v{i}.mp4", root=tmp_path / "ds", num_frames=3, width=64, height=48, seed=i)
     manifest = tmp_path / "one.csv"
     manifest.write_text("video\nv0.mp4\n")
-    config = ExtractConfig(clip_model=str(tiny_clip), grid=(1, 1), device="cpu", workers=1, batch_size=8)
+    config = ExtractConfig(clip_model=str(tiny_clip), grid=(1, 1), device="cpu", threads=1, batch_crops=8)
     assert extract_dataset(tmp_path / "ds", tmp_path / "f.zarr", manifest, config, progress=False).ok
     on_gpu = replace(config, device="cuda")  # dtype auto: float16 on a GPU, unless the store says otherwise
     summary = extract_dataset(tmp_path / "ds", tmp_path / "f.zarr", None, on_gpu, progress=False)

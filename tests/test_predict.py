@@ -40,7 +40,7 @@ def setup(tmp_path_factory, tiny_clip):
         for i in range(2)
     ]
     store = root / "features.zarr"
-    config = ExtractConfig(clip_model=str(tiny_clip), grid=(2, 2), device="cpu", workers=1)
+    config = ExtractConfig(clip_model=str(tiny_clip), grid=(2, 2), device="cpu", threads=1)
     assert extract_dataset(data, store, config=config, progress=False).ok
     with open_store(store) as st:
         prov, fp = st.provenance, st.fingerprint

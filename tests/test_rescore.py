@@ -43,7 +43,7 @@ def extractor(bundle, prompts, softmax="all", save_embeddings=True, grid=GRID):
 
 
 def extract(dataset, store, tiny_clip, sfe):
-    config = ExtractConfig(clip_model=str(tiny_clip), device="cpu", workers=1)
+    config = ExtractConfig(clip_model=str(tiny_clip), device="cpu", threads=1)
     return extract_dataset(dataset, store, config=config, progress=False, extractor=sfe)
 
 
