@@ -150,7 +150,7 @@ def extractor_for_checkpoint(
         bundle = load_recorded_clip(provenance["clip"], clip_model, device)
     except ClipWeightsMismatchError as exc:
         raise FingerprintMismatchError(f"{exc}, or give a feature store holding these videos (--store)",
-                                  ["clip.weights_sha256"]) from exc
+                                       ["clip.weights_sha256"]) from exc
     prompts = provenance["prompts"]
     extractor = SemanticFeatureExtractor(
         bundle,

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from clifvqa._atomic import install_new, remove_abandoned, temporary_sibling
-from clifvqa.errors import ClifvqaError
+from clifvqa.errors import MAX_LISTED, ClifvqaError
 from clifvqa.features.provenance import require_same_features
 from clifvqa.features.store import (
     FeatureStore,
@@ -78,15 +78,21 @@ class MergeReport:
             lines.append(f"{len(self.identical_duplicates)} identical duplicate videos taken once")
         if self.resolved_conflicts:
             lines.append(f"{len(self.resolved_conflicts)} conflicting videos resolved by --prefer: "
-                         + ", ".join(self.resolved_conflicts[:10]))
+                         + _listed(self.resolved_conflicts))
         if self.failures_dropped:
             lines.append(f"{self.failures_dropped} failure records dropped (video complete elsewhere)")
         if self.incomplete_skipped:
             lines.append(f"{self.incomplete_skipped} incomplete entries skipped")
         if self.leftovers_removed:
             lines.append(f"removed {len(self.leftovers_removed)} half-built output(s) of killed runs: "
-                         + ", ".join(self.leftovers_removed[:10]))
+                         + _listed(self.leftovers_removed))
         return "\n".join(lines)
+
+
+def _listed(items: Sequence[str], sep: str = ", ") -> str:
+    """The first :data:`~clifvqa.errors.MAX_LISTED` of ``items``, then how many more there are."""
+    more = f"{sep}... and {len(items) - MAX_LISTED} more" if len(items) > MAX_LISTED else ""
+    return sep.join(items[:MAX_LISTED]) + more
 
 
 def merge_stores(sources: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str],
@@ -181,10 +187,10 @@ def _plan_videos(stores: list[FeatureStore], prefer: str | None,
             plan[key] = idx[0] if prefer == "first" else idx[-1]
             report.resolved_conflicts.append(key)
     if conflicts:
-        shown = "\n  ".join(lines[:20]) + ("\n  ..." if len(lines) > 20 else "")
+        shown = _listed(lines, "\n  ")
         raise MergeConflictError(f"{len(conflicts)} video(s) have different features in different "
-                            f"sources:\n  {shown}\npass prefer='first' or 'last' (--prefer) to "
-                            "choose by source order", conflicts)
+                                 f"sources:\n  {shown}\npass prefer='first' or 'last' (--prefer) to "
+                                 "choose by source order", conflicts)
     return plan
 
 
