@@ -17,7 +17,7 @@ PYTEST_ARGS ?=
 PY := $(VENV)/bin/python
 PIP_INSTALL := $(PY) -m pip install -q $(if $(CONSTRAINTS),-c $(CONSTRAINTS))
 
-.PHONY: venv test demo protocol-demo bench gpu-check clean
+.PHONY: venv test demo protocol-demo bench gpu-check configs clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml $(CONSTRAINTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV_ARGS) $(VENV)
@@ -48,6 +48,12 @@ demo: venv
 # The paper's protocol in miniature (experiments/mini.yaml, --tiny); a rerun resumes.
 protocol-demo: venv
 	$(VENV)/bin/clifvqa experiment demo --out protocol-demo
+
+# configs/clifvqa-b.yaml is generated from RunConfig's fields (train/config.py), the one definition
+# of each setting; after adding or changing a setting, rerun this (a test fails until the file is current).
+configs: venv
+	$(VENV)/bin/clifvqa train --print-config > configs/clifvqa-b.yaml.tmp
+	mv configs/clifvqa-b.yaml.tmp configs/clifvqa-b.yaml
 
 bench: venv
 	$(PY) benchmarks/bench_extract.py

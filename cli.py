@@ -325,8 +325,8 @@ def extract_cmd(dataset_dir: Path, manifest: Path | None, out: str, clip_model: 
         softmax=softmax,  # type: ignore[arg-type]  # a click.Choice of the Literal's values
         frame_stride=frame_stride,
         device=device,
-        batch_size=batch_crops,  # type: ignore[arg-type]  # BatchSizeType: 'auto' or an int
-        workers=threads or default_workers("threads"),
+        batch_crops=batch_crops,  # type: ignore[arg-type]  # BatchSizeType: 'auto' or an int
+        threads=threads or default_workers("threads"),
         dtype=dtype,  # type: ignore[arg-type]  # a click.Choice of the Literal's values
         save_maps=save_maps,
         save_embeddings=save_embeddings,
@@ -577,11 +577,11 @@ def train_cmd(config_path: str | None, print_config: bool, out: str, resume: boo
     """
     from clifvqa.train.config import RunConfig, load_run_config, set_options
     from clifvqa.train.config import tiny as tiny_model
+    from clifvqa.train.run_folder import RunFolder
 
-    saved = Path(out) / "run.yaml"
-    if config_path is None and resume and saved.is_file():
-        config_path = str(saved)  # --resume continues the run as it was configured
-    config = load_run_config(config_path) if config_path else RunConfig()
+    # --resume continues the run as it was configured
+    saved = RunFolder(out).read_config() if resume and config_path is None else None
+    config = saved or (load_run_config(config_path) if config_path else RunConfig())
     if tiny:
         config = tiny_model(config)
     config = set_options(config, **{name: value for name, value in settings.items() if value != ()})

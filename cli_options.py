@@ -73,7 +73,7 @@ class ShardType(_ParsedType):
 
 
 class BatchCropsType(click.ParamType):
-    """``auto`` or a positive integer: crops per CLIP forward pass (``ExtractConfig.batch_size``)."""
+    """``auto`` or a positive integer: crops per CLIP forward pass (``ExtractConfig.batch_crops``)."""
 
     name = "batch_crops"
 

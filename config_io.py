@@ -14,8 +14,8 @@ the file), ``Mapping[K, V]`` (``None`` is empty), other config dataclasses (sect
 (taken as written), ``X | None``, and unions of several types, chosen by the value's shape (a
 mapping, a list, or a scalar of the member's kind; sections by the ``Literal`` field they
 differ in, e.g. ``kind``). ``Annotated[X, check, ...]`` runs each ``check`` on the value read: it
-returns the value (maybe normalised) or raises ``ValueError`` (blamed on the value's key) or
-:class:`FieldError` (blamed on a key below it); with :class:`ReadAs` ``(Y)`` among the checks
+returns the value (maybe normalised) or raises :class:`ConfigError` (blamed on the value's key)
+or :class:`FieldError` (blamed on a key below it); with :class:`ReadAs` ``(Y)`` among the checks
 the file holds a ``Y`` that the checks turn into the field's ``X`` (e.g. one item or a list).
 
 Field metadata: ``help`` (:func:`dump_yaml` writes it as the line's comment, a missing key's
@@ -60,7 +60,14 @@ C = TypeVar("C")
 
 class ConfigError(ClifvqaError):
     """A config value, key or file that cannot be read; the message names the key path (and the
-    file and line when read from YAML)."""
+    file and line when read from YAML).
+
+    A check or a dataclass's ``__post_init__`` raises it with the bare message (``"splits must be
+    at least 1, got 0"``); the reader then puts the key path (file and line) in front.
+    """
+
+    located = False
+    """Whether the message already names where (the reader's own errors); else the reader adds it."""
 
 
 class FieldError(ConfigError):
@@ -181,15 +188,21 @@ class _Reading(NamedTuple):
 
 def _fail(reading: _Reading, key_path: str, message: str, kind: type[ConfigError] = ConfigError) -> ConfigError:
     where = f"{reading.doc.where(key_path)}: " if reading.doc is not None else ""
-    return kind(f"{where}{key_path or '(top level)'}: {message}")
+    error = kind(f"{where}{key_path or '(top level)'}: {message}")
+    error.located = True
+    return error
 
 
-class _Mismatch(ConfigError):
+def _located(exc: BaseException) -> bool:
+    return isinstance(exc, ConfigError) and exc.located
+
+
+class _MismatchError(ConfigError):
     """A value not of its type's shape or kind (which a list or an optional value may rephrase)."""
 
 
 def _mismatch(reading: _Reading, key_path: str, tp: Any, value: Any) -> ConfigError:
-    return _fail(reading, key_path, f"expected {describe(tp)}, got {value!r}", _Mismatch)
+    return _fail(reading, key_path, f"expected {describe(tp)}, got {value!r}", _MismatchError)
 
 
 def _join(key_path: str, key: Any) -> str:
@@ -236,7 +249,7 @@ def _convert(tp: Any, value: Any, key_path: str, reading: _Reading, name: Any = 
             return _convert_union(tp, options, value, key_path, reading, name)
         try:
             return _convert(options[0], value, key_path, reading, name)
-        except _Mismatch:
+        except _MismatchError:
             if type(None) not in args or not _plain_scalar(options[0]):
                 raise
             raise _mismatch(reading, key_path, tp, value) from None
@@ -270,7 +283,7 @@ def _convert(tp: Any, value: Any, key_path: str, reading: _Reading, name: Any = 
         for i, (kind, item) in enumerate(zip(kinds, value)):
             try:
                 items.append(_convert(kind, item, f"{key_path}[{i}]", reading))
-            except _Mismatch:
+            except _MismatchError:
                 if not _plain_scalar(kind):  # a section or checked item says what is wrong with it
                     raise
                 raise _mismatch(reading, key_path, tp, list(value)) from None
@@ -307,9 +320,9 @@ def _checked(tp: Any, value: Any, key_path: str, reading: _Reading, name: Any) -
             out = check(out)
         except FieldError as exc:
             raise _fail(reading, _join(key_path, exc.key), exc.message) from None
-        except ConfigError:
-            raise
         except ValueError as exc:
+            if _located(exc):
+                raise
             raise _fail(reading, key_path, str(exc)) from None
     return out
 
@@ -421,9 +434,9 @@ def _convert_dataclass(cls: Any, value: Any, key_path: str, reading: _Reading, n
         return cls(**kwargs)
     except FieldError as exc:
         raise _fail(reading, _join(key_path, exc.key), exc.message) from None
-    except ConfigError:
-        raise
     except (ValueError, TypeError) as exc:  # the dataclass's own checks (__post_init__)
+        if _located(exc):
+            raise
         raise _fail(reading, key_path, str(exc)) from exc
 
 

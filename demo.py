@@ -200,7 +200,7 @@ def run_demo(
     log(f"[3/5] extracting semantic features ({config.grid[0]}x{config.grid[1]} crops per frame) into {store}")
     summary = extract_dataset(
         videos, store, manifest=manifest_path, progress=progress,
-        config=ExtractConfig(clip_model=str(clip), grid=config.grid, device="cpu", workers=1),
+        config=ExtractConfig(clip_model=str(clip), grid=config.grid, device="cpu", threads=1),
     )
     if not summary.ok:
         raise RuntimeError(f"demo extraction failed for {summary.failures}")

@@ -59,8 +59,8 @@ import torch
 
 from clifvqa._atomic import atomic_write_text
 from clifvqa._device import resolve_device
-from clifvqa.features.provenance import FingerprintMismatch, require_same_features
-from clifvqa.train.checkpoint import load_checkpoint, score_mapping_of
+from clifvqa.features.provenance import FingerprintMismatchError, require_same_features
+from clifvqa.train.checkpoint import CheckpointError, load_checkpoint, score_mapping_of
 from clifvqa.train.data import VideoItem
 from clifvqa.train.inference import check_checkpoint_stores, predict_items
 from clifvqa.train.model import resample_time
@@ -143,19 +143,19 @@ def extractor_for_checkpoint(
 
     Raises:
         ClipLoadError: the CLIP model cannot be loaded.
-        FingerprintMismatch: the model's weights hash, or any other determining field of the
+        FingerprintMismatchError: the model's weights hash, or any other determining field of the
             extractor's provenance (mean/std, crop size, ...), differs from ``provenance``.
     """
-    from clifvqa.extract.clip_model import ClipWeightsMismatch, load_recorded_clip
+    from clifvqa.extract.clip_model import ClipWeightsMismatchError, load_recorded_clip
     from clifvqa.extract.prompts import PromptSet
     from clifvqa.extract.sfe import SemanticFeatureExtractor
 
     model = clip_model or provenance["clip"]["model"]
     try:
         bundle = load_recorded_clip(provenance["clip"], clip_model, device)
-    except ClipWeightsMismatch as exc:
-        raise FingerprintMismatch(f"{exc}, or give a feature store holding these videos (--store)",
-                                  ["clip.weights_sha256"]) from exc
+    except ClipWeightsMismatchError as exc:
+        raise FingerprintMismatchError(f"{exc}, or give a feature store holding these videos (--store)",
+                                       ["clip.weights_sha256"]) from exc
     prompts = provenance["prompts"]
     extractor = SemanticFeatureExtractor(
         bundle,
@@ -201,7 +201,7 @@ def predict(
         progress: show progress bars (stderr) while hashing, extracting and scoring.
 
     Raises:
-        CheckpointError, FingerprintMismatch, ClipLoadError: setup problems, raised before any
+        CheckpointError, FingerprintMismatchError, ClipLoadError: setup problems, raised before any
             video is scored. Per-video problems become error entries instead.
     """
     dev = torch.device(resolve_device(device))
@@ -210,16 +210,16 @@ def predict(
     config = model.config
     provenance = meta["store"]["provenance"]
     if explain and not config.uses_semantic:
-        raise ValueError(f"--explain shows the semantic curves, but checkpoint {checkpoint} has no semantic branch "
-                         f"(branches={config.branches})")
+        raise CheckpointError(f"--explain shows the semantic curves, but checkpoint {checkpoint} has no semantic "
+                              f"branch (branches={config.branches})")
     entries = expand_inputs(inputs)
     preds = [Prediction(name, error=error) for name, _, error in entries]
     todo = [i for i, (_, _, error) in enumerate(entries) if error is None]
     # entry -> (pooled [T, 2r], frames [T], maps [T, r, m, n] with explain when there are any)
     pooled: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray | None]] = {}
     if config.uses_semantic and todo:
-        _semantic_features(entries, todo, preds, pooled, list(stores or []), meta, checkpoint, clip_model,
-                           str(dev), workers, progress, explain)
+        _fill_pooled(entries, todo, preds, pooled, list(stores or []), meta, checkpoint, clip_model,
+                     str(dev), workers, progress, explain)
     # the entry's index is the item's key: display names may repeat, and the file is given apart
     items = [VideoItem(str(i), None, entries[i][1]) for i in todo if preds[i].error is None]
     semantic = None
@@ -246,7 +246,7 @@ def predict(
     return preds
 
 
-def _semantic_features(
+def _fill_pooled(
     entries: list[tuple[str, Path | None, str | None]],
     todo: list[int],
     preds: list[Prediction],

@@ -278,7 +278,7 @@ def measure(spec: dict) -> dict:
         torch.set_num_threads(spec["threads"])
     config = ExtractConfig(
         clip_model=spec["model"], grid=tuple(spec["grid"]), device=spec["device"], dtype=spec["dtype"],
-        batch_size=spec["batch_size"], workers=spec["workers"], frame_stride=spec["stride"],
+        batch_crops=spec["batch_size"], threads=spec["workers"], frame_stride=spec["stride"],
     )
     start = time.perf_counter()
     sfe = SemanticFeatureExtractor.from_config(config)
@@ -300,7 +300,7 @@ def measure(spec: dict) -> dict:
     result = {
         "frames": summary.frames, "seconds": summary.elapsed, "load": load, "warmup": warmup,
         "store_setup": summary.setup, "batch_size": sfe.batch_size, "dtype": sfe.dtype, "device": str(sfe.device),
-        "workers": config.workers, "threads": torch.get_num_threads(), "rss_setup_mib": rss_setup,
+        "workers": config.threads, "threads": torch.get_num_threads(), "rss_setup_mib": rss_setup,
         "peak_rss_mib": peak_rss_mib(), "passes": passes,
     }
     if spec["limits"]:

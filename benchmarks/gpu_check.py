@@ -372,7 +372,7 @@ class Context:
             shutil.copyfile(self.work / "clips" / f"v{i}.mp4", root / "videos" / f"v{i}.mp4")
             lines.append(f"v{i}.mp4,{5.0 - 0.8 * level + 0.05 * i:.3f},{tag}")
         (root / "manifest.csv").write_text("\n".join(lines) + "\n")
-        config = ExtractConfig(clip_model=str(self.clip("tiny")), device="cpu", dtype="float32", workers=1)
+        config = ExtractConfig(clip_model=str(self.clip("tiny")), device="cpu", dtype="float32", threads=1)
         summary = extract_dataset(root / "videos", root / "features.zarr", config=config, progress=False)
         check(summary.ok, f"extraction of the shared dataset failed: {summary.failures}")
         return root
@@ -495,7 +495,7 @@ def sec_extract_overlap(ctx: Context, res: dict) -> None:
         (root / "videos").mkdir(parents=True, exist_ok=True)
         shutil.copyfile(ctx.work / "clips" / f"ov{i}-{frames}.mp4", root / "videos" / f"ov{i}.mp4")
     batch = 18 if ctx.quick else 90  # several batches per video: late collection has work to do
-    config = ExtractConfig(clip_model=str(ctx.small_clip), device=ctx.device, batch_size=batch, workers=2)
+    config = ExtractConfig(clip_model=str(ctx.small_clip), device=ctx.device, batch_crops=batch, threads=2)
     sfe = ctx.sfe(ctx.small_clip, ctx.device, "auto", batch)
     stores = {}
     modes = {"overlapped": (1, True), "repeat": (1, True), "plain": (0, False)}
@@ -764,11 +764,11 @@ def sec_store_cpu_then_device(ctx: Context, res: dict) -> None:
     model = str(ctx.clip("tiny"))
     store = root / "features.zarr"
     first = extract_dataset(root / "videos", store, progress=False,
-                            config=ExtractConfig(clip_model=model, device="cpu", workers=1))
+                            config=ExtractConfig(clip_model=model, device="cpu", threads=1))
     for i in range(2, 4):
         shutil.copyfile(src / f"v{i}.mp4", root / "videos" / f"v{i}.mp4")
     second = extract_dataset(root / "videos", store, config=ExtractConfig(clip_model=model, device=ctx.device,
-                                                                          workers=1), progress=False)
+                                                                          threads=1), progress=False)
     with open_store(store) as st:
         keys, dtype = st.keys(), st.provenance["dtype"]
     res["numbers"].update(cpu_done=first.done, device_done=second.done, device_skipped=second.skipped,

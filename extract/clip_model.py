@@ -31,8 +31,11 @@ class ClipLoadError(ClifvqaError, RuntimeError):
     """The CLIP model could not be loaded; the message says which and how to provide it."""
 
 
-class ClipWeightsMismatch(ClifvqaError):
+class ClipWeightsMismatchError(ClifvqaError):
     """A CLIP model whose weights differ from the ones a store or checkpoint recorded."""
+
+
+ClipWeightsMismatch = ClipWeightsMismatchError  # deprecated alias: the former name
 
 
 @dataclass
@@ -250,7 +253,7 @@ def load_recorded_clip(recorded: Mapping[str, Any], clip_model: str | None = Non
         ClipLoadError: the model cannot be loaded. When the recorded model is missing, the
             message names the recorded path and says to pass ``--clip-model`` (a copy of the
             same weights); the hub download hint comes only for a recorded hub id (``org/name``).
-        ClipWeightsMismatch: its weights hash differs from ``recorded["weights_sha256"]``.
+        ClipWeightsMismatchError: its weights hash differs from ``recorded["weights_sha256"]``.
     """
     model = clip_model or recorded["model"]
     same_weights = f"any copy of the weights with sha256 {recorded['weights_sha256'][:16]}... works"
@@ -269,7 +272,7 @@ def load_recorded_clip(recorded: Mapping[str, Any], clip_model: str | None = Non
             raise
         raise ClipLoadError(f"{exc} ({same_weights})") from exc
     if bundle.weights_sha256 != recorded["weights_sha256"]:
-        raise ClipWeightsMismatch(
+        raise ClipWeightsMismatchError(
             f"CLIP model {model!r} has weights sha256 {bundle.weights_sha256[:16]}..., but the features were made with "
             f"{recorded['model']!r} whose weights sha256 is {recorded['weights_sha256'][:16]}...; pass those weights "
             "with --clip-model"

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import warnings
+from dataclasses import InitVar, dataclass
 from typing import Literal
 
 from clifvqa._device import default_workers
@@ -14,7 +15,7 @@ class ExtractConfig:
     """What to extract and how fast.
 
     Fields that change the numbers (model, grid, prompts, softmax, frame stride, dtype) go into
-    the store's provenance; the others (device, batch size, workers, what to save besides the
+    the store's provenance; the others (device, batch crops, threads, what to save besides the
     pooled features, memory limit, resume policy, shard) do not.
 
     Attributes:
@@ -25,9 +26,9 @@ class ExtractConfig:
             and subjective prompts separately).
         frame_stride: keep frames 0, s, 2s, ... (1 = every frame, the paper).
         device: ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...
-        batch_size: crops per CLIP forward pass, or ``"auto"`` (see
-            :func:`clifvqa.extract.sfe.auto_batch_size`).
-        workers: decoding threads running ahead of the device.
+        batch_crops: crops per CLIP forward pass, or ``"auto"`` (see
+            :func:`clifvqa.extract.sfe.auto_batch_size`); ``--batch-crops``.
+        threads: decoding threads running ahead of the device; ``--threads``.
         dtype: compute dtype: ``"auto"`` (float16 autocast on GPU, float32 on CPU; an existing
             store continues in its recorded dtype), ``"float32"``, ``"float16"`` or ``"bfloat16"``.
         save_maps: also store the per-crop maps [T, r, m, n] (float16).
@@ -45,6 +46,9 @@ class ExtractConfig:
         allow_missing: extract the present videos when some files are missing (else the run is
             refused before anything is loaded; see :func:`clifvqa.extract.runner.preflight`).
         shard: ``(k, n)``: process only the videos whose key hashes to shard k of n.
+
+    The former keywords ``batch_size`` (now ``batch_crops``) and ``workers`` (now ``threads``)
+    still work, with a DeprecationWarning; they are keywords only (the attributes are None).
     """
 
     clip_model: str = "openai/clip-vit-base-patch32"
@@ -53,8 +57,8 @@ class ExtractConfig:
     softmax: Literal["all", "group"] = "all"
     frame_stride: int = 1
     device: str = "auto"
-    batch_size: int | Literal["auto"] = "auto"
-    workers: int = default_workers("threads")
+    batch_crops: int | Literal["auto"] = "auto"
+    threads: int = default_workers("threads")
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     save_maps: bool = True
     save_embeddings: bool = False
@@ -63,8 +67,14 @@ class ExtractConfig:
     check_sources: bool = False
     allow_missing: bool = False
     shard: tuple[int, int] = (0, 1)
+    batch_size: InitVar[int | Literal["auto"] | None] = None
+    workers: InitVar[int | None] = None
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, batch_size: int | Literal["auto"] | None, workers: int | None) -> None:
+        for old, new, value in (("batch_size", "batch_crops", batch_size), ("workers", "threads", workers)):
+            if value is not None:
+                warnings.warn(f"ExtractConfig({old}=...) is deprecated, use {new}=", DeprecationWarning, stacklevel=3)
+                object.__setattr__(self, new, value)
         rows, cols = self.grid
         if rows < 1 or cols < 1:
             raise ClifvqaError(f"grid must have at least one row and column, got {rows}x{cols}")
@@ -72,12 +82,12 @@ class ExtractConfig:
             raise ClifvqaError(f"softmax must be 'all' or 'group', got {self.softmax!r}")
         if self.frame_stride < 1:
             raise ClifvqaError(f"frame_stride must be >= 1, got {self.frame_stride}")
-        if self.batch_size != "auto" and (not isinstance(self.batch_size, int) or self.batch_size < 1):
-            raise ClifvqaError(f"batch_size must be a positive integer or 'auto', got {self.batch_size!r}")
+        if self.batch_crops != "auto" and (not isinstance(self.batch_crops, int) or self.batch_crops < 1):
+            raise ClifvqaError(f"batch_crops must be a positive integer or 'auto', got {self.batch_crops!r}")
         if self.max_video_bytes is not None and self.max_video_bytes < 1:
             raise ClifvqaError(f"max_video_bytes must be positive, got {self.max_video_bytes}")
-        if self.workers < 1:
-            raise ClifvqaError(f"workers must be >= 1, got {self.workers}")
+        if self.threads < 1:
+            raise ClifvqaError(f"threads must be >= 1, got {self.threads}")
         if self.dtype not in ("auto", "float32", "float16", "bfloat16"):
             raise ClifvqaError(f"dtype must be auto, float32, float16 or bfloat16, got {self.dtype!r}")
         k, n = self.shard

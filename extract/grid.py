@@ -22,7 +22,7 @@ def upscaled_size(height: int, width: int, crop: int) -> tuple[int, int]:
     (336, 224)
     """
     if height <= 0 or width <= 0 or crop <= 0:
-        raise ValueError(f"frame size and crop must be positive, got {height}x{width}, crop {crop}")
+        raise GridError(f"frame size and crop must be positive, got {height}x{width}, crop {crop}")
     if height >= crop and width >= crop:
         return height, width
     if height <= width:

@@ -109,9 +109,12 @@ def _pieces(rgb: np.ndarray, crop: int, rows: int, cols: int, piece: int) -> Ite
         yield start, stack([frame[y : y + crop, x : x + crop] for y, x in origins[start : start + piece]])
 
 
-class VideoRefused(ClifvqaError):
+class VideoRefusedError(ClifvqaError):
     """A video not extracted because of what it would cost: its frames cannot hold the grid
     (:func:`~clifvqa.extract.grid.check_grid_fits`) or its outputs exceed :class:`OutputLimit`."""
+
+
+VideoRefused = VideoRefusedError  # deprecated alias: the former name
 
 
 @dataclass(frozen=True)
@@ -134,11 +137,11 @@ class OutputLimit:
         return max(1, self.max_bytes // max(1, self.frame_bytes))
 
     def check(self, path: Path, frames: int, declared: bool) -> None:
-        """Raise :class:`VideoRefused` when ``frames`` kept frames are more than fit."""
+        """Raise :class:`VideoRefusedError` when ``frames`` kept frames are more than fit."""
         if frames <= self.max_frames:
             return
         what = f"declares {frames}" if declared else f"has more than {self.max_frames}"
-        raise VideoRefused(
+        raise VideoRefusedError(
             f"{path}: {what} frames to keep; at {_size(self.frame_bytes)} of features per frame that is more "
             f"than the {_size(self.max_bytes)} one video's features may take in memory ({self.max_frames} "
             f"frames){self.hint}"
@@ -240,10 +243,10 @@ def decode_crops(
                 coded = reader.info.height, reader.info.width
                 errors = [_grid_error(h, w, crop, grid) for h, w in (coded, coded[::-1])]
                 if all(errors):
-                    raise VideoRefused(f"{task.path}: {errors[0]}")
+                    raise VideoRefusedError(f"{task.path}: {errors[0]}")
                 for kept, (index, rgb) in enumerate(reader, start=1):
                     if kept == 1 and (error := _grid_error(rgb.shape[0], rgb.shape[1], crop, grid)):
-                        raise VideoRefused(f"{task.path}: {error}")
+                        raise VideoRefusedError(f"{task.path}: {error}")
                     if limit is not None:
                         limit.check(task.path, kept, declared=False)
                     for start, crops in _pieces(rgb, crop, rows, cols, piece_crops):
@@ -296,7 +299,7 @@ def _grid_error(height: int, width: int, crop: int, grid: tuple[int, int]) -> st
 
 def _error_text(exc: BaseException) -> str:
     """The text recorded as a video's failure: decode errors already name the file and reason."""
-    if isinstance(exc, (VideoDecodeError, VideoRefused)):
+    if isinstance(exc, (VideoDecodeError, VideoRefusedError)):
         return str(exc)
     if isinstance(exc, OSError) and exc.strerror:
         return f"{exc.filename}: {exc.strerror}" if exc.filename else exc.strerror

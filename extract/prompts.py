@@ -53,7 +53,11 @@ DEFAULT_SUBJECTIVE: tuple[str, ...] = (
 )
 
 
-class PromptFileError(ClifvqaError):
+class PromptError(ClifvqaError):
+    """Prompts that cannot be used: none, an empty or repeated one, an unknown group, a bad template."""
+
+
+class PromptFileError(PromptError):
     """A prompt file that cannot be used; the message names the file and, where known, the line."""
 
 
@@ -87,18 +91,18 @@ class PromptSet:
         object.__setattr__(self, "texts", tuple(self.texts))
         object.__setattr__(self, "groups", tuple(self.groups))
         if not self.texts:
-            raise ValueError("a prompt set needs at least one prompt")
+            raise PromptError("a prompt set needs at least one prompt")
         if len(self.texts) != len(self.groups):
-            raise ValueError(f"{len(self.texts)} prompts but {len(self.groups)} groups")
+            raise PromptError(f"{len(self.texts)} prompts but {len(self.groups)} groups")
         for text, group in zip(self.texts, self.groups):
             _check_text(text)
             if group not in GROUPS:
-                raise ValueError(f"prompt {text!r} has group {group!r}; expected one of {GROUPS}")
+                raise PromptError(f"prompt {text!r} has group {group!r}; expected one of {GROUPS}")
         seen: dict[str, str] = {}
         for text in self.texts:
             key = clip_text_key(text)
             if key in seen:
-                raise ValueError("prompt " + _duplicate_message(text, repr(seen[key])))
+                raise PromptError("prompt " + _duplicate_message(text, repr(seen[key])))
             seen[key] = text
 
     def __len__(self) -> int:
@@ -126,7 +130,7 @@ class PromptSet:
             raise ValueError(f"unknown prompt group {group!r}; expected one of {GROUPS}")
         keep = [i for i, g in enumerate(self.groups) if g == group]
         if not keep:
-            raise ValueError(f"the prompt set has no {group} prompts")
+            raise PromptError(f"the prompt set has no {group} prompts")
         return PromptSet(tuple(self.texts[i] for i in keep), tuple(self.groups[i] for i in keep), self.template)
 
     def group_indices(self) -> list[list[int]]:
@@ -139,12 +143,13 @@ class PromptSet:
         (``"group"``).
 
         Raises:
-            ValueError: an unknown mode, or a block of fewer than 2 prompts: softmax over one
-                prompt is constant 1.0, so its features would carry no information.
+            PromptError: a block of fewer than 2 prompts: softmax over one prompt is constant 1.0,
+                so its features would carry no information.
+            ValueError: an unknown mode.
         """
         blocks, short = self._softmax_check(softmax)
         if short:
-            raise ValueError(short[1])
+            raise PromptError(short[1])
         return blocks
 
     def _softmax_check(self, softmax: str) -> tuple[list[list[int]], tuple[list[int], str] | None]:
@@ -235,14 +240,14 @@ def _check_template(template: object) -> None:
         or template.count("{") != 1
         or template.count("}") != 1
     ):
-        raise ValueError(f"template {template!r} must contain exactly one '{{}}' and no other braces")
+        raise PromptError(f"template {template!r} must contain exactly one '{{}}' and no other braces")
 
 
 def _check_text(text: object) -> None:
     if not isinstance(text, str):
-        raise ValueError(f"prompt {text!r} is not a string")
+        raise PromptError(f"prompt {text!r} is not a string")
     if not text.strip():
-        raise ValueError(f"empty prompt {text!r}; give a word or remove it")
+        raise PromptError(f"empty prompt {text!r}; give a word or remove it")
 
 
 def _duplicate_message(text: str, first: str) -> str:

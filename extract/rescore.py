@@ -110,7 +110,7 @@ def rescore_store(
         RescoreError: ``src`` holds no embeddings; the CLIP weights differ from the source's;
             the prompts and softmax are the source's own; ``dst`` is ``src``; the source was
             made with settings this clifvqa no longer extracts with.
-        FingerprintMismatch: ``dst`` exists and holds features of other settings.
+        FingerprintMismatchError: ``dst`` exists and holds features of other settings.
         ClipLoadError: the CLIP model cannot be loaded.
         PromptFileError: the prompt file is invalid.
         RunInterrupted: SIGINT or SIGTERM came; the video being rescored was finished and
@@ -194,13 +194,13 @@ def _rescoring_extractor(
 ) -> SemanticFeatureExtractor:
     """The extractor a fresh extraction with ``prompts`` and the source's image-side settings
     would run: its provenance is the new store's, its ``score_embeddings`` the scoring."""
-    from clifvqa.extract.clip_model import ClipWeightsMismatch, load_recorded_clip
+    from clifvqa.extract.clip_model import ClipWeightsMismatchError, load_recorded_clip
 
     prov = source.provenance
     recorded = prov["clip"]
     try:
         bundle = load_recorded_clip(recorded, clip_model, device)
-    except ClipWeightsMismatch as exc:
+    except ClipWeightsMismatchError as exc:
         raise RescoreError(f"{exc} (rescoring the embeddings in {source.path} needs that model's text tower "
                            "and logit scale)") from exc
     # The source names the model and its normalisation (they describe how the embeddings were

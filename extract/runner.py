@@ -368,7 +368,7 @@ def extract_dataset(
     Raises:
         MissingVideosError: files are missing and ``config.allow_missing`` is off.
         ClipLoadError: the model cannot be loaded.
-        FingerprintMismatch: the store holds features made with other settings.
+        FingerprintMismatchError: the store holds features made with other settings.
         NotADirectoryError, ManifestError, UnsafePathError: bad dataset folder or manifest.
         RunInterrupted: SIGINT or SIGTERM (see :class:`SignalStop`), after writing the videos
             already extracted and finalizing the store.
@@ -429,7 +429,7 @@ def extract_dataset(
         bar = tqdm(total=len(todo), unit="video", disable=not progress, dynamic_ncols=True)
         writer = _StoreWriter(store, summary, bar, start, {k for k, _ in summary.stale})
         try:
-            for task, result in extractor.extract_many(todo, workers=config.workers):
+            for task, result in extractor.extract_many(todo, workers=config.threads):
                 writer.put(task.key, result)  # raises the writer's error as soon as it has one
         except RunInterrupted:
             pass  # raised again below, once what was extracted is written and the store finalized

@@ -52,7 +52,7 @@ from clifvqa.errors import ClifvqaError
 from clifvqa.extract.clip_model import ClipBundle, load_clip
 from clifvqa.extract.grid import WARN_CROPS_PER_FRAME
 from clifvqa.extract.pipeline import FrameCrops, OutputLimit, VideoDone, VideoFailed, VideoTask, decode_crops
-from clifvqa.extract.prompts import PromptSet, default_prompts, load_prompts
+from clifvqa.extract.prompts import PromptError, PromptSet, default_prompts, load_prompts
 
 CPU_BATCH_SIZE = 64
 GPU_MAX_BATCH_SIZE = 1024  # ViT-B/32 in fp16 saturates a large GPU well below this
@@ -195,7 +195,7 @@ class SemanticFeatureExtractor:
         save_embeddings: return the ``[T, m*n, D]`` crop embeddings too (``m * n * D * 2``
             bytes per frame).
         max_video_bytes: the most one video's outputs may take in memory; a video with more
-            kept frames is refused (:class:`~clifvqa.extract.pipeline.VideoRefused`) before it
+            kept frames is refused (:class:`~clifvqa.extract.pipeline.VideoRefusedError`) before it
             is extracted. Default :func:`default_max_video_bytes`.
 
     Attributes:
@@ -267,7 +267,7 @@ class SemanticFeatureExtractor:
             frame_stride=config.frame_stride,
             device=device,
             dtype=config.dtype,
-            batch_size=config.batch_size,
+            batch_size=config.batch_crops,
             save_maps=config.save_maps,
             save_embeddings=config.save_embeddings,
             max_video_bytes=config.max_video_bytes,
@@ -353,7 +353,7 @@ class SemanticFeatureExtractor:
         if tok["input_ids"].shape[1] > limit:
             lengths = tok["attention_mask"].sum(1).tolist()
             too_long = [t for t, n in zip(self.prompts.texts, lengths) if n > limit]
-            raise ValueError(f"prompts longer than the text model's {limit} tokens: {too_long}")
+            raise PromptError(f"prompts longer than the text model's {limit} tokens: {too_long}")
         with torch.inference_mode():
             out = self.bundle.model.get_text_features(
                 input_ids=tok["input_ids"].to(self.device), attention_mask=tok["attention_mask"].to(self.device)

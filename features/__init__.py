@@ -8,10 +8,11 @@ The format is described for outside readers in ``docs/FORMAT.md``. Entry points:
 """
 
 from clifvqa.features.info import store_info
-from clifvqa.features.merge import MergeConflict, MergeReport, convert_store, merge_stores
+from clifvqa.features.merge import MergeConflict, MergeConflictError, MergeReport, convert_store, merge_stores
 from clifvqa.features.provenance import (
     DETERMINING_FIELDS,
     FingerprintMismatch,
+    FingerprintMismatchError,
     fingerprint,
     provenance_diff,
     require_same_features,
@@ -28,8 +29,9 @@ from clifvqa.features.store import (
 from clifvqa.features.verify import Problem, verify_store
 
 __all__ = [
-    "DETERMINING_FIELDS", "FeatureStore", "FingerprintMismatch", "MergeConflict", "MergeReport",
+    "DETERMINING_FIELDS", "FeatureStore", "FingerprintMismatchError", "MergeConflictError", "MergeReport",
     "Problem", "StoreError", "VideoFeatures", "convert_store", "create_or_open_store",
     "finalize_store", "fingerprint", "merge_stores", "open_store", "pooled_sha256",
     "provenance_diff", "require_same_features", "store_info", "verify_store",
+    "FingerprintMismatch", "MergeConflict",  # deprecated aliases of the *Error names
 ]

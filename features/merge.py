@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from clifvqa._atomic import install_new, remove_abandoned, temporary_sibling
-from clifvqa.errors import ClifvqaError
+from clifvqa.errors import MAX_LISTED, ClifvqaError
 from clifvqa.features.provenance import require_same_features
 from clifvqa.features.store import (
     FeatureStore,
@@ -34,12 +34,15 @@ PREFER_CHOICES = ("first", "last")
 BUILDING = "building"  # the label of an output's temporary sibling while it is written
 
 
-class MergeConflict(ClifvqaError):
+class MergeConflictError(ClifvqaError):
     """Sources hold different features for the same videos (``keys``) and no preference given."""
 
     def __init__(self, message: str, keys: list[str]) -> None:
         super().__init__(message)
         self.keys = keys
+
+
+MergeConflict = MergeConflictError  # deprecated alias: the former name
 
 
 @dataclass
@@ -76,24 +79,30 @@ class MergeReport:
             lines.append(f"{len(self.identical_duplicates)} identical duplicate videos taken once")
         if self.resolved_conflicts:
             lines.append(f"{len(self.resolved_conflicts)} conflicting videos resolved by --prefer: "
-                         + ", ".join(self.resolved_conflicts[:10]))
+                         + _listed(self.resolved_conflicts))
         if self.failures_dropped:
             lines.append(f"{self.failures_dropped} failure records dropped (video complete elsewhere)")
         if self.incomplete_skipped:
             lines.append(f"{self.incomplete_skipped} incomplete entries skipped")
         if self.leftovers_removed:
             lines.append(f"removed {len(self.leftovers_removed)} half-built output(s) of killed runs: "
-                         + ", ".join(self.leftovers_removed[:10]))
+                         + _listed(self.leftovers_removed))
         return "\n".join(lines)
+
+
+def _listed(items: Sequence[str], sep: str = ", ") -> str:
+    """The first :data:`~clifvqa.errors.MAX_LISTED` of ``items``, then how many more there are."""
+    more = f"{sep}... and {len(items) - MAX_LISTED} more" if len(items) > MAX_LISTED else ""
+    return sep.join(items[:MAX_LISTED]) + more
 
 
 def merge_stores(sources: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str],
                  prefer: str | None = None, *, zarr_format: int = 3, progress: bool = True) -> MergeReport:
     """Merge ``sources`` (paths or URLs) into the new store ``out``.
 
-    Every source must have the same fingerprint (else ``FingerprintMismatch`` naming the
+    Every source must have the same fingerprint (else ``FingerprintMismatchError`` naming the
     differing provenance fields). A video complete in several sources is taken once when its
-    arrays are identical; differing copies raise ``MergeConflict`` unless ``prefer`` is
+    arrays are identical; differing copies raise ``MergeConflictError`` unless ``prefer`` is
     ``"first"`` or ``"last"`` (source order). Failure records are carried over unless the video
     is complete in some source. The output gets the first source's provenance and consolidated
     metadata; ``out`` must not exist. ``progress`` shows a bar over the videos (stderr).
@@ -124,7 +133,7 @@ def _copy_stores(sources: list[str | os.PathLike[str]], out: str | os.PathLike[s
     out_path = local_path(out)
     kind = store_kind(out_path)
     if kind == "hdf5" and zarr_format != 3:
-        raise ValueError(f"zarr_format={zarr_format} applies to Zarr outputs, not {out_path}")
+        raise StoreError(f"zarr_format={zarr_format} applies to Zarr outputs, not {out_path}")
     if out_path.exists():
         raise FileExistsError(f"{out_path} exists; merge and convert write a new store: choose "
                               "another output path or delete it first")
@@ -179,10 +188,10 @@ def _plan_videos(stores: list[FeatureStore], prefer: str | None,
             plan[key] = idx[0] if prefer == "first" else idx[-1]
             report.resolved_conflicts.append(key)
     if conflicts:
-        shown = "\n  ".join(lines[:20]) + ("\n  ..." if len(lines) > 20 else "")
-        raise MergeConflict(f"{len(conflicts)} video(s) have different features in different "
-                            f"sources:\n  {shown}\npass prefer='first' or 'last' (--prefer) to "
-                            "choose by source order", conflicts)
+        shown = _listed(lines, "\n  ")
+        raise MergeConflictError(f"{len(conflicts)} video(s) have different features in different "
+                                 f"sources:\n  {shown}\npass prefer='first' or 'last' (--prefer) to "
+                                 "choose by source order", conflicts)
     return plan
 
 

@@ -45,7 +45,12 @@ FINGERPRINT_PREFIX = "sha256:"
 _MISSING = object()  # a field absent on one side of provenance_diff
 
 
-class FingerprintMismatch(ClifvqaError):
+class ProvenanceError(ClifvqaError):
+    """A store's provenance that lacks a determining field or holds one of the wrong shape; the
+    message names the field."""
+
+
+class FingerprintMismatchError(ClifvqaError):
     """Two stores (or a store and a run) were made with different determining settings.
 
     Attributes:
@@ -55,6 +60,9 @@ class FingerprintMismatch(ClifvqaError):
     def __init__(self, message: str, fields: list[str]) -> None:
         super().__init__(message)
         self.fields = fields
+
+
+FingerprintMismatch = FingerprintMismatchError  # deprecated alias: the former name
 
 
 def to_plain(value: Any) -> Any:
@@ -85,10 +93,10 @@ def determining(provenance: Mapping[str, Any], version: int = FORMAT_VERSION) ->
     """The plain determining fields of ``provenance`` under format ``version``'s rule."""
     missing = [f for f in DETERMINING_FIELDS if f not in provenance]
     if missing:
-        raise ValueError(f"provenance lacks determining field(s) {', '.join(missing)}; "
-                         f"a store's provenance needs all of {', '.join(DETERMINING_FIELDS)}")
+        raise ProvenanceError(f"provenance lacks determining field(s) {', '.join(missing)}; "
+                              f"a store's provenance needs all of {', '.join(DETERMINING_FIELDS)}")
     if version not in READABLE_FORMATS:
-        raise ValueError(f"clifvqa_format {version!r} is not one of {list(READABLE_FORMATS)}")
+        raise ProvenanceError(f"clifvqa_format {version!r} is not one of {list(READABLE_FORMATS)}")
     out: dict[str, Any] = to_plain({k: provenance[k] for k in DETERMINING_FIELDS})
     if version >= 2 and isinstance(out["clip"], dict):
         out["clip"] = {k: v for k, v in out["clip"].items() if k not in INFORMATIVE_CLIP_FIELDS}
@@ -149,14 +157,14 @@ def require_same_features(
     the fields may all agree, and the message says to verify the store).
 
     Raises:
-        FingerprintMismatch: the features differ; ``fields`` names the differing provenance fields.
+        FingerprintMismatchError: the features differ; ``fields`` names the differing provenance fields.
     """
     want, got = fingerprints or (fingerprint(expected), fingerprint(actual))
     if want == got:
         return
     fields = provenance_diff(expected, actual)
     what = ", ".join(fields) or "none: a fingerprint attribute does not match its provenance, run clifvqa store verify"
-    raise FingerprintMismatch(f"{problem} (differing provenance fields: {what}); {remedy}", fields)
+    raise FingerprintMismatchError(f"{problem} (differing provenance fields: {what}); {remedy}", fields)
 
 
 def _plain_or_missing(x: Any) -> Any:
@@ -170,14 +178,14 @@ def check_provenance(provenance: Mapping[str, Any]) -> dict[str, Any]:
     ``image_size``; ``prompts.texts`` and ``prompts.groups`` are equally long non-empty lists of
     str; ``grid`` is two positive ints; ``crop`` and ``frame_stride`` positive ints; ``mean`` and
     ``std`` three finite numbers; ``resize``, ``dtype`` and ``prompts.softmax`` str. Raises
-    ``ValueError`` naming the field.
+    :class:`ProvenanceError` naming the field.
     """
     prov: dict[str, Any] = to_plain(dict(provenance))
     canonical_json(prov)  # presence of every determining field, strict JSON numbers
 
     def need(cond: bool, field: str, what: str) -> None:
         if not cond:
-            raise ValueError(f"provenance field {field!r} must be {what}; got {_get(prov, field)!r}")
+            raise ProvenanceError(f"provenance field {field!r} must be {what}; got {_get(prov, field)!r}")
 
     clip = prov["clip"]
     need(isinstance(clip, dict), "clip", "a dict with model, weights_sha256, image_size")

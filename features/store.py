@@ -58,7 +58,7 @@ from clifvqa.features.bounded import ARRAY_DTYPES, ShapeRule, UnsafeStoreError
 from clifvqa.features.provenance import (
     FORMAT_VERSION,
     READABLE_FORMATS,
-    FingerprintMismatch,
+    FingerprintMismatchError,
     check_provenance,
     fingerprint,
     informative_defaults,
@@ -774,7 +774,7 @@ def create_or_open_store(path: str | os.PathLike[str], provenance: Mapping[str, 
     ``zarr_format``), ``.h5``/``.hdf5`` an HDF5 file (one writing process at a time).
 
     Raises:
-        FingerprintMismatch: the existing store was made with different determining settings;
+        FingerprintMismatchError: the existing store was made with different determining settings;
             the message names the differing provenance fields, then ``remedy`` (what the
             caller's user should do; default: write a new store).
         StoreError: remote URL or ``.zarr.zip`` (read-only), or a path that is not a store.
@@ -811,7 +811,7 @@ def create_or_open_store(path: str | os.PathLike[str], provenance: Mapping[str, 
                               problem=f"{local} holds features made with other settings",
                               remedy=remedy or "features from different settings cannot share a store: write to a "
                               f"new store (-o/--out) (or delete {local} to start over)")
-    except FingerprintMismatch:
+    except FingerprintMismatchError:
         store.close()
         raise
     return store

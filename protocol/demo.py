@@ -85,7 +85,7 @@ def make_mini_data(root: str | os.PathLike[str], *, progress: bool = False, log=
             store = folder / f"features-{store_name}.zarr"
             log(f"extracting synth-{name} ({grid[0]}x{grid[1]} crops per frame) into {store}")
             summary = extract_dataset(folder / "videos", store, manifest=manifest_path, progress=progress,
-                                      config=ExtractConfig(clip_model=str(clip), grid=grid, device="cpu", workers=1))
+                                      config=ExtractConfig(clip_model=str(clip), grid=grid, device="cpu", threads=1))
             if not summary.ok:
                 raise RuntimeError(f"mini data extraction failed for {summary.failures}")
     return root

@@ -91,8 +91,8 @@ _DERIVED = {"short_side": min, "long_side": max}
 
 def _name(text: str) -> str:
     if not _NAME.fullmatch(text):
-        raise ValueError(f"{text!r} is not a usable name (letters, digits and _ . + = -, starting with a letter or "
-                         "digit)")
+        raise ConfigError(f"{text!r} is not a usable name (letters, digits and _ . + = -, starting with a letter or "
+                          "digit)")
     return text
 
 
@@ -105,7 +105,7 @@ def _set_ref(text: str) -> str:
 def _at_least(low: int) -> Callable[[int], int]:
     def check(value: int) -> int:
         if value < low:
-            raise ValueError(f"expected an integer >= {low}, got {value!r}")
+            raise ConfigError(f"expected an integer >= {low}, got {value!r}")
         return value
     return check
 
@@ -113,7 +113,7 @@ def _at_least(low: int) -> Callable[[int], int]:
 def _fraction(zero_ok: bool) -> Callable[[float], float]:
     def check(value: float) -> float:
         if not (0 <= value < 1 if zero_ok else 0 < value < 1):
-            raise ValueError(f"expected a number in {'[0, 1)' if zero_ok else '(0, 1)'}, got {value!r}")
+            raise ConfigError(f"expected a number in {'[0, 1)' if zero_ok else '(0, 1)'}, got {value!r}")
         return value
     return check
 
@@ -167,7 +167,7 @@ class Range:
 
     def __post_init__(self) -> None:
         if self.min is None and self.max is None:
-            raise ValueError("a range needs min, max or both")
+            raise ConfigError("a range needs min, max or both")
 
     def __contains__(self, number: float) -> bool:
         return (self.min is None or self.min <= number) and (self.max is None or number <= self.max)
@@ -236,7 +236,7 @@ def _settings(given: tuple[Setting, ...] | Product) -> tuple[Setting, ...]:
     names = [s.name for s in settings]
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice or not settings:
-        raise ValueError(f"setting names must be distinct and at least one: {', '.join(twice) or 'none given'}")
+        raise ConfigError(f"setting names must be distinct and at least one: {', '.join(twice) or 'none given'}")
     return settings
 
 
@@ -326,7 +326,7 @@ class FinetuneStage(TrainingStage):
 
     def __post_init__(self) -> None:
         if self.kind == "ablation" and not self.settings:
-            raise ValueError("an ablation stage needs `settings` (a list, or a product of overrides)")
+            raise ConfigError("an ablation stage needs `settings` (a list, or a product of overrides)")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -343,8 +343,8 @@ class EvaluateStage(_Stage):
 
     def __post_init__(self) -> None:
         if not self.test or (self.source is None) == (self.checkpoint is None):
-            raise ValueError("an evaluate stage scores the runs of stage `from`, or one `checkpoint` folder, on the "
-                             "sets `test`: give `test` and one of `from` and `checkpoint`")
+            raise ConfigError("an evaluate stage scores the runs of stage `from`, or one `checkpoint` folder, on the "
+                              "sets `test`: give `test` and one of `from` and `checkpoint`")
 
     def depends_on(self) -> list[str]:
         return [self.source] if self.source else []

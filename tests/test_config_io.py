@@ -15,7 +15,7 @@ from clifvqa.config_io import ConfigError, FieldError, ReadAs, from_data, one_or
 
 def _positive(n: int) -> int:
     if n < 1:
-        raise ValueError(f"expected an integer >= 1, got {n}")
+        raise ConfigError(f"expected an integer >= 1, got {n}")  # the reader adds file, line and key
     return n
 
 
@@ -24,6 +24,10 @@ class Item:
     name: str = field(default="", metadata={"mapping_key": True})
     source: str = field(metadata={"key": "from", "help": "where it comes from"})
     size: Annotated[int, _positive] = 1
+
+    def __post_init__(self) -> None:
+        if self.source == self.name:
+            raise ConfigError(f"{self.name!r} cannot come from itself")
 
 
 @dataclass(frozen=True)
@@ -71,6 +75,7 @@ def test_typed_reading_of_mappings_unions_and_checks():
     ("items:\n  a: {from: x, sise: 2}\n", "f.yaml:2: items.a.sise: unknown key 'sise' (known: from, size)"),
     ("items:\n  a:\n    from: x\n    size: 0\n", "f.yaml:4: items.a.size: expected an integer >= 1, got 0"),
     ("items:\n  ok: {from: x}\n  bad: {from: y}\n", "f.yaml:3: items.bad: a reserved name"),
+    ("items:\n  a: {from: x}\n  b: {from: b}\n", "f.yaml:3: items.b: 'b' cannot come from itself"),
     ("part: {x: 1}\n", "f.yaml:1: part.kind: expected one of \"small\", \"large\", \"huge\", got None"),
     ("part:\n  kind: small\n  y: 1\n", "f.yaml:3: part.y: unknown key 'y' (known: kind, x)"),
     ("part: [1]\n", "f.yaml:1: part: expected a section (Small or Large) or null, got [1]"),

@@ -55,6 +55,30 @@ def test_every_exception_class_is_a_clifvqa_error_or_listed_with_a_reason():
     assert set(NOT_USER_ERRORS) <= names, "an allow-listed class no longer exists: drop it from the list"
 
 
+# Former names of renamed errors, still importable for code that catches them (deprecated).
+OLD_NAMES = {
+    "clifvqa.extract.clip_model.ClipWeightsMismatch": "ClipWeightsMismatchError",
+    "clifvqa.extract.pipeline.VideoRefused": "VideoRefusedError",
+    "clifvqa.features.merge.MergeConflict": "MergeConflictError",
+    "clifvqa.features.provenance.FingerprintMismatch": "FingerprintMismatchError",
+    "clifvqa.features.FingerprintMismatch": "FingerprintMismatchError",
+    "clifvqa.features.MergeConflict": "MergeConflictError",
+    "clifvqa.train.inference.NonFiniteOutput": "NonFiniteOutputError",
+    "clifvqa.train.trainer.NonFiniteLoss": "NonFiniteLossError",
+    "clifvqa.train.checkpoint.NonFiniteWeights": "NonFiniteWeightsError",
+}
+
+
+def test_every_clifvqa_error_is_named_error_and_old_names_still_catch():
+    badly_named = sorted(f"{cls.__module__}.{cls.__qualname__}" for cls in _exception_classes()
+                         if issubclass(cls, ClifvqaError) and not cls.__name__.endswith("Error"))
+    assert badly_named == [], f"name ClifvqaError subclasses *Error: {badly_named}"
+    for old, new in OLD_NAMES.items():
+        module, name = old.rsplit(".", 1)
+        alias = getattr(importlib.import_module(module), name)
+        assert alias.__name__ == new and issubclass(alias, ClifvqaError), old
+
+
 def test_old_bases_are_kept_for_existing_callers():
     from clifvqa.extract.clip_model import ClipLoadError
     from clifvqa.extract.sfe import DeviceMemoryError
@@ -87,11 +111,43 @@ def test_settings_checks_raise_clifvqa_errors():
     from clifvqa.extract.grid import parse_grid
     from clifvqa.extract.runner import parse_shard
 
-    for bad in (lambda: ExtractConfig(workers=0), lambda: ExtractConfig(shard=(3, 2)),
+    for bad in (lambda: ExtractConfig(threads=0), lambda: ExtractConfig(shard=(3, 2)),
                 lambda: parse_grid("3y3"), lambda: parse_shard("4/4"), lambda: resolve_device("gpu")):
         with pytest.raises(ClifvqaError) as info:
             bad()
         assert "\n" not in str(info.value)
+
+
+def test_bad_settings_files_and_data_raise_the_module_error_class():
+    """Plain ValueError is left for a wrong Python argument (a tensor of the wrong shape, an
+    unknown mode name); what a user's settings, files or stores get wrong has its class."""
+    from clifvqa.config_io import ConfigError
+    from clifvqa.extract.grid import GridError, upscaled_size
+    from clifvqa.extract.prompts import PromptError, PromptSet
+    from clifvqa.features.provenance import ProvenanceError, check_provenance
+    from clifvqa.testing.stores import synthetic_provenance
+    from clifvqa.train.config import DataConfig, InitConfig, OptimConfig
+    from clifvqa.train.fastvqa import FastVQAConfig
+    from clifvqa.train.fragments import FragmentConfig
+    from clifvqa.train.model import ModelConfig
+
+    cases = [
+        (ConfigError, lambda: OptimConfig(epochs=0), "epochs and batch_size must be >= 1"),
+        (ConfigError, lambda: DataConfig(splits=0), "splits must be at least 1, got 0"),
+        (ConfigError, lambda: InitConfig(checkpoint="a", spatial="b"), "cannot be combined with spatial"),
+        (ConfigError, lambda: ModelConfig(branches="left"), "branches must be one of"),
+        (ConfigError, lambda: FragmentConfig(clip_len=33), "must be a multiple of aligned"),
+        (ConfigError, lambda: FastVQAConfig(head_in=7), "head_in=7 but the last stage has 768 channels"),
+        (PromptError, lambda: PromptSet(("sharp", "Sharp"), ("objective", "objective")), "repeats"),
+        (PromptError, lambda: PromptSet(("sharp",), ("feelings",)), "has group 'feelings'"),
+        (ProvenanceError, lambda: check_provenance({**synthetic_provenance(), "grid": "3x3"}), "'grid'"),
+        (ProvenanceError, lambda: check_provenance({"clip": {}}), "provenance lacks determining field(s)"),
+        (GridError, lambda: upscaled_size(0, 320, 224), "frame size and crop must be positive"),
+    ]
+    for cls, bad, words in cases:
+        with pytest.raises(cls) as info:
+            bad()
+        assert words in str(info.value) and "\n" not in str(info.value)
 
 
 # ------------------------------------------------------------------------- the CLI
@@ -109,6 +165,7 @@ def _cases(tmp: Path) -> dict[str, list[str]]:
     (tmp / "a.mp4").write_bytes(b"")
     (tmp / "m.csv").write_text("video,mos\na.mp4,1\nb.mp4,2\n")
     (tmp / "latin1.csv").write_bytes("video,mos\nvidéo.mp4,1\n".encode("latin-1"))
+    (tmp / "run.yaml").write_text("seed: 1\noptim:\n  epochs: 0\n")
     return {
         "extract: grid": ["extract", tmp / "ds", "--grid", "3y3"],
         "extract: shard": ["extract", tmp / "ds", "--shard", "4/4"],
@@ -117,12 +174,15 @@ def _cases(tmp: Path) -> dict[str, list[str]]:
         "manifests: seeds": ["manifest", "split", tmp / "m.csv", "-o", tmp / "splits", "--seeds", "0"],
         "manifests: not UTF-8": ["manifest", "check", tmp / "latin1.csv"],
         "train: not a checkpoint": ["predict", tmp / "a.mp4", "--checkpoint", tmp / "ck"],
+        "train: a setting's check": ["train", "--print-config", "--splits", "0"],
+        "train: a config file's check": ["train", "--print-config", "--config", tmp / "run.yaml"],
     }
 
 
 @pytest.mark.parametrize("case", ["extract: grid", "extract: shard", "extract: batch size",
                                   "features: not a store", "manifests: seeds", "manifests: not UTF-8",
-                                  "train: not a checkpoint"])
+                                  "train: not a checkpoint", "train: a setting's check",
+                                  "train: a config file's check"])
 def test_cli_user_errors_are_clifvqa_errors_in_one_line(tmp_path, monkeypatch, case):
     monkeypatch.setattr(cli, "is_user_error", _strict)  # a plain ValueError would now be a traceback
     result = CliRunner().invoke(cli.main, [str(a) for a in _cases(tmp_path)[case]])

@@ -12,7 +12,7 @@ import pytest
 import torch
 from scipy import stats
 
-from clifvqa.features.provenance import FingerprintMismatch
+from clifvqa.features.provenance import FingerprintMismatchError
 from clifvqa.features.store import open_store
 from clifvqa.train.checkpoint import save_checkpoint
 from clifvqa.train.data import DataError
@@ -116,7 +116,7 @@ def test_refuses_a_store_made_with_other_settings(tmp_path, make_train_set):
     data = make_train_set(tmp_path / "data", split=TAGS)
     other = make_train_set(tmp_path / "other", split=TAGS, provenance=synthetic_provenance(r=4, grid=(3, 3)))
     ckpt, _ = tiny_checkpoint(tmp_path / "ckpt", data.store)
-    with pytest.raises(FingerprintMismatch) as info:
+    with pytest.raises(FingerprintMismatchError) as info:
         evaluate(ckpt, data.manifest, data.videos, [data.store, other.store], tmp_path / "eval", device="cpu")
     assert info.value.fields == ["grid"]
     assert str(other.store) in str(info.value) and "differing provenance fields: grid" in str(info.value)

@@ -196,7 +196,7 @@ def test_parse_shard():
 
 def test_sharded_runs_cover_the_dataset(tmp_path, tiny_clip, make_video):
     keys = make_dataset(tmp_path / "ds", make_video, 4)
-    config = ExtractConfig(clip_model=str(tiny_clip), grid=(1, 2), device="cpu", batch_size=8, workers=1)
+    config = ExtractConfig(clip_model=str(tiny_clip), grid=(1, 2), device="cpu", batch_crops=8, threads=1)
     totals = []
     for k in range(3):
         shard_config = ExtractConfig(**{**config.__dict__, "shard": (k, 3)})
@@ -300,7 +300,7 @@ def test_a_video_another_run_completes_meanwhile_is_skipped_not_failed(tmp_path,
     from clifvqa.features.store import create_or_open_store
 
     keys = make_dataset(tmp_path / "ds", make_video, 3)
-    config = ExtractConfig(clip_model=str(tiny_clip), grid=(1, 2), batch_size=8, workers=1)
+    config = ExtractConfig(clip_model=str(tiny_clip), grid=(1, 2), batch_crops=8, threads=1)
     real = SemanticFeatureExtractor.from_config(config)
     path = tmp_path / "shared.zarr"
 
@@ -320,3 +320,12 @@ def test_a_video_another_run_completes_meanwhile_is_skipped_not_failed(tmp_path,
     assert (summary.done, summary.skipped, summary.failed) == (2, 1, 0)
     with open_store(path) as store:
         assert store.keys() == keys and store.failures() == {}
+
+
+def test_extract_config_old_keywords_work_with_a_deprecation_warning():
+    with pytest.warns(DeprecationWarning) as record:
+        old = ExtractConfig(workers=3, batch_size=16)
+    assert [str(w.message) for w in record] == ["ExtractConfig(batch_size=...) is deprecated, use batch_crops=",
+                                               "ExtractConfig(workers=...) is deprecated, use threads="]
+    assert old == ExtractConfig(threads=3, batch_crops=16)
+    assert (old.threads, old.batch_crops) == (3, 16)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from clifvqa.features.provenance import FingerprintMismatch, fingerprint, require_same_features
+from clifvqa.features.provenance import FingerprintMismatchError, fingerprint, require_same_features
 from clifvqa.features.store import create_or_open_store, open_store
 from clifvqa.testing.stores import synthetic_provenance, synthetic_video
 
@@ -44,12 +44,12 @@ def test_the_check_itself():
     a = synthetic_provenance()
     require_same_features(a, dict(a, clip=dict(a["clip"], model="/elsewhere/clip"), created="now"),
                           problem="p", remedy="r")  # informative fields: the same features
-    with pytest.raises(FingerprintMismatch) as info:
+    with pytest.raises(FingerprintMismatchError) as info:
         require_same_features(a, synthetic_provenance(grid=(1, 1), softmax="group"), problem="X differs", remedy="do Y")
     assert str(info.value) == "X differs (differing provenance fields: prompts.softmax, grid); do Y"
     assert info.value.fields == ["prompts.softmax", "grid"]
     # the fingerprints a store holds decide; equal provenances under unequal fingerprints: a damaged attribute
-    with pytest.raises(FingerprintMismatch, match=r"fields: none: a fingerprint attribute does not match its "
+    with pytest.raises(FingerprintMismatchError, match=r"fields: none: a fingerprint attribute does not match its "
                                                   r"provenance, run clifvqa store verify\); do Y"):
         require_same_features(a, a, fingerprints=("sha256:aa", "sha256:bb"), problem="X differs", remedy="do Y")
 
@@ -61,9 +61,9 @@ def test_extract_resume_refuses_a_store_of_other_settings(tmp_path, tiny_clip, m
     from clifvqa.extract.runner import extract_dataset
 
     make_video("v0.mp4", root=tmp_path / "ds", num_frames=3, width=64, height=48)
-    config = ExtractConfig(clip_model=str(tiny_clip), grid=(1, 1), device="cpu", workers=1)
+    config = ExtractConfig(clip_model=str(tiny_clip), grid=(1, 1), device="cpu", threads=1)
     assert extract_dataset(tmp_path / "ds", tmp_path / "f.zarr", None, config, progress=False).done == 1
-    with pytest.raises(FingerprintMismatch) as info:
+    with pytest.raises(FingerprintMismatchError) as info:
         extract_dataset(tmp_path / "ds", tmp_path / "f.zarr", None, replace(config, grid=(2, 2)), progress=False)
     message = refused_by_the_one_check(info, ["grid"])
     assert message.startswith(f"{tmp_path / 'f.zarr'} holds features made with other settings")
@@ -76,7 +76,7 @@ def test_merge_refuses_stores_of_other_settings(tmp_path):
     from clifvqa.features.merge import merge_stores
 
     a, b = write_store(tmp_path / "a.zarr", ["v0.mp4"]), write_store(tmp_path / "b.zarr", ["v1.mp4"], OTHER_GRID)
-    with pytest.raises(FingerprintMismatch) as info:
+    with pytest.raises(FingerprintMismatchError) as info:
         merge_stores([a, b], tmp_path / "out.zarr", progress=False)
     assert refused_by_the_one_check(info, ["grid"]).startswith(f"cannot merge {b} into {a}")
     assert not (tmp_path / "out.zarr").exists()
@@ -86,7 +86,7 @@ def test_training_refuses_stores_of_other_settings(tmp_path):
     from clifvqa.train.data import load_semantic_features
 
     a, b = write_store(tmp_path / "a.zarr", ["v0.mp4"]), write_store(tmp_path / "b.h5", ["v1.mp4"], OTHER_GRID)
-    with pytest.raises(FingerprintMismatch) as info:
+    with pytest.raises(FingerprintMismatchError) as info:
         load_semantic_features([a, b], ["v0.mp4", "v1.mp4"], t0=8, progress=False)
     message = refused_by_the_one_check(info, ["grid"])
     assert message.startswith(f"feature stores {a} and {b} were made with different settings")
@@ -101,7 +101,7 @@ def test_evaluate_and_predict_refuse_a_store_the_checkpoint_was_not_trained_on(t
     other = write_store(tmp_path / "other.zarr", ["v0.mp4"], OTHER_GRID)
     manifest = tmp_path / "m.csv"
     manifest.write_text("video,mos\nv0.mp4,3.0\n")
-    with pytest.raises(FingerprintMismatch) as info:
+    with pytest.raises(FingerprintMismatchError) as info:
         evaluate(ckpt, manifest, tmp_path, [other], device="cpu")
     message = refused_by_the_one_check(info, ["grid"])
     assert message.startswith(f"feature store {other} (fingerprint sha256:")
@@ -109,7 +109,7 @@ def test_evaluate_and_predict_refuse_a_store_the_checkpoint_was_not_trained_on(t
 
     video = tmp_path / "v0.mp4"
     video.write_bytes(b"any bytes: refused before the inputs are read")
-    with pytest.raises(FingerprintMismatch) as info:
+    with pytest.raises(FingerprintMismatchError) as info:
         predict([video], ckpt, stores=[other], device="cpu")
     assert refused_by_the_one_check(info, ["grid"]) == message
 
@@ -124,7 +124,7 @@ def test_predict_refuses_a_clip_that_would_extract_other_features(tmp_path, tiny
     ckpt = tiny_checkpoint(tmp_path / "ckpt", trained)
     video = tmp_path / "v0.mp4"
     video.write_bytes(b"never decoded: refused before extraction")
-    with pytest.raises(FingerprintMismatch) as info:
+    with pytest.raises(FingerprintMismatchError) as info:
         predict([video], ckpt, device="cpu")
     message = refused_by_the_one_check(info, ["mean"])
     assert message.startswith(f"extracting with CLIP model {str(tiny_clip)!r} would not reproduce")

@@ -304,12 +304,12 @@ def test_dtype_auto_continues_a_store_in_its_recorded_dtype(tmp_path, tiny_clip,
     from clifvqa.extract import sfe
     from clifvqa.extract.config import ExtractConfig
     from clifvqa.extract.runner import extract_dataset
-    from clifvqa.features.provenance import FingerprintMismatch
+    from clifvqa.features.provenance import FingerprintMismatchError
     from clifvqa.features.store import open_store
 
     for i in range(2):
         make_video(f"v{i}.mp4", root=tmp_path / "ds", num_frames=3, width=64, height=48, seed=i)
-    config = ExtractConfig(clip_model=str(tiny_clip), grid=(1, 1), device="cpu", workers=1, batch_size=8)
+    config = ExtractConfig(clip_model=str(tiny_clip), grid=(1, 1), device="cpu", threads=1, batch_crops=8)
     cpu_store, half_store = tmp_path / "cpu.zarr", tmp_path / "half.zarr"
     manifest = tmp_path / "one.csv"
     manifest.write_text("video\nv0.mp4\n")
@@ -325,7 +325,7 @@ def test_dtype_auto_continues_a_store_in_its_recorded_dtype(tmp_path, tiny_clip,
         assert st.provenance["dtype"] == "float32" and len(st.keys()) == 2
     explained = ("extracted with dtype float32, this run computes in float16: "
                  "pass --dtype auto .* or --dtype float32")
-    with pytest.raises(FingerprintMismatch, match=explained):
+    with pytest.raises(FingerprintMismatchError, match=explained):
         extract_dataset(tmp_path / "ds", cpu_store, None, replace(config, dtype="float16", retry_failed=True),
                         progress=False)
     monkeypatch.setattr(sfe, "resolve_dtype", real)
@@ -434,7 +434,7 @@ def test_gpu_continues_a_cpu_started_store(tmp_path, tiny_clip, make_video):
         make_video(f"v{i}.mp4", root=tmp_path / "ds", num_frames=3, width=64, height=48, seed=i)
     manifest = tmp_path / "one.csv"
     manifest.write_text("video\nv0.mp4\n")
-    config = ExtractConfig(clip_model=str(tiny_clip), grid=(1, 1), device="cpu", workers=1, batch_size=8)
+    config = ExtractConfig(clip_model=str(tiny_clip), grid=(1, 1), device="cpu", threads=1, batch_crops=8)
     assert extract_dataset(tmp_path / "ds", tmp_path / "f.zarr", manifest, config, progress=False).ok
     on_gpu = replace(config, device="cuda")  # dtype auto: float16 on a GPU, unless the store says otherwise
     summary = extract_dataset(tmp_path / "ds", tmp_path / "f.zarr", None, on_gpu, progress=False)

@@ -13,8 +13,8 @@ import zarr
 from click.testing import CliRunner
 
 from clifvqa.cli import main
-from clifvqa.features.merge import MergeConflict, convert_store, merge_stores
-from clifvqa.features.provenance import FingerprintMismatch
+from clifvqa.features.merge import MergeConflictError, convert_store, merge_stores
+from clifvqa.features.provenance import FingerprintMismatchError
 from clifvqa.features.store import StoreError, create_or_open_store, open_store
 from clifvqa.features.verify import verify_store
 from clifvqa.testing.stores import synthetic_provenance, synthetic_video
@@ -71,7 +71,7 @@ def test_merge_refuses_other_settings_naming_fields(tmp_path):
     other = synthetic_provenance(r=4, grid=(3, 3), frame_stride=2)
     with create_or_open_store(tmp_path / "b.zarr", other) as store:
         store.write_video("x.mp4", **synthetic_video(other))
-    with pytest.raises(FingerprintMismatch, match="grid, frame_stride") as err:
+    with pytest.raises(FingerprintMismatchError, match="grid, frame_stride") as err:
         merge_stores([a, tmp_path / "b.zarr"], tmp_path / "out.zarr")
     assert err.value.fields == ["grid", "frame_stride"]
     assert not (tmp_path / "out.zarr").exists()
@@ -92,7 +92,7 @@ def test_conflicting_duplicates_need_prefer(tmp_path):
     a = build(tmp_path / "a.zarr", [0, 1])
     with create_or_open_store(tmp_path / "b.zarr", PROV) as store:
         store.write_video("K/v1.mp4", **synthetic_video(PROV, seed=99, source="K/v1.mp4"))
-    with pytest.raises(MergeConflict, match=r"K/v1\.mp4 \(.*a\.zarr, .*b\.zarr\)") as err:
+    with pytest.raises(MergeConflictError, match=r"K/v1\.mp4 \(.*a\.zarr, .*b\.zarr\)") as err:
         merge_stores([a, tmp_path / "b.zarr"], tmp_path / "m.zarr")
     assert err.value.keys == ["K/v1.mp4"] and not (tmp_path / "m.zarr").exists()
     for prefer, seed in (("first", 1), ("last", 99)):

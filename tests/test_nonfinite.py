@@ -20,9 +20,9 @@ from click.testing import CliRunner
 from clifvqa.train import checkpoint as ckpt
 from clifvqa.train import data as train_data
 from clifvqa.train.config import RunConfig, set_options, tiny
-from clifvqa.train.inference import NonFiniteOutput
+from clifvqa.train.inference import NonFiniteOutputError
 from clifvqa.train.model import TINY_FRAGMENTS, build_model, tiny_config
-from clifvqa.train.trainer import NonFiniteLoss, run_training
+from clifvqa.train.trainer import NonFiniteLossError, run_training
 
 TAGS = ["train", "train", "train", "train", "val", "test"]
 
@@ -50,7 +50,7 @@ def test_nan_features_stop_training_naming_the_batch_and_write_no_checkpoint(tmp
     out = tmp_path / "run"
     config = set_options(tiny(RunConfig()), epochs=2, batch_size=4, workers=0, num_clips_test=2, warmup_epochs=0.5,
                          manifest=data.manifest, videos=data.videos, stores=[data.store])
-    with pytest.raises(NonFiniteLoss) as info:
+    with pytest.raises(NonFiniteLossError) as info:
         run_training(config, out, progress=False)
     message = str(info.value)
     assert "\n" not in message
@@ -73,7 +73,7 @@ def test_no_checkpoint_with_nonfinite_weights_is_saved_or_loaded(tmp_path):
         model.semantic.fc1.weight[0, 0] = math.inf
         model.semantic.fc2.bias.fill_(math.nan)
     expected = r"2 of \d+ weights are NaN or inf \(in 2 tensors: semantic\.fc1\.weight"
-    with pytest.raises(ckpt.NonFiniteWeights, match=expected):
+    with pytest.raises(ckpt.NonFiniteWeightsError, match=expected):
         ckpt.save_checkpoint(tmp_path / "best", model, config, {}, "sha256:x", {"epoch": 2})
     assert (good / ckpt.MODEL_FILE).read_bytes() == before  # the previous checkpoint is untouched
     assert json.loads((good / ckpt.META_FILE).read_text())["epoch"] == 1
@@ -82,7 +82,7 @@ def test_no_checkpoint_with_nonfinite_weights_is_saved_or_loaded(tmp_path):
     # a checkpoint written before saving checked (or edited by hand) is refused on load
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(good / ckpt.MODEL_FILE))
-    with pytest.raises(ckpt.NonFiniteWeights, match="model.safetensors: 2 of .* NaN or inf"):
+    with pytest.raises(ckpt.NonFiniteWeightsError, match="model.safetensors: 2 of .* NaN or inf"):
         ckpt.load_checkpoint(good)
 
 
@@ -106,7 +106,7 @@ def test_evaluate_refuses_a_nan_output_naming_the_video(semantic_checkpoint, mon
 
     data, path = semantic_checkpoint
     poison(monkeypatch, evaluate_module, data.keys[3])
-    with pytest.raises(NonFiniteOutput, match=rf"NaN or inf for 1 of 6 videos: {data.keys[3]} \(1 in all\)"):
+    with pytest.raises(NonFiniteOutputError, match=rf"NaN or inf for 1 of 6 videos: {data.keys[3]} \(1 in all\)"):
         evaluate_module.evaluate(path, data.manifest, data.videos, [data.store], tmp_path / "eval",
                                  device="cpu")
     assert not (tmp_path / "eval").exists()
@@ -129,7 +129,7 @@ def test_predict_never_prints_nan(semantic_checkpoint, monkeypatch):
         return torch.full_like(real(rows, t0), math.nan)
 
     monkeypatch.setattr(predict_module, "resample_time", nan_rows)
-    monkeypatch.setattr(predict_module, "_semantic_features", fake_semantic_features)
+    monkeypatch.setattr(predict_module, "_fill_pooled", fake_fill_pooled)
     video = data.videos / data.keys[0]
     (pred,) = predict_module.predict([video], path, device="cpu")
     assert pred.score is None and pred.raw is None
@@ -141,7 +141,7 @@ def test_predict_never_prints_nan(semantic_checkpoint, monkeypatch):
     assert "nan," not in result.output and f"failed: {video}: the model's output is nan" in result.output
 
 
-def fake_semantic_features(entries, todo, preds, pooled, *args, **kwargs):
+def fake_fill_pooled(entries, todo, preds, pooled, *args, **kwargs):
     import numpy as np
 
     for i in todo:

@@ -153,7 +153,7 @@ def dataset(tmp_path, make_video):
 
 
 def config(tiny_clip) -> ExtractConfig:
-    return ExtractConfig(clip_model=str(tiny_clip), grid=GRID, device="cpu", batch_size=4, workers=1)
+    return ExtractConfig(clip_model=str(tiny_clip), grid=GRID, device="cpu", batch_crops=4, threads=1)
 
 
 def failing_write(monkeypatch, key: str, exc: Exception) -> None:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from clifvqa.features.provenance import FingerprintMismatch
+from clifvqa.features.provenance import FingerprintMismatchError
 from clifvqa.predict import predict, write_predictions
 
 NUM_FRAMES = 16
@@ -40,7 +40,7 @@ def setup(tmp_path_factory, tiny_clip):
         for i in range(2)
     ]
     store = root / "features.zarr"
-    config = ExtractConfig(clip_model=str(tiny_clip), grid=(2, 2), device="cpu", workers=1)
+    config = ExtractConfig(clip_model=str(tiny_clip), grid=(2, 2), device="cpu", threads=1)
     assert extract_dataset(data, store, config=config, progress=False).ok
     with open_store(store) as st:
         prov, fp = st.provenance, st.fingerprint
@@ -71,7 +71,7 @@ def test_refuses_a_clip_whose_weights_differ_from_the_checkpoints(setup, tmp_pat
     from clifvqa.testing.clip import save_random_clip
 
     other = save_random_clip(tmp_path / "other-clip", preset="tiny", seed=1)
-    with pytest.raises(FingerprintMismatch) as info:
+    with pytest.raises(FingerprintMismatchError) as info:
         predict([setup.videos[0]], setup.ckpt, clip_model=str(other), device="cpu")
     assert info.value.fields == ["clip.weights_sha256"]
     assert str(other) in str(info.value) and "--clip-model" in str(info.value)

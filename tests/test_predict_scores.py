@@ -123,7 +123,7 @@ def extracted(tmp_path_factory, tiny_clip):
     videos = [write_clip(root / "set" / f"v{i}.mp4", num_frames=8, width=160, height=128, seed=i, noise=6 * i)
               for i in range(2)]
     store = root / "features.zarr"
-    config = ExtractConfig(clip_model=str(tiny_clip), grid=(1, 1), device="cpu", workers=1)
+    config = ExtractConfig(clip_model=str(tiny_clip), grid=(1, 1), device="cpu", threads=1)
     assert extract_dataset(root / "set", store, config=config, progress=False).ok
     with open_store(store) as st:
         prov, fp = st.provenance, st.fingerprint

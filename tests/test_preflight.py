@@ -119,7 +119,7 @@ def test_preflight_library_function(tmp_path, make_video):
 def test_extract_dataset_reports_the_preflight_through_log(tmp_path, tiny_clip, make_video):
     ds, manifest, keys = konvid_like(tmp_path, make_video, present=1, rows=2)
     lines: list[str] = []
-    config = ExtractConfig(clip_model=str(tiny_clip), grid=(1, 1), workers=1, allow_missing=True)
+    config = ExtractConfig(clip_model=str(tiny_clip), grid=(1, 1), threads=1, allow_missing=True)
     summary = extract_dataset(ds, tmp_path / "s.h5", manifest, config, progress=False, log=lines.append)
     assert lines == [f"pre-flight: 1 of 2 videos to extract are present under {ds}; 1 missing: {keys[1]}"]
     assert (summary.done, summary.missing, summary.ok) == (1, [keys[1]], False)

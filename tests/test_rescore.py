@@ -17,7 +17,7 @@ from clifvqa.extract.prompts import PromptSet
 from clifvqa.extract.rescore import NO_EMBEDDINGS, RescoreError, rescore_store
 from clifvqa.extract.runner import extract_dataset
 from clifvqa.extract.sfe import SemanticFeatureExtractor
-from clifvqa.features.provenance import FingerprintMismatch, fingerprint, provenance_diff
+from clifvqa.features.provenance import FingerprintMismatchError, fingerprint, provenance_diff
 from clifvqa.features.store import create_or_open_store, open_store
 from clifvqa.features.verify import verify_store
 from clifvqa.testing.videos import write_clip
@@ -43,7 +43,7 @@ def extractor(bundle, prompts, softmax="all", save_embeddings=True, grid=GRID):
 
 
 def extract(dataset, store, tiny_clip, sfe):
-    config = ExtractConfig(clip_model=str(tiny_clip), device="cpu", workers=1)
+    config = ExtractConfig(clip_model=str(tiny_clip), device="cpu", threads=1)
     return extract_dataset(dataset, store, config=config, progress=False, extractor=sfe)
 
 
@@ -180,7 +180,7 @@ def test_resume_mismatch_and_pointless_rescores(data, tmp_path):
     first = rescore_store(data / "src.zarr", dst, NEW, device="cpu", progress=False)
     again = rescore_store(data / "src.zarr", dst, NEW, device="cpu", progress=False)
     assert (first.done, again.done, again.skipped, again.total) == (2, 0, 2, 2)
-    with pytest.raises(FingerprintMismatch, match="prompts.texts") as info:
+    with pytest.raises(FingerprintMismatchError, match="prompts.texts") as info:
         rescore_store(data / "src.zarr", dst, OTHER, device="cpu", progress=False)
     assert "another output path" in str(info.value) and "prompts.texts" in info.value.fields
     assert "require_same_features" in [entry.name for entry in info.traceback]  # the one fingerprint check

@@ -39,6 +39,8 @@ def print_config(*args: str) -> str:
 
 def test_shipped_paper_file_is_the_default_tree_and_round_trips_identically():
     text = PAPER_CONFIG.read_text(encoding="utf-8")
+    # the file is generated from RunConfig's fields, the one definition of each setting
+    assert dump_yaml(RunConfig()) == text, "configs/clifvqa-b.yaml is older than train/config.py: run `make configs`"
     config = load_run_config(PAPER_CONFIG)
     assert config == RunConfig()
     assert dump_yaml(config) == text  # file -> tree -> file

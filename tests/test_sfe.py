@@ -121,7 +121,7 @@ def prompts_file(tmp_path_factory):
 def test_store_equals_per_crop_reference(tiny_clip, dataset, prompts_file, tmp_path):
     config = ExtractConfig(
         clip_model=str(tiny_clip), grid=(2, 3), prompts_file=str(prompts_file), device="cpu",
-        batch_size=20, workers=2, save_embeddings=True,
+        batch_crops=20, threads=2, save_embeddings=True,
     )
     summary = extract_dataset(dataset, tmp_path / "f.zarr", config=config, progress=False)
     assert (summary.done, summary.failed, summary.skipped) == (3, 0, 0)

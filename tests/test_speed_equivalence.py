@@ -52,7 +52,7 @@ def _run(clip_dir, dataset, store, batch_size, workers):
     """Extract the dataset and return {key: (frames, pooled, maps, embeddings)} from the store."""
     config = ExtractConfig(
         clip_model=str(clip_dir), grid=GRID, device="cpu", dtype="float32",
-        batch_size=batch_size, workers=workers, save_embeddings=True,
+        batch_crops=batch_size, threads=workers, save_embeddings=True,
     )
     summary = extract_dataset(dataset, store, config=config, progress=False)
     assert (summary.done, summary.failed) == (len(CLIPS), 0)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import zarr
 
-from clifvqa.features.provenance import FingerprintMismatch, fingerprint
+from clifvqa.features.provenance import FingerprintMismatchError, fingerprint
 from clifvqa.features.store import StoreError, create_or_open_store, open_store
 from clifvqa.manifests.paths import UnsafePathError
 from clifvqa.testing.stores import synthetic_provenance, synthetic_video
@@ -85,7 +85,7 @@ def test_reopen_same_settings_and_refuse_different(tmp_path, prov, name):
         assert store.keys() == ["a.mp4"]
     other = synthetic_provenance(r=4, grid=(3, 3))
     other["prompts"]["texts"][0] = "something else"
-    with pytest.raises(FingerprintMismatch) as err:
+    with pytest.raises(FingerprintMismatchError) as err:
         create_or_open_store(tmp_path / name, other)
     assert err.value.fields == ["prompts.texts", "grid"]
     assert "prompts.texts, grid" in str(err.value) and "write to a new store (-o/--out)" in str(err.value)

@@ -54,7 +54,7 @@ def test_training_never_imports_or_loads_clip(tmp_path, make_train_set, tiny_cli
         data.videos,
         store,
         data.manifest,
-        ExtractConfig(clip_model=str(clip), device="cpu", workers=1, batch_size=64),
+        ExtractConfig(clip_model=str(clip), device="cpu", threads=1, batch_crops=64),
         progress=False,
     )
     assert summary.ok and summary.done == 6

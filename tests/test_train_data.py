@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from clifvqa.features.provenance import FingerprintMismatch
+from clifvqa.features.provenance import FingerprintMismatchError
 from clifvqa.features.store import create_or_open_store
 from clifvqa.manifests.io import Manifest, ManifestRow
 from clifvqa.testing.stores import synthetic_provenance, synthetic_video
@@ -109,7 +109,7 @@ def test_feature_refusals_name_the_problem(tmp_path):
     assert "... and 12 more (22 in all)" in str(err.value)
 
     other = write_store(tmp_path / "other.zarr", ["v2.mp4"], prov=synthetic_provenance(r=4, grid=(3, 3)))
-    with pytest.raises(FingerprintMismatch, match=r"different settings \(differing provenance fields: grid\)"):
+    with pytest.raises(FingerprintMismatchError, match=r"different settings \(differing provenance fields: grid\)"):
         load_semantic_features([a, other], ["v0.mp4", "v2.mp4"], t0=8, progress=False)
     with pytest.raises(DataError, match="r=4 prompts but the model expects r=5"):
         load_semantic_features([a], ["v0.mp4"], t0=8, expected_r=5, progress=False)

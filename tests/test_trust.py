@@ -231,7 +231,7 @@ def test_swapped_video_is_re_extracted_flagged_and_refused(tmp_path, tiny_clip, 
     make_video("a.mp4", root=root, num_frames=6, seed=0)
     make_video("b.mp4", root=root, num_frames=6, seed=1)
     store_path = tmp_path / "f.zarr"
-    config = ExtractConfig(clip_model=str(tiny_clip), device="cpu", workers=1, batch_size=16)
+    config = ExtractConfig(clip_model=str(tiny_clip), device="cpu", threads=1, batch_crops=16)
     assert extract_dataset(root, store_path, config=config, progress=False).done == 2
     with open_store(store_path) as store:
         old = store.read_pooled("b.mp4")

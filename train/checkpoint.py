@@ -63,8 +63,11 @@ class CheckpointError(ClifvqaError):
     """A checkpoint directory that cannot be read as asked; the message says which file and why."""
 
 
-class NonFiniteWeights(CheckpointError):
+class NonFiniteWeightsError(CheckpointError):
     """Weights holding NaN or inf: a diverged model, never saved and never loaded."""
+
+
+NonFiniteWeights = NonFiniteWeightsError  # deprecated alias: the former name
 
 
 def _check_finite(state: Mapping[str, torch.Tensor], where: str) -> None:
@@ -74,7 +77,7 @@ def _check_finite(state: Mapping[str, torch.Tensor], where: str) -> None:
     if bad:
         total = sum(v.numel() for v in state.values())
         names = ", ".join(list(bad)[:3]) + (", ..." if len(bad) > 3 else "")
-        raise NonFiniteWeights(
+        raise NonFiniteWeightsError(
             f"{where}: {sum(bad.values())} of {total} weights are NaN or inf "
             f"(in {len(bad)} tensors: {names}); "
             "the model diverged: retrain (e.g. lower --lr, check the features with clifvqa store verify)"
@@ -102,7 +105,7 @@ def save_checkpoint(
     this process's.
 
     Raises:
-        NonFiniteWeights: a weight is NaN or inf; nothing is written and an existing checkpoint
+        NonFiniteWeightsError: a weight is NaN or inf; nothing is written and an existing checkpoint
             at ``path`` stays as it was.
     """
     path = Path(path)
@@ -146,7 +149,7 @@ def read_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 def load_checkpoint(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> tuple[ClifVQA, dict[str, Any]]:
     """Rebuild the model of a checkpoint directory, load its weights (strict) and return it in
-    eval mode with its metadata. Weights holding NaN or inf are refused (:class:`NonFiniteWeights`)."""
+    eval mode with its metadata. Weights holding NaN or inf are refused (:class:`NonFiniteWeightsError`)."""
     path = Path(path)
     meta = read_meta(path)
     config = ClifVQAConfig.from_dict(meta["model_config"])

@@ -12,8 +12,9 @@
 
 Every setting is in exactly one place (e.g. test clips per video only in
 ``model.fragments.num_clips_test``). The defaults are the paper's settings and equal the shipped
-``configs/clifvqa-b.yaml``; ``clifvqa train`` writes the resolved tree into the run folder
-(``run.yaml``) and every checkpoint, and ``--resume`` compares it. Reading, writing, overrides
+``configs/clifvqa-b.yaml``, which ``make configs`` generates from the fields; ``clifvqa train``
+writes the resolved tree into the run folder (``run.yaml``) and every checkpoint, and
+``--resume`` compares it. Reading, writing, overrides
 and diffs are :mod:`clifvqa.config_io`'s.
 
 A setting is defined once, as its field: everything else about it is derived from the field's
@@ -94,9 +95,9 @@ class DataConfig(JsonConfig):
             object.__setattr__(self, name, _path(getattr(self, name)))
         object.__setattr__(self, "stores", tuple(str(s) for s in self.stores))
         if not 0 <= self.val_fraction < 1 or not 0 < self.test_fraction < 1:
-            raise ValueError("val_fraction must be in [0, 1) and test_fraction in (0, 1)")
+            raise ConfigError("val_fraction must be in [0, 1) and test_fraction in (0, 1)")
         if self.splits is not None and self.splits < 1:
-            raise ValueError(f"splits must be at least 1, got {self.splits}")
+            raise ConfigError(f"splits must be at least 1, got {self.splits}")
 
 
 @dataclass(frozen=True)
@@ -125,9 +126,9 @@ class OptimConfig(JsonConfig):
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
-            raise ValueError("epochs and batch_size must be >= 1")
+            raise ConfigError("epochs and batch_size must be >= 1")
         if self.warmup_epochs < 0 or self.lr <= 0 or self.backbone_lr < 0:
-            raise ValueError("warmup_epochs must be >= 0, lr > 0 and backbone_lr >= 0")
+            raise ConfigError("warmup_epochs must be >= 0, lr > 0 and backbone_lr >= 0")
 
 
 @dataclass(frozen=True)
@@ -162,9 +163,9 @@ class InitConfig(JsonConfig):
             object.__setattr__(self, name, _path(getattr(self, name)))
         spatial = [name for name in ("fastvqa", "swin_k400", "spatial") if getattr(self, name)]
         if self.checkpoint and spatial:
-            raise ValueError(f"checkpoint gives every weight: it cannot be combined with {', '.join(spatial)}")
+            raise ConfigError(f"checkpoint gives every weight: it cannot be combined with {', '.join(spatial)}")
         if self.spatial and len(spatial) > 1:
-            raise ValueError(f"{', '.join(spatial)} all set the FAST-VQA branch: choose one")
+            raise ConfigError(f"{', '.join(spatial)} all set the FAST-VQA branch: choose one")
 
 
 @dataclass(frozen=True)
@@ -190,7 +191,7 @@ class RunConfig(JsonConfig):
 
     def __post_init__(self) -> None:
         if self.workers is not None and self.workers < 0:
-            raise ValueError(f"workers must be >= 0, got {self.workers}")
+            raise ConfigError(f"workers must be >= 0, got {self.workers}")
 
     def to_yaml(self) -> str:
         """The tree as YAML (:func:`~clifvqa.config_io.dump_yaml`; :func:`load_run_config` reads it)."""

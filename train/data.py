@@ -241,7 +241,7 @@ def load_semantic_features(
     (:func:`clifvqa.features.sources.stale_reason`); stale entries are refused, or with
     ``allow_stale`` listed in a warning and used.
 
-    Raises :class:`~clifvqa.features.provenance.FingerprintMismatch` when the stores disagree on
+    Raises :class:`~clifvqa.features.provenance.FingerprintMismatchError` when the stores disagree on
     the fingerprint (naming the differing provenance fields), and :class:`DataError` before
     reading any features when a store's fingerprint does not match its provenance, when r is not
     ``expected_r``, listing the videos that are in no store or incomplete, or stale; and after

@@ -139,10 +139,10 @@ def evaluate(
             extraction; refused otherwise (:mod:`clifvqa.features.sources`).
 
     Raises:
-        CheckpointError, FingerprintMismatch, DataError, ManifestError: bad checkpoint, store of
+        CheckpointError, FingerprintMismatchError, DataError, ManifestError: bad checkpoint, store of
             other settings, missing videos, corrupt or stale features, bad manifest; all before
             any scoring.
-        NonFiniteOutput: the model gave NaN or inf for some videos (named); nothing is written.
+        NonFiniteOutputError: the model gave NaN or inf for some videos (named); nothing is written.
     """
     dev = torch.device(resolve_device(device))
     model, meta = load_checkpoint(checkpoint, dev)

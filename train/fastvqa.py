@@ -29,7 +29,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from clifvqa._device import no_autocast
-from clifvqa.config_io import JsonConfig
+from clifvqa.config_io import ConfigError, JsonConfig
 from clifvqa.errors import ClifvqaError
 
 Size3 = tuple[int, int, int]
@@ -77,15 +77,15 @@ class FastVQAConfig(JsonConfig):
     def __post_init__(self) -> None:
         n = len(self.depths)
         if not (len(self.num_heads) == len(self.frag_biases) == n):
-            raise ValueError(
+            raise ConfigError(
                 f"depths, num_heads and frag_biases need one entry per stage, got {self.depths}, "
                 f"{self.num_heads}, {self.frag_biases}"
             )
         for i, heads in enumerate(self.num_heads):
             if (self.embed_dim * 2**i) % heads:
-                raise ValueError(f"stage {i}: width {self.embed_dim * 2**i} is not divisible by {heads} heads")
+                raise ConfigError(f"stage {i}: width {self.embed_dim * 2**i} is not divisible by {heads} heads")
         if self.head_in != self.embed_dim * 2 ** (n - 1):
-            raise ValueError(f"head_in={self.head_in} but the last stage has {self.embed_dim * 2 ** (n - 1)} channels")
+            raise ConfigError(f"head_in={self.head_in} but the last stage has {self.embed_dim * 2 ** (n - 1)} channels")
 
 
 VARIANTS: dict[str, FastVQAConfig] = {
@@ -467,7 +467,7 @@ def adaptive_window_size_checked(config: FastVQAConfig, input_size: tuple[int, .
     """:func:`adaptive_window_size` for ``config``, refusing windows the tables cannot index."""
     resized = adaptive_window_size(config.window_size, input_size, config.base_x_size)
     if any(r < 1 or r > w for r, w in zip(resized, config.window_size)):
-        raise ValueError(
+        raise ConfigError(
             f"input {tuple(input_size)} gives adaptive window {resized}, outside 1..{config.window_size} "
             f"(base size {config.base_x_size}); use an input no larger than the base size or "
             "pass adaptive_window_size=False"

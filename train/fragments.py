@@ -32,7 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from clifvqa.config_io import JsonConfig
+from clifvqa.config_io import ConfigError, JsonConfig
 from clifvqa.video import VideoDecodeError, count_frames, decode_into
 
 
@@ -71,9 +71,9 @@ class FragmentConfig(JsonConfig):
         ints = [f.name for f in fields(self) if f.type in ("int", int)]
         bad = [name for name in ints if getattr(self, name) < 1]
         if bad:
-            raise ValueError(f"FragmentConfig fields {bad} must be >= 1")
+            raise ConfigError(f"FragmentConfig fields {bad} must be >= 1")
         if self.clip_len % self.aligned:
-            raise ValueError(f"clip_len={self.clip_len} must be a multiple of aligned={self.aligned}")
+            raise ConfigError(f"clip_len={self.clip_len} must be a multiple of aligned={self.aligned}")
 
     @property
     def size_h(self) -> int:

@@ -26,8 +26,11 @@ from clifvqa.train.model import ClifVQA
 log = logging.getLogger("clifvqa.train")
 
 
-class NonFiniteOutput(ClifvqaError):
+class NonFiniteOutputError(ClifvqaError):
     """The model gave NaN or inf for some videos: never reported as a score."""
+
+
+NonFiniteOutput = NonFiniteOutputError  # deprecated alias: the former name
 
 
 @torch.no_grad()
@@ -65,7 +68,7 @@ def predict_items(
     every process returns all of them (in item order). ``progress`` shows a bar (stderr) on rank 0.
 
     Raises:
-        NonFiniteOutput: with ``check_finite``, the model gave NaN or inf for some videos (named).
+        NonFiniteOutputError: with ``check_finite``, the model gave NaN or inf for some videos (named).
     """
     model.eval()
     shard = list(items)[dist.rank :: dist.world]
@@ -89,7 +92,7 @@ def predict_items(
         failed = [f for _, part in gathered for f in part]
     bad = [key for key, pred, _ in out if not math.isfinite(pred)]
     if bad and check_finite:
-        raise NonFiniteOutput(
+        raise NonFiniteOutputError(
             f"the model's output is NaN or inf for {len(bad)} of {len(out)} videos: {listing(bad, 5)}; their "
             "semantic features or the checkpoint's weights are corrupt (check: clifvqa store verify)"
         )
@@ -108,7 +111,7 @@ def check_checkpoint_stores(
 
     Raises:
         CorruptFeaturesError: a store's fingerprint attribute does not match its provenance.
-        FingerprintMismatch: a store was made with other determining settings (``fields`` lists
+        FingerprintMismatchError: a store was made with other determining settings (``fields`` lists
             them, e.g. ``["grid", "prompts.texts"]``).
     """
     from clifvqa.features.store import open_store

@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from clifvqa._device import no_autocast
-from clifvqa.config_io import JsonConfig
+from clifvqa.config_io import ConfigError, JsonConfig
 from clifvqa.train.fastvqa import VARIANTS, FastVQAConfig, build_fastvqa
 from clifvqa.train.fragments import FragmentConfig
 
@@ -90,11 +90,11 @@ class ModelConfig(JsonConfig):
         if isinstance(self.fragments, Mapping):
             object.__setattr__(self, "fragments", FragmentConfig.from_dict(self.fragments))
         if self.branches not in BRANCHES:
-            raise ValueError(f"branches must be one of {BRANCHES}, got {self.branches!r}")
+            raise ConfigError(f"branches must be one of {BRANCHES}, got {self.branches!r}")
         if self.prompt_groups not in PROMPT_GROUPS:
-            raise ValueError(f"prompt_groups must be one of {PROMPT_GROUPS}, got {self.prompt_groups!r}")
+            raise ConfigError(f"prompt_groups must be one of {PROMPT_GROUPS}, got {self.prompt_groups!r}")
         if self.t0 < 1 or self.semantic_hidden < 1 or self.head_hidden < 1:
-            raise ValueError("t0, semantic_hidden and head_hidden must be positive")
+            raise ConfigError("t0, semantic_hidden and head_hidden must be positive")
 
     @property
     def uses_semantic(self) -> bool:
@@ -132,9 +132,9 @@ class ClifVQAConfig(ModelConfig):
         super().__post_init__()
         object.__setattr__(self, "prompt_groups_of", tuple(self.prompt_groups_of))
         if self.r < 1:
-            raise ValueError(f"r (prompts in the store) must be at least 1, got {self.r}")
+            raise ConfigError(f"r (prompts in the store) must be at least 1, got {self.r}")
         if self.prompt_groups_of and len(self.prompt_groups_of) != self.r:
-            raise ValueError(f"prompt_groups_of has {len(self.prompt_groups_of)} entries for r={self.r} prompts")
+            raise ConfigError(f"prompt_groups_of has {len(self.prompt_groups_of)} entries for r={self.r} prompts")
         if self.uses_semantic:
             self.semantic_rows()  # refuse an empty prompt subset now, not at the first batch
 
@@ -155,12 +155,12 @@ class ClifVQAConfig(ModelConfig):
             kept = list(range(self.r))
         else:
             if not self.prompt_groups_of:
-                raise ValueError(f"prompt_groups={self.prompt_groups!r} needs the group of each stored prompt "
-                                 "(prompt_groups_of)")
+                raise ConfigError(f"prompt_groups={self.prompt_groups!r} needs the group of each stored prompt "
+                                  "(prompt_groups_of)")
             kept = [i for i, g in enumerate(self.prompt_groups_of) if g == self.prompt_groups]
             if not kept:
                 groups = sorted(set(self.prompt_groups_of))
-                raise ValueError(f"the store has no {self.prompt_groups} prompts (groups: {groups})")
+                raise ConfigError(f"the store has no {self.prompt_groups} prompts (groups: {groups})")
         return kept + [self.r + i for i in kept]
 
     def spatial_map_shape(self) -> tuple[int, int, int, int]:
@@ -255,7 +255,7 @@ class ClifVQA(nn.Module):
 
     def clip_scores(self, semantic: torch.Tensor | None = None, fragments: torch.Tensor | None = None) -> torch.Tensor:
         """Scores ``[B, k]`` of every clip (k = 1 for the semantic-only model)."""
-        f_s = self._semantic_features(semantic)
+        f_s = self._semantic_branch(semantic)
         if self.fastvqa is None:
             assert f_s is not None  # ClifVQAConfig: a model without FAST-VQA has the semantic branch
             score = self.head(f_s) if self.head is not None else f_s.mean(dim=1)
@@ -278,7 +278,7 @@ class ClifVQA(nn.Module):
             f_v = f_f
         return self.head(f_v).view(b, k)
 
-    def _semantic_features(self, semantic: torch.Tensor | None) -> torch.Tensor | None:
+    def _semantic_branch(self, semantic: torch.Tensor | None) -> torch.Tensor | None:
         if self.semantic is None:
             return None
         if semantic is None:

@@ -34,7 +34,7 @@ validation videos cannot rank epochs. Test metrics are computed once, for the se
 and best/ gets the map from raw outputs onto the training MOS scale (``score_mapping``, fitted on
 the training videos) that ``predict`` reports as ``score``.
 
-A NaN or inf training loss stops the run (:class:`NonFiniteLoss`, naming the batch's videos)
+A NaN or inf training loss stops the run (:class:`NonFiniteLossError`, naming the batch's videos)
 before the epoch is saved; checkpoints never hold non-finite weights.
 
 Resume (``resume=True``): model, AdamW moments, step, epoch, best-so-far and the RNG states come
@@ -67,7 +67,7 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
 from clifvqa._device import default_workers
-from clifvqa.config_io import diff, format_diff
+from clifvqa.config_io import ConfigError, diff, format_diff
 from clifvqa.errors import ClifvqaError
 from clifvqa.train import checkpoint as ckpt
 from clifvqa.train.config import RESUMABLE_CHANGES, InitConfig, OptimConfig, RunConfig
@@ -93,8 +93,11 @@ from clifvqa.train.run_folder import RunFolder
 log = logging.getLogger("clifvqa.train")
 
 
-class NonFiniteLoss(ClifvqaError):
+class NonFiniteLossError(ClifvqaError):
     """The training loss became NaN or inf: training stops before anything of it is saved."""
+
+
+NonFiniteLoss = NonFiniteLossError  # deprecated alias: the former name
 
 
 def lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
@@ -289,7 +292,7 @@ def _param_groups(model: ClifVQA, config: OptimConfig) -> list[dict[str, Any]]:
 def _init_weights(model: ClifVQA, init: InitConfig, initialised_from: Mapping[str, Any] | None) -> None:
     """Start from the official files of ``init`` and/or the clifvqa checkpoint ``initialised_from``
     (a :func:`~clifvqa.train.checkpoint.check_init` record)."""
-    from clifvqa.train.fastvqa import load_fastvqa_checkpoint
+    from clifvqa.train.fastvqa import CheckpointMismatchError, load_fastvqa_checkpoint
 
     if initialised_from is not None:
         ckpt.init_weights(model, initialised_from)
@@ -299,11 +302,11 @@ def _init_weights(model: ClifVQA, init: InitConfig, initialised_from: Mapping[st
         if path is None:
             continue
         if model.fastvqa is None:
-            raise ValueError(f"{path}: a FAST-VQA / Video Swin init needs the spatial branch "
-                             "(branches=both or spatial)")
+            raise ConfigError(f"{path}: a FAST-VQA / Video Swin init needs the spatial branch "
+                              "(branches=both or spatial)")
         report = load_fastvqa_checkpoint(model.fastvqa, path)
         if report.layout not in want:
-            raise ValueError(f"{path} is a {report.layout} checkpoint, expected {' or '.join(want)} here")
+            raise CheckpointMismatchError(f"{path} is a {report.layout} checkpoint, expected {' or '.join(want)} here")
         log.info("initialised FAST-VQA from %s (%s layout, %d tensors)", path, report.layout, report.loaded)
 
 
@@ -353,7 +356,7 @@ def train_one_epoch(
 ) -> tuple[dict[str, Any], int]:
     """One pass over ``loader``: per step, the learning rate of step ``step`` (``schedule`` =
     (warm-up steps, total steps), :func:`lr_factor`) and :func:`train_step`. Videos that fail to
-    decode are skipped with a warning; a non-finite loss raises :class:`NonFiniteLoss` naming the
+    decode are skipped with a warning; a non-finite loss raises :class:`NonFiniteLossError` naming the
     batch. Returns the epoch's ``train_loss``, ``train_videos`` and ``skipped_videos`` (summed
     over processes) and the next step."""
     net.train()
@@ -375,7 +378,7 @@ def train_one_epoch(
             value = loss.item()  # the one sync per step there always was (logging needs it)
             if not math.isfinite(value):
                 assert pred is not None  # a batch with videos has predictions
-                raise NonFiniteLoss(_nonfinite_loss_message(value, batch, pred, f"{desc} step {step}"))
+                raise NonFiniteLossError(_nonfinite_loss_message(value, batch, pred, f"{desc} step {step}"))
             loss_sum += value * len(batch["keys"])
             loss_n += len(batch["keys"])
             if hasattr(bar, "set_postfix"):
