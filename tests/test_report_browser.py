@@ -174,7 +174,7 @@ def outputs(tmp_path_factory, tiny_clip):
     manifest = root / "manifest.csv"
     manifest.write_text("\n".join(lines) + "\n")
     store = root / "features.zarr"
-    config = ExtractConfig(clip_model=str(tiny_clip), grid=(2, 2), device="cpu", workers=1)
+    config = ExtractConfig(clip_model=str(tiny_clip), grid=(2, 2), device="cpu", threads=1)
     assert extract_dataset(videos, store, manifest=manifest, config=config, progress=False).ok
     run = root / "run"
     train = set_options(tiny(RunConfig()), epochs=2, batch_size=4, workers=0, num_clips_test=1, warmup_epochs=0.5,
