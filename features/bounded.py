@@ -82,6 +82,38 @@ def too_big(where: str, size: int, limit: int) -> UnsafeStoreError:
                             "hostile store)")
 
 
+# ---------------------------------------------------------------------- attributes before use
+
+MAX_FRAMES = 100_000_000
+"""The most frames (``num_frames``) an entry may claim: 38 days at 30 fps."""
+ATTR_BOUNDS: dict[str, tuple[type, float, float]] = {
+    "num_frames": (int, 0, MAX_FRAMES),
+    "fps": (float, 1e-3, 10_000.0),
+    "width": (int, 1, 1 << 16),
+    "height": (int, 1, 1 << 16),
+    "rotation": (int, -360, 360),
+    "source_size": (int, 0, 1 << 50),
+    "source_mtime_ns": (int, 0, 1 << 63),
+}
+"""The numeric attributes of a video entry that readers use (``num_frames`` bounds the rows an
+array may declare): their kind (int: an integer; float: a finite number) and inclusive range."""
+
+
+def check_video_attrs(attrs: Mapping[str, Any]) -> None:
+    """Raise :class:`UnsafeStoreError` naming the first attribute of :data:`ATTR_BOUNDS` that
+    ``attrs`` holds outside its kind or range (absent ones are verify's to report)."""
+    for name, (kind, low, high) in ATTR_BOUNDS.items():
+        if name not in attrs:
+            continue
+        value = attrs[name]
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        fits = number and (isinstance(value, int) if kind is int else math.isfinite(value)) and low <= value <= high
+        if not fits:
+            what = "an integer" if kind is int else "a finite number"
+            raise UnsafeStoreError(f"attribute {name} = {str(value)[:40]!r} is not {what} in [{low:g}, {high:g}]; "
+                                   "the entry is not read")
+
+
 # ---------------------------------------------------------------------- shapes before allocating
 
 

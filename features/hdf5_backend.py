@@ -503,6 +503,8 @@ class HDF5FeatureStore(FeatureStore):
             except Exception as exc:  # noqa: BLE001 - unreadable metadata is reported per video
                 found = Fetched(None, error=exc)
             if found.complete:
+                found.error = self._attrs_refused(key, found.attrs)
+            if found.complete:
                 for name in names:
                     try:
                         array = self._read_bounded(entry, name, found.attrs)

@@ -54,7 +54,7 @@ from typing import Any
 import numpy as np
 
 from clifvqa.errors import ClifvqaError
-from clifvqa.features.bounded import ARRAY_DTYPES, ShapeRule, UnsafeStoreError
+from clifvqa.features.bounded import ARRAY_DTYPES, ShapeRule, UnsafeStoreError, check_video_attrs
 from clifvqa.features.provenance import (
     FORMAT_VERSION,
     READABLE_FORMATS,
@@ -356,6 +356,9 @@ class FeatureStore(abc.ABC):
         complete = [k for k, a in entries.items() if a.get("complete") is True]
         frames = 0
         for key in complete:
+            refused = self._attrs_refused(key, entries[key])
+            if refused is not None:
+                raise refused
             try:
                 shape, dtype = self._array_declared(f"{VIDEOS}/{key}/pooled")
                 self._check_declared("pooled", shape, dtype, entries[key])
@@ -401,6 +404,15 @@ class FeatureStore(abc.ABC):
     @functools.cached_property
     def _shape_rule(self) -> ShapeRule | None:
         return ShapeRule.of(self.provenance)
+
+    def _attrs_refused(self, key: str, attrs: Mapping[str, Any]) -> CorruptFeaturesError | None:
+        """Why the attributes of video ``key`` are not used (a numeric one out of its bounds,
+        :func:`~clifvqa.features.bounded.check_video_attrs`), checked before its arrays are read."""
+        try:
+            check_video_attrs(attrs)
+        except UnsafeStoreError as exc:
+            return CorruptFeaturesError(self.path, key, str(exc))
+        return None
 
     def _check_declared(self, name: str, shape: tuple[int, ...], dtype: np.dtype, attrs: dict[str, Any]) -> None:
         """Raise :class:`~clifvqa.features.bounded.UnsafeStoreError` unless array ``name`` of an

@@ -111,6 +111,23 @@ _HEAD = re.compile(r'\s*\{\s*"attributes"\s*:\s*')
 _AFTER_ATTRS = re.compile(r'\s*,\s*"zarr_format"\s*:\s*3\s*,')
 _TAIL = re.compile(r'"node_type"\s*:\s*"group"\s*\}\s*$')
 
+def load_doc(raw: bytes, where: str) -> dict[str, Any]:
+    """The JSON object of the metadata document ``raw`` (``where``: the store and the document,
+    for the message); a document that is not UTF-8 JSON holding an object (whose ``attributes``,
+    when present, are an object too) is one line of :class:`StoreError`: the store is damaged."""
+    try:
+        doc = json.loads(raw)
+        problem = None if isinstance(doc, dict) else f"holds a JSON {type(doc).__name__}, not an object"
+        if problem is None and not isinstance(doc.get("attributes", {}), dict):
+            problem = "its attributes are not a JSON object"
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        problem = f"is not valid JSON ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})"
+    if problem:
+        raise StoreError(f"{where}: this metadata document {problem}; the store is damaged: copy it again, or "
+                         "ask its sender for an intact copy (`clifvqa store verify` lists what else is wrong)")
+    return doc
+
+
 Tree = LocalTree | ZipTree
 """The files of a local store (a folder or a ``.zarr.zip``), read by clifvqa itself with bounds."""
 Requests = list[tuple[str, int]]
@@ -126,13 +143,14 @@ def root_attributes(tree: Tree) -> tuple[int, dict[str, Any]] | None:
     head = _head_attributes(tree)
     if head is not None:
         return 3, head
+    where = f"{tree.path if isinstance(tree, ZipTree) else tree.root}: "
     doc = tree.read("zarr.json", MAX_ROOT_DOC_BYTES)
     if doc is not None:
-        meta = json.loads(doc)
+        meta = load_doc(doc, where + "zarr.json")
         return (3, dict(meta.get("attributes") or {})) if meta.get("node_type") == "group" else None
     if tree.read(".zgroup", MAX_DOC_BYTES) is not None:
         attrs = tree.read(".zattrs", MAX_ROOT_DOC_BYTES)
-        return 2, dict(json.loads(attrs)) if attrs is not None else {}
+        return 2, load_doc(attrs, where + ".zattrs") if attrs is not None else {}
     return None
 
 
@@ -251,7 +269,7 @@ class ZarrFeatureStore(FeatureStore):
     def _open_tree(cls, path: Path, store: Any, tree: Tree, *, writable: bool, backend: str) -> ZarrFeatureStore:
         try:
             root = root_attributes(tree)
-        except UnsafeStoreError:
+        except (UnsafeStoreError, StoreError):
             raise
         except (ValueError, TypeError) as exc:
             raise StoreError(f"{path} is not a Zarr feature store: its root metadata cannot be read ({exc})") from exc
@@ -292,7 +310,7 @@ class ZarrFeatureStore(FeatureStore):
 
         try:
             reader, root = _LOOP.run(open_on_loop())
-        except UnsafeStoreError:
+        except (UnsafeStoreError, StoreError):
             raise
         except (ValueError, TypeError, AttributeError) as exc:
             raise StoreError(f"no Zarr feature store at {url}: its root metadata cannot be read ({exc})") from exc
@@ -335,7 +353,8 @@ class ZarrFeatureStore(FeatureStore):
     def _tree_node(self, path: str) -> Fetched:
         """Kind and attributes of the node at ``path`` of a local store, from its documents."""
         v3 = self.zarr_format == 3
-        return _node_of(v3, [self._tree.read(f"{path}/{d}".lstrip("/"), MAX_DOC_BYTES) for d in NODE_DOCS[v3]])
+        docs = [f"{path}/{d}".lstrip("/") for d in NODE_DOCS[v3]]
+        return _node_of(v3, [self._tree.read(d, MAX_DOC_BYTES) for d in docs], self.path, docs)
 
     def _node(self, path: str, attrs: tuple[str, ...] | None = None) -> tuple[str | None, dict[str, Any]]:
         if self._tree is not None:
@@ -418,7 +437,7 @@ class ZarrFeatureStore(FeatureStore):
         doc = self._tree.read(f"{path}/{'zarr.json' if self.zarr_format == 3 else '.zarray'}", MAX_DOC_BYTES)
         if doc is None:
             raise KeyError(f"no array {path!r} in {self.path}")
-        return _declared(json.loads(doc), self.zarr_format)
+        return _declared(load_doc(doc, f"{self.path}: {path}"), self.zarr_format)
 
     def _write_group(self, path: str, attrs: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
         self._check_writable()
@@ -467,8 +486,8 @@ class ZarrFeatureStore(FeatureStore):
     def _change_token(self) -> str | None:
         try:
             raw = self._read_key(self._marker_key(), MAX_DOC_BYTES)
-            attrs = json.loads(raw) if raw is not None else {}
-        except ValueError:  # unreadable or refused: no current token
+            attrs = load_doc(raw, self.path) if raw is not None else {}
+        except ValueError:  # unreadable or refused (ClifvqaErrors are ValueErrors): no current token
             return None
         token = (attrs.get("attributes", {}) if self.zarr_format == 3 else attrs).get(CHANGE_ATTR)
         return token if isinstance(token, str) else None
@@ -579,16 +598,19 @@ class ZarrFeatureStore(FeatureStore):
             array_docs = [f"{base}/{n}/{'zarr.json' if v3 else '.zarray'}" for n in names]
             got = yield [(k, MAX_DOC_BYTES) for k in node_docs + array_docs]
             try:
-                found = _node_of(v3, _raised(got[:len(node_docs)]))
+                found = _node_of(v3, _raised(got[:len(node_docs)]), self.path, node_docs)
             except Exception as exc:  # noqa: BLE001 - unreadable metadata is reported per video
                 return Fetched(None, error=exc)
             docs = {n: doc for n, doc in zip(names, got[len(node_docs):]) if doc is not None}
         if not found.complete:
             return found
+        found.error = self._attrs_refused(key, found.attrs)
+        if found.error is not None:
+            return found
         layouts: dict[str, _Layout] = {}
         for name, doc in docs.items():
             try:
-                meta = doc if isinstance(doc, dict) else json.loads(_raised([doc])[0])
+                meta = doc if isinstance(doc, dict) else load_doc(_raised([doc])[0], f"{self.path}: {base}/{name}")
                 self._check_declared(name, *_declared(meta, self.zarr_format), found.attrs)
                 layouts[name] = _Layout.parse(meta, self.zarr_format)
             except Exception as exc:  # noqa: BLE001 - refused or unreadable: the array's error
@@ -658,7 +680,8 @@ class ZarrFeatureStore(FeatureStore):
         if not self._listable:
             return None
         raw = self._read_key("zarr.json" if self.zarr_format == 3 else ".zmetadata", MAX_ROOT_DOC_BYTES)
-        nodes = None if raw is None else _recorded_nodes(json.loads(raw), self.zarr_format)
+        doc = "zarr.json" if self.zarr_format == 3 else ".zmetadata"
+        nodes = None if raw is None else _recorded_nodes(load_doc(raw, f"{self.path}: {doc}"), self.zarr_format)
         if nodes is None:
             return None
         out: dict[str, dict[str, Any]] = {"videos": _recorded_entries(nodes, VIDEOS), "arrays": {},
@@ -725,7 +748,7 @@ async def _remote_root(store: Any, where: str) -> tuple[int, dict[str, Any], Any
     ``where``, from its root documents (one request for Zarr v3); None when it has no root group."""
     doc = await _get_bytes(store, where, "zarr.json", MAX_ROOT_DOC_BYTES)
     if doc is not None:
-        meta = json.loads(doc)
+        meta = load_doc(doc, f"{where}: zarr.json")
         if meta.get("node_type") != "group":
             return None
         return 3, dict(meta.get("attributes") or {}), _recorded_nodes(meta, 3)
@@ -733,8 +756,8 @@ async def _remote_root(store: Any, where: str) -> tuple[int, dict[str, Any], Any
         return None
     attrs, consolidated = await asyncio.gather(_get_bytes(store, where, ".zattrs", MAX_ROOT_DOC_BYTES),
                                                _get_bytes(store, where, ".zmetadata", MAX_ROOT_DOC_BYTES))
-    return (2, dict(json.loads(attrs)) if attrs is not None else {},
-            None if consolidated is None else _recorded_nodes(json.loads(consolidated), 2))
+    return (2, load_doc(attrs, f"{where}: .zattrs") if attrs is not None else {},
+            None if consolidated is None else _recorded_nodes(load_doc(consolidated, f"{where}: .zmetadata"), 2))
 
 
 def _recorded_entries(nodes: dict[str, tuple[str, Any]], top: str) -> dict[str, dict[str, Any]]:
@@ -755,13 +778,13 @@ def _prefixes(path: str, entries: dict[str, Any]) -> list[str]:
     return [p for p in ("/".join(parts[:i]) for i in range(1, len(parts))) if p in entries]
 
 
-def _node_of(v3: bool, docs: list[bytes | None]) -> Fetched:
+def _node_of(v3: bool, docs: list[bytes | None], store: str, names: list[str]) -> Fetched:
     """kind and attributes of a node from its metadata documents (v3: zarr.json; v2: .zgroup,
-    .zattrs, .zarray), as zarr would see them."""
+    .zattrs, .zarray, named ``names`` in ``store``), as zarr would see them."""
     if v3:
         if docs[0] is None:
             return Fetched(None)
-        meta = json.loads(docs[0])
+        meta = load_doc(docs[0], f"{store}: {names[0]}")
         kind = {"group": "group", "array": "array"}.get(meta.get("node_type"))
         return Fetched(kind, dict(meta.get("attributes") or {}) if kind == "group" else {})
     zgroup, zattrs, zarray = docs
@@ -769,7 +792,7 @@ def _node_of(v3: bool, docs: list[bytes | None]) -> Fetched:
         return Fetched("array")
     if zgroup is None:
         return Fetched(None)
-    return Fetched("group", dict(json.loads(zattrs)) if zattrs is not None else {})
+    return Fetched("group", load_doc(zattrs, f"{store}: {names[1]}") if zattrs is not None else {})
 
 
 _FILLS = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
