@@ -50,6 +50,9 @@ MAX_ROOT_DOC_BYTES = 1 << 30
 """The most the root document may hold (with consolidated metadata, about 3.5 KB per video)."""
 MAX_CHUNKS = 1 << 16
 """The most chunks one array may be cut into."""
+MAX_DEPTH = 32
+"""The most folder levels a video key may have (``a/b/c.mp4``: 3); deeper groups are not
+descended into, and are reported as ignored."""
 
 ARRAY_DTYPES: dict[str, str] = {
     "pooled": "float32", "maps": "float16", "frames": "int32", "embeddings": "float16",
@@ -317,16 +320,22 @@ class LocalTree:
     def folders(self, rel: str) -> list[str]:
         """Sorted names of the folders directly in ``rel`` (empty when it is none); a link there
         is refused, not skipped."""
+        return self.listing(rel)[0]
+
+    def listing(self, rel: str) -> tuple[list[str], list[str]]:
+        """Sorted names of the folders and of the other entries (files, special files) directly
+        in ``rel``; a link there is refused, not skipped."""
         if rel and not self._folders_ok(rel + "/x"):
-            return []
+            return [], []
         try:
             entries = list(os.scandir(self.root / rel))
         except (FileNotFoundError, NotADirectoryError):
-            return []
+            return [], []
         for entry in entries:
             if entry.is_symlink():
                 raise refuse_link(f"{self.root}: " + f"{rel}/{entry.name}".lstrip("/"))
-        return sorted(e.name for e in entries if e.is_dir(follow_symlinks=False))
+        folders = sorted(e.name for e in entries if e.is_dir(follow_symlinks=False))
+        return folders, sorted({e.name for e in entries} - set(folders))
 
     def check_all(self) -> None:
         """Refuse the tree when anything in it is a link or a special file: before a library
@@ -369,11 +378,14 @@ class ZipTree:
                 raise UnsafeStoreError(f"{path}: zip member {twice[0]!r} is stored twice (readers disagree on "
                                        "which counts); refusing the archive: ask for a clean export")
             self._folders: dict[str, set[str]] = {}
+            self._files: dict[str, set[str]] = {}
             for name in names:
                 parts = name.rstrip("/").split("/")
                 folders = parts if name.endswith("/") else parts[:-1]  # a name ending in "/" is a folder
                 for i, part in enumerate(folders):
                     self._folders.setdefault("/".join(folders[:i]), set()).add(part)
+                if not name.endswith("/"):
+                    self._files.setdefault("/".join(folders), set()).add(parts[-1])
         except BaseException:
             self.zip.close()
             raise
@@ -402,6 +414,9 @@ class ZipTree:
 
     def folders(self, rel: str) -> list[str]:
         return sorted(self._folders.get(rel, ()))
+
+    def listing(self, rel: str) -> tuple[list[str], list[str]]:
+        return self.folders(rel), sorted(self._files.get(rel, set()) - self._folders.get(rel, set()))
 
     def check_all(self) -> None:
         """Nothing to do: every member was checked when the archive was opened."""

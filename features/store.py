@@ -53,7 +53,7 @@ from typing import Any
 
 import numpy as np
 
-from clifvqa.errors import ClifvqaError
+from clifvqa.errors import MAX_LISTED, ClifvqaError
 from clifvqa.features.bounded import ARRAY_DTYPES, ShapeRule, UnsafeStoreError, check_video_attrs
 from clifvqa.features.provenance import (
     FORMAT_VERSION,
@@ -210,6 +210,18 @@ def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [""])[0][:200]
 
 
+def listed(items: Sequence[str], limit: int = MAX_LISTED) -> str:
+    """``items`` as ``a, b, c and 15 more``: the first ``limit``, then how many others."""
+    shown = ", ".join(items[:limit])
+    return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
+
+
+def describe_ignored(ignored: Mapping[str, str]) -> str:
+    """What :meth:`FeatureStore.ignored` found, in one line (the first :data:`MAX_LISTED`)."""
+    return (f"{len(ignored)} thing(s) in it are not videos, failure records or their arrays and every reader "
+            f"ignores them: {listed([f'{path} ({why})' for path, why in ignored.items()])}")
+
+
 def is_url(path: str | os.PathLike[str]) -> bool:
     """True for fsspec URLs such as ``s3://b/x.zarr`` (``file://`` counts as a local path)."""
     text = os.fspath(path)
@@ -348,6 +360,34 @@ class FeatureStore(abc.ABC):
         shape}}, "failures": {key: attrs}}``; None when there is none (and for HDF5)."""
         return None
 
+    def ignored(self) -> dict[str, str]:
+        """What the store holds besides video entries, failure records and their arrays (unknown
+        files and folders, groups that hold no video, groups deeper than
+        :data:`~clifvqa.features.bounded.MAX_DEPTH`, links not followed), by path relative to
+        the root, each with why; every reader passes over them. One walk through the whole
+        store; remote stores report none (they are read through their listing)."""
+        return {}
+
+    def listing_mismatch(self, entries: Mapping[str, Mapping[str, Any]] | None = None) -> str | None:
+        """One line when the summary of the last finalize, still current by its change token,
+        disagrees with the listing (a video folder deleted by hand: nothing clifvqa writes
+        does that), naming the videos it records that are gone; None otherwise, and when there
+        is no current summary. ``entries``: :meth:`all_entries`, when at hand."""
+        summary = self.summary()
+        if summary is None:
+            return None
+        entries = self.all_entries() if entries is None else entries
+        complete = sum(1 for a in entries.values() if a.get("complete") is True)
+        counts = {"complete": complete, "incomplete": len(entries) - complete, "failed": len(self.failures())}
+        recorded = self.consolidated_entries()
+        missing = [] if recorded is None else sorted(set(recorded["videos"]) - set(entries))
+        if not missing and all(summary.get(k) == v for k, v in counts.items()):
+            return None
+        says = ", ".join(f"{summary.get(k)} {k}" for k in counts)
+        finds = ", ".join(f"{v} {k}" for k, v in counts.items())
+        gone = f"; gone: {listed([f'videos/{k}' for k in missing])}" if missing else ""
+        return f"its last finalize counted {says} videos but the listing finds {finds}{gone} (changed by hand since?)"
+
     # ------------------------------------------------------------------ counts
     def count(self) -> dict[str, int]:
         """``{complete, incomplete, failed, frames}`` counted by listing every entry (exact; O(videos)).
@@ -356,10 +396,8 @@ class FeatureStore(abc.ABC):
         complete = [k for k, a in entries.items() if a.get("complete") is True]
         frames = 0
         for key in complete:
-            refused = self._attrs_refused(key, entries[key])
-            if refused is not None:
-                raise refused
             try:
+                check_video_attrs(entries[key])
                 shape, dtype = self._array_declared(f"{VIDEOS}/{key}/pooled")
                 self._check_declared("pooled", shape, dtype, entries[key])
             except KeyError:  # no pooled array: verify reports the entry
@@ -405,14 +443,18 @@ class FeatureStore(abc.ABC):
     def _shape_rule(self) -> ShapeRule | None:
         return ShapeRule.of(self.provenance)
 
-    def _attrs_refused(self, key: str, attrs: Mapping[str, Any]) -> CorruptFeaturesError | None:
-        """Why the attributes of video ``key`` are not used (a numeric one out of its bounds,
-        :func:`~clifvqa.features.bounded.check_video_attrs`), checked before its arrays are read."""
+    @staticmethod
+    def _refuse_by_attrs(found: Fetched, names: Sequence[str]) -> bool:
+        """When the attributes of the complete entry ``found`` are out of bounds
+        (:func:`~clifvqa.features.bounded.check_video_attrs`), make that refusal the error of each
+        array of ``names`` (so that readers report the video as any other damaged one) and say
+        True: the backend then reads none of them."""
         try:
-            check_video_attrs(attrs)
+            check_video_attrs(found.attrs)
         except UnsafeStoreError as exc:
-            return CorruptFeaturesError(self.path, key, str(exc))
-        return None
+            found.arrays.update(dict.fromkeys(names, exc))
+            return True
+        return False
 
     def _check_declared(self, name: str, shape: tuple[int, ...], dtype: np.dtype, attrs: dict[str, Any]) -> None:
         """Raise :class:`~clifvqa.features.bounded.UnsafeStoreError` unless array ``name`` of an

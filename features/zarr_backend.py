@@ -52,9 +52,12 @@ from zarr.buffer import default_buffer_prototype
 from zarr.codecs import ZstdCodec
 from zarr.storage import FsspecStore, LocalStore, ZipStore
 
+from clifvqa._atomic import install_new, remove_abandoned, replace_file, temporary_sibling
 from clifvqa.features.bounded import (
+    ARRAY_DTYPES,
     FLETCHER32_BYTES,
     MAX_CHUNKS,
+    MAX_DEPTH,
     MAX_DOC_BYTES,
     MAX_ROOT_DOC_BYTES,
     LocalTree,
@@ -77,6 +80,10 @@ from clifvqa.features.store import (
 )
 
 T = TypeVar("T")
+
+CREATING, CHANGING = "creating", "change"
+"""Labels of the temporaries (:func:`clifvqa._atomic.temporary_sibling`: named by host and process,
+so a later writer removes those whose process is gone): a root being built, a change token."""
 
 NODE_DOCS: dict[bool, tuple[str, ...]] = {True: ("zarr.json",), False: (".zgroup", ".zattrs", ".zarray")}
 """The metadata documents of a node, Zarr v3 (True) and v2."""
@@ -329,25 +336,37 @@ class ZarrFeatureStore(FeatureStore):
     def create_or_open(cls, path: Path, root_attrs: dict[str, Any], *,
                        zarr_format: int = 3) -> ZarrFeatureStore:
         """Open ``path`` for writing, creating its root atomically when missing."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove_abandoned(path, CREATING)
         if not _is_zarr_root(path):
             cls._create_root(path, root_attrs, zarr_format)
-        return cls.open_local(path, writable=True)
+        store = cls.open_local(path, writable=True)
+        store._remove_abandoned()
+        return store
 
     @staticmethod
     def _create_root(path: Path, root_attrs: dict[str, Any], zarr_format: int) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.parent / f".{path.name}.creating-{uuid.uuid4().hex}"
-        root = zarr.create_group(LocalStore(tmp), zarr_format=zarr_format, attributes=root_attrs)
-        root.create_group("videos")
-        root.create_group("failures")
+        tmp = temporary_sibling(path, CREATING)
         try:
+            root = zarr.create_group(LocalStore(tmp), zarr_format=zarr_format, attributes=root_attrs)
+            root.create_group("videos")
+            root.create_group("failures")
             # Atomic: fails when another process renamed its root into place first.
-            os.rename(tmp, path)
-        except OSError as exc:
-            shutil.rmtree(tmp, ignore_errors=True)
+            install_new(tmp, path)
+        except FileExistsError:
             if not _is_zarr_root(path):
-                raise StoreError(f"cannot create a store at {path}: it exists and is not a Zarr "
-                                 f"store ({exc.strerror}); choose another path") from exc
+                raise StoreError(f"cannot create a store at {path}: it exists and is not a Zarr store; choose "
+                                 "another path") from None
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def _remove_abandoned(self) -> None:
+        """Remove the temporaries that killed writers left (their processes are gone): a root
+        being created, a change token being replaced (beside the store, or in ``videos/``)."""
+        root = Path(self.path)
+        remove_abandoned(root, CREATING)
+        remove_abandoned(root, CHANGING)
+        remove_abandoned(root / self._marker_key(), CHANGING)
 
     # ------------------------------------------------------------------ primitives
     def _tree_node(self, path: str) -> Fetched:
@@ -395,23 +414,70 @@ class ZarrFeatureStore(FeatureStore):
         walk(self._group[top], "")
         return out
 
-    def _tree_entries(self, top: str) -> dict[str, dict[str, Any]]:
-        """``_entries`` of a local store: its folders walked and each group's metadata document
-        read directly (zarr's members() builds every node's objects; 5x slower)."""
+    def _tree_entries(self, top: str, ignored: dict[str, str] | None = None) -> dict[str, dict[str, Any]]:
+        """``_entries`` of a local store: its folders walked (at most :data:`MAX_DEPTH` levels)
+        and each group's metadata document read directly (zarr's members() builds every node's
+        objects; 5x slower). ``ignored``, when given, gets what the walk passes over, each with
+        why (see :meth:`ignored`); the entries' own folders are then listed too."""
         out: dict[str, dict[str, Any]] = {}
+        v3 = self.zarr_format == 3
 
-        def walk(folder: str, prefix: str) -> None:
-            for name in self._tree.folders(folder):
-                node = self._tree_node(f"{folder}/{name}")
-                if node.kind == "group":
-                    if node.attrs:
-                        out[prefix + name] = node.attrs
-                    else:
-                        walk(f"{folder}/{name}", f"{prefix}{name}/")
+        def unknown_files(folder: str, files: list[str]) -> None:
+            for name in files:
+                if name not in NODE_DOCS[v3]:
+                    ignored[f"{folder}/{name}"] = "a file that is no Zarr metadata document"
+
+        def walk(folder: str, prefix: str, depth: int) -> tuple[int, int]:
+            """The entries and the other groups found below ``folder``."""
+            folders, files = self._tree.listing(folder) if ignored is not None else (self._tree.folders(folder), [])
+            if ignored is not None:
+                unknown_files(folder, files)
+            found = groups = 0
+            for name in folders:
+                path = f"{folder}/{name}"
+                node = self._tree_node(path)
+                if node.kind == "group" and node.attrs:
+                    out[prefix + name] = node.attrs
+                    found += 1
+                    if ignored is not None:
+                        inner, inner_files = self._tree.listing(path)
+                        unknown_files(path, inner_files)
+                        what = f"not an array of a {'video' if top == VIDEOS else 'failure'} entry"
+                        ignored.update({f"{path}/{extra}": what for extra in inner
+                                        if top != VIDEOS or extra not in ARRAY_DTYPES})
+                elif node.kind == "group" and depth >= MAX_DEPTH:
+                    groups += 1
+                    if ignored is not None:
+                        ignored[path] = f"a group more than {MAX_DEPTH} levels deep, not read"
+                elif node.kind == "group":
+                    before = 0 if ignored is None else len(ignored)
+                    below, inner_groups = walk(path, f"{prefix}{name}/", depth + 1)
+                    found, groups = found + below, groups + 1 + inner_groups
+                    if not below and ignored is not None and top == VIDEOS:  # said once, for the topmost
+                        while len(ignored) > before:  # what the walk below added (dicts keep their order)
+                            ignored.popitem()
+                        ignored[path] = f"{1 + inner_groups} group(s) holding no video"
+                elif ignored is not None:
+                    ignored[path] = "an array outside any video entry" if node.kind == "array" else \
+                        "a folder with no Zarr metadata"
+            return found, groups
 
         if self._tree_node(top).kind == "group":
-            walk(top, "")
+            walk(top, "", 1)
         return out
+
+    def ignored(self) -> dict[str, str]:
+        if self._tree is None:  # remote: listed through its consolidated metadata or zarr
+            return {}
+        v3 = self.zarr_format == 3
+        out: dict[str, str] = {}
+        folders, files = self._tree.listing("")
+        known = NODE_DOCS[v3] + (() if v3 else (".zmetadata",))
+        out.update({name: "a file clifvqa does not read" for name in files if name not in known})
+        out.update({name: "a folder clifvqa does not read" for name in folders if name not in (VIDEOS, FAILURES)})
+        for top in (VIDEOS, FAILURES):
+            self._tree_entries(top, out)
+        return dict(sorted(out.items()))
 
     def _has_children(self, path: str) -> bool:
         if self._tree is not None:
@@ -475,13 +541,13 @@ class ZarrFeatureStore(FeatureStore):
         attrs = meta.setdefault("attributes", {}) if self.zarr_format == 3 else meta
         attrs[CHANGE_ATTR] = uuid.uuid4().hex
         # The temporary file lives beside the store: inside it, a listing could meet it.
-        tmp = root.parent / f".{root.name}.change-{uuid.uuid4().hex}"
+        tmp = temporary_sibling(root, CHANGING)
         try:
             tmp.write_text(json.dumps(meta, indent=2))
         except OSError:  # a parent folder we may not write: next to the document then
-            tmp = doc.with_name(f".change-{uuid.uuid4().hex}")
+            tmp = temporary_sibling(doc, CHANGING)
             tmp.write_text(json.dumps(meta, indent=2))
-        os.replace(tmp, doc)
+        replace_file(tmp, doc, sync_file=False, sync_folder=False)  # a token only has to differ
 
     def _change_token(self) -> str | None:
         try:
@@ -502,6 +568,7 @@ class ZarrFeatureStore(FeatureStore):
         """Write consolidated metadata, then the root ``summary`` counted from the listing (call
         from one process, after all writers finished)."""
         self._check_writable()
+        self._remove_abandoned()
         self._check_whole_tree()
         token = self._change_token()  # before the listing: a change made meanwhile reads as stale
         summary = {**self.count(), "bytes": self._tree_bytes(), CHANGE_ATTR: token}
@@ -604,8 +671,7 @@ class ZarrFeatureStore(FeatureStore):
             docs = {n: doc for n, doc in zip(names, got[len(node_docs):]) if doc is not None}
         if not found.complete:
             return found
-        found.error = self._attrs_refused(key, found.attrs)
-        if found.error is not None:
+        if self._refuse_by_attrs(found, list(docs)):
             return found
         layouts: dict[str, _Layout] = {}
         for name, doc in docs.items():

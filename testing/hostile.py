@@ -465,26 +465,31 @@ def may_pass(name: str, command: str) -> bool:
 
 
 def verdict(command: str, exit_code: int | str, output: str) -> str:
-    """``refused`` (exit 1/2 with one ``error:`` line, or verify's problem list / predict's
-    failed line naming the victim), ``passed`` (exit 0), ``traceback`` (a traceback or a
-    MemoryError shown), ``killed`` (another exit, e.g. a signal), ``hang`` or ``unclear``."""
+    """``refused`` (exit 1/2 with one ``error:`` line, or verify's problem list naming the victim
+    or the store, or predict's failed line naming the victim), ``reported`` (``store info``
+    exits 0 with its ``ignored`` or ``mismatch`` line: info describes, verify judges),
+    ``passed`` (exit 0), ``traceback`` (a traceback or a MemoryError shown), ``killed`` (another
+    exit, e.g. a signal), ``hang`` or ``unclear``."""
     if exit_code == "hang":
         return "hang"
     if "Traceback" in output or "MemoryError" in output:
         return "traceback"
     if exit_code == 0:
-        return "passed"
+        reports = any(line.startswith(("ignored ", "mismatch ")) for line in output.splitlines())
+        return "reported" if command.startswith("info") and reports else "passed"
     if exit_code not in (1, 2):
         return "killed"
     errors = [line for line in output.splitlines() if line.startswith("error:")]
-    if len(errors) == 1 or (command in ("verify", "predict") and VICTIM in output):
+    listed = VICTIM in output or (command == "verify" and "(store): " in output)  # verify's problem list
+    if len(errors) == 1 or (command in ("verify", "predict") and listed):
         return "refused"
     return "unclear"
 
 
 def acceptable(name: str, command: str, outcome: str) -> bool:
-    """A refusal, or a pass where the command never reads what case ``name`` damages."""
-    return outcome == "refused" or (outcome == "passed" and may_pass(name, command))
+    """A refusal, ``store info`` reporting what it ignores, or a pass where the command never
+    reads what case ``name`` damages."""
+    return outcome in ("refused", "reported") or (outcome == "passed" and may_pass(name, command))
 
 
 def make_case(name: str, intact: Path, work: str | os.PathLike[str]) -> Path:
