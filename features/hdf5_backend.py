@@ -177,7 +177,7 @@ def _apply(file: h5py.File, op: h5py.File) -> None:
         if path in file:
             del file[path]
     else:
-        raise ValueError(f"unknown op {kind!r}")
+        raise StoreError(f"unknown op {kind!r}")
 
 
 def _lock(folder: Path, store: Path) -> int:

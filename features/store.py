@@ -667,7 +667,7 @@ class FeatureStore(abc.ABC):
         A failure record of ``key`` is removed just before the entry is marked complete.
 
         Raises:
-            ValueError: wrong shapes/dtypes (naming the key), a key colliding with another
+            StoreError: wrong shapes/dtypes (naming the key), a key colliding with another
                 entry, a mismatching ``pooled_sha256``.
             EntryCompleteError: a complete entry of ``key`` without ``replace``.
             UnsafePathError: the key breaks the path rule.
@@ -679,7 +679,7 @@ class FeatureStore(abc.ABC):
         plain = {str(k): check_attr_value(str(k), v) for k, v in attrs.items() if k != "complete"}
         given = plain.pop("pooled_sha256", None)
         if given is not None and given != digest:
-            raise ValueError(f"video {key!r}: attrs say pooled_sha256={given} but the pooled array "
+            raise StoreError(f"video {key!r}: attrs say pooled_sha256={given} but the pooled array "
                              f"hashes to {digest}; the source copy is corrupt (run store verify)")
         plain["pooled_sha256"] = digest
         path = f"{VIDEOS}/{key}"
@@ -700,7 +700,7 @@ class FeatureStore(abc.ABC):
             arr = np.asarray(value)
             want = np.integer if name == "frames" else np.floating
             if not np.issubdtype(arr.dtype, want):
-                raise ValueError(f"video {key!r}: {name} has dtype {arr.dtype}, expected "
+                raise StoreError(f"video {key!r}: {name} has dtype {arr.dtype}, expected "
                                  f"{'integers' if name == 'frames' else 'floats'}")
             with np.errstate(over="ignore"):  # overflow to inf is reported below
                 out[name] = np.ascontiguousarray(arr, dtype=ARRAY_DTYPES[name])
@@ -711,16 +711,16 @@ class FeatureStore(abc.ABC):
             expected["embeddings"] = (t, m * n, emb.shape[-1] if emb.ndim == 3 else -1)
         for name, arr in out.items():
             if arr.shape != expected[name]:
-                raise ValueError(f"video {key!r}: {name} has shape {list(arr.shape)}, expected "
+                raise StoreError(f"video {key!r}: {name} has shape {list(arr.shape)}, expected "
                                  f"{list(expected[name])} (T={t}, r={r}, grid {m}x{n})")
         for name in ("pooled", "maps", "embeddings"):
             bad = 0 if name not in out else int(out[name].size - np.count_nonzero(np.isfinite(out[name])))
             if bad:
-                raise ValueError(f"video {key!r}: {name} has {bad} non-finite values (NaN/inf, "
+                raise StoreError(f"video {key!r}: {name} has {bad} non-finite values (NaN/inf, "
                                  f"or too large for {ARRAY_DTYPES[name]}); not stored")
         if "frames" in out and out["frames"].size and not np.array_equal(
                 np.asarray(frames).astype(np.int64), out["frames"].astype(np.int64)):
-            raise ValueError(f"video {key!r}: frame indices do not fit int32")
+            raise StoreError(f"video {key!r}: frame indices do not fit int32")
         return out
 
     def _check_slot(self, key: str, path: str, replace: bool) -> None:
@@ -730,13 +730,13 @@ class FeatureStore(abc.ABC):
             prefix = "/".join(parts[:i])
             kind, attrs = self._node(f"{VIDEOS}/{prefix}")
             if kind == "array" or attrs:
-                raise ValueError(f"cannot store video {key!r}: {prefix!r} is already a video in "
+                raise StoreError(f"cannot store video {key!r}: {prefix!r} is already a video in "
                                  f"{self.path}, and a video cannot also be a folder")
         kind, attrs = self._node(path)
         if kind == "array":
-            raise ValueError(f"cannot store video {key!r}: an array is in the way in {self.path}")
+            raise StoreError(f"cannot store video {key!r}: an array is in the way in {self.path}")
         if kind == "group" and not attrs and self._has_children(path):
-            raise ValueError(f"cannot store video {key!r}: it is a folder of other videos in "
+            raise StoreError(f"cannot store video {key!r}: it is a folder of other videos in "
                              f"{self.path}")
         if attrs.get("complete") is True and not replace:
             raise EntryCompleteError(f"video {key!r} is already complete in {self.path} (another run wrote it "
