@@ -100,10 +100,10 @@ def _verify(store: FeatureStore, manifest: Any, videos: str | os.PathLike[str] |
     except Exception as exc:  # noqa: BLE001 - a corrupt listing is a finding, not a crash
         return problems + [Problem(STORE_KEY, f"cannot list videos: {type(exc).__name__}: {exc}")]
     if ignored:
-        problems.append(Problem(STORE_KEY, describe_ignored(ignored) + "; merge and convert refuse it unless "
-                                "--allow-partial (remove them, or ask for a clean copy)"))
+        problems.append(Problem(STORE_KEY, f"{store.path}: {describe_ignored(ignored)}; merge and convert refuse "
+                                "it unless --allow-partial (remove them, or ask for a clean copy)"))
     if mismatch:
-        problems.append(Problem(STORE_KEY, mismatch))
+        problems.append(Problem(STORE_KEY, f"{store.path}: {mismatch}"))
     entries = {k: a for k, a in everything.items() if a.get("complete") is True}
     checker = _VideoChecker(prov)
     found: list[Problem] = []

@@ -287,8 +287,11 @@ class ZarrFeatureStore(FeatureStore):
 
     @classmethod
     def open_local(cls, path: Path, *, writable: bool) -> ZarrFeatureStore:
-        return cls._open_tree(path, LocalStore(path, read_only=not writable), LocalTree(path), writable=writable,
-                              backend="zarr")
+        store = cls._open_tree(path, LocalStore(path, read_only=not writable), LocalTree(path), writable=writable,
+                               backend="zarr")
+        if writable:  # every writer (extract, finalize, upgrade) tidies what killed ones left
+            store._remove_abandoned()
+        return store
 
     @classmethod
     def open_zip(cls, path: Path) -> ZarrFeatureStore:
@@ -340,9 +343,7 @@ class ZarrFeatureStore(FeatureStore):
         remove_abandoned(path, CREATING)
         if not _is_zarr_root(path):
             cls._create_root(path, root_attrs, zarr_format)
-        store = cls.open_local(path, writable=True)
-        store._remove_abandoned()
-        return store
+        return cls.open_local(path, writable=True)
 
     @staticmethod
     def _create_root(path: Path, root_attrs: dict[str, Any], zarr_format: int) -> None:

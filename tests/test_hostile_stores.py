@@ -1,8 +1,10 @@
 """Stores someone sent you (clifvqa.testing.hostile): every case against every command that reads
 stores, each case in its own process under an address-space limit, so that a regression fails
-here instead of exhausting the machine; plus a seeded fuzzer of byte flips, truncations and renames.
+here instead of exhausting the machine; a seeded fuzzer of byte flips, truncations and renames;
+what is reported as ignored, and absurd attributes, at the library level.
 
-The same corpus, one process per command with its peak RSS: benchmarks/hostile_matrix.py.
+The same corpus against every library reader: tests/test_bounded_reads.py; one process per
+command with its peak RSS: benchmarks/hostile_matrix.py.
 """
 
 from __future__ import annotations
@@ -155,7 +157,7 @@ def test_what_is_not_a_video_is_reported_by_verify_and_refused_by_merge_unless_a
     assert ignored["videos/junk00"] == "2 group(s) holding no video"
     assert ignored["videos/k/v0.mp4/notes.txt"] == "a file that is no Zarr metadata document"
     problems = [str(p) for p in verify_store(small)]
-    assert len(problems) == 1 and problems[0].startswith(f"(store): {MAX_LISTED + 6} thing(s) in it are not videos")
+    assert len(problems) == 1 and problems[0].startswith(f"(store): {small}: {MAX_LISTED + 6} thing(s) in it are not")
     assert "videos/junk09 (2 group(s) holding no video) and 6 more;" in problems[0]
     with pytest.raises(PartialSourceError, match=r"--allow-partial") as refused:
         convert_store(small, tmp_path / "c.h5", progress=False)
@@ -179,7 +181,7 @@ def test_a_deleted_video_folder_is_a_mismatch_for_recount_verify_and_merge(small
     assert info["mismatch"] == ("its last finalize counted 3 complete, 0 incomplete, 0 failed videos but the "
                                 "listing finds 2 complete, 0 incomplete, 0 failed; gone: videos/k/v1.mp4 (changed by "
                                 "hand since?)")
-    assert f"(store): {info['mismatch']}" in [str(p) for p in verify_store(small)]
+    assert f"(store): {small}: {info['mismatch']}" in [str(p) for p in verify_store(small)]
     with pytest.raises(PartialSourceError, match="gone: videos/k/v1.mp4"):
         merge_stores([small], tmp_path / "m.zarr", progress=False)
     assert merge_stores([small], tmp_path / "m.zarr", allow_partial=True, progress=False).videos == 2

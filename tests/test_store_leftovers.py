@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from clifvqa._atomic import _HOST
-from clifvqa.features.store import create_or_open_store, finalize_store, open_store
+from clifvqa.features.store import create_or_open_store, finalize_store, open_store, upgrade_store
 from clifvqa.testing.stores import synthetic_provenance, synthetic_video
 
 PROV = synthetic_provenance(r=2, grid=(1, 1))
@@ -37,7 +37,7 @@ def make_store(path):
         return store.read_pooled("k/v0.mp4")
 
 
-@pytest.mark.parametrize("reopen", ["extract", "finalize"])
+@pytest.mark.parametrize("reopen", ["extract", "finalize", "upgrade"])
 def test_zarr_leftovers_of_a_killed_writer_are_removed_by_the_next(tmp_path, reopen):
     path = tmp_path / "s.zarr"
     pooled = make_store(path)
@@ -53,8 +53,10 @@ def test_zarr_leftovers_of_a_killed_writer_are_removed_by_the_next(tmp_path, reo
         kept.mkdir()
         if reopen == "extract":
             create_or_open_store(path, PROV).close()
-        else:
+        elif reopen == "finalize":
             finalize_store(path)
+        else:
+            assert upgrade_store(path) is False  # already format 2: tidied all the same
         assert [p for p in gone if p.exists()] == [] and kept.is_dir()
     finally:
         alive.kill()
