@@ -1,10 +1,13 @@
 """Every hostile store (clifvqa.testing.hostile) against every command that reads stores.
 
-Each (case, command) runs as its own process under an address-space limit (so a bomb cannot
-take the machine) and a time limit; the table gives its exit code, peak RSS (MB) and seconds,
-and marks a row "ok" when the command refused in one ``error:`` line without a traceback,
-within 1.5x the peak memory of the same command on the intact store, and wrote nothing outside
-its output folder.
+Each (case, command) runs as its own process under a memory limit (so a bomb cannot take the
+machine) and a time limit; the table gives its exit code, peak RSS (MB) and seconds, and marks a
+row "ok" when the command refused in one ``error:`` line naming the store (or verify listed the
+problem, or ``store info`` reported what it ignores, or it passed where it never reads what the
+case damages: :func:`clifvqa.testing.hostile.acceptable`) without a traceback, within 1.5x the
+peak memory of the same command on the intact store and 60 s, and wrote nothing outside its
+output folder. ``matrix.json`` holds every row, ``matrix.md`` the table (one cell per case and
+command: outcome letter, exit code, peak MB, seconds; ``**`` marks a cell that is not ok).
 
     python benchmarks/hostile_matrix.py --out bench-out/hostile            # every case
     python benchmarks/hostile_matrix.py --cases zstd-bomb,fifo-chunk       # some
@@ -66,17 +69,41 @@ def main() -> None:
             after = sorted(p for p in base.root.rglob("*"))
             escaped = Path("/etc/clifvqa-absolute").exists() or (args.out / "escaped").exists() or before != after
             outcome = verdict(cmd, r["exit"], r["output"])
-            ok = acceptable(name, cmd, outcome) and not escaped and r["peak_mb"] <= 1.5 * intact[cmd]["peak_mb"]
+            errors = [line for line in r["output"].splitlines() if line.startswith("error:")]
+            one_line = len(errors) == 1 and str(store) in errors[0]
+            ok = (acceptable(name, cmd, outcome) and not escaped and r["peak_mb"] <= 1.5 * intact[cmd]["peak_mb"]
+                  and r["seconds"] < TIMEOUT)
             last = (r["output"].strip().splitlines() or [""])[-1][:150]
             rows.append({"case": name, "command": cmd, **{k: r[k] for k in ("exit", "peak_mb", "seconds")},
-                         "intact_mb": intact[cmd]["peak_mb"], "outcome": outcome, "escaped": escaped, "ok": ok,
-                         "last_line": last})
+                         "intact_mb": intact[cmd]["peak_mb"], "outcome": outcome, "one_error_line": one_line,
+                         "escaped": escaped, "ok": ok, "last_line": last})
             print(f"{name:24} {cmd:15} {r['exit']!s:>5} {r['peak_mb']:>8} {intact[cmd]['peak_mb']:>9} "
                   f"{r['seconds']:>6}  {outcome:9} {'ok' if ok else 'FAIL'}  {last}", flush=True)
             shutil.rmtree(work, ignore_errors=True)
     (args.out / "matrix.json").write_text(json.dumps(rows, indent=1))
+    (args.out / "matrix.md").write_text(markdown(rows, intact))
     failed = [r for r in rows if not r["ok"]]
-    print(f"\n{len(rows) - len(failed)} of {len(rows)} ok; table in {args.out / 'matrix.json'}")
+    print(f"\n{len(rows) - len(failed)} of {len(rows)} ok; table in {args.out / 'matrix.md'}")
+
+
+LETTERS = {"refused": "R", "reported": "I", "passed": "P", "traceback": "T", "killed": "K", "hang": "H", "unclear": "?"}
+
+
+def markdown(rows: list[dict], intact: dict[str, dict]) -> str:
+    """The table: a row per case, a column per command; each cell ``LETTER exit/peak MB/seconds``
+    (R refused, I info reported what it ignores, P passed, T traceback, K killed, H hang, ? unclear),
+    ``**`` around a cell that is not ok; the intact store's row first."""
+    commands = list(intact)
+    lines = ["| case | " + " | ".join(commands) + " |", "|---" * (len(commands) + 1) + "|",
+             "| (intact) | " + " | ".join(f"{intact[c]['exit']}/{intact[c]['peak_mb']}/{intact[c]['seconds']}"
+                                         for c in commands) + " |"]
+    cells: dict[str, dict[str, str]] = {}
+    for r in rows:
+        cell = f"{LETTERS.get(r['outcome'], '?')} {r['exit']}/{r['peak_mb']}/{r['seconds']}"
+        cells.setdefault(r["case"], {})[r["command"]] = cell if r["ok"] else f"**{cell}**"
+    for case, got in cells.items():
+        lines.append(f"| {case} | " + " | ".join(got.get(c, "") for c in commands) + " |")
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

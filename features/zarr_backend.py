@@ -34,6 +34,7 @@ import math
 import os
 import re
 import shutil
+import stat
 import threading
 import uuid
 import warnings
@@ -596,15 +597,14 @@ class ZarrFeatureStore(FeatureStore):
         if isinstance(self._store, LocalStore):
             if summary is not None and isinstance(summary.get("bytes"), int):
                 return summary["bytes"] + sum(f.stat().st_size for f in Path(self.path).iterdir() if f.is_file())
-            return sum(f.stat().st_size for f in Path(self.path).rglob("*") if f.is_file())
+            return _folder_bytes(Path(self.path))
         return None
 
     def _tree_bytes(self) -> int | None:
         """Bytes of everything below the root's own files (what the summary records)."""
         if not isinstance(self._store, LocalStore):
             return None
-        return sum(f.stat().st_size for top in (VIDEOS, FAILURES)
-                   for f in (Path(self.path) / top).rglob("*") if f.is_file())
+        return sum(_folder_bytes(Path(self.path) / top) for top in (VIDEOS, FAILURES))
 
     # ------------------------------------------------------------------ concurrent reads
     def _fetch(self, keys: Sequence[str], names: tuple[str, ...], workers: int,
@@ -778,6 +778,17 @@ class ZarrFeatureStore(FeatureStore):
         if not differ:
             return "fresh"
         return f"stale: {len(differ)} node(s) differ from the listing, e.g. {differ[0]!r}"
+
+
+def _folder_bytes(folder: Path) -> int:
+    """Bytes of the regular files below ``folder`` (links not followed). os.walk, not
+    Path.rglob, which in Python 3.11 keeps every path it yielded (23 MB for 40,000)."""
+    total = 0
+    for parent, _, files in os.walk(folder):
+        for name in files:
+            info = os.lstat(os.path.join(parent, name))
+            total += info.st_size if stat.S_ISREG(info.st_mode) else 0
+    return total
 
 
 def _drive(plan: Generator[Requests, Replies, Fetched], read: Callable[[Requests], Replies]) -> Fetched:
