@@ -23,7 +23,16 @@ import sys
 import time
 from pathlib import Path
 
-from clifvqa.testing.hostile import CASES, acceptable, build_base, commands, make_case, run_limited, verdict
+from clifvqa.testing.hostile import (
+    CASES,
+    VICTIM,
+    acceptable,
+    build_base,
+    commands,
+    make_case,
+    run_limited,
+    verdict,
+)
 
 LIMIT_AS = 8 << 30  # bytes of address space per command: a bomb fails here, not in the kernel's OOM killer
 TIMEOUT = 60.0
@@ -37,6 +46,21 @@ def run(python: str, args: list[str], limit: int = LIMIT_AS, timeout: float = TI
     exit_code, peak_mb, text = run_limited([python, "-c", CLI, *args], limit, timeout, ENV)
     return {"exit": exit_code, "seconds": round(time.perf_counter() - start, 1), "peak_mb": round(peak_mb),
             "output": text}
+
+
+def says_where(command: str, exit_code: int | str, output: str, store: str) -> bool:
+    """Whether a refusal is one line naming the store (and the entry, where it is one): one
+    ``error:`` line, or predict's one ``failed:`` line for the video, or verify's problems each
+    on a line naming the video or the store."""
+    lines = output.splitlines()
+    for prefix in ("error:", "failed:"):
+        found = [line for line in lines if line.startswith(prefix)]
+        if found:
+            return len(found) == 1 and store in found[0]
+    problems = [line for line in lines  # not verify's last line (STORE: N problems) nor its progress bar
+                if line.strip() and not line.startswith((store, "\r"))]
+    return command == "verify" and exit_code == 1 and bool(problems) and all(
+        line.startswith((f"{VICTIM}: ", "(store): ")) for line in problems)
 
 
 def main() -> None:
@@ -69,8 +93,7 @@ def main() -> None:
             after = sorted(p for p in base.root.rglob("*"))
             escaped = Path("/etc/clifvqa-absolute").exists() or (args.out / "escaped").exists() or before != after
             outcome = verdict(cmd, r["exit"], r["output"])
-            errors = [line for line in r["output"].splitlines() if line.startswith("error:")]
-            one_line = len(errors) == 1 and str(store) in errors[0]
+            one_line = says_where(cmd, r["exit"], r["output"], str(store))
             ok = (acceptable(name, cmd, outcome) and not escaped and r["peak_mb"] <= 1.5 * intact[cmd]["peak_mb"]
                   and r["seconds"] < TIMEOUT)
             last = (r["output"].strip().splitlines() or [""])[-1][:150]
