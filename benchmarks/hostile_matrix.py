@@ -58,7 +58,7 @@ def says_where(command: str, exit_code: int | str, output: str, store: str) -> b
         if found:
             return len(found) == 1 and store in found[0]
     problems = [line for line in lines  # not verify's last line (STORE: N problems) nor its progress bar
-                if line.strip() and not line.startswith((store, "\r"))]
+                if line.strip() and not line.startswith((store, "\r", "verify:"))]
     return command == "verify" and exit_code == 1 and bool(problems) and all(
         line.startswith((f"{VICTIM}: ", "(store): ")) for line in problems)
 
