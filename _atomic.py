@@ -89,11 +89,20 @@ def remove_abandoned(path: str | os.PathLike[str], label: str) -> list[Path]:
     """Remove the :func:`temporary_sibling` entries of ``path`` made on this host by processes
     that no longer run (a killed merge, convert or store creation); return what was removed."""
     path = Path(path)
-    pattern = re.compile(rf"\.{re.escape(label)}-{re.escape(_HOST)}-(\d+)-[0-9a-f]{{8}}\.{re.escape(path.name)}"
-                         r"(\.[A-Za-z0-9.]+)?\Z")
+    return _remove_abandoned(path.parent, label, re.escape(path.name) + r"(\.[A-Za-z0-9.]+)?")
+
+
+def remove_abandoned_in(folder: str | os.PathLike[str], label: str) -> list[Path]:
+    """Remove every :func:`temporary_sibling` labelled ``label`` in ``folder`` (of any path there)
+    made on this host by processes that no longer run; return what was removed."""
+    return _remove_abandoned(Path(folder), label, r".+")
+
+
+def _remove_abandoned(folder: Path, label: str, name: str) -> list[Path]:
+    pattern = re.compile(rf"\.{re.escape(label)}-{re.escape(_HOST)}-(\d+)-[0-9a-f]{{8}}\.{name}\Z")
     removed: list[Path] = []
     try:
-        siblings = list(path.parent.iterdir())
+        siblings = list(folder.iterdir())
     except OSError:
         return removed
     for sibling in siblings:
@@ -120,13 +129,20 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def replace_file(src: str | os.PathLike[str], dest: str | os.PathLike[str]) -> None:
-    """Rename the written file ``src`` onto ``dest`` (same filesystem), synced before and after."""
+def replace_file(src: str | os.PathLike[str], dest: str | os.PathLike[str], *, sync_file: bool = True,
+                 sync_folder: bool = True) -> None:
+    """Rename the written file ``src`` onto ``dest`` (same filesystem), atomic for readers; synced
+    before (``sync_file``) and after (``sync_folder``, the rename itself). Leave one out only where
+    a power cut may lose what it protects: a change token only has to differ from the recorded
+    one (neither), and an HDF5 spool's op files are ordered by name (no folder sync: it costs 2 ms
+    per change)."""
     src, dest = Path(src), Path(dest)
-    _fsync(src)
+    if sync_file:
+        _fsync(src)
     _step("replace", dest)
     os.replace(src, dest)
-    _fsync(dest.parent)
+    if sync_folder:
+        _fsync(dest.parent)
 
 
 @contextmanager

@@ -375,10 +375,12 @@ def store() -> None:
 @click.option("--failures", "all_failures", is_flag=True,
               help="List every failed video, not only the reasons.")
 @click.option("--recount", is_flag=True,
-              help="Count by listing every entry instead of reading the summary the last finalize wrote.")
+              help="Count by listing every entry instead of reading the summary the last finalize wrote, and "
+                   "compare the two.")
 def store_info_cmd(path: str, as_json: bool, all_failures: bool, recount: bool) -> None:
     """Show how the store at PATH (or URL) was made, what it holds and why videos failed
-    (grouped by reason with a few examples; --failures lists every one)."""
+    (grouped by reason with a few examples; --failures lists every one). When it lists the
+    store (--recount, or no current summary) it also shows what every reader ignores there."""
     import json
 
     from clifvqa.features.info import store_info
@@ -401,6 +403,12 @@ def store_info_cmd(path: str, as_json: bool, all_failures: bool, recount: bool) 
         click.echo(f"consolidated  {info['consolidated']}")
     if info["pending"] is not None:
         click.echo(f"pending       {info['pending']}")
+    if info["mismatch"]:
+        click.echo(f"mismatch      {info['mismatch']}")
+    if info["ignored"]:
+        from clifvqa.features.store import describe_ignored
+
+        click.echo(f"ignored       {describe_ignored(info['ignored'])}")
     click.echo("provenance")
     click.echo("  " + json.dumps(info["provenance"], indent=2, sort_keys=True).replace("\n", "\n  "))
     if all_failures and info["failures"]:
@@ -459,12 +467,15 @@ def store_upgrade_cmd(path: str) -> None:
 @out_option("New store to write (.zarr, .h5/.hdf5 or .zarr.zip).", old=["--output"])
 @click.option("--prefer", type=click.Choice(["first", "last"]),
               help="For videos whose features differ between sources, take the first/last source's copy.")
+@click.option("--allow-partial", is_flag=True,
+              help="Write the videos it can read when a source holds things that are not videos or has lost "
+                   "videos its summary counts; the output's provenance records what was left out.")
 @quiet_option()
-def store_merge_cmd(sources: tuple[str, ...], out: str, prefer: str | None, quiet: bool) -> None:
+def store_merge_cmd(sources: tuple[str, ...], out: str, prefer: str | None, allow_partial: bool, quiet: bool) -> None:
     """Merge SOURCES (e.g. shard stores) into a new store; all must share one fingerprint."""
     from clifvqa.features.merge import merge_stores
 
-    report = merge_stores(list(sources), out, prefer=prefer, progress=not quiet)
+    report = merge_stores(list(sources), out, prefer=prefer, allow_partial=allow_partial, progress=not quiet)
     click.echo(report.summary())
 
 
@@ -473,12 +484,15 @@ def store_merge_cmd(sources: tuple[str, ...], out: str, prefer: str | None, quie
 @out_option("New store to write (.zarr, .h5/.hdf5 or .zarr.zip).", old_positional="DST")
 @click.option("--zarr-format", type=click.Choice(["2", "3"]), default="3", show_default=True,
               help="Zarr format of a .zarr/.zarr.zip output (2: readable by zarr 2.x).")
+@click.option("--allow-partial", is_flag=True,
+              help="Write the videos it can read when a source holds things that are not videos or has lost "
+                   "videos its summary counts; the output's provenance records what was left out.")
 @quiet_option()
-def store_convert_cmd(src: str, out: str, zarr_format: str, quiet: bool) -> None:
+def store_convert_cmd(src: str, out: str, zarr_format: str, allow_partial: bool, quiet: bool) -> None:
     """Copy the store SRC into a new store (.zarr, .h5/.hdf5, .zarr.zip), bit-exact."""
     from clifvqa.features.merge import convert_store
 
-    report = convert_store(src, out, zarr_format=int(zarr_format), progress=not quiet)
+    report = convert_store(src, out, zarr_format=int(zarr_format), allow_partial=allow_partial, progress=not quiet)
     click.echo(report.summary())
 
 

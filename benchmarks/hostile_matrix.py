@@ -1,10 +1,13 @@
 """Every hostile store (clifvqa.testing.hostile) against every command that reads stores.
 
-Each (case, command) runs as its own process under an address-space limit (so a bomb cannot
-take the machine) and a time limit; the table gives its exit code, peak RSS (MB) and seconds,
-and marks a row "ok" when the command refused in one ``error:`` line without a traceback,
-within 1.5x the peak memory of the same command on the intact store, and wrote nothing outside
-its output folder.
+Each (case, command) runs as its own process under a memory limit (so a bomb cannot take the
+machine) and a time limit; the table gives its exit code, peak RSS (MB) and seconds, and marks a
+row "ok" when the command refused in one ``error:`` line naming the store (or verify listed the
+problem, or ``store info`` reported what it ignores, or it passed where it never reads what the
+case damages: :func:`clifvqa.testing.hostile.acceptable`) without a traceback, within 1.5x the
+peak memory of the same command on the intact store and 60 s, and wrote nothing outside its
+output folder. ``matrix.json`` holds every row, ``matrix.md`` the table (one cell per case and
+command: outcome letter, exit code, peak MB, seconds; ``**`` marks a cell that is not ok).
 
     python benchmarks/hostile_matrix.py --out bench-out/hostile            # every case
     python benchmarks/hostile_matrix.py --cases zstd-bomb,fifo-chunk       # some
@@ -20,7 +23,16 @@ import sys
 import time
 from pathlib import Path
 
-from clifvqa.testing.hostile import CASES, acceptable, build_base, commands, make_case, run_limited, verdict
+from clifvqa.testing.hostile import (
+    CASES,
+    VICTIM,
+    acceptable,
+    build_base,
+    commands,
+    make_case,
+    run_limited,
+    verdict,
+)
 
 LIMIT_AS = 8 << 30  # bytes of address space per command: a bomb fails here, not in the kernel's OOM killer
 TIMEOUT = 60.0
@@ -34,6 +46,21 @@ def run(python: str, args: list[str], limit: int = LIMIT_AS, timeout: float = TI
     exit_code, peak_mb, text = run_limited([python, "-c", CLI, *args], limit, timeout, ENV)
     return {"exit": exit_code, "seconds": round(time.perf_counter() - start, 1), "peak_mb": round(peak_mb),
             "output": text}
+
+
+def says_where(command: str, exit_code: int | str, output: str, store: str) -> bool:
+    """Whether a refusal is one line naming the store (and the entry, where it is one): one
+    ``error:`` line, or predict's one ``failed:`` line for the video, or verify's problems each
+    on a line naming the video or the store."""
+    lines = output.splitlines()
+    for prefix in ("error:", "failed:"):
+        found = [line for line in lines if line.startswith(prefix)]
+        if found:
+            return len(found) == 1 and store in found[0]
+    problems = [line for line in lines  # not verify's last line (STORE: N problems) nor its progress bar
+                if line.strip() and not line.startswith((store, "\r", "verify:"))]
+    return command == "verify" and exit_code == 1 and bool(problems) and all(
+        line.startswith((f"{VICTIM}: ", "(store): ")) for line in problems)
 
 
 def main() -> None:
@@ -66,17 +93,40 @@ def main() -> None:
             after = sorted(p for p in base.root.rglob("*"))
             escaped = Path("/etc/clifvqa-absolute").exists() or (args.out / "escaped").exists() or before != after
             outcome = verdict(cmd, r["exit"], r["output"])
-            ok = acceptable(name, cmd, outcome) and not escaped and r["peak_mb"] <= 1.5 * intact[cmd]["peak_mb"]
+            one_line = says_where(cmd, r["exit"], r["output"], str(store))
+            ok = (acceptable(name, cmd, outcome) and not escaped and r["peak_mb"] <= 1.5 * intact[cmd]["peak_mb"]
+                  and r["seconds"] < TIMEOUT)
             last = (r["output"].strip().splitlines() or [""])[-1][:150]
             rows.append({"case": name, "command": cmd, **{k: r[k] for k in ("exit", "peak_mb", "seconds")},
-                         "intact_mb": intact[cmd]["peak_mb"], "outcome": outcome, "escaped": escaped, "ok": ok,
-                         "last_line": last})
+                         "intact_mb": intact[cmd]["peak_mb"], "outcome": outcome, "one_error_line": one_line,
+                         "escaped": escaped, "ok": ok, "last_line": last})
             print(f"{name:24} {cmd:15} {r['exit']!s:>5} {r['peak_mb']:>8} {intact[cmd]['peak_mb']:>9} "
                   f"{r['seconds']:>6}  {outcome:9} {'ok' if ok else 'FAIL'}  {last}", flush=True)
             shutil.rmtree(work, ignore_errors=True)
     (args.out / "matrix.json").write_text(json.dumps(rows, indent=1))
+    (args.out / "matrix.md").write_text(markdown(rows, intact))
     failed = [r for r in rows if not r["ok"]]
-    print(f"\n{len(rows) - len(failed)} of {len(rows)} ok; table in {args.out / 'matrix.json'}")
+    print(f"\n{len(rows) - len(failed)} of {len(rows)} ok; table in {args.out / 'matrix.md'}")
+
+
+LETTERS = {"refused": "R", "reported": "I", "passed": "P", "traceback": "T", "killed": "K", "hang": "H", "unclear": "?"}
+
+
+def markdown(rows: list[dict], intact: dict[str, dict]) -> str:
+    """The table: a row per case, a column per command; each cell ``LETTER exit/peak MB/seconds``
+    (R refused, I info reported what it ignores, P passed, T traceback, K killed, H hang, ? unclear),
+    ``**`` around a cell that is not ok; the intact store's row first."""
+    commands = list(intact)
+    lines = ["| case | " + " | ".join(commands) + " |", "|---" * (len(commands) + 1) + "|",
+             "| (intact) | " + " | ".join(f"{intact[c]['exit']}/{intact[c]['peak_mb']}/{intact[c]['seconds']}"
+                                         for c in commands) + " |"]
+    cells: dict[str, dict[str, str]] = {}
+    for r in rows:
+        cell = f"{LETTERS.get(r['outcome'], '?')} {r['exit']}/{r['peak_mb']}/{r['seconds']}"
+        cells.setdefault(r["case"], {})[r["command"]] = cell if r["ok"] else f"**{cell}**"
+    for case, got in cells.items():
+        lines.append(f"| {case} | " + " | ".join(got.get(c, "") for c in commands) + " |")
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

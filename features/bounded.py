@@ -50,6 +50,9 @@ MAX_ROOT_DOC_BYTES = 1 << 30
 """The most the root document may hold (with consolidated metadata, about 3.5 KB per video)."""
 MAX_CHUNKS = 1 << 16
 """The most chunks one array may be cut into."""
+MAX_DEPTH = 32
+"""The most folder levels a video key may have (``a/b/c.mp4``: 3); deeper groups are not
+descended into, and are reported as ignored."""
 
 ARRAY_DTYPES: dict[str, str] = {
     "pooled": "float32", "maps": "float16", "frames": "int32", "embeddings": "float16",
@@ -80,6 +83,38 @@ def refuse_special(where: str) -> UnsafeStoreError:
 def too_big(where: str, size: int, limit: int) -> UnsafeStoreError:
     return UnsafeStoreError(f"{where} holds {size} bytes, more than the {limit} it may (a damaged or "
                             "hostile store)")
+
+
+# ---------------------------------------------------------------------- attributes before use
+
+MAX_FRAMES = 100_000_000
+"""The most frames (``num_frames``) an entry may claim: 38 days at 30 fps."""
+ATTR_BOUNDS: dict[str, tuple[type, float, float]] = {
+    "num_frames": (int, 0, MAX_FRAMES),
+    "fps": (float, 1e-3, 10_000.0),
+    "width": (int, 1, 1 << 16),
+    "height": (int, 1, 1 << 16),
+    "rotation": (int, -360, 360),
+    "source_size": (int, 0, 1 << 50),
+    "source_mtime_ns": (int, 0, 1 << 63),
+}
+"""The numeric attributes of a video entry that readers use (``num_frames`` bounds the rows an
+array may declare): their kind (int: an integer; float: a finite number) and inclusive range."""
+
+
+def check_video_attrs(attrs: Mapping[str, Any]) -> None:
+    """Raise :class:`UnsafeStoreError` naming the first attribute of :data:`ATTR_BOUNDS` that
+    ``attrs`` holds outside its kind or range (absent ones are verify's to report)."""
+    for name, (kind, low, high) in ATTR_BOUNDS.items():
+        if name not in attrs:
+            continue
+        value = attrs[name]
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        fits = number and (isinstance(value, int) if kind is int else math.isfinite(value)) and low <= value <= high
+        if not fits:
+            what = "an integer" if kind is int else "a finite number"
+            raise UnsafeStoreError(f"attribute {name} = {str(value)[:40]!r} is not {what} in [{low:g}, {high:g}]; "
+                                   "the entry is not read")
 
 
 # ---------------------------------------------------------------------- shapes before allocating
@@ -285,16 +320,22 @@ class LocalTree:
     def folders(self, rel: str) -> list[str]:
         """Sorted names of the folders directly in ``rel`` (empty when it is none); a link there
         is refused, not skipped."""
+        return self.listing(rel)[0]
+
+    def listing(self, rel: str) -> tuple[list[str], list[str]]:
+        """Sorted names of the folders and of the other entries (files, special files) directly
+        in ``rel``; a link there is refused, not skipped."""
         if rel and not self._folders_ok(rel + "/x"):
-            return []
+            return [], []
         try:
             entries = list(os.scandir(self.root / rel))
         except (FileNotFoundError, NotADirectoryError):
-            return []
+            return [], []
         for entry in entries:
             if entry.is_symlink():
                 raise refuse_link(f"{self.root}: " + f"{rel}/{entry.name}".lstrip("/"))
-        return sorted(e.name for e in entries if e.is_dir(follow_symlinks=False))
+        folders = sorted(e.name for e in entries if e.is_dir(follow_symlinks=False))
+        return folders, sorted({e.name for e in entries} - set(folders))
 
     def check_all(self) -> None:
         """Refuse the tree when anything in it is a link or a special file: before a library
@@ -337,11 +378,14 @@ class ZipTree:
                 raise UnsafeStoreError(f"{path}: zip member {twice[0]!r} is stored twice (readers disagree on "
                                        "which counts); refusing the archive: ask for a clean export")
             self._folders: dict[str, set[str]] = {}
+            self._files: dict[str, set[str]] = {}
             for name in names:
                 parts = name.rstrip("/").split("/")
                 folders = parts if name.endswith("/") else parts[:-1]  # a name ending in "/" is a folder
                 for i, part in enumerate(folders):
                     self._folders.setdefault("/".join(folders[:i]), set()).add(part)
+                if not name.endswith("/"):
+                    self._files.setdefault("/".join(folders), set()).add(parts[-1])
         except BaseException:
             self.zip.close()
             raise
@@ -370,6 +414,9 @@ class ZipTree:
 
     def folders(self, rel: str) -> list[str]:
         return sorted(self._folders.get(rel, ()))
+
+    def listing(self, rel: str) -> tuple[list[str], list[str]]:
+        return self.folders(rel), sorted(self._files.get(rel, set()) - self._folders.get(rel, set()))
 
     def check_all(self) -> None:
         """Nothing to do: every member was checked when the archive was opened."""

@@ -46,14 +46,12 @@ copies the file in 0.1 s (1.9 s from a cold page cache).
 from __future__ import annotations
 
 import contextlib
-import glob
 import hashlib
 import json
 import math
 import os
 import shutil
 import threading
-import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,8 +61,10 @@ import h5py
 import numcodecs
 import numpy as np
 
-from clifvqa.features.bounded import UnsafeStoreError, decode_bounded, nbytes
+from clifvqa._atomic import install_new, remove_abandoned, remove_abandoned_in, replace_file, temporary_sibling
+from clifvqa.features.bounded import ARRAY_DTYPES, MAX_DEPTH, UnsafeStoreError, decode_bounded, nbytes
 from clifvqa.features.store import (
+    FAILURES,
     FRAMES_FILL,
     SUMMARY_ATTR,
     VIDEOS,
@@ -73,6 +73,11 @@ from clifvqa.features.store import (
     Finish,
     StoreError,
 )
+
+CREATING, TEMPORARY, RETIRED = "creating", "tmp", "retired"
+"""Labels of the temporaries (:func:`clifvqa._atomic.temporary_sibling`, named by host and process,
+so the next writer removes those whose process is gone): a store file being created, an op file
+being written, a log being retired."""
 
 _FILTERS = {h5py.h5z.FILTER_SHUFFLE: "shuffle", h5py.h5z.FILTER_DEFLATE: "deflate",
             h5py.h5z.FILTER_FLETCHER32: "fletcher32"}
@@ -137,14 +142,6 @@ def _logged_ops(folder: Path) -> list[Path]:
     return sorted(p for p in ops.iterdir() if p.suffix == ".h5" and p.name[0].isdigit())
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _root_digest(attrs: dict[str, Any]) -> str:
     """What identifies a store across its rewrites: its root attributes (the provenance, with its
     ``created`` time, and the fingerprint; not the ``summary`` each finalize rewrites)."""
@@ -180,7 +177,7 @@ def _apply(file: h5py.File, op: h5py.File) -> None:
         if path in file:
             del file[path]
     else:
-        raise ValueError(f"unknown op {kind!r}")
+        raise StoreError(f"unknown op {kind!r}")
 
 
 def _lock(folder: Path, store: Path) -> int:
@@ -219,12 +216,12 @@ class _Spool:
         self._fd = _lock(self.dir, store)
         try:
             self.ops.mkdir(exist_ok=True)
-            # What a killed writer left besides its log: never trusted, only removed.
+            # What a killed writer left besides its log: never trusted, only removed (temporaries
+            # named by host and process: only a process that is gone leaves them).
             self.work.unlink(missing_ok=True)
-            stale = [*self.dir.glob("retired-*"), *self.ops.glob(".tmp-*"),
-                     *store.parent.glob(f".{glob.escape(store.name)}.creating-*")]
-            for path in stale:
-                shutil.rmtree(path) if path.is_dir() else path.unlink()
+            remove_abandoned(self.ops, RETIRED)
+            remove_abandoned_in(self.ops, TEMPORARY)
+            remove_abandoned(store, CREATING)
             ops = self.pending()
             self._next = int(ops[-1].stem) + 1 if ops else 0
         except BaseException:
@@ -236,19 +233,18 @@ class _Spool:
 
     def log(self, write: Callable[[h5py.File], None]) -> Path:
         """Log one op (``write`` fills its file): synced and renamed into place, so whole or absent."""
-        tmp = self.ops / f".tmp-{self._next:010d}.h5"
+        path = self.ops / f"{self._next:010d}.h5"
+        tmp = temporary_sibling(path, TEMPORARY)
         with h5py.File(tmp, "w") as op:
             write(op)
-        _fsync(tmp)
-        path = self.ops / f"{self._next:010d}.h5"
-        os.rename(tmp, path)
+        replace_file(tmp, path, sync_folder=False)
         self._next += 1
         return path
 
     def retire(self) -> None:
         """Drop the log once the store file holds it (one rename, then the clean-up)."""
-        retired = self.dir / f"retired-{uuid.uuid4().hex}"
-        os.rename(self.ops, retired)
+        retired = temporary_sibling(self.ops, RETIRED)
+        os.rename(self.ops, retired)  # moved away, not into place: nothing to sync
         self.ops.mkdir()
         shutil.rmtree(retired)
         self._next = 0
@@ -392,20 +388,17 @@ class HDF5FeatureStore(FeatureStore):
         """Open ``path`` for writing, creating it when missing (``zarr_format`` is ignored)."""
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.parent / f".{path.name}.creating-{uuid.uuid4().hex}"
-            with h5py.File(tmp, "w", libver="latest") as f:
-                f.attrs["clifvqa_format"] = root_attrs["clifvqa_format"]
-                f.attrs["fingerprint"] = root_attrs["fingerprint"]
-                f.attrs["provenance"] = json.dumps(root_attrs["provenance"], sort_keys=True)
-                f.create_group("videos")
-                f.create_group("failures")
+            tmp = temporary_sibling(path, CREATING)
             try:
-                os.link(tmp, path)  # atomic create-if-absent: the loser opens the winner's file
+                with h5py.File(tmp, "w", libver="latest") as f:
+                    f.attrs["clifvqa_format"] = root_attrs["clifvqa_format"]
+                    f.attrs["fingerprint"] = root_attrs["fingerprint"]
+                    f.attrs["provenance"] = json.dumps(root_attrs["provenance"], sort_keys=True)
+                    f.create_group("videos")
+                    f.create_group("failures")
+                install_new(tmp, path)  # atomic create-if-absent: the loser opens the winner's file
             except FileExistsError:
                 pass
-            except OSError:  # no hard links on this filesystem: HDF5 has one writer anyway
-                if not path.exists():
-                    os.replace(tmp, path)
             finally:
                 tmp.unlink(missing_ok=True)
         return cls.open(path, writable=True)
@@ -472,6 +465,46 @@ class HDF5FeatureStore(FeatureStore):
         group.visititems(visit)
         return out
 
+    def ignored(self) -> dict[str, str]:
+        out = {name: "a node clifvqa does not read" for name in self._file if name not in (VIDEOS, FAILURES)}
+        for top in (VIDEOS, FAILURES):
+            group = self._get(top)
+            if isinstance(group, h5py.Group):
+                self._walk_ignored(group, top, top, 1, out)
+        return dict(sorted(out.items()))
+
+    def _walk_ignored(self, group: h5py.Group, path: str, top: str, depth: int, out: dict[str, str]) -> tuple[int, int]:
+        """What :meth:`ignored` finds below ``group`` (at ``path``, under ``top``) into ``out``;
+        the entries and the other groups found there (as the Zarr backend's walk)."""
+        found = groups = 0
+        for name in group:
+            where = f"{path}/{name}"
+            if group.id.links.get_info(name.encode("utf-8")).type != h5py.h5l.TYPE_HARD:
+                out[where] = "a link, never followed"
+                continue
+            node = group[name]
+            if isinstance(node, h5py.Dataset):
+                out[where] = "an array outside any video entry"
+            elif len(node.attrs):
+                found += 1
+                for inner in node:
+                    kind = node.id.links.get_info(inner.encode("utf-8")).type
+                    if top != VIDEOS or inner not in ARRAY_DTYPES or kind != h5py.h5l.TYPE_HARD or \
+                            not isinstance(node[inner], h5py.Dataset):
+                        out[f"{where}/{inner}"] = f"not an array of a {'video' if top == VIDEOS else 'failure'} entry"
+            elif depth >= MAX_DEPTH:
+                groups += 1
+                out[where] = f"a group more than {MAX_DEPTH} levels deep, not read"
+            else:
+                before = len(out)
+                below, inner_groups = self._walk_ignored(node, where, top, depth + 1, out)
+                found, groups = found + below, groups + 1 + inner_groups
+                if not below and top == VIDEOS:  # said once, for the topmost
+                    while len(out) > before:
+                        out.popitem()
+                    out[where] = f"{1 + inner_groups} group(s) holding no video"
+        return found, groups
+
     def _has_children(self, path: str) -> bool:
         return len(self._group(path)) > 0
 
@@ -497,12 +530,14 @@ class HDF5FeatureStore(FeatureStore):
         """One video after another through the one handle (h5py serialises calls: threads gain
         nothing), each array read by :meth:`_read_bounded`."""
         for key in keys:
+            entry = None
             try:
                 entry = self._get(f"{VIDEOS}/{key}")
                 found = Fetched(*self._kind_attrs(entry, attrs))
             except Exception as exc:  # noqa: BLE001 - unreadable metadata is reported per video
                 found = Fetched(None, error=exc)
-            if found.complete:
+            if entry is not None and found.complete and not self._refuse_by_attrs(
+                    found, [n for n in names if entry.id.links.exists(n.encode("utf-8"))]):
                 for name in names:
                     try:
                         array = self._read_bounded(entry, name, found.attrs)
@@ -643,9 +678,7 @@ class HDF5FeatureStore(FeatureStore):
             self._file.close()
             assert self._spool is not None  # writable
             if self._spool.pending():
-                _fsync(self._spool.work)
-                os.replace(self._spool.work, self.path)
-                _fsync(Path(self.path).parent)
+                replace_file(self._spool.work, self.path)
                 self._spool.retire()
             self._file = _open_file(Path(self.path), "r")
             self._working = self._broken = False

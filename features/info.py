@@ -19,12 +19,16 @@ def store_info(store: str | os.PathLike[str] | FeatureStore, *, recount: bool = 
     (Zarr: absent / fresh / stale: ... / unchecked; None for HDF5), ``pending`` (HDF5: a line
     about videos a running or killed writer logged beside the file, else None), ``failures``
     (list of {key, source, error, time}, sorted by key), ``failure_reasons`` (the failures
-    grouped by :func:`failure_reasons`) and ``counted`` (``"summary"`` or ``"listing"``).
+    grouped by :func:`failure_reasons`), ``counted`` (``"summary"`` or ``"listing"``),
+    ``ignored`` (what :meth:`FeatureStore.ignored` finds, when it lists; None when counted from
+    the summary) and ``mismatch`` (with ``recount``: :meth:`FeatureStore.listing_mismatch`).
 
     The counts come from the summary the last finalize wrote (:meth:`FeatureStore.summary`),
     which costs the same for any number of videos; when there is none or the store changed
     since, or with ``recount``, every entry is listed, and ``recount`` also compares the
-    consolidated metadata with the listing node by node. Failure records are always listed
+    consolidated metadata with the listing node by node, and the summary's counts with it
+    (a video folder deleted by hand leaves the summary current by its change token: only a
+    listing, ``recount`` or ``store verify``, sees it). Failure records are always listed
     (only the ``failures`` folder).
     """
     if not isinstance(store, FeatureStore):
@@ -42,6 +46,7 @@ def store_info(store: str | os.PathLike[str] | FeatureStore, *, recount: bool = 
         else:
             consolidated = store.consolidated_state()
     failures = store.failures()
+    listed = summary is None  # what only a listing shows: checked whenever info lists anyway
     return {
         "path": store.path,
         "backend": store.backend,
@@ -59,6 +64,8 @@ def store_info(store: str | os.PathLike[str] | FeatureStore, *, recount: bool = 
                       "time": rec.get("time")} for k, rec in sorted(failures.items())],
         "failure_reasons": failure_reasons(failures),
         "counted": "listing" if summary is None else "summary",
+        "ignored": store.ignored() if listed else None,
+        "mismatch": store.listing_mismatch() if listed and recount else None,
     }
 
 

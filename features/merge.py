@@ -24,6 +24,7 @@ from clifvqa.features.store import (
     FeatureStore,
     StoreError,
     create_or_open_store,
+    describe_ignored,
     is_url,
     local_path,
     open_store,
@@ -32,6 +33,14 @@ from clifvqa.features.store import (
 
 PREFER_CHOICES = ("first", "last")
 BUILDING = "building"  # the label of an output's temporary sibling while it is written
+
+
+MAX_RECORDED = 1000
+"""The most ignored paths per source the output's provenance records (``left_out``)."""
+
+
+class PartialSourceError(StoreError):
+    """A source holds things a merge or conversion would leave out (see :func:`merge_stores`)."""
 
 
 class MergeConflictError(ClifvqaError):
@@ -59,6 +68,8 @@ class MergeReport:
         failures_dropped: failure records not carried because the video is complete somewhere.
         incomplete_skipped: incomplete entries (left by crashed runs) not copied.
         leftovers_removed: half-built outputs of killed merges/conversions to ``out`` (removed).
+        left_out: per source, what was left out with ``allow_partial`` (also in the output's
+            provenance, ``left_out``).
     """
 
     out: str
@@ -70,6 +81,7 @@ class MergeReport:
     failures_dropped: int = 0
     incomplete_skipped: int = 0
     leftovers_removed: list[str] = field(default_factory=list)
+    left_out: list[dict[str, Any]] = field(default_factory=list)
 
     def summary(self) -> str:
         """One line per fact, for the CLI."""
@@ -84,6 +96,11 @@ class MergeReport:
             lines.append(f"{self.failures_dropped} failure records dropped (video complete elsewhere)")
         if self.incomplete_skipped:
             lines.append(f"{self.incomplete_skipped} incomplete entries skipped")
+        for part in self.left_out:
+            what = [f"{part['ignored_count']} thing(s) that are not videos"] if part["ignored_count"] else []
+            what += [part["mismatch"]] if part["mismatch"] else []
+            lines.append(f"left out of {part['source']} (--allow-partial; recorded in the provenance): "
+                         + "; ".join(what))
         if self.leftovers_removed:
             lines.append(f"removed {len(self.leftovers_removed)} half-built output(s) of killed runs: "
                          + _listed(self.leftovers_removed))
@@ -97,7 +114,8 @@ def _listed(items: Sequence[str], sep: str = ", ") -> str:
 
 
 def merge_stores(sources: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str],
-                 prefer: str | None = None, *, zarr_format: int = 3, progress: bool = True) -> MergeReport:
+                 prefer: str | None = None, *, zarr_format: int = 3, allow_partial: bool = False,
+                 progress: bool = True) -> MergeReport:
     """Merge ``sources`` (paths or URLs) into the new store ``out``.
 
     Every source must have the same fingerprint (else ``FingerprintMismatchError`` naming the
@@ -106,28 +124,37 @@ def merge_stores(sources: Sequence[str | os.PathLike[str]], out: str | os.PathLi
     ``"first"`` or ``"last"`` (source order). Failure records are carried over unless the video
     is complete in some source. The output gets the first source's provenance and consolidated
     metadata; ``out`` must not exist. ``progress`` shows a bar over the videos (stderr).
+
+    A source that holds things that are not videos or failure records
+    (:meth:`FeatureStore.ignored`), or whose current summary counts videos its listing lacks
+    (:meth:`FeatureStore.listing_mismatch`), is refused (:class:`PartialSourceError`) unless
+    ``allow_partial``; then the output's provenance records what was left out (``left_out``,
+    an informative field: the fingerprint stays).
     """
     if not sources:
         raise ValueError("merge needs at least one source store")
     if prefer not in (None, *PREFER_CHOICES):
         raise ValueError(f"prefer must be None, 'first' or 'last', got {prefer!r}")
-    return _copy_stores(list(sources), out, prefer, zarr_format, progress, "merge")
+    return _copy_stores(list(sources), out, prefer, zarr_format, progress, "merge", allow_partial)
 
 
 def convert_store(src: str | os.PathLike[str], dst: str | os.PathLike[str],
-                  zarr_format: int = 3, *, progress: bool = True) -> MergeReport:
+                  zarr_format: int = 3, *, allow_partial: bool = False, progress: bool = True) -> MergeReport:
     """Copy ``src`` into the new store ``dst`` of the backend ``dst``'s name asks for.
 
     Arrays are copied bit-exact with all video attributes and failure records; incomplete
     entries are skipped (counted in the report). ``zarr_format=2`` writes a Zarr v2 store
     (numcodecs Blosc-zstd + Fletcher32) that zarr 2.x can read; it applies to ``.zarr`` and
-    ``.zarr.zip`` outputs only. ``progress`` shows a bar over the videos (stderr).
+    ``.zarr.zip`` outputs only. ``progress`` shows a bar over the videos (stderr). A source
+    with things that are not videos, or that lost videos, is refused unless ``allow_partial``
+    (see :func:`merge_stores`).
     """
-    return _copy_stores([src], dst, None, zarr_format, progress, "convert")
+    return _copy_stores([src], dst, None, zarr_format, progress, "convert", allow_partial)
 
 
 def _copy_stores(sources: list[str | os.PathLike[str]], out: str | os.PathLike[str],
-                 prefer: str | None, zarr_format: int, progress: bool, verb: str) -> MergeReport:
+                 prefer: str | None, zarr_format: int, progress: bool, verb: str,
+                 allow_partial: bool) -> MergeReport:
     if is_url(out):
         raise StoreError(f"{out}: output stores are written locally; copy it afterwards")
     out_path = local_path(out)
@@ -144,8 +171,9 @@ def _copy_stores(sources: list[str | os.PathLike[str]], out: str | os.PathLike[s
         for src in sources:
             opened.append(open_store(src))
         _check_fingerprints(opened)
+        left_out = _left_out(opened, allow_partial, verb)
         report = MergeReport(out=str(out_path), sources=[s.path for s in opened],
-                             leftovers_removed=[str(p) for p in leftovers])
+                             leftovers_removed=[str(p) for p in leftovers], left_out=left_out)
         plan = _plan_videos(opened, prefer, report)
         failures = _plan_failures(opened, set(plan), prefer, report)
         _write_output(opened, plan, failures, out_path, kind, zarr_format, report,
@@ -154,6 +182,25 @@ def _copy_stores(sources: list[str | os.PathLike[str]], out: str | os.PathLike[s
     finally:
         for store in opened:
             store.close()
+
+
+def _left_out(stores: list[FeatureStore], allow_partial: bool, verb: str) -> list[dict[str, Any]]:
+    """Per source with something a copy leaves out (:meth:`FeatureStore.ignored`,
+    :meth:`FeatureStore.listing_mismatch`): ``{"source", "ignored": {path: why} (the first
+    :data:`MAX_RECORDED`), "ignored_count", "mismatch"}``; a :class:`PartialSourceError` for the
+    first unless ``allow_partial``."""
+    out = []
+    for store in stores:
+        ignored, mismatch = store.ignored(), store.listing_mismatch()
+        if not ignored and mismatch is None:
+            continue
+        if not allow_partial:
+            what = "; ".join(([describe_ignored(ignored)] if ignored else []) + ([mismatch] if mismatch else []))
+            raise PartialSourceError(f"{store.path}: {what}; a {verb} would leave that out: pass --allow-partial "
+                                     "(allow_partial=True) to write the rest, recorded in the output's provenance")
+        out.append({"source": store.path, "ignored": dict(list(ignored.items())[:MAX_RECORDED]),
+                    "ignored_count": len(ignored), "mismatch": mismatch})
+    return out
 
 
 def _check_fingerprints(stores: list[FeatureStore]) -> None:
@@ -229,7 +276,10 @@ def _write_output(stores: list[FeatureStore], plan: dict[str, int], failures: di
     final_tmp = temporary_sibling(out_path, BUILDING)
     build = temporary_sibling(out_path, BUILDING, ".zarr") if kind == "zarr.zip" else final_tmp
     try:
-        with (create_or_open_store(build, stores[0].provenance, zarr_format=zarr_format) as dst,
+        provenance = stores[0].provenance
+        if report.left_out:  # informative: the fingerprint stays that of the sources
+            provenance = {**provenance, "left_out": [*provenance.get("left_out", []), *report.left_out]}
+        with (create_or_open_store(build, provenance, zarr_format=zarr_format) as dst,
               tqdm(plan.items(), desc=verb, unit="video", disable=not progress, dynamic_ncols=True) as bar):
             for key, i in bar:
                 video = stores[i].read_video(key)

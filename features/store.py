@@ -53,8 +53,8 @@ from typing import Any
 
 import numpy as np
 
-from clifvqa.errors import ClifvqaError
-from clifvqa.features.bounded import ARRAY_DTYPES, ShapeRule, UnsafeStoreError
+from clifvqa.errors import MAX_LISTED, ClifvqaError
+from clifvqa.features.bounded import ARRAY_DTYPES, ShapeRule, UnsafeStoreError, check_video_attrs
 from clifvqa.features.provenance import (
     FORMAT_VERSION,
     READABLE_FORMATS,
@@ -210,6 +210,18 @@ def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [""])[0][:200]
 
 
+def listed(items: Sequence[str], limit: int = MAX_LISTED) -> str:
+    """``items`` as ``a, b, c and 15 more``: the first ``limit``, then how many others."""
+    shown = ", ".join(items[:limit])
+    return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
+
+
+def describe_ignored(ignored: Mapping[str, str]) -> str:
+    """What :meth:`FeatureStore.ignored` found, in one line (the first :data:`MAX_LISTED`)."""
+    return (f"{len(ignored)} thing(s) in it are not videos, failure records or their arrays and every reader "
+            f"ignores them: {listed([f'{path} ({why})' for path, why in ignored.items()])}")
+
+
 def is_url(path: str | os.PathLike[str]) -> bool:
     """True for fsspec URLs such as ``s3://b/x.zarr`` (``file://`` counts as a local path)."""
     text = os.fspath(path)
@@ -348,6 +360,34 @@ class FeatureStore(abc.ABC):
         shape}}, "failures": {key: attrs}}``; None when there is none (and for HDF5)."""
         return None
 
+    def ignored(self) -> dict[str, str]:
+        """What the store holds besides video entries, failure records and their arrays (unknown
+        files and folders, groups that hold no video, groups deeper than
+        :data:`~clifvqa.features.bounded.MAX_DEPTH`, links not followed), by path relative to
+        the root, each with why; every reader passes over them. One walk through the whole
+        store; remote stores report none (they are read through their listing)."""
+        return {}
+
+    def listing_mismatch(self, entries: Mapping[str, Mapping[str, Any]] | None = None) -> str | None:
+        """One line when the summary of the last finalize, still current by its change token,
+        disagrees with the listing (a video folder deleted by hand: nothing clifvqa writes
+        does that), naming the videos it records that are gone; None otherwise, and when there
+        is no current summary. ``entries``: :meth:`all_entries`, when at hand."""
+        summary = self.summary()
+        if summary is None:
+            return None
+        entries = self.all_entries() if entries is None else entries
+        complete = sum(1 for a in entries.values() if a.get("complete") is True)
+        counts = {"complete": complete, "incomplete": len(entries) - complete, "failed": len(self.failures())}
+        recorded = self.consolidated_entries()
+        missing = [] if recorded is None else sorted(set(recorded["videos"]) - set(entries))
+        if not missing and all(summary.get(k) == v for k, v in counts.items()):
+            return None
+        says = ", ".join(f"{summary.get(k)} {k}" for k in counts)
+        finds = ", ".join(f"{v} {k}" for k, v in counts.items())
+        gone = f"; gone: {listed([f'videos/{k}' for k in missing])}" if missing else ""
+        return f"its last finalize counted {says} videos but the listing finds {finds}{gone} (changed by hand since?)"
+
     # ------------------------------------------------------------------ counts
     def count(self) -> dict[str, int]:
         """``{complete, incomplete, failed, frames}`` counted by listing every entry (exact; O(videos)).
@@ -357,6 +397,7 @@ class FeatureStore(abc.ABC):
         frames = 0
         for key in complete:
             try:
+                check_video_attrs(entries[key])
                 shape, dtype = self._array_declared(f"{VIDEOS}/{key}/pooled")
                 self._check_declared("pooled", shape, dtype, entries[key])
             except KeyError:  # no pooled array: verify reports the entry
@@ -401,6 +442,19 @@ class FeatureStore(abc.ABC):
     @functools.cached_property
     def _shape_rule(self) -> ShapeRule | None:
         return ShapeRule.of(self.provenance)
+
+    @staticmethod
+    def _refuse_by_attrs(found: Fetched, names: Sequence[str]) -> bool:
+        """When the attributes of the complete entry ``found`` are out of bounds
+        (:func:`~clifvqa.features.bounded.check_video_attrs`), make that refusal the error of each
+        array of ``names`` (so that readers report the video as any other damaged one) and say
+        True: the backend then reads none of them."""
+        try:
+            check_video_attrs(found.attrs)
+        except UnsafeStoreError as exc:
+            found.arrays.update(dict.fromkeys(names, exc))
+            return True
+        return False
 
     def _check_declared(self, name: str, shape: tuple[int, ...], dtype: np.dtype, attrs: dict[str, Any]) -> None:
         """Raise :class:`~clifvqa.features.bounded.UnsafeStoreError` unless array ``name`` of an
@@ -613,7 +667,7 @@ class FeatureStore(abc.ABC):
         A failure record of ``key`` is removed just before the entry is marked complete.
 
         Raises:
-            ValueError: wrong shapes/dtypes (naming the key), a key colliding with another
+            StoreError: wrong shapes/dtypes (naming the key), a key colliding with another
                 entry, a mismatching ``pooled_sha256``.
             EntryCompleteError: a complete entry of ``key`` without ``replace``.
             UnsafePathError: the key breaks the path rule.
@@ -625,7 +679,7 @@ class FeatureStore(abc.ABC):
         plain = {str(k): check_attr_value(str(k), v) for k, v in attrs.items() if k != "complete"}
         given = plain.pop("pooled_sha256", None)
         if given is not None and given != digest:
-            raise ValueError(f"video {key!r}: attrs say pooled_sha256={given} but the pooled array "
+            raise StoreError(f"video {key!r}: attrs say pooled_sha256={given} but the pooled array "
                              f"hashes to {digest}; the source copy is corrupt (run store verify)")
         plain["pooled_sha256"] = digest
         path = f"{VIDEOS}/{key}"
@@ -646,7 +700,7 @@ class FeatureStore(abc.ABC):
             arr = np.asarray(value)
             want = np.integer if name == "frames" else np.floating
             if not np.issubdtype(arr.dtype, want):
-                raise ValueError(f"video {key!r}: {name} has dtype {arr.dtype}, expected "
+                raise StoreError(f"video {key!r}: {name} has dtype {arr.dtype}, expected "
                                  f"{'integers' if name == 'frames' else 'floats'}")
             with np.errstate(over="ignore"):  # overflow to inf is reported below
                 out[name] = np.ascontiguousarray(arr, dtype=ARRAY_DTYPES[name])
@@ -657,16 +711,16 @@ class FeatureStore(abc.ABC):
             expected["embeddings"] = (t, m * n, emb.shape[-1] if emb.ndim == 3 else -1)
         for name, arr in out.items():
             if arr.shape != expected[name]:
-                raise ValueError(f"video {key!r}: {name} has shape {list(arr.shape)}, expected "
+                raise StoreError(f"video {key!r}: {name} has shape {list(arr.shape)}, expected "
                                  f"{list(expected[name])} (T={t}, r={r}, grid {m}x{n})")
         for name in ("pooled", "maps", "embeddings"):
             bad = 0 if name not in out else int(out[name].size - np.count_nonzero(np.isfinite(out[name])))
             if bad:
-                raise ValueError(f"video {key!r}: {name} has {bad} non-finite values (NaN/inf, "
+                raise StoreError(f"video {key!r}: {name} has {bad} non-finite values (NaN/inf, "
                                  f"or too large for {ARRAY_DTYPES[name]}); not stored")
         if "frames" in out and out["frames"].size and not np.array_equal(
                 np.asarray(frames).astype(np.int64), out["frames"].astype(np.int64)):
-            raise ValueError(f"video {key!r}: frame indices do not fit int32")
+            raise StoreError(f"video {key!r}: frame indices do not fit int32")
         return out
 
     def _check_slot(self, key: str, path: str, replace: bool) -> None:
@@ -676,13 +730,13 @@ class FeatureStore(abc.ABC):
             prefix = "/".join(parts[:i])
             kind, attrs = self._node(f"{VIDEOS}/{prefix}")
             if kind == "array" or attrs:
-                raise ValueError(f"cannot store video {key!r}: {prefix!r} is already a video in "
+                raise StoreError(f"cannot store video {key!r}: {prefix!r} is already a video in "
                                  f"{self.path}, and a video cannot also be a folder")
         kind, attrs = self._node(path)
         if kind == "array":
-            raise ValueError(f"cannot store video {key!r}: an array is in the way in {self.path}")
+            raise StoreError(f"cannot store video {key!r}: an array is in the way in {self.path}")
         if kind == "group" and not attrs and self._has_children(path):
-            raise ValueError(f"cannot store video {key!r}: it is a folder of other videos in "
+            raise StoreError(f"cannot store video {key!r}: it is a folder of other videos in "
                              f"{self.path}")
         if attrs.get("complete") is True and not replace:
             raise EntryCompleteError(f"video {key!r} is already complete in {self.path} (another run wrote it "

@@ -1,7 +1,9 @@
 """``store verify``: check a (copied, merged, downloaded) store against its own claims.
 
-Store level: the fingerprint recomputed from the provenance, the provenance's structure and,
-for Zarr, whether consolidated metadata still matches the listing (entries, their arrays and
+Store level: the fingerprint recomputed from the provenance, the provenance's structure, what
+the store holds besides videos and failure records (:meth:`FeatureStore.ignored`), whether the
+summary of the last finalize still matches the listing (:meth:`FeatureStore.listing_mismatch`)
+and, for Zarr, whether consolidated metadata still matches the listing (entries, their arrays and
 shapes, failure records; the raw document compared with what the video reads found). Per complete video: required
 attributes, readable arrays (a chunk that fails its checksum or does not decode is a problem,
 never a crash), shapes and dtypes against r, m, n, ``pooled_sha256``, finite values, frame
@@ -21,13 +23,14 @@ from typing import Any
 
 import numpy as np
 
-from clifvqa.features.bounded import ARRAY_DTYPES
+from clifvqa.features.bounded import ARRAY_DTYPES, UnsafeStoreError, check_video_attrs
 from clifvqa.features.provenance import check_provenance, fingerprint
 from clifvqa.features.sources import stale_reason
 from clifvqa.features.store import (
     CorruptFeaturesError,
     EntryRead,
     FeatureStore,
+    describe_ignored,
     open_store,
     pooled_sha256,
 )
@@ -92,8 +95,14 @@ def _verify(store: FeatureStore, manifest: Any, videos: str | os.PathLike[str] |
     try:
         everything = store.all_entries()
         recorded = store.consolidated_entries()
+        ignored, mismatch = store.ignored(), store.listing_mismatch(everything)
     except Exception as exc:  # noqa: BLE001 - a corrupt listing is a finding, not a crash
         return problems + [Problem(STORE_KEY, f"cannot list videos: {type(exc).__name__}: {exc}")]
+    if ignored:
+        problems.append(Problem(STORE_KEY, f"{store.path}: {describe_ignored(ignored)}; merge and convert refuse "
+                                "it unless --allow-partial (remove them, or ask for a clean copy)"))
+    if mismatch:
+        problems.append(Problem(STORE_KEY, f"{store.path}: {mismatch}"))
     entries = {k: a for k, a in everything.items() if a.get("complete") is True}
     checker = _VideoChecker(prov)
     found: list[Problem] = []
@@ -156,6 +165,10 @@ class _VideoChecker:
         if read.error is not None:
             return [f"cannot read the entry: {type(read.error).__name__}: {read.error}"]
         attrs, names = read.attrs, list(read.arrays)
+        try:  # out of bounds: the backend read none of the arrays
+            check_video_attrs(attrs)
+        except UnsafeStoreError as exc:
+            return [str(exc)]
         out: list[str] = []
         missing = [a for a in REQUIRED_ATTRS if a not in attrs]
         if missing:

@@ -34,6 +34,7 @@ import math
 import os
 import re
 import shutil
+import stat
 import threading
 import uuid
 import warnings
@@ -52,9 +53,12 @@ from zarr.buffer import default_buffer_prototype
 from zarr.codecs import ZstdCodec
 from zarr.storage import FsspecStore, LocalStore, ZipStore
 
+from clifvqa._atomic import install_new, remove_abandoned, replace_file, temporary_sibling
 from clifvqa.features.bounded import (
+    ARRAY_DTYPES,
     FLETCHER32_BYTES,
     MAX_CHUNKS,
+    MAX_DEPTH,
     MAX_DOC_BYTES,
     MAX_ROOT_DOC_BYTES,
     LocalTree,
@@ -77,6 +81,10 @@ from clifvqa.features.store import (
 )
 
 T = TypeVar("T")
+
+CREATING, CHANGING = "creating", "change"
+"""Labels of the temporaries (:func:`clifvqa._atomic.temporary_sibling`: named by host and process,
+so a later writer removes those whose process is gone): a root being built, a change token."""
 
 NODE_DOCS: dict[bool, tuple[str, ...]] = {True: ("zarr.json",), False: (".zgroup", ".zattrs", ".zarray")}
 """The metadata documents of a node, Zarr v3 (True) and v2."""
@@ -111,6 +119,23 @@ _HEAD = re.compile(r'\s*\{\s*"attributes"\s*:\s*')
 _AFTER_ATTRS = re.compile(r'\s*,\s*"zarr_format"\s*:\s*3\s*,')
 _TAIL = re.compile(r'"node_type"\s*:\s*"group"\s*\}\s*$')
 
+def load_doc(raw: bytes, where: str) -> dict[str, Any]:
+    """The JSON object of the metadata document ``raw`` (``where``: the store and the document,
+    for the message); a document that is not UTF-8 JSON holding an object (whose ``attributes``,
+    when present, are an object too) is one line of :class:`StoreError`: the store is damaged."""
+    try:
+        doc = json.loads(raw)
+        problem = None if isinstance(doc, dict) else f"holds a JSON {type(doc).__name__}, not an object"
+        if problem is None and not isinstance(doc.get("attributes", {}), dict):
+            problem = "its attributes are not a JSON object"
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        problem = f"is not valid JSON ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})"
+    if problem:
+        raise StoreError(f"{where}: this metadata document {problem}; the store is damaged: copy it again, or "
+                         "ask its sender for an intact copy (`clifvqa store verify` lists what else is wrong)")
+    return cast(dict[str, Any], doc)  # a JSON object, checked above
+
+
 Tree = LocalTree | ZipTree
 """The files of a local store (a folder or a ``.zarr.zip``), read by clifvqa itself with bounds."""
 Requests = list[tuple[str, int]]
@@ -126,13 +151,14 @@ def root_attributes(tree: Tree) -> tuple[int, dict[str, Any]] | None:
     head = _head_attributes(tree)
     if head is not None:
         return 3, head
+    where = f"{tree.path if isinstance(tree, ZipTree) else tree.root}: "
     doc = tree.read("zarr.json", MAX_ROOT_DOC_BYTES)
     if doc is not None:
-        meta = json.loads(doc)
+        meta = load_doc(doc, where + "zarr.json")
         return (3, dict(meta.get("attributes") or {})) if meta.get("node_type") == "group" else None
     if tree.read(".zgroup", MAX_DOC_BYTES) is not None:
         attrs = tree.read(".zattrs", MAX_ROOT_DOC_BYTES)
-        return 2, dict(json.loads(attrs)) if attrs is not None else {}
+        return 2, load_doc(attrs, where + ".zattrs") if attrs is not None else {}
     return None
 
 
@@ -251,7 +277,7 @@ class ZarrFeatureStore(FeatureStore):
     def _open_tree(cls, path: Path, store: Any, tree: Tree, *, writable: bool, backend: str) -> ZarrFeatureStore:
         try:
             root = root_attributes(tree)
-        except UnsafeStoreError:
+        except (UnsafeStoreError, StoreError):
             raise
         except (ValueError, TypeError) as exc:
             raise StoreError(f"{path} is not a Zarr feature store: its root metadata cannot be read ({exc})") from exc
@@ -262,8 +288,11 @@ class ZarrFeatureStore(FeatureStore):
 
     @classmethod
     def open_local(cls, path: Path, *, writable: bool) -> ZarrFeatureStore:
-        return cls._open_tree(path, LocalStore(path, read_only=not writable), LocalTree(path), writable=writable,
-                              backend="zarr")
+        store = cls._open_tree(path, LocalStore(path, read_only=not writable), LocalTree(path), writable=writable,
+                               backend="zarr")
+        if writable:  # every writer (extract, finalize, upgrade) tidies what killed ones left
+            store._remove_abandoned()
+        return store
 
     @classmethod
     def open_zip(cls, path: Path) -> ZarrFeatureStore:
@@ -292,7 +321,7 @@ class ZarrFeatureStore(FeatureStore):
 
         try:
             reader, root = _LOOP.run(open_on_loop())
-        except UnsafeStoreError:
+        except (UnsafeStoreError, StoreError):
             raise
         except (ValueError, TypeError, AttributeError) as exc:
             raise StoreError(f"no Zarr feature store at {url}: its root metadata cannot be read ({exc})") from exc
@@ -311,33 +340,45 @@ class ZarrFeatureStore(FeatureStore):
     def create_or_open(cls, path: Path, root_attrs: dict[str, Any], *,
                        zarr_format: int = 3) -> ZarrFeatureStore:
         """Open ``path`` for writing, creating its root atomically when missing."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove_abandoned(path, CREATING)
         if not _is_zarr_root(path):
             cls._create_root(path, root_attrs, zarr_format)
         return cls.open_local(path, writable=True)
 
     @staticmethod
     def _create_root(path: Path, root_attrs: dict[str, Any], zarr_format: int) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.parent / f".{path.name}.creating-{uuid.uuid4().hex}"
-        root = zarr.create_group(LocalStore(tmp), zarr_format=cast(Literal[2, 3], zarr_format),  # checked by the caller
-                                 attributes=root_attrs)
-        root.create_group("videos")
-        root.create_group("failures")
+        tmp = temporary_sibling(path, CREATING)
         try:
+            fmt = cast(Literal[2, 3], zarr_format)  # checked by the caller
+            root = zarr.create_group(LocalStore(tmp), zarr_format=fmt, attributes=root_attrs)
+            root.create_group("videos")
+            root.create_group("failures")
             # Atomic: fails when another process renamed its root into place first.
-            os.rename(tmp, path)
-        except OSError as exc:
-            shutil.rmtree(tmp, ignore_errors=True)
+            install_new(tmp, path)
+        except FileExistsError:
             if not _is_zarr_root(path):
-                raise StoreError(f"cannot create a store at {path}: it exists and is not a Zarr "
-                                 f"store ({exc.strerror}); choose another path") from exc
+                raise StoreError(f"cannot create a store at {path}: it exists and is not a Zarr store; choose "
+                                 "another path") from None
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def _remove_abandoned(self) -> None:
+        """Remove the temporaries that killed writers left (their processes are gone): a root
+        being created, a change token being replaced (beside the store, or in ``videos/``)."""
+        root = Path(self.path)
+        remove_abandoned(root, CREATING)
+        remove_abandoned(root, CHANGING)
+        remove_abandoned(root / self._marker_key(), CHANGING)
 
     # ------------------------------------------------------------------ primitives
     def _tree_node(self, path: str) -> Fetched:
         """Kind and attributes of the node at ``path`` of a local store, from its documents."""
-        v3 = self.zarr_format == 3
         assert self._tree is not None  # callers check
-        return _node_of(v3, [self._tree.read(f"{path}/{d}".lstrip("/"), MAX_DOC_BYTES) for d in NODE_DOCS[v3]])
+        v3 = self.zarr_format == 3
+        docs = [f"{path}/{d}".lstrip("/") for d in NODE_DOCS[v3]]
+        tree = self._tree
+        return _node_of(v3, [tree.read(d, MAX_DOC_BYTES) for d in docs], self.path, docs)
 
     def _node(self, path: str, attrs: tuple[str, ...] | None = None) -> tuple[str | None, dict[str, Any]]:
         if self._tree is not None:
@@ -378,25 +419,73 @@ class ZarrFeatureStore(FeatureStore):
         walk(cast(zarr.Group, self._group[top]), "")  # a group: checked above
         return out
 
-    def _tree_entries(self, top: str) -> dict[str, dict[str, Any]]:
-        """``_entries`` of a local store: its folders walked and each group's metadata document
-        read directly (zarr's members() builds every node's objects; 5x slower)."""
+    def _tree_entries(self, top: str, ignored: dict[str, str] | None = None) -> dict[str, dict[str, Any]]:
+        """``_entries`` of a local store: its folders walked (at most :data:`MAX_DEPTH` levels)
+        and each group's metadata document read directly (zarr's members() builds every node's
+        objects; 5x slower). ``ignored``, when given, gets what the walk passes over, each with
+        why (see :meth:`ignored`); the entries' own folders are then listed too."""
         out: dict[str, dict[str, Any]] = {}
+        v3 = self.zarr_format == 3
         tree = self._tree
         assert tree is not None  # callers check
 
-        def walk(folder: str, prefix: str) -> None:
-            for name in tree.folders(folder):
-                node = self._tree_node(f"{folder}/{name}")
-                if node.kind == "group":
-                    if node.attrs:
-                        out[prefix + name] = node.attrs
-                    else:
-                        walk(f"{folder}/{name}", f"{prefix}{name}/")
+        def unknown_files(folder: str, files: list[str]) -> None:
+            assert ignored is not None  # called only when the caller asked
+            for name in files:
+                if name not in NODE_DOCS[v3]:
+                    ignored[f"{folder}/{name}"] = "a file that is no Zarr metadata document"
+
+        def walk(folder: str, prefix: str, depth: int) -> tuple[int, int]:
+            """The entries and the other groups found below ``folder``."""
+            folders, files = tree.listing(folder) if ignored is not None else (tree.folders(folder), [])
+            if ignored is not None:
+                unknown_files(folder, files)
+            found = groups = 0
+            for name in folders:
+                path = f"{folder}/{name}"
+                node = self._tree_node(path)
+                if node.kind == "group" and node.attrs:
+                    out[prefix + name] = node.attrs
+                    found += 1
+                    if ignored is not None:
+                        inner, inner_files = tree.listing(path)
+                        unknown_files(path, inner_files)
+                        what = f"not an array of a {'video' if top == VIDEOS else 'failure'} entry"
+                        ignored.update({f"{path}/{extra}": what for extra in inner
+                                        if top != VIDEOS or extra not in ARRAY_DTYPES})
+                elif node.kind == "group" and depth >= MAX_DEPTH:
+                    groups += 1
+                    if ignored is not None:
+                        ignored[path] = f"a group more than {MAX_DEPTH} levels deep, not read"
+                elif node.kind == "group":
+                    before = 0 if ignored is None else len(ignored)
+                    below, inner_groups = walk(path, f"{prefix}{name}/", depth + 1)
+                    found, groups = found + below, groups + 1 + inner_groups
+                    if not below and ignored is not None and top == VIDEOS:  # said once, for the topmost
+                        while len(ignored) > before:  # what the walk below added (dicts keep their order)
+                            ignored.popitem()
+                        ignored[path] = f"{1 + inner_groups} group(s) holding no video"
+                elif ignored is not None:
+                    ignored[path] = "an array outside any video entry" if node.kind == "array" else \
+                        "a folder with no Zarr metadata"
+            return found, groups
 
         if self._tree_node(top).kind == "group":
-            walk(top, "")
+            walk(top, "", 1)
         return out
+
+    def ignored(self) -> dict[str, str]:
+        if self._tree is None:  # remote: listed through its consolidated metadata or zarr
+            return {}
+        v3 = self.zarr_format == 3
+        out: dict[str, str] = {}
+        folders, files = self._tree.listing("")
+        known = NODE_DOCS[v3] + (() if v3 else (".zmetadata",))
+        out.update({name: "a file clifvqa does not read" for name in files if name not in known})
+        out.update({name: "a folder clifvqa does not read" for name in folders if name not in (VIDEOS, FAILURES)})
+        for top in (VIDEOS, FAILURES):
+            self._tree_entries(top, out)
+        return dict(sorted(out.items()))
 
     def _has_children(self, path: str) -> bool:
         if self._tree is not None:
@@ -422,7 +511,7 @@ class ZarrFeatureStore(FeatureStore):
         doc = self._tree.read(f"{path}/{'zarr.json' if self.zarr_format == 3 else '.zarray'}", MAX_DOC_BYTES)
         if doc is None:
             raise KeyError(f"no array {path!r} in {self.path}")
-        return _declared(json.loads(doc), self.zarr_format)
+        return _declared(load_doc(doc, f"{self.path}: {path}"), self.zarr_format)
 
     def _write_group(self, path: str, attrs: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
         self._check_writable()
@@ -460,19 +549,19 @@ class ZarrFeatureStore(FeatureStore):
         attrs = meta.setdefault("attributes", {}) if self.zarr_format == 3 else meta
         attrs[CHANGE_ATTR] = uuid.uuid4().hex
         # The temporary file lives beside the store: inside it, a listing could meet it.
-        tmp = root.parent / f".{root.name}.change-{uuid.uuid4().hex}"
+        tmp = temporary_sibling(root, CHANGING)
         try:
             tmp.write_text(json.dumps(meta, indent=2))
         except OSError:  # a parent folder we may not write: next to the document then
-            tmp = doc.with_name(f".change-{uuid.uuid4().hex}")
+            tmp = temporary_sibling(doc, CHANGING)
             tmp.write_text(json.dumps(meta, indent=2))
-        os.replace(tmp, doc)
+        replace_file(tmp, doc, sync_file=False, sync_folder=False)  # a token only has to differ
 
     def _change_token(self) -> str | None:
         try:
             raw = self._read_key(self._marker_key(), MAX_DOC_BYTES)
-            attrs = json.loads(raw) if raw is not None else {}
-        except ValueError:  # unreadable or refused: no current token
+            attrs = load_doc(raw, self.path) if raw is not None else {}
+        except ValueError:  # unreadable or refused (ClifvqaErrors are ValueErrors): no current token
             return None
         token = (attrs.get("attributes", {}) if self.zarr_format == 3 else attrs).get(CHANGE_ATTR)
         return token if isinstance(token, str) else None
@@ -487,6 +576,7 @@ class ZarrFeatureStore(FeatureStore):
         """Write consolidated metadata, then the root ``summary`` counted from the listing (call
         from one process, after all writers finished)."""
         self._check_writable()
+        self._remove_abandoned()
         self._check_whole_tree()
         token = self._change_token()  # before the listing: a change made meanwhile reads as stale
         summary = {**self.count(), "bytes": self._tree_bytes(), CHANGE_ATTR: token}
@@ -513,15 +603,14 @@ class ZarrFeatureStore(FeatureStore):
         if isinstance(self._store, LocalStore):
             if summary is not None and isinstance(summary.get("bytes"), int):
                 return int(summary["bytes"]) + sum(f.stat().st_size for f in Path(self.path).iterdir() if f.is_file())
-            return sum(f.stat().st_size for f in Path(self.path).rglob("*") if f.is_file())
+            return _folder_bytes(Path(self.path))
         return None
 
     def _tree_bytes(self) -> int | None:
         """Bytes of everything below the root's own files (what the summary records)."""
         if not isinstance(self._store, LocalStore):
             return None
-        return sum(f.stat().st_size for top in (VIDEOS, FAILURES)
-                   for f in (Path(self.path) / top).rglob("*") if f.is_file())
+        return sum(_folder_bytes(Path(self.path) / top) for top in (VIDEOS, FAILURES))
 
     # ------------------------------------------------------------------ concurrent reads
     def _fetch(self, keys: Sequence[str], names: tuple[str, ...], workers: int,
@@ -583,16 +672,18 @@ class ZarrFeatureStore(FeatureStore):
             array_docs = [f"{base}/{n}/{'zarr.json' if v3 else '.zarray'}" for n in names]
             got = yield [(k, MAX_DOC_BYTES) for k in node_docs + array_docs]
             try:
-                found = _node_of(v3, _raised(got[:len(node_docs)]))
+                found = _node_of(v3, _raised(got[:len(node_docs)]), self.path, node_docs)
             except Exception as exc:  # noqa: BLE001 - unreadable metadata is reported per video
                 return Fetched(None, error=exc)
             docs = {n: doc for n, doc in zip(names, got[len(node_docs):]) if doc is not None}
         if not found.complete:
             return found
+        if self._refuse_by_attrs(found, list(docs)):
+            return found
         layouts: dict[str, _Layout] = {}
         for name, doc in docs.items():
             try:
-                meta = doc if isinstance(doc, dict) else json.loads(_raised([doc])[0])
+                meta = doc if isinstance(doc, dict) else load_doc(_raised([doc])[0], f"{self.path}: {base}/{name}")
                 self._check_declared(name, *_declared(meta, self.zarr_format), found.attrs)
                 layouts[name] = _Layout.parse(meta, self.zarr_format)
             except Exception as exc:  # noqa: BLE001 - refused or unreadable: the array's error
@@ -663,7 +754,8 @@ class ZarrFeatureStore(FeatureStore):
         if not self._listable:
             return None
         raw = self._read_key("zarr.json" if self.zarr_format == 3 else ".zmetadata", MAX_ROOT_DOC_BYTES)
-        nodes = None if raw is None else _recorded_nodes(json.loads(raw), self.zarr_format)
+        doc = "zarr.json" if self.zarr_format == 3 else ".zmetadata"
+        nodes = None if raw is None else _recorded_nodes(load_doc(raw, f"{self.path}: {doc}"), self.zarr_format)
         if nodes is None:
             return None
         out: dict[str, dict[str, Any]] = {"videos": _recorded_entries(nodes, VIDEOS), "arrays": {},
@@ -693,6 +785,17 @@ class ZarrFeatureStore(FeatureStore):
         if not differ:
             return "fresh"
         return f"stale: {len(differ)} node(s) differ from the listing, e.g. {differ[0]!r}"
+
+
+def _folder_bytes(folder: Path) -> int:
+    """Bytes of the regular files below ``folder`` (links not followed). os.walk, not
+    Path.rglob, which in Python 3.11 keeps every path it yielded (23 MB for 40,000)."""
+    total = 0
+    for parent, _, files in os.walk(folder):
+        for name in files:
+            info = os.lstat(os.path.join(parent, name))
+            total += info.st_size if stat.S_ISREG(info.st_mode) else 0
+    return total
 
 
 def _drive(plan: Generator[Requests, Replies, Fetched], read: Callable[[Requests], Replies]) -> Fetched:
@@ -731,7 +834,7 @@ async def _remote_root(store: Any, where: str) -> tuple[int, dict[str, Any], Any
     ``where``, from its root documents (one request for Zarr v3); None when it has no root group."""
     doc = await _get_bytes(store, where, "zarr.json", MAX_ROOT_DOC_BYTES)
     if doc is not None:
-        meta = json.loads(doc)
+        meta = load_doc(doc, f"{where}: zarr.json")
         if meta.get("node_type") != "group":
             return None
         return 3, dict(meta.get("attributes") or {}), _recorded_nodes(meta, 3)
@@ -739,8 +842,8 @@ async def _remote_root(store: Any, where: str) -> tuple[int, dict[str, Any], Any
         return None
     attrs, consolidated = await asyncio.gather(_get_bytes(store, where, ".zattrs", MAX_ROOT_DOC_BYTES),
                                                _get_bytes(store, where, ".zmetadata", MAX_ROOT_DOC_BYTES))
-    return (2, dict(json.loads(attrs)) if attrs is not None else {},
-            None if consolidated is None else _recorded_nodes(json.loads(consolidated), 2))
+    return (2, load_doc(attrs, f"{where}: .zattrs") if attrs is not None else {},
+            None if consolidated is None else _recorded_nodes(load_doc(consolidated, f"{where}: .zmetadata"), 2))
 
 
 def _recorded_entries(nodes: dict[str, tuple[str, Any]], top: str) -> dict[str, dict[str, Any]]:
@@ -761,21 +864,21 @@ def _prefixes(path: str, entries: dict[str, Any]) -> list[str]:
     return [p for p in ("/".join(parts[:i]) for i in range(1, len(parts))) if p in entries]
 
 
-def _node_of(v3: bool, docs: list[bytes | None]) -> Fetched:
+def _node_of(v3: bool, docs: list[bytes | None], store: str, names: list[str]) -> Fetched:
     """kind and attributes of a node from its metadata documents (v3: zarr.json; v2: .zgroup,
-    .zattrs, .zarray), as zarr would see them."""
+    .zattrs, .zarray, named ``names`` in ``store``), as zarr would see them."""
     if v3:
         if docs[0] is None:
             return Fetched(None)
-        meta = json.loads(docs[0])
-        kind = {"group": "group", "array": "array"}.get(meta.get("node_type"))
+        meta = load_doc(docs[0], f"{store}: {names[0]}")
+        kind = {"group": "group", "array": "array"}.get(str(meta.get("node_type")))
         return Fetched(kind, dict(meta.get("attributes") or {}) if kind == "group" else {})
     zgroup, zattrs, zarray = docs
     if zarray is not None:
         return Fetched("array")
     if zgroup is None:
         return Fetched(None)
-    return Fetched("group", dict(json.loads(zattrs)) if zattrs is not None else {})
+    return Fetched("group", load_doc(zattrs, f"{store}: {names[1]}") if zattrs is not None else {})
 
 
 _FILLS: dict[Any, float] = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}

@@ -1,11 +1,14 @@
-"""A corpus of hostile feature stores: what a careful user may be sent instead of a real store.
+"""The corpus of hostile feature stores: what a careful user may be sent instead of a real store.
 
-Every case starts from one intact store (synthetic features tied to real clips, so training and
-evaluation accept it) and changes one thing the way an attacker or a broken copy would: chunks
-that inflate to gigabytes, shapes edited in the metadata, links out of the store, special files,
-archives with entries outside their root, garbage and truncated metadata, absurd attributes,
-deep nesting, many tiny entries. ``tests/test_hostile_stores.py`` runs each against every
-command that reads stores; ``benchmarks/hostile_matrix.py`` prints the table of exit codes,
+Every case starts from one intact Zarr store (its video :data:`VICTIM` damaged; any r, grid and
+rows) and changes one thing the way an attacker or a broken copy would: chunks that inflate to
+gigabytes (zstd, zip deflate, HDF5 deflate), shapes edited in the metadata, links out of the
+store (a chunk, a video folder, an HDF5 external link or external storage), special files,
+archives with entries outside their root, garbage and truncated metadata, absurd attributes, deep
+nesting, many tiny entries, a deleted video folder, filters clifvqa does not decode. Each case's
+docstring says how it is made (:func:`describe`). ``tests/test_hostile_stores.py`` runs each
+against every command that reads stores, ``tests/test_bounded_reads.py`` against every library
+reader (:func:`probe`), and ``benchmarks/hostile_matrix.py`` prints the table of exit codes,
 peak memory and time per case and command.
 
 Nothing here writes outside the folder it is given, and no case needs more than a few MB on disk.
@@ -13,6 +16,7 @@ Nothing here writes outside the folder it is given, and no case needs more than 
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -27,6 +31,7 @@ import numpy as np
 VICTIM = "clips/v1.mp4"  # the video every case damages
 NUM_VIDEOS = 8
 ROWS = 12
+HUGE_ROWS = 100_000_000  # the rows an edited shape declares
 
 
 @dataclass(frozen=True)
@@ -79,6 +84,16 @@ def build_base(root: str | os.PathLike[str], checkpoint: bool = True) -> Base:
 # ------------------------------------------------------------------------------ building blocks
 
 
+@functools.lru_cache(maxsize=2)
+def deflate_zeros(total: int) -> bytes:
+    """A zlib stream of ``total`` zero bytes (about 1 KB per MB)."""
+    import zlib
+
+    packer, zeros = zlib.compressobj(9), bytes(1 << 24)
+    parts = [packer.compress(zeros[:min(len(zeros), total - i)]) for i in range(0, total, len(zeros))]
+    return b"".join(parts) + packer.flush()
+
+
 def zstd_rle_frame(size: int, *, declared: int | None = None, block: int = 128 << 10) -> bytes:
     """A valid zstd frame that inflates to ``size`` zero bytes from 4 bytes per 128 KiB (RLE
     blocks): 8 GB in 256 KB. ``declared`` is the Frame_Content_Size the header claims (default
@@ -121,6 +136,20 @@ def _edit_array_meta(store: Path, key: str, array: str, edit: Callable[[dict], N
         if f"videos/{key}/{array}" in meta:
             edit(meta[f"videos/{key}/{array}"])
     _edit_json(store / "zarr.json", consolidated)
+
+
+def _edit_rows(store: Path, key: str, array: str, rows: int) -> None:
+    """Declare ``rows`` rows for ``array`` of ``key`` (its other dimensions, the chunk and
+    ``num_frames`` kept)."""
+    def edit(meta: dict) -> None:
+        meta["shape"][0] = rows
+    _edit_array_meta(store, key, array, edit)
+
+
+def _nbytes(store: Path, key: str, array: str) -> int:
+    """The bytes array ``array`` of ``key`` takes decoded, from its metadata."""
+    meta = json.loads((store / "videos" / key / array / "zarr.json").read_text())
+    return int(np.prod(meta["shape"])) * np.dtype(meta["data_type"]).itemsize
 
 
 def _set_video_attrs(store: Path, key: str, **attrs: object) -> None:
@@ -198,7 +227,7 @@ def _(intact: Path, work: Path) -> Path:
 def _(intact: Path, work: Path) -> Path:
     """A frame whose header claims the expected size but whose blocks inflate to 8 GB."""
     s = _copy(intact, work)
-    _chunk(s, VICTIM, "pooled").write_bytes(zstd_rle_frame(8 << 30, declared=ROWS * 8 * 4))
+    _chunk(s, VICTIM, "pooled").write_bytes(zstd_rle_frame(8 << 30, declared=_nbytes(s, VICTIM, "pooled")))
     return s
 
 
@@ -212,33 +241,27 @@ def _(intact: Path, work: Path) -> Path:
 
 @case("pooled-shape-huge")
 def _(intact: Path, work: Path) -> Path:
-    """pooled's shape edited to [100000000, 8] (zarr.json and consolidated); the chunk unchanged."""
+    """pooled's shape edited to [100000000, 2r] (zarr.json and consolidated); the chunk unchanged."""
     s = _copy(intact, work)
-
-    def edit(meta: dict) -> None:
-        meta["shape"] = [100_000_000, 8]
-    _edit_array_meta(s, VICTIM, "pooled", edit)
+    _edit_rows(s, VICTIM, "pooled", HUGE_ROWS)
     return s
 
 
 @case("maps-shape-huge")
 def _(intact: Path, work: Path) -> Path:
-    """maps' shape edited to [100000000, 4, 2, 2]."""
+    """maps' shape edited to [100000000, r, m, n]."""
     s = _copy(intact, work)
-
-    def edit(meta: dict) -> None:
-        meta["shape"] = [100_000_000, 4, 2, 2]
-    _edit_array_meta(s, VICTIM, "maps", edit)
+    _edit_rows(s, VICTIM, "maps", HUGE_ROWS)
     return s
 
 
 @case("chunk-shape-huge")
 def _(intact: Path, work: Path) -> Path:
-    """pooled's chunk shape edited to [100000000, 8] (one chunk that big would be allocated)."""
+    """pooled's chunk shape edited to [100000000, 2r] (one chunk that big would be allocated)."""
     s = _copy(intact, work)
 
     def edit(meta: dict) -> None:
-        meta["chunk_grid"]["configuration"]["chunk_shape"] = [100_000_000, 8]
+        meta["chunk_grid"]["configuration"]["chunk_shape"][0] = HUGE_ROWS
     _edit_array_meta(s, VICTIM, "pooled", edit)
     return s
 
@@ -285,6 +308,17 @@ def _(intact: Path, work: Path) -> Path:
     shutil.copyfile(chunk, outside)
     chunk.unlink()
     chunk.symlink_to(outside)
+    return s
+
+
+@case("video-folder-symlink")
+def _(intact: Path, work: Path) -> Path:
+    """The victim's whole video folder moved outside the store and replaced by a symlink to it."""
+    s = _copy(intact, work)
+    folder = s / "videos" / VICTIM
+    shutil.copytree(folder, work / "outside-video")
+    shutil.rmtree(folder)
+    folder.symlink_to(work / "outside-video", target_is_directory=True)
     return s
 
 
@@ -435,6 +469,67 @@ def _(intact: Path, work: Path) -> Path:
     return s
 
 
+def _h5_replace_pooled(s: Path, make: Callable) -> None:
+    """Replace the victim's pooled dataset of the HDF5 store ``s`` by ``make(group, data)``."""
+    import h5py
+
+    with h5py.File(s, "r+") as f:
+        group = f["videos/" + VICTIM]
+        data = group["pooled"][()]
+        del group["pooled"]
+        make(group, data)
+
+
+@case("h5-deflate-bomb")
+def _(intact: Path, work: Path) -> Path:
+    """An HDF5 store whose victim pooled chunk (as declared: one chunk, gzip, shuffle, Fletcher32)
+    is replaced, with write_direct_chunk, by 1 MB of deflate that inflates to 1 GB."""
+    import h5py
+    import numcodecs
+
+    s = _h5_from(intact, work / "s.h5")
+    with h5py.File(s, "r+") as f:
+        ds = f["videos/" + VICTIM + "/pooled"]
+        raw = numcodecs.Fletcher32().encode(deflate_zeros(1 << 30))  # the filters' order: checksum last
+        ds.id.write_direct_chunk((0,) * ds.ndim, bytes(raw), 0)
+    return s
+
+
+@case("h5-external-link")
+def _(intact: Path, work: Path) -> Path:
+    """An HDF5 store whose victim pooled is an external link to a dataset in another file."""
+    import h5py
+
+    s = _h5_from(intact, work / "s.h5")
+    other = work / "other.h5"
+
+    def make(group: h5py.Group, data: np.ndarray) -> None:
+        with h5py.File(other, "w") as f:
+            f["pooled"] = data
+        group["pooled"] = h5py.ExternalLink(str(other), "pooled")
+    _h5_replace_pooled(s, make)
+    return s
+
+
+@case("h5-external-storage")
+def _(intact: Path, work: Path) -> Path:
+    """An HDF5 store whose victim pooled keeps its data in an external file: /dev/zero."""
+    s = _h5_from(intact, work / "s.h5")
+    _h5_replace_pooled(s, lambda group, data: group.create_dataset(
+        "pooled", shape=data.shape, dtype="f4", external=[("/dev/zero", 0, data.nbytes)]))
+    return s
+
+
+@case("h5-lzf")
+def _(intact: Path, work: Path) -> Path:
+    """An HDF5 store whose victim pooled is compressed with lzf (a filter clifvqa does not decode
+    with a bound)."""
+    s = _h5_from(intact, work / "s.h5")
+    _h5_replace_pooled(s, lambda group, data: group.create_dataset("pooled", data=data, chunks=data.shape,
+                                                                   compression="lzf"))
+    return s
+
+
 @case("h5-truncated")
 def _(intact: Path, work: Path) -> Path:
     """An HDF5 store cut to 60% (an interrupted copy)."""
@@ -445,14 +540,25 @@ def _(intact: Path, work: Path) -> Path:
 
 
 # Cases a command may pass (exit 0) because it never reads what they damage: `store info` reads
-# the root's summary only (O(1)); train/evaluate/predict read only the manifest's videos, so extra
-# junk entries do not concern them (verify reports those, merge and convert refuse them).
+# the root's summary only (O(1)); train/evaluate/predict read only the manifest's videos, and of
+# them only pooled, so extra junk entries and damaged maps do not concern them (verify reports
+# those, merge and convert refuse them).
 # `info --recount` lists entries and their shapes, never chunk contents or attribute values.
 ROOT_LEVEL = {"root-metadata-garbage", "root-metadata-truncated", "zip-escape", "h5-truncated"}
 EXTRA_ENTRIES = {"deep-nesting", "many-tiny-entries"}
+MAPS_ONLY = {"maps-bomb", "maps-shape-huge", "h5-gzip-bomb"}  # train/evaluate/predict read pooled only
 CONTENT_ONLY = {"zstd-bomb", "zstd-bomb-no-size", "zstd-bomb-lying-size", "maps-bomb", "codec-edited",
                 "symlink-dev-zero", "symlink-outside", "fifo-chunk", "attrs-absurd", "attrs-huge-string",
-                "zip-zstd-bomb", "zip-deflate-bomb", "h5-gzip-bomb"}
+                "zip-zstd-bomb", "zip-deflate-bomb", "h5-gzip-bomb", "h5-deflate-bomb", "h5-external-storage",
+                "h5-lzf"}
+# Cases whose damage is all in the victim's entry: every library reader that reads it refuses,
+# naming the store and the victim (tests/test_bounded_reads.py); zip-escape is refused when opened.
+ENTRY_LEVEL = [n for n in CASES if n not in ROOT_LEVEL | EXTRA_ENTRIES | {"video-folder-deleted"}] + ["zip-escape"]
+
+
+def describe(name: str) -> str:
+    """How case ``name`` is made (its docstring, on one line)."""
+    return " ".join((CASES[name].__doc__ or "").split())
 
 
 def may_pass(name: str, command: str) -> bool:
@@ -461,30 +567,35 @@ def may_pass(name: str, command: str) -> bool:
         return name not in ROOT_LEVEL
     if command == "info --recount":  # counts entries and pooled rows; maps and chunk grids are not its business
         return name in CONTENT_ONLY or name in ("maps-shape-huge", "chunk-shape-huge")
-    return name in EXTRA_ENTRIES and command in ("train", "evaluate", "predict")
+    return (name in EXTRA_ENTRIES or name in MAPS_ONLY) and command in ("train", "evaluate", "predict")
 
 
 def verdict(command: str, exit_code: int | str, output: str) -> str:
-    """``refused`` (exit 1/2 with one ``error:`` line, or verify's problem list / predict's
-    failed line naming the victim), ``passed`` (exit 0), ``traceback`` (a traceback or a
-    MemoryError shown), ``killed`` (another exit, e.g. a signal), ``hang`` or ``unclear``."""
+    """``refused`` (exit 1/2 with one ``error:`` line, or verify's problem list naming the victim
+    or the store, or predict's failed line naming the victim), ``reported`` (``store info``
+    exits 0 with its ``ignored`` or ``mismatch`` line: info describes, verify judges),
+    ``passed`` (exit 0), ``traceback`` (a traceback or a MemoryError shown), ``killed`` (another
+    exit, e.g. a signal), ``hang`` or ``unclear``."""
     if exit_code == "hang":
         return "hang"
     if "Traceback" in output or "MemoryError" in output:
         return "traceback"
     if exit_code == 0:
-        return "passed"
+        reports = any(line.startswith(("ignored ", "mismatch ")) for line in output.splitlines())
+        return "reported" if command.startswith("info") and reports else "passed"
     if exit_code not in (1, 2):
         return "killed"
     errors = [line for line in output.splitlines() if line.startswith("error:")]
-    if len(errors) == 1 or (command in ("verify", "predict") and VICTIM in output):
+    listed = VICTIM in output or (command == "verify" and "(store): " in output)  # verify's problem list
+    if len(errors) == 1 or (command in ("verify", "predict") and listed):
         return "refused"
     return "unclear"
 
 
 def acceptable(name: str, command: str, outcome: str) -> bool:
-    """A refusal, or a pass where the command never reads what case ``name`` damages."""
-    return outcome == "refused" or (outcome == "passed" and may_pass(name, command))
+    """A refusal, ``store info`` reporting what it ignores, or a pass where the command never
+    reads what case ``name`` damages."""
+    return outcome in ("refused", "reported") or (outcome == "passed" and may_pass(name, command))
 
 
 def make_case(name: str, intact: Path, work: str | os.PathLike[str]) -> Path:
@@ -553,6 +664,57 @@ def run_limited(argv: list[str], limit: int, timeout: float,
                               capture_output=True, text=True, env={**os.environ, **(env or {})}, check=True)
         code, peak_kb = json.loads(done.stdout)
         return code, peak_kb / 1024, Path(log.name).read_text("utf-8", "replace")
+
+
+# ------------------------------------------------------------------------------ the library readers
+
+
+def probe(store: str | os.PathLike[str], key: str = VICTIM) -> dict:
+    """What every library reader does with ``store`` (run it in a process with a memory limit,
+    e.g. through :data:`PROBE`): per reader (``open``, ``keys``, ``read_pooled_many``,
+    ``read_video`` of ``key``, ``read_array`` of each of its arrays, ``count``) ``"ok"`` or
+    ``{"error": exception type, "message": ...}``; ``verify``: the problems it lists (or its
+    error); ``peak_mb``: this process's peak RSS (VmHWM) in MB."""
+    from clifvqa.features.store import open_store
+    from clifvqa.features.verify import verify_store
+
+    def attempt(read: Callable[[], object]) -> object:
+        try:
+            read()
+            return "ok"
+        except Exception as exc:  # noqa: BLE001 - what the reader raised is the finding
+            return {"error": type(exc).__name__, "message": str(exc)}
+
+    def everything() -> dict[str, object]:
+        with open_store(store) as opened:
+            keys = opened.keys()
+            return {
+                "keys": "ok",
+                "read_pooled_many": attempt(lambda: list(opened.read_pooled_many(keys, workers=2))),
+                "read_video": attempt(lambda: opened.read_video(key)),
+                "read_array": attempt(lambda: [opened.read_array(key, n) for n in opened.array_names(key)]),
+                "count": attempt(opened.count),
+            }
+
+    out: dict[str, object] = {"open": attempt(lambda: open_store(store).close())}
+    if out["open"] == "ok":
+        listed = attempt(lambda: out.update(everything()))
+        out.setdefault("keys", listed)
+    problems = attempt(lambda: out.update(verify=[str(p) for p in verify_store(store)]))
+    out.setdefault("verify", problems)
+    with open("/proc/self/status") as f:
+        out["peak_mb"] = next(int(line.split()[1]) / 1024 for line in f if line.startswith("VmHWM:"))
+    return out
+
+
+PROBE = """
+import json, resource, sys
+limit = int(sys.argv[3])
+resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+from clifvqa.testing.hostile import probe
+print(json.dumps(probe(sys.argv[1], sys.argv[2])))
+"""
+"""``python -c PROBE STORE KEY LIMIT_BYTES``: :func:`probe` under an address-space limit, as JSON."""
 
 
 # ------------------------------------------------------------------------------ the fuzzer

@@ -1,14 +1,17 @@
 """Stores someone sent you (clifvqa.testing.hostile): every case against every command that reads
 stores, each case in its own process under an address-space limit, so that a regression fails
-here instead of exhausting the machine; plus a seeded fuzzer of byte flips, truncations and renames.
+here instead of exhausting the machine; a seeded fuzzer of byte flips, truncations and renames;
+what is reported as ignored, and absurd attributes, at the library level.
 
-The same corpus, one process per command with its peak RSS: benchmarks/hostile_matrix.py.
+The same corpus against every library reader: tests/test_bounded_reads.py; one process per
+command with its peak RSS: benchmarks/hostile_matrix.py.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 
 import pytest
@@ -22,7 +25,7 @@ MODEL_COMMANDS = ("train", "evaluate", "predict")
 # Model commands load torch and a checkpoint (seconds each): run them on the cases that reach
 # their read path in different ways; the benchmark runs them on every case.
 MODEL_CASES = ("zstd-bomb", "zstd-bomb-no-size", "pooled-shape-huge", "symlink-dev-zero", "fifo-chunk",
-               "video-folder-deleted", "h5-shape-huge")
+               "video-folder-deleted", "attrs-absurd", "h5-shape-huge")
 
 RUNNER = """
 import json, sys, time
@@ -60,18 +63,7 @@ def intact_peak(base, tmp_path_factory):
     return peak
 
 
-# Not yet refused (issue 21, "say what was ignored" and attribute checks): these cases read without
-# a crash, a hang or unbounded memory, but verify/merge/convert pass them. strict: a fix flips them.
-KNOWN_GAPS = {
-    "video-folder-deleted": "merge/convert write the listed videos although the root summary counts one more",
-    "deep-nesting": "verify/merge/convert ignore entries that are not videos",
-    "many-tiny-entries": "verify/merge/convert ignore entries that are not videos",
-    "attrs-absurd": "video attributes (num_frames 1e300, fps NaN, width -5) are not range-checked",
-}
-
-
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=KNOWN_GAPS[n]))
-                                  if n in KNOWN_GAPS else n for n in CASES])
+@pytest.mark.parametrize("name", list(CASES))
 def test_every_command_refuses_in_one_line_within_bounded_memory(name, base, intact_peak, tmp_path):
     store = make_case(name, base.zarr, tmp_path / "in")
     outside = {p.name for p in tmp_path.iterdir()}
@@ -95,9 +87,7 @@ print("RESULTS " + json.dumps(fuzz(sys.argv[1], seed=int(sys.argv[2]), rounds=in
 """
 
 
-@pytest.mark.xfail(strict=True, reason="a flipped or truncated group zarr.json raises JSONDecodeError/"
-                   "UnicodeDecodeError from the reader instead of a StoreError (issue 21)")
-def test_fuzzed_stores_never_crash_hang_or_exhaust_memory(base, tmp_path):
+def test_fuzzed_stores_never_crash_hang_or_exhaust_memory(tmp_path):
     """200 seeded mutations of a small store (byte flips, truncations, renames, deletions, swaps):
     every read and `store verify` ends in a result or a one-line error, none in a traceback."""
     code, peak_mb, text = run_limited([sys.executable, "-c", FUZZER, str(tmp_path / "fuzz"), "0", "200"], LIMIT,
@@ -106,3 +96,113 @@ def test_fuzzed_stores_never_crash_hang_or_exhaust_memory(base, tmp_path):
     counts = json.loads(text.split("RESULTS ", 1)[1])
     assert counts["rounds"] == 200 and counts["crashed"] == [] and counts["hung"] == []
     assert counts["refused"] > 50  # most mutations are caught, not read as features
+    assert peak_mb < 1024
+
+
+@pytest.mark.parametrize("damage", [b"\xff\xfe{not json", b'{"attributes": {"complete": tr', b"[1, 2]",
+                                    b'{"attributes": [1], "zarr_format": 3, "node_type": "group"}',
+                                    b"[" * 100_000])
+def test_a_damaged_group_document_is_one_line_naming_the_store_and_document(tmp_path, damage):
+    """A flipped or truncated metadata document of a folder group, of a video entry or of the
+    root: one StoreError line naming the store and the document, never a JSON traceback."""
+    from clifvqa.features.store import StoreError, create_or_open_store, open_store
+    from clifvqa.testing.stores import synthetic_provenance, synthetic_video
+
+    prov = synthetic_provenance(r=2, grid=(1, 1))
+    with create_or_open_store(tmp_path / "s.zarr", prov) as st:
+        st.write_video("k/v0.mp4", **synthetic_video(prov, seed=0, num_rows=3))
+        st.finalize()
+    for doc in ("videos/k/zarr.json", "videos/k/v0.mp4/zarr.json", "zarr.json"):
+        store = tmp_path / doc.replace("/", "_")
+        shutil.copytree(tmp_path / "s.zarr", store)
+        (store / doc).write_bytes(damage)
+        with pytest.raises(StoreError) as got:
+            with open_store(store) as opened:
+                opened.read_pooled(opened.keys()[0] if opened.keys() else "k/v0.mp4")
+        message = str(got.value)
+        assert "\n" not in message and f"{store}: {doc}: this metadata document " in message, message
+
+
+# ---------------------------------------------------------------- what is ignored, attributes (library level)
+
+
+@pytest.fixture
+def small(tmp_path):
+    from clifvqa.features.store import create_or_open_store
+    from clifvqa.testing.stores import synthetic_provenance, synthetic_video
+
+    prov = synthetic_provenance(r=2, grid=(1, 1))
+    with create_or_open_store(tmp_path / "s.zarr", prov) as st:
+        for i in range(3):
+            st.write_video(f"k/v{i}.mp4", **synthetic_video(prov, seed=i, num_rows=3))
+        st.finalize()
+    return tmp_path / "s.zarr"
+
+
+def test_what_is_not_a_video_is_reported_by_verify_and_refused_by_merge_unless_allowed(small, tmp_path):
+    from clifvqa.errors import MAX_LISTED
+    from clifvqa.features.merge import PartialSourceError, convert_store
+    from clifvqa.features.store import open_store
+    from clifvqa.features.verify import verify_store
+
+    for i in range(MAX_LISTED + 5):  # empty group chains, as deep-nesting and many-tiny-entries make
+        group = small / "videos" / f"junk{i:02d}" / "deeper"
+        group.mkdir(parents=True)
+        for folder in (group, group.parent):
+            (folder / "zarr.json").write_text('{"zarr_format": 3, "node_type": "group", "attributes": {}}')
+    (small / "videos" / "k" / "v0.mp4" / "notes.txt").write_text("unknown file")
+    with open_store(small) as store:
+        ignored = store.ignored()
+    assert len(ignored) == MAX_LISTED + 6
+    assert ignored["videos/junk00"] == "2 group(s) holding no video"
+    assert ignored["videos/k/v0.mp4/notes.txt"] == "a file that is no Zarr metadata document"
+    problems = [str(p) for p in verify_store(small)]
+    assert len(problems) == 1 and problems[0].startswith(f"(store): {small}: {MAX_LISTED + 6} thing(s) in it are not")
+    assert "videos/junk09 (2 group(s) holding no video) and 6 more;" in problems[0]
+    with pytest.raises(PartialSourceError, match=r"--allow-partial") as refused:
+        convert_store(small, tmp_path / "c.h5", progress=False)
+    assert "\n" not in str(refused.value) and not (tmp_path / "c.h5").exists()
+    report = convert_store(small, tmp_path / "c.h5", allow_partial=True, progress=False)
+    assert report.videos == 3 and report.left_out[0]["ignored_count"] == MAX_LISTED + 6
+    with open_store(small) as src, open_store(tmp_path / "c.h5") as out:
+        assert out.provenance["left_out"][0]["ignored"]["videos/junk00"] == "2 group(s) holding no video"
+        assert out.fingerprint == src.fingerprint and out.ignored() == {}
+
+
+def test_a_deleted_video_folder_is_a_mismatch_for_recount_verify_and_merge(small, tmp_path):
+    from clifvqa.features.info import store_info
+    from clifvqa.features.merge import PartialSourceError, merge_stores
+    from clifvqa.features.verify import verify_store
+
+    shutil.rmtree(small / "videos" / "k" / "v1.mp4")
+    assert store_info(small)["counts"]["complete"] == 3  # O(1): the summary, which nothing updated
+    info = store_info(small, recount=True)
+    assert info["counts"]["complete"] == 2
+    assert info["mismatch"] == ("its last finalize counted 3 complete, 0 incomplete, 0 failed videos but the "
+                                "listing finds 2 complete, 0 incomplete, 0 failed; gone: videos/k/v1.mp4 (changed by "
+                                "hand since?)")
+    assert f"(store): {small}: {info['mismatch']}" in [str(p) for p in verify_store(small)]
+    with pytest.raises(PartialSourceError, match="gone: videos/k/v1.mp4"):
+        merge_stores([small], tmp_path / "m.zarr", progress=False)
+    assert merge_stores([small], tmp_path / "m.zarr", allow_partial=True, progress=False).videos == 2
+
+
+@pytest.mark.parametrize("attr,value,says", [
+    ("num_frames", 1e300, "attribute num_frames = '1e+300' is not an integer in [0, 1e+08]"),
+    ("fps", float("nan"), "attribute fps = 'nan' is not a finite number in [0.001, 10000]"),
+    ("width", -5, "attribute width = '-5' is not an integer in [1, 65536]"),
+    ("num_frames", True, "attribute num_frames = 'True' is not an integer in [0, 1e+08]"),
+])
+def test_absurd_attributes_are_refused_before_the_arrays_are_read(small, attr, value, says):
+    from clifvqa.features.store import CorruptFeaturesError, open_store
+    from clifvqa.features.verify import verify_store
+    from clifvqa.testing.hostile import _set_video_attrs
+
+    _set_video_attrs(small, "k/v1.mp4", **{attr: value})
+    with open_store(small) as store:
+        with pytest.raises(CorruptFeaturesError) as got:
+            store.read_pooled("k/v1.mp4")
+        assert str(got.value).startswith(f"{small}: video 'k/v1.mp4': pooled: {says}") and "\n" not in str(got.value)
+        got = dict(store.read_pooled_many(["k/v0.mp4", "k/v1.mp4"]))  # the others are read
+        assert isinstance(got["k/v1.mp4"], CorruptFeaturesError) and got["k/v0.mp4"].shape == (3, 4)
+    assert [str(p) for p in verify_store(small)] == [f"k/v1.mp4: {says}; the entry is not read"]
