@@ -18,6 +18,9 @@ recovers its destination first; a writer that resumes calls it before reading.
 
 Files and folders are synced to disk before they are renamed into place, and the folder after,
 so a power cut does not leave empty files under the final names.
+
+One writer at a time: :func:`lock_file` (an exclusive ``flock``, waiting or not), :func:`locked`
+(the same around a block) and :func:`is_locked` (whether some process holds one).
 """
 
 from __future__ import annotations
@@ -267,5 +270,61 @@ def _fsync(path: Path) -> None:
         os.fsync(fd)
     except OSError:
         pass
+    finally:
+        os.close(fd)
+
+
+def lock_file(path: str | os.PathLike[str], *, wait: bool = True) -> int | None:
+    """An exclusive ``flock`` on the file ``path`` (created, with its folder, as needed), held
+    until the returned descriptor is closed; None when another process holds it and ``wait`` is
+    false. A holder may remove the file when it is done: the lock taken is then on the file now
+    at ``path``, never on the removed one."""
+    import fcntl  # POSIX only: imported where a lock is taken
+
+    path = Path(path)
+    while True:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except FileNotFoundError:  # a finishing holder removed the folder meanwhile
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        try:
+            same = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            return fd
+        os.close(fd)
+
+
+@contextmanager
+def locked(path: str | os.PathLike[str]) -> Iterator[None]:
+    """Hold :func:`lock_file` on ``path`` for the block, waiting for another holder first."""
+    fd = lock_file(path)
+    assert fd is not None  # a waiting lock is always taken
+    try:
+        yield
+    finally:
+        os.close(fd)
+
+
+def is_locked(path: str | os.PathLike[str]) -> bool:
+    """Whether some process holds :func:`lock_file` on ``path`` (False when there is no such file)."""
+    import fcntl
+
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
     finally:
         os.close(fd)

@@ -61,7 +61,15 @@ import h5py
 import numcodecs
 import numpy as np
 
-from clifvqa._atomic import install_new, remove_abandoned, remove_abandoned_in, replace_file, temporary_sibling
+from clifvqa._atomic import (
+    install_new,
+    is_locked,
+    lock_file,
+    remove_abandoned,
+    remove_abandoned_in,
+    replace_file,
+    temporary_sibling,
+)
 from clifvqa.features.bounded import ARRAY_DTYPES, MAX_DEPTH, UnsafeStoreError, decode_bounded, nbytes
 from clifvqa.features.store import (
     FAILURES,
@@ -181,29 +189,13 @@ def _apply(file: h5py.File, op: h5py.File) -> None:
 
 
 def _lock(folder: Path, store: Path) -> int:
-    """An exclusive flock on ``folder/lock`` (created as needed): its file descriptor."""
-    import fcntl
-
-    while True:
-        folder.mkdir(exist_ok=True)
-        try:
-            fd = os.open(folder / "lock", os.O_RDWR | os.O_CREAT, 0o644)
-        except FileNotFoundError:  # a finishing writer removed the folder meanwhile
-            continue
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise StoreError(f"{store} is being written by another process (it holds {folder}/lock); an "
-                             "HDF5 store takes one writer at a time: wait for it, or use a .zarr store "
-                             "for parallel runs") from None
-        try:  # the lock file may have been removed by the writer we waited for: lock the new one
-            same = os.stat(folder / "lock").st_ino == os.fstat(fd).st_ino
-        except FileNotFoundError:
-            same = False
-        if same:
-            return fd
-        os.close(fd)
+    """An exclusive lock on ``folder/lock`` (created as needed): its file descriptor."""
+    fd = lock_file(folder / "lock", wait=False)
+    if fd is None:
+        raise StoreError(f"{store} is being written by another process (it holds {folder}/lock); an "
+                         "HDF5 store takes one writer at a time: wait for it, or use a .zarr store "
+                         "for parallel runs")
+    return fd
 
 
 class _Spool:
@@ -292,19 +284,7 @@ def spool_state(path: str | os.PathLike[str]) -> SpoolState:
 
 
 def _writer_running(folder: Path) -> bool:
-    import fcntl
-
-    try:
-        fd = os.open(folder / "lock", os.O_RDONLY)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        return False
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
+    return is_locked(folder / "lock")
 
 
 class HDF5FeatureStore(FeatureStore):

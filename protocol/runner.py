@@ -23,19 +23,17 @@ every finished run and the file after each run, under a lock, so the tasks of a 
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import os
 import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from clifvqa._atomic import atomic_write_text
+from clifvqa._atomic import atomic_write_text, locked
 from clifvqa.config_io import diff, format_diff, to_data
 from clifvqa.features.sources import sha256_file
 from clifvqa.manifests.io import Manifest, ManifestRow, write_manifest
@@ -116,17 +114,6 @@ def is_done(run: Run, out: Path) -> bool:
     return (run.folder(out) / DONE_FILE).is_file()
 
 
-@contextmanager
-def _lock(out: Path):
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / ".lock", "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def collect_results(plan: Plan) -> list[ResultRow]:
     """The result rows of every finished run of ``plan``, in run order: one per test set."""
     rows: list[ResultRow] = []
@@ -159,7 +146,7 @@ def placements_of(plan: Plan) -> list[Placement]:
 def rebuild_results(plan: Plan) -> Path:
     """Rewrite ``DIR/results.csv`` from the finished runs and ``DIR/tables.csv`` from the file
     (under the folder's lock)."""
-    with _lock(plan.out):
+    with locked(plan.out / ".lock"):
         write_placements(placements_of(plan), plan.out / PLACEMENTS_FILE)
         return write_results(collect_results(plan), plan.out / RESULTS_FILE)
 

@@ -1,12 +1,24 @@
 """The one atomic-replace helper used by manifests, evaluation files, predictions and run folders."""
 
+import os
 import shutil
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from clifvqa import _atomic
-from clifvqa._atomic import atomic_dir, atomic_path, atomic_write_text, install_new, recover
+from clifvqa._atomic import (
+    atomic_dir,
+    atomic_path,
+    atomic_write_text,
+    install_new,
+    is_locked,
+    lock_file,
+    locked,
+    recover,
+)
 
 
 def test_write_replaces_whole_file(tmp_path: Path) -> None:
@@ -135,3 +147,32 @@ def test_install_new_creates_only_when_absent(tmp_path: Path) -> None:
         with pytest.raises(FileExistsError, match=name):
             install_new(other, dest)
         assert other.exists()
+
+
+def test_one_lock_holder_at_a_time(tmp_path):
+    path = tmp_path / "spool" / "lock"
+    assert not is_locked(path)  # no file yet
+    fd = lock_file(path, wait=False)
+    assert fd is not None and is_locked(path)
+    assert lock_file(path, wait=False) is None  # a second open file of this process is another holder
+    os.close(fd)
+    assert not is_locked(path)
+    with locked(path):
+        assert is_locked(path) and lock_file(path, wait=False) is None
+    assert not is_locked(path)
+
+
+def test_a_waiter_locks_the_file_at_the_path_not_one_its_holder_removed(tmp_path):
+    path = tmp_path / "lock"
+    first = lock_file(path)
+    got: list[int | None] = []
+    waiter = threading.Thread(target=lambda: got.append(lock_file(path)))
+    waiter.start()
+    time.sleep(0.3)  # the waiter has opened the first file and waits for its lock
+    path.unlink()  # the holder finishes: removes its lock file, then lets go
+    assert first is not None
+    os.close(first)
+    waiter.join(10)
+    assert got and got[0] is not None
+    assert os.fstat(got[0]).st_ino == os.stat(path).st_ino and is_locked(path)
+    os.close(got[0])

@@ -194,7 +194,7 @@ def check_and_resume(writer, path: Path) -> None:
 
 # Lines that change files: the backend is killed right after the first run of each.
 STEPS = re.compile(r"os\.(rename|replace|link)|unlink|rmtree|rmdir|mkdir|copyfile|_apply\(|\.log\(|"
-                   r"h5py\.File\(tmp|del file|\.copy\(")
+                   r"h5py\.File\(tmp|del file|\.copy\(|lock_file\(")
 
 
 def kill_points(writer) -> list[int]:
