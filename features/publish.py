@@ -791,3 +791,33 @@ def _damaged_videos(local: Path, keys: Iterable[str], index: PublishIndex) -> st
         return "its videos' features read intact but its metadata differs"
     shown = ", ".join(repr(k) for k in bad[:MAX_LISTED]) + (" ..." if len(bad) > MAX_LISTED else "")
     return f"video{'s' if len(bad) > 1 else ''} {shown} damaged"
+
+
+# ---------------------------------------------------------------- readers of a published URL
+
+
+def cache_dir() -> Path:
+    """Where published stores read by URL are kept: ``$CLIFVQA_CACHE_DIR``, else
+    ``$XDG_CACHE_HOME/clifvqa`` (``~/.cache/clifvqa``), below it ``published/``."""
+    base = os.environ.get("CLIFVQA_CACHE_DIR") or Path(
+        os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "clifvqa"
+    return Path(base) / "published"
+
+
+def published_copy(url: str) -> Path | None:
+    """For a URL where a store was published: the local store it is kept in (pulled, verified on
+    arrival, into :func:`cache_dir`; a later call fetches only what the cache lacks, which is
+    nothing unless the publication grew). None for any other URL (a plain remote Zarr store),
+    and where the URL cannot be asked (no package for it, no credentials): the caller's own
+    reader then says why."""
+    try:
+        if not is_published(url):
+            return None
+    except PublishError:
+        return None
+    dest = cache_dir() / f"{hashlib.sha256(redact(url).encode()).hexdigest()[:16]}.zarr"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    print(f"{redact(url)}: a published store; reading it through the local copy {dest}", file=sys.stderr)
+    pull_store(url, dest, progress=sys.stderr.isatty())
+    return dest
+

@@ -739,6 +739,11 @@ def open_store(path_or_url: str | os.PathLike[str], mode: str = "r") -> FeatureS
     text = os.fspath(path_or_url)
     kind = store_kind(text)
     if is_url(text):
+        from clifvqa.features.publish import published_copy
+
+        copy = None if writable else published_copy(text)  # `clifvqa store push`'s layout: read a local copy
+        if copy is not None:
+            return open_store(copy, mode)
         if writable:
             raise StoreError(f"{text}: remote stores are read-only; write a local store and copy it")
         if kind != "zarr":
