@@ -196,7 +196,8 @@ def filesystem(url: str) -> tuple[Any, str]:
 
     proto = _protocol(url)
     try:
-        return fsspec.core.url_to_fs(url if is_url(url) else str(Path(url).absolute()))
+        fs, path = fsspec.core.url_to_fs(url if is_url(url) else str(Path(url).absolute()))
+        return fs, str(path)
     except ImportError as exc:
         extra = EXTRAS.get(proto)
         how = f"pip install 'clifvqa[{extra}]'" if extra else "install the fsspec package for it"
@@ -261,7 +262,7 @@ class _Progress:
 
         progress = self
 
-        class Forward(Callback):
+        class Forward(Callback):  # type: ignore[misc]  # fsspec ships no type information
             def call(self, *args: Any, **kwargs: Any) -> None:
                 pass
 

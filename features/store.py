@@ -730,6 +730,9 @@ def open_store(path_or_url: str | os.PathLike[str], mode: str = "r") -> FeatureS
     """Open an existing store: a ``.zarr`` directory, ``.h5``/``.hdf5`` file, ``.zarr.zip`` file
     or an fsspec URL (``s3://``, ``gs://``, ``https://``, ``memory://`` ...; read-only).
 
+    A URL where ``clifvqa store push`` published a store (an ``index.json`` there) is read
+    through a verified local copy (:func:`clifvqa.features.publish.published_copy`).
+
     ``mode="r"`` reads; ``mode="r+"`` opens a local ``.zarr``/``.h5`` store for writing
     (without provenance checks; prefer :func:`create_or_open_store` for extraction runs).
     """
