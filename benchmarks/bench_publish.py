@@ -120,8 +120,8 @@ def main() -> None:
     stage_s, staged = timed(lambda: stage(src, staging, max_videos=args.max_videos, progress=False))
     dir_files, dir_bytes = files_in(src)
     shard_bytes = [s.size for s in staged.index.shards]
-    rows: list[tuple[str, float, int]] = [(f"write the store ({args.videos} videos, not part of a push)", write_s, 0),
-                                          ("build the publish layout (shards, index, card)", stage_s, 0)]
+    rows = _Rows([(f"write the store ({args.videos} videos, not part of a push)", write_s, 0),
+                  ("build the publish layout (shards, index, card)", stage_s, 0)])
 
     def fresh(path: Path) -> Path:
         shutil.rmtree(path, ignore_errors=True)
@@ -166,7 +166,7 @@ def main() -> None:
         server.terminate()
         server.wait()
 
-    print(machine_line())
+    print(machine_line("cpu", f"{args.videos} videos x {ROWS} rows, r = {PROMPTS}, {GRID[0]}x{GRID[1]} maps"))
     print(f"{args.videos} videos, {args.max_videos} per shard; store: {dir_files} files, {dir_bytes / 2**20:.1f} MiB")
     print(f"publish layout: {len(shard_bytes)} shards + README.md + index.json = {len(shard_bytes) + 2} files; "
           f"shard {min(shard_bytes) / 2**20:.1f}-{max(shard_bytes) / 2**20:.1f} MiB "
@@ -182,6 +182,19 @@ def main() -> None:
     for name, secs, size in rows:
         rate = f"{size / 2**20 / secs:7.1f}" if size and secs > 0 else " " * 7
         print(f"| {name:<62} | {secs:8.2f} | {rate} |")
+
+
+class _Rows(list):
+    """The table's rows, each also printed to stderr when measured."""
+
+    def __init__(self, rows: list[tuple[str, float, int]]) -> None:
+        super().__init__()
+        for row in rows:
+            self.append(row)
+
+    def append(self, row: tuple[str, float, int]) -> None:
+        print(f"{row[0]}: {row[1]:.2f} s", file=sys.stderr, flush=True)
+        super().append(row)
 
 
 def timed_bytes(fn) -> tuple[float, int]:
