@@ -126,7 +126,7 @@ def main(debug: bool) -> None:
     Stage two   clifvqa train --manifest M.csv ...  -> checkpoint
     Scoring     clifvqa evaluate / clifvqa predict
     Datasets    clifvqa manifest scan|import|split|check
-    Stores      clifvqa store info|verify|merge|convert|rescore|finalize|upgrade
+    Stores      clifvqa store info|verify|merge|convert|rescore|finalize|upgrade|push|pull
     """
 
 
@@ -366,7 +366,7 @@ def _echo_failures(failures: list[tuple[str, str]], store_path: str) -> None:
 
 @main.group("store")
 def store() -> None:
-    """Feature stores: inspect, verify, merge, convert and rescore (.zarr, .h5/.hdf5, .zarr.zip, URLs)."""
+    """Feature stores: inspect, verify, merge, convert, rescore, push and pull (.zarr, .h5/.hdf5, .zarr.zip, URLs)."""
 
 
 @store.command("info")
@@ -506,6 +506,58 @@ def store_finalize_cmd(path: str) -> None:
 
     finalize_store(path)
     click.echo(f"{path}: finalized")
+
+
+@store.command("push")
+@click.argument("path", type=click.Path(exists=True))
+@click.argument("url")
+@click.option("--staging", type=click.Path(file_okay=False),
+              help="Folder the shards are built in (default: PATH.publish next to the store; kept, so that a "
+                   "stopped push resumes with the same files).")
+@click.option("--max-videos", type=click.IntRange(min=1), default=1000, show_default=True,
+              help="Videos per shard file.")
+@click.option("--max-gib", type=click.FloatRange(min=0.001), default=2.0, show_default=True,
+              help="Decoded array bytes per shard file, in GiB (the file is smaller: zstd).")
+@click.option("--license", "license_", default="other", show_default=True,
+              help="The card's licence identifier (e.g. cc-by-4.0; 'other' with --license-terms).")
+@click.option("--source-dataset", "source_datasets", multiple=True,
+              help="A source dataset the card names (repeatable), e.g. KoNViD-1k.")
+@click.option("--license-terms", help="The source dataset's licence terms to respect, for the card.")
+@click.option("--title", help="The card's title.")
+@quiet_option()
+def store_push_cmd(path: str, url: str, staging: str | None, max_videos: int, max_gib: float, license_: str,
+                   source_datasets: tuple[str, ...], license_terms: str | None, title: str | None,
+                   quiet: bool) -> None:
+    """Publish the store at PATH to URL (a folder, s3://BUCKET/PREFIX, gs://..., hf://datasets/ORG/NAME):
+    shard files of at most --max-videos videos, index.json and a README.md card.
+
+    Resumable: a rerun uploads only what is missing or differs. Credentials by the usual means
+    (AWS_* and AWS_ENDPOINT_URL; HF_TOKEN or huggingface-cli login); never printed or recorded.
+    """
+    from clifvqa.features.publish import push_store
+
+    report = push_store(path, url, staging=staging, max_videos=max_videos, max_bytes=int(max_gib * 2**30),
+                        license=license_, source_datasets=source_datasets, license_terms=license_terms,
+                        title=title, progress=not quiet)
+    click.echo(report.summary())
+
+
+@store.command("pull")
+@click.argument("url")
+@click.argument("dest")
+@click.option("--manifest", type=click.Path(exists=True, dir_okay=False),
+              help="Fetch only this manifest's videos.")
+@quiet_option()
+def store_pull_cmd(url: str, dest: str, manifest: str | None, quiet: bool) -> None:
+    """Fetch the store published at URL (by store push) into the local store DEST (.zarr or .h5),
+    verifying every video on arrival (shard sha256, pooled_sha256, fingerprint, bounded reads).
+
+    Resumable: videos already in DEST are not fetched again; DEST must have the same fingerprint.
+    """
+    from clifvqa.features.publish import pull_store
+
+    report = pull_store(url, dest, manifest, progress=not quiet)
+    click.echo(report.summary())
 
 
 @store.command("rescore")

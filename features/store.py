@@ -784,6 +784,9 @@ def open_store(path_or_url: str | os.PathLike[str], mode: str = "r") -> FeatureS
     """Open an existing store: a ``.zarr`` directory, ``.h5``/``.hdf5`` file, ``.zarr.zip`` file
     or an fsspec URL (``s3://``, ``gs://``, ``https://``, ``memory://`` ...; read-only).
 
+    A URL where ``clifvqa store push`` published a store (an ``index.json`` there) is read
+    through a verified local copy (:func:`clifvqa.features.publish.published_copy`).
+
     ``mode="r"`` reads; ``mode="r+"`` opens a local ``.zarr``/``.h5`` store for writing
     (without provenance checks; prefer :func:`create_or_open_store` for extraction runs).
     """
@@ -793,6 +796,11 @@ def open_store(path_or_url: str | os.PathLike[str], mode: str = "r") -> FeatureS
     text = os.fspath(path_or_url)
     kind = store_kind(text)
     if is_url(text):
+        from clifvqa.features.publish import published_copy
+
+        copy = None if writable else published_copy(text)  # `clifvqa store push`'s layout: read a local copy
+        if copy is not None:
+            return open_store(copy, mode)
         if writable:
             raise StoreError(f"{text}: remote stores are read-only; write a local store and copy it")
         if kind != "zarr":

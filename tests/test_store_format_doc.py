@@ -10,6 +10,7 @@ import pytest
 
 from clifvqa.features.merge import convert_store
 from clifvqa.features.provenance import fingerprint
+from clifvqa.features.publish import push_store
 from clifvqa.features.store import create_or_open_store
 from clifvqa.testing.stores import synthetic_provenance, synthetic_video
 
@@ -34,16 +35,17 @@ def stores(tmp_path_factory):
     convert_store(root / "features.zarr", root / "features.h5")
     convert_store(root / "features.zarr", root / "features_v2.zarr", zarr_format=2)
     convert_store(root / "features.zarr", root / "features.zarr.zip")
+    push_store(root / "features.zarr", str(root / "published"), max_videos=1, progress=False)
     return root, prov, video
 
 
 def test_doc_has_the_examples():
     blocks = python_blocks()
-    assert len(blocks) == 6
+    assert len(blocks) == 7
     assert sum("https://" in b for b in blocks) == 1
 
 
-@pytest.mark.parametrize("index", range(6))
+@pytest.mark.parametrize("index", range(7))
 def test_reading_example_runs(stores, monkeypatch, serve_directory, index):
     root, prov, video = stores
     block = python_blocks()[index]

@@ -1,0 +1,353 @@
+"""store push / pull: the publish layout, through a local folder and moto's standalone S3 server
+on 127.0.0.1 (reached through s3fs with AWS_ENDPOINT_URL and dummy credentials, as s3fs's own
+tests do), resumption after interrupted transfers, damaged objects, and the Hub's plan and card
+(offline: no request reaches the real Hub)."""
+
+from __future__ import annotations
+
+import json
+import socket
+import uuid
+import zipfile
+
+import numpy as np
+import pytest
+import yaml
+
+from clifvqa.features.provenance import FingerprintMismatchError
+from clifvqa.features.publish import (
+    CARD,
+    INDEX,
+    PublishError,
+    PublishIndex,
+    hub_commit_plan,
+    pull_store,
+    push_store,
+    read_index,
+)
+from clifvqa.features.store import create_or_open_store, open_store
+from clifvqa.features.verify import verify_store
+from clifvqa.manifests.io import Manifest, write_manifest
+from clifvqa.testing.stores import synthetic_provenance, synthetic_video
+
+PROV = synthetic_provenance(r=4, grid=(2, 3))
+KEYS = [f"K/v{i:02d}.mp4" for i in range(12)]
+
+
+def build(path, keys=KEYS, prov=PROV, rows=6):
+    with create_or_open_store(path, prov) as store:
+        for i, key in enumerate(keys):
+            store.write_video(key, **synthetic_video(prov, seed=i, num_rows=rows, embedding_dim=4))
+        store.record_failure("K/bad.mp4", "decode error", "K/bad.mp4")
+        store.finalize()
+    return path
+
+
+def assert_same_store(a_path, b_path, keys=KEYS):
+    with open_store(a_path) as a, open_store(b_path) as b:
+        assert b.keys() == sorted(keys) and a.fingerprint == b.fingerprint
+        assert a.stored_fingerprint == b.stored_fingerprint and a.provenance == b.provenance
+        for key in keys:
+            x, y = a.read_video(key), b.read_video(key)
+            for name in ("pooled", "frames", "maps", "embeddings"):
+                u, v = getattr(x, name), getattr(y, name)
+                assert u.dtype == v.dtype and u.shape == v.shape and u.tobytes() == v.tobytes(), (key, name)
+            assert x.attrs == y.attrs
+    assert verify_store(b_path) == []
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint():
+    pytest.importorskip("s3fs")
+    server_mod = pytest.importorskip("moto.server")
+    with socket.socket() as sock:  # a free port (moto's own port=0 lookup is newer than its lower bound)
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3(s3_endpoint, monkeypatch):
+    """A fresh bucket on the moto server; yields its s3:// URL and the s3fs filesystem."""
+    import s3fs
+
+    for name, value in {"AWS_ENDPOINT_URL": s3_endpoint, "AWS_ACCESS_KEY_ID": "testing",
+                        "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+                        "AWS_EC2_METADATA_DISABLED": "true"}.items():
+        monkeypatch.setenv(name, value)
+    s3fs.S3FileSystem.clear_instance_cache()
+    fs = s3fs.S3FileSystem()
+    bucket = f"b{uuid.uuid4().hex[:12]}"
+    fs.mkdir(bucket)
+    yield f"s3://{bucket}", fs
+    s3fs.S3FileSystem.clear_instance_cache()
+
+
+def test_round_trip_through_s3(tmp_path, s3):
+    bucket, fs = s3
+    src = build(tmp_path / "s.zarr")
+    url = f"{bucket}/pub/features"
+    report = push_store(src, url, max_videos=5, progress=False, license="cc-by-4.0", source_datasets=["KoNViD-1k"])
+    # 12 videos at 5 per shard: 3 shards, then the card and the index
+    assert report.shards == 3 and len(report.uploaded) == 5 and report.present == []
+    listed = sorted(p.split("/pub/features/", 1)[1] for p in fs.find(url))
+    assert listed[:2] == [CARD, INDEX] and len(listed) == 5
+    assert all(p.startswith("shards/") and p.endswith(".zarr.zip") for p in listed[2:])
+    index = read_index(url)
+    assert sorted(index.videos) == KEYS and [s.videos for s in index.shards] == [5, 5, 2]
+    assert set(index.failures) == {"K/bad.mp4"}
+
+    out = tmp_path / "back.zarr"
+    pulled = pull_store(url, out, progress=False)
+    assert (pulled.pulled, pulled.present, pulled.shards, pulled.failures) == (12, 0, 3, 1)
+    assert_same_store(src, out)
+    with open_store(out) as back:
+        assert set(back.failures()) == {"K/bad.mp4"}
+    again = pull_store(url, out, progress=False)
+    assert (again.pulled, again.present, again.shards, again.bytes_downloaded) == (0, 12, 0, 0)
+    rerun = push_store(src, url, max_videos=5, progress=False)  # the shards are there: only card and index
+    assert rerun.uploaded == [CARD, INDEX] and len(rerun.present) == 3
+
+
+def test_the_card_and_a_plain_zarr_read(tmp_path):
+    import zarr
+
+    src = build(tmp_path / "s.zarr")
+    pub = tmp_path / "pub"
+    push_store(src, str(pub), progress=False, license="cc-by-nc-4.0", source_datasets=["KoNViD-1k"],
+               license_terms="Use only for research.")
+    text = (pub / CARD).read_text()
+    front = yaml.safe_load(text.split("---")[1])
+    assert front["license"] == "cc-by-nc-4.0" and front["source_datasets"] == ["KoNViD-1k"]
+    assert "feature-extraction" in front["task_categories"]
+    assert "Use only for research." in text and PROV["clip"]["weights_sha256"] in text
+    assert "testing" not in text  # no credential-looking value; the URL is shown redacted
+    # the card's plain-zarr recipe, followed literally
+    index = json.loads((pub / INDEX).read_text())
+    shard_no, digest = index["videos"]["K/v03.mp4"]
+    with zarr.storage.ZipStore(pub / index["shards"][shard_no]["path"], mode="r") as store:
+        root = zarr.open_group(store, mode="r")
+        pooled = root["videos/K/v03.mp4/pooled"][:]
+        assert root.attrs["fingerprint"] == index["root"]["fingerprint"]
+    import hashlib
+
+    assert hashlib.sha256(pooled.astype("<f4").tobytes()).hexdigest() == digest
+    assert np.array_equal(pooled, synthetic_video(PROV, seed=3, embedding_dim=4)["pooled"])
+
+
+def test_partial_pull_by_manifest(tmp_path, s3):
+    bucket, _ = s3
+    src = build(tmp_path / "s.zarr")
+    url = f"{bucket}/p"
+    push_store(src, url, max_videos=4, progress=False)  # shards: v00-03, v04-07, v08-11
+    manifest = write_manifest(Manifest.from_videos(["K/v01.mp4", "K/v02.mp4", "K/v09.mp4"]), tmp_path / "m.csv")
+    out = tmp_path / "part.zarr"
+    report = pull_store(url, out, manifest, progress=False)
+    assert (report.pulled, report.shards) == (3, 2)  # the middle shard is never downloaded
+    assert_same_store(src, out, ["K/v01.mp4", "K/v02.mp4", "K/v09.mp4"])
+    missing = write_manifest(Manifest.from_videos(["K/v01.mp4", "K/nope.mp4"]), tmp_path / "n.csv")
+    with pytest.raises(PublishError, match="1 manifest video.*K/nope.mp4"):
+        pull_store(url, out, missing, progress=False)
+
+
+class Interrupt:
+    """Fault injection: the filesystem method ``name`` fails (as a dropped connection) on call ``after + 1``."""
+
+    def __init__(self, monkeypatch, fs, name, after):
+        self.calls, self.after, real = 0, after, getattr(fs, name)
+
+        def failing(*args, **kwargs):
+            self.calls += 1
+            if self.calls > self.after:
+                raise ConnectionResetError("connection reset by peer")
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(fs, name, failing)
+
+
+def test_push_and_pull_resume_after_interruption(tmp_path, s3, monkeypatch):
+    bucket, fs = s3
+    src = build(tmp_path / "s.zarr")
+    url = f"{bucket}/r"
+    with monkeypatch.context() as m:
+        Interrupt(m, fs, "put_file", after=2)
+        with pytest.raises(PublishError, match="transfer interrupted while uploading shards/.*run the same command"):
+            push_store(src, url, max_videos=3, progress=False)
+    assert not fs.exists(f"{url}/{INDEX}")  # not published until the index lands
+    report = push_store(src, url, max_videos=3, progress=False)
+    assert len(report.present) == 2 and len(report.uploaded) == 2 + 2  # the other 2 of 4 shards, card, index
+
+    out = tmp_path / "back.zarr"
+    with monkeypatch.context() as m:
+        Interrupt(m, fs, "get_file", after=1)
+        with pytest.raises(PublishError, match="transfer interrupted while downloading shards/"):
+            pull_store(url, out, progress=False)
+    with open_store(out) as part:
+        assert part.keys() == KEYS[:3]  # the first shard's videos arrived whole
+    resumed = pull_store(url, out, progress=False)
+    assert (resumed.present, resumed.pulled, resumed.shards) == (3, 9, 3)
+    assert_same_store(src, out)
+    assert not list(tmp_path.glob(".pulling-*"))  # no downloaded shard left behind
+
+
+def flip_in_member(data: bytes, member: str) -> bytes:
+    """``data`` (a zip archive) with one byte of ``member``'s stored bytes flipped."""
+    import io
+
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        info = zf.getinfo(member)
+    header = 30 + len(info.filename.encode()) + len(info.extra)  # the local file header
+    at = info.header_offset + header + info.compress_size // 2
+    return data[:at] + bytes([data[at] ^ 0x40]) + data[at + 1:]
+
+
+def test_damaged_object_is_refused_naming_the_video(tmp_path, s3):
+    bucket, fs = s3
+    src = build(tmp_path / "s.zarr")
+    url = f"{bucket}/d"
+    push_store(src, url, max_videos=6, progress=False)
+    index = read_index(url)
+    shard = index.shards[1]
+    target = f"{url}/{shard.path}"
+    fs.pipe_file(target, flip_in_member(fs.cat_file(target), "videos/K/v08.mp4/pooled/c/0/0"))
+    out = tmp_path / "back.zarr"
+    with pytest.raises(PublishError, match=r"shards/00001-.*is damaged.*video 'K/v08.mp4' damaged.*nothing was taken"):
+        pull_store(url, out, progress=False)
+    with open_store(out) as part:
+        assert part.keys() == KEYS[:6]  # the intact shard arrived; nothing of the damaged one
+
+
+def test_pull_refuses_another_fingerprint(tmp_path):
+    src = build(tmp_path / "s.zarr")
+    push_store(src, str(tmp_path / "pub"), progress=False)
+    other = build(tmp_path / "other.zarr", keys=["K/x.mp4"], prov=synthetic_provenance(r=5, grid=(2, 3)))
+    with pytest.raises(FingerprintMismatchError, match="prompts"):
+        pull_store(str(tmp_path / "pub"), other, progress=False)
+
+
+def test_a_tampered_index_is_refused(tmp_path):
+    src = build(tmp_path / "s.zarr")
+    pub = tmp_path / "pub"
+    push_store(src, str(pub), progress=False)
+    doc = json.loads((pub / INDEX).read_text())
+    edited = json.loads((pub / INDEX).read_text())
+    edited["root"]["provenance"]["grid"] = [3, 3]
+    (pub / INDEX).write_text(json.dumps(edited))
+    with pytest.raises(PublishError, match="fingerprint .* does not match its provenance"):
+        pull_store(str(pub), tmp_path / "x.zarr", progress=False)
+    with pytest.raises(PublishError, match="breaks the path rule"):
+        PublishIndex.parse(json.dumps({**doc, "videos": {"../x": [0, "0" * 64]}}).encode(), "i")
+    with pytest.raises(PublishError, match="shard entry 0 is malformed"):
+        shards = [{**doc["shards"][0], "path": "../../etc/passwd"}]
+        PublishIndex.parse(json.dumps({**doc, "shards": shards}).encode(), "i")
+
+
+def test_s3_errors_are_one_line(tmp_path, s3, monkeypatch):
+    src = build(tmp_path / "s.zarr")
+    with pytest.raises(PublishError, match="not found .*bucket or repository exists") as exc:
+        push_store(src, f"s3://no-such-bucket-{uuid.uuid4().hex[:8]}/x", progress=False)
+    assert "\n" not in str(exc.value)
+    import s3fs
+
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    s3fs.S3FileSystem.clear_instance_cache()
+    with pytest.raises(PublishError, match="no credentials .*AWS_ACCESS_KEY_ID"):
+        pull_store(f"{s3[0]}/x", tmp_path / "y.zarr", progress=False)
+
+
+def test_missing_extra_names_the_pip_command(monkeypatch):
+    import fsspec
+
+    from clifvqa.features import publish
+
+    def no_package(url, **kwargs):
+        raise ImportError("Install s3fs to access S3")
+
+    monkeypatch.setattr(fsspec.core, "url_to_fs", no_package)
+    with pytest.raises(PublishError, match=r"pip install 'clifvqa\[remote\]'"):
+        publish.filesystem("s3://bucket/x")
+    with pytest.raises(PublishError, match=r"pip install 'clifvqa\[hub\]'"):
+        publish.filesystem("hf://datasets/org/name")
+    err = publish._transfer_error(PermissionError("Access Denied"), "s3://u:secret@b/x", "uploading x")
+    assert "permission denied" in str(err) and "secret" not in str(err)
+
+
+def test_hub_plan_keeps_the_hubs_limits():
+    files = [f"shards/{i:05d}-{'0' * 16}.zarr.zip" for i in range(120)] + [CARD, INDEX]
+    commits = hub_commit_plan(files)
+    assert all(0 < len(c) < 100 for c in commits) and commits[-1] == [INDEX]
+    assert [f for c in commits for f in c] == files and len(commits) == 4  # 50 + 50 + 21 + the index
+    with pytest.raises(PublishError, match="fewer than 10000 files per folder"):
+        hub_commit_plan([f"shards/{i:05d}.zarr.zip" for i in range(10_000)])
+    with pytest.raises(PublishError, match="fewer than 100"):
+        hub_commit_plan(files, per_commit=100)
+
+
+def test_hub_push_goes_through_the_public_api(tmp_path):
+    """The upload to hf:// calls huggingface_hub's HfApi.create_commit (a stand-in records the
+    calls here: nothing reaches the real Hub) and skips files the repository already has."""
+    pytest.importorskip("huggingface_hub")
+
+    class FakeApi:
+        def __init__(self):
+            self.commits, self.files = [], {}
+
+        def list_repo_tree(self, repo_id, repo_type, recursive, path_in_repo):
+            assert (repo_id, repo_type, recursive, path_in_repo) == ("org/feats", "dataset", True, "v1")
+            return [type("F", (), {"path": p, "size": s})() for p, s in self.files.items()]
+
+        def create_commit(self, repo_id, operations, commit_message, repo_type):
+            self.commits.append([op.path_in_repo for op in operations])
+            for op in operations:
+                self.files[op.path_in_repo] = len(open(op.path_or_fileobj, "rb").read())
+
+    src = build(tmp_path / "s.zarr")
+    api = FakeApi()
+    report = push_store(src, "hf://datasets/org/feats/v1", max_videos=2, progress=False, hub_api=api)
+    assert report.shards == 6 and api.commits[-1] == ["v1/index.json"] and len(api.commits) == 2
+    assert api.commits[0][-1] == "v1/README.md" and len(api.commits[0]) == 7
+    again = push_store(src, "hf://datasets/org/feats/v1", max_videos=2, progress=False, hub_api=api)
+    assert again.uploaded == [CARD, INDEX] and len(again.present) == 6
+
+
+def test_readers_take_a_published_url(tmp_path, s3, make_train_set, monkeypatch):
+    """`train -s s3://...` of a published store trains exactly as from the local store (same
+    losses and test metrics); `store info`/`verify` read it too, through one verified local copy
+    that a second run reuses without fetching the shards again."""
+    from click.testing import CliRunner
+
+    from clifvqa.cli import main
+    from clifvqa.features import publish
+
+    bucket, fs = s3
+    monkeypatch.setenv("CLIFVQA_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    data = make_train_set(tmp_path / "set")
+    url = f"{bucket}/train-set"
+    push_store(data.store, url, progress=False)
+
+    def train(store, out):
+        args = ["train", "--manifest", str(data.manifest), "--videos", str(data.videos), "--store", str(store),
+                "--out", str(out), "--tiny", "--epochs", "1", "--batch-size", "2", "--workers", "0",
+                "--num-clips-test", "2", "--quiet"]
+        result = CliRunner().invoke(main, args, catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+    remote, local = train(url, tmp_path / "remote-run"), train(data.store, tmp_path / "local-run")
+    drop = {"time", "seconds", "elapsed", "wall_s", "epoch_s"}
+    assert [{k: v for k, v in r.items() if k not in drop} for r in remote] == \
+           [{k: v for k, v in r.items() if k not in drop} for r in local]
+
+    fetched = []
+    monkeypatch.setattr(publish, "_pull_shard", lambda *a, **k: fetched.append(a) or 0)  # a second read fetches nothing
+    result = CliRunner().invoke(main, ["store", "verify", url, "-q"])
+    assert result.exit_code == 0 and "no problems" in result.output and fetched == []
+    result = CliRunner().invoke(main, ["store", "info", url, "--json"])
+    assert json.loads(result.stdout)["counts"]["complete"] == len(data.keys) and fetched == []
