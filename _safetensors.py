@@ -51,7 +51,8 @@ def safetensors_problem(path: Path) -> str | None:
 def load_safetensors(path: str | Path, device: str, error: type[Exception], fix: str) -> dict[str, Any]:
     """The tensors of the safetensors file ``path`` on ``device``; a file that is not intact
     safetensors raises ``error("{path}: cannot be loaded: {problem}; {fix}")`` (one line)."""
-    from safetensors import SafetensorError  # type: ignore[attr-defined, unused-ignore]  # not in the stubs of safetensors < 0.5
+    # SafetensorError is not in the stubs of safetensors < 0.5
+    from safetensors import SafetensorError  # type: ignore[attr-defined, unused-ignore]
     from safetensors.torch import load_file
 
     path = Path(path)

@@ -93,7 +93,7 @@ def load_clip(model: str, device: str = "auto") -> ClipBundle:
             neither cached nor reachable; one line that says how to provide the model.
     """
     import torch
-    from safetensors import SafetensorError  # type: ignore[attr-defined, unused-ignore]  # not in the stubs of safetensors < 0.5
+    from safetensors import SafetensorError  # type: ignore[attr-defined, unused-ignore]  # stubs < 0.5 lack it
     from transformers import CLIPModel, CLIPTokenizer
     from transformers.utils import logging as hf_logging
 
