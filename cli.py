@@ -883,13 +883,17 @@ def experiment_run_cmd(file: Path, out: Path, variables: tuple[str, ...], only: 
 @experiment_group.command("demo")
 @out_option("Folder for the generated data and the experiment (a rerun resumes).", required=False,
             default="protocol-demo", show_default=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--report/--no-report", default=True, show_default=True,
+              help="Write OUT/experiment/report.html: Tables 1-5 beside the paper's, each run's curves.")
 @quiet_option()
-def experiment_demo_cmd(out: Path, quiet: bool) -> None:
+def experiment_demo_cmd(out: Path, report: bool, quiet: bool) -> None:
     """The paper's protocol in miniature: make two small datasets, run experiments/mini.yaml with
     --tiny (pre-train, cross-dataset test, fine-tune over 3 splits, ablations) and print its tables."""
     from clifvqa.protocol.demo import run_protocol_demo
 
     click.echo(run_protocol_demo(out, progress=not quiet, log=click.echo))
+    if report:
+        _report(out / "experiment")
 
 
 if __name__ == "__main__":

@@ -227,10 +227,25 @@ stages:
     path.write_text(text)
     plan = plan_experiment(load_experiment(path), tmp_path / "out")
     tests = plan.runs[-1].tests
-    # 6 scenes x 4 levels; even scenes are 128x128, odd ones 192x160
+    # 16 scenes x 4 levels; even scenes are 128x128, odd ones 192x160
     assert [r.video for r in tests["b.small"]] == [r.video for r in tests["bare.small"]]
-    assert len(tests["bare.small"]) == 12 and len(tests["bare.large"]) == 12
+    assert len(tests["bare.small"]) == 32 and len(tests["bare.large"]) == 32
     assert all(int(r.video.split("scene")[1][:2]) % 2 == 0 for r in tests["bare.small"])
+
+
+def test_mini_mos_follows_level_and_brightness(mini_data):
+    """MOS = 1 + 4 (0.6 content + 0.4 technical): a level costs 4 x 0.4 / (levels - 1) within a scene, and
+    at level 0 the scenes rank by the brightness of their clean clip (what the random CLIP sees)."""
+    from clifvqa.manifests.io import read_manifest
+    from clifvqa.protocol.demo import brightness
+
+    rows = read_manifest(mini_data / "b" / "manifest.csv").rows
+    mos = {r.video: r.mos for r in rows}
+    assert mos["clips/scene03_level0.mp4"] - mos["clips/scene03_level1.mp4"] == pytest.approx(1.6 / 3, abs=1e-3)
+    assert min(mos.values()) == pytest.approx(1.0) and max(mos.values()) == pytest.approx(5.0)
+    top = [r for r in rows if r.video.endswith("level0.mp4")]
+    light = [brightness(100 + int(r.video[11:13]), int(r.extra["width"]), int(r.extra["height"])) for r in top]
+    assert sorted(range(len(top)), key=lambda i: light[i]) == sorted(range(len(top)), key=lambda i: top[i].mos)
 
 
 def _cli(*args, threads: int | None = None, **kwargs):
@@ -313,7 +328,8 @@ def test_mini_experiment_end_to_end(mini_data, tmp_path):
     from clifvqa.train.config import load_run_config
 
     out = tmp_path / "mini"
-    variables = {"data": str(mini_data), "pretrain_epochs": "1", "epochs": "1", "splits": "2"}
+    variables = {"data": str(mini_data), "pretrain_epochs": "1", "epochs": "1", "scratch_epochs": "1",
+                 "semantic_epochs": "1", "splits": "2"}
     result = run_experiment(MINI_FILE, out, variables=variables, use_tiny=True, progress=False, echo=lambda *_: None)
     assert len(result.ran) == 2 + 2 + 2 + 4 * 2 + 3 * 2
     text = experiment_tables(out)
