@@ -58,9 +58,11 @@ GRIDS = {"1": (1, 1), "2": (1, 2)}
 MINI_FILE = Path(__file__).resolve().parent.parent / "experiments" / "mini.yaml"
 
 
-def make_mini_data(root: str | os.PathLike[str], *, progress: bool = False, log=print) -> Path:
+def make_mini_data(root: str | os.PathLike[str], *, scenes_b: int = SCENES_B, progress: bool = False,
+                   log=print) -> Path:
     """Write both datasets under ``root`` (``a/``, ``b/``: videos, manifest.csv, features-1.zarr,
-    features-2.zarr) and return ``root``. Skips what exists (a rerun only finishes stores)."""
+    features-2.zarr) and return ``root``. Skips what exists (a rerun only finishes stores).
+    ``scenes_b``: synth-b's scene count (tests make fewer: the same rules, less to extract and train)."""
     from clifvqa.extract.config import ExtractConfig
     from clifvqa.extract.runner import extract_dataset
     from clifvqa.manifests.io import Manifest, ManifestRow, write_manifest
@@ -77,7 +79,7 @@ def make_mini_data(root: str | os.PathLike[str], *, progress: bool = False, log=
     specs: dict[str, list[tuple[int, int, dict[str, Any], tuple[int, int], str | None]]] = {
         "a": [(s, lvl, STYLE_A[lvl], SIZE_A, "test" if (s + lvl) % 4 == 3 else "train")
               for s in range(SCENES_A) for lvl in range(len(STYLE_A))],
-        "b": [(s, lvl, STYLE_B[lvl], SIZES_B[s % 2], None) for s in range(SCENES_B) for lvl in range(len(STYLE_B))],
+        "b": [(s, lvl, STYLE_B[lvl], SIZES_B[s % 2], None) for s in range(scenes_b) for lvl in range(len(STYLE_B))],
     }
     for name, clips in specs.items():
         folder = root / name
