@@ -49,8 +49,8 @@ def image_png(rgb: np.ndarray, min_width: int = 0) -> bytes:
     rgb = rgb.repeat(factor, axis=0).repeat(factor, axis=1)
 
     buffer = io.BytesIO()
-    # None drops the key, as matplotlib documents (its stubs say str only)
-    imsave(buffer, np.ascontiguousarray(rgb), format="png", metadata={"Software": None})  # type: ignore[dict-item]
+    # None drops the key, as matplotlib documents (stubs since 3.8 say str only; 3.7 has none)
+    imsave(buffer, np.ascontiguousarray(rgb), format="png", metadata={"Software": None})  # type: ignore[dict-item, unused-ignore]
     return buffer.getvalue()
 
 

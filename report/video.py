@@ -41,7 +41,7 @@ class Explained:
 
 
 def _number(text: str | None) -> float | None:
-    return float(text) if text not in (None, "") else None
+    return float(text) if text else None  # None and "" are no number
 
 
 def load_predictions(path: Path) -> list[Explained]:
