@@ -483,15 +483,22 @@ def _h5_replace_pooled(s: Path, make: Callable) -> None:
 @case("h5-deflate-bomb")
 def _(intact: Path, work: Path) -> Path:
     """An HDF5 store whose victim pooled chunk (as declared: one chunk, gzip, shuffle, Fletcher32)
-    is replaced, with write_direct_chunk, by 1 MB of deflate that inflates to 1 GB."""
+    is replaced, with write_direct_chunk, by 1 MB of deflate that inflates to 1 GB (HDF5 < 2.0,
+    which stores a small chunk's size in 2 bytes: 47 KB that inflate to 48 MB)."""
     import h5py
     import numcodecs
 
     s = _h5_from(intact, work / "s.h5")
     with h5py.File(s, "r+") as f:
         ds = f["videos/" + VICTIM + "/pooled"]
-        raw = numcodecs.Fletcher32().encode(deflate_zeros(1 << 30))  # the filters' order: checksum last
-        ds.id.write_direct_chunk((0,) * ds.ndim, bytes(raw), 0)
+        for total in (1 << 30, 48 << 20):
+            raw = numcodecs.Fletcher32().encode(deflate_zeros(total))  # the filters' order: checksum last
+            try:
+                ds.id.write_direct_chunk((0,) * ds.ndim, bytes(raw), 0)
+                break
+            except OSError:  # "chunk size can't be encoded"
+                if total == 48 << 20:
+                    raise
     return s
 
 
