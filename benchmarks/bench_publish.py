@@ -19,7 +19,6 @@ Prints the file counts (directory, layout, and the layout rule at 39,000 videos)
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import shutil
@@ -30,9 +29,9 @@ import time
 from pathlib import Path
 
 from _machine import machine_line
+from bench_store import GRID, PROMPTS, ROWS, build  # the same synthetic store
 
 TARGET = 39_000
-ROWS, PROMPTS, GRID = 240, 22, (3, 3)
 
 SERVER = r"""
 import sys, time
@@ -48,30 +47,6 @@ def app(environ, start_response):
 
 make_server("127.0.0.1", int(sys.argv[1]), app, threaded=True).serve_forever()
 """
-
-
-def build(path: Path, videos: int) -> float:
-    """The synthetic store (once; reused while its count matches); seconds writing took."""
-    from clifvqa.features.store import create_or_open_store, open_store
-    from clifvqa.testing.stores import synthetic_provenance, synthetic_video
-
-    record = path.with_name(path.name + ".json")
-    if record.is_file() and path.is_dir():
-        with open_store(path) as store:
-            summary = store.summary()
-        if summary and summary["complete"] == videos:
-            return float(json.loads(record.read_text())["write_s"])
-    shutil.rmtree(path, ignore_errors=True)
-    prov = synthetic_provenance(r=PROMPTS, grid=GRID)
-    variants = [synthetic_video(prov, seed=i, num_rows=ROWS) for i in range(8)]
-    start = time.perf_counter()
-    with create_or_open_store(path, prov) as store:
-        for i in range(videos):
-            store.write_video(f"D{i % 20:02d}/v{i:05d}.mp4", **variants[i % len(variants)])
-        store.finalize()
-    took = time.perf_counter() - start
-    record.write_text(json.dumps({"write_s": took}))
-    return took
 
 
 def timed(fn) -> tuple[float, object]:
