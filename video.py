@@ -204,6 +204,11 @@ class VideoReader:
     def close(self) -> None:
         """Close the file and stop capturing FFmpeg's messages for this thread."""
         if self._container is not None:
+            # Idle the decoder's frame threads first: freeing the decoder joins them while
+            # holding the GIL, and one still decoding may log an FFmpeg message through PyAV's
+            # callback, which waits for the GIL (a deadlock, seen with PyAV 19 when a reader was
+            # closed mid-video). flush_buffers waits for them without the GIL.
+            self._stream.codec_context.flush_buffers()
             self._container.close()
             self._container = None
         if self._logs is not None:

@@ -237,9 +237,8 @@ def decode_crops(
                 declared = reader.info.declared_frames
                 if limit is not None and declared is not None:
                     limit.check(task.path, -(-declared // stride), declared=True)
-                # Refuse before decoding when the grid fits neither orientation of the coded
-                # size: closing a frame-threaded decoder mid-stream can deadlock in FFmpeg.
-                # Only a grid that fits one orientation waits for the first (rotated) frame.
+                # Refuse before decoding anything when the grid fits neither orientation of the
+                # coded size; only a grid that fits one orientation waits for the first (rotated) frame.
                 coded = reader.info.height, reader.info.width
                 errors = [_grid_error(h, w, crop, grid) for h, w in (coded, coded[::-1])]
                 if all(errors):

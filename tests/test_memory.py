@@ -139,10 +139,8 @@ def test_decode_queue_is_bounded_in_crops(tmp_path, make_video, monkeypatch):
 def _first_frame(path: Path) -> np.ndarray:
     from clifvqa.video import VideoReader
 
-    # read to the end: closing a frame-threaded decoder mid-stream can deadlock in FFmpeg
-    # (it did here once with PyAV 19, in the teardown of this very reader)
     with VideoReader(path) as reader:
-        return [rgb for _, rgb in reader][0]
+        return next(iter(reader))[1]
 
 
 def test_prompt_scores_in_chunks_keep_the_bits(bundle, monkeypatch):

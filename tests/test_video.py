@@ -77,3 +77,40 @@ def test_an_image_renamed_mp4_is_not_a_video(tmp_path, codec, pix_fmt, demuxer):
             read(path)
         assert str(info.value) == (f"{path}: not a video: FFmpeg reads it as a still image ({demuxer}); "
                                    "remove it from the dataset or the manifest")
+
+
+_CLOSE_EARLY = """
+import sys, threading
+import av.logging
+from clifvqa.video import VideoReader
+
+def read(k):
+    with VideoReader(sys.argv[1]) as reader:
+        for kept, _ in enumerate(reader):
+            if kept == k:
+                return  # closed with frames in flight in the decoder's threads
+
+with av.logging.Capture(local=False):  # as extraction does: FFmpeg's threads log into Python
+    for run in range(60):
+        worker = threading.Thread(target=read, args=(run % 7,))
+        worker.start()
+        worker.join()
+print("closed 60 readers")
+"""
+
+
+def test_a_reader_closed_mid_video_never_hangs(make_video):
+    """Freeing a frame-threaded decoder with frames in flight joined its threads while holding
+    the GIL, and a thread logging through PyAV's callback waited for the GIL: before the fix this
+    loop hung within a few readers (PyAV 18 and 19 alike). In a subprocess so a hang is a failure."""
+    import subprocess
+    import sys
+
+    path = make_video("early.mp4", num_frames=60, width=640, height=360)
+    try:
+        done = subprocess.run([sys.executable, "-c", _CLOSE_EARLY, str(path)], capture_output=True,
+                              text=True, timeout=120)
+    except subprocess.TimeoutExpired:
+        pytest.fail("closing VideoReaders mid-video hung (120 s)")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "closed 60 readers"
