@@ -37,6 +37,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -44,7 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from clifvqa._atomic import atomic_write_text, remove_abandoned, temporary_sibling
+from clifvqa._atomic import atomic_write_text, locked, remove_abandoned, temporary_sibling
 from clifvqa.errors import MAX_LISTED
 from clifvqa.features.provenance import fingerprint as fingerprint_of
 from clifvqa.features.provenance import require_same_features
@@ -197,11 +198,14 @@ def filesystem(url: str) -> tuple[Any, str]:
     proto = _protocol(url)
     try:
         fs, path = fsspec.core.url_to_fs(url if is_url(url) else str(Path(url).absolute()))
-        return fs, str(path)
     except ImportError as exc:
         extra = EXTRAS.get(proto)
         how = f"pip install 'clifvqa[{extra}]'" if extra else "install the fsspec package for it"
         raise PublishError(f"{redact(url)}: {proto}:// needs a package that is not installed ({exc}): {how}") from None
+    # fsspec shares one instance per set of options, with the listings it has seen: each operation
+    # starts from what is there now (another process may have pushed meanwhile)
+    fs.invalidate_cache()
+    return fs, str(path)
 
 
 def _transfer_error(exc: BaseException, url: str, doing: str) -> PublishError:
@@ -662,7 +666,9 @@ class PullReport:
         rate = self.bytes_downloaded / 2**20 / self.seconds if self.seconds > 0 else 0.0
         return (f"pulled {redact(self.url)} into {self.dest}: {self.pulled} videos verified and written, "
                 f"{self.present} already there ({self.wanted} asked for); {self.shards} shards, "
-                f"{self.bytes_downloaded / 2**20:.1f} MiB at {rate:.1f} MiB/s")
+                f"{self.bytes_downloaded / 2**20:.1f} MiB at {rate:.1f} MiB/s"
+                + (f"; removed {len(self.leftovers_removed)} partial download(s) of a stopped pull"
+                   if self.leftovers_removed else ""))
 
 
 def read_index(url: str) -> PublishIndex:
@@ -670,10 +676,28 @@ def read_index(url: str) -> PublishIndex:
     fs, root = filesystem(url)
     where = _join(redact(url), INDEX)
     path = _join(root, INDEX)
+    if not _guarded(url, f"looking for {INDEX}", fs.isfile, path):
+        unfinished = _unfinished_push(fs, root, url)
+        if unfinished is not None:
+            raise unfinished
     size = _guarded(url, f"reading {INDEX}", fs.size, path)
     if size is None or size > MAX_INDEX_BYTES:
         raise PublishError(f"{where}: {size} bytes, more than the {MAX_INDEX_BYTES} an index may hold; refused")
     return PublishIndex.parse(_guarded(url, f"reading {INDEX}", fs.cat_file, path), where)
+
+
+def _unfinished_push(fs: Any, root: str, url: str) -> PublishError | None:
+    """For a URL without an index: the error saying a push there has not finished when shard
+    files are there (the index is written last), else None."""
+    try:
+        found = fs.find(_join(root, SHARDS))
+    except Exception:  # noqa: BLE001 - nothing to list: not an unfinished push
+        return None
+    shards = [p for p in found if SHARD_NAME.search(p)]
+    if not shards:
+        return None
+    return PublishError(f"{redact(url)}: a push there has not finished ({len(shards)} shard file(s), no {INDEX}, "
+                        "which a push writes last): run the push again; nothing is read from it until then")
 
 
 def is_published(url: str) -> bool:
@@ -806,19 +830,43 @@ def cache_dir() -> Path:
 
 
 def published_copy(url: str) -> Path | None:
-    """For a URL where a store was published: the local store it is kept in (pulled, verified on
-    arrival, into :func:`cache_dir`; a later call fetches only what the cache lacks, which is
-    nothing unless the publication grew). None for any other URL (a plain remote Zarr store),
-    and where the URL cannot be asked (no package for it, no credentials): the caller's own
-    reader then says why."""
+    """For a URL where a store was published: the local store it is read through, pulled into
+    :func:`cache_dir` and verified on arrival like any pull (a published store is untrusted input;
+    fsspec's own file caches would keep its bytes unchecked). Each call reads the index again (one
+    small request) and fetches only what the copy lacks: nothing while the publication is
+    unchanged, its new videos when it grew. A copy the publication no longer matches (other
+    features for a video, videos or failure records gone, other settings) is fetched again
+    whole, never served stale. None for any other URL (a plain remote Zarr store), and where the
+    URL cannot be asked (no package for it, no credentials): the caller's own reader then says
+    why; an unfinished push (shards, no index) is a :class:`PublishError`."""
     try:
-        if not is_published(url):
-            return None
+        published = is_published(url)
     except PublishError:
         return None
+    if not published:
+        if not url.rstrip("/").endswith(".zarr"):  # a plain Zarr store's name: spare it the listing
+            unfinished = _unfinished_push(*filesystem(url), url)
+            if unfinished is not None:
+                raise unfinished
+        return None
     dest = cache_dir() / f"{hashlib.sha256(redact(url).encode()).hexdigest()[:16]}.zarr"
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    print(f"{redact(url)}: a published store; reading it through the local copy {dest}", file=sys.stderr)
-    pull_store(url, dest, progress=sys.stderr.isatty())
+    with locked(dest.with_name(dest.name + ".lock")):  # two runs started together pull it once
+        if dest.exists() and not _copy_matches(dest, read_index(url)):
+            print(f"{redact(url)}: the publication changed since {dest} was fetched; fetching it again",
+                  file=sys.stderr)
+            shutil.rmtree(dest)
+        print(f"{redact(url)}: a published store; reading it through the local copy {dest}", file=sys.stderr)
+        pull_store(url, dest, progress=sys.stderr.isatty())
     return dest
 
+
+def _copy_matches(copy: Path, index: PublishIndex) -> bool:
+    """Whether the local copy ``copy`` holds only what ``index`` publishes (the same provenance,
+    the same features for every video it has, no video or failure record the index lacks)."""
+    try:
+        with open_store(copy) as store:
+            entries, failures, provenance = store.entries(), store.failures(), store.provenance
+    except (StoreError, OSError):
+        return False
+    return (provenance == index.root["provenance"] and set(failures) <= set(index.failures)
+            and all(index.videos.get(k, (0, None))[1] == a.get("pooled_sha256") for k, a in entries.items()))

@@ -6,9 +6,14 @@ tests do), resumption after interrupted transfers, damaged objects, and the Hub'
 from __future__ import annotations
 
 import json
-import socket
+import re
+import signal
+import subprocess
+import sys
+import time
 import uuid
 import zipfile
+import zlib
 
 import numpy as np
 import pytest
@@ -18,6 +23,7 @@ from clifvqa.features.provenance import FingerprintMismatchError
 from clifvqa.features.publish import (
     CARD,
     INDEX,
+    SHARDS,
     PublishError,
     PublishIndex,
     hub_commit_plan,
@@ -28,6 +34,7 @@ from clifvqa.features.publish import (
 from clifvqa.features.store import create_or_open_store, open_store
 from clifvqa.features.verify import verify_store
 from clifvqa.manifests.io import Manifest, write_manifest
+from clifvqa.testing.s3 import Hold
 from clifvqa.testing.stores import synthetic_provenance, synthetic_video
 
 PROV = synthetic_provenance(r=4, grid=(2, 3))
@@ -57,24 +64,26 @@ def assert_same_store(a_path, b_path, keys=KEYS):
 
 
 @pytest.fixture(scope="module")
-def s3_endpoint():
+def s3_server():
+    """moto's S3 on 127.0.0.1 (:mod:`clifvqa.testing.s3`); yields the app (its request log and
+    hold) and the endpoint."""
     pytest.importorskip("s3fs")
-    server_mod = pytest.importorskip("moto.server")
-    with socket.socket() as sock:  # a free port (moto's own port=0 lookup is newer than its lower bound)
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
+    pytest.importorskip("moto.server")
+    from clifvqa.testing.s3 import S3App, serving
+
+    app = S3App()
+    with serving(app) as endpoint:
+        yield app, endpoint
 
 
 @pytest.fixture
-def s3(s3_endpoint, monkeypatch):
+def s3(s3_server, monkeypatch):
     """A fresh bucket on the moto server; yields its s3:// URL and the s3fs filesystem."""
     import s3fs
 
-    for name, value in {"AWS_ENDPOINT_URL": s3_endpoint, "AWS_ACCESS_KEY_ID": "testing",
+    app, endpoint = s3_server
+    app.hold = None
+    for name, value in {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing",
                         "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
                         "AWS_EC2_METADATA_DISABLED": "true"}.items():
         monkeypatch.setenv(name, value)
@@ -83,6 +92,9 @@ def s3(s3_endpoint, monkeypatch):
     bucket = f"b{uuid.uuid4().hex[:12]}"
     fs.mkdir(bucket)
     yield f"s3://{bucket}", fs
+    if app.hold is not None:
+        app.hold.release()
+    app.hold = None
     s3fs.S3FileSystem.clear_instance_cache()
 
 
@@ -351,3 +363,164 @@ def test_readers_take_a_published_url(tmp_path, s3, make_train_set, monkeypatch)
     assert result.exit_code == 0 and "no problems" in result.output and fetched == []
     result = CliRunner().invoke(main, ["store", "info", url, "--json"])
     assert json.loads(result.stdout)["counts"]["complete"] == len(data.keys) and fetched == []
+
+
+# ---------------------------------------------------------------- real processes killed mid-transfer
+
+
+def clifvqa(*args, **popen):
+    """``clifvqa ARGS`` in a process of its own (the installed CLI, as a user runs it)."""
+    return subprocess.Popen([sys.executable, "-m", "clifvqa.cli", *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **popen)
+
+
+def kill_when_held(proc, hold, ready=lambda: True):
+    """SIGKILL ``proc`` once the server holds its chosen request and ``ready()`` holds."""
+    try:
+        deadline = time.monotonic() + 120
+        while not hold.reached.wait(0.05):
+            assert proc.poll() is None, f"the run ended before its request was held: {proc.communicate()}"
+            assert time.monotonic() < deadline, "the held request never came"
+        while not ready():
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate(timeout=60)
+        assert proc.returncode == -signal.SIGKILL
+    finally:
+        proc.kill()
+        proc.wait()
+        hold.release()
+
+
+def rerun(*args):
+    """``clifvqa ARGS`` run to its end: (stdout, stderr); it must succeed."""
+    proc = clifvqa(*args)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    return out, err
+
+
+def moved(app, since, method):
+    """The shard and top-level objects ``method`` moved after request number ``since``."""
+    return sorted(path.split("/", 3)[3] for m, path in app.requests[since:]
+                  if m == method and re.search(rf"/({SHARDS}/.+|{CARD}|{INDEX})\Z", path))
+
+
+def test_push_killed_mid_upload_resumes(tmp_path, s3, s3_server):
+    """`clifvqa store push` killed while the server holds the upload of its third of four shards:
+    nothing reads the URL as published; the rerun uploads the two missing shards, the card and
+    the index, and what it published is what an uninterrupted push publishes."""
+    app, _ = s3_server
+    bucket, fs = s3
+    src = build(tmp_path / "s.zarr")
+    url = f"{bucket}/killed"
+    app.hold = Hold("PUT", rf"/killed/{SHARDS}/", nth=3)
+    kill_when_held(clifvqa("store", "push", src, url, "--max-videos", 3), app.hold)
+
+    staged = read_index(str(tmp_path / "s.zarr.publish"))  # the layout the push built and kept
+    landed = sorted(p.split("/killed/", 1)[1] for p in fs.find(url))
+    assert landed == [s.path for s in staged.shards[:2]]  # two whole shards, no index, no card
+    with pytest.raises(PublishError, match=r"a push there has not finished \(2 shard file\(s\), no index.json"):
+        pull_store(url, tmp_path / "x.zarr", progress=False)
+    with pytest.raises(PublishError, match="has not finished"):
+        open_store(url)
+    assert not (tmp_path / "x.zarr").exists()
+
+    since = len(app.requests)
+    out, err = rerun("store", "push", src, url, "--max-videos", 3)
+    assert moved(app, since, "PUT") == sorted([s.path for s in staged.shards[2:]] + [CARD, INDEX])
+    assert "uploaded 4 files" in out and "2 already there" in out and "read back: ok" in out
+    assert re.search(r"^push: [\d.]+ MiB in [\d.]+ s \([\d.]+ MiB/s\)$", err, re.M)  # throughput on stderr
+
+    clean = f"{bucket}/clean"
+    push_store(src, clean, staging=tmp_path / "clean.publish", max_videos=3, progress=False)
+    resumed, fresh = read_index(url), read_index(clean)
+    assert (resumed.root, resumed.videos, resumed.failures) == (fresh.root, fresh.videos, fresh.failures)
+    assert [(s.size, s.videos) for s in resumed.shards] == [(s.size, s.videos) for s in fresh.shards]
+    pull_store(url, tmp_path / "resumed.zarr", progress=False)
+    pull_store(clean, tmp_path / "fresh.zarr", progress=False)
+    assert_same_store(src, tmp_path / "resumed.zarr")
+    assert_same_store(tmp_path / "fresh.zarr", tmp_path / "resumed.zarr")
+
+
+def test_pull_killed_mid_download_resumes(tmp_path, s3, s3_server):
+    """`clifvqa store pull` killed half-way through downloading its third of four shards: DEST
+    holds the first two shards' videos, each verified, and nothing of the third; the rerun
+    downloads only the last two shards, removes the partial download and ends equal to the source."""
+    app, _ = s3_server
+    bucket, _fs = s3
+    src = build(tmp_path / "s.zarr", rows=200)  # shards of ~0.4 MB: a download is cut part-way
+    url = f"{bucket}/pk"
+    push_store(src, url, max_videos=3, progress=False)
+    index = read_index(url)
+    dest = tmp_path / "d" / "back.zarr"
+    dest.parent.mkdir()
+    half = index.shards[2].size // 2
+    app.hold = Hold("GET", rf"/pk/{SHARDS}/", nth=3, body_bytes=half)
+
+    def partial():
+        return [p for p in dest.parent.glob(".pulling-*") if p.stat().st_size > 0]
+
+    kill_when_held(clifvqa("store", "pull", url, dest), app.hold, partial)
+    assert all(p.stat().st_size <= half for p in partial())  # a part of the third shard, never used
+    with open_store(dest) as part:
+        assert part.keys() == KEYS[:6]  # only what arrived whole and verified counts
+    assert verify_store(dest) == []
+
+    since = len(app.requests)
+    out, _err = rerun("store", "pull", url, dest)
+    assert moved(app, since, "GET") == sorted([INDEX] + [s.path for s in index.shards[2:]])
+    assert "6 videos verified and written, 6 already there (12 asked for); 2 shards" in out
+    assert "removed 1 partial download(s) of a stopped pull" in out
+    assert sorted(p.name for p in dest.parent.iterdir()) == ["back.zarr"]
+    pull_store(url, tmp_path / "fresh.zarr", progress=False)
+    assert_same_store(src, dest)
+    assert_same_store(tmp_path / "fresh.zarr", dest)
+
+
+def test_the_local_copy_of_a_published_url_follows_the_publication(tmp_path, s3, s3_server, monkeypatch, capsys):
+    """Readers of a published URL read a verified local copy: unchanged, nothing is fetched
+    again; grown, only the new shard; changed (republished: videos gone, other provenance, other
+    settings), the copy is fetched again whole, never served stale."""
+    app, _ = s3_server
+    bucket, _ = s3
+    monkeypatch.setenv("CLIFVQA_CACHE_DIR", str(tmp_path / "cache"))
+    url = f"{bucket}/live"
+
+    def publish(keys, prov=PROV, src=None):
+        src = src or tmp_path / f"{uuid.uuid4().hex[:8]}.zarr"
+        with create_or_open_store(src, prov) as store:
+            for key in keys:
+                seed = zlib.crc32(key.encode())
+                store.write_video(key, **synthetic_video(prov, seed=seed, num_rows=6, embedding_dim=4))
+            store.finalize()
+        push_store(src, url, max_videos=4, progress=False)
+        return src
+
+    def read_and_count():
+        """The copy a reader gets, checked against the publication, and the shards it fetched."""
+        since = len(app.requests)
+        with open_store(url) as copy:
+            path, fingerprint = copy.path, copy.fingerprint
+        assert_same_store(src, path, keys)
+        assert fingerprint == read_index(url).fingerprint
+        return len([p for p in moved(app, since, "GET") if p.startswith(f"{SHARDS}/")])
+
+    keys = KEYS[:8]
+    src = publish(keys)
+    assert read_and_count() == 2
+    assert read_and_count() == 0  # unchanged: the index is read, no shard
+    keys = KEYS
+    src = publish(KEYS[8:], src=src)  # more videos extracted into the same store
+    assert read_and_count() == 1  # grown: the new shard only
+    assert "changed" not in capsys.readouterr().err
+    keys = KEYS[2:]  # two videos gone, the others the same but for the store's creation time
+    src = publish(keys)
+    assert read_and_count() == 3
+    assert "the publication changed since" in capsys.readouterr().err
+    keys = ["K/x.mp4"]
+    src = publish(keys, synthetic_provenance(r=5, grid=(2, 3)))  # other settings
+    assert read_and_count() == 1
+    assert "the publication changed since" in capsys.readouterr().err
+    assert len(list((tmp_path / "cache" / "published").glob("*.zarr"))) == 1
