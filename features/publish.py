@@ -250,6 +250,7 @@ class _Progress:
     def __init__(self, total: int, desc: str, show: bool) -> None:
         from tqdm.auto import tqdm
 
+        show = show and total > 0  # nothing to move: no bar, no throughput line
         self.bar = tqdm(total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024,
                         disable=not show, dynamic_ncols=True, file=sys.stderr)
         self.start, self.done, self.show = time.perf_counter(), 0, show
@@ -529,11 +530,9 @@ def hub_commit_plan(files: Sequence[str], per_commit: int = HUB_FILES_PER_COMMIT
 
 
 def _remote_sizes(fs: Any, root: str) -> dict[str, int]:
-    """``{relative path: size}`` of the files below ``root`` (empty when it does not exist yet)."""
-    try:
-        found = fs.find(root, detail=True)
-    except FileNotFoundError:
-        return {}
+    """``{relative path: size}`` of the files below ``root`` (empty when it does not exist yet;
+    object stores raise FileNotFoundError for a missing bucket, which push does not create)."""
+    found = fs.find(root, detail=True)
     base = root.rstrip("/") + "/"
     return {p[len(base):]: int(info.get("size") or 0) for p, info in found.items()
             if p.startswith(base) and info.get("type", "file") == "file"}
@@ -558,12 +557,18 @@ def push_store(store: str | os.PathLike[str], url: str, *, staging: str | os.Pat
     folder = Path(staging) if staging is not None else src.with_name(src.name + ".publish")
     card = {"url": url, "license": license, "source_datasets": source_datasets,
             "license_terms": license_terms, "title": title}
+    # what is there, asked before the shards are built: a missing package, credentials or bucket
+    # is said at once, not after building the layout (minutes at dataset scale)
+    hub = _protocol(url) == "hf"
+    if hub:
+        hub_api, existing = _hub_listing(url, hub_api)
+    else:
+        fs, root = filesystem(url)
+        remote = _guarded(url, "listing what is there", _remote_sizes, fs, root)
     staged = stage(src, folder, max_videos=max_videos, max_bytes=max_bytes, card=card, progress=progress)
-    if _protocol(url) == "hf":
-        return _push_hub(staged, url, progress, hub_api)
-    fs, root = filesystem(url)
+    if hub:
+        return _push_hub(staged, url, progress, hub_api, existing)
     report = PushReport(url, len(staged.index.shards))
-    remote = _guarded(url, "listing what is there", _remote_sizes, fs, root)
     todo = [rel for rel in staged.files()
             if rel in (CARD, INDEX) or remote.get(rel) != (staged.folder / rel).stat().st_size]
     report.present = [rel for rel in staged.files() if rel not in todo]
@@ -607,8 +612,9 @@ def _hub_repo(url: str) -> tuple[str, str, str]:
     return parts[0][:-1], f"{parts[1]}/{parts[2]}", "/".join(parts[3:])
 
 
-def _push_hub(staged: Staged, url: str, progress: bool, api: Any) -> PushReport:
-    """Upload through ``huggingface_hub``'s public API: commits of fewer than 100 files."""
+def _hub_listing(url: str, api: Any) -> tuple[Any, dict[str, Any]]:
+    """``(api, {path in the repository: size})`` for an ``hf://`` URL; ``api``: an
+    ``huggingface_hub.HfApi`` (or stand-in), made when None."""
     repo_type, repo_id, prefix = _hub_repo(url)
     if api is None:
         try:
@@ -616,15 +622,20 @@ def _push_hub(staged: Staged, url: str, progress: bool, api: Any) -> PushReport:
         except ImportError:
             raise PublishError(f"{url}: pushing to the Hub needs huggingface_hub: pip install 'clifvqa[hub]'") from None
         api = HfApi()
+    return api, _guarded(url, "listing the repository", lambda: {
+        f.path: getattr(f, "size", None)
+        for f in api.list_repo_tree(repo_id, repo_type=repo_type, recursive=True, path_in_repo=prefix or None)})
+
+
+def _push_hub(staged: Staged, url: str, progress: bool, api: Any, existing: Mapping[str, Any]) -> PushReport:
+    """Upload through ``huggingface_hub``'s public API: commits of fewer than 100 files."""
+    repo_type, repo_id, prefix = _hub_repo(url)
     from huggingface_hub import CommitOperationAdd
 
     def remote_path(rel: str) -> str:
         return f"{prefix}/{rel}" if prefix else rel
 
     report = PushReport(url, len(staged.index.shards))
-    existing = _guarded(url, "listing the repository", lambda: {
-        f.path: getattr(f, "size", None)
-        for f in api.list_repo_tree(repo_id, repo_type=repo_type, recursive=True, path_in_repo=prefix or None)})
     todo = [rel for rel in staged.files()
             if rel in (CARD, INDEX) or existing.get(remote_path(rel)) != (staged.folder / rel).stat().st_size]
     report.present = [rel for rel in staged.files() if rel not in todo]
@@ -676,11 +687,14 @@ def read_index(url: str) -> PublishIndex:
     fs, root = filesystem(url)
     where = _join(redact(url), INDEX)
     path = _join(root, INDEX)
-    if not _guarded(url, f"looking for {INDEX}", fs.isfile, path):
-        unfinished = _unfinished_push(fs, root, url)
-        if unfinished is not None:
-            raise unfinished
-    size = _guarded(url, f"reading {INDEX}", fs.size, path)
+    try:
+        size = _guarded(url, f"reading {INDEX}", fs.size, path)
+    except PublishError as exc:
+        if not isinstance(exc.__cause__, FileNotFoundError):
+            raise
+        raise _unfinished_push(fs, root, url) or PublishError(
+            f"{redact(url)}: nothing is published there (no {INDEX}); check the URL, and that the bucket or "
+            "repository exists") from None
     if size is None or size > MAX_INDEX_BYTES:
         raise PublishError(f"{where}: {size} bytes, more than the {MAX_INDEX_BYTES} an index may hold; refused")
     return PublishIndex.parse(_guarded(url, f"reading {INDEX}", fs.cat_file, path), where)

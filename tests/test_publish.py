@@ -262,6 +262,9 @@ def test_s3_errors_are_one_line(tmp_path, s3, monkeypatch):
     with pytest.raises(PublishError, match="not found .*bucket or repository exists") as exc:
         push_store(src, f"s3://no-such-bucket-{uuid.uuid4().hex[:8]}/x", progress=False)
     assert "\n" not in str(exc.value)
+    assert not (tmp_path / "s.zarr.publish").exists()  # said before the shards were built
+    with pytest.raises(PublishError, match=r"nothing is published there \(no index.json\); check the URL"):
+        pull_store(f"{s3[0]}/nothing", tmp_path / "y.zarr", progress=False)
     import s3fs
 
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
@@ -271,6 +274,9 @@ def test_s3_errors_are_one_line(tmp_path, s3, monkeypatch):
     s3fs.S3FileSystem.clear_instance_cache()
     with pytest.raises(PublishError, match="no credentials .*AWS_ACCESS_KEY_ID"):
         pull_store(f"{s3[0]}/x", tmp_path / "y.zarr", progress=False)
+    with pytest.raises(PublishError, match="no credentials .*AWS_ACCESS_KEY_ID"):
+        push_store(src, f"{s3[0]}/x", progress=False)
+    assert not (tmp_path / "s.zarr.publish").exists()
 
 
 def test_missing_extra_names_the_pip_command(monkeypatch):
