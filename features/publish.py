@@ -684,6 +684,11 @@ class PullReport:
 
 def read_index(url: str) -> PublishIndex:
     """The checked index of the store published at ``url``."""
+    return PublishIndex.parse(_index_bytes(url), _join(redact(url), INDEX))
+
+
+def _index_bytes(url: str) -> bytes:
+    """``index.json`` at ``url`` as stored, read with its size bound (unchecked)."""
     fs, root = filesystem(url)
     where = _join(redact(url), INDEX)
     path = _join(root, INDEX)
@@ -697,7 +702,7 @@ def read_index(url: str) -> PublishIndex:
             "repository exists") from None
     if size is None or size > MAX_INDEX_BYTES:
         raise PublishError(f"{where}: {size} bytes, more than the {MAX_INDEX_BYTES} an index may hold; refused")
-    return PublishIndex.parse(_guarded(url, f"reading {INDEX}", fs.cat_file, path), where)
+    return bytes(_guarded(url, f"reading {INDEX}", fs.cat_file, path))
 
 
 def _unfinished_push(fs: Any, root: str, url: str) -> PublishError | None:
@@ -727,18 +732,20 @@ def _manifest_keys(manifest: Any) -> list[str]:
     return list(dict.fromkeys(rows.videos))
 
 
-def pull_store(url: str, dest: str | os.PathLike[str], manifest: Any = None, *, progress: bool = True) -> PullReport:
+def pull_store(url: str, dest: str | os.PathLike[str], manifest: Any = None, *, progress: bool = True,
+               index: PublishIndex | None = None) -> PullReport:
     """Fetch the store published at ``url`` (all videos, or only ``manifest``'s: a CSV path or a
     ``Manifest``) into the local store ``dest`` (``.zarr`` or ``.h5``), verifying each video on
     arrival (see the module docstring) before it counts. Resumable: videos already complete in
-    ``dest`` with the index's ``pooled_sha256`` are not fetched again.
+    ``dest`` with the index's ``pooled_sha256`` are not fetched again. ``index``: the URL's
+    index when already read (else it is read here).
 
     Raises:
         FingerprintMismatchError: ``dest`` exists with another fingerprint.
         PublishError: the index or a shard fails its checks (naming the shard and its videos),
             manifest videos the publication does not hold, or a transfer problem.
     """
-    index = read_index(url)
+    index = index or read_index(url)
     wanted = list(index.videos) if manifest is None else _manifest_keys(manifest)
     absent = [k for k in wanted if k not in index.videos]
     if absent:
@@ -847,12 +854,13 @@ def published_copy(url: str) -> Path | None:
     """For a URL where a store was published: the local store it is read through, pulled into
     :func:`cache_dir` and verified on arrival like any pull (a published store is untrusted input;
     fsspec's own file caches would keep its bytes unchecked). Each call reads the index again (one
-    small request) and fetches only what the copy lacks: nothing while the publication is
-    unchanged, its new videos when it grew. A copy the publication no longer matches (other
-    features for a video, videos or failure records gone, other settings) is fetched again
-    whole, never served stale. None for any other URL (a plain remote Zarr store), and where the
-    URL cannot be asked (no package for it, no credentials): the caller's own reader then says
-    why; an unfinished push (shards, no index) is a :class:`PublishError`."""
+    small request): the same index as the copy was completed from, and the copy is used as it
+    is; another, and what the copy lacks is pulled (its new videos when the publication grew),
+    or, when the copy holds what the index no longer publishes (other features for a video,
+    videos or failure records gone, other provenance), the copy is fetched again whole, never
+    served stale. None for any other URL (a plain remote Zarr store), and where the URL cannot
+    be asked (no package for it, no credentials): the caller's own reader then says why; an
+    unfinished push (shards, no index) is a :class:`PublishError`."""
     try:
         published = is_published(url)
     except PublishError:
@@ -864,13 +872,21 @@ def published_copy(url: str) -> Path | None:
                 raise unfinished
         return None
     dest = cache_dir() / f"{hashlib.sha256(redact(url).encode()).hexdigest()[:16]}.zarr"
+    done = dest.with_name(dest.name + ".index-sha256")  # the index the copy was last completed from
+    print(f"{redact(url)}: a published store; reading it through the local copy {dest}", file=sys.stderr)
     with locked(dest.with_name(dest.name + ".lock")):  # two runs started together pull it once
-        if dest.exists() and not _copy_matches(dest, read_index(url)):
+        raw = _index_bytes(url)
+        digest = hashlib.sha256(raw).hexdigest()
+        if dest.exists() and done.is_file() and done.read_text() == digest:
+            return dest
+        index = PublishIndex.parse(raw, _join(redact(url), INDEX))
+        if dest.exists() and not _copy_matches(dest, index):
             print(f"{redact(url)}: the publication changed since {dest} was fetched; fetching it again",
                   file=sys.stderr)
             shutil.rmtree(dest)
-        print(f"{redact(url)}: a published store; reading it through the local copy {dest}", file=sys.stderr)
-        pull_store(url, dest, progress=sys.stderr.isatty())
+        done.unlink(missing_ok=True)
+        pull_store(url, dest, progress=sys.stderr.isatty(), index=index)
+        atomic_write_text(done, digest)
     return dest
 
 

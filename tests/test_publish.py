@@ -505,13 +505,15 @@ def test_the_local_copy_of_a_published_url_follows_the_publication(tmp_path, s3,
         return src
 
     def read_and_count():
-        """The copy a reader gets, checked against the publication, and the shards it fetched."""
+        """The copy a reader gets, checked against the publication, and the objects it fetched."""
         since = len(app.requests)
         with open_store(url) as copy:
             path, fingerprint = copy.path, copy.fingerprint
+        fetched = moved(app, since, "GET")
         assert_same_store(src, path, keys)
         assert fingerprint == read_index(url).fingerprint
-        return len([p for p in moved(app, since, "GET") if p.startswith(f"{SHARDS}/")])
+        assert fetched.count(INDEX) == 1  # read once
+        return len([p for p in fetched if p.startswith(f"{SHARDS}/")])
 
     keys = KEYS[:8]
     src = publish(keys)
