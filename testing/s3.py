@@ -4,7 +4,7 @@ from the server's side: a log of requests (which objects a rerun moved), a delay
 answer (object storage's round trip), and a :class:`Hold` that stops one chosen request part-way,
 so that a real client process can be killed mid-transfer at a known point.
 
-    python -m clifvqa.testing.s3 PORT [LATENCY_S]    serve until killed (the benchmark's own process)
+    python -m clifvqa.testing.s3 PORT [LATENCY_S]    print the port, serve until killed (PORT 0: a free one)
 """
 
 from __future__ import annotations
@@ -100,10 +100,13 @@ def serving(app: S3App) -> Iterator[str]:
 
 
 def main(argv: list[str]) -> None:
+    """Serve on 127.0.0.1:PORT (0: a free one) with LATENCY_S; prints the port, then serves."""
     from werkzeug.serving import make_server
 
     port, latency_s = int(argv[0]), float(argv[1]) if len(argv) > 1 else 0.0
-    make_server("127.0.0.1", port, S3App(latency_s), threaded=True).serve_forever()
+    server = make_server("127.0.0.1", port, S3App(latency_s), threaded=True)
+    print(server.server_address[1], flush=True)
+    server.serve_forever()
 
 
 if __name__ == "__main__":
