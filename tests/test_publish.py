@@ -232,6 +232,104 @@ def test_damaged_object_is_refused_naming_the_video(tmp_path, s3):
         assert part.keys() == KEYS[:6]  # the intact shard arrived; nothing of the damaged one
 
 
+def listing(fs, url):
+    """``{path below url: (size, etag)}`` of every object there (the etag: the object's bytes)."""
+    return {p.split(url.split("://", 1)[1] + "/", 1)[1]: (info["size"], info.get("ETag"))
+            for p, info in fs.find(url, detail=True).items()}
+
+
+def test_push_refuses_another_fingerprint_at_the_url(tmp_path, s3):
+    """A publication of other features at the URL is refused before any shard is built (nothing
+    uploaded, the index untouched, one line naming both fingerprints and --replace); with
+    --replace the new store is published and the old shards the new index does not reference are
+    removed once it is written."""
+    from click.testing import CliRunner
+
+    from clifvqa.cli import main
+
+    bucket, fs = s3
+    url = f"{bucket}/shared"
+    old = build(tmp_path / "old.zarr")
+    push_store(old, url, max_videos=5, progress=False)
+    new = build(tmp_path / "new.zarr", keys=KEYS[:7], prov=synthetic_provenance(r=5, grid=(2, 3)))
+    with open_store(old) as a, open_store(new) as b:
+        old_fp, new_fp = a.stored_fingerprint, b.stored_fingerprint
+    before = listing(fs, url)
+    result = CliRunner().invoke(main, ["store", "push", str(new), url, "--max-videos", "3", "-q"])
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
+    message = result.output
+    assert f"holds a publication of other features (fingerprint {old_fp[:19]}...)" in message
+    assert f"{new} (fingerprint {new_fp[:19]}...)" in message and "prompts" in message
+    assert "push to another URL, or pass --replace" in message
+    assert listing(fs, url) == before and read_index(url).fingerprint == old_fp  # nothing uploaded
+    assert not (tmp_path / "new.zarr.publish").exists()  # refused before building a shard
+
+    result = CliRunner().invoke(main, ["store", "push", str(new), url, "--max-videos", "3", "-q", "--replace"])
+    assert result.exit_code == 0, result.output
+    assert f"replaced the features published there before (fingerprint {old_fp[:19]}...)" in result.output
+    assert "removed 3 shard file(s) the new index does not reference" in result.output  # the old 5 + 5 + 2
+    index = read_index(url)
+    assert index.fingerprint == new_fp and [s.videos for s in index.shards] == [3, 3, 1]
+    assert sorted(listing(fs, url)) == sorted([CARD, INDEX] + [s.path for s in index.shards])
+    pull_store(url, tmp_path / "back.zarr", progress=False)
+    assert_same_store(new, tmp_path / "back.zarr", KEYS[:7])
+
+
+def test_push_refuses_an_unfinished_push_of_another_fingerprint(tmp_path, s3, monkeypatch):
+    """Shards without an index: their fingerprint is read from the first shard's root (its zip
+    directory and zarr.json, not the whole shard); another one is refused as for a publication,
+    the same one resumes, and --replace removes the other push's shards once the index is written."""
+    bucket, fs = s3
+    url = f"{bucket}/unfinished"
+    other = build(tmp_path / "other.zarr", prov=synthetic_provenance(r=5, grid=(2, 3)))
+    with monkeypatch.context() as m:
+        Interrupt(m, fs, "put_file", after=2)
+        with pytest.raises(PublishError, match="transfer interrupted"):
+            push_store(other, url, max_videos=3, progress=False)
+    stranded = sorted(listing(fs, url))
+    assert len(stranded) == 2 and INDEX not in stranded
+    src = build(tmp_path / "s.zarr")
+    with open_store(other) as o:
+        theirs = o.stored_fingerprint
+    with pytest.raises(FingerprintMismatchError, match=rf"holds an unfinished push of other features \(fingerprint "
+                       rf"{re.escape(theirs[:19])}.*pass --replace"):
+        push_store(src, url, max_videos=3, progress=False)
+    assert sorted(listing(fs, url)) == stranded and not (tmp_path / "s.zarr.publish").exists()
+    resumed = push_store(other, url, max_videos=3, progress=False)  # its own push resumes without --replace
+    assert len(resumed.present) == 2 and resumed.replaced is None and resumed.removed == []
+
+    fs.rm(f"{url}/{INDEX}")  # unfinished again, of the other fingerprint
+    report = push_store(src, url, max_videos=5, progress=False, replace=True)
+    assert report.replaced == theirs and sorted(report.removed) == [s.path for s in read_index(
+        str(tmp_path / "other.zarr.publish")).shards]
+    index = read_index(url)
+    assert sorted(listing(fs, url)) == sorted([CARD, INDEX] + [s.path for s in index.shards])
+    pull_store(url, tmp_path / "back.zarr", progress=False)
+    assert_same_store(src, tmp_path / "back.zarr")
+
+
+def test_a_grown_store_pushes_to_its_url_as_before(tmp_path, s3):
+    """The same fingerprint needs no --replace: a store that grew is pushed over its publication,
+    and the shards the new index does not reference are only listed, never removed."""
+    bucket, fs = s3
+    url = f"{bucket}/grown"
+    src = build(tmp_path / "s.zarr", keys=KEYS[:8])
+    push_store(src, url, max_videos=5, progress=False)
+    first = read_index(url)
+    with create_or_open_store(src, PROV) as store:
+        for i, key in enumerate(KEYS[8:], 8):
+            store.write_video(key, **synthetic_video(PROV, seed=i, num_rows=6, embedding_dim=4))
+        store.finalize()
+    report = push_store(src, url, max_videos=5, progress=False)
+    index = read_index(url)
+    assert report.replaced is None and report.removed == [] and index.fingerprint == first.fingerprint
+    assert [s.videos for s in index.shards] == [5, 5, 2]
+    kept = sorted(s.path for s in first.shards if s.path not in {t.path for t in index.shards})
+    assert kept and report.unreferenced == kept and set(kept) <= set(listing(fs, url))
+    pull_store(url, tmp_path / "back.zarr", progress=False)
+    assert_same_store(src, tmp_path / "back.zarr")
+
+
 def test_pull_refuses_another_fingerprint(tmp_path):
     src = build(tmp_path / "s.zarr")
     push_store(src, str(tmp_path / "pub"), progress=False)
@@ -309,8 +407,11 @@ def test_hub_plan_keeps_the_hubs_limits():
 
 def test_hub_push_goes_through_the_public_api(tmp_path):
     """The upload to hf:// calls huggingface_hub's HfApi.create_commit (a stand-in records the
-    calls here: nothing reaches the real Hub) and skips files the repository already has."""
+    calls here: nothing reaches the real Hub) and skips files the repository already has; the
+    index there is read through HfApi.hf_hub_download, refusing another fingerprint unless
+    replace, which removes the old shards in a commit after the index's."""
     pytest.importorskip("huggingface_hub")
+    from huggingface_hub import CommitOperationDelete
 
     class FakeApi:
         def __init__(self):
@@ -318,20 +419,42 @@ def test_hub_push_goes_through_the_public_api(tmp_path):
 
         def list_repo_tree(self, repo_id, repo_type, recursive, path_in_repo):
             assert (repo_id, repo_type, recursive, path_in_repo) == ("org/feats", "dataset", True, "v1")
-            return [type("F", (), {"path": p, "size": s})() for p, s in self.files.items()]
+            return [type("F", (), {"path": p, "size": len(b)})() for p, b in self.files.items()]
 
         def create_commit(self, repo_id, operations, commit_message, repo_type):
             self.commits.append([op.path_in_repo for op in operations])
             for op in operations:
-                self.files[op.path_in_repo] = len(open(op.path_or_fileobj, "rb").read())
+                if isinstance(op, CommitOperationDelete):
+                    del self.files[op.path_in_repo]
+                else:
+                    self.files[op.path_in_repo] = open(op.path_or_fileobj, "rb").read()
 
+        def hf_hub_download(self, repo_id, filename, repo_type):
+            assert (repo_id, repo_type) == ("org/feats", "dataset")
+            local = tmp_path / "hub-download" / filename
+            local.parent.mkdir(parents=True, exist_ok=True)
+            local.write_bytes(self.files[filename])
+            return str(local)
+
+    url = "hf://datasets/org/feats/v1"
     src = build(tmp_path / "s.zarr")
     api = FakeApi()
-    report = push_store(src, "hf://datasets/org/feats/v1", max_videos=2, progress=False, hub_api=api)
+    report = push_store(src, url, max_videos=2, progress=False, hub_api=api)
     assert report.shards == 6 and api.commits[-1] == ["v1/index.json"] and len(api.commits) == 2
     assert api.commits[0][-1] == "v1/README.md" and len(api.commits[0]) == 7
-    again = push_store(src, "hf://datasets/org/feats/v1", max_videos=2, progress=False, hub_api=api)
+    again = push_store(src, url, max_videos=2, progress=False, hub_api=api)
     assert again.uploaded == [CARD, INDEX] and len(again.present) == 6
+
+    other = build(tmp_path / "o.zarr", keys=KEYS[:3], prov=synthetic_provenance(r=5, grid=(2, 3)))
+    commits, files = len(api.commits), dict(api.files)
+    with pytest.raises(FingerprintMismatchError, match="holds a publication of other features.*pass --replace"):
+        push_store(other, url, max_videos=2, progress=False, hub_api=api)
+    assert len(api.commits) == commits and api.files == files
+    replaced = push_store(other, url, max_videos=2, progress=False, hub_api=api, replace=True)
+    assert api.commits[-2] == ["v1/index.json"] and len(replaced.removed) == 6
+    assert sorted(api.commits[-1]) == sorted(p for p in files if p.startswith("v1/shards/"))
+    index = PublishIndex.parse(api.files["v1/index.json"], "index")
+    assert sorted(api.files) == sorted(["v1/README.md", "v1/index.json"] + [f"v1/{s.path}" for s in index.shards])
 
 
 def test_readers_take_a_published_url(tmp_path, s3, make_train_set, monkeypatch):
@@ -501,7 +624,7 @@ def test_the_local_copy_of_a_published_url_follows_the_publication(tmp_path, s3,
                 seed = zlib.crc32(key.encode())
                 store.write_video(key, **synthetic_video(prov, seed=seed, num_rows=6, embedding_dim=4))
             store.finalize()
-        push_store(src, url, max_videos=4, progress=False)
+        push_store(src, url, max_videos=4, progress=False, replace=prov != PROV)
         return src
 
     def read_and_count():
