@@ -524,21 +524,25 @@ def store_finalize_cmd(path: str) -> None:
               help="A source dataset the card names (repeatable), e.g. KoNViD-1k.")
 @click.option("--license-terms", help="The source dataset's licence terms to respect, for the card.")
 @click.option("--title", help="The card's title.")
+@click.option("--replace", is_flag=True,
+              help="Replace features of another fingerprint published at URL (refused without it), and "
+                   "remove the shard files the new index no longer references.")
 @quiet_option()
 def store_push_cmd(path: str, url: str, staging: str | None, max_videos: int, max_gib: float, license_: str,
                    source_datasets: tuple[str, ...], license_terms: str | None, title: str | None,
-                   quiet: bool) -> None:
+                   replace: bool, quiet: bool) -> None:
     """Publish the store at PATH to URL (a folder, s3://BUCKET/PREFIX, gs://..., hf://datasets/ORG/NAME):
     shard files of at most --max-videos videos, index.json and a README.md card.
 
-    Resumable: a rerun uploads only what is missing or differs. Credentials by the usual means
+    Resumable: a rerun uploads only what is missing or differs. A URL that holds another
+    fingerprint's publication is refused unless --replace. Credentials by the usual means
     (AWS_* and AWS_ENDPOINT_URL; HF_TOKEN or huggingface-cli login); never printed or recorded.
     """
     from clifvqa.features.publish import push_store
 
     report = push_store(path, url, staging=staging, max_videos=max_videos, max_bytes=int(max_gib * 2**30),
                         license=license_, source_datasets=source_datasets, license_terms=license_terms,
-                        title=title, progress=not quiet)
+                        title=title, progress=not quiet, replace=replace)
     click.echo(report.summary())
 
 

@@ -24,7 +24,11 @@ directory (warm page cache). Every projection is linear in the number of videos 
 clifvqa's ``store info``, whose cost does not grow with it (its N/small ratio is printed).
 
     python benchmarks/bench_store.py [--videos 5000] [--small 500] [--latency-ms 20]
-                                    [--http-sample 200] [--out bench-out/store]
+                                    [--http-sample 200] [--out bench-out/store] [--publish [--max-videos 1000]]
+
+``--publish`` adds bench_publish.py's rows for the same store: push and pull to a local folder and
+over the loopback S3 server with the same latency, the published URL read in place, the shard
+format (.zarr.zip against HDF5).
 """
 
 from __future__ import annotations
@@ -133,10 +137,12 @@ def clifvqa_keys(location: str) -> None:
         store.keys()
 
 
-def clifvqa_load(location: str, keys: list[str]) -> None:
+def clifvqa_load(location: str | list[str], keys: list[str]) -> None:
+    """Training's feature load of ``keys`` from one store, or from several (``train -s A -s B``)."""
     from clifvqa.train.data import load_semantic_features
 
-    loaded = load_semantic_features([location], keys, t0=32, progress=False)
+    loaded = load_semantic_features([location] if isinstance(location, str) else location, keys, t0=32,
+                                    progress=False)
     assert len(loaded.rows) == len(keys)
 
 
@@ -226,6 +232,9 @@ def main() -> None:
     parser.add_argument("--latency-ms", type=float, default=20.0, help="delay of each loopback HTTP request")
     parser.add_argument("--http-sample", type=int, default=200, help="videos the plain HTTP loops read")
     parser.add_argument("--out", type=Path, default=Path("bench-out/store"))
+    parser.add_argument("--publish", action="store_true",
+                        help="also bench_publish.py's rows (push/pull, local and over S3) for this store")
+    parser.add_argument("--max-videos", type=int, default=1000, help="videos per shard, with --publish")
     args = parser.parse_args()
     print(machine_line("cpu", f"{args.videos} videos x {ROWS} rows, r = {PROMPTS}, {GRID[0]}x{GRID[1]} maps"))
 
@@ -311,6 +320,13 @@ def main() -> None:
     ]
     for text, ok in checks:
         print(f"{'PASS' if ok else 'FAIL'}  {text}")
+
+    if args.publish:
+        from bench_publish import measure
+
+        print("\nstore push / pull (bench_publish.py's measurements of this store):")
+        print("\n".join(measure(big, args.out / "publish", videos=n, max_videos=args.max_videos,
+                                 latency_ms=args.latency_ms)))
 
 
 if __name__ == "__main__":

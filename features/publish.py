@@ -17,7 +17,9 @@ names carry their content hash: a file at the URL with a shard's name and size i
 which is how a rerun of a push uploads only what is missing or differs (any fsspec filesystem,
 object stores included, lists names and sizes), and how a shard built again with other bytes
 never overwrites one that a collaborator's index refers to. ``index.json`` is written last: its
-presence says the publication is complete.
+presence says the publication is complete. A push over features of another fingerprint (a
+publication, or an unfinished push whose first shard says so) is refused unless ``replace``,
+which removes the old shard files once the new index is in place.
 
 Everything that arrives is untrusted: the index is read with a size bound and checked (keys by
 the path rule, shard paths by their pattern, the fingerprint against the provenance); each shard
@@ -37,6 +39,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -44,7 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from clifvqa._atomic import atomic_write_text, remove_abandoned, temporary_sibling
+from clifvqa._atomic import atomic_write_text, locked, remove_abandoned, temporary_sibling
 from clifvqa.errors import MAX_LISTED
 from clifvqa.features.provenance import fingerprint as fingerprint_of
 from clifvqa.features.provenance import require_same_features
@@ -121,11 +124,12 @@ class PublishIndex:
         return json.dumps(doc, sort_keys=True, separators=(",", ":")) + "\n"
 
     @classmethod
-    def parse(cls, text: bytes, where: str) -> PublishIndex:
-        """The index in ``text``, checked: a malformed or inconsistent one is a :class:`PublishError`."""
+    def parse(cls, text: bytes, where: str, remedy: str = "push it again") -> PublishIndex:
+        """The index in ``text``, checked: a malformed or inconsistent one is a :class:`PublishError`
+        (its message ending in ``remedy``)."""
         def bad(why: str) -> PublishError:
             return PublishError(f"{where}: {why}; this is not a store published by clifvqa store push "
-                                "(or it was damaged): push it again")
+                                f"(or it was damaged): {remedy}")
         try:
             doc = json.loads(text)
         except (ValueError, UnicodeDecodeError) as exc:
@@ -197,11 +201,14 @@ def filesystem(url: str) -> tuple[Any, str]:
     proto = _protocol(url)
     try:
         fs, path = fsspec.core.url_to_fs(url if is_url(url) else str(Path(url).absolute()))
-        return fs, str(path)
     except ImportError as exc:
         extra = EXTRAS.get(proto)
         how = f"pip install 'clifvqa[{extra}]'" if extra else "install the fsspec package for it"
         raise PublishError(f"{redact(url)}: {proto}:// needs a package that is not installed ({exc}): {how}") from None
+    # fsspec shares one instance per set of options, with the listings it has seen: each operation
+    # starts from what is there now (another process may have pushed meanwhile)
+    fs.invalidate_cache()
+    return fs, str(path)
 
 
 def _transfer_error(exc: BaseException, url: str, doing: str) -> PublishError:
@@ -246,6 +253,7 @@ class _Progress:
     def __init__(self, total: int, desc: str, show: bool) -> None:
         from tqdm.auto import tqdm
 
+        show = show and total > 0  # nothing to move: no bar, no throughput line
         self.bar = tqdm(total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024,
                         disable=not show, dynamic_ncols=True, file=sys.stderr)
         self.start, self.done, self.show = time.perf_counter(), 0, show
@@ -489,12 +497,18 @@ class PushReport:
     bytes_uploaded: int = 0
     seconds: float = 0.0
     unreferenced: list[str] = field(default_factory=list)
+    replaced: str | None = None  # the fingerprint of the other features this push replaced (``replace``)
+    removed: list[str] = field(default_factory=list)  # shard files the new index does not reference (``replace``)
 
     def summary(self) -> str:
         rate = self.bytes_uploaded / 2**20 / self.seconds if self.seconds > 0 else 0.0
         lines = [f"pushed {redact(self.url)}: {self.shards} shards; uploaded {len(self.uploaded)} files "
                  f"({self.bytes_uploaded / 2**20:.1f} MiB, {rate:.1f} MiB/s), {len(self.present)} already there; "
                  "index and root read back: ok"]
+        if self.replaced:
+            lines.append(f"replaced the features published there before (fingerprint {self.replaced[:19]}...)")
+        if self.removed:
+            lines.append(f"removed {len(self.removed)} shard file(s) the new index does not reference")
         if self.unreferenced:
             lines.append(f"{len(self.unreferenced)} file(s) under {SHARDS}/ are not in the index (an earlier "
                          f"push): {', '.join(self.unreferenced[:MAX_LISTED])}")
@@ -525,20 +539,33 @@ def hub_commit_plan(files: Sequence[str], per_commit: int = HUB_FILES_PER_COMMIT
 
 
 def _remote_sizes(fs: Any, root: str) -> dict[str, int]:
-    """``{relative path: size}`` of the files below ``root`` (empty when it does not exist yet)."""
-    try:
-        found = fs.find(root, detail=True)
-    except FileNotFoundError:
-        return {}
+    """``{relative path: size}`` of the files below ``root`` (empty when it does not exist yet;
+    object stores raise FileNotFoundError for a missing bucket, which push does not create)."""
+    found = fs.find(root, detail=True)
     base = root.rstrip("/") + "/"
     return {p[len(base):]: int(info.get("size") or 0) for p, info in found.items()
             if p.startswith(base) and info.get("type", "file") == "file"}
 
 
+@dataclass
+class _Held:
+    """Features a URL (or the store being pushed) holds: ``what`` they are, their fingerprint and provenance."""
+
+    what: str
+    fingerprint: str
+    provenance: dict[str, Any]
+
+
+REPLACE_HOW = "push to another URL, or pass --replace to replace it there (its collaborators then get the new features)"
+MAX_SHARD_ROOT_BYTES = 16 * 2**20
+"""The most of a shard's root ``zarr.json`` a push reads to tell an unfinished push's fingerprint."""
+
+
 def push_store(store: str | os.PathLike[str], url: str, *, staging: str | os.PathLike[str] | None = None,
                max_videos: int = MAX_SHARD_VIDEOS, max_bytes: int = MAX_SHARD_BYTES,
                license: str = "other", source_datasets: Sequence[str] = (), license_terms: str | None = None,
-               title: str | None = None, progress: bool = True, hub_api: Any = None) -> PushReport:
+               title: str | None = None, progress: bool = True, replace: bool = False,
+               hub_api: Any = None) -> PushReport:
     """Publish the local store ``store`` at ``url`` (a local path, ``s3://``, ``gs://``,
     ``hf://datasets/ORG/NAME`` or any fsspec URL) in the publish layout.
 
@@ -547,6 +574,17 @@ def push_store(store: str | os.PathLike[str], url: str, *, staging: str | os.Pat
     and size are not uploaded again; the index goes last. The push ends by reading back the
     index and the card and comparing them, and the size of every shard. ``hub_api``: an
     ``huggingface_hub.HfApi`` (or stand-in) for ``hf://`` URLs; made on demand.
+
+    A URL that holds features of another fingerprint (a publication, or an unfinished push whose
+    shard says so: see :func:`_held_there`) is refused before any shard is built, unless
+    ``replace``: then the push replaces them, and once the new index is written the shard files
+    it does not reference are removed (a reader sees the old publication or the new one, never
+    a mix). The same fingerprint (the store grew, or a stopped push) needs no ``replace``.
+
+    Raises:
+        FingerprintMismatchError: ``url`` holds features of another fingerprint and not ``replace``.
+        PublishError: a missing package, credentials or bucket, an unreadable index at ``url``
+            (not ``replace``), or a transfer problem.
     """
     src = Path(store)
     if is_url(str(store)):
@@ -554,12 +592,26 @@ def push_store(store: str | os.PathLike[str], url: str, *, staging: str | os.Pat
     folder = Path(staging) if staging is not None else src.with_name(src.name + ".publish")
     card = {"url": url, "license": license, "source_datasets": source_datasets,
             "license_terms": license_terms, "title": title}
+    with open_store(src) as opened:
+        opened.check_fingerprint()
+        ours = _Held("the store", opened.stored_fingerprint, opened.provenance)
+    # what is there, asked before the shards are built: a missing package, credentials or bucket,
+    # or other features at the URL, is said at once, not after building the layout (minutes at dataset scale)
+    hub = _protocol(url) == "hf"
+    if hub:
+        hub_api, existing = _hub_listing(url, hub_api)
+        there = _held_on_hub(url, hub_api, existing, replace)
+    else:
+        fs, root = filesystem(url)
+        remote = _guarded(url, "listing what is there", _remote_sizes, fs, root)
+        there = _held_there(fs, root, url, remote, replace)
+    replaced = _replacing(url, src, ours, there, replace)
     staged = stage(src, folder, max_videos=max_videos, max_bytes=max_bytes, card=card, progress=progress)
-    if _protocol(url) == "hf":
-        return _push_hub(staged, url, progress, hub_api)
-    fs, root = filesystem(url)
-    report = PushReport(url, len(staged.index.shards))
-    remote = _guarded(url, "listing what is there", _remote_sizes, fs, root)
+    if hub:
+        report = _push_hub(staged, url, progress, hub_api, existing, replace)
+        report.replaced = replaced
+        return report
+    report = PushReport(url, len(staged.index.shards), replaced=replaced)
     todo = [rel for rel in staged.files()
             if rel in (CARD, INDEX) or remote.get(rel) != (staged.folder / rel).stat().st_size]
     report.present = [rel for rel in staged.files() if rel not in todo]
@@ -576,9 +628,90 @@ def push_store(store: str | os.PathLike[str], url: str, *, staging: str | os.Pat
     finally:
         report.seconds = meter.close("push")
     _read_back(fs, root, url, staged)
-    listed = _remote_sizes(fs, root)
-    report.unreferenced = sorted(p for p in listed if p.startswith(f"{SHARDS}/") and p not in set(staged.files()))
+    report.unreferenced, stale = _unreferenced(_remote_sizes(fs, root), staged, replace)
+    if stale:  # the new index is in place: nothing refers to these any more
+        _guarded(url, f"removing {len(stale)} shard file(s) the new index does not reference", fs.rm,
+                 [_join(root, rel) for rel in stale])
+        report.removed = stale
     return report
+
+
+def _held_there(fs: Any, root: str, url: str, remote: Mapping[str, int], replace: bool) -> _Held | None:
+    """The features at ``url`` before a push: the publication its index describes; else, for an
+    unfinished push (shard files, no index), what its first shard's root records, read through
+    the zip's member list and root ``zarr.json`` (ranged reads, never the whole shard; None when
+    it cannot be read: nothing is refused on a guess); None when nothing is there. An index that
+    does not parse is a :class:`PublishError` unless ``replace``."""
+    if INDEX in remote:
+        raw = _index_bytes(url)
+        try:
+            index = PublishIndex.parse(raw, _join(redact(url), INDEX), remedy=REPLACE_HOW)
+        except PublishError:
+            if replace:  # what it published is unknown, and replaced on purpose
+                return None
+            raise
+        return _Held("a publication", index.fingerprint, index.root["provenance"])
+    shards = sorted(rel for rel in remote if SHARD_NAME.match(rel))
+    if not shards:
+        return None
+    import zipfile
+
+    try:
+        with fs.open(_join(root, shards[0]), "rb", block_size=2**20) as f, zipfile.ZipFile(f) as zf:
+            info = zf.getinfo("zarr.json")
+            if info.file_size > MAX_SHARD_ROOT_BYTES:
+                return None
+            attrs = json.loads(zf.read(info))["attributes"]
+        found, provenance = attrs["fingerprint"], attrs["provenance"]
+        if isinstance(found, str) and isinstance(provenance, dict) and fingerprint_of(provenance) == found:
+            return _Held("an unfinished push", found, provenance)
+    except Exception:  # noqa: BLE001 - a shard that cannot be read says nothing about its fingerprint
+        pass
+    return None
+
+
+def _held_on_hub(url: str, api: Any, existing: Mapping[str, Any], replace: bool) -> _Held | None:
+    """:func:`_held_there` for an ``hf://`` URL, through ``huggingface_hub``'s API: the index of
+    a publication there. An unfinished push's fingerprint is not told on the Hub (its API would
+    download a whole shard)."""
+    repo_type, repo_id, prefix = _hub_repo(url)
+    name = _hub_path(prefix, INDEX)
+    if name not in existing:
+        return None
+    where = _join(redact(url), INDEX)
+    size = existing[name]
+    if size is None or size > MAX_INDEX_BYTES:
+        raise PublishError(f"{where}: {size} bytes, more than the {MAX_INDEX_BYTES} an index may hold; refused")
+    local = _guarded(url, f"reading {INDEX}", api.hf_hub_download, repo_id, name, repo_type=repo_type)
+    try:
+        index = PublishIndex.parse(Path(local).read_bytes(), where, remedy=REPLACE_HOW)
+    except PublishError:
+        if replace:
+            return None
+        raise
+    return _Held("a publication", index.fingerprint, index.root["provenance"])
+
+
+def _replacing(url: str, store: Path, ours: _Held, there: _Held | None, replace: bool) -> str | None:
+    """The fingerprint of the other features a push to ``url`` replaces (None: the same or none);
+    refuses them unless ``replace``."""
+    if there is None or there.fingerprint == ours.fingerprint:
+        return None
+    if not replace:
+        require_same_features(ours.provenance, there.provenance, fingerprints=(ours.fingerprint, there.fingerprint),
+                              problem=f"{redact(url)} holds {there.what} of other features (fingerprint "
+                              f"{there.fingerprint[:19]}...) than {store} (fingerprint {ours.fingerprint[:19]}...)",
+                              remedy=REPLACE_HOW)
+    return there.fingerprint
+
+
+def _unreferenced(listed: Iterable[str], staged: Staged, replace: bool) -> tuple[list[str], list[str]]:
+    """``(kept, removable)``: the files under ``shards/`` at the URL that the new index does not
+    reference; with ``replace``, those named like shards are removable, the rest kept."""
+    referenced = set(staged.files())
+    stale = sorted(rel for rel in listed if rel.startswith(f"{SHARDS}/") and rel not in referenced)
+    removable = [rel for rel in stale if replace and SHARD_NAME.match(rel)]
+    return [rel for rel in stale if rel not in removable], removable
 
 
 def _read_back(fs: Any, root: str, url: str, staged: Staged) -> None:
@@ -603,8 +736,14 @@ def _hub_repo(url: str) -> tuple[str, str, str]:
     return parts[0][:-1], f"{parts[1]}/{parts[2]}", "/".join(parts[3:])
 
 
-def _push_hub(staged: Staged, url: str, progress: bool, api: Any) -> PushReport:
-    """Upload through ``huggingface_hub``'s public API: commits of fewer than 100 files."""
+def _hub_path(prefix: str, rel: str) -> str:
+    """The path in the repository of the layout's ``rel`` below ``prefix``."""
+    return f"{prefix}/{rel}" if prefix else rel
+
+
+def _hub_listing(url: str, api: Any) -> tuple[Any, dict[str, Any]]:
+    """``(api, {path in the repository: size})`` for an ``hf://`` URL; ``api``: an
+    ``huggingface_hub.HfApi`` (or stand-in), made when None."""
     repo_type, repo_id, prefix = _hub_repo(url)
     if api is None:
         try:
@@ -612,22 +751,26 @@ def _push_hub(staged: Staged, url: str, progress: bool, api: Any) -> PushReport:
         except ImportError:
             raise PublishError(f"{url}: pushing to the Hub needs huggingface_hub: pip install 'clifvqa[hub]'") from None
         api = HfApi()
-    from huggingface_hub import CommitOperationAdd
-
-    def remote_path(rel: str) -> str:
-        return f"{prefix}/{rel}" if prefix else rel
-
-    report = PushReport(url, len(staged.index.shards))
-    existing = _guarded(url, "listing the repository", lambda: {
+    return api, _guarded(url, "listing the repository", lambda: {
         f.path: getattr(f, "size", None)
         for f in api.list_repo_tree(repo_id, repo_type=repo_type, recursive=True, path_in_repo=prefix or None)})
+
+
+def _push_hub(staged: Staged, url: str, progress: bool, api: Any, existing: Mapping[str, Any],
+              replace: bool) -> PushReport:
+    """Upload through ``huggingface_hub``'s public API: commits of fewer than 100 files; with
+    ``replace``, a last commit removes the shard files the new index does not reference."""
+    repo_type, repo_id, prefix = _hub_repo(url)
+    from huggingface_hub import CommitOperationAdd, CommitOperationDelete
+
+    report = PushReport(url, len(staged.index.shards))
     todo = [rel for rel in staged.files()
-            if rel in (CARD, INDEX) or existing.get(remote_path(rel)) != (staged.folder / rel).stat().st_size]
+            if rel in (CARD, INDEX) or existing.get(_hub_path(prefix, rel)) != (staged.folder / rel).stat().st_size]
     report.present = [rel for rel in staged.files() if rel not in todo]
     meter = _Progress(sum((staged.folder / rel).stat().st_size for rel in todo), "push", progress)
     try:
         for n, batch in enumerate(hub_commit_plan(todo)):
-            ops = [CommitOperationAdd(path_in_repo=remote_path(rel), path_or_fileobj=str(staged.folder / rel))
+            ops = [CommitOperationAdd(path_in_repo=_hub_path(prefix, rel), path_or_fileobj=str(staged.folder / rel))
                    for rel in batch]
             _guarded(url, f"commit {n + 1}", api.create_commit, repo_id, ops,
                      commit_message=f"clifvqa store push: {len(batch)} file(s)", repo_type=repo_type)
@@ -637,6 +780,16 @@ def _push_hub(staged: Staged, url: str, progress: bool, api: Any) -> PushReport:
                 report.bytes_uploaded += (staged.folder / rel).stat().st_size
     finally:
         report.seconds = meter.close("push")
+    listed = [path[len(prefix) + 1:] if prefix else path for path in existing
+              if not prefix or path.startswith(f"{prefix}/")]
+    report.unreferenced, stale = _unreferenced(listed, staged, replace)
+    for start in range(0, len(stale), HUB_FILES_PER_COMMIT):  # after the index's commit
+        batch = stale[start:start + HUB_FILES_PER_COMMIT]
+        _guarded(url, "removing shard files the new index does not reference", api.create_commit, repo_id,
+                 [CommitOperationDelete(path_in_repo=_hub_path(prefix, rel)) for rel in batch],
+                 commit_message=f"clifvqa store push --replace: remove {len(batch)} unreferenced shard(s)",
+                 repo_type=repo_type)
+        report.removed += batch
     return report
 
 
@@ -662,18 +815,46 @@ class PullReport:
         rate = self.bytes_downloaded / 2**20 / self.seconds if self.seconds > 0 else 0.0
         return (f"pulled {redact(self.url)} into {self.dest}: {self.pulled} videos verified and written, "
                 f"{self.present} already there ({self.wanted} asked for); {self.shards} shards, "
-                f"{self.bytes_downloaded / 2**20:.1f} MiB at {rate:.1f} MiB/s")
+                f"{self.bytes_downloaded / 2**20:.1f} MiB at {rate:.1f} MiB/s"
+                + (f"; removed {len(self.leftovers_removed)} partial download(s) of a stopped pull"
+                   if self.leftovers_removed else ""))
 
 
 def read_index(url: str) -> PublishIndex:
     """The checked index of the store published at ``url``."""
+    return PublishIndex.parse(_index_bytes(url), _join(redact(url), INDEX))
+
+
+def _index_bytes(url: str) -> bytes:
+    """``index.json`` at ``url`` as stored, read with its size bound (unchecked)."""
     fs, root = filesystem(url)
     where = _join(redact(url), INDEX)
     path = _join(root, INDEX)
-    size = _guarded(url, f"reading {INDEX}", fs.size, path)
+    try:
+        size = _guarded(url, f"reading {INDEX}", fs.size, path)
+    except PublishError as exc:
+        if not isinstance(exc.__cause__, FileNotFoundError):
+            raise
+        raise _unfinished_push(fs, root, url) or PublishError(
+            f"{redact(url)}: nothing is published there (no {INDEX}); check the URL, and that the bucket or "
+            "repository exists") from None
     if size is None or size > MAX_INDEX_BYTES:
         raise PublishError(f"{where}: {size} bytes, more than the {MAX_INDEX_BYTES} an index may hold; refused")
-    return PublishIndex.parse(_guarded(url, f"reading {INDEX}", fs.cat_file, path), where)
+    return bytes(_guarded(url, f"reading {INDEX}", fs.cat_file, path))
+
+
+def _unfinished_push(fs: Any, root: str, url: str) -> PublishError | None:
+    """For a URL without an index: the error saying a push there has not finished when shard
+    files are there (the index is written last), else None."""
+    try:
+        found = fs.find(_join(root, SHARDS))
+    except Exception:  # noqa: BLE001 - nothing to list: not an unfinished push
+        return None
+    shards = [p for p in found if SHARD_NAME.search(p)]
+    if not shards:
+        return None
+    return PublishError(f"{redact(url)}: a push there has not finished ({len(shards)} shard file(s), no {INDEX}, "
+                        "which a push writes last): run the push again; nothing is read from it until then")
 
 
 def is_published(url: str) -> bool:
@@ -689,18 +870,20 @@ def _manifest_keys(manifest: Any) -> list[str]:
     return list(dict.fromkeys(rows.videos))
 
 
-def pull_store(url: str, dest: str | os.PathLike[str], manifest: Any = None, *, progress: bool = True) -> PullReport:
+def pull_store(url: str, dest: str | os.PathLike[str], manifest: Any = None, *, progress: bool = True,
+               index: PublishIndex | None = None) -> PullReport:
     """Fetch the store published at ``url`` (all videos, or only ``manifest``'s: a CSV path or a
     ``Manifest``) into the local store ``dest`` (``.zarr`` or ``.h5``), verifying each video on
     arrival (see the module docstring) before it counts. Resumable: videos already complete in
-    ``dest`` with the index's ``pooled_sha256`` are not fetched again.
+    ``dest`` with the index's ``pooled_sha256`` are not fetched again. ``index``: the URL's
+    index when already read (else it is read here).
 
     Raises:
         FingerprintMismatchError: ``dest`` exists with another fingerprint.
         PublishError: the index or a shard fails its checks (naming the shard and its videos),
             manifest videos the publication does not hold, or a transfer problem.
     """
-    index = read_index(url)
+    index = index or read_index(url)
     wanted = list(index.videos) if manifest is None else _manifest_keys(manifest)
     absent = [k for k in wanted if k not in index.videos]
     if absent:
@@ -806,19 +989,52 @@ def cache_dir() -> Path:
 
 
 def published_copy(url: str) -> Path | None:
-    """For a URL where a store was published: the local store it is kept in (pulled, verified on
-    arrival, into :func:`cache_dir`; a later call fetches only what the cache lacks, which is
-    nothing unless the publication grew). None for any other URL (a plain remote Zarr store),
-    and where the URL cannot be asked (no package for it, no credentials): the caller's own
-    reader then says why."""
+    """For a URL where a store was published: the local store it is read through, pulled into
+    :func:`cache_dir` and verified on arrival like any pull (a published store is untrusted input;
+    fsspec's own file caches would keep its bytes unchecked). Each call reads the index again (one
+    small request): the same index as the copy was completed from, and the copy is used as it
+    is; another, and what the copy lacks is pulled (its new videos when the publication grew),
+    or, when the copy holds what the index no longer publishes (other features for a video,
+    videos or failure records gone, other provenance), the copy is fetched again whole, never
+    served stale. None for any other URL (a plain remote Zarr store), and where the URL cannot
+    be asked (no package for it, no credentials): the caller's own reader then says why; an
+    unfinished push (shards, no index) is a :class:`PublishError`."""
     try:
-        if not is_published(url):
-            return None
+        published = is_published(url)
     except PublishError:
         return None
+    if not published:
+        if not url.rstrip("/").endswith(".zarr"):  # a plain Zarr store's name: spare it the listing
+            unfinished = _unfinished_push(*filesystem(url), url)
+            if unfinished is not None:
+                raise unfinished
+        return None
     dest = cache_dir() / f"{hashlib.sha256(redact(url).encode()).hexdigest()[:16]}.zarr"
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    done = dest.with_name(dest.name + ".index-sha256")  # the index the copy was last completed from
     print(f"{redact(url)}: a published store; reading it through the local copy {dest}", file=sys.stderr)
-    pull_store(url, dest, progress=sys.stderr.isatty())
+    with locked(dest.with_name(dest.name + ".lock")):  # two runs started together pull it once
+        raw = _index_bytes(url)
+        digest = hashlib.sha256(raw).hexdigest()
+        if dest.exists() and done.is_file() and done.read_text() == digest:
+            return dest
+        index = PublishIndex.parse(raw, _join(redact(url), INDEX))
+        if dest.exists() and not _copy_matches(dest, index):
+            print(f"{redact(url)}: the publication changed since {dest} was fetched; fetching it again",
+                  file=sys.stderr)
+            shutil.rmtree(dest)
+        done.unlink(missing_ok=True)
+        pull_store(url, dest, progress=sys.stderr.isatty(), index=index)
+        atomic_write_text(done, digest)
     return dest
 
+
+def _copy_matches(copy: Path, index: PublishIndex) -> bool:
+    """Whether the local copy ``copy`` holds only what ``index`` publishes (the same provenance,
+    the same features for every video it has, no video or failure record the index lacks)."""
+    try:
+        with open_store(copy) as store:
+            entries, failures, provenance = store.entries(), store.failures(), store.provenance
+    except (StoreError, OSError):
+        return False
+    return (provenance == index.root["provenance"] and set(failures) <= set(index.failures)
+            and all(index.videos.get(k, (0, None))[1] == a.get("pooled_sha256") for k, a in entries.items()))

@@ -3,22 +3,47 @@ authors had)."""
 
 from __future__ import annotations
 
+import fnmatch
+import os
 import re
+import subprocess
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-# and every hidden folder: .git, .venv and the venvs of other Pythons and of CI's legs (.venv3.12, .venv-lowest)
-SKIP = {"wheelhouse", "clifvqa.egg-info", "demo-run", "runs"}
 # repository paths named in prose (docs, benchmarks, configs, experiments folders)
 NAMED = re.compile(r"(?<![\w/.-])((?:docs|benchmarks|configs|experiments)/[\w.-]+\.(?:md|py|yaml|csv))")
 LINK = re.compile(r"\]\(([^)#\s]+)(?:#[^)]*)?\)")
 
 
 def _sources() -> list[Path]:
-    def skipped(parts: tuple[str, ...]) -> bool:
-        return bool(SKIP & set(parts)) or any(part.startswith(".") for part in parts)
+    """The .py and .md files git would track: never what a run writes into an ignored folder
+    (bench-out/, demo-run/, venvs), which may be half-written while this test reads."""
+    return [p for p in _repository_files() if p.suffix in (".py", ".md") and p.is_file()]
 
-    return [p for p in ROOT.rglob("*") if p.suffix in (".py", ".md") and not skipped(p.relative_to(ROOT).parts)]
+
+def _repository_files() -> list[Path]:
+    """Tracked and untracked-but-not-ignored files, by git; outside a git checkout (an unpacked
+    sdist, no git), every file but those in hidden folders and in the folders .gitignore names."""
+    try:
+        listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                                cwd=ROOT, capture_output=True, check=True).stdout.decode()
+    except (OSError, subprocess.CalledProcessError):
+        return _files_outside_ignored_folders()
+    return [ROOT / name for name in listed.split("\0") if name]
+
+
+def _files_outside_ignored_folders() -> list[Path]:
+    """The fallback: .gitignore's folder lines (``/name/`` at the top, ``name/`` at any depth)."""
+    ignore = ROOT / ".gitignore"
+    lines = [line.strip() for line in ignore.read_text(encoding="utf-8").splitlines()] if ignore.is_file() else []
+    folders = [line for line in lines if line.endswith("/") and not line.startswith("#")]
+    files = []
+    for folder, dirs, names in os.walk(ROOT):
+        top = Path(folder) == ROOT
+        dirs[:] = [d for d in dirs if not d.startswith(".") and not any(
+            fnmatch.fnmatch(d, pattern.strip("/")) for pattern in folders if top or not pattern.startswith("/"))]
+        files += [Path(folder, name) for name in names]
+    return files
 
 
 def test_named_repository_files_exist():

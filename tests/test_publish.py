@@ -6,9 +6,14 @@ tests do), resumption after interrupted transfers, damaged objects, and the Hub'
 from __future__ import annotations
 
 import json
-import socket
+import re
+import signal
+import subprocess
+import sys
+import time
 import uuid
 import zipfile
+import zlib
 
 import numpy as np
 import pytest
@@ -18,6 +23,7 @@ from clifvqa.features.provenance import FingerprintMismatchError
 from clifvqa.features.publish import (
     CARD,
     INDEX,
+    SHARDS,
     PublishError,
     PublishIndex,
     hub_commit_plan,
@@ -28,6 +34,7 @@ from clifvqa.features.publish import (
 from clifvqa.features.store import create_or_open_store, open_store
 from clifvqa.features.verify import verify_store
 from clifvqa.manifests.io import Manifest, write_manifest
+from clifvqa.testing.s3 import Hold
 from clifvqa.testing.stores import synthetic_provenance, synthetic_video
 
 PROV = synthetic_provenance(r=4, grid=(2, 3))
@@ -57,24 +64,26 @@ def assert_same_store(a_path, b_path, keys=KEYS):
 
 
 @pytest.fixture(scope="module")
-def s3_endpoint():
+def s3_server():
+    """moto's S3 on 127.0.0.1 (:mod:`clifvqa.testing.s3`); yields the app (its request log and
+    hold) and the endpoint."""
     pytest.importorskip("s3fs")
-    server_mod = pytest.importorskip("moto.server")
-    with socket.socket() as sock:  # a free port (moto's own port=0 lookup is newer than its lower bound)
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
+    pytest.importorskip("moto.server")
+    from clifvqa.testing.s3 import S3App, serving
+
+    app = S3App()
+    with serving(app) as endpoint:
+        yield app, endpoint
 
 
 @pytest.fixture
-def s3(s3_endpoint, monkeypatch):
+def s3(s3_server, monkeypatch):
     """A fresh bucket on the moto server; yields its s3:// URL and the s3fs filesystem."""
     import s3fs
 
-    for name, value in {"AWS_ENDPOINT_URL": s3_endpoint, "AWS_ACCESS_KEY_ID": "testing",
+    app, endpoint = s3_server
+    app.hold = None
+    for name, value in {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing",
                         "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
                         "AWS_EC2_METADATA_DISABLED": "true"}.items():
         monkeypatch.setenv(name, value)
@@ -83,6 +92,9 @@ def s3(s3_endpoint, monkeypatch):
     bucket = f"b{uuid.uuid4().hex[:12]}"
     fs.mkdir(bucket)
     yield f"s3://{bucket}", fs
+    if app.hold is not None:
+        app.hold.release()
+    app.hold = None
     s3fs.S3FileSystem.clear_instance_cache()
 
 
@@ -220,6 +232,104 @@ def test_damaged_object_is_refused_naming_the_video(tmp_path, s3):
         assert part.keys() == KEYS[:6]  # the intact shard arrived; nothing of the damaged one
 
 
+def listing(fs, url):
+    """``{path below url: (size, etag)}`` of every object there (the etag: the object's bytes)."""
+    return {p.split(url.split("://", 1)[1] + "/", 1)[1]: (info["size"], info.get("ETag"))
+            for p, info in fs.find(url, detail=True).items()}
+
+
+def test_push_refuses_another_fingerprint_at_the_url(tmp_path, s3):
+    """A publication of other features at the URL is refused before any shard is built (nothing
+    uploaded, the index untouched, one line naming both fingerprints and --replace); with
+    --replace the new store is published and the old shards the new index does not reference are
+    removed once it is written."""
+    from click.testing import CliRunner
+
+    from clifvqa.cli import main
+
+    bucket, fs = s3
+    url = f"{bucket}/shared"
+    old = build(tmp_path / "old.zarr")
+    push_store(old, url, max_videos=5, progress=False)
+    new = build(tmp_path / "new.zarr", keys=KEYS[:7], prov=synthetic_provenance(r=5, grid=(2, 3)))
+    with open_store(old) as a, open_store(new) as b:
+        old_fp, new_fp = a.stored_fingerprint, b.stored_fingerprint
+    before = listing(fs, url)
+    result = CliRunner().invoke(main, ["store", "push", str(new), url, "--max-videos", "3", "-q"])
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
+    message = result.output
+    assert f"holds a publication of other features (fingerprint {old_fp[:19]}...)" in message
+    assert f"{new} (fingerprint {new_fp[:19]}...)" in message and "prompts" in message
+    assert "push to another URL, or pass --replace" in message
+    assert listing(fs, url) == before and read_index(url).fingerprint == old_fp  # nothing uploaded
+    assert not (tmp_path / "new.zarr.publish").exists()  # refused before building a shard
+
+    result = CliRunner().invoke(main, ["store", "push", str(new), url, "--max-videos", "3", "-q", "--replace"])
+    assert result.exit_code == 0, result.output
+    assert f"replaced the features published there before (fingerprint {old_fp[:19]}...)" in result.output
+    assert "removed 3 shard file(s) the new index does not reference" in result.output  # the old 5 + 5 + 2
+    index = read_index(url)
+    assert index.fingerprint == new_fp and [s.videos for s in index.shards] == [3, 3, 1]
+    assert sorted(listing(fs, url)) == sorted([CARD, INDEX] + [s.path for s in index.shards])
+    pull_store(url, tmp_path / "back.zarr", progress=False)
+    assert_same_store(new, tmp_path / "back.zarr", KEYS[:7])
+
+
+def test_push_refuses_an_unfinished_push_of_another_fingerprint(tmp_path, s3, monkeypatch):
+    """Shards without an index: their fingerprint is read from the first shard's root (its zip
+    directory and zarr.json, not the whole shard); another one is refused as for a publication,
+    the same one resumes, and --replace removes the other push's shards once the index is written."""
+    bucket, fs = s3
+    url = f"{bucket}/unfinished"
+    other = build(tmp_path / "other.zarr", prov=synthetic_provenance(r=5, grid=(2, 3)))
+    with monkeypatch.context() as m:
+        Interrupt(m, fs, "put_file", after=2)
+        with pytest.raises(PublishError, match="transfer interrupted"):
+            push_store(other, url, max_videos=3, progress=False)
+    stranded = sorted(listing(fs, url))
+    assert len(stranded) == 2 and INDEX not in stranded
+    src = build(tmp_path / "s.zarr")
+    with open_store(other) as o:
+        theirs = o.stored_fingerprint
+    with pytest.raises(FingerprintMismatchError, match=rf"holds an unfinished push of other features \(fingerprint "
+                       rf"{re.escape(theirs[:19])}.*pass --replace"):
+        push_store(src, url, max_videos=3, progress=False)
+    assert sorted(listing(fs, url)) == stranded and not (tmp_path / "s.zarr.publish").exists()
+    resumed = push_store(other, url, max_videos=3, progress=False)  # its own push resumes without --replace
+    assert len(resumed.present) == 2 and resumed.replaced is None and resumed.removed == []
+
+    fs.rm(f"{url}/{INDEX}")  # unfinished again, of the other fingerprint
+    report = push_store(src, url, max_videos=5, progress=False, replace=True)
+    assert report.replaced == theirs and sorted(report.removed) == [s.path for s in read_index(
+        str(tmp_path / "other.zarr.publish")).shards]
+    index = read_index(url)
+    assert sorted(listing(fs, url)) == sorted([CARD, INDEX] + [s.path for s in index.shards])
+    pull_store(url, tmp_path / "back.zarr", progress=False)
+    assert_same_store(src, tmp_path / "back.zarr")
+
+
+def test_a_grown_store_pushes_to_its_url_as_before(tmp_path, s3):
+    """The same fingerprint needs no --replace: a store that grew is pushed over its publication,
+    and the shards the new index does not reference are only listed, never removed."""
+    bucket, fs = s3
+    url = f"{bucket}/grown"
+    src = build(tmp_path / "s.zarr", keys=KEYS[:8])
+    push_store(src, url, max_videos=5, progress=False)
+    first = read_index(url)
+    with create_or_open_store(src, PROV) as store:
+        for i, key in enumerate(KEYS[8:], 8):
+            store.write_video(key, **synthetic_video(PROV, seed=i, num_rows=6, embedding_dim=4))
+        store.finalize()
+    report = push_store(src, url, max_videos=5, progress=False)
+    index = read_index(url)
+    assert report.replaced is None and report.removed == [] and index.fingerprint == first.fingerprint
+    assert [s.videos for s in index.shards] == [5, 5, 2]
+    kept = sorted(s.path for s in first.shards if s.path not in {t.path for t in index.shards})
+    assert kept and report.unreferenced == kept and set(kept) <= set(listing(fs, url))
+    pull_store(url, tmp_path / "back.zarr", progress=False)
+    assert_same_store(src, tmp_path / "back.zarr")
+
+
 def test_pull_refuses_another_fingerprint(tmp_path):
     src = build(tmp_path / "s.zarr")
     push_store(src, str(tmp_path / "pub"), progress=False)
@@ -250,6 +360,9 @@ def test_s3_errors_are_one_line(tmp_path, s3, monkeypatch):
     with pytest.raises(PublishError, match="not found .*bucket or repository exists") as exc:
         push_store(src, f"s3://no-such-bucket-{uuid.uuid4().hex[:8]}/x", progress=False)
     assert "\n" not in str(exc.value)
+    assert not (tmp_path / "s.zarr.publish").exists()  # said before the shards were built
+    with pytest.raises(PublishError, match=r"nothing is published there \(no index.json\); check the URL"):
+        pull_store(f"{s3[0]}/nothing", tmp_path / "y.zarr", progress=False)
     import s3fs
 
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
@@ -259,6 +372,9 @@ def test_s3_errors_are_one_line(tmp_path, s3, monkeypatch):
     s3fs.S3FileSystem.clear_instance_cache()
     with pytest.raises(PublishError, match="no credentials .*AWS_ACCESS_KEY_ID"):
         pull_store(f"{s3[0]}/x", tmp_path / "y.zarr", progress=False)
+    with pytest.raises(PublishError, match="no credentials .*AWS_ACCESS_KEY_ID"):
+        push_store(src, f"{s3[0]}/x", progress=False)
+    assert not (tmp_path / "s.zarr.publish").exists()
 
 
 def test_missing_extra_names_the_pip_command(monkeypatch):
@@ -291,8 +407,11 @@ def test_hub_plan_keeps_the_hubs_limits():
 
 def test_hub_push_goes_through_the_public_api(tmp_path):
     """The upload to hf:// calls huggingface_hub's HfApi.create_commit (a stand-in records the
-    calls here: nothing reaches the real Hub) and skips files the repository already has."""
+    calls here: nothing reaches the real Hub) and skips files the repository already has; the
+    index there is read through HfApi.hf_hub_download, refusing another fingerprint unless
+    replace, which removes the old shards in a commit after the index's."""
     pytest.importorskip("huggingface_hub")
+    from huggingface_hub import CommitOperationDelete
 
     class FakeApi:
         def __init__(self):
@@ -300,20 +419,42 @@ def test_hub_push_goes_through_the_public_api(tmp_path):
 
         def list_repo_tree(self, repo_id, repo_type, recursive, path_in_repo):
             assert (repo_id, repo_type, recursive, path_in_repo) == ("org/feats", "dataset", True, "v1")
-            return [type("F", (), {"path": p, "size": s})() for p, s in self.files.items()]
+            return [type("F", (), {"path": p, "size": len(b)})() for p, b in self.files.items()]
 
         def create_commit(self, repo_id, operations, commit_message, repo_type):
             self.commits.append([op.path_in_repo for op in operations])
             for op in operations:
-                self.files[op.path_in_repo] = len(open(op.path_or_fileobj, "rb").read())
+                if isinstance(op, CommitOperationDelete):
+                    del self.files[op.path_in_repo]
+                else:
+                    self.files[op.path_in_repo] = open(op.path_or_fileobj, "rb").read()
 
+        def hf_hub_download(self, repo_id, filename, repo_type):
+            assert (repo_id, repo_type) == ("org/feats", "dataset")
+            local = tmp_path / "hub-download" / filename
+            local.parent.mkdir(parents=True, exist_ok=True)
+            local.write_bytes(self.files[filename])
+            return str(local)
+
+    url = "hf://datasets/org/feats/v1"
     src = build(tmp_path / "s.zarr")
     api = FakeApi()
-    report = push_store(src, "hf://datasets/org/feats/v1", max_videos=2, progress=False, hub_api=api)
+    report = push_store(src, url, max_videos=2, progress=False, hub_api=api)
     assert report.shards == 6 and api.commits[-1] == ["v1/index.json"] and len(api.commits) == 2
     assert api.commits[0][-1] == "v1/README.md" and len(api.commits[0]) == 7
-    again = push_store(src, "hf://datasets/org/feats/v1", max_videos=2, progress=False, hub_api=api)
+    again = push_store(src, url, max_videos=2, progress=False, hub_api=api)
     assert again.uploaded == [CARD, INDEX] and len(again.present) == 6
+
+    other = build(tmp_path / "o.zarr", keys=KEYS[:3], prov=synthetic_provenance(r=5, grid=(2, 3)))
+    commits, files = len(api.commits), dict(api.files)
+    with pytest.raises(FingerprintMismatchError, match="holds a publication of other features.*pass --replace"):
+        push_store(other, url, max_videos=2, progress=False, hub_api=api)
+    assert len(api.commits) == commits and api.files == files
+    replaced = push_store(other, url, max_videos=2, progress=False, hub_api=api, replace=True)
+    assert api.commits[-2] == ["v1/index.json"] and len(replaced.removed) == 6
+    assert sorted(api.commits[-1]) == sorted(p for p in files if p.startswith("v1/shards/"))
+    index = PublishIndex.parse(api.files["v1/index.json"], "index")
+    assert sorted(api.files) == sorted(["v1/README.md", "v1/index.json"] + [f"v1/{s.path}" for s in index.shards])
 
 
 def test_readers_take_a_published_url(tmp_path, s3, make_train_set, monkeypatch):
@@ -351,3 +492,166 @@ def test_readers_take_a_published_url(tmp_path, s3, make_train_set, monkeypatch)
     assert result.exit_code == 0 and "no problems" in result.output and fetched == []
     result = CliRunner().invoke(main, ["store", "info", url, "--json"])
     assert json.loads(result.stdout)["counts"]["complete"] == len(data.keys) and fetched == []
+
+
+# ---------------------------------------------------------------- real processes killed mid-transfer
+
+
+def clifvqa(*args, **popen):
+    """``clifvqa ARGS`` in a process of its own (the installed CLI, as a user runs it)."""
+    return subprocess.Popen([sys.executable, "-m", "clifvqa.cli", *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **popen)
+
+
+def kill_when_held(proc, hold, ready=lambda: True):
+    """SIGKILL ``proc`` once the server holds its chosen request and ``ready()`` holds."""
+    try:
+        deadline = time.monotonic() + 120
+        while not hold.reached.wait(0.05):
+            assert proc.poll() is None, f"the run ended before its request was held: {proc.communicate()}"
+            assert time.monotonic() < deadline, "the held request never came"
+        while not ready():
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate(timeout=60)
+        assert proc.returncode == -signal.SIGKILL
+    finally:
+        proc.kill()
+        proc.wait()
+        hold.release()
+
+
+def rerun(*args):
+    """``clifvqa ARGS`` run to its end: (stdout, stderr); it must succeed."""
+    proc = clifvqa(*args)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    return out, err
+
+
+def moved(app, since, method):
+    """The shard and top-level objects ``method`` moved after request number ``since``."""
+    return sorted(path.split("/", 3)[3] for m, path in app.requests[since:]
+                  if m == method and re.search(rf"/({SHARDS}/.+|{CARD}|{INDEX})\Z", path))
+
+
+def test_push_killed_mid_upload_resumes(tmp_path, s3, s3_server):
+    """`clifvqa store push` killed while the server holds the upload of its third of four shards:
+    nothing reads the URL as published; the rerun uploads the two missing shards, the card and
+    the index, and what it published is what an uninterrupted push publishes."""
+    app, _ = s3_server
+    bucket, fs = s3
+    src = build(tmp_path / "s.zarr")
+    url = f"{bucket}/killed"
+    app.hold = Hold("PUT", rf"/killed/{SHARDS}/", nth=3)
+    kill_when_held(clifvqa("store", "push", src, url, "--max-videos", 3), app.hold)
+
+    staged = read_index(str(tmp_path / "s.zarr.publish"))  # the layout the push built and kept
+    landed = sorted(p.split("/killed/", 1)[1] for p in fs.find(url))
+    assert landed == [s.path for s in staged.shards[:2]]  # two whole shards, no index, no card
+    with pytest.raises(PublishError, match=r"a push there has not finished \(2 shard file\(s\), no index.json"):
+        pull_store(url, tmp_path / "x.zarr", progress=False)
+    with pytest.raises(PublishError, match="has not finished"):
+        open_store(url)
+    assert not (tmp_path / "x.zarr").exists()
+
+    since = len(app.requests)
+    out, err = rerun("store", "push", src, url, "--max-videos", 3)
+    assert moved(app, since, "PUT") == sorted([s.path for s in staged.shards[2:]] + [CARD, INDEX])
+    assert "uploaded 4 files" in out and "2 already there" in out and "read back: ok" in out
+    assert re.search(r"^push: [\d.]+ MiB in [\d.]+ s \([\d.]+ MiB/s\)$", err, re.M)  # throughput on stderr
+
+    clean = f"{bucket}/clean"
+    push_store(src, clean, staging=tmp_path / "clean.publish", max_videos=3, progress=False)
+    resumed, fresh = read_index(url), read_index(clean)
+    assert (resumed.root, resumed.videos, resumed.failures) == (fresh.root, fresh.videos, fresh.failures)
+    assert [(s.size, s.videos) for s in resumed.shards] == [(s.size, s.videos) for s in fresh.shards]
+    pull_store(url, tmp_path / "resumed.zarr", progress=False)
+    pull_store(clean, tmp_path / "fresh.zarr", progress=False)
+    assert_same_store(src, tmp_path / "resumed.zarr")
+    assert_same_store(tmp_path / "fresh.zarr", tmp_path / "resumed.zarr")
+
+
+def test_pull_killed_mid_download_resumes(tmp_path, s3, s3_server):
+    """`clifvqa store pull` killed half-way through downloading its third of four shards: DEST
+    holds the first two shards' videos, each verified, and nothing of the third; the rerun
+    downloads only the last two shards, removes the partial download and ends equal to the source."""
+    app, _ = s3_server
+    bucket, _fs = s3
+    src = build(tmp_path / "s.zarr", rows=200)  # shards of ~0.4 MB: a download is cut part-way
+    url = f"{bucket}/pk"
+    push_store(src, url, max_videos=3, progress=False)
+    index = read_index(url)
+    dest = tmp_path / "d" / "back.zarr"
+    dest.parent.mkdir()
+    half = index.shards[2].size // 2
+    app.hold = Hold("GET", rf"/pk/{SHARDS}/", nth=3, body_bytes=half)
+
+    def partial():
+        return [p for p in dest.parent.glob(".pulling-*") if p.stat().st_size > 0]
+
+    kill_when_held(clifvqa("store", "pull", url, dest), app.hold, partial)
+    assert all(p.stat().st_size <= half for p in partial())  # a part of the third shard, never used
+    with open_store(dest) as part:
+        assert part.keys() == KEYS[:6]  # only what arrived whole and verified counts
+    assert verify_store(dest) == []
+
+    since = len(app.requests)
+    out, _err = rerun("store", "pull", url, dest)
+    assert moved(app, since, "GET") == sorted([INDEX] + [s.path for s in index.shards[2:]])
+    assert "6 videos verified and written, 6 already there (12 asked for); 2 shards" in out
+    assert "removed 1 partial download(s) of a stopped pull" in out
+    assert sorted(p.name for p in dest.parent.iterdir()) == ["back.zarr"]
+    pull_store(url, tmp_path / "fresh.zarr", progress=False)
+    assert_same_store(src, dest)
+    assert_same_store(tmp_path / "fresh.zarr", dest)
+
+
+def test_the_local_copy_of_a_published_url_follows_the_publication(tmp_path, s3, s3_server, monkeypatch, capsys):
+    """Readers of a published URL read a verified local copy: unchanged, nothing is fetched
+    again; grown, only the new shard; changed (republished: videos gone, other provenance, other
+    settings), the copy is fetched again whole, never served stale."""
+    app, _ = s3_server
+    bucket, _ = s3
+    monkeypatch.setenv("CLIFVQA_CACHE_DIR", str(tmp_path / "cache"))
+    url = f"{bucket}/live"
+
+    def publish(keys, prov=PROV, src=None):
+        src = src or tmp_path / f"{uuid.uuid4().hex[:8]}.zarr"
+        with create_or_open_store(src, prov) as store:
+            for key in keys:
+                seed = zlib.crc32(key.encode())
+                store.write_video(key, **synthetic_video(prov, seed=seed, num_rows=6, embedding_dim=4))
+            store.finalize()
+        push_store(src, url, max_videos=4, progress=False, replace=prov != PROV)
+        return src
+
+    def read_and_count():
+        """The copy a reader gets, checked against the publication, and the objects it fetched."""
+        since = len(app.requests)
+        with open_store(url) as copy:
+            path, fingerprint = copy.path, copy.fingerprint
+        fetched = moved(app, since, "GET")
+        assert_same_store(src, path, keys)
+        assert fingerprint == read_index(url).fingerprint
+        assert fetched.count(INDEX) == 1  # read once
+        return len([p for p in fetched if p.startswith(f"{SHARDS}/")])
+
+    keys = KEYS[:8]
+    src = publish(keys)
+    assert read_and_count() == 2
+    assert read_and_count() == 0  # unchanged: the index is read, no shard
+    keys = KEYS
+    src = publish(KEYS[8:], src=src)  # more videos extracted into the same store
+    assert read_and_count() == 1  # grown: the new shard only
+    assert "changed" not in capsys.readouterr().err
+    keys = KEYS[2:]  # two videos gone, the others the same but for the store's creation time
+    src = publish(keys)
+    assert read_and_count() == 3
+    assert "the publication changed since" in capsys.readouterr().err
+    keys = ["K/x.mp4"]
+    src = publish(keys, synthetic_provenance(r=5, grid=(2, 3)))  # other settings
+    assert read_and_count() == 1
+    assert "the publication changed since" in capsys.readouterr().err
+    assert len(list((tmp_path / "cache" / "published").glob("*.zarr"))) == 1
