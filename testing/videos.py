@@ -65,7 +65,8 @@ def write_clip(
     Args:
         path: output file; the container follows the suffix (``.mp4``, ``.mkv``, ...).
         num_frames, width, height, fps: the coded stream (width/height must be even for yuv420p).
-        seed: scene layout; the same arguments always give the same pixels.
+        seed: scene layout; the same arguments always give the same pixels (neither the core
+            count, the CPU's instruction sets nor the load change them).
         blur: box-blur radius applied to every frame (0 = sharp).
         noise: standard deviation of Gaussian pixel noise (0-255 scale).
         crf: x264 constant rate factor (higher = stronger compression artefacts).
@@ -80,8 +81,13 @@ def write_clip(
     with av.open(str(path), "w") as container:
         stream = cast("av.video.stream.VideoStream", container.add_stream(codec, rate=fps))  # a video codec
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        # One thread and x264's C code: the same pixels whatever the cores, the CPU or the load.
+        # x264's defaults follow the machine (a thread per core, each encoding a slice; the CPU's
+        # assembly), and its AVX-512 code encoded the same frames differently from one call to the
+        # next (AMD EPYC, 2 cores: the mini experiment's synth-b clips changed from run to run).
+        stream.codec_context.thread_count = 1
         if codec == "libx264":
-            stream.options = {"crf": str(crf), "preset": "veryfast"}
+            stream.options = {"crf": str(crf), "preset": "veryfast", "x264-params": "asm=0"}
         if rotation:
             stream.set_display_rotation(rotation)
         for t in range(num_frames):
