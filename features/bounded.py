@@ -343,7 +343,10 @@ class LocalTree:
         for folder, dirs, files in os.walk(self.root):
             for name in dirs + files:
                 rel = Path(folder, name).relative_to(self.root).as_posix()
-                mode = os.lstat(Path(folder, name)).st_mode
+                try:
+                    mode = os.lstat(Path(folder, name)).st_mode
+                except FileNotFoundError:  # gone since the listing: another writer's temporary
+                    continue  # file (zarr writes zarr.<hex>.partial, then renames it); nothing to read
                 if stat.S_ISLNK(mode):
                     raise refuse_link(f"{self.root}: {rel}")
                 if not (stat.S_ISDIR(mode) or stat.S_ISREG(mode)):

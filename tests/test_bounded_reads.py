@@ -157,3 +157,24 @@ def test_cli_commands_end_in_one_error_line(intact, tmp_path, case):
         elif name == "verify":
             assert text.startswith(f"{VICTIM}: "), (name, text)
     assert not (tmp_path / "m.zarr").exists() and not (tmp_path / "c.h5").exists()
+
+
+def test_a_file_gone_between_listing_and_check_is_not_an_error(tmp_path, monkeypatch):
+    """Another process sharing the store (a second shard) writes zarr.<hex>.partial and renames it
+    while this one checks the tree: the name is listed, then gone. Seen as a failed two-shard run."""
+    import os
+
+    from clifvqa.features.bounded import LocalTree, UnsafeStoreError
+
+    (tmp_path / "zarr.json").write_text("{}")
+    walk = os.walk
+
+    def walk_with_a_vanished_file(top):
+        for folder, dirs, files in walk(top):
+            yield folder, dirs, [*files, "zarr.98df48a40fe94854.partial"] if folder == str(tmp_path) else files
+
+    monkeypatch.setattr(os, "walk", walk_with_a_vanished_file)
+    LocalTree(tmp_path).check_all()  # no error
+    os.symlink("/dev/zero", tmp_path / "link")
+    with pytest.raises(UnsafeStoreError):
+        LocalTree(tmp_path).check_all()  # what is there is still checked
