@@ -73,7 +73,8 @@ def measure(src: Path, out: Path, *, videos: int, max_videos: int = 1000, manife
     """Every measurement of this benchmark on the store ``src`` (``videos`` videos, keys as
     bench_store's), working in ``out``; the report's lines (a summary, then markdown tables)."""
     from clifvqa.features.merge import convert_store, merge_stores
-    from clifvqa.features.publish import file_sha256, pull_store, push_store, stage
+    from clifvqa.features.publish import pull_store, push_store, stage
+    from clifvqa.features.sources import sha256_file
     from clifvqa.features.store import open_store
     from clifvqa.manifests.io import Manifest, write_manifest
 
@@ -160,7 +161,7 @@ def measure(src: Path, out: Path, *, videos: int, max_videos: int = 1000, manife
             got = [down / f.name for f in files]
             download_s = timed(lambda f=files, g=got, p=prefix: [fs.get_file(f"{p}/{x.name}", str(y))
                                                                  for x, y in zip(f, g)])[0]
-            hash_s = timed(lambda g=got: [file_sha256(y) for y in g])[0]
+            hash_s = timed(lambda g=got: [sha256_file(y) for y in g])[0]
             write_s = timed(lambda g=got: merge_stores(g, fresh(out / "merged.zarr"), progress=False))[0]
             formats.append((name, build_s, files, download_s, hash_s, write_s))
 

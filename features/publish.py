@@ -51,6 +51,7 @@ from clifvqa._atomic import atomic_write_text, locked, remove_abandoned, tempora
 from clifvqa.errors import MAX_LISTED
 from clifvqa.features.provenance import fingerprint as fingerprint_of
 from clifvqa.features.provenance import require_same_features
+from clifvqa.features.sources import sha256_file
 from clifvqa.features.store import (
     CorruptFeaturesError,
     FeatureStore,
@@ -79,7 +80,6 @@ HUB_FILES_PER_FOLDER = 10_000
 HUB_FILES_PER_REPO = 100_000
 SHARD_NAME = re.compile(rf"{SHARDS}/(\d{{5}})-([0-9a-f]{{16}})\.zarr\.zip\Z")
 PULLING = "pulling"  # the label of a shard being downloaded next to the destination
-BLOCK = 8 * 2**20
 
 EXTRAS: dict[str, str] = {"s3": "remote", "s3a": "remote", "gs": "remote", "gcs": "remote",
                           "http": "remote", "https": "remote", "hf": "hub"}
@@ -318,14 +318,6 @@ def plan_shards(store: FeatureStore, *, max_videos: int = MAX_SHARD_VIDEOS,
     return shards
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(BLOCK):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _state_digest(store: FeatureStore, max_videos: int, max_bytes: int) -> str:
     """What a staged publication was built from: the store's entries (key, pooled_sha256),
     failure records and the shard bounds."""
@@ -389,7 +381,7 @@ def stage(store_path: str | os.PathLike[str], staging: str | os.PathLike[str], *
                 tmp.unlink(missing_ok=True)
                 _write_output([store], dict.fromkeys(keys, 0), {}, tmp, "zarr.zip", 3,
                               MergeReport(out=str(tmp), sources=[store.path]), progress=False, verb="shard")
-                digest = file_sha256(tmp)
+                digest = sha256_file(tmp)
                 path = f"{SHARDS}/{i:05d}-{digest[:16]}.zarr.zip"
                 os.replace(tmp, folder / path)
                 shards.append(Shard(path, (folder / path).stat().st_size, digest, len(keys)))
@@ -935,7 +927,7 @@ def _pull_shard(fs: Any, root: str, url: str, index: PublishIndex, number: int, 
         _guarded(url, f"downloading {shard.path}", meter.transfer, shard.size, fs.get_file,
                  _join(root, shard.path), str(local))
         size = local.stat().st_size
-        digest = file_sha256(local)
+        digest = sha256_file(local)
         if size != shard.size or digest != shard.sha256:
             named = _damaged_videos(local, keys, index)
             raise PublishError(f"{redact(url)}: {shard.path} is damaged ({size} bytes, sha256 {digest[:16]}..., the "
